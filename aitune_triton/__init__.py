@@ -1,0 +1,48 @@
+"""aitune_triton: wrap a PyTorch module, record its calls, tune a backend per graph spec, export it
+to a Triton model repository and serve it, with the same results at every step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aitune_triton.backends import AOTInductorBackend, Backend, EagerBackend, OnnxRuntimeBackend, register_backend
+from aitune_triton.checkpoint import load, save
+from aitune_triton.errors import AITuneTritonError
+from aitune_triton.module.spec import GraphSpec
+from aitune_triton.module.state import ModuleState
+from aitune_triton.module.wrapper import Module
+from aitune_triton.strategies import FirstWinsStrategy, OneBackendStrategy, TuneStrategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AITuneTritonError",
+    "AOTInductorBackend",
+    "Backend",
+    "EagerBackend",
+    "FirstWinsStrategy",
+    "GraphSpec",
+    "Module",
+    "ModuleState",
+    "OneBackendStrategy",
+    "OnnxRuntimeBackend",
+    "RemoteModule",
+    "TuneStrategy",
+    "export",
+    "load",
+    "register_backend",
+    "save",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The Triton layer imports tritonclient; load it only when it is used.
+    if name == "export":
+        from aitune_triton.triton.exporter import export
+
+        return export
+    if name == "RemoteModule":
+        from aitune_triton.triton.client import RemoteModule
+
+        return RemoteModule
+    raise AttributeError(f"module 'aitune_triton' has no attribute {name!r}")

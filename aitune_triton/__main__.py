@@ -1,0 +1,3 @@
+from aitune_triton.cli import main
+
+main()

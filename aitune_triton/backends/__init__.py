@@ -1,0 +1,28 @@
+"""Backends: one file per backend, registered here explicitly."""
+
+from aitune_triton.backends.aoti import AOTInductorBackend
+from aitune_triton.backends.base import (
+    Backend,
+    BuildContext,
+    LoadContext,
+    backend_names,
+    get_backend_class,
+    register_backend,
+)
+from aitune_triton.backends.eager import EagerBackend
+from aitune_triton.backends.onnxruntime import OnnxRuntimeBackend
+
+for _backend in (EagerBackend, OnnxRuntimeBackend, AOTInductorBackend):
+    register_backend(_backend)
+
+__all__ = [
+    "AOTInductorBackend",
+    "Backend",
+    "BuildContext",
+    "EagerBackend",
+    "LoadContext",
+    "OnnxRuntimeBackend",
+    "backend_names",
+    "get_backend_class",
+    "register_backend",
+]

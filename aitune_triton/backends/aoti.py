@@ -1,0 +1,59 @@
+"""The AOTInductor backend: ``torch.export`` + ``torch._inductor.aoti_compile_and_package`` into a ``.pt2``."""
+
+from __future__ import annotations
+
+import torch
+
+from aitune_triton.backends.base import Backend, BuildContext
+from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, quiet_export
+from aitune_triton.errors import BackendBuildError
+from aitune_triton.module.spec import CallStructure
+
+__all__ = ["AOTInductorBackend"]
+
+
+class AOTInductorBackend(Backend):
+    """Compiles the graph spec ahead of time with AOTInductor.
+
+    The package holds compiled C++/CUDA code for the exported graph; dynamic axes are bounded by
+    the recorded range (a call outside it is rejected by the package's own shape checks). On
+    MiniLM-L6 (2 CPU cores) compilation took about 45 s and a 92 MB package (design notes).
+    """
+
+    name = "aoti"
+    artifact_names = {"model": "model.pt2"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._runner = None
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return "device is CUDA but torch.cuda.is_available() is False"
+        return None
+
+    def _build(self, context: BuildContext) -> None:
+        tensors = tuple(t.to(context.device) for t in context.example.flat.tensors)
+        flat = FlatModule(context.module, context.signature, context.example)
+        try:
+            with quiet_export():
+                exported = torch.export.export(flat, tensors, dynamic_shapes=export_dynamic_shapes(context.graph), strict=False)
+        except Exception as error:
+            raise BackendBuildError(f"aoti: torch.export.export failed: {type(error).__name__}: {error}") from error
+        context.log("aoti: compiling with AOTInductor")
+        try:
+            with quiet_export():
+                torch._inductor.aoti_compile_and_package(exported, package_path=str(self.artifacts["model"]))
+        except Exception as error:
+            raise BackendBuildError(f"aoti: AOTInductor compilation failed: {type(error).__name__}: {error}") from error
+
+    def _load(self) -> None:
+        self._runner = torch._inductor.aoti_load_package(str(self.artifacts["model"]))
+
+    def _unload(self) -> None:
+        self._runner = None
+
+    def infer(self, call: CallStructure) -> list[torch.Tensor]:
+        outputs = self._runner(*[t.to(self.device) for t in call.flat.tensors])  # type: ignore[misc]
+        return list(outputs)

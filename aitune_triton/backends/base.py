@@ -1,0 +1,210 @@
+"""The backend interface and the registry of backend classes.
+
+A backend runs the calls of one graph spec. It is built from the module and recorded calls,
+runs flat calls (tensor leaves in flattening order in, tensor output leaves out), and describes
+itself as JSON plus artifact files so that a checkpoint and a Triton export can carry it.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from aitune_triton.errors import BackendUnavailableError
+from aitune_triton.module.spec import CallStructure, ForwardSignature, GraphSpec
+
+__all__ = ["Backend", "BuildContext", "LoadContext", "register_backend", "get_backend_class", "backend_names"]
+
+
+@dataclass
+class BuildContext:
+    """What a backend needs to build its artifact for one graph spec.
+
+    Attributes:
+        module: The original ``torch.nn.Module`` (not the wrapper).
+        signature: Its forward signature.
+        graph: The graph spec to build for.
+        example: The recorded call used for export/compilation (the largest one).
+        workdir: Empty directory for the artifact files.
+        device: Device the backend will run on.
+        log: Receives one-line progress messages.
+    """
+
+    module: torch.nn.Module
+    signature: ForwardSignature
+    graph: GraphSpec
+    example: CallStructure
+    workdir: Path
+    device: torch.device
+    log: Callable[[str], None] = field(default=lambda message: None)
+
+
+@dataclass
+class LoadContext:
+    """What a backend needs to come back from :meth:`Backend.to_dict`.
+
+    Attributes:
+        module: The original module (the eager backend runs it).
+        graph: The graph spec.
+        device: Device to run on.
+        artifacts: Artifact role -> absolute path.
+    """
+
+    module: torch.nn.Module
+    graph: GraphSpec
+    device: torch.device
+    artifacts: dict[str, Path]
+
+
+class Backend(abc.ABC):
+    """One way to run a graph spec.
+
+    Subclasses set :attr:`name` (the registry key) and :attr:`artifact_names` (artifact role ->
+    file name written by :meth:`build`), and implement :meth:`_build`, :meth:`_load` and
+    :meth:`infer`.
+
+    Args:
+        **options: Backend-specific JSON-compatible options, stored with the backend.
+    """
+
+    name: ClassVar[str]
+    artifact_names: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, **options: Any):
+        self.options = dict(options)
+        self.device = torch.device("cpu")
+        self.artifacts: dict[str, Path] = {}
+        self._active = False
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        """Why this backend cannot run on ``device`` here, or None when it can."""
+        return None
+
+    def clone(self) -> "Backend":
+        """A fresh, unbuilt backend with the same options."""
+        return type(self)(**self.options)
+
+    def build(self, context: BuildContext) -> None:
+        """Build the artifact for ``context.graph`` into ``context.workdir`` and activate.
+
+        Raises:
+            BackendUnavailableError: the backend cannot run on ``context.device`` here.
+            BackendBuildError: export or compilation failed.
+        """
+        reason = self.unavailable_reason(context.device)
+        if reason:
+            raise BackendUnavailableError(f"{self.name}: {reason}")
+        self.device = context.device
+        self.artifacts = {role: context.workdir / file for role, file in self.artifact_names.items()}
+        self._build(context)
+        self.activate()
+
+    @abc.abstractmethod
+    def _build(self, context: BuildContext) -> None:
+        """Write :attr:`artifacts` (paths already set)."""
+
+    @abc.abstractmethod
+    def _load(self) -> None:
+        """Load :attr:`artifacts` into a runnable object."""
+
+    def _unload(self) -> None:
+        """Release what :meth:`_load` created."""
+
+    @abc.abstractmethod
+    def infer(self, call: CallStructure) -> list[torch.Tensor]:
+        """Run one call.
+
+        Args:
+            call: The flattened call; flat backends use ``call.flat.tensors``.
+
+        Returns:
+            Output tensor leaves in the graph spec's output order.
+        """
+
+    @property
+    def active(self) -> bool:
+        """Whether the backend holds its runtime (session, compiled package) and can infer."""
+        return self._active
+
+    def activate(self) -> None:
+        """Load the artifact (no-op when active)."""
+        if not self._active:
+            self._load()
+            self._active = True
+
+    def deactivate(self) -> None:
+        """Release runtime resources; :meth:`activate` brings them back."""
+        if self._active:
+            self._unload()
+            self._active = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible description: name, options, device and absolute artifact paths."""
+        return {
+            "name": self.name,
+            "options": dict(self.options),
+            "device": str(self.device),
+            "artifacts": {role: str(path) for role, path in self.artifacts.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], context: LoadContext) -> "Backend":
+        """Rebuild a backend described by :meth:`to_dict`, active, with artifacts from ``context``.
+
+        Raises:
+            BackendUnavailableError: the backend cannot run on ``context.device`` here.
+        """
+        backend = get_backend_class(data["name"])(**data.get("options", {}))
+        reason = backend.unavailable_reason(context.device)
+        if reason:
+            raise BackendUnavailableError(f"{backend.name}: {reason}")
+        backend.device = context.device
+        backend.artifacts = dict(context.artifacts)
+        backend._restore(context)
+        backend.activate()
+        return backend
+
+    def _restore(self, context: LoadContext) -> None:
+        """Hook for backends that need more than artifacts to load (the eager one needs the module)."""
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{type(self).__name__}({options})"
+
+
+_REGISTRY: dict[str, type[Backend]] = {}
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Register a backend class under ``cls.name``.
+
+    Raises:
+        ValueError: another class is already registered under that name.
+    """
+    existing = _REGISTRY.get(cls.name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"backend name {cls.name!r} is already registered by {existing.__module__}.{existing.__qualname__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def backend_names() -> list[str]:
+    """Registered backend names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_backend_class(name: str) -> type[Backend]:
+    """Return the backend class registered as ``name``.
+
+    Raises:
+        ValueError: no backend has that name; the message lists the registered names.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"backend: expected one of {backend_names()}, got {name!r}") from None

@@ -1,0 +1,188 @@
+"""Checkpoints: a directory with ``manifest.json`` and the backends' artifacts.
+
+Layout::
+
+    CHECKPOINT/
+      manifest.json          format, library versions, the tuned module description, file hashes
+      graph_0/model.onnx     artifacts, one folder per graph spec
+      graph_1/model.pt2
+
+The manifest is JSON and artifacts are ONNX models and AOTInductor packages: loading unpickles
+nothing. Every artifact's SHA-256 and size are checked before it is loaded. A checkpoint is
+written into a temporary sibling directory and renamed into place, so a failed save leaves no
+half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aitune_triton._versions import library_versions, sha256_file
+from aitune_triton.errors import CheckpointError
+from aitune_triton.module.wrapper import Module
+
+__all__ = ["MANIFEST_NAME", "load", "read_checkpoint", "save"]
+
+MANIFEST_NAME = "manifest.json"
+CHECKPOINT_FORMAT = "aitune_triton.checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+def save(module: Module, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Save a tuned module's graph specs, backend descriptions and artifacts to a directory.
+
+    Args:
+        module: A ``TUNED`` :class:`~aitune_triton.Module`.
+        path: Checkpoint directory to create.
+        overwrite: Replace an existing checkpoint at ``path`` (atomically: the old one is removed
+            only after the new one is complete).
+
+    Returns:
+        The checkpoint directory.
+
+    Raises:
+        ModuleStateError: ``module`` is not tuned.
+        CheckpointError: ``path`` exists and ``overwrite`` is False, or is a file.
+    """
+    path = Path(path).absolute()
+    description = module.to_dict()
+    if path.exists() and (not overwrite or not path.is_dir()):
+        raise CheckpointError(
+            f"path: {path} already exists. Pass overwrite=True to replace it, or choose another directory."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        files = _copy_artifacts(description, staging)
+        manifest = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": library_versions(),
+            "module": description,
+            "files": files,
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        _replace_dir(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def _copy_artifacts(description: dict[str, Any], staging: Path) -> dict[str, dict[str, Any]]:
+    """Copy artifacts into ``staging`` and rewrite their paths in ``description`` as relative ones."""
+    files: dict[str, dict[str, Any]] = {}
+    for entry in description["graphs"]:
+        artifacts = entry["backend"]["artifacts"]
+        for role, source in list(artifacts.items()):
+            relative = f"{entry['graph']['name']}/{Path(source).name}"
+            target = staging / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            files[relative] = {"sha256": sha256_file(target), "size_bytes": target.stat().st_size}
+            artifacts[role] = relative
+    return files
+
+
+def _replace_dir(staging: Path, path: Path) -> None:
+    if not path.exists():
+        staging.rename(path)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    os.rmdir(retired)
+    path.rename(retired)
+    staging.rename(path)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and verify a checkpoint without loading any artifact.
+
+    Returns:
+        The manifest, with the module description's artifact paths made absolute.
+
+    Raises:
+        CheckpointError: ``path`` is not a checkpoint directory, the manifest is unreadable or of
+            another format, or an artifact is missing, truncated or modified (size or SHA-256
+            differs from the manifest).
+    """
+    path = Path(path).absolute()
+    manifest_path = path / MANIFEST_NAME
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint: {path} is not a directory. Pass the directory written by aitune_triton.save().")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint: {path} has no {MANIFEST_NAME}; it was not written by aitune_triton.save().") from None
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint: cannot read {manifest_path}: {error}") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint: {manifest_path} is not an aitune_triton checkpoint manifest.")
+    if manifest.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint: format version {manifest.get('format_version')!r} is not supported "
+            f"(this aitune_triton reads {CHECKPOINT_FORMAT_VERSION})."
+        )
+    _verify_files(path, manifest.get("files", {}))
+    manifest = copy.deepcopy(manifest)
+    for entry in manifest["module"]["graphs"]:
+        artifacts = entry["backend"]["artifacts"]
+        for role, relative in artifacts.items():
+            if relative not in manifest.get("files", {}):
+                raise CheckpointError(f"checkpoint: artifact {relative!r} is not listed in the manifest's files.")
+            artifacts[role] = str(path / relative)
+    return manifest
+
+
+def _verify_files(path: Path, files: dict[str, dict[str, Any]]) -> None:
+    for relative, expected in files.items():
+        target = (path / relative).resolve()
+        if path.resolve() not in target.parents:
+            raise CheckpointError(f"checkpoint: file entry {relative!r} points outside the checkpoint.")
+        if not target.is_file():
+            raise CheckpointError(f"checkpoint: artifact {relative} is missing from {path}.")
+        if target.stat().st_size != expected.get("size_bytes"):
+            raise CheckpointError(
+                f"checkpoint: artifact {relative} is {target.stat().st_size} bytes, the manifest says "
+                f"{expected.get('size_bytes')}: it was truncated or replaced after saving. Save the checkpoint again."
+            )
+        if sha256_file(target) != expected.get("sha256"):
+            raise CheckpointError(
+                f"checkpoint: artifact {relative} does not match its SHA-256 in the manifest: it was modified "
+                "after saving. Save the checkpoint again."
+            )
+
+
+def load(module: torch.nn.Module, path: str | os.PathLike, device: str | torch.device | None = None) -> Module:
+    """Load a checkpoint written by :func:`save`.
+
+    Args:
+        module: The original ``torch.nn.Module`` (wrapped under the checkpoint's name), or a
+            not-yet-tuned :class:`~aitune_triton.Module`, which is switched to ``TUNED``.
+        path: Checkpoint directory.
+        device: Device to run on; default the device each backend was tuned for.
+
+    Returns:
+        The ``TUNED`` Module.
+
+    Raises:
+        CheckpointError: see :func:`read_checkpoint`; also when the description is invalid.
+        ModuleStateError: ``module`` is a Module that is already tuned.
+    """
+    description = read_checkpoint(path)["module"]
+    if not Module.is_state_dict_valid(description):
+        raise CheckpointError(f"checkpoint: {path} holds an invalid module description.")
+    if isinstance(module, Module):
+        module.load_tuned(description, device)
+        return module
+    return Module.from_dict(module, description, device)

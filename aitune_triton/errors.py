@@ -1,0 +1,87 @@
+"""Exceptions raised by aitune_triton.
+
+Every error the library raises on purpose derives from :class:`AITuneTritonError`. Subclasses are
+named for the cause and also derive from the builtin that callers expect (``ValueError`` for bad
+input, ``RuntimeError`` for a wrong state or a failed external step), so ``except ValueError`` keeps
+working for code written against ``torch.nn.Module``.
+"""
+
+from __future__ import annotations
+
+
+class AITuneTritonError(Exception):
+    """Base class of every error raised by aitune_triton."""
+
+
+class InvalidNameError(AITuneTritonError, ValueError):
+    """A module or model name cannot be used as a file and Triton model name."""
+
+
+class ModuleStateError(AITuneTritonError, RuntimeError):
+    """A method was called in a state that does not allow it (e.g. ``to_dict`` before tuning)."""
+
+
+class NoSamplesError(AITuneTritonError, ValueError):
+    """Tuning or graph specs were asked for before any call was recorded."""
+
+
+class AlreadyTunedError(AITuneTritonError, ValueError):
+    """``tune()`` was called on a module that is already tuned."""
+
+
+class GraphSpecMismatchError(AITuneTritonError, ValueError):
+    """A call to a tuned module matches none of its graph specs."""
+
+
+class RecordingError(AITuneTritonError, ValueError):
+    """A recorded call cannot be used (e.g. the same inputs gave differently structured outputs)."""
+
+
+class BackendUnavailableError(AITuneTritonError, RuntimeError):
+    """A backend cannot run on this machine (missing package or device)."""
+
+
+class BackendBuildError(AITuneTritonError, RuntimeError):
+    """A backend failed to build its artifact (export or compile step raised)."""
+
+
+class OutputMismatchError(AITuneTritonError, RuntimeError):
+    """A backend's outputs differ from eager outputs beyond the tolerance.
+
+    Attributes:
+        mismatches: One human-readable line per mismatching output leaf and sample.
+    """
+
+    def __init__(self, message: str, mismatches: list[str]):
+        super().__init__(message + "\n  " + "\n  ".join(mismatches))
+        self.mismatches = mismatches
+
+
+class TuningError(AITuneTritonError, RuntimeError):
+    """No candidate backend of a strategy passed for a graph spec."""
+
+
+class CheckpointError(AITuneTritonError, ValueError):
+    """A checkpoint is missing, incomplete, tampered with or of an unknown format."""
+
+
+class ExportError(AITuneTritonError, ValueError):
+    """A module or checkpoint cannot be exported to a Triton model repository."""
+
+
+class TritonServerError(AITuneTritonError, RuntimeError):
+    """The Triton server could not be found, started, or failed to load a model.
+
+    Attributes:
+        log_lines: The server's own error lines (``E...`` log lines), when there are any.
+    """
+
+    def __init__(self, message: str, log_lines: list[str] | None = None):
+        self.log_lines = list(log_lines or [])
+        if self.log_lines:
+            message = message + "\nServer error lines:\n  " + "\n  ".join(self.log_lines)
+        super().__init__(message)
+
+
+class RemoteInferenceError(AITuneTritonError, RuntimeError):
+    """A request to a served model failed or its answer did not match the model's IO mapping."""

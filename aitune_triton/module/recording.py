@@ -1,0 +1,250 @@
+"""Recording: real calls in, graph specs out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from aitune_triton.errors import RecordingError
+from aitune_triton.module.state import ModuleState
+from aitune_triton.module.samples import Sample, SampleStore, copy_call
+from aitune_triton.module.spec import (
+    CallStructure,
+    FlatTree,
+    ForwardSignature,
+    GraphSpec,
+    TensorSpec,
+    dtype_name,
+    flatten_call,
+    flatten_output,
+)
+
+__all__ = ["Recorder", "RecordingState", "infer_dims"]
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class DimAnalysis:
+    """Result of :func:`infer_dims`: per leaf batch axis and per-axis dimension names, plus ranges."""
+
+    input_batch_axes: list[int | None]
+    output_batch_axes: list[int | None]
+    input_dim_names: list[tuple[str | None, ...]]
+    output_dim_names: list[tuple[str | None, ...]]
+    ranges: dict[str, tuple[int, int]]
+
+
+def infer_dims(input_shapes: Sequence[Sequence[Shape]], output_shapes: Sequence[Sequence[Shape]]) -> DimAnalysis:
+    """Find the batch axis and the dynamic dimensions of a graph spec from the shapes of its calls.
+
+    The call's batch size is the size of axis 0 of its first tensor input of rank >= 1. When that
+    size varied across calls, each leaf's batch axis is its first axis whose size equalled the
+    batch size in every call (axis 0 where possible); with one batch size seen there is no batch
+    axis, since nothing shows which axis it would be. Other axes whose size varied are dynamic;
+    axes with the same sizes in every call share one name (``dim0``, ``dim1``...), the batch
+    series is named ``batch``.
+
+    Args:
+        input_shapes: Per call, the shape of each tensor input leaf.
+        output_shapes: Per call, the shape of each tensor output leaf.
+
+    Returns:
+        Batch axes, dimension names and ``{name: (min, max)}`` size ranges.
+    """
+    names: dict[tuple[int, ...], str] = {}
+    first = next((i for i, shape in enumerate(input_shapes[0]) if len(shape) >= 1), None) if input_shapes else None
+    batch_series = tuple(call[first][0] for call in input_shapes) if first is not None else None
+    if batch_series is not None and len(set(batch_series)) > 1:
+        names[batch_series] = "batch"
+    else:
+        batch_series = None
+
+    def series(calls: Sequence[Sequence[Shape]], leaf: int, axis: int) -> tuple[int, ...]:
+        return tuple(call[leaf][axis] for call in calls)
+
+    def analyse(calls: Sequence[Sequence[Shape]]) -> tuple[list[int | None], list[tuple[str | None, ...]]]:
+        batch_axes: list[int | None] = []
+        dim_names: list[tuple[str | None, ...]] = []
+        for leaf, shape in enumerate(calls[0] if calls else []):
+            per_axis = [series(calls, leaf, axis) for axis in range(len(shape))]
+            batch_axes.append(next((a for a, s in enumerate(per_axis) if s == batch_series), None))
+            leaf_names = []
+            for s in per_axis:
+                if len(set(s)) == 1:
+                    leaf_names.append(None)
+                else:
+                    leaf_names.append(names.setdefault(s, f"dim{sum(1 for n in names.values() if n != 'batch')}"))
+            dim_names.append(tuple(leaf_names))
+        return batch_axes, dim_names
+
+    in_batch, in_names = analyse(input_shapes)
+    out_batch, out_names = analyse(output_shapes)
+    ranges = {name: (min(s), max(s)) for s, name in names.items()}
+    return DimAnalysis(in_batch, out_batch, in_names, out_names, ranges)
+
+
+def _shapes(tensors: Sequence[torch.Tensor]) -> list[Shape]:
+    return [tuple(t.shape) for t in tensors]
+
+
+@dataclass
+class _GraphRecord:
+    """What recording keeps for one input structure."""
+
+    key: str
+    description: str
+    input_paths: list[str]
+    input_dtypes: list[str]
+    output_key: tuple
+    output_treespec: Any
+    output_template: list[Any]
+    output_paths: list[str]
+    output_dtypes: list[str]
+    samples: SampleStore
+    input_shapes: list[list[Shape]] = field(default_factory=list)
+    output_shapes: list[list[Shape]] = field(default_factory=list)
+    error: str | None = None
+
+    def extends_range(self, shapes: list[Shape]) -> bool:
+        if not self.input_shapes:
+            return True
+        for leaf, shape in enumerate(shapes):
+            for axis, size in enumerate(shape):
+                seen = [call[leaf][axis] for call in self.input_shapes]
+                if size < min(seen) or size > max(seen):
+                    return True
+        return False
+
+
+def _output_key(flat: FlatTree) -> tuple:
+    return (repr(flat.treespec), tuple(flat.leaf_descriptions()))
+
+
+class Recorder:
+    """Groups real calls into graph specs and keeps bounded copies of them.
+
+    Args:
+        signature: The module's forward signature.
+        max_samples: Calls kept per graph spec (see :class:`SampleStore`).
+        strict: Whether non-tensor argument values are part of the graph spec key.
+    """
+
+    def __init__(self, signature: ForwardSignature, max_samples: int = 32, strict: bool = True):
+        self.signature = signature
+        self.max_samples = max_samples
+        self.strict = strict
+        self._graphs: dict[str, _GraphRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def record(self, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """Run ``forward(*args, **kwargs)``, record the call and return the output unchanged.
+
+        Raises:
+            TypeError: the arguments do not fit the forward signature.
+        """
+        call = flatten_call(self.signature, args, kwargs, self.strict)
+        copied_args, copied_kwargs = copy_call(args, kwargs)
+        output = forward(*args, **kwargs)
+        self._add(call, Sample(copied_args, copied_kwargs, extends_range=False), flatten_output(output))
+        return output
+
+    def _add(self, call: CallStructure, sample: Sample, output: FlatTree) -> None:
+        record = self._graphs.get(call.key)
+        if record is None:
+            record = _GraphRecord(
+                key=call.key,
+                description=call.describe(),
+                input_paths=call.flat.tensor_paths,
+                input_dtypes=[dtype_name(t.dtype) for t in call.flat.tensors],
+                output_key=_output_key(output),
+                output_treespec=output.treespec,
+                output_template=output.template,
+                output_paths=output.tensor_paths,
+                output_dtypes=[dtype_name(t.dtype) for t in output.tensors],
+                samples=SampleStore(self.max_samples),
+            )
+            self._graphs[call.key] = record
+        elif _output_key(output) != record.output_key and record.error is None:
+            record.error = (
+                f"calls with the same input structure ({record.description}) returned differently structured "
+                f"outputs: {record.output_treespec} vs {output.treespec}"
+            )
+        shapes = _shapes(call.flat.tensors)
+        sample.extends_range = record.extends_range(shapes)
+        record.samples.add(sample)
+        record.input_shapes.append(shapes)
+        record.output_shapes.append(_shapes(output.tensors))
+
+    def graph_specs(self) -> list[GraphSpec]:
+        """Graph specs in the order their first call was seen."""
+        return [self._to_spec(i, record) for i, record in enumerate(self._graphs.values())]
+
+    def samples(self, graph: GraphSpec) -> list[Sample]:
+        """Stored calls of ``graph``.
+
+        Raises:
+            RecordingError: the graph's calls returned inconsistent output structures.
+        """
+        record = self._graphs[graph.key]
+        if record.error:
+            raise RecordingError(f"{graph.name}: {record.error}")
+        return list(record.samples)
+
+    def largest_sample(self, graph: GraphSpec) -> Sample:
+        """The stored call of ``graph`` with the most tensor elements."""
+        return self._graphs[graph.key].samples.largest()
+
+    @staticmethod
+    def _to_spec(index: int, record: _GraphRecord) -> GraphSpec:
+        dims = infer_dims(record.input_shapes, record.output_shapes)
+
+        def specs(paths, dtypes, calls, batch_axes, dim_names) -> list[TensorSpec]:
+            result = []
+            for leaf, (path, dtype) in enumerate(zip(paths, dtypes)):
+                shapes = [call[leaf] for call in calls]
+                result.append(
+                    TensorSpec(
+                        path=path,
+                        dtype=dtype,
+                        min_shape=tuple(min(axis) for axis in zip(*shapes)),
+                        max_shape=tuple(max(axis) for axis in zip(*shapes)),
+                        batch_axis=batch_axes[leaf],
+                        dim_names=dim_names[leaf],
+                    )
+                )
+            return result
+
+        return GraphSpec(
+            name=f"graph_{index}",
+            key=record.key,
+            description=record.description,
+            inputs=specs(record.input_paths, record.input_dtypes, record.input_shapes, dims.input_batch_axes, dims.input_dim_names),
+            outputs=specs(
+                record.output_paths,
+                record.output_dtypes,
+                record.output_shapes,
+                dims.output_batch_axes,
+                dims.output_dim_names,
+            ),
+            output_treespec=record.output_treespec,
+            output_template=record.output_template,
+            num_calls=len(record.input_shapes),
+            dims=dims.ranges,
+        )
+
+
+class RecordingState:
+    """Runs calls eagerly (hooks included) and records them with a :class:`Recorder`."""
+
+    state = ModuleState.RECORDING
+
+    def __init__(self, recorder: Recorder):
+        self.recorder = recorder
+
+    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        return self.recorder.record(module, args, kwargs)

@@ -1,0 +1,44 @@
+"""Names that are safe as file names and Triton model names."""
+
+from __future__ import annotations
+
+import re
+
+from aitune_triton.errors import InvalidNameError
+
+__all__ = ["sanitize_name", "validate_model_name"]
+
+_ALLOWED = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def sanitize_name(name: str) -> str:
+    """Replace every character outside ``[A-Za-z0-9_.-]`` with ``_``.
+
+    Raises:
+        InvalidNameError: ``name`` is not a string, is empty, or consists of dots only (it would
+            name the current or parent directory).
+    """
+    if not isinstance(name, str):
+        raise InvalidNameError(f"name: expected a string, got {type(name).__name__}")
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    if not cleaned or set(cleaned) == {"."}:
+        raise InvalidNameError(f"name: expected a non-empty name that is not only dots, got {name!r}")
+    return cleaned
+
+
+def validate_model_name(name: str, argument: str = "name") -> str:
+    """Check a Triton model name given by the user, without changing it.
+
+    Triton maps model names to directories of the model repository, so a name must be one path
+    component: letters, digits, ``_``, ``.`` and ``-``, not starting with a dot.
+
+    Raises:
+        InvalidNameError: the name has other characters (``/`` for instance), starts with ``.``
+            (``..`` included) or is empty.
+    """
+    if not isinstance(name, str) or not _ALLOWED.match(name) or name.startswith("."):
+        raise InvalidNameError(
+            f"{argument}: expected a Triton model name of letters, digits, '_', '.', '-' that does not start "
+            f"with '.', got {name!r}. Pick a name such as 'my_model'."
+        )
+    return name

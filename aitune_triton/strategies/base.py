@@ -1,0 +1,185 @@
+"""Tuning strategies: which backends to try for a graph spec, and which one to keep."""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from aitune_triton.backends import Backend, BuildContext, EagerBackend, get_backend_class
+from aitune_triton.errors import AITuneTritonError, BackendUnavailableError, TuningError
+from aitune_triton.module.spec import CallStructure, ForwardSignature, GraphSpec
+from aitune_triton.strategies.validation import compare_outputs, measure_latency_ms, raise_on_mismatch
+
+__all__ = ["CandidateReport", "GraphTuneReport", "TuneContext", "TuneStrategy", "resolve_backend"]
+
+def resolve_backend(backend: str | Backend) -> Backend:
+    """A fresh backend from a registered name (``"aoti"``) or a configured instance.
+
+    Raises:
+        ValueError: the name is not registered; the message lists registered names.
+        TypeError: ``backend`` is neither a string nor a :class:`Backend`.
+    """
+    if isinstance(backend, Backend):
+        return backend.clone()
+    if isinstance(backend, str):
+        return get_backend_class(backend)()
+    raise TypeError(f"backend: expected a registered backend name or a Backend instance, got {type(backend).__name__}")
+
+
+@dataclass
+class TuneContext:
+    """Everything a strategy needs to tune one graph spec.
+
+    Attributes:
+        module: The original module (not the wrapper).
+        signature: Its forward signature.
+        graph: The graph spec.
+        samples: Recorded calls of the graph spec, flattened, on ``device``.
+        example: The call used for export and compilation (the largest recorded one).
+        workdir: Directory for artifacts; each candidate gets a subdirectory.
+        device: Device to tune for.
+        log: Receives one-line progress messages.
+    """
+
+    module: torch.nn.Module
+    signature: ForwardSignature
+    graph: GraphSpec
+    samples: list[CallStructure]
+    example: CallStructure
+    workdir: Path
+    device: torch.device
+    log: Callable[[str], None] = field(default=lambda message: None)
+
+
+@dataclass
+class CandidateReport:
+    """What happened to one candidate backend.
+
+    Attributes:
+        backend: Backend name.
+        status: ``"chosen"``, ``"passed"``, ``"failed"``, ``"unavailable"`` or ``"not tried"``.
+        reason: Why it failed or was not available.
+        build_s: Build time in seconds.
+        latency_ms: Median latency on the largest recorded call, in milliseconds.
+        max_abs_diff: Largest abs difference to eager over all samples and outputs.
+    """
+
+    backend: str
+    status: str
+    reason: str = ""
+    build_s: float = 0.0
+    latency_ms: float | None = None
+    max_abs_diff: float | None = None
+
+
+@dataclass
+class GraphTuneReport:
+    """The tuning of one graph spec.
+
+    Attributes:
+        graph: Graph spec name.
+        strategy: Strategy description.
+        chosen: Name of the kept backend.
+        eager_latency_ms: Median eager latency on the largest recorded call, in milliseconds.
+        candidates: One report per candidate, in the order tried.
+    """
+
+    graph: str
+    strategy: str
+    chosen: str
+    eager_latency_ms: float
+    candidates: list[CandidateReport]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GraphTuneReport":
+        """Rebuild from :meth:`to_dict`."""
+        return cls(**{**data, "candidates": [CandidateReport(**c) for c in data["candidates"]]})
+
+
+class TuneStrategy(abc.ABC):
+    """Builds candidate backends for a graph spec, checks each against eager outputs and keeps one.
+
+    Every candidate is checked on every recorded sample of the graph spec: per output leaf the
+    shape, dtype and values must match eager within ``|backend - eager| <= atol + rtol * |eager|``
+    (``torch.allclose`` semantics). A failing candidate is reported with its reason and the next
+    one is tried.
+
+    Args:
+        atol: Absolute tolerance.
+        rtol: Relative tolerance.
+    """
+
+    def __init__(self, atol: float = 1e-4, rtol: float = 1e-4):
+        if atol < 0 or rtol < 0:
+            raise ValueError(f"atol/rtol: expected non-negative tolerances, got atol={atol!r}, rtol={rtol!r}")
+        self.atol = atol
+        self.rtol = rtol
+
+    @abc.abstractmethod
+    def candidates(self) -> list[Backend]:
+        """Fresh, unbuilt backends to try, in order."""
+
+    def describe(self) -> str:
+        """Short description for logs and reports."""
+        names = ", ".join(b.name for b in self.candidates())
+        return f"{type(self).__name__}([{names}])"
+
+    def tune(self, context: TuneContext) -> tuple[Backend, GraphTuneReport]:
+        """Try candidates in order and keep the first one that matches eager.
+
+        Raises:
+            TuningError: no candidate passed; the message lists every candidate's reason.
+        """
+        with torch.no_grad():
+            references = [EagerBackend.reference(context.module, call) for call in context.samples]
+            eager_ms = measure_latency_ms(lambda: EagerBackend.reference(context.module, context.example))
+        reports: list[CandidateReport] = []
+        candidates = self.candidates()
+        for index, backend in enumerate(candidates):
+            report = self._try(backend, context, references)
+            reports.append(report)
+            if report.status == "passed":
+                report.status = "chosen"
+                reports.extend(CandidateReport(b.name, "not tried") for b in candidates[index + 1 :])
+                return backend, GraphTuneReport(context.graph.name, self.describe(), backend.name, eager_ms, reports)
+            backend.deactivate()
+        reasons = "\n".join(f"  {r.backend}: {r.status}: {r.reason}" for r in reports)
+        raise TuningError(f"{context.graph.name}: no candidate of {self.describe()} passed:\n{reasons}")
+
+    def _try(self, backend: Backend, context: TuneContext, references: Sequence[list[torch.Tensor]]) -> CandidateReport:
+        workdir = context.workdir / backend.name
+        workdir.mkdir(parents=True, exist_ok=True)
+        context.log(f"{context.graph.name}: building {backend.name}")
+        start = time.perf_counter()
+        build = BuildContext(context.module, context.signature, context.graph, context.example, workdir, context.device, context.log)
+        try:
+            with torch.no_grad():
+                backend.build(build)
+        except AITuneTritonError as error:
+            status = "unavailable" if isinstance(error, BackendUnavailableError) else "failed"
+            return CandidateReport(backend.name, status, str(error), time.perf_counter() - start)
+        build_s = time.perf_counter() - start
+        context.log(f"{context.graph.name}: checking {backend.name} on {len(context.samples)} samples")
+        mismatches: list[str] = []
+        worst = 0.0
+        paths = [spec.path for spec in context.graph.outputs]
+        try:
+            with torch.no_grad():
+                for index, (call, reference) in enumerate(zip(context.samples, references)):
+                    found, diff = compare_outputs(reference, backend.infer(call), paths, self.atol, self.rtol, f"sample {index}: ")
+                    mismatches.extend(found)
+                    worst = max(worst, diff)
+                raise_on_mismatch(backend.name, mismatches)
+                latency = measure_latency_ms(lambda: backend.infer(context.example))
+        except Exception as error:  # a backend failing at run time is a failed candidate, not a crash
+            return CandidateReport(backend.name, "failed", f"{type(error).__name__}: {error}", build_s, None, worst)
+        return CandidateReport(backend.name, "passed", "", build_s, latency, worst)

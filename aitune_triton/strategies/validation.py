@@ -1,0 +1,81 @@
+"""Checking a backend against eager outputs, and timing it."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import torch
+
+from aitune_triton.errors import OutputMismatchError
+
+__all__ = ["compare_outputs", "measure_latency_ms"]
+
+
+def compare_outputs(
+    reference: Sequence[torch.Tensor],
+    actual: Sequence[torch.Tensor],
+    paths: Sequence[str],
+    atol: float,
+    rtol: float,
+    label: str = "",
+) -> tuple[list[str], float]:
+    """Compare output leaves with ``torch.allclose`` semantics (``|a - r| <= atol + rtol * |r|``).
+
+    Args:
+        reference: Eager output leaves.
+        actual: Backend output leaves, same order.
+        paths: Leaf paths, for messages.
+        atol: Absolute tolerance.
+        rtol: Relative tolerance.
+        label: Prefix for messages (e.g. the sample index).
+
+    Returns:
+        ``(mismatches, max_abs_diff)``: one line per mismatching leaf (shape, dtype or values:
+        max abs diff and the tolerance it broke), and the largest abs difference over all leaves.
+    """
+    mismatches: list[str] = []
+    worst = 0.0
+    if len(reference) != len(actual):
+        return [f"{label}expected {len(reference)} output tensors, got {len(actual)}"], float("inf")
+    for path, ref, out in zip(paths, reference, actual):
+        out = out.to(ref.device)
+        if tuple(ref.shape) != tuple(out.shape):
+            mismatches.append(f"{label}{path}: shape {tuple(out.shape)} != eager {tuple(ref.shape)}")
+            continue
+        if ref.dtype != out.dtype:
+            mismatches.append(f"{label}{path}: dtype {out.dtype} != eager {ref.dtype}")
+            continue
+        if ref.numel() == 0:
+            continue
+        if ref.dtype.is_floating_point or ref.dtype.is_complex:
+            diff = (out - ref).abs()
+            bound = atol + rtol * ref.abs()
+            max_diff = float(diff.max())
+            worst = max(worst, max_diff)
+            if not bool((diff <= bound).all()) or not torch.equal(torch.isnan(ref), torch.isnan(out)):
+                mismatches.append(
+                    f"{label}{path}: max abs diff {max_diff:.3g} exceeds atol={atol:g} + rtol={rtol:g}*|eager|"
+                )
+        elif not torch.equal(ref, out):
+            mismatches.append(f"{label}{path}: {int((ref != out).sum())} of {ref.numel()} values differ")
+            worst = float("inf")
+    return mismatches, worst
+
+
+def raise_on_mismatch(name: str, mismatches: list[str]) -> None:
+    """Raise :class:`OutputMismatchError` listing every mismatch, when there is any."""
+    if mismatches:
+        raise OutputMismatchError(f"{name}: outputs differ from eager", mismatches)
+
+
+def measure_latency_ms(run: Callable[[], object], repeats: int = 3) -> float:
+    """Median wall time of ``run()`` in milliseconds over ``repeats`` runs after one warm-up run."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000.0)
+    times.sort()
+    return times[len(times) // 2]
