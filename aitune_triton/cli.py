@@ -1,0 +1,136 @@
+"""The ``aitune-triton`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from aitune_triton._progress import console
+from aitune_triton.errors import AITuneTritonError
+
+__all__ = ["main"]
+
+
+def _fail(error: Exception) -> click.ClickException:
+    return click.ClickException(str(error))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="aitune-triton")
+def main() -> None:
+    """Tune PyTorch modules and serve them with Triton Inference Server.
+
+    Typical flow: tune and save a checkpoint from Python (aitune_triton.Module, .tune(),
+    aitune_triton.save), then `aitune-triton export CHECKPOINT -o model_repository/` and
+    `aitune-triton serve model_repository/`.
+    """
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "repository", required=True, type=click.Path(path_type=Path),
+              help="Model repository directory to write into (created when missing).")
+@click.option("--name", default=None, help="Entry model name; default the module's name. Graph models are NAME.graph_N.")
+@click.option("--instance-count", default=1, show_default=True, type=int,
+              help="Model instances per device (instance_group count); each is a separate process.")
+@click.option("--instance-kind", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"]),
+              help="KIND_CPU or KIND_GPU instances; auto picks GPU when the backend was tuned on CUDA.")
+@click.option("--max-queue-delay-microseconds", default=100, show_default=True, type=int,
+              help="Dynamic batcher queue delay for models that batch (max_batch_size > 0).")
+@click.option("--quiet", is_flag=True, help="Print only the result, no progress lines.")
+def export(checkpoint: Path, repository: Path, name: str | None, instance_count: int, instance_kind: str,
+           max_queue_delay_microseconds: int, quiet: bool) -> None:
+    """Export CHECKPOINT (written by aitune_triton.save) to a Triton model repository.
+
+    Writes one Python-backend graph model per tuned graph spec and an entry model named after
+    the module; each export adds a new version directory, existing versions are never rewritten.
+    """
+    from aitune_triton.triton.config import TritonModelOptions
+    from aitune_triton.triton.exporter import export as export_checkpoint
+
+    try:
+        options = TritonModelOptions(instance_count, instance_kind, max_queue_delay_microseconds)
+        result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet)
+    except AITuneTritonError as error:
+        raise _fail(error) from error
+    table = Table(title=f"Exported to {result.repository}")
+    table.add_column("model")
+    table.add_column("version", justify="right")
+    for model, version in result.versions.items():
+        table.add_row(model + ("  (entry)" if model == result.entry_model else ""), str(version))
+    console.print(table)
+
+
+@main.command()
+@click.argument("repository", type=click.Path(path_type=Path))
+@click.option("--http-port", default=None, type=int, help="HTTP port [default: a free port].")
+@click.option("--grpc-port", default=None, type=int, help="gRPC port [default: a free port].")
+@click.option("--metrics-port", default=None, type=int, help="Metrics port [default: a free port].")
+@click.option("--tritonserver", "tritonserver", default=None, type=click.Path(path_type=Path),
+              help="tritonserver binary [default: the one in the nvidia-pytriton wheel, else PATH].")
+@click.option("--log-file", default=None, type=click.Path(path_type=Path),
+              help="File that keeps the server log [default: a temporary file].")
+@click.option("--quiet-log", is_flag=True, help="Do not echo server log lines.")
+@click.option("--timeout-s", default=180.0, show_default=True, type=float,
+              help="Seconds to wait for the server and its models to be ready.")
+def serve(repository: Path, http_port: int | None, grpc_port: int | None, metrics_port: int | None,
+          tritonserver: Path | None, log_file: Path | None, quiet_log: bool, timeout_s: float) -> None:
+    """Serve REPOSITORY with a real Triton server until interrupted (Ctrl-C)."""
+    from aitune_triton.triton.server import TritonServer
+
+    try:
+        server = TritonServer(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                              tritonserver=tritonserver, log_path=log_file, stream_log=not quiet_log,
+                              timeout_s=timeout_s)
+        server.start()
+    except AITuneTritonError as error:
+        raise _fail(error) from error
+    console.print(f"Serving {repository}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
+                  f"metrics localhost:{server.metrics_port}, log {server.log_path}. Ctrl-C stops.")
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while server.is_running():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    if server.error_lines():
+        console.print(f"Server stopped; its log ({server.log_path}) has error lines.")
+    else:
+        console.print("Server stopped.")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+def inspect(checkpoint: Path) -> None:
+    """Show the graph specs, chosen backends and library versions of CHECKPOINT."""
+    from aitune_triton.checkpoint import read_checkpoint
+
+    try:
+        manifest = read_checkpoint(checkpoint)
+    except AITuneTritonError as error:
+        raise _fail(error) from error
+    module = manifest["module"]
+    table = Table(title=f"{module['name']} ({module['module_class']})")
+    for column in ("graph spec", "inputs", "backend", "max batch"):
+        table.add_column(column)
+    for entry in module["graphs"]:
+        graph = entry["graph"]
+        inputs = ", ".join(f"{t['path']} {t['dtype']} {t['min_shape']}..{t['max_shape']}" for t in graph["inputs"])
+        batch = graph.get("dims", {}).get("batch")
+        table.add_row(graph["name"], inputs, entry["backend"]["name"], str(batch[1]) if batch else "-")
+    console.print(table)
+    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items() if v))
+
+
+if __name__ == "__main__":
+    main()

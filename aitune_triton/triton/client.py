@@ -1,0 +1,145 @@
+"""RemoteModule: call a served module with the original module's arguments, get the same outputs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from aitune_triton.errors import GraphSpecMismatchError, RemoteInferenceError
+from aitune_triton.module.spec import ForwardSignature, flatten_call, rebuild_output, treespec_from_json
+from aitune_triton.triton.config import ROUTES_PARAMETER
+from aitune_triton.triton.io import ModelIO
+
+__all__ = ["RemoteModule"]
+
+
+def _strip_scheme(url: str) -> str:
+    for scheme in ("http://", "https://", "grpc://"):
+        if url.startswith(scheme):
+            return url[len(scheme) :]
+    return url
+
+
+class RemoteModule:
+    """A module served by Triton, called like the original module.
+
+    On creation it reads the entry model's configuration (parameter ``aitune_triton.routes``:
+    the forward signature and each graph model's IO mapping). Each call is bound and flattened
+    exactly as in-process, matched to its graph spec, and sent straight to that graph model (one
+    hop, no router); the answer is rebuilt into the module's output structure (tuples, dicts,
+    ``transformers`` ModelOutputs when ``transformers`` is imported) of CPU tensors.
+
+    Args:
+        url: ``host:port`` of the server's gRPC or HTTP endpoint (a ``grpc://``/``http://`` prefix
+            is accepted).
+        model_name: The entry model name (the exported module's name).
+        protocol: ``"grpc"`` or ``"http"``.
+        timeout_s: Network timeout per request, in seconds.
+
+    Raises:
+        ValueError: ``protocol`` is neither ``"grpc"`` nor ``"http"``.
+        RemoteInferenceError: the server cannot be reached or ``model_name`` is not an entry
+            model exported by aitune_triton.
+    """
+
+    def __init__(self, url: str, model_name: str, protocol: str = "grpc", timeout_s: float = 60.0):
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol: expected 'grpc' or 'http', got {protocol!r}")
+        self.url = _strip_scheme(url)
+        self.model_name = model_name
+        self.protocol = protocol
+        self.timeout_s = timeout_s
+        if protocol == "grpc":
+            import tritonclient.grpc as client_module
+        else:
+            import tritonclient.http as client_module
+        self._module = client_module
+        self._client = (
+            client_module.InferenceServerClient(self.url)
+            if protocol == "grpc"
+            else client_module.InferenceServerClient(self.url, connection_timeout=timeout_s, network_timeout=timeout_s)
+        )
+        routes = self._read_routes()
+        self.signature = ForwardSignature.from_dict(routes["signature"])
+        self.strict = routes.get("strict", True)
+        self.graphs = [ModelIO.from_dict(graph) for graph in routes["graphs"]]
+        self._by_key = {io.key: io for io in self.graphs}
+        self._treespecs: dict[str, Any] = {}
+
+    def _read_routes(self) -> dict[str, Any]:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            if self.protocol == "grpc":
+                config = self._client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout_s)["config"]
+            else:
+                config = self._client.get_model_config(self.model_name)
+        except InferenceServerException as error:
+            raise RemoteInferenceError(
+                f"{self.protocol}://{self.url}: cannot read the configuration of model {self.model_name!r}: {error}"
+            ) from error
+        parameter = config.get("parameters", {}).get(ROUTES_PARAMETER)
+        if parameter is None:
+            raise RemoteInferenceError(
+                f"model {self.model_name!r} has no {ROUTES_PARAMETER!r} parameter: it is not an entry model exported "
+                "by aitune_triton. Pass the module's name, not a graph model's."
+            )
+        return json.loads(parameter["string_value"])
+
+    def _treespec(self, io: ModelIO) -> Any:
+        if io.graph not in self._treespecs:
+            self._treespecs[io.graph] = treespec_from_json(io.output_treespec)
+        return self._treespecs[io.graph]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the served module on the call's tensors.
+
+        Raises:
+            TypeError: the arguments do not fit the module's forward signature.
+            GraphSpecMismatchError: the call matches none of the exported graph specs.
+            RemoteInferenceError: the server answered with an error.
+        """
+        from tritonclient.utils import InferenceServerException
+
+        call = flatten_call(self.signature, args, kwargs, self.strict)
+        io = self._by_key.get(call.key)
+        if io is None:
+            known = "\n".join(f"  {g.graph}: {g.description}" for g in self.graphs)
+            raise GraphSpecMismatchError(
+                f"{self.model_name}: the call ({call.describe()}) matches no exported graph spec. Exported graph specs:\n{known}"
+            )
+        inputs = []
+        for tensor_io, tensor in zip(io.inputs, call.flat.tensors):
+            array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+            array = array.reshape(io.wire_shape(tensor_io, array.shape))
+            infer_input = self._module.InferInput(tensor_io.name, list(array.shape), tensor_io.client_datatype)
+            infer_input.set_data_from_numpy(array)
+            inputs.append(infer_input)
+        outputs = [self._module.InferRequestedOutput(t.name) for t in io.outputs]
+        try:
+            if self.protocol == "grpc":
+                result = self._client.infer(io.model_name, inputs, outputs=outputs, client_timeout=self.timeout_s)
+            else:
+                result = self._client.infer(io.model_name, inputs, outputs=outputs)
+        except InferenceServerException as error:
+            raise RemoteInferenceError(f"{io.model_name} ({self.protocol}://{self.url}): {error}") from error
+        tensors = []
+        for tensor_io in io.outputs:
+            array = np.array(result.as_numpy(tensor_io.name), copy=True)
+            if io.wire_shape(tensor_io, ()) == (1,):  # [batch, 1] on the wire is [batch] in the module
+                array = array.reshape(array.shape[:-1])
+            tensors.append(torch.from_numpy(array))
+        return rebuild_output(self._treespec(io), io.output_template, tensors)
+
+    def close(self) -> None:
+        """Close the client connection."""
+        self._client.close()
+
+    def __enter__(self) -> "RemoteModule":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,196 @@
+"""Triton model configurations as ``model_config_pb2.ModelConfig`` messages.
+
+Building a configuration and writing it are separate: builders return protobuf messages (the
+official schema from ``tritonclient.grpc.model_config_pb2``, so a misspelt field fails when it
+is set), and :func:`write_model_config` serializes with ``google.protobuf.text_format``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from aitune_triton.errors import ExportError
+from aitune_triton.triton.io import ModelIO, TensorIO
+
+__all__ = [
+    "IO_PARAMETER",
+    "ROUTES_PARAMETER",
+    "TritonModelOptions",
+    "graph_model_config",
+    "model_config_text",
+    "read_model_config",
+    "router_model_config",
+    "write_model_config",
+]
+
+#: Configuration parameter holding a graph model's IO mapping (JSON).
+IO_PARAMETER = "aitune_triton.io"
+#: Configuration parameter of the entry model: signature and every graph model's IO mapping (JSON).
+ROUTES_PARAMETER = "aitune_triton.routes"
+
+
+@dataclass
+class TritonModelOptions:
+    """Deployment options for exported models.
+
+    Attributes:
+        instance_count: Model instances per device (``instance_group.count``); each Python-backend
+            instance is a separate process.
+        instance_kind: ``"cpu"``, ``"gpu"`` or ``"auto"`` (GPU when the backend was tuned on CUDA).
+            A CPU-only server loads only ``KIND_CPU`` instances.
+        max_queue_delay_microseconds: How long the dynamic batcher may hold a request to form a
+            larger batch (models with ``max_batch_size > 0`` only).
+        preferred_batch_size: Batch sizes the dynamic batcher aims for; empty lets Triton decide.
+    """
+
+    instance_count: int = 1
+    instance_kind: str = "auto"
+    max_queue_delay_microseconds: int = 100
+    preferred_batch_size: Sequence[int] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.instance_count, int) or self.instance_count < 1:
+            raise ExportError(f"instance_count: expected an integer >= 1, got {self.instance_count!r}")
+        if self.instance_kind not in ("auto", "cpu", "gpu"):
+            raise ExportError(f"instance_kind: expected 'auto', 'cpu' or 'gpu', got {self.instance_kind!r}")
+        if not isinstance(self.max_queue_delay_microseconds, int) or self.max_queue_delay_microseconds < 0:
+            raise ExportError(
+                f"max_queue_delay_microseconds: expected an integer >= 0, got {self.max_queue_delay_microseconds!r}"
+            )
+
+    def kind_for(self, device: str) -> int:
+        """``KIND_CPU`` or ``KIND_GPU`` for a backend tuned on ``device`` (``"cpu"``, ``"cuda:0"``)."""
+        gpu = self.instance_kind == "gpu" or (self.instance_kind == "auto" and device.startswith("cuda"))
+        return mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+
+
+def _tensor_messages(tensors: Sequence[TensorIO], message_type: type, batching: bool) -> list:
+    messages = []
+    for tensor in tensors:
+        message = message_type(name=tensor.name, data_type=mc.DataType.Value(tensor.data_type), dims=list(tensor.dims))
+        if batching and not tensor.dims:
+            # Triton needs at least one dim besides the batch axis; a [batch]-shaped tensor is declared
+            # as dims [1] reshaped to [] (model configuration docs, "Reshape").
+            message.dims.append(1)
+            message.reshape.SetInParent()
+        messages.append(message)
+    return messages
+
+
+def _parameter(config: mc.ModelConfig, key: str, value: str) -> None:
+    config.parameters[key].string_value = value
+
+
+def graph_model_config(io: ModelIO, options: TritonModelOptions, device: str = "cpu") -> mc.ModelConfig:
+    """Configuration of a Python-backend model that runs one graph spec's artifact.
+
+    ``dynamic_batching`` is on when ``io.max_batch_size > 0``; the IO mapping is stored as the
+    ``aitune_triton.io`` parameter.
+    """
+    config = mc.ModelConfig(name=io.model_name, backend="python", max_batch_size=io.max_batch_size)
+    config.input.extend(_tensor_messages(io.inputs, mc.ModelInput, io.max_batch_size > 0))
+    config.output.extend(_tensor_messages(io.outputs, mc.ModelOutput, io.max_batch_size > 0))
+    config.instance_group.add(kind=options.kind_for(device), count=options.instance_count)
+    if io.max_batch_size > 0:
+        config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_microseconds
+        config.dynamic_batching.preferred_batch_size.extend(
+            [size for size in options.preferred_batch_size if size <= io.max_batch_size]
+        )
+    config.version_policy.latest.num_versions = 1
+    _parameter(config, IO_PARAMETER, json.dumps(io.to_dict()))
+    return config
+
+
+def _union(ios: Sequence[ModelIO], side: str) -> list[tuple[str, str, tuple[int, ...]]]:
+    """Union of tensors by name with full dims; the same name must keep one dtype and rank."""
+    seen: dict[str, tuple[str, tuple[int, ...], str]] = {}
+    for io in ios:
+        for tensor in getattr(io, side):
+            dims = io.full_dims(tensor)
+            if tensor.name not in seen:
+                seen[tensor.name] = (tensor.data_type, dims, io.graph)
+                continue
+            data_type, known, graph = seen[tensor.name]
+            if data_type != tensor.data_type or len(known) != len(dims):
+                raise ExportError(
+                    f"entry model: {side[:-1]} {tensor.name!r} is {data_type} rank {len(known)} in {graph} but "
+                    f"{tensor.data_type} rank {len(dims)} in {io.graph}; one Triton model needs one dtype and rank "
+                    "per tensor name. Record such calls under separate Module names."
+                )
+            merged = tuple(a if a == b else -1 for a, b in zip(known, dims))
+            seen[tensor.name] = (data_type, merged, graph)
+    return [(name, data_type, dims) for name, (data_type, dims, _) in seen.items()]
+
+
+def router_model_config(name: str, ios: Sequence[ModelIO], routes: dict[str, Any], options: TritonModelOptions) -> mc.ModelConfig:
+    """Configuration of the entry model: a Python-backend BLS router in front of the graph models.
+
+    Its inputs are the union of the graph models' inputs, all ``optional``; each request goes to
+    the graph model whose input names are exactly the ones present. ``max_batch_size`` is 0 and
+    dims are full shapes, since requests pass through unchanged (graph models do the batching).
+
+    Raises:
+        ExportError: two graph specs use one tensor name with different dtypes or ranks, or two
+            graph specs have the same set of input names (the router could not tell them apart).
+    """
+    by_names: dict[frozenset[str], str] = {}
+    for io in ios:
+        names = frozenset(t.name for t in io.inputs)
+        if names in by_names:
+            raise ExportError(
+                f"entry model: {by_names[names]} and {io.graph} take the same input names {sorted(names)} (they "
+                "differ only in constant arguments), so a request cannot be routed by its tensors. Export them "
+                "under separate Module names."
+            )
+        by_names[names] = io.graph
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
+    for tensor_name, data_type, dims in _union(ios, "inputs"):
+        config.input.add(name=tensor_name, data_type=mc.DataType.Value(data_type), dims=list(dims), optional=True)
+    for tensor_name, data_type, dims in _union(ios, "outputs"):
+        config.output.add(name=tensor_name, data_type=mc.DataType.Value(data_type), dims=list(dims))
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=options.instance_count)
+    config.version_policy.latest.num_versions = 1
+    _parameter(config, ROUTES_PARAMETER, json.dumps(routes))
+    return config
+
+
+def model_config_text(config: mc.ModelConfig) -> str:
+    """``config.pbtxt`` text of a configuration."""
+    return text_format.MessageToString(config)
+
+
+def write_model_config(config: mc.ModelConfig, path: str | os.PathLike) -> Path:
+    """Write ``config`` as protobuf text to ``path`` atomically (temporary file + rename).
+
+    The text is parsed back before it is written, so a file that Triton could not parse is never
+    written.
+    """
+    path = Path(path)
+    text = model_config_text(config)
+    text_format.Parse(text, mc.ModelConfig())
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_model_config(path: str | os.PathLike) -> mc.ModelConfig:
+    """Parse a ``config.pbtxt``.
+
+    Raises:
+        google.protobuf.text_format.ParseError: the file does not follow the ModelConfig schema.
+    """
+    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())

@@ -1,0 +1,239 @@
+"""Export a tuned module (or its checkpoint) to a Triton model repository.
+
+Every tuned graph spec becomes a Python-backend *graph model* named ``<name>.<graph>``
+(``minilm.graph_0``) that runs the graph's artifact; the module as a whole gets an *entry model*
+named ``<name>``: a BLS router in front of the graph models, whose configuration also carries
+every graph model's IO mapping for :class:`~aitune_triton.triton.client.RemoteModule`::
+
+    model_repository/
+      minilm/                      entry model (router)
+        config.pbtxt
+        1/model.py  1/routes.json  1/manifest.json
+      minilm.graph_0/              graph model
+        config.pbtxt
+        1/model.py  1/io.json  1/model.pt2  1/manifest.json
+
+Writes never overwrite: each export adds a new version directory to each model (``2/``, ``3/``...)
+and replaces ``config.pbtxt`` atomically. Everything is built in a temporary directory inside the
+repository first and renamed into place, graph models before the entry model, so a failed export
+leaves no half-written model directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from aitune_triton._progress import progress
+from aitune_triton._versions import library_versions, sha256_file
+from aitune_triton.checkpoint import read_checkpoint
+from aitune_triton.errors import ExportError
+from aitune_triton.module.wrapper import Module
+from aitune_triton.names import validate_model_name
+from aitune_triton.triton.config import (
+    TritonModelOptions,
+    graph_model_config,
+    router_model_config,
+    write_model_config,
+)
+from aitune_triton.triton.io import ModelIO
+
+__all__ = ["ExportResult", "export", "templates_dir"]
+
+_RUNTIMES = {"onnxruntime": "onnxruntime", "aoti": "aoti"}
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote.
+
+    Attributes:
+        repository: The model repository.
+        entry_model: Name of the entry (router) model; pass it to RemoteModule.
+        graph_models: Names of the graph models.
+        versions: Model name -> version directory written.
+    """
+
+    repository: Path
+    entry_model: str
+    graph_models: list[str]
+    versions: dict[str, int]
+
+
+def templates_dir() -> Path:
+    """Directory of the jinja2 templates: inside the installed package, else the source tree's ``templates/``."""
+    packaged = Path(__file__).resolve().parents[1] / "templates"
+    if packaged.is_dir():
+        return packaged
+    source = Path(__file__).resolve().parents[2] / "templates"
+    if source.is_dir():
+        return source
+    raise ExportError(f"templates: found neither {packaged} nor {source}; the installation is incomplete.")
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _description(module_or_checkpoint: Module | str | os.PathLike) -> tuple[dict[str, Any], str]:
+    if isinstance(module_or_checkpoint, Module):
+        if module_or_checkpoint.state.name != "TUNED":
+            raise ExportError(
+                f"module: '{module_or_checkpoint.name}' is not tuned (state: {module_or_checkpoint.state.name}). "
+                "Record calls and call tune() before exporting."
+            )
+        return module_or_checkpoint.to_dict(), f"module '{module_or_checkpoint.name}'"
+    if isinstance(module_or_checkpoint, (str, os.PathLike)):
+        return read_checkpoint(module_or_checkpoint)["module"], f"checkpoint {Path(module_or_checkpoint).absolute()}"
+    raise ExportError(
+        f"module_or_checkpoint: expected a tuned aitune_triton.Module or a checkpoint directory, "
+        f"got {type(module_or_checkpoint).__name__}"
+    )
+
+
+def _next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def _write_manifest(version_dir: Path, source: str, extra: dict[str, Any]) -> None:
+    files = {p.name: sha256_file(p) for p in sorted(version_dir.iterdir()) if p.is_file()}
+    manifest = {"source": source, "versions": library_versions(), "sha256": files, **extra}
+    (version_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def export(
+    module_or_checkpoint: Module | str | os.PathLike,
+    repository: str | os.PathLike,
+    name: str | None = None,
+    options: TritonModelOptions | None = None,
+    show_progress: bool = True,
+) -> ExportResult:
+    """Write a tuned module as Triton models: one graph model per graph spec plus an entry model.
+
+    Args:
+        module_or_checkpoint: A ``TUNED`` :class:`~aitune_triton.Module` or a checkpoint directory
+            written by :func:`aitune_triton.save`.
+        repository: Model repository directory (created when missing).
+        name: Entry model name; default the module's name. Graph models are ``<name>.<graph>``.
+        options: Instance group and dynamic batching options.
+        show_progress: Print progress lines to stderr.
+
+    Returns:
+        What was written (:class:`ExportResult`).
+
+    Raises:
+        ExportError: the module is not tuned, a graph spec runs on a backend without an artifact
+            (eager), a tensor dtype cannot be served, or the entry model cannot route between the
+            graph specs. Nothing is written.
+        CheckpointError: the checkpoint is missing or fails verification. Nothing is written.
+        InvalidNameError: ``name`` is not a valid model name (``/``, leading ``.``...).
+    """
+    description, source = _description(module_or_checkpoint)
+    name = validate_model_name(name, "name") if name is not None else validate_model_name(description["name"], "module name")
+    options = options or TritonModelOptions()
+    repository = Path(repository).absolute()
+    models = _plan(description, name, options)
+    repository.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".aitune_triton-export-", dir=repository))
+    versions: dict[str, int] = {}
+    try:
+        with progress(f"Exporting '{name}' to {repository}", enabled=show_progress) as log:
+            for model in models:
+                versions[model.name] = _next_version(repository / model.name)
+                model.write(staging / model.name, versions[model.name], source)
+                log(f"{model.name}: version {versions[model.name]} ({model.summary})")
+            for model in models:  # graph models first, the entry model last
+                _publish(staging / model.name, repository / model.name, versions[model.name])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(repository, name, [m.name for m in models[:-1]], versions)
+
+
+@dataclass
+class _PlannedModel:
+    name: str
+    config: Any
+    files: dict[str, str]  # file name -> text
+    artifact: Path | None
+    summary: str
+
+    def write(self, model_dir: Path, version: int, source: str) -> None:
+        version_dir = model_dir / str(version)
+        version_dir.mkdir(parents=True)
+        for file_name, text in self.files.items():
+            (version_dir / file_name).write_text(text)
+        if self.artifact is not None:
+            if not self.artifact.is_file():
+                raise ExportError(f"{self.name}: artifact {self.artifact} does not exist (was the tuning cache cleared?).")
+            shutil.copyfile(self.artifact, version_dir / self.artifact.name)
+        _write_manifest(version_dir, source, {"model": self.name, "version": version})
+        write_model_config(self.config, model_dir / "config.pbtxt")
+
+
+def _plan(description: dict[str, Any], name: str, options: TritonModelOptions) -> list[_PlannedModel]:
+    """Build every configuration and file in memory, so that invalid input fails before writing."""
+    from aitune_triton import __version__
+
+    environment = _environment()
+    planned: list[_PlannedModel] = []
+    ios: list[ModelIO] = []
+    for entry in description["graphs"]:
+        graph, backend = entry["graph"], entry["backend"]
+        if backend["name"] not in _RUNTIMES:
+            raise ExportError(
+                f"{graph['name']}: backend {backend['name']!r} has no artifact Triton can load (exportable: "
+                f"{sorted(_RUNTIMES)}). Tune this graph spec with OneBackendStrategy('onnxruntime') or "
+                "OneBackendStrategy('aoti')."
+            )
+        io = ModelIO.from_graph(f"{name}.{graph['name']}", graph, backend)
+        ios.append(io)
+        model_py = environment.get_template("graph_model.py.j2").render(
+            version=__version__, module_name=name, graph=graph["name"], artifact=io.artifact, runtime=_RUNTIMES[backend["name"]]
+        )
+        planned.append(
+            _PlannedModel(
+                name=io.model_name,
+                config=graph_model_config(io, options, backend.get("device", "cpu")),
+                files={"model.py": model_py, "io.json": io.to_json() + "\n"},
+                artifact=Path(backend["artifacts"]["model"]),
+                summary=f"{backend['name']}, max_batch_size {io.max_batch_size}",
+            )
+        )
+    routes = {"module": name, "signature": description["signature"], "strict": description.get("strict", True), "graphs": [io.to_dict() for io in ios]}
+    router_py = environment.get_template("router_model.py.j2").render(
+        version=__version__, module_name=name, graph_models=[io.model_name for io in ios]
+    )
+    planned.append(
+        _PlannedModel(
+            name=name,
+            config=router_model_config(name, ios, routes, options),
+            files={"model.py": router_py, "routes.json": json.dumps(routes, indent=2) + "\n"},
+            artifact=None,
+            summary=f"entry model routing to {len(ios)} graph model(s)",
+        )
+    )
+    return planned
+
+
+def _publish(staged_model: Path, target_model: Path, version: int) -> None:
+    """Move a staged version directory into the repository, then its config.pbtxt."""
+    target_model.mkdir(exist_ok=True)
+    target_version = target_model / str(version)
+    if target_version.exists():
+        raise ExportError(f"{target_version} appeared while exporting; versions are never overwritten. Export again.")
+    (staged_model / str(version)).rename(target_version)
+    os.replace(staged_model / "config.pbtxt", target_model / "config.pbtxt")

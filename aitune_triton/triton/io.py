@@ -1,0 +1,214 @@
+"""The IO mapping between a graph spec's leaves and a Triton model's tensors.
+
+One :class:`ModelIO` per graph model is shared by the config generator, the generated
+``model.py`` (as ``io.json``) and :class:`~aitune_triton.triton.client.RemoteModule` (through the
+entry model's configuration parameters), so all three agree on names, dtypes, dims and the
+batch axis.
+
+Rules (Triton model configuration docs, "Maximum Batch Size" and "Inputs and Outputs"):
+
+* ``max_batch_size > 0`` only when every input and output has its batch axis at dim 0; the dims
+  then leave the batch axis out. Otherwise ``max_batch_size: 0`` and dims are full shapes.
+* A dim whose size varied across recorded calls is ``-1``; a fixed one keeps its size.
+* Tensor names are leaf paths (``input_ids``, ``hidden.0``) with characters outside
+  ``[A-Za-z0-9_.-]`` replaced by ``_``, made unique with a ``__N`` suffix when needed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aitune_triton.errors import ExportError
+from aitune_triton.module.spec import TensorSpec
+
+__all__ = ["ModelIO", "TensorIO", "TORCH_TO_TRITON_DTYPE", "triton_dtype"]
+
+#: torch dtype name -> Triton config data type (Triton "Datatypes" table).
+TORCH_TO_TRITON_DTYPE = {
+    "bool": "TYPE_BOOL",
+    "uint8": "TYPE_UINT8",
+    "int8": "TYPE_INT8",
+    "int16": "TYPE_INT16",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "float16": "TYPE_FP16",
+    "float32": "TYPE_FP32",
+    "float64": "TYPE_FP64",
+}
+
+
+def triton_dtype(dtype: str, path: str = "") -> str:
+    """Triton config data type (``TYPE_FP32``) for a torch dtype name.
+
+    Raises:
+        ExportError: the dtype has no numpy counterpart the Python backend can carry (bfloat16,
+            complex, float8...).
+    """
+    try:
+        return TORCH_TO_TRITON_DTYPE[dtype]
+    except KeyError:
+        raise ExportError(
+            f"tensor {path!r}: dtype {dtype} cannot cross a Python-backend model (supported: "
+            f"{sorted(TORCH_TO_TRITON_DTYPE)}). Cast it in the module before export."
+        ) from None
+
+
+@dataclass(frozen=True)
+class TensorIO:
+    """One Triton tensor of a graph model.
+
+    Attributes:
+        name: Triton tensor name.
+        path: Leaf path in the module's inputs or outputs.
+        dtype: Torch dtype name (``float32``).
+        data_type: Triton config data type (``TYPE_FP32``).
+        dims: Config dims: per-sample dims when the model batches, full dims otherwise; -1 = dynamic.
+        batch_axis: Axis of the batch in the full shape, or None.
+    """
+
+    name: str
+    path: str
+    dtype: str
+    data_type: str
+    dims: tuple[int, ...]
+    batch_axis: int | None
+
+    @property
+    def client_datatype(self) -> str:
+        """Datatype string of the inference protocol (``FP32``), as tritonclient expects."""
+        return self.data_type.removeprefix("TYPE_")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form."""
+        data = asdict(self)
+        data["dims"] = list(self.dims)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TensorIO":
+        """Rebuild from :meth:`to_dict`."""
+        return cls(**{**data, "dims": tuple(data["dims"])})
+
+
+def _unique_names(paths: list[str]) -> list[str]:
+    names: list[str] = []
+    for path in paths:
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", path) or "tensor"
+        name, counter = base, 1
+        while name in names:
+            counter += 1
+            name = f"{base}__{counter}"
+        names.append(name)
+    return names
+
+
+@dataclass
+class ModelIO:
+    """The IO mapping of one graph model.
+
+    Attributes:
+        model_name: Triton model name.
+        graph: Graph spec name (``graph_0``).
+        key: The graph spec's input structure key; RemoteModule matches calls against it.
+        description: Human-readable input structure.
+        backend: Backend that produced the artifact.
+        artifact: Artifact file name in the version directory.
+        max_batch_size: Triton ``max_batch_size`` (0 = the model does not batch).
+        inputs: Input tensors in the artifact's input order.
+        outputs: Output tensors in the artifact's output order.
+        output_treespec: Output structure (``torch.utils._pytree.treespec_dumps`` JSON).
+        output_template: Output leaves, ``None`` for tensors and constant values otherwise.
+    """
+
+    model_name: str
+    graph: str
+    key: str
+    description: str
+    backend: str
+    artifact: str
+    max_batch_size: int
+    inputs: list[TensorIO]
+    outputs: list[TensorIO]
+    output_treespec: str
+    output_template: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def from_graph(cls, model_name: str, graph: dict[str, Any], backend: dict[str, Any]) -> "ModelIO":
+        """Build the mapping of a graph spec description (``GraphSpec.to_dict()``) and its backend.
+
+        Raises:
+            ExportError: a tensor dtype cannot be served, or the backend has no artifact.
+        """
+        inputs = [TensorSpec.from_dict(t) for t in graph["inputs"]]
+        outputs = [TensorSpec.from_dict(t) for t in graph["outputs"]]
+        artifacts = backend.get("artifacts", {})
+        if "model" not in artifacts:
+            raise ExportError(
+                f"{graph['name']}: backend {backend['name']!r} has no artifact Triton can load. Tune this graph spec "
+                "with OneBackendStrategy('onnxruntime') or OneBackendStrategy('aoti')."
+            )
+        batching = bool(inputs) and all(t.batch_axis == 0 for t in inputs + outputs)
+        max_batch_size = graph["dims"]["batch"][1] if batching else 0
+        names = _unique_names([t.path for t in inputs + outputs])
+
+        def tensor(spec: TensorSpec, name: str) -> TensorIO:
+            dims = [-1 if dim_name else size for dim_name, size in zip(spec.dim_names, spec.max_shape)]
+            return TensorIO(
+                name=name,
+                path=spec.path,
+                dtype=spec.dtype,
+                data_type=triton_dtype(spec.dtype, spec.path),
+                dims=tuple(dims[1:] if batching else dims),
+                batch_axis=spec.batch_axis,
+            )
+
+        return cls(
+            model_name=model_name,
+            graph=graph["name"],
+            key=graph["key"],
+            description=graph["description"],
+            backend=backend["name"],
+            artifact=artifacts["model"].replace("\\", "/").rsplit("/", 1)[-1],
+            max_batch_size=max_batch_size,
+            inputs=[tensor(s, n) for s, n in zip(inputs, names)],
+            outputs=[tensor(s, n) for s, n in zip(outputs, names[len(inputs) :])],
+            output_treespec=graph["output_treespec"],
+            output_template=list(graph["output_template"]),
+        )
+
+    def full_dims(self, tensor: TensorIO) -> tuple[int, ...]:
+        """Dims including the batch axis (as ``-1``) when the model batches."""
+        return ((-1,) + tensor.dims) if self.max_batch_size > 0 else tensor.dims
+
+    def wire_shape(self, tensor: TensorIO, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of ``tensor`` on the wire (what clients send and receive) for an artifact shape.
+
+        A batching model declares a ``[batch]``-shaped tensor as dims ``[1]`` (reshaped to ``[]``
+        for the model), so its wire shape is ``[batch, 1]``; every other shape is unchanged.
+        """
+        return tuple(shape) + (1,) if self.max_batch_size > 0 and not tensor.dims else tuple(shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form (``io.json``)."""
+        data = asdict(self)
+        data["inputs"] = [t.to_dict() for t in self.inputs]
+        data["outputs"] = [t.to_dict() for t in self.outputs]
+        return data
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelIO":
+        """Rebuild from :meth:`to_dict`."""
+        return cls(
+            **{
+                **data,
+                "inputs": [TensorIO.from_dict(t) for t in data["inputs"]],
+                "outputs": [TensorIO.from_dict(t) for t in data["outputs"]],
+            }
+        )

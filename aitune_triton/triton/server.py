@@ -1,0 +1,297 @@
+"""Start and stop a real ``tritonserver`` process.
+
+By default the server is the one inside the ``nvidia-pytriton`` wheel (Triton 2.51 with the Python
+backend; no other backends). Its Python-backend stub embeds libpython and takes ``sys.prefix``
+from the ``python3`` it finds on PATH, ignoring PYTHONPATH; so the server gets this interpreter's
+``bin/`` first on PATH and libpython's directory plus ``nvidia_pytriton.libs/`` on
+LD_LIBRARY_PATH, and the stub then runs with this virtual environment's packages (facts measured
+on the project machines, ``shared/design.md``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+from aitune_triton._progress import console, progress
+from aitune_triton.errors import TritonServerError
+
+__all__ = ["TritonServer", "find_tritonserver", "free_port"]
+
+_ERROR_LINE = re.compile(r"^E\d{4} |UNAVAILABLE|failed to load|Traceback|Error:")
+# Logged at every start on a host without a GPU; harmless there (design notes).
+_HARMLESS = re.compile(r"CudaDriverHelper|NVML|DCGM|GPU metrics|CUDA driver")
+
+
+def free_port() -> int:
+    """A TCP port on localhost that is free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _pytriton_root() -> Path | None:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    return root if (root / "bin" / "tritonserver").is_file() else None
+
+
+def find_tritonserver(path: str | os.PathLike | None = None) -> tuple[Path, Path | None]:
+    """Locate the server binary.
+
+    Args:
+        path: An explicit ``tritonserver`` binary.
+
+    Returns:
+        ``(binary, pytriton_root)``; ``pytriton_root`` is the wheel's ``tritonserver`` directory when
+        the binary comes from ``nvidia-pytriton`` (its backends must then be set up), else None.
+
+    Raises:
+        TritonServerError: ``path`` is not an executable file, or no server was found (neither
+            the ``nvidia-pytriton`` wheel nor ``tritonserver`` on PATH).
+    """
+    if path is not None:
+        binary = Path(path)
+        if not binary.is_file() or not os.access(binary, os.X_OK):
+            raise TritonServerError(f"tritonserver: {binary} is not an executable file.")
+        return binary, None
+    root = _pytriton_root()
+    if root is not None:
+        return root / "bin" / "tritonserver", root
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return Path(on_path), None
+    raise TritonServerError(
+        "tritonserver: not found. Install the serve extra (pip install 'aitune-triton[serve]', which brings the "
+        "nvidia-pytriton wheel with an embedded server), put tritonserver on PATH, or pass its path."
+    )
+
+
+def _python_backend_dir(root: Path, into: Path) -> Path:
+    """Lay out ``into/python/`` with the wheel's Python backend and the stub for this Python."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise TritonServerError(f"tritonserver: the nvidia-pytriton wheel has no Python-backend stub for Python {version}.")
+    backend = into / "python"
+    backend.mkdir(parents=True)
+    for source in (root / "backends" / "python" / "libtriton_python.so", root / "backends" / "python" / "triton_python_backend_utils.py", stub):
+        (backend / source.name).symlink_to(source)
+    return into
+
+
+def _server_environment(root: Path | None) -> dict[str, str]:
+    environment = dict(os.environ)
+    environment["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environment.get("PATH", "")])
+    libraries = [sysconfig.get_config_var("LIBDIR") or ""]
+    if root is not None:
+        libraries.append(str(root.parent.parent / "nvidia_pytriton.libs"))
+    environment["LD_LIBRARY_PATH"] = os.pathsep.join([*filter(None, libraries), environment.get("LD_LIBRARY_PATH", "")])
+    return environment
+
+
+class TritonServer:
+    """A ``tritonserver`` process serving a model repository; a context manager.
+
+    Args:
+        repository: Model repository directory.
+        http_port: HTTP port; a free one when None.
+        grpc_port: gRPC port; a free one when None.
+        metrics_port: Metrics port; a free one when None.
+        tritonserver: Path of a ``tritonserver`` binary; default the ``nvidia-pytriton`` one, else PATH.
+        log_path: File that keeps the server log; a temporary file when None.
+        stream_log: Also echo server log lines to stderr.
+        timeout_s: Seconds to wait for the server (and every model) to be ready.
+        extra_args: More ``tritonserver`` arguments.
+        show_progress: Print progress lines to stderr while starting.
+
+    The server runs with ``--disable-auto-complete-config`` (the written configs are exactly what
+    runs) and ``--exit-on-error`` (a model that fails to load stops the start; its error lines are
+    in the raised :class:`TritonServerError`).
+
+    Example::
+
+        with TritonServer("model_repository") as server:
+            remote = RemoteModule(server.grpc_url, "minilm")
+    """
+
+    def __init__(
+        self,
+        repository: str | os.PathLike,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        tritonserver: str | os.PathLike | None = None,
+        log_path: str | os.PathLike | None = None,
+        stream_log: bool = False,
+        timeout_s: float = 180.0,
+        extra_args: Sequence[str] = (),
+        show_progress: bool = True,
+    ):
+        self.repository = Path(repository).absolute()
+        if not self.repository.is_dir():
+            raise TritonServerError(f"repository: {self.repository} is not a directory. Export a model into it first.")
+        self.http_port = http_port or free_port()
+        self.grpc_port = grpc_port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        self._binary, self._root = find_tritonserver(tritonserver)
+        self._log_path = Path(log_path) if log_path else None
+        self.stream_log = stream_log
+        self.timeout_s = timeout_s
+        self.extra_args = list(extra_args)
+        self.show_progress = show_progress
+        self._process: subprocess.Popen | None = None
+        self._workdir: Path | None = None
+        self._reader: threading.Thread | None = None
+
+    @property
+    def http_url(self) -> str:
+        """``host:port`` of the HTTP endpoint, as tritonclient expects."""
+        return f"localhost:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` of the gRPC endpoint, as tritonclient expects."""
+        return f"localhost:{self.grpc_port}"
+
+    @property
+    def log_path(self) -> Path:
+        """The file holding the server log."""
+        if self._log_path is None:
+            raise TritonServerError("log_path: the server has not been started.")
+        return self._log_path
+
+    def command(self) -> list[str]:
+        """The ``tritonserver`` command line."""
+        command = [
+            str(self._binary),
+            f"--model-repository={self.repository}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--disable-auto-complete-config",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+        ]
+        if self._root is not None and self._workdir is not None:
+            command.append(f"--backend-directory={self._workdir / 'backends'}")
+        return command + self.extra_args
+
+    def start(self) -> "TritonServer":
+        """Start the server and wait until it and its models are ready.
+
+        Raises:
+            TritonServerError: the server exited or was not ready within ``timeout_s``; the
+                message holds the server's own error lines and the log path.
+        """
+        if self._process is not None:
+            return self
+        self._workdir = Path(tempfile.mkdtemp(prefix="aitune_triton-server-"))
+        if self._root is not None:
+            _python_backend_dir(self._root, self._workdir / "backends")
+        if self._log_path is None:
+            self._log_path = self._workdir / "tritonserver.log"
+        with progress(f"Starting Triton server on {self.repository}", enabled=self.show_progress) as log:
+            self._process = subprocess.Popen(
+                self.command(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=_server_environment(self._root),
+                start_new_session=True,
+            )
+            self._reader = threading.Thread(target=self._copy_log, daemon=True)
+            self._reader.start()
+            log(f"pid {self._process.pid}, http {self.http_url}, grpc {self.grpc_url}, log {self._log_path}")
+            try:
+                self._wait_ready(log)
+            except BaseException:
+                self.stop()
+                raise
+        return self
+
+    def _copy_log(self) -> None:
+        process = self._process
+        if process is None or process.stdout is None:
+            return
+        with open(self.log_path, "ab") as sink:
+            for line in process.stdout:
+                sink.write(line)
+                sink.flush()
+                if self.stream_log:
+                    console.out(line.decode(errors="replace").rstrip(), highlight=False)
+
+    def _wait_ready(self, log) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        url = f"http://{self.http_url}/v2/health/ready"
+        last_note = time.monotonic()
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:  # type: ignore[union-attr]
+                self._reader.join(timeout=5)  # type: ignore[union-attr]
+                raise TritonServerError(
+                    f"tritonserver exited with code {self._process.returncode} before it was ready "  # type: ignore[union-attr]
+                    f"(log: {self.log_path}).",
+                    self.error_lines(),
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        log("server and models ready")
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if time.monotonic() - last_note > 5:
+                log("waiting for models to load")
+                last_note = time.monotonic()
+            time.sleep(0.2)
+        raise TritonServerError(f"tritonserver was not ready after {self.timeout_s:g} s (log: {self.log_path}).", self.error_lines())
+
+    def error_lines(self) -> list[str]:
+        """The server's error lines so far (glog ``E`` lines, model load failures, tracebacks)."""
+        if self._log_path is None or not self._log_path.exists():
+            return []
+        lines = self._log_path.read_text(errors="replace").splitlines()
+        return [line for line in lines if _ERROR_LINE.search(line) and not _HARMLESS.search(line)]
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout_s``) and remove its backend directory.
+
+        The log file stays, for reading after a failure.
+        """
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+            self._reader = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+
+    def is_running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
