@@ -1,0 +1,28 @@
+"""README examples run: every ```python block of README.md is executed, in order, in a fresh directory."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+def test_readme_has_python_examples():
+    assert python_blocks(), "README.md should show the life cycle in a python block"
+
+
+@pytest.mark.triton
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "readme"}
+    for block in python_blocks():
+        exec(compile(block, str(README), "exec"), namespace)
+    assert (tmp_path / "model_repository" / "readme_net" / "config.pbtxt").is_file()
+    assert (tmp_path / "checkpoints" / "readme_net" / "manifest.json").is_file()
