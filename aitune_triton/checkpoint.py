@@ -88,6 +88,11 @@ def _copy_artifacts(description: dict[str, Any], staging: Path) -> dict[str, dic
             relative = f"{entry['graph']['name']}/{Path(source).name}"
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
+            if not Path(source).is_file():
+                raise CheckpointError(
+                    f"{entry['graph']['name']}: artifact {source} of backend {entry['backend']['name']!r} no longer "
+                    "exists (was the tuning cache cleared?). Tune again, then save."
+                )
             shutil.copyfile(source, target)
             files[relative] = {"sha256": sha256_file(target), "size_bytes": target.stat().st_size}
             artifacts[role] = relative

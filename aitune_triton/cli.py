@@ -7,12 +7,15 @@ import time
 from pathlib import Path
 
 import click
+from rich.console import Console
 from rich.table import Table
 
-from aitune_triton._progress import console
 from aitune_triton.errors import AITuneTritonError
 
 __all__ = ["main"]
+
+# Results go to stdout (pipeable); progress lines go to stderr (aitune_triton._progress).
+console = Console(soft_wrap=True, highlight=False)
 
 
 def _fail(error: Exception) -> click.ClickException:
@@ -98,8 +101,9 @@ def serve(repository: Path, http_port: int | None, grpc_port: int | None, metric
     except KeyboardInterrupt:
         pass
     finally:
+        errors = server.error_lines()
         server.stop()
-    if server.error_lines():
+    if errors:
         console.print(f"Server stopped; its log ({server.log_path}) has error lines.")
     else:
         console.print("Server stopped.")

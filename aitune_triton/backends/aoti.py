@@ -54,6 +54,6 @@ class AOTInductorBackend(Backend):
     def _unload(self) -> None:
         self._runner = None
 
-    def infer(self, call: CallStructure) -> list[torch.Tensor]:
+    def _infer(self, call: CallStructure) -> list[torch.Tensor]:
         outputs = self._runner(*[t.to(self.device) for t in call.flat.tensors])  # type: ignore[misc]
         return list(outputs)

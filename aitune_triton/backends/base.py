@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from aitune_triton.errors import BackendUnavailableError
+from aitune_triton.errors import BackendUnavailableError, ModuleStateError
 from aitune_triton.module.spec import CallStructure, ForwardSignature, GraphSpec
 
 __all__ = ["Backend", "BuildContext", "LoadContext", "register_backend", "get_backend_class", "backend_names"]
@@ -65,7 +65,7 @@ class Backend(abc.ABC):
 
     Subclasses set :attr:`name` (the registry key) and :attr:`artifact_names` (artifact role ->
     file name written by :meth:`build`), and implement :meth:`_build`, :meth:`_load` and
-    :meth:`infer`.
+    :meth:`_infer`.
 
     Args:
         **options: Backend-specific JSON-compatible options, stored with the backend.
@@ -73,6 +73,8 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     artifact_names: ClassVar[dict[str, str]] = {}
+    #: Whether non-tensor arguments are fixed at build time (true for every exported artifact).
+    bakes_constants: ClassVar[bool] = True
 
     def __init__(self, **options: Any):
         self.options = dict(options)
@@ -115,7 +117,6 @@ class Backend(abc.ABC):
     def _unload(self) -> None:
         """Release what :meth:`_load` created."""
 
-    @abc.abstractmethod
     def infer(self, call: CallStructure) -> list[torch.Tensor]:
         """Run one call.
 
@@ -124,7 +125,17 @@ class Backend(abc.ABC):
 
         Returns:
             Output tensor leaves in the graph spec's output order.
+
+        Raises:
+            ModuleStateError: the backend is not active (built and not deactivated).
         """
+        if not self._active:
+            raise ModuleStateError(f"{self.name} backend is not active; call activate() first.")
+        return self._infer(call)
+
+    @abc.abstractmethod
+    def _infer(self, call: CallStructure) -> list[torch.Tensor]:
+        """Run one call on the loaded runtime (see :meth:`infer`)."""
 
     @property
     def active(self) -> bool:

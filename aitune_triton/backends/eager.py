@@ -15,6 +15,7 @@ class EagerBackend(Backend):
     """Runs the original module's forward. Has no artifact, so it cannot be exported to Triton."""
 
     name = "eager"
+    bakes_constants = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -29,7 +30,7 @@ class EagerBackend(Backend):
     def _load(self) -> None:
         pass
 
-    def infer(self, call: CallStructure) -> list[torch.Tensor]:
+    def _infer(self, call: CallStructure) -> list[torch.Tensor]:
         return self.reference(self._module, call)  # type: ignore[arg-type]
 
     @staticmethod

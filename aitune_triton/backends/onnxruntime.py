@@ -88,7 +88,7 @@ class OnnxRuntimeBackend(Backend):
     def _unload(self) -> None:
         self._session = None
 
-    def infer(self, call: CallStructure) -> list[torch.Tensor]:
+    def _infer(self, call: CallStructure) -> list[torch.Tensor]:
         feed = {name: np.ascontiguousarray(t.detach().cpu().numpy()) for name, t in zip(self._input_names, call.flat.tensors)}
         outputs = self._session.run(None, feed)  # type: ignore[union-attr]
         return [torch.from_numpy(np.asarray(o)).to(self.device) for o in outputs]

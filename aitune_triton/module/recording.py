@@ -103,20 +103,11 @@ class _GraphRecord:
     output_template: list[Any]
     output_paths: list[str]
     output_dtypes: list[str]
+    constants: dict[str, str]
     samples: SampleStore
     input_shapes: list[list[Shape]] = field(default_factory=list)
     output_shapes: list[list[Shape]] = field(default_factory=list)
     error: str | None = None
-
-    def extends_range(self, shapes: list[Shape]) -> bool:
-        if not self.input_shapes:
-            return True
-        for leaf, shape in enumerate(shapes):
-            for axis, size in enumerate(shape):
-                seen = [call[leaf][axis] for call in self.input_shapes]
-                if size < min(seen) or size > max(seen):
-                    return True
-        return False
 
 
 def _output_key(flat: FlatTree) -> tuple:
@@ -150,7 +141,7 @@ class Recorder:
         call = flatten_call(self.signature, args, kwargs, self.strict)
         copied_args, copied_kwargs = copy_call(args, kwargs)
         output = forward(*args, **kwargs)
-        self._add(call, Sample(copied_args, copied_kwargs, extends_range=False), flatten_output(output))
+        self._add(call, Sample(copied_args, copied_kwargs, _shapes(call.flat.tensors)), flatten_output(output))
         return output
 
     def _add(self, call: CallStructure, sample: Sample, output: FlatTree) -> None:
@@ -166,18 +157,19 @@ class Recorder:
                 output_template=output.template,
                 output_paths=output.tensor_paths,
                 output_dtypes=[dtype_name(t.dtype) for t in output.tensors],
+                constants=call.flat.constants,
                 samples=SampleStore(self.max_samples),
             )
             self._graphs[call.key] = record
-        elif _output_key(output) != record.output_key and record.error is None:
-            record.error = (
+        elif _output_key(output) != record.output_key:
+            # Keep the first structure for the graph spec; the call is not recorded and tuning refuses.
+            record.error = record.error or (
                 f"calls with the same input structure ({record.description}) returned differently structured "
                 f"outputs: {record.output_treespec} vs {output.treespec}"
             )
-        shapes = _shapes(call.flat.tensors)
-        sample.extends_range = record.extends_range(shapes)
+            return
         record.samples.add(sample)
-        record.input_shapes.append(shapes)
+        record.input_shapes.append(sample.shapes)
         record.output_shapes.append(_shapes(output.tensors))
 
     def graph_specs(self) -> list[GraphSpec]:
@@ -235,6 +227,7 @@ class Recorder:
             output_template=record.output_template,
             num_calls=len(record.input_shapes),
             dims=dims.ranges,
+            constants=dict(record.constants),
         )
 
 

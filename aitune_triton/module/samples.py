@@ -34,12 +34,12 @@ class Sample:
     Attributes:
         args: Copied positional arguments.
         kwargs: Copied keyword arguments.
-        extends_range: Whether the call widened the recorded shape range when it was recorded.
+        shapes: Shape of each tensor input leaf, in flattening order.
     """
 
     args: tuple
     kwargs: dict
-    extends_range: bool
+    shapes: list[tuple[int, ...]]
 
     @property
     def numel(self) -> int:
@@ -47,11 +47,25 @@ class Sample:
         return sum(t.numel() for t in pytree.tree_leaves((self.args, self.kwargs)) if isinstance(t, torch.Tensor))
 
 
+def _extreme_indices(samples: list[Sample]) -> set[int]:
+    """Indices of the samples holding the smallest or largest size of some varying axis (oldest wins ties)."""
+    keep: set[int] = set()
+    axes = {(leaf, axis) for s in samples for leaf, shape in enumerate(s.shapes) for axis in range(len(shape))}
+    for leaf, axis in axes:
+        sizes = [(s.shapes[leaf][axis], i) for i, s in enumerate(samples) if leaf < len(s.shapes) and axis < len(s.shapes[leaf])]
+        if len({size for size, _ in sizes}) < 2:
+            continue  # a static axis has no end points to keep
+        keep.add(min(sizes)[1])
+        keep.add(min(sizes, key=lambda item: (-item[0], item[1]))[1])
+    return keep
+
+
 class SampleStore:
     """Keeps at most ``max_samples`` calls of one graph spec.
 
-    When full, a new call evicts the oldest call that did not widen the shape range, so the
-    smallest and largest shapes seen stay available for export and validation.
+    When full, a new call evicts the oldest stored call that holds neither the smallest nor the
+    largest size of any axis, so the shape range's end points stay available for export and
+    validation (the oldest call goes only when every stored call is such an end point).
 
     Args:
         max_samples: Upper bound on stored calls (>= 1).
@@ -61,17 +75,18 @@ class SampleStore:
     """
 
     def __init__(self, max_samples: int = 32):
-        if max_samples < 1:
+        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
             raise ValueError(f"max_samples: expected an integer >= 1, got {max_samples!r}")
         self.max_samples = max_samples
         self._samples: list[Sample] = []
 
     def add(self, sample: Sample) -> None:
-        """Store ``sample``, evicting one older sample when the store is full."""
-        if len(self._samples) >= self.max_samples:
-            victim = next((i for i, s in enumerate(self._samples) if not s.extends_range), 0)
-            del self._samples[victim]
+        """Store ``sample``, evicting one stored sample when the store is full."""
         self._samples.append(sample)
+        if len(self._samples) > self.max_samples:
+            keep = _extreme_indices(self._samples)
+            victim = next((i for i in range(len(self._samples)) if i not in keep), 0)
+            del self._samples[victim]
 
     def __iter__(self):
         return iter(list(self._samples))

@@ -139,16 +139,18 @@ class ForwardSignature:
 
     def __init__(self, parameters: Sequence[ParameterSpec]):
         self.parameters = tuple(parameters)
+        variadic = ("VAR_POSITIONAL", "VAR_KEYWORD")
         self._signature = inspect.Signature(
             [
                 inspect.Parameter(
                     p.name,
                     getattr(inspect.Parameter, p.kind),
-                    default=_MISSING if p.has_default else inspect.Parameter.empty,
+                    default=_MISSING if p.has_default and p.kind not in variadic else inspect.Parameter.empty,
                 )
                 for p in self.parameters
             ]
         )
+        self._var_keyword = next((p.name for p in self.parameters if p.kind == "VAR_KEYWORD"), None)
 
     @classmethod
     def from_callable(cls, function: Any) -> "ForwardSignature":
@@ -169,12 +171,16 @@ class ForwardSignature:
 
         Returns:
             ``{parameter name: value}`` for the arguments actually passed, in signature order.
-            ``*args`` binds to a tuple and ``**kwargs`` to a dict.
+            ``*args`` binds to a tuple and ``**kwargs`` to a dict sorted by key (the order keyword
+            arguments are written in does not change a call's structure).
 
         Raises:
             TypeError: the arguments do not fit the signature, as calling the function would.
         """
-        return dict(self._signature.bind(*args, **kwargs).arguments)
+        arguments = dict(self._signature.bind(*args, **kwargs).arguments)
+        if self._var_keyword in arguments:
+            arguments[self._var_keyword] = dict(sorted(arguments[self._var_keyword].items()))
+        return arguments
 
     def unbind(self, arguments: dict[str, Any]) -> tuple[tuple, dict]:
         """Turn bound arguments back into ``(args, kwargs)`` for a call."""
@@ -219,6 +225,15 @@ class FlatTree:
     def tensor_paths(self) -> list[str]:
         """Dotted paths of the tensor leaves."""
         return [self.paths[i] for i in self.tensor_indices]
+
+    @property
+    def constants(self) -> dict[str, str]:
+        """Path -> description (``const(value)``) of every non-tensor leaf."""
+        return {
+            path: description
+            for path, leaf, description in zip(self.paths, self.leaves, self.leaf_descriptions())
+            if not isinstance(leaf, torch.Tensor)
+        }
 
     @property
     def template(self) -> list[Any]:
@@ -379,6 +394,9 @@ class GraphSpec:
         output_treespec: Structure of the module's output.
         output_template: Output leaves with ``None`` for tensors and constant values otherwise.
         num_calls: Calls recorded for this graph spec.
+        dims: Dynamic dimension name -> ``(min, max)`` size recorded.
+        constants: Non-tensor input leaves of the first recorded call (path -> ``const(value)``);
+            exported backends are built with these values.
     """
 
     name: str
@@ -390,6 +408,7 @@ class GraphSpec:
     output_template: list[Any]
     num_calls: int = 0
     dims: dict[str, tuple[int, int]] = field(default_factory=dict)
+    constants: dict[str, str] = field(default_factory=dict)
 
     @property
     def batch_size_range(self) -> tuple[int, int] | None:
@@ -418,6 +437,7 @@ class GraphSpec:
             "output_template": template,
             "num_calls": self.num_calls,
             "dims": {name: list(bounds) for name, bounds in self.dims.items()},
+            "constants": dict(self.constants),
         }
 
     @classmethod
@@ -433,4 +453,5 @@ class GraphSpec:
             output_template=list(data["output_template"]),
             num_calls=data.get("num_calls", 0),
             dims={name: (int(b[0]), int(b[1])) for name, b in data.get("dims", {}).items()},
+            constants=dict(data.get("constants", {})),
         )

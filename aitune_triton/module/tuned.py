@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import torch
 
 from aitune_triton.backends import Backend, LoadContext
 from aitune_triton.errors import GraphSpecMismatchError, ModuleStateError
-from aitune_triton.module.spec import ForwardSignature, GraphSpec, flatten_call, rebuild_output
+from aitune_triton.module.spec import CallStructure, ForwardSignature, GraphSpec, flatten_call, rebuild_output
 from aitune_triton.module.state import ModuleState
 from aitune_triton.strategies import GraphTuneReport
 
@@ -45,6 +46,7 @@ class TunedModule:
         self.strict = strict
         self._by_key = {g.spec.key: g for g in graphs}
         self._active = all(g.backend.active for g in graphs)
+        self._warned: set[tuple] = set()
 
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         if not self._active:
@@ -57,8 +59,23 @@ class TunedModule:
                 f"Module '{self.name}': the call ({call.describe()}) matches no tuned graph spec. Known graph specs:\n"
                 f"{known}\nRecord such calls too (enable_recording(force=True)) and tune again."
             )
+        if not self.strict and graph.backend.bakes_constants and call.flat.constants != graph.spec.constants:
+            return self._eager_for_new_constants(module, graph, call)
         outputs = graph.backend.infer(call)
         return rebuild_output(graph.spec.output_treespec, graph.spec.output_template, outputs)
+
+    def _eager_for_new_constants(self, module: torch.nn.Module, graph: TunedGraph, call: CallStructure) -> Any:
+        """Non-strict mode: the backend was built with other constant arguments; run eagerly (warn once)."""
+        seen = tuple(sorted(call.flat.constants.items()))
+        if seen not in self._warned:
+            self._warned.add(seen)
+            warnings.warn(
+                f"Module '{self.name}' {graph.spec.name}: constant arguments {call.flat.constants} differ from those its "
+                f"{graph.backend.name} backend was built with ({graph.spec.constants}); running eagerly. Use strict=True "
+                "to record such calls as their own graph specs.",
+                stacklevel=3,
+            )
+        return module(*call.args, **call.kwargs)
 
     def activate(self) -> None:
         """Load every backend's runtime."""

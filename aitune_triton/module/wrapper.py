@@ -311,10 +311,11 @@ class Module(wrapt.ObjectProxy):
         return TuneContext(self.__wrapped__, self._self_signature, graph, samples, example, workdir, device, log)
 
     def _print_plan(self, plan: list[tuple[GraphSpec, TuneStrategy]], device: torch.device) -> None:
-        console.print(f"[bold]Dry run[/bold] for '{self._self_name}' on {device} (cache: {self._self_cache_dir or default_cache_dir()})")
+        cache = self._self_cache_dir or default_cache_dir()
+        console.print(f"Dry run for '{self._self_name}' on {device} (cache: {cache})", markup=False)
         for graph, strategy in plan:
             shapes = ", ".join(f"{t.path}: {list(t.min_shape)}..{list(t.max_shape)}" for t in graph.inputs)
-            console.print(f"  {graph.name}: {strategy.describe()}; inputs {shapes}")
+            console.print(f"  {graph.name}: {strategy.describe()}; inputs {shapes}", markup=False)
 
     # ----------------------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:

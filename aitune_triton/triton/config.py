@@ -57,7 +57,7 @@ class TritonModelOptions:
     preferred_batch_size: Sequence[int] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.instance_count, int) or self.instance_count < 1:
+        if isinstance(self.instance_count, bool) or not isinstance(self.instance_count, int) or self.instance_count < 1:
             raise ExportError(f"instance_count: expected an integer >= 1, got {self.instance_count!r}")
         if self.instance_kind not in ("auto", "cpu", "gpu"):
             raise ExportError(f"instance_kind: expected 'auto', 'cpu' or 'gpu', got {self.instance_kind!r}")
@@ -65,6 +65,11 @@ class TritonModelOptions:
             raise ExportError(
                 f"max_queue_delay_microseconds: expected an integer >= 0, got {self.max_queue_delay_microseconds!r}"
             )
+
+        sizes = list(self.preferred_batch_size)
+        if any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in sizes):
+            raise ExportError(f"preferred_batch_size: expected positive integers, got {sizes!r}")
+        self.preferred_batch_size = tuple(sizes)
 
     def kind_for(self, device: str) -> int:
         """``KIND_CPU`` or ``KIND_GPU`` for a backend tuned on ``device`` (``"cpu"``, ``"cuda:0"``)."""

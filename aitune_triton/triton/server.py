@@ -151,6 +151,7 @@ class TritonServer:
         self.metrics_port = metrics_port or free_port()
         self._binary, self._root = find_tritonserver(tritonserver)
         self._log_path = Path(log_path) if log_path else None
+        self._own_log = log_path is None
         self.stream_log = stream_log
         self.timeout_s = timeout_s
         self.extra_args = list(extra_args)
@@ -204,7 +205,7 @@ class TritonServer:
         self._workdir = Path(tempfile.mkdtemp(prefix="aitune_triton-server-"))
         if self._root is not None:
             _python_backend_dir(self._root, self._workdir / "backends")
-        if self._log_path is None:
+        if self._own_log:
             self._log_path = self._workdir / "tritonserver.log"
         with progress(f"Starting Triton server on {self.repository}", enabled=self.show_progress) as log:
             self._process = subprocess.Popen(
@@ -268,9 +269,10 @@ class TritonServer:
         return [line for line in lines if _ERROR_LINE.search(line) and not _HARMLESS.search(line)]
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after ``timeout_s``) and remove its backend directory.
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout_s``) and remove its temporary files.
 
-        The log file stays, for reading after a failure.
+        A temporary log (no ``log_path`` given) is kept only when it holds error lines, for reading
+        after a failure; a ``log_path`` given by the caller always stays.
         """
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
@@ -284,7 +286,11 @@ class TritonServer:
             self._reader.join(timeout=5)
             self._reader = None
         if self._workdir is not None:
-            shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+            if self._own_log and not self.error_lines():
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
+            else:
+                shutil.rmtree(self._workdir / "backends", ignore_errors=True)
 
     def is_running(self) -> bool:
         """Whether the server process is alive."""
