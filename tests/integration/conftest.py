@@ -1,0 +1,105 @@
+"""One tuned, exported and served module for the whole integration session.
+
+TwoInputNet (tests/conftest.py) is recorded with two graph specs, ``(x, y)`` and ``(x,)``, at
+batch sizes 1, 3 and 5, tuned with ONNX Runtime (graph_0) and AOTInductor (graph_1) so that
+both runtimes are served, saved as a checkpoint, exported by the real command line in a
+subprocess, and served by ONE TritonServer that is always stopped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from nets import TwoInputNet
+
+import aitune_triton
+from aitune_triton import Module, OneBackendStrategy
+from aitune_triton.errors import TritonServerError
+
+ENTRY_MODEL = "served_two_input_net"
+
+
+
+@dataclass
+class Served:
+    """What the session fixture built.
+
+    Attributes:
+        net: The eager TwoInputNet (the reference).
+        module: The in-process tuned Module around ``net``.
+        checkpoint: The saved checkpoint.
+        repository: The model repository the CLI exported into.
+        server: The running TritonServer.
+        entry_model: The entry (router) model name.
+        graph_models: The graph model names.
+    """
+
+    net: torch.nn.Module
+    module: Module
+    checkpoint: Path
+    repository: Path
+    server: object
+    entry_model: str
+    graph_models: list[str]
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    from aitune_triton.triton.server import TritonServer, find_tritonserver
+
+    try:
+        find_tritonserver()
+    except TritonServerError as error:
+        pytest.skip(f"no tritonserver on this machine: {error}")
+
+    root = tmp_path_factory.mktemp("served")
+    previous_cache = os.environ.get("AITUNE_TRITON_CACHE_DIR")
+    os.environ["AITUNE_TRITON_CACHE_DIR"] = str(root / "cache")
+    server = None
+    try:
+        torch.manual_seed(0)
+        net = TwoInputNet().eval()
+        module = Module(
+            net,
+            name=ENTRY_MODEL,
+            strategies=[OneBackendStrategy("onnxruntime"), OneBackendStrategy("aoti")],
+        )
+        generator = torch.Generator().manual_seed(1)
+        for batch in (1, 3, 5):
+            module(torch.randn(batch, 8, generator=generator), torch.randn(batch, 4, generator=generator))
+            module(torch.randn(batch, 8, generator=generator))
+        module.tune()
+        assert [g.backend.name for g in module.tuned_graphs] == ["onnxruntime", "aoti"]
+        checkpoint = aitune_triton.save(module, root / "checkpoint")
+        repository = root / "model_repository"
+        exported = subprocess.run(
+            [sys.executable, "-m", "aitune_triton", "export", str(checkpoint), "-o", str(repository), "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert exported.returncode == 0, f"export failed:\n{exported.stdout}\n{exported.stderr}"
+        server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=180)
+        server.start()
+        yield Served(
+            net=net,
+            module=module,
+            checkpoint=checkpoint,
+            repository=repository,
+            server=server,
+            entry_model=ENTRY_MODEL,
+            graph_models=[f"{ENTRY_MODEL}.graph_0", f"{ENTRY_MODEL}.graph_1"],
+        )
+    finally:
+        if server is not None:
+            server.stop()
+        if previous_cache is None:
+            os.environ.pop("AITUNE_TRITON_CACHE_DIR", None)
+        else:
+            os.environ["AITUNE_TRITON_CACHE_DIR"] = previous_cache

@@ -1,0 +1,18 @@
+"""Small real modules shared by the tests (importable as `nets`: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+
+
+class TwoInputNet(torch.nn.Module):
+    """Two tensor inputs (the second optional) and nested outputs: a dict holding a list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(8, 16)
+        self.b = torch.nn.Linear(4, 16)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, scale: float = 1.0):
+        hidden = torch.relu(self.a(x) + (self.b(y) if y is not None else 0)) * scale
+        return {"hidden": [hidden, hidden.sum(-1)], "logits": hidden[:, :3]}

@@ -1,0 +1,329 @@
+"""Checkpoints: save/load round trip, overwrite rules, integrity checks, atomic writes."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+import aitune_triton
+from aitune_triton import Module, ModuleState, OneBackendStrategy
+from aitune_triton.checkpoint import MANIFEST_NAME, read_checkpoint
+from aitune_triton.errors import CheckpointError, ModuleStateError
+
+
+class NestedNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.a = torch.nn.Linear(6, 5)
+        self.b = torch.nn.Linear(2, 5)
+
+    def forward(self, x, extra=None):
+        hidden = torch.tanh(self.a(x) + (self.b(extra) if extra is not None else 0))
+        return {"hidden": hidden, "pooled": [hidden.mean(-1)]}
+
+
+def _inputs():
+    torch.manual_seed(11)
+    return [(torch.randn(3, 6),), (torch.randn(5, 6), torch.randn(5, 2))]
+
+
+def _tune(net, name, cache_dir=None, strategy="onnxruntime") -> Module:
+    module = Module(net, name=name, strategy=OneBackendStrategy(strategy), cache_dir=cache_dir)
+    with torch.no_grad():
+        for batch in (1, 6):
+            module(torch.randn(batch, 6))
+            module(torch.randn(batch, 6), torch.randn(batch, 2))
+    module.tune()
+    return module
+
+
+def _outputs(module, inputs):
+    with torch.no_grad():
+        return [module(*args) for args in inputs]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """One tuned module (two graph specs on ONNX Runtime) saved once; tests copy the checkpoint before changing it."""
+    net = NestedNet().eval()
+    module = _tune(net, "test_checkpoint_shared", cache_dir=tmp_path_factory.mktemp("cache"))
+    path = aitune_triton.save(module, tmp_path_factory.mktemp("saved") / "checkpoint")
+    return net, module, path, _outputs(module, _inputs())
+
+
+@pytest.fixture
+def checkpoint_copy(saved, tmp_path) -> Path:
+    copy = tmp_path / "checkpoints" / "copy"
+    shutil.copytree(saved[2], copy)
+    return copy
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------ round trip
+def test_save_writes_a_manifest_and_one_folder_per_graph_spec(saved):
+    _, _, path, _ = saved
+
+    assert sorted(_tree(path)) == ["graph_0/model.onnx", "graph_1/model.onnx", MANIFEST_NAME]
+
+
+def test_save_load_round_trip_gives_the_same_outputs_without_retuning(saved, unique_name, tmp_path):
+    net, original, path, expected = saved
+    fresh = Module(net, name=unique_name, cache_dir=tmp_path / "unused_cache")
+
+    loaded = aitune_triton.load(fresh, path)
+
+    assert loaded is fresh
+    assert loaded.state is ModuleState.TUNED
+    assert [g.backend.name for g in loaded.tuned_graphs] == ["onnxruntime", "onnxruntime"]
+    assert [g.backend.artifacts["model"] for g in loaded.tuned_graphs] == [
+        path / "graph_0" / "model.onnx",
+        path / "graph_1" / "model.onnx",
+    ]
+    # the reports are the ones written at tuning time, nothing was rebuilt
+    assert [g.report for g in loaded.tuned_graphs] == [g.report for g in original.tuned_graphs]
+    assert [g.spec for g in loaded.tuned_graphs] == [g.spec for g in original.tuned_graphs]
+    assert not (tmp_path / "unused_cache").exists()
+    for got, want in zip(_outputs(loaded, _inputs()), expected):
+        assert list(got) == ["hidden", "pooled"] and isinstance(got["pooled"], list)
+        torch.testing.assert_close(got, want, atol=0.0, rtol=0.0)
+    with torch.no_grad():
+        x = torch.randn(4, 6)  # never recorded, inside the range
+        torch.testing.assert_close(loaded(x)["hidden"], net(x)["hidden"], atol=1e-5, rtol=1e-5)
+
+
+def test_load_with_a_plain_module_works_after_the_tuning_cache_is_gone(unique_name, tmp_path):
+    net = NestedNet().eval()
+    module = _tune(net, unique_name, cache_dir=tmp_path / "cache")
+    expected = _outputs(module, _inputs())
+    path = aitune_triton.save(module, tmp_path / "ckpt")
+    del module
+    gc.collect()  # frees the name for the loaded module
+    shutil.rmtree(tmp_path / "cache")
+
+    loaded = aitune_triton.load(net, path)
+
+    assert isinstance(loaded, Module) and loaded.name == unique_name and loaded.module is net
+    for got, want in zip(_outputs(loaded, _inputs()), expected):
+        torch.testing.assert_close(got, want, atol=0.0, rtol=0.0)
+
+
+def test_load_into_an_already_tuned_module_raises(saved):
+    _, original, path, _ = saved
+
+    with pytest.raises(ModuleStateError, match="Module is already tuned"):
+        aitune_triton.load(original, path)
+
+
+def test_save_of_an_untuned_module_raises_and_writes_nothing(unique_name, tmp_path):
+    module = Module(NestedNet(), name=unique_name)
+
+    with pytest.raises(ModuleStateError, match="is not tuned"):
+        aitune_triton.save(module, tmp_path / "ckpt")
+
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------- manifest
+def test_manifest_records_library_versions_and_artifact_hashes(saved):
+    _, module, path, _ = saved
+
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+
+    assert manifest["format"] == "aitune_triton.checkpoint" and manifest["format_version"] == 1
+    versions = manifest["versions"]
+    assert versions["torch"] == metadata.version("torch") == torch.__version__
+    assert versions["onnxruntime"] == metadata.version("onnxruntime")
+    assert versions["numpy"] == metadata.version("numpy")
+    assert versions["python"].count(".") == 2
+    assert sorted(manifest["files"]) == ["graph_0/model.onnx", "graph_1/model.onnx"]
+    for relative, entry in manifest["files"].items():
+        data = (path / relative).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+    description = manifest["module"]
+    assert description["name"] == "test_checkpoint_shared"
+    assert [g["backend"]["artifacts"] for g in description["graphs"]] == [
+        {"model": "graph_0/model.onnx"},
+        {"model": "graph_1/model.onnx"},
+    ]
+    # the artifact is a copy of the one tuning wrote
+    original = module.tuned_graphs[0].backend.artifacts["model"]
+    assert (path / "graph_0/model.onnx").read_bytes() == original.read_bytes()
+
+
+def test_read_checkpoint_returns_absolute_artifact_paths(saved):
+    _, _, path, _ = saved
+
+    manifest = read_checkpoint(path)
+
+    assert [g["backend"]["artifacts"]["model"] for g in manifest["module"]["graphs"]] == [
+        str(path / "graph_0" / "model.onnx"),
+        str(path / "graph_1" / "model.onnx"),
+    ]
+
+
+# ------------------------------------------------------------------------------- overwrite
+def test_save_to_an_existing_path_without_overwrite_raises_and_keeps_the_old_checkpoint(saved, checkpoint_copy):
+    _, module, _, _ = saved
+    before = _tree(checkpoint_copy)
+
+    with pytest.raises(CheckpointError, match="already exists. Pass overwrite=True to replace it"):
+        aitune_triton.save(module, checkpoint_copy)
+
+    assert _tree(checkpoint_copy) == before
+    assert sorted(p.name for p in checkpoint_copy.parent.iterdir()) == ["copy"]
+
+
+def test_save_with_overwrite_replaces_the_old_checkpoint(saved, checkpoint_copy, unique_name):
+    net, _, _, _ = saved
+    eager = _tune(net, unique_name, strategy="eager")
+    (checkpoint_copy / "stray.txt").write_text("left over")
+
+    result = aitune_triton.save(eager, checkpoint_copy, overwrite=True)
+
+    assert result == checkpoint_copy.absolute()
+    assert sorted(_tree(checkpoint_copy)) == [MANIFEST_NAME]  # old artifacts and stray files are gone
+    manifest = json.loads((checkpoint_copy / MANIFEST_NAME).read_text())
+    assert manifest["module"]["name"] == unique_name
+    assert manifest["files"] == {}
+    assert sorted(p.name for p in checkpoint_copy.parent.iterdir()) == ["copy"]  # no staging/old dirs
+
+
+def test_save_over_a_file_raises_even_with_overwrite(saved, tmp_path):
+    _, module, _, _ = saved
+    target = tmp_path / "a_file"
+    target.write_text("keep me")
+
+    with pytest.raises(CheckpointError, match="already exists"):
+        aitune_triton.save(module, target, overwrite=True)
+
+    assert target.read_text() == "keep me"
+
+
+def test_failed_save_leaves_no_partial_directory(unique_name, tmp_path):
+    module = _tune(NestedNet().eval(), unique_name, cache_dir=tmp_path / "cache")
+    artifact = module.tuned_graphs[1].backend.artifacts["model"]
+    artifact.unlink()
+    target = tmp_path / "out" / "ckpt"
+
+    with pytest.raises((CheckpointError, OSError)) as info:
+        aitune_triton.save(module, target)
+
+    assert "model.onnx" in str(info.value)
+    assert not target.exists()
+    assert list((tmp_path / "out").iterdir()) == []  # no .ckpt.partial-* left behind
+
+
+def test_failed_overwrite_keeps_the_old_checkpoint(saved, checkpoint_copy, unique_name, tmp_path):
+    module = _tune(NestedNet().eval(), unique_name, cache_dir=tmp_path / "cache")
+    module.tuned_graphs[0].backend.artifacts["model"].unlink()
+    before = _tree(checkpoint_copy)
+
+    with pytest.raises((CheckpointError, OSError)):
+        aitune_triton.save(module, checkpoint_copy, overwrite=True)
+
+    assert _tree(checkpoint_copy) == before
+    assert sorted(p.name for p in checkpoint_copy.parent.iterdir()) == ["copy"]
+
+
+# -------------------------------------------------------------------------- load failures
+def test_load_of_a_missing_path_raises(tmp_path, two_input_net):
+    missing = tmp_path / "nowhere"
+
+    with pytest.raises(CheckpointError, match=f"checkpoint: {missing} is not a directory"):
+        aitune_triton.load(two_input_net, missing)
+
+
+def test_load_of_a_directory_without_manifest_raises(tmp_path, two_input_net):
+    (tmp_path / "empty").mkdir()
+
+    with pytest.raises(CheckpointError, match="has no manifest.json; it was not written by aitune_triton.save()"):
+        aitune_triton.load(two_input_net, tmp_path / "empty")
+
+
+def test_load_of_a_tampered_artifact_raises(saved, checkpoint_copy):
+    net = saved[0]
+    artifact = checkpoint_copy / "graph_1" / "model.onnx"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+
+    with pytest.raises(CheckpointError, match="artifact graph_1/model.onnx does not match its SHA-256 in the manifest"):
+        aitune_triton.load(net, checkpoint_copy)
+
+
+def test_load_of_a_truncated_artifact_raises(saved, checkpoint_copy):
+    net = saved[0]
+    artifact = checkpoint_copy / "graph_0" / "model.onnx"
+    size = artifact.stat().st_size
+    artifact.write_bytes(artifact.read_bytes()[: size - 10])
+
+    with pytest.raises(CheckpointError, match=f"artifact graph_0/model.onnx is {size - 10} bytes, the manifest says {size}"):
+        aitune_triton.load(net, checkpoint_copy)
+
+
+def test_load_of_a_missing_artifact_raises(saved, checkpoint_copy):
+    (checkpoint_copy / "graph_0" / "model.onnx").unlink()
+
+    with pytest.raises(CheckpointError, match="artifact graph_0/model.onnx is missing"):
+        aitune_triton.load(saved[0], checkpoint_copy)
+
+
+def _edit_manifest(path: Path, edit) -> None:
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    edit(manifest)
+    (path / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def test_load_of_an_unreadable_or_foreign_manifest_raises(saved, checkpoint_copy):
+    net = saved[0]
+    manifest = checkpoint_copy / MANIFEST_NAME
+    original = manifest.read_text()
+
+    manifest.write_text(original[:-20])
+    with pytest.raises(CheckpointError, match="cannot read"):
+        aitune_triton.load(net, checkpoint_copy)
+
+    manifest.write_text(json.dumps({"format": "something.else"}))
+    with pytest.raises(CheckpointError, match="is not an aitune_triton checkpoint manifest"):
+        aitune_triton.load(net, checkpoint_copy)
+
+    manifest.write_text(original)
+    _edit_manifest(checkpoint_copy, lambda m: m.update(format_version=99))
+    with pytest.raises(CheckpointError, match="format version 99 is not supported"):
+        aitune_triton.load(net, checkpoint_copy)
+
+
+def test_load_rejects_a_file_entry_outside_the_checkpoint(saved, checkpoint_copy):
+    (checkpoint_copy.parent / "outside.onnx").write_bytes(b"x")
+    _edit_manifest(
+        checkpoint_copy,
+        lambda m: m["files"].update({"../outside.onnx": {"sha256": hashlib.sha256(b"x").hexdigest(), "size_bytes": 1}}),
+    )
+
+    with pytest.raises(CheckpointError, match="points outside the checkpoint"):
+        aitune_triton.load(saved[0], checkpoint_copy)
+
+
+def test_load_rejects_an_artifact_not_listed_in_the_manifest_files(saved, checkpoint_copy):
+    _edit_manifest(checkpoint_copy, lambda m: m["files"].pop("graph_1/model.onnx"))
+
+    with pytest.raises(CheckpointError, match="artifact 'graph_1/model.onnx' is not listed in the manifest's files"):
+        aitune_triton.load(saved[0], checkpoint_copy)
+
+
+def test_load_rejects_an_invalid_module_description(saved, checkpoint_copy):
+    _edit_manifest(checkpoint_copy, lambda m: m["module"].update(type="other"))
+
+    with pytest.raises(CheckpointError, match="holds an invalid module description"):
+        aitune_triton.load(saved[0], checkpoint_copy)

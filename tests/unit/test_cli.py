@@ -1,0 +1,190 @@
+"""The ``aitune-triton`` command line, driven with click's CliRunner on a real checkpoint."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from nets import TwoInputNet
+from click.testing import CliRunner
+
+import aitune_triton
+from aitune_triton import Module, OneBackendStrategy
+from aitune_triton.cli import main
+from aitune_triton.triton.config import read_model_config
+
+MODULE_NAME = "test_cli_two_input_net"
+
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """Checkpoint of a TwoInputNet tuned with ONNX Runtime for (x, y) and (x,) at batch sizes 1, 3, 5."""
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    module = Module(
+        TwoInputNet().eval(),
+        name=MODULE_NAME,
+        strategy=OneBackendStrategy("onnxruntime"),
+        cache_dir=root / "cache",
+    )
+    for batch in (1, 3, 5):
+        module(torch.randn(batch, 8), torch.randn(batch, 4))
+        module(torch.randn(batch, 8))
+    module.tune()
+    path = aitune_triton.save(module, root / "checkpoint")
+    del module
+    return path
+
+
+@pytest.fixture
+def runner():
+    # A wide virtual terminal, so that rich does not wrap table cells.
+    return CliRunner(env={"COLUMNS": "240"})
+
+
+def _options(text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])--?[a-z][a-z-]*", text))
+
+
+def test_the_group_help_lists_every_command_and_option(runner):
+    result = runner.invoke(main, ["--help"])
+
+    assert result.exit_code == 0
+    for word in ("export", "serve", "inspect", "--version", "--help", "-h"):
+        assert word in result.output
+    assert runner.invoke(main, ["-h"]).output == result.output
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        (
+            "export",
+            {"-o", "--output", "--name", "--instance-count", "--instance-kind", "--max-queue-delay-microseconds", "--quiet", "--help"},
+        ),
+        (
+            "serve",
+            {"--http-port", "--grpc-port", "--metrics-port", "--tritonserver", "--log-file", "--quiet-log", "--timeout-s", "--help"},
+        ),
+        ("inspect", {"--help"}),
+    ],
+)
+def test_each_command_help_mentions_every_option_it_takes(runner, command, expected):
+    result = runner.invoke(main, [command, "--help"])
+
+    assert result.exit_code == 0, result.output
+    assert expected <= _options(result.output)
+    # And every option the command really has is in that list.
+    declared = {opt for param in main.commands[command].params for opt in getattr(param, "opts", []) if opt.startswith("-")}
+    assert declared | {"--help"} <= expected
+    argument = {"export": "CHECKPOINT", "serve": "REPOSITORY", "inspect": "CHECKPOINT"}[command]
+    assert argument in result.output
+
+
+def test_version_option_prints_the_package_version(runner):
+    result = runner.invoke(main, ["--version"])
+
+    assert result.exit_code == 0
+    assert aitune_triton.__version__ in result.output
+
+
+def test_export_of_a_real_checkpoint_writes_the_repository_and_prints_the_table(runner, checkpoint, tmp_path):
+    repository = tmp_path / "repo"
+
+    result = runner.invoke(main, ["export", str(checkpoint), "-o", str(repository)])
+
+    assert result.exit_code == 0, result.output
+    assert f"Exported to {repository.absolute()}" in result.output
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.output.splitlines() if line.count("│") == 3}
+    assert rows == {f"{MODULE_NAME}.graph_0": "1", f"{MODULE_NAME}.graph_1": "1", f"{MODULE_NAME}  (entry)": "1"}
+    assert "Exporting" in result.output  # progress lines without --quiet
+    for model in (MODULE_NAME, f"{MODULE_NAME}.graph_0", f"{MODULE_NAME}.graph_1"):
+        assert read_model_config(repository / model / "config.pbtxt").name == model
+        assert (repository / model / "1" / "model.py").is_file()
+
+
+def test_export_options_reach_the_written_configs_and_a_second_export_is_version_2(runner, checkpoint, tmp_path):
+    repository = tmp_path / "repo"
+    arguments = ["export", str(checkpoint), "--output", str(repository), "--name", "served_cli",
+                 "--instance-count", "2", "--instance-kind", "cpu", "--max-queue-delay-microseconds", "900", "--quiet"]
+
+    first = runner.invoke(main, arguments)
+    second = runner.invoke(main, arguments)
+
+    assert first.exit_code == 0, first.output
+    assert second.exit_code == 0, second.output
+    assert "Exporting" not in first.output
+    assert re.search(r"served_cli  \(entry\)\s*│\s*2\s*│", second.output)
+    config = read_model_config(repository / "served_cli.graph_0" / "config.pbtxt")
+    assert [(group.count, group.kind) for group in config.instance_group] == [(2, config.instance_group[0].KIND_CPU)]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 900
+    assert sorted(p.name for p in (repository / "served_cli.graph_0").iterdir()) == ["1", "2", "config.pbtxt"]
+
+
+def test_export_of_a_missing_path_exits_1_with_an_error_line_and_writes_nothing(runner, tmp_path):
+    missing = tmp_path / "no_checkpoint_here"
+
+    result = runner.invoke(main, ["export", str(missing), "-o", str(tmp_path / "repo")])
+
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: checkpoint: {missing.absolute()} is not a directory.")
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--name", "a/b"], "Error: name: expected a Triton model name"),
+        (["--instance-count", "0"], "Error: instance_count: expected an integer >= 1, got 0"),
+    ],
+)
+def test_export_with_a_bad_option_value_exits_1_naming_it(runner, checkpoint, tmp_path, extra, message):
+    result = runner.invoke(main, ["export", str(checkpoint), "-o", str(tmp_path / "repo"), *extra])
+
+    assert result.exit_code == 1
+    assert message in result.output
+    assert not (tmp_path / "repo").exists()
+
+
+def test_export_without_an_output_is_a_usage_error(runner, checkpoint):
+    result = runner.invoke(main, ["export", str(checkpoint)])
+
+    assert result.exit_code == 2
+    assert "Missing option '-o' / '--output'" in result.output
+
+
+def test_inspect_prints_each_graph_spec_with_inputs_backend_and_max_batch(runner, checkpoint):
+    result = runner.invoke(main, ["inspect", str(checkpoint)])
+
+    assert result.exit_code == 0, result.output
+    assert "nets.TwoInputNet" in result.output and MODULE_NAME in result.output
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in result.output.splitlines() if line.count("│") == 5]
+    assert rows == [
+        ["graph_0", "x float32 [1, 8]..[5, 8], y float32 [1, 4]..[5, 4]", "onnxruntime", "5"],
+        ["graph_1", "x float32 [1, 8]..[5, 8]", "onnxruntime", "5"],
+    ]
+    assert f"torch {torch.__version__}" in result.output
+
+
+def test_inspect_of_a_missing_checkpoint_exits_1_with_an_error_line(runner, tmp_path):
+    result = runner.invoke(main, ["inspect", str(tmp_path / "nothing")])
+
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: checkpoint:")
+
+
+def test_serve_of_a_missing_repository_exits_1_without_starting_a_server(runner, tmp_path):
+    result = runner.invoke(main, ["serve", str(tmp_path / "no_repo")])
+
+    assert result.exit_code == 1
+    assert f"Error: repository: {(tmp_path / 'no_repo').absolute()} is not a directory" in result.output
+
+
+def test_inspect_prints_its_report_on_stdout(runner, checkpoint):
+    result = runner.invoke(main, ["inspect", str(checkpoint)])
+
+    assert result.exit_code == 0
+    assert "graph_0" in result.stdout
