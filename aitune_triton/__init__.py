@@ -8,9 +8,11 @@ from typing import Any
 from aitune_triton.backends import AOTInductorBackend, Backend, EagerBackend, OnnxRuntimeBackend, register_backend
 from aitune_triton.checkpoint import load, save
 from aitune_triton.errors import AITuneTritonError
+from aitune_triton.module.dims import BatchDim, DynamicDim
 from aitune_triton.module.spec import GraphSpec
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.wrapper import Module
+from aitune_triton.pipeline import tune
 from aitune_triton.strategies import FirstWinsStrategy, OneBackendStrategy, TuneStrategy
 
 __version__ = "0.1.0"
@@ -19,6 +21,8 @@ __all__ = [
     "AITuneTritonError",
     "AOTInductorBackend",
     "Backend",
+    "BatchDim",
+    "DynamicDim",
     "EagerBackend",
     "FirstWinsStrategy",
     "GraphSpec",
@@ -32,6 +36,7 @@ __all__ = [
     "load",
     "register_backend",
     "save",
+    "tune",
 ]
 
 

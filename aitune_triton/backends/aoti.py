@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from aitune_triton.backends.base import Backend, BuildContext
-from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, quiet_export
+from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, quiet_export
 from aitune_triton.errors import BackendBuildError
 from aitune_triton.module.spec import CallStructure
 
@@ -34,8 +34,8 @@ class AOTInductorBackend(Backend):
         return None
 
     def _build(self, context: BuildContext) -> None:
-        tensors = tuple(t.to(context.device) for t in context.example.flat.tensors)
-        flat = FlatModule(context.module, context.signature, context.example)
+        tensors = export_example(context.graph, context.example, context.device)
+        flat = FlatModule(context.module, context.signature, context.example, context.forward)
         try:
             with quiet_export():
                 exported = torch.export.export(flat, tensors, dynamic_shapes=export_dynamic_shapes(context.graph), strict=False)

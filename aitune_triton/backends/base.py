@@ -32,6 +32,8 @@ class BuildContext:
         workdir: Empty directory for the artifact files.
         device: Device the backend will run on.
         log: Receives one-line progress messages.
+        forward: The module's own forward, without hooks; default ``module.forward``. Backends
+            capture exactly this, so hooks run once, around the tuned call.
     """
 
     module: torch.nn.Module
@@ -41,6 +43,12 @@ class BuildContext:
     workdir: Path
     device: torch.device
     log: Callable[[str], None] = field(default=lambda message: None)
+    forward: Callable[..., Any] | None = None
+
+    @property
+    def run(self) -> Callable[..., Any]:
+        """The forward to capture (:attr:`forward`, else ``module.forward``)."""
+        return self.forward or self.module.forward
 
 
 @dataclass
@@ -52,12 +60,19 @@ class LoadContext:
         graph: The graph spec.
         device: Device to run on.
         artifacts: Artifact role -> absolute path.
+        forward: The module's own forward, without hooks; default ``module.forward``.
     """
 
     module: torch.nn.Module
     graph: GraphSpec
     device: torch.device
     artifacts: dict[str, Path]
+    forward: Callable[..., Any] | None = None
+
+    @property
+    def run(self) -> Callable[..., Any]:
+        """The forward to run (:attr:`forward`, else ``module.forward``)."""
+        return self.forward or self.module.forward
 
 
 class Backend(abc.ABC):
@@ -75,6 +90,8 @@ class Backend(abc.ABC):
     artifact_names: ClassVar[dict[str, str]] = {}
     #: Whether non-tensor arguments are fixed at build time (true for every exported artifact).
     bakes_constants: ClassVar[bool] = True
+    #: Whether the backend runs without the module's weights (its artifact holds its own copy).
+    ahead_of_time: ClassVar[bool] = True
 
     def __init__(self, **options: Any):
         self.options = dict(options)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 import torch.utils._pytree as pytree
 
@@ -12,29 +14,33 @@ __all__ = ["EagerBackend"]
 
 
 class EagerBackend(Backend):
-    """Runs the original module's forward. Has no artifact, so it cannot be exported to Triton."""
+    """Runs the original module's forward (without hooks: they run around the tuned call).
+
+    Has no artifact, so it cannot be exported to Triton.
+    """
 
     name = "eager"
     bakes_constants = False
+    ahead_of_time = False
 
     def __init__(self) -> None:
         super().__init__()
-        self._module: torch.nn.Module | None = None
+        self._forward: Callable[..., Any] | None = None
 
     def _build(self, context: BuildContext) -> None:
-        self._module = context.module
+        self._forward = context.run
 
     def _restore(self, context: LoadContext) -> None:
-        self._module = context.module
+        self._forward = context.run
 
     def _load(self) -> None:
         pass
 
     def _infer(self, call: CallStructure) -> list[torch.Tensor]:
-        return self.reference(self._module, call)  # type: ignore[arg-type]
+        return self.reference(self._forward, call)  # type: ignore[arg-type]
 
     @staticmethod
-    def reference(module: torch.nn.Module, call: CallStructure) -> list[torch.Tensor]:
-        """Run ``module`` on ``call`` and return its tensor output leaves in flattening order."""
-        output = module(*call.args, **call.kwargs)
+    def reference(forward: Callable[..., Any], call: CallStructure) -> list[torch.Tensor]:
+        """Run ``forward`` (a module or its forward) on ``call``; return tensor output leaves in flattening order."""
+        output = forward(*call.args, **call.kwargs)
         return [leaf for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor)]

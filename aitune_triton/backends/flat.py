@@ -6,14 +6,14 @@ import contextlib
 import io
 import logging
 import warnings
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.utils._pytree as pytree
 
 from aitune_triton.module.spec import CallStructure, ForwardSignature, GraphSpec
 
-__all__ = ["FlatModule", "export_dynamic_shapes", "quiet_export"]
+__all__ = ["FlatModule", "export_dynamic_shapes", "export_example", "quiet_export"]
 
 
 class FlatModule(torch.nn.Module):
@@ -24,14 +24,22 @@ class FlatModule(torch.nn.Module):
     output leaves as a tuple. ``torch.export`` and ``torch.onnx.export`` see only tensors.
 
     Args:
-        module: The original module.
+        module: The original module (registered as a submodule, so its parameters are captured).
         signature: Its forward signature.
         example: A recorded call of the graph spec; only its structure and constants are kept.
+        forward: What to call: the module's own forward without hooks (default ``module.forward``).
     """
 
-    def __init__(self, module: torch.nn.Module, signature: ForwardSignature, example: CallStructure):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        signature: ForwardSignature,
+        example: CallStructure,
+        forward: Callable[..., Any] | None = None,
+    ):
         super().__init__()
         self.module = module
+        self._forward = forward or module.forward
         self._signature = signature
         self._treespec = example.flat.treespec
         self._template = example.flat.template
@@ -40,7 +48,7 @@ class FlatModule(torch.nn.Module):
         iterator = iter(tensors)
         leaves = [next(iterator) if leaf is None else leaf for leaf in self._template]
         args, kwargs = self._signature.unbind(pytree.tree_unflatten(leaves, self._treespec))
-        output = self.module(*args, **kwargs)
+        output = self._forward(*args, **kwargs)
         return tuple(leaf for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor))
 
 
@@ -61,6 +69,24 @@ def export_dynamic_shapes(graph: GraphSpec) -> tuple[tuple[dict[int, Any], ...]]
     if not any(per_input):
         return None
     return (per_input,)
+
+
+def export_example(graph: GraphSpec, example: CallStructure, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The example tensors to export ``graph`` with, on ``device``.
+
+    ``torch.export`` specializes an axis whose example size is 1, so when every batched input has
+    batch size 1 in the example while the batch range reaches 2 or more (a declared
+    :class:`~aitune_triton.module.dims.BatchDim` with calls recorded at batch 1, say), the example
+    is repeated to batch size 2 along each batch axis. Samples along a batch axis are independent,
+    so this changes no result.
+    """
+    tensors = [t.to(device) for t in example.flat.tensors]
+    bounds = graph.dims.get("batch")
+    axes = [spec.batch_axis for spec in graph.inputs]
+    batched = [(t, axis) for t, axis in zip(tensors, axes) if axis is not None]
+    if bounds and bounds[1] >= 2 and batched and all(t.shape[axis] == 1 for t, axis in batched):
+        tensors = [torch.cat([t, t], dim=axis) if axis is not None else t for t, axis in zip(tensors, axes)]
+    return tuple(tensors)
 
 
 @contextlib.contextmanager

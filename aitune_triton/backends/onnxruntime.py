@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from aitune_triton.backends.base import Backend, BuildContext
-from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, quiet_export
+from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, quiet_export
 from aitune_triton.errors import BackendBuildError
 from aitune_triton.module.spec import CallStructure
 
@@ -54,8 +54,8 @@ class OnnxRuntimeBackend(Backend):
 
     def _build(self, context: BuildContext) -> None:
         graph = context.graph
-        tensors = tuple(t.to(context.device) for t in context.example.flat.tensors)
-        flat = FlatModule(context.module, context.signature, context.example)
+        tensors = export_example(context.graph, context.example, context.device)
+        flat = FlatModule(context.module, context.signature, context.example, context.forward)
         try:
             with quiet_export(), torch.no_grad():
                 torch.onnx.export(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import Any, Callable
 
 from aitune_triton.module.state import ModuleState
 
@@ -12,9 +10,9 @@ __all__ = ["PassthroughState"]
 
 
 class PassthroughState:
-    """Calls the original module (hooks included) and records nothing."""
+    """Runs the module's own forward and records nothing."""
 
     state = ModuleState.PASSTHROUGH
 
-    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-        return module(*args, **kwargs)
+    def __call__(self, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        return forward(*args, **kwargs)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from aitune_triton.errors import RecordingError
+from aitune_triton.module.dims import BatchDim, DimDecl, check_declared
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.samples import Sample, SampleStore, copy_call
 from aitune_triton.module.spec import (
@@ -37,52 +39,85 @@ class DimAnalysis:
     ranges: dict[str, tuple[int, int]]
 
 
-def infer_dims(input_shapes: Sequence[Sequence[Shape]], output_shapes: Sequence[Sequence[Shape]]) -> DimAnalysis:
+def infer_dims(
+    input_shapes: Sequence[Sequence[Shape]],
+    output_shapes: Sequence[Sequence[Shape]],
+    declared: Mapping[tuple[int, int], DimDecl] | None = None,
+) -> DimAnalysis:
     """Find the batch axis and the dynamic dimensions of a graph spec from the shapes of its calls.
 
-    The call's batch size is the size of axis 0 of its first tensor input of rank >= 1. When that
-    size varied across calls, each leaf's batch axis is its first axis whose size equalled the
-    batch size in every call (axis 0 where possible); with one batch size seen there is no batch
-    axis, since nothing shows which axis it would be. Other axes whose size varied are dynamic;
-    axes with the same sizes in every call share one name (``dim0``, ``dim1``...), the batch
-    series is named ``batch``.
+    Declared dims (``{(input leaf index, axis): DynamicDim | BatchDim}``) win: their axes are
+    dynamic with the declared names and ranges even when the size never varied, and a declared
+    :class:`BatchDim` fixes the batch size of each call. Otherwise the call's batch size is the size
+    of axis 0 of its first tensor input of rank >= 1; when that size varied across calls, each
+    leaf's batch axis is its first axis whose size equalled the batch size in every call (axis 0
+    where possible); with one batch size seen and none declared there is no batch axis, since
+    nothing shows which axis it would be. Other axes whose size varied are dynamic; axes with the
+    same sizes in every call share one name (``dim0``, ``dim1``...); the batch is ``batch``.
 
     Args:
         input_shapes: Per call, the shape of each tensor input leaf.
         output_shapes: Per call, the shape of each tensor output leaf.
+        declared: Declared dims of input axes.
 
     Returns:
         Batch axes, dimension names and ``{name: (min, max)}`` size ranges.
     """
-    names: dict[tuple[int, ...], str] = {}
-    first = next((i for i, shape in enumerate(input_shapes[0]) if len(shape) >= 1), None) if input_shapes else None
-    batch_series = tuple(call[first][0] for call in input_shapes) if first is not None else None
-    if batch_series is not None and len(set(batch_series)) > 1:
-        names[batch_series] = "batch"
-    else:
-        batch_series = None
+    declared = dict(declared or {})
 
     def series(calls: Sequence[Sequence[Shape]], leaf: int, axis: int) -> tuple[int, ...]:
         return tuple(call[leaf][axis] for call in calls)
 
-    def analyse(calls: Sequence[Sequence[Shape]]) -> tuple[list[int | None], list[tuple[str | None, ...]]]:
+    names: dict[tuple[int, ...], str] = {}
+    ranges = {decl.name: (decl.min, decl.max) for decl in declared.values()}
+    batch_position = next((position for position, decl in declared.items() if isinstance(decl, BatchDim)), None)
+    if batch_position is not None:
+        batch_series: tuple[int, ...] | None = series(input_shapes, *batch_position)
+    else:
+        first = next((i for i, shape in enumerate(input_shapes[0]) if len(shape) >= 1), None) if input_shapes else None
+        batch_series = series(input_shapes, first, 0) if first is not None else None
+        if batch_series is not None and len(set(batch_series)) < 2:
+            batch_series = None
+    batch_varies = batch_series is not None and len(set(batch_series)) > 1
+    if batch_varies:
+        names[batch_series] = "batch"  # type: ignore[index]
+    for (leaf, axis), decl in declared.items():
+        varying = series(input_shapes, leaf, axis)
+        if len(set(varying)) > 1:
+            names.setdefault(varying, decl.name)
+
+    def analyse(calls: Sequence[Sequence[Shape]], inputs: bool) -> tuple[list[int | None], list[tuple[str | None, ...]]]:
         batch_axes: list[int | None] = []
         dim_names: list[tuple[str | None, ...]] = []
         for leaf, shape in enumerate(calls[0] if calls else []):
             per_axis = [series(calls, leaf, axis) for axis in range(len(shape))]
-            batch_axes.append(next((a for a, s in enumerate(per_axis) if s == batch_series), None))
-            leaf_names = []
-            for s in per_axis:
-                if len(set(s)) == 1:
+            own = {axis: decl for (l, axis), decl in declared.items() if l == leaf} if inputs else {}
+            batch_axis = next((axis for axis, decl in own.items() if isinstance(decl, BatchDim)), None)
+            if batch_axis is None and batch_series is not None:
+                if batch_varies:
+                    batch_axis = next((a for a, s in enumerate(per_axis) if s == batch_series), None)
+                elif per_axis and per_axis[0] == batch_series:
+                    batch_axis = 0  # a declared batch that never varied: follow the axis-0 convention
+            leaf_names: list[str | None] = []
+            for axis, s in enumerate(per_axis):
+                if axis in own:
+                    leaf_names.append(own[axis].name)
+                elif axis == batch_axis:
+                    leaf_names.append("batch")
+                elif len(set(s)) == 1:
                     leaf_names.append(None)
                 else:
-                    leaf_names.append(names.setdefault(s, f"dim{sum(1 for n in names.values() if n != 'batch')}"))
+                    leaf_names.append(names.setdefault(s, f"dim{sum(1 for n in names.values() if n.startswith('dim'))}"))
+            batch_axes.append(batch_axis)
             dim_names.append(tuple(leaf_names))
         return batch_axes, dim_names
 
-    in_batch, in_names = analyse(input_shapes)
-    out_batch, out_names = analyse(output_shapes)
-    ranges = {name: (min(s), max(s)) for s, name in names.items()}
+    in_batch, in_names = analyse(input_shapes, True)
+    out_batch, out_names = analyse(output_shapes, False)
+    for s, name in names.items():
+        ranges.setdefault(name, (min(s), max(s)))
+    if batch_series is not None:
+        ranges.setdefault("batch", (min(batch_series), max(batch_series)))
     return DimAnalysis(in_batch, out_batch, in_names, out_names, ranges)
 
 
@@ -121,12 +156,24 @@ class Recorder:
         signature: The module's forward signature.
         max_samples: Calls kept per graph spec (see :class:`SampleStore`).
         strict: Whether non-tensor argument values are part of the graph spec key.
+        samples_dir: Directory for stored calls (one subdirectory per graph spec); None keeps
+            them in memory.
+        dynamic_shapes: Declared dims per input path (see :func:`validate_dynamic_shapes`).
     """
 
-    def __init__(self, signature: ForwardSignature, max_samples: int = 32, strict: bool = True):
+    def __init__(
+        self,
+        signature: ForwardSignature,
+        max_samples: int = 32,
+        strict: bool = True,
+        samples_dir: Path | None = None,
+        dynamic_shapes: Mapping[str, Mapping[int, DimDecl]] | None = None,
+    ):
         self.signature = signature
         self.max_samples = max_samples
         self.strict = strict
+        self.samples_dir = samples_dir
+        self.dynamic_shapes = dict(dynamic_shapes or {})
         self._graphs: dict[str, _GraphRecord] = {}
 
     def __len__(self) -> int:
@@ -137,16 +184,21 @@ class Recorder:
 
         Raises:
             TypeError: the arguments do not fit the forward signature.
+            RecordingError: a tensor breaks a declared dynamic dim (rank or range); the call is
+                not run.
         """
         call = flatten_call(self.signature, args, kwargs, self.strict)
+        shapes = _shapes(call.flat.tensors)
+        check_declared(call.flat.tensor_paths, shapes, self.dynamic_shapes)
         copied_args, copied_kwargs = copy_call(args, kwargs)
         output = forward(*args, **kwargs)
-        self._add(call, Sample(copied_args, copied_kwargs, _shapes(call.flat.tensors)), flatten_output(output))
+        self._add(call, Sample(copied_args, copied_kwargs, shapes), flatten_output(output))
         return output
 
     def _add(self, call: CallStructure, sample: Sample, output: FlatTree) -> None:
         record = self._graphs.get(call.key)
         if record is None:
+            directory = self.samples_dir / f"graph_{len(self._graphs)}" if self.samples_dir is not None else None
             record = _GraphRecord(
                 key=call.key,
                 description=call.describe(),
@@ -158,7 +210,7 @@ class Recorder:
                 output_paths=output.tensor_paths,
                 output_dtypes=[dtype_name(t.dtype) for t in output.tensors],
                 constants=call.flat.constants,
-                samples=SampleStore(self.max_samples),
+                samples=SampleStore(self.max_samples, directory),
             )
             self._graphs[call.key] = record
         elif _output_key(output) != record.output_key:
@@ -171,6 +223,17 @@ class Recorder:
         record.samples.add(sample)
         record.input_shapes.append(sample.shapes)
         record.output_shapes.append(_shapes(output.tensors))
+
+    def clear(self) -> None:
+        """Forget every recorded call and delete stored samples."""
+        for record in self._graphs.values():
+            record.samples.clear()
+        self._graphs.clear()
+
+    def declared_paths_unused(self) -> list[str]:
+        """Declared dynamic-shape paths that no recorded graph spec has as a tensor input."""
+        seen = {path for record in self._graphs.values() for path in record.input_paths}
+        return sorted(set(self.dynamic_shapes) - seen)
 
     def graph_specs(self) -> list[GraphSpec]:
         """Graph specs in the order their first call was seen."""
@@ -191,9 +254,13 @@ class Recorder:
         """The stored call of ``graph`` with the most tensor elements."""
         return self._graphs[graph.key].samples.largest()
 
-    @staticmethod
-    def _to_spec(index: int, record: _GraphRecord) -> GraphSpec:
-        dims = infer_dims(record.input_shapes, record.output_shapes)
+    def _to_spec(self, index: int, record: _GraphRecord) -> GraphSpec:
+        declared = {
+            (leaf, axis): decl
+            for leaf, path in enumerate(record.input_paths)
+            for axis, decl in self.dynamic_shapes.get(path, {}).items()
+        }
+        dims = infer_dims(record.input_shapes, record.output_shapes, declared)
 
         def specs(paths, dtypes, calls, batch_axes, dim_names) -> list[TensorSpec]:
             result = []
@@ -232,12 +299,12 @@ class Recorder:
 
 
 class RecordingState:
-    """Runs calls eagerly (hooks included) and records them with a :class:`Recorder`."""
+    """Runs the module's forward and records each call with a :class:`Recorder`."""
 
     state = ModuleState.RECORDING
 
     def __init__(self, recorder: Recorder):
         self.recorder = recorder
 
-    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-        return self.recorder.record(module, args, kwargs)
+    def __call__(self, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        return self.recorder.record(forward, args, kwargs)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 import torch.utils._pytree as pytree
@@ -47,12 +48,12 @@ class Sample:
         return sum(t.numel() for t in pytree.tree_leaves((self.args, self.kwargs)) if isinstance(t, torch.Tensor))
 
 
-def _extreme_indices(samples: list[Sample]) -> set[int]:
-    """Indices of the samples holding the smallest or largest size of some varying axis (oldest wins ties)."""
+def _extreme_indices(shapes: list[list[tuple[int, ...]]]) -> set[int]:
+    """Indices of the calls holding the smallest or largest size of some varying axis (oldest wins ties)."""
     keep: set[int] = set()
-    axes = {(leaf, axis) for s in samples for leaf, shape in enumerate(s.shapes) for axis in range(len(shape))}
+    axes = {(leaf, axis) for call in shapes for leaf, shape in enumerate(call) for axis in range(len(shape))}
     for leaf, axis in axes:
-        sizes = [(s.shapes[leaf][axis], i) for i, s in enumerate(samples) if leaf < len(s.shapes) and axis < len(s.shapes[leaf])]
+        sizes = [(call[leaf][axis], i) for i, call in enumerate(shapes) if leaf < len(call) and axis < len(call[leaf])]
         if len({size for size, _ in sizes}) < 2:
             continue  # a static axis has no end points to keep
         keep.add(min(sizes)[1])
@@ -60,39 +61,87 @@ def _extreme_indices(samples: list[Sample]) -> set[int]:
     return keep
 
 
+def _plain(value: Any) -> bool:
+    """Whether ``torch.load(weights_only=True)`` can read ``value`` back: tensors and builtin
+    scalars in plain tuples, lists and str-keyed dicts."""
+    if isinstance(value, (torch.Tensor, int, float, complex, str, bytes, type(None))):
+        return True
+    if type(value) in (tuple, list):
+        return all(_plain(item) for item in value)
+    if type(value) is dict:
+        return all(isinstance(key, str) and _plain(item) for key, item in value.items())
+    return False
+
+
+@dataclass
+class _Entry:
+    shapes: list[tuple[int, ...]]
+    numel: int
+    path: Path | None = None
+    sample: Sample | None = None
+
+    def load(self) -> Sample:
+        if self.sample is not None:
+            return self.sample
+        data = torch.load(self.path, weights_only=True)  # tensors and builtins only: no code runs
+        return Sample(tuple(data["args"]), dict(data["kwargs"]), self.shapes)
+
+
 class SampleStore:
-    """Keeps at most ``max_samples`` calls of one graph spec.
+    """Keeps at most ``max_samples`` calls of one graph spec, on disk when a directory is given.
 
     When full, a new call evicts the oldest stored call that holds neither the smallest nor the
-    largest size of any axis, so the shape range's end points stay available for export and
-    validation (the oldest call goes only when every stored call is such an end point).
+    largest size of any varying axis, so the shape range's end points stay available for export
+    and validation (the oldest call goes only when every stored call is such an end point).
+
+    With ``directory``, each call is written with ``torch.save`` and read back with
+    ``torch.load(weights_only=True)``; only shapes stay in memory. Calls holding other objects
+    than tensors and builtin scalars in tuples, lists and dicts stay in memory.
 
     Args:
         max_samples: Upper bound on stored calls (>= 1).
+        directory: Where calls are written (created on first use); None keeps them in memory.
 
     Raises:
         ValueError: ``max_samples`` is below 1.
     """
 
-    def __init__(self, max_samples: int = 32):
+    def __init__(self, max_samples: int = 32, directory: Path | None = None):
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
             raise ValueError(f"max_samples: expected an integer >= 1, got {max_samples!r}")
         self.max_samples = max_samples
-        self._samples: list[Sample] = []
+        self.directory = Path(directory) if directory is not None else None
+        self._entries: list[_Entry] = []
+        self._written = 0
 
     def add(self, sample: Sample) -> None:
         """Store ``sample``, evicting one stored sample when the store is full."""
-        self._samples.append(sample)
-        if len(self._samples) > self.max_samples:
-            keep = _extreme_indices(self._samples)
-            victim = next((i for i in range(len(self._samples)) if i not in keep), 0)
-            del self._samples[victim]
+        entry = _Entry(sample.shapes, sample.numel)
+        if self.directory is not None and _plain((sample.args, sample.kwargs)):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            entry.path = self.directory / f"sample_{self._written:06d}.pt"
+            self._written += 1
+            torch.save({"args": list(sample.args), "kwargs": dict(sample.kwargs)}, entry.path)
+        else:
+            entry.sample = sample
+        self._entries.append(entry)
+        if len(self._entries) > self.max_samples:
+            keep = _extreme_indices([e.shapes for e in self._entries])
+            victim = next((i for i in range(len(self._entries)) if i not in keep), 0)
+            removed = self._entries.pop(victim)
+            if removed.path is not None:
+                removed.path.unlink(missing_ok=True)
 
-    def __iter__(self):
-        return iter(list(self._samples))
+    def __iter__(self) -> Iterator[Sample]:
+        return (entry.load() for entry in list(self._entries))
 
     def __len__(self) -> int:
-        return len(self._samples)
+        return len(self._entries)
+
+    @property
+    def on_disk(self) -> int:
+        """How many stored calls live on disk."""
+        return sum(1 for e in self._entries if e.path is not None)
 
     def largest(self) -> Sample:
         """The stored call with the most tensor elements (the export example).
@@ -100,6 +149,13 @@ class SampleStore:
         Raises:
             IndexError: the store is empty.
         """
-        if not self._samples:
+        if not self._entries:
             raise IndexError("no samples stored")
-        return max(self._samples, key=lambda s: s.numel)
+        return max(self._entries, key=lambda e: e.numel).load()
+
+    def clear(self) -> None:
+        """Forget every stored call and delete their files."""
+        for entry in self._entries:
+            if entry.path is not None:
+                entry.path.unlink(missing_ok=True)
+        self._entries.clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -35,47 +35,66 @@ class TunedModule:
         signature: The module's forward signature.
         graphs: Tuned graph specs.
         strict: Whether constant argument values are part of the graph spec key.
+        fallback: ``"eager"`` runs calls that match no graph spec on the module's own forward
+            (one warning per new input structure); None raises :class:`GraphSpecMismatchError`.
     """
 
     state = ModuleState.TUNED
 
-    def __init__(self, name: str, signature: ForwardSignature, graphs: list[TunedGraph], strict: bool = True):
+    def __init__(
+        self,
+        name: str,
+        signature: ForwardSignature,
+        graphs: list[TunedGraph],
+        strict: bool = True,
+        fallback: str | None = None,
+    ):
         self.name = name
         self.signature = signature
         self.graphs = graphs
         self.strict = strict
+        self.fallback = fallback
         self._by_key = {g.spec.key: g for g in graphs}
         self._active = all(g.backend.active for g in graphs)
-        self._warned: set[tuple] = set()
+        self._warned: set[str] = set()
 
-    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+    def __call__(self, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         if not self._active:
             raise ModuleStateError(f"Module '{self.name}' is deactivated. Call activate() before calling it.")
         call = flatten_call(self.signature, args, kwargs, self.strict)
         graph = self._by_key.get(call.key)
         if graph is None:
-            known = "\n".join(f"  {g.spec.name}: {g.spec.description}" for g in self.graphs)
-            raise GraphSpecMismatchError(
-                f"Module '{self.name}': the call ({call.describe()}) matches no tuned graph spec. Known graph specs:\n"
-                f"{known}\nRecord such calls too (enable_recording(force=True)) and tune again."
-            )
+            return self._unmatched(forward, call)
         if not self.strict and graph.backend.bakes_constants and call.flat.constants != graph.spec.constants:
-            return self._eager_for_new_constants(module, graph, call)
+            self._warn_once(
+                f"constants:{sorted(call.flat.constants.items())}",
+                f"Module '{self.name}' {graph.spec.name}: constant arguments {call.flat.constants} differ from those its "
+                f"{graph.backend.name} backend was built with ({graph.spec.constants}); running eagerly. Use "
+                "strict=True to record such calls as their own graph specs.",
+            )
+            return forward(*args, **kwargs)
         outputs = graph.backend.infer(call)
         return rebuild_output(graph.spec.output_treespec, graph.spec.output_template, outputs)
 
-    def _eager_for_new_constants(self, module: torch.nn.Module, graph: TunedGraph, call: CallStructure) -> Any:
-        """Non-strict mode: the backend was built with other constant arguments; run eagerly (warn once)."""
-        seen = tuple(sorted(call.flat.constants.items()))
-        if seen not in self._warned:
-            self._warned.add(seen)
-            warnings.warn(
-                f"Module '{self.name}' {graph.spec.name}: constant arguments {call.flat.constants} differ from those its "
-                f"{graph.backend.name} backend was built with ({graph.spec.constants}); running eagerly. Use strict=True "
-                "to record such calls as their own graph specs.",
-                stacklevel=3,
+    def _unmatched(self, forward: Callable[..., Any], call: CallStructure) -> Any:
+        known = "\n".join(f"  {g.spec.name}: {g.spec.description}" for g in self.graphs)
+        if self.fallback == "eager":
+            self._warn_once(
+                call.key,
+                f"Module '{self.name}': the call ({call.describe()}) matches no tuned graph spec; running eagerly "
+                f"(fallback='eager'). Known graph specs:\n{known}",
             )
-        return module(*call.args, **call.kwargs)
+            return forward(*call.args, **call.kwargs)
+        raise GraphSpecMismatchError(
+            f"Module '{self.name}': the call ({call.describe()}) matches no tuned graph spec. Known graph specs:\n"
+            f"{known}\nRecord such calls too (enable_recording(force=True)) and tune again, or create the Module "
+            "with fallback='eager'."
+        )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=4)
 
     def activate(self) -> None:
         """Load every backend's runtime."""
@@ -109,8 +128,14 @@ class TunedModule:
         module: torch.nn.Module,
         device: torch.device | None = None,
         strict: bool = True,
+        fallback: str | None = None,
+        forward: Callable[..., Any] | None = None,
     ) -> "TunedModule":
-        """Rebuild from :meth:`to_dict`; ``device`` overrides the stored device of each backend."""
+        """Rebuild from :meth:`to_dict`; ``device`` overrides the stored device of each backend.
+
+        Args:
+            forward: The module's own forward without hooks (for the eager backend).
+        """
         graphs = []
         for entry in data:
             spec = GraphSpec.from_dict(entry["graph"])
@@ -120,7 +145,13 @@ class TunedModule:
                 graph=spec,
                 device=torch.device(device) if device is not None else torch.device(described.get("device", "cpu")),
                 artifacts={role: Path(path) for role, path in described.get("artifacts", {}).items()},
+                forward=forward,
             )
             report = GraphTuneReport.from_dict(entry["report"]) if entry.get("report") else None
             graphs.append(TunedGraph(spec, Backend.from_dict(described, context), report))
-        return cls(name, signature, graphs, strict)
+        return cls(name, signature, graphs, strict, fallback)
+
+    @property
+    def ahead_of_time(self) -> bool:
+        """Whether every graph spec runs on an artifact that no longer needs the module's weights."""
+        return all(g.backend.ahead_of_time for g in self.graphs)

@@ -2,62 +2,96 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
+import shutil
 import tempfile
+import uuid
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import torch
-import torch.utils._pytree as pytree
 import wrapt
 
 from aitune_triton._progress import console, progress
-from aitune_triton.errors import AlreadyTunedError, InvalidNameError, ModuleStateError, NoSamplesError
+from aitune_triton.errors import AlreadyTunedError, ModuleStateError, NoSamplesError, RecordingError
+from aitune_triton.module.dims import DimDecl, validate_dynamic_shapes
 from aitune_triton.module.passthrough import PassthroughState
 from aitune_triton.module.recording import Recorder, RecordingState
-from aitune_triton.module.spec import ForwardSignature, GraphSpec, flatten_call
+from aitune_triton.module.registry import claim_name
+from aitune_triton.module.spec import ForwardSignature, GraphSpec
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.tuned import TunedGraph, TunedModule
+from aitune_triton.module.tuning import StrategiesArg, plan_strategies, tune_graphs
 from aitune_triton.names import sanitize_name
-from aitune_triton.strategies import TuneContext, TuneStrategy, default_strategy
+from aitune_triton.strategies import TuneStrategy
 
-__all__ = ["Module", "STATE_DICT_TYPE", "default_cache_dir"]
+__all__ = ["Module", "STATE_DICT_KEY", "STATE_DICT_TYPE", "default_cache_dir"]
 
 STATE_DICT_TYPE = "aitune_triton.Module"
 STATE_DICT_FORMAT_VERSION = 1
-
-_LIVE: "weakref.WeakValueDictionary[str, Module]" = weakref.WeakValueDictionary()
+#: Key of the tuned description in a parent module's ``state_dict()`` (after the submodule prefix).
+STATE_DICT_KEY = "_aitune_triton"
+_OFFLOAD_TARGETS = (None, "cpu", "meta")
 
 
 def default_cache_dir() -> Path:
-    """Where tuning writes artifacts: ``$AITUNE_TRITON_CACHE_DIR``, else ``$XDG_CACHE_HOME/aitune_triton``,
-    else ``~/.cache/aitune_triton``."""
+    """Where tuning writes artifacts and recorded calls: ``$AITUNE_TRITON_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/aitune_triton``, else ``~/.cache/aitune_triton``."""
     if os.environ.get("AITUNE_TRITON_CACHE_DIR"):
         return Path(os.environ["AITUNE_TRITON_CACHE_DIR"])
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "aitune_triton"
 
 
-def _claim_name(name: str, module: "Module") -> None:
-    holder = _LIVE.get(name)
-    if holder is not None and holder is not module:
-        raise InvalidNameError(
-            f"name: a live Module is already named {name!r}; its tuned artifacts and exports would be overwritten. "
-            "Give this one another name (Module(m, name='...')) or drop the other one first."
-        )
-    _LIVE[name] = module
+# The wrapper whose __call__ is running the wrapped module right now (per thread and task).
+_CALLING: contextvars.ContextVar[Any] = contextvars.ContextVar("aitune_triton_calling", default=None)
+
+
+class _StateForward:
+    """Installed as the wrapped module's ``forward``. A call made through the wrapper reaches it
+    after ``nn.Module.__call__`` ran the hooks and is routed to the wrapper's current state; a call
+    of the bare module (kept elsewhere as the eager reference, say) runs the module's own forward,
+    as before wrapping. Holds the wrapper weakly."""
+
+    def __init__(self, wrapper: "Module", original: Callable[..., Any]):
+        self._wrapper = weakref.ref(wrapper)
+        self.original = original
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        wrapper = self._wrapper()
+        if wrapper is None or _CALLING.get() is not wrapper:
+            return self.original(*args, **kwargs)
+        token = _CALLING.set(None)
+        try:
+            return wrapper._dispatch(args, kwargs)
+        finally:
+            _CALLING.reset(token)
+
+
+def _unpatch(module: torch.nn.Module, patched: _StateForward, samples_dir: Path) -> None:
+    if module.__dict__.get("forward") is patched:
+        del module.__dict__["forward"]
+    shutil.rmtree(samples_dir, ignore_errors=True)
 
 
 class Module(wrapt.ObjectProxy):
     """Wraps a ``torch.nn.Module`` and behaves like it, while recording, tuning and dispatching calls.
 
-    Attribute access, ``isinstance``, ``parameters()``, ``.to()``, ``[]``, ``len`` and iteration go
-    to the wrapped module. Calls go through the current state (:class:`ModuleState`): ``INIT``
-    (the first call starts recording), ``RECORDING`` (calls run eagerly and are recorded into graph
-    specs), ``PASSTHROUGH`` (calls run eagerly, nothing recorded) or ``TUNED`` (each call runs on
-    the backend chosen for its graph spec).
+    Attribute access, ``isinstance``, ``parameters()``, ``named_modules()``, ``[]``, ``len`` and
+    iteration go to the wrapped module; ``.to()``, ``.eval()``, ``.train()``, ``.cuda()``... return
+    this wrapper. Calls through the wrapper run the module's forward pre-hooks and hooks
+    (``nn.Module.__call__``) around the module's forward, which is routed through the current
+    state (:class:`ModuleState`); calling the bare module object still runs it eagerly:
+
+    * ``INIT``: the first call starts recording (``Module(m)(x)`` then ``tune()`` works);
+    * ``RECORDING``: the forward runs and the call is recorded into its graph spec;
+    * ``PASSTHROUGH``: the forward runs, nothing is recorded;
+    * ``TUNED``: the call runs on the backend chosen for its graph spec.
+
+    Backends capture the module's own forward, without hooks; hooks run once, around every call.
 
     Args:
         module: The module to wrap.
@@ -65,19 +99,32 @@ class Module(wrapt.ObjectProxy):
             (characters outside ``[A-Za-z0-9_.-]`` become ``_``). Defaults to the class name.
         strategy: Strategy for every graph spec without an entry in ``strategies``.
         strategies: Per graph spec strategies: a list in graph spec order, or a dict keyed by
-            graph spec name (``"graph_0"``).
-        max_samples: Recorded calls kept per graph spec.
-        strict: Whether non-tensor argument values are part of the graph spec key.
-        cache_dir: Where tuning writes artifacts (default :func:`default_cache_dir`).
+            graph spec name (``"graph_0"``), :class:`GraphSpec` or its input structure key.
+        max_samples: Recorded calls kept per graph spec (on disk, under the cache directory).
+        strict: Whether non-tensor argument values are part of the graph spec key. With
+            ``strict=False`` a tuned call whose constants differ from the recorded ones runs on the
+            module's own forward (with a warning), since exported backends hold the recorded values.
+        fallback: ``"eager"``: a tuned call matching no graph spec runs on the module's own forward
+            with one warning per new input structure. None (default): it raises
+            :class:`~aitune_triton.errors.GraphSpecMismatchError`.
+        dynamic_shapes: Declared dims per input path, overriding inference:
+            ``{"input_ids": {0: BatchDim(1, 32), 1: DynamicDim("seq", 1, 512)}}``. A recorded call
+            that breaks a declared rank or range is a :class:`~aitune_triton.errors.RecordingError`.
+        offload: After tuning, when every chosen backend is ahead of time (its artifact holds its
+            own weights), move the module's weights to ``"meta"`` (frees their memory) or
+            ``"cpu"``; None (default) leaves them. Not done with ``fallback="eager"`` or
+            ``strict=False``, which may run the module's own forward.
+        cache_dir: Where tuning writes artifacts and recorded calls (default :func:`default_cache_dir`).
 
     Raises:
-        TypeError: ``module`` is not a ``torch.nn.Module``.
+        TypeError: ``module`` is not a ``torch.nn.Module`` (or is already wrapped).
         InvalidNameError: ``name`` is empty, only dots, or used by another live Module.
+        ValueError: ``fallback``, ``offload`` or ``dynamic_shapes`` is invalid.
 
     Strategy precedence for a graph spec: its entry in the constructor's ``strategies``, then the
     constructor's ``strategy``, then the ``strategy`` passed to :meth:`tune`, then
-    :func:`~aitune_triton.strategies.default_strategy` (constructor choices beat ``tune()``'s, as
-    the AITune Module API documents).
+    :func:`~aitune_triton.strategies.default_strategy`. The AITune Module API documents that
+    constructor strategies take precedence over ``tune()``'s; this follows the documentation.
     """
 
     def __init__(
@@ -85,37 +132,72 @@ class Module(wrapt.ObjectProxy):
         module: torch.nn.Module,
         name: str | None = None,
         strategy: TuneStrategy | None = None,
-        strategies: Sequence[TuneStrategy] | Mapping[str, TuneStrategy] | None = None,
+        strategies: StrategiesArg = None,
         *,
         max_samples: int = 32,
         strict: bool = True,
+        fallback: str | None = None,
+        dynamic_shapes: Mapping[str, Mapping[int, DimDecl]] | None = None,
+        offload: str | None = None,
         cache_dir: str | os.PathLike | None = None,
     ):
         if not isinstance(module, torch.nn.Module) or isinstance(module, Module):
             raise TypeError(
                 f"module: expected a torch.nn.Module that is not already wrapped, got {type(module).__name__}"
             )
+        if fallback not in (None, "eager"):
+            raise ValueError(f"fallback: expected None or 'eager', got {fallback!r}")
+        if offload not in _OFFLOAD_TARGETS:
+            raise ValueError(f"offload: expected one of {list(_OFFLOAD_TARGETS)}, got {offload!r}")
+        declared = validate_dynamic_shapes(dynamic_shapes)
+        name = sanitize_name(name if name is not None else type(module).__name__)
         super().__init__(module)
-        self._self_name = sanitize_name(name if name is not None else type(module).__name__)
-        _claim_name(self._self_name, self)
+        claim_name(name, self)
+        self._self_name = name
         self._self_strategy = strategy
         self._self_strategies = strategies
         self._self_strict = strict
-        self._self_max_samples = max_samples
+        self._self_fallback = fallback
+        self._self_offload = offload
+        self._self_offloaded_from: torch.device | None = None
         self._self_cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._self_signature = ForwardSignature.from_callable(module.forward)
-        self._self_recorder = Recorder(self._self_signature, max_samples, strict)
+        own_forward = module.__dict__.get("forward") or type(module).forward.__get__(module)
+        if isinstance(own_forward, _StateForward):  # re-wrapping a module another Module wrapped
+            own_forward = own_forward.original
+        self._self_forward = own_forward
+        self._self_signature = ForwardSignature.from_callable(own_forward)
+        # Created on the first recorded call; removed with the wrapper.
+        self._self_samples_dir = (self._self_cache_dir or default_cache_dir()) / f"{name}-samples-{uuid.uuid4().hex[:12]}"
+        self._self_recorder = self._new_recorder(max_samples, declared)
         self._self_handler: Any = None  # None means INIT
         self._self_tuning = False
+        patched = _StateForward(self, own_forward)
+        module.forward = patched  # an instance attribute: nn.Module.__call__ calls it after the pre-hooks
+        weakref.finalize(self, _unpatch, module, patched, self._self_samples_dir)
+
+    def _cache_root(self) -> Path:
+        root = self._self_cache_dir or default_cache_dir()
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def _new_recorder(self, max_samples: int, declared: Mapping[str, Mapping[int, DimDecl]]) -> Recorder:
+        return Recorder(self._self_signature, max_samples, self._self_strict, self._self_samples_dir, declared)
 
     # ----------------------------------------------------------------------------------- calls
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        module = self.__wrapped__
+        token = _CALLING.set(self)
+        try:
+            return self.__wrapped__(*args, **kwargs)  # nn.Module.__call__: hooks around the routed forward
+        finally:
+            _CALLING.reset(token)
+
+    def _dispatch(self, args: tuple, kwargs: dict) -> Any:
+        """Route one forward call (hooks already applied) to the current state."""
         if self._self_tuning:
-            return module(*args, **kwargs)
+            return self._self_forward(*args, **kwargs)
         if self._self_handler is None:
             self._self_handler = RecordingState(self._self_recorder)
-        return self._self_handler(module, args, kwargs)
+        return self._self_handler(self._self_forward, args, kwargs)
 
     # ------------------------------------------------------------------------------ properties
     @property
@@ -177,29 +259,49 @@ class Module(wrapt.ObjectProxy):
             force: From ``TUNED``, release the tuned backends and record from scratch.
 
         Raises:
-            ModuleStateError: the module is tuned and ``force`` is False.
+            ModuleStateError: the module is tuned and ``force`` is False, or its weights were
+                offloaded to ``meta`` and not restored.
         """
         self._reset_if_tuned(force)
         self._self_handler = RecordingState(self._self_recorder)
 
     def enable_passthrough(self, force: bool = False) -> None:
-        """Run calls on the original module and record nothing.
+        """Run calls on the module's own forward and record nothing.
 
         Args:
-            force: From ``TUNED``, release the tuned backends (and recorded calls).
+            force: From ``TUNED``, release the tuned backends and the recorded calls.
 
         Raises:
-            ModuleStateError: the module is tuned and ``force`` is False.
+            ModuleStateError: the module is tuned and ``force`` is False, or its weights were
+                offloaded to ``meta`` and not restored.
         """
         self._reset_if_tuned(force)
         self._self_handler = PassthroughState()
 
     def _reset_if_tuned(self, force: bool) -> None:
-        if isinstance(self._self_handler, TunedModule):
-            if not force:
-                raise ModuleStateError("Module is already tuned. Use force=True to reset tuned module.")
-            self._self_handler.deactivate()
-            self._self_recorder = Recorder(self._self_signature, self._self_max_samples, self._self_strict)
+        if not isinstance(self._self_handler, TunedModule):
+            return
+        if not force:
+            raise ModuleStateError("Module is already tuned. Use force=True to reset tuned module.")
+        self._restore_offloaded()
+        self._self_handler.deactivate()
+        self._self_handler = None
+        recorder = self._self_recorder
+        recorder.clear()
+        self._self_recorder = self._new_recorder(recorder.max_samples, recorder.dynamic_shapes)
+
+    def _restore_offloaded(self) -> None:
+        if self._self_offloaded_from is None:
+            return
+        if self._self_offload == "meta":
+            if any(t.is_meta for t in self.__wrapped__.parameters()):
+                raise ModuleStateError(
+                    f"Module '{self._self_name}': its weights were offloaded to 'meta' after tuning, so it cannot run "
+                    "eagerly again. Load the weights back (module.load_state_dict(..., assign=True)) first."
+                )
+        else:
+            self.__wrapped__.to(self._self_offloaded_from)
+        self._self_offloaded_from = None
 
     def activate(self) -> None:
         """Load the tuned backends' runtimes; no-op in passthrough.
@@ -225,50 +327,40 @@ class Module(wrapt.ObjectProxy):
         return self._self_handler
 
     # ---------------------------------------------------------------------------------- tuning
-    def _strategy_for(self, index: int, graph: GraphSpec, strategy: TuneStrategy | None) -> TuneStrategy:
-        strategies = self._self_strategies
-        if isinstance(strategies, Mapping):
-            unknown = sorted(set(strategies) - {g.name for g in self.graph_specs})
-            if unknown:
-                known = ", ".join(f"{g.name} ({g.description})" for g in self.graph_specs)
-                raise ValueError(f"strategies: unknown graph specs {unknown}; known graph specs: {known}")
-            if graph.name in strategies:
-                return strategies[graph.name]
-        elif strategies is not None:
-            if len(strategies) < len(self.graph_specs):
-                described = "\n".join(f"  {g.name}: {g.description}" for g in self.graph_specs)
-                raise ModuleStateError(
-                    f"strategies: {len(strategies)} given for {len(self.graph_specs)} captured graph specs:\n{described}"
-                )
-            return strategies[index]
-        return self._self_strategy or strategy or default_strategy()
-
     def tune(self, device: str | torch.device | None = None, strategy: TuneStrategy | None = None, dry_run: bool = False) -> None:
         """Pick a backend for every recorded graph spec and switch to ``TUNED``.
 
-        Each graph spec's strategy builds candidates on ``device``, checks them against eager on
-        the recorded samples and keeps one (see :class:`~aitune_triton.strategies.TuneStrategy`).
-        The original module runs eagerly while tuning and nothing is recorded. Progress goes to
-        stderr.
+        Each graph spec's strategy builds candidates on ``device``, checks them against the
+        module's own forward on the recorded samples and keeps one (see
+        :class:`~aitune_triton.strategies.TuneStrategy`). The module's own forward runs while
+        tuning and nothing is recorded; the state is restored when a backend raises. Progress
+        goes to stderr.
 
         Args:
             device: Device to tune for; default :attr:`device`.
             strategy: Strategy for graph specs the constructor gave none for.
-            dry_run: Print what would be built per graph spec and change nothing.
+            dry_run: Print per graph spec the strategy, candidate backends, input shapes and cache
+                directory; change no state and write no artifact.
 
         Raises:
-            NoSamplesError: no call was recorded.
+            NoSamplesError: (a ValueError) no call was recorded.
             AlreadyTunedError: (a ValueError) the module is already tuned.
-            ValueError: ``strategies`` names unknown graph specs.
+            ValueError: ``strategies`` names unknown graph specs, or ``dynamic_shapes`` names an
+                input path no graph spec has.
+            ModuleStateError: (a RuntimeError) fewer ``strategies`` than graph specs.
+            RecordingError: a graph spec's calls returned inconsistent outputs.
             TuningError: no candidate passed for some graph spec; the module keeps its state.
         """
         if isinstance(self._self_handler, TunedModule):
             raise AlreadyTunedError(f"Module: '{self._self_name}' has already been tuned. Reset it to do it again.")
         if not len(self._self_recorder):
             raise NoSamplesError(f"Module: '{self._self_name}' has not recorded any samples. Cannot tune it.")
+        unused = self._self_recorder.declared_paths_unused()
+        if unused:
+            known = sorted({t.path for g in self.graph_specs for t in g.inputs})
+            raise RecordingError(f"dynamic_shapes: {unused} match no tensor input of any graph spec; tensor inputs: {known}")
         device = torch.device(device) if device is not None else self.device
-        graphs = self._self_recorder.graph_specs()
-        plan = [(g, self._strategy_for(i, g, strategy)) for i, g in enumerate(graphs)]
+        plan = plan_strategies(self._self_recorder.graph_specs(), self._self_strategies, self._self_strategy, strategy)
         if dry_run:
             self._print_plan(plan, device)
             return
@@ -278,37 +370,25 @@ class Module(wrapt.ObjectProxy):
                 "Call .eval() before tuning an inference module.",
                 stacklevel=2,
             )
-        root = self._self_cache_dir or default_cache_dir()
-        root.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix=f"{self._self_name}-", dir=root))
-        tuned: list[TunedGraph] = []
+        workdir = Path(tempfile.mkdtemp(prefix=f"{self._self_name}-", dir=self._cache_root()))
         self._self_tuning = True
         try:
             with progress(f"Tuning '{self._self_name}'") as log:
-                for graph, graph_strategy in plan:
-                    log(f"{graph.name} ({graph.num_calls} calls): {graph_strategy.describe()}")
-                    context = self._tune_context(graph, device, workdir / graph.name, log)
-                    backend, report = graph_strategy.tune(context)
-                    log(f"{graph.name}: chose {backend.name}")
-                    tuned.append(TunedGraph(graph, backend, report))
-        except BaseException:
-            for entry in tuned:
-                entry.backend.deactivate()
-            raise
+                tuned = tune_graphs(
+                    self.__wrapped__, self._self_forward, self._self_signature, self._self_recorder, plan, device, workdir, log
+                )
         finally:
             self._self_tuning = False
-        self._self_handler = TunedModule(self._self_name, self._self_signature, tuned, self._self_strict)
+        self._self_handler = TunedModule(self._self_name, self._self_signature, tuned, self._self_strict, self._self_fallback)
+        self._offload_weights()
 
-    def _tune_context(self, graph: GraphSpec, device: torch.device, workdir: Path, log) -> TuneContext:
-        def on_device(sample):
-            args, kwargs = pytree.tree_map(
-                lambda leaf: leaf.to(device) if isinstance(leaf, torch.Tensor) else leaf, (sample.args, sample.kwargs)
-            )
-            return flatten_call(self._self_signature, args, kwargs, self._self_strict)
-
-        samples = [on_device(s) for s in self._self_recorder.samples(graph)]
-        example = on_device(self._self_recorder.largest_sample(graph))
-        return TuneContext(self.__wrapped__, self._self_signature, graph, samples, example, workdir, device, log)
+    def _offload_weights(self) -> None:
+        tuned = self._self_handler
+        if self._self_offload is None or self._self_fallback is not None or not self._self_strict:
+            return
+        if isinstance(tuned, TunedModule) and tuned.ahead_of_time:
+            self._self_offloaded_from = self.device
+            self.__wrapped__.to(self._self_offload)
 
     def _print_plan(self, plan: list[tuple[GraphSpec, TuneStrategy]], device: torch.device) -> None:
         cache = self._self_cache_dir or default_cache_dir()
@@ -318,18 +398,13 @@ class Module(wrapt.ObjectProxy):
             console.print(f"  {graph.name}: {strategy.describe()}; inputs {shapes}", markup=False)
 
     # ----------------------------------------------------------------------------- persistence
-    def to_dict(self) -> dict[str, Any]:
-        """Describe the tuned module as JSON-compatible data (artifact paths are absolute).
-
-        Returns:
-            ``{"type": "aitune_triton.Module", "format_version", "name", "module_class",
-            "signature", "strict", "graphs": [...]}`` with, per graph spec, the spec, the
-            backend description and the tuning report.
-
-        Raises:
-            ModuleStateError: the module is not tuned.
-        """
-        tuned = self._tuned()
+    def _description(self) -> dict[str, Any]:
+        tuned = self._self_handler
+        if not isinstance(tuned, TunedModule):
+            raise ModuleStateError(
+                f"Module '{self._self_name}' is not tuned (state: {self.state.name}). Cannot create its state dict; "
+                "record calls and call tune() first."
+            )
         wrapped = self.__wrapped__
         return {
             "type": STATE_DICT_TYPE,
@@ -341,7 +416,41 @@ class Module(wrapt.ObjectProxy):
             "graphs": tuned.to_dict(),
         }
 
+    def to_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+        """Describe the tuned module; nests in a parent's ``state_dict()`` like any submodule.
+
+        Called directly (no destination, no prefix) it returns the tuned description:
+        ``{"type": "aitune_triton.Module", "format_version", "name", "module_class", "signature",
+        "strict", "graphs": [...]}`` with, per graph spec, the spec, the backend description
+        (absolute artifact paths) and the tuning report.
+
+        Called by a parent's ``state_dict()`` (``torch.nn.Module.state_dict(destination, prefix,
+        keep_vars)`` convention) it adds the wrapped module's own entries under ``prefix`` as usual
+        and, when tuned, the description under ``prefix + "_aitune_triton"``; a parent's
+        ``load_state_dict`` reads it back (see :meth:`_load_from_state_dict`).
+
+        Raises:
+            ModuleStateError: called directly on a module that is not tuned.
+        """
+        if args:  # torch's deprecated positional form: (destination, prefix, keep_vars)
+            destination, prefix, keep_vars = (tuple(args) + (destination, prefix, keep_vars)[len(args) :])[:3]
+        if destination is None and not prefix:
+            return self._description()
+        destination = self.__wrapped__.state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if isinstance(self._self_handler, TunedModule):
+            destination[prefix + STATE_DICT_KEY] = self._description()
+        return destination
+
     state_dict = to_dict
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """``torch.nn.Module.load_state_dict`` hook: takes this Module's tuned description out of a
+        parent's state dict (and loads it when not tuned yet), then loads the wrapped module's own
+        entries as usual."""
+        description = state_dict.pop(prefix + STATE_DICT_KEY, None)
+        self.__wrapped__._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if description is not None and not isinstance(self._self_handler, TunedModule):
+            self.load_tuned(description)
 
     @staticmethod
     def is_state_dict_valid(state_dict: Any) -> bool:
@@ -371,7 +480,7 @@ class Module(wrapt.ObjectProxy):
         """Switch this Module to ``TUNED`` with the backends described by ``state_dict``.
 
         Raises:
-            ValueError: invalid ``state_dict``.
+            ValueError: invalid ``state_dict``, or one recorded for another forward signature.
             ModuleStateError: the module is already tuned.
         """
         if not self.is_state_dict_valid(state_dict):
@@ -390,5 +499,22 @@ class Module(wrapt.ObjectProxy):
             self.__wrapped__,
             torch.device(device) if device is not None else None,
             state_dict.get("strict", True),
+            self._self_fallback,
+            self._self_forward,
         )
 
+
+def _returning_wrapper(method_name: str) -> Callable[..., Any]:
+    def method(self: Module, *args: Any, **kwargs: Any) -> Any:
+        result = getattr(self.__wrapped__, method_name)(*args, **kwargs)
+        return self if result is self.__wrapped__ else result
+
+    method.__name__ = method_name
+    method.__doc__ = f"``torch.nn.Module.{method_name}``, returning this wrapper where the module returns itself."
+    return method
+
+
+# torch.nn.Module methods that return ``self``: keep ``m = m.to(device)`` and friends on the wrapper.
+for _method in ("to", "cuda", "cpu", "xpu", "type", "float", "double", "half", "bfloat16", "train", "eval",
+                "requires_grad_", "apply", "to_empty", "share_memory"):
+    setattr(Module, _method, _returning_wrapper(_method))

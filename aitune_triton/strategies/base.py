@@ -44,6 +44,8 @@ class TuneContext:
         workdir: Directory for artifacts; each candidate gets a subdirectory.
         device: Device to tune for.
         log: Receives one-line progress messages.
+        forward: The module's own forward without hooks (default ``module.forward``); candidates
+            capture it and eager references run it.
     """
 
     module: torch.nn.Module
@@ -54,6 +56,12 @@ class TuneContext:
     workdir: Path
     device: torch.device
     log: Callable[[str], None] = field(default=lambda message: None)
+    forward: Callable[..., Any] | None = None
+
+    @property
+    def run(self) -> Callable[..., Any]:
+        """The forward eager references run (:attr:`forward`, else ``module.forward``)."""
+        return self.forward or self.module.forward
 
 
 @dataclass
@@ -140,8 +148,8 @@ class TuneStrategy(abc.ABC):
             TuningError: no candidate passed; the message lists every candidate's reason.
         """
         with torch.no_grad():
-            references = [EagerBackend.reference(context.module, call) for call in context.samples]
-            eager_ms = measure_latency_ms(lambda: EagerBackend.reference(context.module, context.example))
+            references = [EagerBackend.reference(context.run, call) for call in context.samples]
+            eager_ms = measure_latency_ms(lambda: EagerBackend.reference(context.run, context.example))
         reports: list[CandidateReport] = []
         candidates = self.candidates()
         for index, backend in enumerate(candidates):
@@ -160,7 +168,9 @@ class TuneStrategy(abc.ABC):
         workdir.mkdir(parents=True, exist_ok=True)
         context.log(f"{context.graph.name}: building {backend.name}")
         start = time.perf_counter()
-        build = BuildContext(context.module, context.signature, context.graph, context.example, workdir, context.device, context.log)
+        build = BuildContext(
+            context.module, context.signature, context.graph, context.example, workdir, context.device, context.log, context.forward
+        )
         try:
             with torch.no_grad():
                 backend.build(build)

@@ -1,0 +1,38 @@
+"""The names of live Modules: one name, one Module, so caches and exports never collide."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from aitune_triton.errors import InvalidNameError
+
+__all__ = ["claim_name", "live_modules", "release_name"]
+
+_LIVE: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
+
+
+def claim_name(name: str, module: Any) -> None:
+    """Register ``module`` under ``name``.
+
+    Raises:
+        InvalidNameError: another live Module holds ``name``.
+    """
+    holder = _LIVE.get(name)
+    if holder is not None and holder is not module:
+        raise InvalidNameError(
+            f"name: a live Module is already named {name!r}; its tuned artifacts and exports would be overwritten. "
+            "Give this one another name (Module(m, name='...')) or delete the other one first."
+        )
+    _LIVE[name] = module
+
+
+def release_name(name: str, module: Any) -> None:
+    """Free ``name`` if ``module`` holds it."""
+    if _LIVE.get(name) is module:
+        del _LIVE[name]
+
+
+def live_modules() -> list[Any]:
+    """Every live Module, in name order."""
+    return [module for _, module in sorted(_LIVE.items())]
