@@ -9,7 +9,7 @@ from aitune_triton.backends import AOTInductorBackend, Backend, EagerBackend, On
 from aitune_triton.checkpoint import load, save
 from aitune_triton.errors import AITuneTritonError
 from aitune_triton.module.dims import BatchDim, DynamicDim
-from aitune_triton.module.spec import GraphSpec
+from aitune_triton.spec import GraphSpec
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.wrapper import Module
 from aitune_triton.pipeline import tune

@@ -13,8 +13,33 @@ class AITuneTritonError(Exception):
     """Base class of every error raised by aitune_triton."""
 
 
-class InvalidNameError(AITuneTritonError, ValueError):
+class InvalidArgumentError(AITuneTritonError, ValueError):
+    """An argument has a value the function cannot use; the message names the argument, what was
+    expected and what was given."""
+
+
+class ArgumentTypeError(AITuneTritonError, TypeError):
+    """An argument has a type the function cannot use."""
+
+
+class InvalidNameError(InvalidArgumentError):
     """A module or model name cannot be used as a file and Triton model name."""
+
+
+class UnknownBackendError(InvalidArgumentError):
+    """No backend is registered under the given name."""
+
+
+class DuplicateBackendError(AITuneTritonError, ValueError):
+    """Another backend class is already registered under the same name."""
+
+
+class InvalidStateDictError(InvalidArgumentError):
+    """A dict passed as a tuned module description is not one (``Module.to_dict()`` output)."""
+
+
+class StrategyCountError(AITuneTritonError, RuntimeError):
+    """Fewer per-graph-spec strategies were given than graph specs were captured."""
 
 
 class ModuleStateError(AITuneTritonError, RuntimeError):
@@ -81,6 +106,10 @@ class TritonServerError(AITuneTritonError, RuntimeError):
         if self.log_lines:
             message = message + "\nServer error lines:\n  " + "\n  ".join(self.log_lines)
         super().__init__(message)
+
+
+class OutputStructureError(AITuneTritonError, RuntimeError):
+    """Output tensors do not fit the output structure recorded for a graph spec."""
 
 
 class RemoteInferenceError(AITuneTritonError, RuntimeError):

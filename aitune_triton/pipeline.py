@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch.utils.data import default_collate
 
-from aitune_triton.errors import AITuneTritonError
+from aitune_triton.errors import AITuneTritonError, InvalidArgumentError
 from aitune_triton.module.registry import live_modules
 from aitune_triton.module.state import ModuleState
 
@@ -20,7 +20,7 @@ logger = logging.getLogger("aitune_triton")
 def _batches(items: list[Any], batch_sizes: Sequence[int]) -> Iterable[Any]:
     for batch_size in batch_sizes:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_sizes: expected positive integers, got {list(batch_sizes)!r}")
+            raise InvalidArgumentError(f"batch_sizes: expected positive integers, got {list(batch_sizes)!r}")
         for start in range(0, len(items), batch_size):
             yield default_collate(items[start : start + batch_size])
 
@@ -52,7 +52,7 @@ def tune(
         ``"failed: <reason>"`` (left in passthrough).
 
     Raises:
-        ValueError: ``batch_sizes`` holds something other than positive integers.
+        InvalidArgumentError: (a ValueError) ``batch_sizes`` holds something other than positive integers.
     """
     modules = [m for m in live_modules() if m.state is not ModuleState.TUNED]
     items = list(dataset)

@@ -7,7 +7,7 @@ import torch
 from aitune_triton.backends.base import Backend, BuildContext
 from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, quiet_export
 from aitune_triton.errors import BackendBuildError
-from aitune_triton.module.spec import CallStructure
+from aitune_triton.spec import CallStructure
 
 __all__ = ["AOTInductorBackend"]
 

@@ -14,8 +14,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from aitune_triton.errors import BackendUnavailableError, ModuleStateError
-from aitune_triton.module.spec import CallStructure, ForwardSignature, GraphSpec
+from aitune_triton.errors import BackendUnavailableError, DuplicateBackendError, ModuleStateError, UnknownBackendError
+from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec
 
 __all__ = ["Backend", "BuildContext", "LoadContext", "register_backend", "get_backend_class", "backend_names"]
 
@@ -212,11 +212,14 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
     """Register a backend class under ``cls.name``.
 
     Raises:
-        ValueError: another class is already registered under that name.
+        DuplicateBackendError: (a ValueError) another class is already registered under that name.
     """
     existing = _REGISTRY.get(cls.name)
     if existing is not None and existing is not cls:
-        raise ValueError(f"backend name {cls.name!r} is already registered by {existing.__module__}.{existing.__qualname__}")
+        raise DuplicateBackendError(
+            f"backend name {cls.name!r} is already registered by {existing.__module__}.{existing.__qualname__}; "
+            "register yours under another name"
+        )
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -230,9 +233,9 @@ def get_backend_class(name: str) -> type[Backend]:
     """Return the backend class registered as ``name``.
 
     Raises:
-        ValueError: no backend has that name; the message lists the registered names.
+        UnknownBackendError: (a ValueError) no backend has that name; the message lists the registered names.
     """
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"backend: expected one of {backend_names()}, got {name!r}") from None
+        raise UnknownBackendError(f"backend: expected one of {backend_names()}, got {name!r}") from None

@@ -8,7 +8,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
-from aitune_triton.module.spec import CallStructure
+from aitune_triton.spec import CallStructure
 
 __all__ = ["EagerBackend"]
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.utils._pytree as pytree
 
-from aitune_triton.module.spec import CallStructure, ForwardSignature, GraphSpec
+from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec
 
 __all__ = ["FlatModule", "export_dynamic_shapes", "export_example", "quiet_export"]
 

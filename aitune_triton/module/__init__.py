@@ -1,6 +1,5 @@
-"""The in-process life cycle: wrapper, recording, graph specs, tuned dispatch.
+"""The in-process life cycle: wrapper, recording, tuned dispatch.
 
-Import from the submodules (``aitune_triton.module.wrapper``, ``.spec``...). This file imports
-nothing, so that backends can use ``aitune_triton.module.spec`` (the shared vocabulary of graph
-specs) while ``wrapper`` uses backends.
+Import from the submodules (``aitune_triton.module.wrapper``, ``.recording``...). Graph specs, the
+vocabulary every layer shares, live one layer down in :mod:`aitune_triton.spec`.
 """

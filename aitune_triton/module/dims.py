@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Union
 
-from aitune_triton.errors import RecordingError
+from aitune_triton.errors import InvalidArgumentError, RecordingError
 
 __all__ = ["BatchDim", "DimDecl", "DynamicDim", "validate_dynamic_shapes"]
 
@@ -13,11 +13,11 @@ __all__ = ["BatchDim", "DimDecl", "DynamicDim", "validate_dynamic_shapes"]
 def _check_range(kind: str, low: int, high: int, opt: int | None) -> None:
     for label, value in (("min", low), ("max", high)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{kind}: expected a non-negative integer {label}, got {value!r}")
+            raise InvalidArgumentError(f"{kind}: expected a non-negative integer {label}, got {value!r}")
     if low > high:
-        raise ValueError(f"{kind}: expected min <= max, got min={low}, max={high}")
+        raise InvalidArgumentError(f"{kind}: expected min <= max, got min={low}, max={high}")
     if opt is not None and not (isinstance(opt, int) and low <= opt <= high):
-        raise ValueError(f"{kind}: expected opt between min={low} and max={high}, got {opt!r}")
+        raise InvalidArgumentError(f"{kind}: expected opt between min={low} and max={high}, got {opt!r}")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class DynamicDim:
         opt: Size to optimize for (TensorRT optimization profiles); None = unspecified.
 
     Raises:
-        ValueError: empty or reserved name, negative sizes, ``min > max`` or ``opt`` outside the range.
+        InvalidArgumentError: (a ValueError) empty or reserved name, negative sizes, ``min > max`` or ``opt`` outside the range.
     """
 
     name: str
@@ -44,7 +44,7 @@ class DynamicDim:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or self.name == "batch":
-            raise ValueError(f"DynamicDim: expected a non-empty name other than 'batch', got {self.name!r}")
+            raise InvalidArgumentError(f"DynamicDim: expected a non-empty name other than 'batch', got {self.name!r}")
         _check_range(f"DynamicDim({self.name!r})", self.min, self.max, self.opt)
 
 
@@ -58,7 +58,7 @@ class BatchDim:
         opt: Batch size to optimize for; None = unspecified.
 
     Raises:
-        ValueError: negative sizes, ``min > max`` or ``opt`` outside the range.
+        InvalidArgumentError: (a ValueError) negative sizes, ``min > max`` or ``opt`` outside the range.
     """
 
     min: int
@@ -78,28 +78,28 @@ def validate_dynamic_shapes(dynamic_shapes: Mapping[str, Mapping[int, DimDecl]] 
     """Check a ``{input path: {axis: DynamicDim | BatchDim}}`` mapping.
 
     Raises:
-        ValueError: a key is not a string path, an axis is not a non-negative integer, a value is
+        InvalidArgumentError: (a ValueError) a key is not a string path, an axis is not a non-negative integer, a value is
             not a DynamicDim/BatchDim, or one name is declared with two different ranges.
     """
     if dynamic_shapes is None:
         return {}
     if not isinstance(dynamic_shapes, Mapping):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"dynamic_shapes: expected a mapping {{input path: {{axis: DynamicDim | BatchDim}}}}, got {type(dynamic_shapes).__name__}"
         )
     result: dict[str, dict[int, DimDecl]] = {}
     by_name: dict[str, DimDecl] = {}
     for path, axes in dynamic_shapes.items():
         if not isinstance(path, str) or not isinstance(axes, Mapping):
-            raise ValueError(f"dynamic_shapes: expected str keys with {{axis: dim}} values, got {path!r}: {axes!r}")
+            raise InvalidArgumentError(f"dynamic_shapes: expected str keys with {{axis: dim}} values, got {path!r}: {axes!r}")
         for axis, decl in axes.items():
             if isinstance(axis, bool) or not isinstance(axis, int) or axis < 0:
-                raise ValueError(f"dynamic_shapes[{path!r}]: expected non-negative integer axes, got {axis!r}")
+                raise InvalidArgumentError(f"dynamic_shapes[{path!r}]: expected non-negative integer axes, got {axis!r}")
             if not isinstance(decl, (DynamicDim, BatchDim)):
-                raise ValueError(f"dynamic_shapes[{path!r}][{axis}]: expected DynamicDim or BatchDim, got {decl!r}")
+                raise InvalidArgumentError(f"dynamic_shapes[{path!r}][{axis}]: expected DynamicDim or BatchDim, got {decl!r}")
             known = by_name.setdefault(decl.name, decl)
             if (known.min, known.max) != (decl.min, decl.max):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"dynamic_shapes: dimension {decl.name!r} is declared with ranges {known.min}..{known.max} and "
                     f"{decl.min}..{decl.max}; one name needs one range"
                 )

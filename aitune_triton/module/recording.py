@@ -12,7 +12,7 @@ from aitune_triton.errors import RecordingError
 from aitune_triton.module.dims import BatchDim, DimDecl, check_declared
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.samples import Sample, SampleStore, copy_call
-from aitune_triton.module.spec import (
+from aitune_triton.spec import (
     CallStructure,
     FlatTree,
     ForwardSignature,

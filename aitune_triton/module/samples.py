@@ -10,6 +10,8 @@ from typing import Any, Iterator
 import torch
 import torch.utils._pytree as pytree
 
+from aitune_triton.errors import InvalidArgumentError
+
 __all__ = ["Sample", "SampleStore", "copy_call"]
 
 
@@ -103,12 +105,12 @@ class SampleStore:
         directory: Where calls are written (created on first use); None keeps them in memory.
 
     Raises:
-        ValueError: ``max_samples`` is below 1.
+        InvalidArgumentError: (a ValueError) ``max_samples`` is below 1.
     """
 
     def __init__(self, max_samples: int = 32, directory: Path | None = None):
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
-            raise ValueError(f"max_samples: expected an integer >= 1, got {max_samples!r}")
+            raise InvalidArgumentError(f"max_samples: expected an integer >= 1, got {max_samples!r}")
         self.max_samples = max_samples
         self.directory = Path(directory) if directory is not None else None
         self._entries: list[_Entry] = []

@@ -11,7 +11,7 @@ import torch
 
 from aitune_triton.backends import Backend, LoadContext
 from aitune_triton.errors import GraphSpecMismatchError, ModuleStateError
-from aitune_triton.module.spec import CallStructure, ForwardSignature, GraphSpec, flatten_call, rebuild_output
+from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec, flatten_call, rebuild_output
 from aitune_triton.module.state import ModuleState
 from aitune_triton.strategies import GraphTuneReport
 

@@ -8,10 +8,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.utils._pytree as pytree
 
-from aitune_triton.errors import ModuleStateError
+from aitune_triton.errors import InvalidArgumentError, StrategyCountError
 from aitune_triton.module.recording import Recorder
 from aitune_triton.module.samples import Sample
-from aitune_triton.module.spec import ForwardSignature, GraphSpec, flatten_call
+from aitune_triton.spec import ForwardSignature, GraphSpec, flatten_call
 from aitune_triton.module.tuned import TunedGraph
 from aitune_triton.strategies import TuneContext, TuneStrategy, default_strategy
 
@@ -49,21 +49,21 @@ def plan_strategies(
             name (``"graph_0"``), by :class:`GraphSpec` or by its input structure key.
 
     Raises:
-        ModuleStateError: (a RuntimeError) the list has fewer entries than there are graph specs.
-        ValueError: the dict has keys that name no graph spec.
+        StrategyCountError: (a RuntimeError) the list has fewer entries than there are graph specs.
+        InvalidArgumentError: (a ValueError) the dict has keys that name no graph spec.
     """
     per_graph: dict[str, TuneStrategy] = {}
     if isinstance(strategies, Mapping):
         unknown = [key for key in strategies if _graph_for_key(key, graphs) is None]
         if unknown:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"strategies: {len(unknown)} key(s) name no recorded graph spec ({[str(k)[:80] for k in unknown]}). "
                 f"Key by graph spec name; the recorded graph specs are:\n{_describe(graphs)}"
             )
         per_graph = {_graph_for_key(key, graphs).name: strategy for key, strategy in strategies.items()}  # type: ignore[union-attr]
     elif strategies is not None:
         if len(strategies) < len(graphs):
-            raise ModuleStateError(
+            raise StrategyCountError(
                 f"strategies: {len(strategies)} given, but {len(graphs)} graph specs were captured. Pass one strategy "
                 f"per graph spec (or a dict keyed by graph spec name). Captured graph specs:\n{_describe(graphs)}"
             )

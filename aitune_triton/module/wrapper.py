@@ -16,12 +16,20 @@ import torch
 import wrapt
 
 from aitune_triton._progress import console, progress
-from aitune_triton.errors import AlreadyTunedError, ModuleStateError, NoSamplesError, RecordingError
+from aitune_triton.errors import (
+    AlreadyTunedError,
+    ArgumentTypeError,
+    InvalidArgumentError,
+    InvalidStateDictError,
+    ModuleStateError,
+    NoSamplesError,
+    RecordingError,
+)
 from aitune_triton.module.dims import DimDecl, validate_dynamic_shapes
 from aitune_triton.module.passthrough import PassthroughState
 from aitune_triton.module.recording import Recorder, RecordingState
 from aitune_triton.module.registry import claim_name
-from aitune_triton.module.spec import ForwardSignature, GraphSpec
+from aitune_triton.spec import ForwardSignature, GraphSpec
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.tuned import TunedGraph, TunedModule
 from aitune_triton.module.tuning import StrategiesArg, plan_strategies, tune_graphs
@@ -35,6 +43,10 @@ STATE_DICT_FORMAT_VERSION = 1
 #: Key of the tuned description in a parent module's ``state_dict()`` (after the submodule prefix).
 STATE_DICT_KEY = "_aitune_triton"
 _OFFLOAD_TARGETS = (None, "cpu", "meta")
+_INVALID_STATE_DICT = (
+    "Invalid dictionary format: expected the output of Module.to_dict() (a dict with 'type': "
+    f"'{STATE_DICT_TYPE}', 'name', 'signature' and 'graphs'). Pass what to_dict()/state_dict() returned."
+)
 
 
 def default_cache_dir() -> Path:
@@ -117,9 +129,9 @@ class Module(wrapt.ObjectProxy):
         cache_dir: Where tuning writes artifacts and recorded calls (default :func:`default_cache_dir`).
 
     Raises:
-        TypeError: ``module`` is not a ``torch.nn.Module`` (or is already wrapped).
-        InvalidNameError: ``name`` is empty, only dots, or used by another live Module.
-        ValueError: ``fallback``, ``offload`` or ``dynamic_shapes`` is invalid.
+        ArgumentTypeError: (a TypeError) ``module`` is not a ``torch.nn.Module`` (or is already wrapped).
+        InvalidNameError: (a ValueError) ``name`` is empty, only dots, or used by another live Module.
+        InvalidArgumentError: (a ValueError) ``fallback``, ``offload`` or ``dynamic_shapes`` is invalid.
 
     Strategy precedence for a graph spec: its entry in the constructor's ``strategies``, then the
     constructor's ``strategy``, then the ``strategy`` passed to :meth:`tune`, then
@@ -142,13 +154,13 @@ class Module(wrapt.ObjectProxy):
         cache_dir: str | os.PathLike | None = None,
     ):
         if not isinstance(module, torch.nn.Module) or isinstance(module, Module):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"module: expected a torch.nn.Module that is not already wrapped, got {type(module).__name__}"
             )
         if fallback not in (None, "eager"):
-            raise ValueError(f"fallback: expected None or 'eager', got {fallback!r}")
+            raise InvalidArgumentError(f"fallback: expected None or 'eager', got {fallback!r}")
         if offload not in _OFFLOAD_TARGETS:
-            raise ValueError(f"offload: expected one of {list(_OFFLOAD_TARGETS)}, got {offload!r}")
+            raise InvalidArgumentError(f"offload: expected one of {list(_OFFLOAD_TARGETS)}, got {offload!r}")
         declared = validate_dynamic_shapes(dynamic_shapes)
         name = sanitize_name(name if name is not None else type(module).__name__)
         super().__init__(module)
@@ -345,10 +357,10 @@ class Module(wrapt.ObjectProxy):
         Raises:
             NoSamplesError: (a ValueError) no call was recorded.
             AlreadyTunedError: (a ValueError) the module is already tuned.
-            ValueError: ``strategies`` names unknown graph specs, or ``dynamic_shapes`` names an
-                input path no graph spec has.
-            ModuleStateError: (a RuntimeError) fewer ``strategies`` than graph specs.
-            RecordingError: a graph spec's calls returned inconsistent outputs.
+            InvalidArgumentError: (a ValueError) ``strategies`` names unknown graph specs.
+            RecordingError: (a ValueError) ``dynamic_shapes`` names an input path no graph spec has,
+                or a graph spec's calls returned inconsistent outputs.
+            StrategyCountError: (a RuntimeError) fewer ``strategies`` than graph specs.
             TuningError: no candidate passed for some graph spec; the module keeps its state.
         """
         if isinstance(self._self_handler, TunedModule):
@@ -467,11 +479,20 @@ class Module(wrapt.ObjectProxy):
     def from_dict(cls, module: torch.nn.Module, state_dict: Mapping[str, Any], device: str | torch.device | None = None) -> "Module":
         """Build a ``TUNED`` Module around ``module`` from :meth:`to_dict` output, without tuning.
 
+        Args:
+            module: The original ``torch.nn.Module``.
+            state_dict: Output of :meth:`to_dict` (artifact paths must still exist).
+            device: Device to run on; default the device each backend was tuned for.
+
+        Returns:
+            A new ``TUNED`` Module named as in ``state_dict``.
+
         Raises:
-            ValueError: ``state_dict`` is not in the format of :meth:`to_dict` ("Invalid dictionary format").
+            InvalidStateDictError: (a ValueError) ``state_dict`` is not in the format of
+                :meth:`to_dict`; the message starts with "Invalid dictionary format".
         """
         if not cls.is_state_dict_valid(state_dict):
-            raise ValueError("Invalid dictionary format")
+            raise InvalidStateDictError(_INVALID_STATE_DICT)
         wrapped = cls(module, name=state_dict["name"], strict=state_dict.get("strict", True))
         wrapped.load_tuned(state_dict, device)
         return wrapped
@@ -480,16 +501,17 @@ class Module(wrapt.ObjectProxy):
         """Switch this Module to ``TUNED`` with the backends described by ``state_dict``.
 
         Raises:
-            ValueError: invalid ``state_dict``, or one recorded for another forward signature.
+            InvalidStateDictError: (a ValueError) invalid ``state_dict``, or one recorded for another
+                forward signature.
             ModuleStateError: the module is already tuned.
         """
         if not self.is_state_dict_valid(state_dict):
-            raise ValueError("Invalid dictionary format")
+            raise InvalidStateDictError(_INVALID_STATE_DICT)
         if isinstance(self._self_handler, TunedModule):
             raise ModuleStateError("Module is already tuned. Use enable_recording(force=True) to reset it first.")
         signature = ForwardSignature.from_dict(state_dict["signature"])
         if signature != self._self_signature:
-            raise ValueError(
+            raise InvalidStateDictError(
                 f"state_dict: recorded for forward{signature!r}, but this module's forward is {self._self_signature!r}"
             )
         self._self_handler = TunedModule.from_dict(

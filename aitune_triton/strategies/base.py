@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,8 +12,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from aitune_triton.backends import Backend, BuildContext, EagerBackend, get_backend_class
-from aitune_triton.errors import AITuneTritonError, BackendUnavailableError, TuningError
-from aitune_triton.module.spec import CallStructure, ForwardSignature, GraphSpec
+from aitune_triton.errors import ArgumentTypeError, BackendUnavailableError, InvalidArgumentError, TuningError
+from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec
 from aitune_triton.strategies.validation import compare_outputs, measure_latency_ms, raise_on_mismatch
 
 __all__ = ["CandidateReport", "GraphTuneReport", "TuneContext", "TuneStrategy", "resolve_backend"]
@@ -21,14 +22,16 @@ def resolve_backend(backend: str | Backend) -> Backend:
     """A fresh backend from a registered name (``"aoti"``) or a configured instance.
 
     Raises:
-        ValueError: the name is not registered; the message lists registered names.
-        TypeError: ``backend`` is neither a string nor a :class:`Backend`.
+        UnknownBackendError: (a ValueError) the name is not registered; the message lists registered names.
+        ArgumentTypeError: (a TypeError) ``backend`` is neither a string nor a :class:`Backend`.
     """
     if isinstance(backend, Backend):
         return backend.clone()
     if isinstance(backend, str):
         return get_backend_class(backend)()
-    raise TypeError(f"backend: expected a registered backend name or a Backend instance, got {type(backend).__name__}")
+    raise ArgumentTypeError(
+        f"backend: expected a registered backend name or a Backend instance, got {type(backend).__name__}"
+    )
 
 
 @dataclass
@@ -128,7 +131,7 @@ class TuneStrategy(abc.ABC):
 
     def __init__(self, atol: float = 1e-4, rtol: float = 1e-4):
         if atol < 0 or rtol < 0:
-            raise ValueError(f"atol/rtol: expected non-negative tolerances, got atol={atol!r}, rtol={rtol!r}")
+            raise InvalidArgumentError(f"atol/rtol: expected non-negative tolerances, got atol={atol!r}, rtol={rtol!r}")
         self.atol = atol
         self.rtol = rtol
 
@@ -174,9 +177,12 @@ class TuneStrategy(abc.ABC):
         try:
             with torch.no_grad():
                 backend.build(build)
-        except AITuneTritonError as error:
-            status = "unavailable" if isinstance(error, BackendUnavailableError) else "failed"
-            return CandidateReport(backend.name, status, str(error), time.perf_counter() - start)
+        except BackendUnavailableError as error:
+            return CandidateReport(backend.name, "unavailable", str(error), time.perf_counter() - start)
+        except Exception as error:  # export, compile or load failed: report it and try the next candidate
+            backend.deactivate()
+            shutil.rmtree(workdir, ignore_errors=True)
+            return CandidateReport(backend.name, "failed", f"{type(error).__name__}: {error}", time.perf_counter() - start)
         build_s = time.perf_counter() - start
         context.log(f"{context.graph.name}: checking {backend.name} on {len(context.samples)} samples")
         mismatches: list[str] = []
@@ -191,5 +197,7 @@ class TuneStrategy(abc.ABC):
                 raise_on_mismatch(backend.name, mismatches)
                 latency = measure_latency_ms(lambda: backend.infer(context.example))
         except Exception as error:  # a backend failing at run time is a failed candidate, not a crash
+            backend.deactivate()
+            shutil.rmtree(workdir, ignore_errors=True)
             return CandidateReport(backend.name, "failed", f"{type(error).__name__}: {error}", build_s, None, worst)
         return CandidateReport(backend.name, "passed", "", build_s, latency, worst)

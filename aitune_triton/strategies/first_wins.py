@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from aitune_triton.backends import Backend
+from aitune_triton.errors import InvalidArgumentError
 from aitune_triton.strategies.base import TuneStrategy, resolve_backend
 
 __all__ = ["FirstWinsStrategy"]
@@ -19,14 +20,15 @@ class FirstWinsStrategy(TuneStrategy):
         rtol: Relative tolerance of the eager check.
 
     Raises:
-        ValueError: ``backends`` is empty or names an unknown backend.
-        TypeError: an entry is neither a name nor a Backend.
+        InvalidArgumentError: (a ValueError) ``backends`` is empty.
+        UnknownBackendError: (a ValueError) an entry names an unknown backend.
+        ArgumentTypeError: (a TypeError) an entry is neither a name nor a Backend.
     """
 
     def __init__(self, backends: Sequence[str | Backend], atol: float = 1e-4, rtol: float = 1e-4):
         super().__init__(atol=atol, rtol=rtol)
         if isinstance(backends, (str, Backend)) or not backends:
-            raise ValueError(f"backends: expected a non-empty list of backend names or instances, got {backends!r}")
+            raise InvalidArgumentError(f"backends: expected a non-empty list of backend names or instances, got {backends!r}")
         self._backends = [resolve_backend(b) for b in backends]
 
     def candidates(self) -> list[Backend]:

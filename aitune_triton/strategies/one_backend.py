@@ -18,8 +18,8 @@ class OneBackendStrategy(TuneStrategy):
         rtol: Relative tolerance of the eager check.
 
     Raises:
-        ValueError: unknown backend name.
-        TypeError: ``backend`` is neither a name nor a Backend.
+        UnknownBackendError: (a ValueError) unknown backend name.
+        ArgumentTypeError: (a TypeError) ``backend`` is neither a name nor a Backend.
     """
 
     def __init__(self, backend: str | Backend, atol: float = 1e-4, rtol: float = 1e-4):

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from aitune_triton.errors import GraphSpecMismatchError, RemoteInferenceError
-from aitune_triton.module.spec import ForwardSignature, flatten_call, rebuild_output, treespec_from_json
+from aitune_triton.errors import GraphSpecMismatchError, InvalidArgumentError, RemoteInferenceError
+from aitune_triton.spec import ForwardSignature, flatten_call, rebuild_output, treespec_from_json
 from aitune_triton.triton.config import ROUTES_PARAMETER
 from aitune_triton.triton.io import ModelIO
 
@@ -40,14 +40,14 @@ class RemoteModule:
         timeout_s: Network timeout per request, in seconds.
 
     Raises:
-        ValueError: ``protocol`` is neither ``"grpc"`` nor ``"http"``.
+        InvalidArgumentError: (a ValueError) ``protocol`` is neither ``"grpc"`` nor ``"http"``.
         RemoteInferenceError: the server cannot be reached or ``model_name`` is not an entry
             model exported by aitune_triton.
     """
 
     def __init__(self, url: str, model_name: str, protocol: str = "grpc", timeout_s: float = 60.0):
         if protocol not in ("grpc", "http"):
-            raise ValueError(f"protocol: expected 'grpc' or 'http', got {protocol!r}")
+            raise InvalidArgumentError(f"protocol: expected 'grpc' or 'http', got {protocol!r}")
         self.url = _strip_scheme(url)
         self.model_name = model_name
         self.protocol = protocol

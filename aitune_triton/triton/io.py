@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aitune_triton.errors import ExportError
-from aitune_triton.module.spec import TensorSpec
+from aitune_triton.spec import TensorSpec
 
 __all__ = ["ModelIO", "TensorIO", "TORCH_TO_TRITON_DTYPE", "triton_dtype"]
 

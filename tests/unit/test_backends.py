@@ -21,7 +21,7 @@ from aitune_triton.backends import (
 from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes
 from aitune_triton.errors import ModuleStateError
 from aitune_triton.module.recording import Recorder
-from aitune_triton.module.spec import ForwardSignature, flatten_call
+from aitune_triton.spec import ForwardSignature, flatten_call
 from aitune_triton.strategies import OneBackendStrategy, TuneContext
 
 

@@ -8,7 +8,7 @@ import torch
 from aitune_triton.errors import RecordingError
 from aitune_triton.module.recording import Recorder, infer_dims
 from aitune_triton.module.samples import Sample, SampleStore, copy_call
-from aitune_triton.module.spec import ForwardSignature
+from aitune_triton.spec import ForwardSignature
 
 
 # -------------------------------------------------------------------------------- infer_dims

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 
-from aitune_triton.errors import RecordingError, RemoteInferenceError
-from aitune_triton.module.spec import (
+from aitune_triton.errors import OutputStructureError, RecordingError
+from aitune_triton.spec import (
     ForwardSignature,
     GraphSpec,
     ParameterSpec,
@@ -233,7 +233,7 @@ def test_rebuild_output_puts_tensors_and_constants_back_into_the_structure():
 def test_rebuild_output_rejects_a_wrong_number_of_tensors():
     flat = flatten_output((torch.ones(1), torch.ones(1)))
 
-    with pytest.raises(RemoteInferenceError, match="Expected 2 output tensors for the recorded structure, got 1"):
+    with pytest.raises(OutputStructureError, match="Expected 2 output tensors for the recorded structure, got 1"):
         rebuild_output(flat.treespec, flat.template, [torch.ones(1)])
 
 

@@ -49,11 +49,13 @@ def dtype_from_name(name: str) -> torch.dtype:
     """Return the torch dtype for a short name such as ``"float32"``.
 
     Raises:
-        ValueError: ``name`` is not the name of a torch dtype.
+        InvalidArgumentError: (a ValueError) ``name`` is not the name of a torch dtype.
     """
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"dtype name: expected a torch dtype name such as 'float32', got {name!r}")
+        from aitune_triton.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"dtype name: expected a torch dtype name such as 'float32', got {name!r}")
     return dtype
 
 
@@ -316,13 +318,13 @@ def rebuild_output(treespec: pytree.TreeSpec, template: Sequence[Any], tensors: 
         tensors: Output tensors in flattening order.
 
     Raises:
-        RemoteInferenceError: the number of tensors does not match the template.
+        OutputStructureError: the number of tensors does not match the template.
     """
-    from aitune_triton.errors import RemoteInferenceError
+    from aitune_triton.errors import OutputStructureError
 
     slots = sum(1 for leaf in template if leaf is None)
     if slots != len(tensors):
-        raise RemoteInferenceError(f"Expected {slots} output tensors for the recorded structure, got {len(tensors)}.")
+        raise OutputStructureError(f"Expected {slots} output tensors for the recorded structure, got {len(tensors)}.")
     iterator = iter(tensors)
     leaves = [next(iterator) if leaf is None else leaf for leaf in template]
     return pytree.tree_unflatten(leaves, treespec)
