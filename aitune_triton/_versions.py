@@ -7,9 +7,17 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["library_versions", "sha256_file"]
+__all__ = ["aitune_version", "library_versions", "sha256_file"]
 
 _PACKAGES = ("aitune-triton", "torch", "onnx", "onnxscript", "onnxruntime", "tritonclient", "nvidia-pytriton", "numpy")
+
+
+def aitune_version() -> str:
+    """Installed version of aitune-triton ("unknown" when running from an uninstalled tree)."""
+    try:
+        return metadata.version("aitune-triton")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def library_versions() -> dict[str, str | None]:

@@ -8,8 +8,11 @@ Layout::
       graph_1/model.pt2
 
 The manifest is JSON and artifacts are ONNX models and AOTInductor packages: loading unpickles
-nothing. Every artifact's SHA-256 and size are checked before it is loaded. A checkpoint is
-written into a temporary sibling directory and renamed into place, so a failed save leaves no
+nothing. But an AOTInductor package holds compiled native code (a shared library) that runs when
+it is loaded, as any compiled model does: load only checkpoints you trust. Every artifact's
+SHA-256 and size are checked against the manifest before it is loaded; that detects corruption
+and truncation, not tampering by someone who can also edit the manifest. A checkpoint is written
+into a temporary sibling directory and renamed into place, so a failed save leaves no
 half-written checkpoint.
 """
 

@@ -85,16 +85,18 @@ def serve(repository: Path, http_port: int | None, grpc_port: int | None, metric
     """Serve REPOSITORY with a real Triton server until interrupted (Ctrl-C)."""
     from aitune_triton.triton.server import TritonServer
 
+    signal.signal(signal.SIGTERM, _interrupt)  # before the start, so a SIGTERM while loading stops it too
     try:
         server = TritonServer(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                               tritonserver=tritonserver, log_path=log_file, stream_log=not quiet_log,
                               timeout_s=timeout_s)
         server.start()
+    except KeyboardInterrupt:
+        raise click.Abort() from None
     except AITuneTritonError as error:
         raise _fail(error) from error
     console.print(f"Serving {repository}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
                   f"metrics localhost:{server.metrics_port}, log {server.log_path}. Ctrl-C stops.")
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while server.is_running():
             time.sleep(0.5)

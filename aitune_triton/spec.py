@@ -28,6 +28,7 @@ __all__ = [
     "GraphSpec",
     "ParameterSpec",
     "TensorSpec",
+    "axis_range",
     "dtype_from_name",
     "dtype_name",
     "flatten_call",
@@ -285,6 +286,12 @@ class CallStructure:
         """Human-readable structure, e.g. ``input_ids: tensor(int64, rank=2), flag: const(true)``."""
         return ", ".join(f"{p}: {d}" for p, d in zip(self.flat.paths, self.flat.leaf_descriptions()))
 
+    def with_tensors(self, signature: ForwardSignature, tensors: Sequence[torch.Tensor]) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` of the same call with its tensor leaves replaced, in flattening order."""
+        iterator = iter(tensors)
+        leaves = [next(iterator) if leaf is None else leaf for leaf in self.flat.template]
+        return signature.unbind(pytree.tree_unflatten(leaves, self.flat.treespec))
+
 
 def _treespec_key(treespec: pytree.TreeSpec) -> Any:
     try:
@@ -383,6 +390,16 @@ class TensorSpec:
         return cls(**data)
 
 
+def axis_range(spec: TensorSpec, axis: int, dims: dict[str, Any]) -> tuple[int, int]:
+    """``(min, max)`` size of ``spec``'s ``axis``: its dimension's range (``dims[name]``) when the
+    axis is dynamic, else the one size recorded."""
+    name = spec.dim_names[axis]
+    if name is None:
+        return spec.min_shape[axis], spec.max_shape[axis]
+    low, high = dims[name]
+    return int(low), int(high)
+
+
 @dataclass
 class GraphSpec:
     """Everything known about one group of calls that share an input structure.
@@ -399,6 +416,10 @@ class GraphSpec:
         dims: Dynamic dimension name -> ``(min, max)`` size recorded.
         constants: Non-tensor input leaves of the first recorded call (path -> ``const(value)``);
             exported backends are built with these values.
+        batch_independent: Whether splitting a recorded batch in two and running the halves gave
+            the same outputs as the whole batch (checked when tuning); None when not checked (no
+            batch axis, or no recorded batch of 2 or more). Triton may join requests into one
+            batch only when this is not False.
     """
 
     name: str
@@ -411,6 +432,25 @@ class GraphSpec:
     num_calls: int = 0
     dims: dict[str, tuple[int, int]] = field(default_factory=dict)
     constants: dict[str, str] = field(default_factory=dict)
+    batch_independent: bool | None = None
+
+    def axis_range(self, spec: TensorSpec, axis: int) -> tuple[int, int]:
+        """``(min, max)`` size the artifacts of this graph spec accept on ``spec``'s ``axis``."""
+        return axis_range(spec, axis, self.dims)
+
+    def shape_violations(self, shapes: Sequence[tuple[int, ...]]) -> list[str]:
+        """Per input tensor axis outside its range, one line ``path axis N: size S outside LO..HI``.
+
+        Args:
+            shapes: Shapes of a call's tensor inputs, in flattening order.
+        """
+        found = []
+        for spec, shape in zip(self.inputs, shapes):
+            for axis, size in enumerate(shape):
+                low, high = self.axis_range(spec, axis)
+                if not low <= size <= high:
+                    found.append(f"{spec.path} axis {axis}: size {size} outside {low}..{high}")
+        return found
 
     @property
     def batch_size_range(self) -> tuple[int, int] | None:
@@ -440,6 +480,7 @@ class GraphSpec:
             "num_calls": self.num_calls,
             "dims": {name: list(bounds) for name, bounds in self.dims.items()},
             "constants": dict(self.constants),
+            "batch_independent": self.batch_independent,
         }
 
     @classmethod
@@ -456,4 +497,5 @@ class GraphSpec:
             num_calls=data.get("num_calls", 0),
             dims={name: (int(b[0]), int(b[1])) for name, b in data.get("dims", {}).items()},
             constants=dict(data.get("constants", {})),
+            batch_independent=data.get("batch_independent"),
         )

@@ -16,7 +16,6 @@ are noisy. Usage: ``.venv/bin/python benchmarks/served_vs_inprocess.py [--second
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import threading
@@ -30,18 +29,9 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import aitune_triton  # noqa: E402
-from aitune_triton.triton.server import TritonServer  # noqa: E402
+from aitune_triton.strategies.validation import measure_latency_ms  # noqa: E402
+from aitune_triton.triton import TritonServer  # noqa: E402
 from minilm import SENTENCES, load_model  # noqa: E402
-
-
-def median_ms(run, repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def throughput(make_caller, clients: int, seconds: float, inputs: list[dict]) -> float:
@@ -87,9 +77,9 @@ def main() -> int:
     rows = []
     with TritonServer(repository) as server, torch.no_grad():
         remote = aitune_triton.RemoteModule(server.grpc_url, "minilm")
-        eager_ms = median_ms(lambda: model(**batch), args.repeats)
-        tuned_ms = median_ms(lambda: module(**batch), args.repeats)
-        served_ms = median_ms(lambda: remote(**batch), args.repeats)
+        eager_ms = measure_latency_ms(lambda: model(**batch), args.repeats)
+        tuned_ms = measure_latency_ms(lambda: module(**batch), args.repeats)
+        served_ms = measure_latency_ms(lambda: remote(**batch), args.repeats)
         rows.append(("batch 8 latency (ms)", f"{eager_ms:.1f}", f"{tuned_ms:.1f}", f"{served_ms:.1f}",
                      f"tuned/eager {tuned_ms / eager_ms:.2f}, served/tuned {served_ms / tuned_ms:.2f}"))
         for label, requests in (("1-sentence req/s, natural length", singles), ("1-sentence req/s, padded to 16", padded)):

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -30,7 +28,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import aitune_triton  # noqa: E402
-from aitune_triton.triton.server import TritonServer  # noqa: E402
+from aitune_triton.strategies.validation import measure_latency_ms  # noqa: E402
+from aitune_triton.triton import TritonServer  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -122,17 +121,6 @@ def embed(output, attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(summed / mask.sum(dim=1).clamp(min=1e-9), dim=-1)
 
 
-def timed(run: Callable[[], object], repeats: int) -> tuple[object, float]:
-    """Result of ``run()`` and its median wall time in milliseconds over ``repeats`` runs after a warm-up."""
-    result = run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1000)
-    return result, statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/minilm"), help="checkpoint directory")
@@ -156,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
 
     module.tune()
     aitune_triton.save(module, args.checkpoint, overwrite=True)
+    previous = sorted(args.repository.glob("minilm*")) if args.repository.is_dir() else []
+    if previous:  # exports never overwrite a version; the demo starts from a clean slate instead of piling them up
+        console.print(f"Removing the previous demo export: {', '.join(p.name for p in previous)}")
+        for path in previous:
+            shutil.rmtree(path)
     export = [sys.executable, "-m", "aitune_triton", "export", str(args.checkpoint), "-o", str(args.repository)]
     console.print("$ " + " ".join(export))
     subprocess.run(export, check=True)
@@ -169,14 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         for sentences in UNSEEN_BATCHES:
             inputs = tokens(sentences)
             mask = inputs["attention_mask"]
-            reference, eager_ms = timed(lambda: embed(model(**inputs), mask), args.repeats)  # noqa: B023 (run now)
-            tuned, tuned_ms = timed(lambda: embed(module(**inputs), mask), args.repeats)  # noqa: B023
-            row = {"shape": tuple(inputs["input_ids"].shape), "eager": eager_ms, "tuned": tuned_ms}
-            diffs = {"tuned": float((tuned - reference).abs().max())}
+            reference = embed(model(**inputs), mask)
+            row = {
+                "shape": tuple(inputs["input_ids"].shape),
+                "eager": measure_latency_ms(lambda: model(**inputs), args.repeats),  # noqa: B023 (run now)
+                "tuned": measure_latency_ms(lambda: module(**inputs), args.repeats),  # noqa: B023
+            }
+            diffs = {"tuned": float((embed(module(**inputs), mask) - reference).abs().max())}
             for protocol, remote in remotes.items():
                 try:
-                    served, row[protocol] = timed(lambda: embed(remote(**inputs), mask), args.repeats)  # noqa: B023
-                    diffs[protocol] = float((served - reference).abs().max())
+                    diffs[protocol] = float((embed(remote(**inputs), mask) - reference).abs().max())
+                    row[protocol] = measure_latency_ms(lambda: remote(**inputs), args.repeats)  # noqa: B023
                 except aitune_triton.AITuneTritonError as error:
                     failures.append(f"{protocol} batch {row['shape']}: {error}")
                     row[protocol], diffs[protocol] = float("nan"), float("inf")

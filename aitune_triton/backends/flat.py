@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.utils._pytree as pytree
 
-from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec
+from aitune_triton.spec import CallStructure, FlatTree, ForwardSignature, GraphSpec
 
 __all__ = ["FlatModule", "export_dynamic_shapes", "export_example", "quiet_export"]
 
@@ -41,13 +41,11 @@ class FlatModule(torch.nn.Module):
         self.module = module
         self._forward = forward or module.forward
         self._signature = signature
-        self._treespec = example.flat.treespec
-        self._template = example.flat.template
+        # Keep the structure and constants only, not the example's tensors.
+        self._structure = CallStructure((), {}, FlatTree(example.flat.treespec, example.flat.template, example.flat.paths), example.key)
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        iterator = iter(tensors)
-        leaves = [next(iterator) if leaf is None else leaf for leaf in self._template]
-        args, kwargs = self._signature.unbind(pytree.tree_unflatten(leaves, self._treespec))
+        args, kwargs = self._structure.with_tensors(self._signature, tensors)
         output = self._forward(*args, **kwargs)
         return tuple(leaf for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor))
 
@@ -55,16 +53,19 @@ class FlatModule(torch.nn.Module):
 def export_dynamic_shapes(graph: GraphSpec) -> tuple[tuple[dict[int, Any], ...]] | None:
     """``dynamic_shapes`` for exporting a :class:`FlatModule` of ``graph``.
 
-    Axes that share a dimension name get one ``torch.export.Dim`` bounded by the recorded range.
-    The result is wrapped in a 1-tuple because ``FlatModule.forward`` takes ``*tensors``.
-    Returns None when every axis is static.
+    Every dynamic axis gets its own ``Dim.DYNAMIC`` hint bounded by its dimension's range, and
+    ``torch.export`` finds which axes the model itself ties together (``input_ids`` and
+    ``attention_mask`` lengths, say). Axes are never tied just because their recorded sizes were
+    equal: square images recorded at 224 and 256 must still run at 224 x 256. The result is wrapped
+    in a 1-tuple because ``FlatModule.forward`` takes ``*tensors``. None when every axis is static.
     """
-    dims = {
-        name: torch.export.Dim(name, min=low, max=max(high, low + 1))
-        for name, (low, high) in graph.dims.items()
-    }
     per_input = tuple(
-        {axis: dims[name] for axis, name in enumerate(spec.dim_names) if name is not None} for spec in graph.inputs
+        {
+            axis: torch.export.Dim.DYNAMIC(min=graph.dims[name][0], max=graph.dims[name][1])
+            for axis, name in enumerate(spec.dim_names)
+            if name is not None
+        }
+        for spec in graph.inputs
     )
     if not any(per_input):
         return None

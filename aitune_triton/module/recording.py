@@ -53,7 +53,8 @@ def infer_dims(
     leaf's batch axis is its first axis whose size equalled the batch size in every call (axis 0
     where possible); with one batch size seen and none declared there is no batch axis, since
     nothing shows which axis it would be. Other axes whose size varied are dynamic; axes with the
-    same sizes in every call share one name (``dim0``, ``dim1``...); the batch is ``batch``.
+    same sizes in every call share one name (``dim0``, ``dim1``...); the batch is ``batch``, with an
+    inferred range from 1 to the largest batch seen. Ranges are the sizes seen, or as declared.
 
     Args:
         input_shapes: Per call, the shape of each tensor input leaf.
@@ -116,8 +117,9 @@ def infer_dims(
     out_batch, out_names = analyse(output_shapes, False)
     for s, name in names.items():
         ranges.setdefault(name, (min(s), max(s)))
-    if batch_series is not None:
-        ranges.setdefault("batch", (min(batch_series), max(batch_series)))
+    if batch_series is not None and batch_position is None:
+        # Samples along a batch axis are independent: any batch from 1 up to the largest seen.
+        ranges["batch"] = (1, max(batch_series))
     return DimAnalysis(in_batch, out_batch, in_names, out_names, ranges)
 
 

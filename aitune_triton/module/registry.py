@@ -7,7 +7,7 @@ from typing import Any
 
 from aitune_triton.errors import InvalidNameError
 
-__all__ = ["claim_name", "live_modules", "release_name"]
+__all__ = ["claim_name", "live_modules", "release_name", "unique_default_name"]
 
 _LIVE: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
 
@@ -25,6 +25,15 @@ def claim_name(name: str, module: Any) -> None:
             "Give this one another name (Module(m, name='...')) or delete the other one first."
         )
     _LIVE[name] = module
+
+
+def unique_default_name(base: str) -> str:
+    """``base`` when no live Module holds it, else the first free ``base_2``, ``base_3``..."""
+    name, counter = base, 1
+    while name in _LIVE:
+        counter += 1
+        name = f"{base}_{counter}"
+    return name
 
 
 def release_name(name: str, module: Any) -> None:

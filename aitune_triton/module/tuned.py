@@ -73,8 +73,25 @@ class TunedModule:
                 "strict=True to record such calls as their own graph specs.",
             )
             return forward(*args, **kwargs)
+        if graph.backend.ahead_of_time:
+            violations = graph.spec.shape_violations([tuple(t.shape) for t in call.flat.tensors])
+            if violations:
+                return self._out_of_range(forward, graph, call, violations)
         outputs = graph.backend.infer(call)
         return rebuild_output(graph.spec.output_treespec, graph.spec.output_template, outputs)
+
+    def _out_of_range(self, forward: Callable[..., Any], graph: TunedGraph, call: CallStructure, violations: list[str]) -> Any:
+        message = (
+            f"Module '{self.name}' {graph.spec.name}: the call's shapes are outside the range its {graph.backend.name} "
+            f"backend was built for: {'; '.join(violations)}"
+        )
+        if self.fallback == "eager":
+            self._warn_once(f"range:{graph.spec.name}:{violations}", message + "; running eagerly (fallback='eager').")
+            return forward(*call.args, **call.kwargs)
+        raise GraphSpecMismatchError(
+            message + ". Record calls of these sizes (or declare DynamicDim/BatchDim ranges) and tune again, or create "
+            "the Module with fallback='eager'."
+        )
 
     def _unmatched(self, forward: Callable[..., Any], call: CallStructure) -> Any:
         known = "\n".join(f"  {g.spec.name}: {g.spec.description}" for g in self.graphs)

@@ -11,11 +11,13 @@ import torch.utils._pytree as pytree
 from aitune_triton.errors import InvalidArgumentError, StrategyCountError
 from aitune_triton.module.recording import Recorder
 from aitune_triton.module.samples import Sample
-from aitune_triton.spec import ForwardSignature, GraphSpec, flatten_call
+from aitune_triton.backends import EagerBackend
+from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec, flatten_call
+from aitune_triton.strategies.validation import compare_outputs
 from aitune_triton.module.tuned import TunedGraph
 from aitune_triton.strategies import TuneContext, TuneStrategy, default_strategy
 
-__all__ = ["StrategiesArg", "plan_strategies", "tune_graphs"]
+__all__ = ["StrategiesArg", "check_batch_independence", "plan_strategies", "tune_graphs"]
 
 StrategiesArg = Sequence[TuneStrategy] | Mapping[Any, TuneStrategy] | None
 
@@ -79,6 +81,40 @@ def _on_device(signature: ForwardSignature, sample: Sample, device: torch.device
     return flatten_call(signature, args, kwargs, strict)
 
 
+def check_batch_independence(
+    forward: Callable[..., Any], signature: ForwardSignature, graph: GraphSpec, call: CallStructure, atol: float = 1e-4, rtol: float = 1e-4
+) -> bool | None:
+    """Whether samples along the batch axis are independent: the module's own forward on the two
+    halves of ``call``'s batch gives the outputs of the whole batch (within ``atol + rtol*|whole|``).
+
+    Triton's dynamic batcher joins separate requests into one batch, which changes the answers of
+    a module that mixes samples (batch statistics, attention across the batch); such graph specs
+    are exported without batching.
+
+    Returns:
+        True or False; None when there is no batch axis on every input and output, or the call's
+        batch is below 2.
+    """
+    inputs = [spec.batch_axis for spec in graph.inputs]
+    outputs = [spec.batch_axis for spec in graph.outputs]
+    if "batch" not in graph.dims or None in inputs or None in outputs or not inputs:
+        return None
+    tensors = call.flat.tensors
+    size = tensors[0].shape[inputs[0]]
+    if size < 2:
+        return None
+    with torch.no_grad():
+        whole = EagerBackend.reference(forward, call)
+        halves = []
+        for part in (slice(0, size // 2), slice(size // 2, size)):
+            sliced = [t.narrow(axis, part.start, part.stop - part.start) for t, axis in zip(tensors, inputs)]
+            args, kwargs = call.with_tensors(signature, sliced)
+            halves.append(EagerBackend.reference(forward, flatten_call(signature, args, kwargs)))
+        joined = [torch.cat([first, second], dim=axis) for first, second, axis in zip(*halves, outputs)]
+    mismatches, _ = compare_outputs(whole, joined, [s.path for s in graph.outputs], atol, rtol)
+    return not mismatches
+
+
 def tune_graphs(
     module: torch.nn.Module,
     forward: Callable[..., Any],
@@ -101,6 +137,9 @@ def tune_graphs(
             log(f"{graph.name} ({graph.num_calls} calls): {strategy.describe()}")
             samples = [_on_device(signature, s, device, recorder.strict) for s in recorder.samples(graph)]
             example = _on_device(signature, recorder.largest_sample(graph), device, recorder.strict)
+            graph.batch_independent = check_batch_independence(forward, signature, graph, example)
+            if graph.batch_independent is False:
+                log(f"{graph.name}: outputs depend on other samples of the batch; Triton will not join requests")
             context = TuneContext(module, signature, graph, samples, example, workdir / graph.name, device, log, forward)
             backend, report = strategy.tune(context)
             log(f"{graph.name}: chose {backend.name}")

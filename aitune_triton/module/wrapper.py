@@ -28,7 +28,7 @@ from aitune_triton.errors import (
 from aitune_triton.module.dims import DimDecl, validate_dynamic_shapes
 from aitune_triton.module.passthrough import PassthroughState
 from aitune_triton.module.recording import Recorder, RecordingState
-from aitune_triton.module.registry import claim_name
+from aitune_triton.module.registry import claim_name, unique_default_name
 from aitune_triton.spec import ForwardSignature, GraphSpec
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.tuned import TunedGraph, TunedModule
@@ -108,7 +108,9 @@ class Module(wrapt.ObjectProxy):
     Args:
         module: The module to wrap.
         name: Name of the tuned module, used for cache and Triton model names; sanitized
-            (characters outside ``[A-Za-z0-9_.-]`` become ``_``). Defaults to the class name.
+            (characters outside ``[A-Za-z0-9_.-]`` become ``_``). A name given here must not be
+            held by another live Module. Default: the class name, with ``_2``, ``_3``... appended
+            when another live Module holds it.
         strategy: Strategy for every graph spec without an entry in ``strategies``.
         strategies: Per graph spec strategies: a list in graph spec order, or a dict keyed by
             graph spec name (``"graph_0"``), :class:`GraphSpec` or its input structure key.
@@ -162,7 +164,7 @@ class Module(wrapt.ObjectProxy):
         if offload not in _OFFLOAD_TARGETS:
             raise InvalidArgumentError(f"offload: expected one of {list(_OFFLOAD_TARGETS)}, got {offload!r}")
         declared = validate_dynamic_shapes(dynamic_shapes)
-        name = sanitize_name(name if name is not None else type(module).__name__)
+        name = sanitize_name(name) if name is not None else unique_default_name(sanitize_name(type(module).__name__))
         super().__init__(module)
         claim_name(name, self)
         self._self_name = name
@@ -389,6 +391,9 @@ class Module(wrapt.ObjectProxy):
                 tuned = tune_graphs(
                     self.__wrapped__, self._self_forward, self._self_signature, self._self_recorder, plan, device, workdir, log
                 )
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         finally:
             self._self_tuning = False
         self._self_handler = TunedModule(self._self_name, self._self_signature, tuned, self._self_strict, self._self_fallback)

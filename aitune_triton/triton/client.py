@@ -27,10 +27,11 @@ class RemoteModule:
     """A module served by Triton, called like the original module.
 
     On creation it reads the entry model's configuration (parameter ``aitune_triton.routes``:
-    the forward signature and each graph model's IO mapping). Each call is bound and flattened
-    exactly as in-process, matched to its graph spec, and sent straight to that graph model (one
-    hop, no router); the answer is rebuilt into the module's output structure (tuples, dicts,
-    ``transformers`` ModelOutputs when ``transformers`` is imported) of CPU tensors.
+    the forward signature and each graph model's version and IO mapping). Each call is bound and
+    flattened exactly as in-process, matched to its graph spec, and sent straight to that version
+    of that graph model (one hop, no router); the answer is rebuilt into the module's output
+    structure (tuples, dicts, ``transformers`` ModelOutputs when ``transformers`` is imported) of
+    CPU tensors.
 
     Args:
         url: ``host:port`` of the server's gRPC or HTTP endpoint (a ``grpc://``/``http://`` prefix
@@ -97,9 +98,13 @@ class RemoteModule:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the served module on the call's tensors.
 
+        Returns:
+            The module's output structure with CPU tensors in place of its output tensors.
+
         Raises:
             TypeError: the arguments do not fit the module's forward signature.
-            GraphSpecMismatchError: the call matches none of the exported graph specs.
+            GraphSpecMismatchError: the call matches none of the exported graph specs, or (non-strict
+                modules) passes other constant arguments than the artifact was built with.
             RemoteInferenceError: the server answered with an error.
         """
         from tritonclient.utils import InferenceServerException
@@ -111,6 +116,12 @@ class RemoteModule:
             raise GraphSpecMismatchError(
                 f"{self.model_name}: the call ({call.describe()}) matches no exported graph spec. Exported graph specs:\n{known}"
             )
+        if call.flat.constants != io.constants:  # non-strict modules only: strict keys include constants
+            raise GraphSpecMismatchError(
+                f"{io.model_name}: the call passes constant arguments {call.flat.constants}, but the served artifact was "
+                f"built with {io.constants} and a served model cannot run the module eagerly. Record such calls with "
+                "strict=True (the default) so that they get their own graph spec."
+            )
         inputs = []
         for tensor_io, tensor in zip(io.inputs, call.flat.tensors):
             array = np.ascontiguousarray(tensor.detach().cpu().numpy())
@@ -121,15 +132,17 @@ class RemoteModule:
         outputs = [self._module.InferRequestedOutput(t.name) for t in io.outputs]
         try:
             if self.protocol == "grpc":
-                result = self._client.infer(io.model_name, inputs, outputs=outputs, client_timeout=self.timeout_s)
+                result = self._client.infer(
+                    io.model_name, inputs, model_version=str(io.version), outputs=outputs, client_timeout=self.timeout_s
+                )
             else:
-                result = self._client.infer(io.model_name, inputs, outputs=outputs)
+                result = self._client.infer(io.model_name, inputs, model_version=str(io.version), outputs=outputs)
         except InferenceServerException as error:
             raise RemoteInferenceError(f"{io.model_name} ({self.protocol}://{self.url}): {error}") from error
         tensors = []
         for tensor_io in io.outputs:
             array = np.array(result.as_numpy(tensor_io.name), copy=True)
-            if io.wire_shape(tensor_io, ()) == (1,):  # [batch, 1] on the wire is [batch] in the module
+            if tensor_io.carried_as_column:  # the trailing axis of size 1 exists on the wire only
                 array = array.reshape(array.shape[:-1])
             tensors.append(torch.from_numpy(array))
         return rebuild_output(self._treespec(io), io.output_template, tensors)

@@ -18,10 +18,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aitune_triton.errors import ExportError
-from aitune_triton.triton.io import ModelIO, TensorIO
+from aitune_triton.triton.io import ModelIO
 
 __all__ = [
-    "IO_PARAMETER",
     "ROUTES_PARAMETER",
     "TritonModelOptions",
     "graph_model_config",
@@ -31,8 +30,6 @@ __all__ = [
     "write_model_config",
 ]
 
-#: Configuration parameter holding a graph model's IO mapping (JSON).
-IO_PARAMETER = "aitune_triton.io"
 #: Configuration parameter of the entry model: signature and every graph model's IO mapping (JSON).
 ROUTES_PARAMETER = "aitune_triton.routes"
 
@@ -77,17 +74,14 @@ class TritonModelOptions:
         return mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
 
 
-def _tensor_messages(tensors: Sequence[TensorIO], message_type: type, batching: bool) -> list:
-    messages = []
-    for tensor in tensors:
-        message = message_type(name=tensor.name, data_type=mc.DataType.Value(tensor.data_type), dims=list(tensor.dims))
-        if batching and not tensor.dims:
-            # Triton needs at least one dim besides the batch axis; a [batch]-shaped tensor is declared
-            # as dims [1] reshaped to [] (model configuration docs, "Reshape").
-            message.dims.append(1)
-            message.reshape.SetInParent()
-        messages.append(message)
-    return messages
+def _tensor_message(message_type: type, name: str, data_type: str, dims: Sequence[int], **fields: Any) -> Any:
+    message = message_type(name=name, data_type=mc.DataType.Value(data_type), dims=list(dims), **fields)
+    if not dims:
+        # Triton needs at least one dim (besides the batch axis): a tensor without dims of its own
+        # is declared as dims [1] reshaped to [] for the model (model configuration docs, "Reshape").
+        message.dims.append(1)
+        message.reshape.SetInParent()
+    return message
 
 
 def _parameter(config: mc.ModelConfig, key: str, value: str) -> None:
@@ -97,12 +91,12 @@ def _parameter(config: mc.ModelConfig, key: str, value: str) -> None:
 def graph_model_config(io: ModelIO, options: TritonModelOptions, device: str = "cpu") -> mc.ModelConfig:
     """Configuration of a Python-backend model that runs one graph spec's artifact.
 
-    ``dynamic_batching`` is on when ``io.max_batch_size > 0``; the IO mapping is stored as the
-    ``aitune_triton.io`` parameter.
+    ``dynamic_batching`` is on when ``io.max_batch_size > 0``. The IO mapping itself is in the
+    version directory's ``io.json`` (read by ``model.py``) and in the entry model's parameters.
     """
     config = mc.ModelConfig(name=io.model_name, backend="python", max_batch_size=io.max_batch_size)
-    config.input.extend(_tensor_messages(io.inputs, mc.ModelInput, io.max_batch_size > 0))
-    config.output.extend(_tensor_messages(io.outputs, mc.ModelOutput, io.max_batch_size > 0))
+    config.input.extend(_tensor_message(mc.ModelInput, t.name, t.data_type, t.dims) for t in io.inputs)
+    config.output.extend(_tensor_message(mc.ModelOutput, t.name, t.data_type, t.dims) for t in io.outputs)
     config.instance_group.add(kind=options.kind_for(device), count=options.instance_count)
     if io.max_batch_size > 0:
         config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_microseconds
@@ -110,7 +104,6 @@ def graph_model_config(io: ModelIO, options: TritonModelOptions, device: str = "
             [size for size in options.preferred_batch_size if size <= io.max_batch_size]
         )
     config.version_policy.latest.num_versions = 1
-    _parameter(config, IO_PARAMETER, json.dumps(io.to_dict()))
     return config
 
 
@@ -140,7 +133,9 @@ def router_model_config(name: str, ios: Sequence[ModelIO], routes: dict[str, Any
 
     Its inputs are the union of the graph models' inputs, all ``optional``; each request goes to
     the graph model whose input names are exactly the ones present. ``max_batch_size`` is 0 and
-    dims are full shapes, since requests pass through unchanged (graph models do the batching).
+    dims are full (module) shapes, since requests pass through (graph models do the batching).
+    ``routes`` (signature and every graph model's IO mapping) is stored as the
+    ``aitune_triton.routes`` parameter, read by ``model.py`` and by RemoteModule.
 
     Raises:
         ExportError: two graph specs use one tensor name with different dtypes or ranks, or two
@@ -157,10 +152,8 @@ def router_model_config(name: str, ios: Sequence[ModelIO], routes: dict[str, Any
             )
         by_names[names] = io.graph
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
-    for tensor_name, data_type, dims in _union(ios, "inputs"):
-        config.input.add(name=tensor_name, data_type=mc.DataType.Value(data_type), dims=list(dims), optional=True)
-    for tensor_name, data_type, dims in _union(ios, "outputs"):
-        config.output.add(name=tensor_name, data_type=mc.DataType.Value(data_type), dims=list(dims))
+    config.input.extend(_tensor_message(mc.ModelInput, *tensor, optional=True) for tensor in _union(ios, "inputs"))
+    config.output.extend(_tensor_message(mc.ModelOutput, *tensor) for tensor in _union(ios, "outputs"))
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=options.instance_count)
     config.version_policy.latest.num_versions = 1
     _parameter(config, ROUTES_PARAMETER, json.dumps(routes))

@@ -8,15 +8,16 @@ every graph model's IO mapping for :class:`~aitune_triton.triton.client.RemoteMo
     model_repository/
       minilm/                      entry model (router)
         config.pbtxt
-        1/model.py  1/routes.json  1/manifest.json
+        1/model.py  1/manifest.json
       minilm.graph_0/              graph model
         config.pbtxt
         1/model.py  1/io.json  1/model.pt2  1/manifest.json
 
 Writes never overwrite: each export adds a new version directory to each model (``2/``, ``3/``...)
-and replaces ``config.pbtxt`` atomically. Everything is built in a temporary directory inside the
-repository first and renamed into place, graph models before the entry model, so a failed export
-leaves no half-written model directory.
+and replaces ``config.pbtxt`` atomically. Everything is built in a temporary directory next to
+the repository first and renamed into place, graph models before the entry model, so a failed
+export leaves no half-written model directory. The entry model pins the graph model versions it
+was exported with.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import jinja2
 
 from aitune_triton._progress import progress
-from aitune_triton._versions import library_versions, sha256_file
+from aitune_triton._versions import aitune_version, library_versions, sha256_file
 from aitune_triton.checkpoint import read_checkpoint
 from aitune_triton.errors import ExportError
 from aitune_triton.module.wrapper import Module
@@ -47,7 +48,8 @@ from aitune_triton.triton.io import ModelIO
 
 __all__ = ["ExportResult", "export", "templates_dir"]
 
-_RUNTIMES = {"onnxruntime": "onnxruntime", "aoti": "aoti"}
+#: Backends whose artifact a generated Python-backend model can load (template runtimes).
+EXPORTABLE_BACKENDS = frozenset({"onnxruntime", "aoti"})
 
 
 @dataclass
@@ -146,33 +148,34 @@ def export(
     name = validate_model_name(name, "name") if name is not None else validate_model_name(description["name"], "module name")
     options = options or TritonModelOptions()
     repository = Path(repository).absolute()
-    models = _plan(description, name, options)
+    models = _plan(description, name, options, repository)
     repository.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".aitune_triton-export-", dir=repository))
-    versions: dict[str, int] = {}
+    # Staged next to the repository, never inside it: Triton refuses a repository holding a
+    # directory that is not a model (a staging folder left by a killed export, say).
+    staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}.export-", dir=repository.parent))
     try:
         with progress(f"Exporting '{name}' to {repository}", enabled=show_progress) as log:
             for model in models:
-                versions[model.name] = _next_version(repository / model.name)
-                model.write(staging / model.name, versions[model.name], source)
-                log(f"{model.name}: version {versions[model.name]} ({model.summary})")
+                model.write(staging / model.name, source)
+                log(f"{model.name}: version {model.version} ({model.summary})")
             for model in models:  # graph models first, the entry model last
-                _publish(staging / model.name, repository / model.name, versions[model.name])
+                _publish(staging / model.name, repository / model.name, model.version)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(repository, name, [m.name for m in models[:-1]], versions)
+    return ExportResult(repository, name, [m.name for m in models[:-1]], {m.name: m.version for m in models})
 
 
 @dataclass
 class _PlannedModel:
     name: str
+    version: int
     config: Any
     files: dict[str, str]  # file name -> text
     artifact: Path | None
     summary: str
 
-    def write(self, model_dir: Path, version: int, source: str) -> None:
-        version_dir = model_dir / str(version)
+    def write(self, model_dir: Path, source: str) -> None:
+        version_dir = model_dir / str(self.version)
         version_dir.mkdir(parents=True)
         for file_name, text in self.files.items():
             (version_dir / file_name).write_text(text)
@@ -180,48 +183,59 @@ class _PlannedModel:
             if not self.artifact.is_file():
                 raise ExportError(f"{self.name}: artifact {self.artifact} does not exist (was the tuning cache cleared?).")
             shutil.copyfile(self.artifact, version_dir / self.artifact.name)
-        _write_manifest(version_dir, source, {"model": self.name, "version": version})
+        _write_manifest(version_dir, source, {"model": self.name, "version": self.version})
         write_model_config(self.config, model_dir / "config.pbtxt")
 
 
-def _plan(description: dict[str, Any], name: str, options: TritonModelOptions) -> list[_PlannedModel]:
-    """Build every configuration and file in memory, so that invalid input fails before writing."""
-    from aitune_triton import __version__
+def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, repository: Path) -> list[_PlannedModel]:
+    """Build every configuration and file in memory, so that invalid input fails before writing.
 
+    The entry model's routes pin each graph model's version: if an interrupted export left newer
+    graph models behind an older entry model, requests fail loudly instead of reaching a graph
+    model whose inputs the entry model does not know.
+    """
     environment = _environment()
     planned: list[_PlannedModel] = []
     ios: list[ModelIO] = []
     for entry in description["graphs"]:
         graph, backend = entry["graph"], entry["backend"]
-        if backend["name"] not in _RUNTIMES:
+        if backend["name"] not in EXPORTABLE_BACKENDS:
             raise ExportError(
                 f"{graph['name']}: backend {backend['name']!r} has no artifact Triton can load (exportable: "
-                f"{sorted(_RUNTIMES)}). Tune this graph spec with OneBackendStrategy('onnxruntime') or "
+                f"{sorted(EXPORTABLE_BACKENDS)}). Tune this graph spec with OneBackendStrategy('onnxruntime') or "
                 "OneBackendStrategy('aoti')."
             )
-        io = ModelIO.from_graph(f"{name}.{graph['name']}", graph, backend)
+        model_name = f"{name}.{graph['name']}"
+        io = ModelIO.from_graph(model_name, graph, backend, _next_version(repository / model_name))
         ios.append(io)
         model_py = environment.get_template("graph_model.py.j2").render(
-            version=__version__, module_name=name, graph=graph["name"], artifact=io.artifact, runtime=_RUNTIMES[backend["name"]]
+            version=aitune_version(), module_name=name, graph=graph["name"], artifact=io.artifact, runtime=backend["name"]
         )
         planned.append(
             _PlannedModel(
                 name=io.model_name,
+                version=io.version,
                 config=graph_model_config(io, options, backend.get("device", "cpu")),
                 files={"model.py": model_py, "io.json": io.to_json() + "\n"},
                 artifact=Path(backend["artifacts"]["model"]),
                 summary=f"{backend['name']}, max_batch_size {io.max_batch_size}",
             )
         )
-    routes = {"module": name, "signature": description["signature"], "strict": description.get("strict", True), "graphs": [io.to_dict() for io in ios]}
+    routes = {
+        "module": name,
+        "signature": description["signature"],
+        "strict": description.get("strict", True),
+        "graphs": [io.to_dict() for io in ios],
+    }
     router_py = environment.get_template("router_model.py.j2").render(
-        version=__version__, module_name=name, graph_models=[io.model_name for io in ios]
+        version=aitune_version(), module_name=name, graph_models=[io.model_name for io in ios]
     )
     planned.append(
         _PlannedModel(
             name=name,
+            version=_next_version(repository / name),
             config=router_model_config(name, ios, routes, options),
-            files={"model.py": router_py, "routes.json": json.dumps(routes, indent=2) + "\n"},
+            files={"model.py": router_py},
             artifact=None,
             summary=f"entry model routing to {len(ios)} graph model(s)",
         )

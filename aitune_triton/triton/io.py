@@ -9,7 +9,8 @@ Rules (Triton model configuration docs, "Maximum Batch Size" and "Inputs and Out
 
 * ``max_batch_size > 0`` only when every input and output has its batch axis at dim 0; the dims
   then leave the batch axis out. Otherwise ``max_batch_size: 0`` and dims are full shapes.
-* A dim whose size varied across recorded calls is ``-1``; a fixed one keeps its size.
+* A dim whose size varied across recorded calls is ``-1``; a fixed one keeps its size. A tensor
+  left with no dims is declared as ``dims: [1]`` with ``reshape: { shape: [] }``.
 * Tensor names are leaf paths (``input_ids``, ``hidden.0``) with characters outside
   ``[A-Za-z0-9_.-]`` replaced by ``_``, made unique with a ``__N`` suffix when needed.
 """
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aitune_triton.errors import ExportError
-from aitune_triton.spec import TensorSpec
+from aitune_triton.spec import TensorSpec, axis_range
 
 __all__ = ["ModelIO", "TensorIO", "TORCH_TO_TRITON_DTYPE", "triton_dtype"]
 
@@ -65,8 +67,12 @@ class TensorIO:
         path: Leaf path in the module's inputs or outputs.
         dtype: Torch dtype name (``float32``).
         data_type: Triton config data type (``TYPE_FP32``).
-        dims: Config dims: per-sample dims when the model batches, full dims otherwise; -1 = dynamic.
+        dims: Config dims: per-sample dims when the model batches, full dims otherwise; -1 =
+            dynamic. Empty when the tensor has no axis besides the batch (or none at all); such a
+            tensor is declared as dims ``[1]`` reshaped to ``[]`` and travels with an extra
+            trailing axis of size 1 (see :meth:`ModelIO.wire_shape`).
         batch_axis: Axis of the batch in the full shape, or None.
+        ranges: Per axis of the full (module) shape, the ``[min, max]`` size the artifact accepts.
     """
 
     name: str
@@ -75,28 +81,35 @@ class TensorIO:
     data_type: str
     dims: tuple[int, ...]
     batch_axis: int | None
+    ranges: tuple[tuple[int, int], ...] = ()
 
     @property
     def client_datatype(self) -> str:
         """Datatype string of the inference protocol (``FP32``), as tritonclient expects."""
         return self.data_type.removeprefix("TYPE_")
 
+    @property
+    def carried_as_column(self) -> bool:
+        """Whether the config declares it as dims ``[1]`` reshaped to ``[]`` (no dims of its own)."""
+        return not self.dims
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form."""
         data = asdict(self)
         data["dims"] = list(self.dims)
+        data["ranges"] = [list(r) for r in self.ranges]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TensorIO":
         """Rebuild from :meth:`to_dict`."""
-        return cls(**{**data, "dims": tuple(data["dims"])})
+        return cls(**{**data, "dims": tuple(data["dims"]), "ranges": tuple(tuple(r) for r in data.get("ranges", ()))})
 
 
 def _unique_names(paths: list[str]) -> list[str]:
     names: list[str] = []
     for path in paths:
-        base = re.sub(r"[^A-Za-z0-9_.-]", "_", path) or "tensor"
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", path) or "output"
         name, counter = base, 1
         while name in names:
             counter += 1
@@ -121,6 +134,8 @@ class ModelIO:
         outputs: Output tensors in the artifact's output order.
         output_treespec: Output structure (``torch.utils._pytree.treespec_dumps`` JSON).
         output_template: Output leaves, ``None`` for tensors and constant values otherwise.
+        constants: Non-tensor arguments the artifact was built with (path -> ``const(value)``).
+        version: The model version this mapping describes (set at export).
     """
 
     model_name: str
@@ -134,23 +149,27 @@ class ModelIO:
     outputs: list[TensorIO]
     output_treespec: str
     output_template: list[Any] = field(default_factory=list)
+    constants: dict[str, str] = field(default_factory=dict)
+    version: int = 1
 
     @classmethod
-    def from_graph(cls, model_name: str, graph: dict[str, Any], backend: dict[str, Any]) -> "ModelIO":
+    def from_graph(cls, model_name: str, graph: dict[str, Any], backend: dict[str, Any], version: int = 1) -> "ModelIO":
         """Build the mapping of a graph spec description (``GraphSpec.to_dict()``) and its backend.
 
+        The model batches (``max_batch_size`` = the largest batch size) when every input and
+        output has its batch axis at dim 0 and tuning did not find the outputs depending on other
+        samples of the batch (``batch_independent`` is not False).
+
         Raises:
-            ExportError: a tensor dtype cannot be served, or the backend has no artifact.
+            ExportError: a tensor dtype cannot be served.
         """
         inputs = [TensorSpec.from_dict(t) for t in graph["inputs"]]
         outputs = [TensorSpec.from_dict(t) for t in graph["outputs"]]
-        artifacts = backend.get("artifacts", {})
-        if "model" not in artifacts:
-            raise ExportError(
-                f"{graph['name']}: backend {backend['name']!r} has no artifact Triton can load. Tune this graph spec "
-                "with OneBackendStrategy('onnxruntime') or OneBackendStrategy('aoti')."
-            )
-        batching = bool(inputs) and all(t.batch_axis == 0 for t in inputs + outputs)
+        batching = (
+            bool(inputs)
+            and all(t.batch_axis == 0 for t in inputs + outputs)
+            and graph.get("batch_independent") is not False
+        )
         max_batch_size = graph["dims"]["batch"][1] if batching else 0
         names = _unique_names([t.path for t in inputs + outputs])
 
@@ -163,6 +182,7 @@ class ModelIO:
                 data_type=triton_dtype(spec.dtype, spec.path),
                 dims=tuple(dims[1:] if batching else dims),
                 batch_axis=spec.batch_axis,
+                ranges=tuple(axis_range(spec, axis, graph["dims"]) for axis in range(spec.rank)),
             )
 
         return cls(
@@ -171,25 +191,29 @@ class ModelIO:
             key=graph["key"],
             description=graph["description"],
             backend=backend["name"],
-            artifact=artifacts["model"].replace("\\", "/").rsplit("/", 1)[-1],
+            artifact=Path(backend["artifacts"]["model"]).name,
             max_batch_size=max_batch_size,
             inputs=[tensor(s, n) for s, n in zip(inputs, names)],
             outputs=[tensor(s, n) for s, n in zip(outputs, names[len(inputs) :])],
             output_treespec=graph["output_treespec"],
             output_template=list(graph["output_template"]),
+            constants=dict(graph.get("constants", {})),
+            version=version,
         )
 
     def full_dims(self, tensor: TensorIO) -> tuple[int, ...]:
         """Dims including the batch axis (as ``-1``) when the model batches."""
         return ((-1,) + tensor.dims) if self.max_batch_size > 0 else tensor.dims
 
-    def wire_shape(self, tensor: TensorIO, shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Shape of ``tensor`` on the wire (what clients send and receive) for an artifact shape.
+    @staticmethod
+    def wire_shape(tensor: TensorIO, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of ``tensor`` on the wire (what clients send and receive) for a module shape.
 
-        A batching model declares a ``[batch]``-shaped tensor as dims ``[1]`` (reshaped to ``[]``
-        for the model), so its wire shape is ``[batch, 1]``; every other shape is unchanged.
+        A tensor without dims of its own (``[batch]`` in a batching model, a scalar in one that
+        does not batch) is declared as dims ``[1]`` reshaped to ``[]`` (Triton needs at least one
+        dim), so it travels with an extra trailing axis of size 1; other shapes are unchanged.
         """
-        return tuple(shape) + (1,) if self.max_batch_size > 0 and not tensor.dims else tuple(shape)
+        return tuple(shape) + (1,) if tensor.carried_as_column else tuple(shape)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form (``io.json``)."""

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -105,6 +107,22 @@ def _server_environment(root: Path | None) -> dict[str, str]:
     return environment
 
 
+def _terminate(process: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM the server's process group (server and stubs), then SIGKILL after ``timeout_s``."""
+    if process.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 class TritonServer:
     """A ``tritonserver`` process serving a model repository; a context manager.
 
@@ -157,6 +175,7 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.show_progress = show_progress
         self._process: subprocess.Popen | None = None
+        self._finalizer: weakref.finalize | None = None
         self._workdir: Path | None = None
         self._reader: threading.Thread | None = None
 
@@ -204,7 +223,11 @@ class TritonServer:
             return self
         self._workdir = Path(tempfile.mkdtemp(prefix="aitune_triton-server-"))
         if self._root is not None:
-            _python_backend_dir(self._root, self._workdir / "backends")
+            try:
+                _python_backend_dir(self._root, self._workdir / "backends")
+            except BaseException:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                raise
         if self._own_log:
             self._log_path = self._workdir / "tritonserver.log"
         with progress(f"Starting Triton server on {self.repository}", enabled=self.show_progress) as log:
@@ -213,8 +236,10 @@ class TritonServer:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=_server_environment(self._root),
-                start_new_session=True,
+                start_new_session=True,  # its own process group: stop() signals the Python-backend stubs too
             )
+            # Stops the server if this object is dropped or the interpreter exits without stop().
+            self._finalizer = weakref.finalize(self, _terminate, self._process, 10.0)
             self._reader = threading.Thread(target=self._copy_log, daemon=True)
             self._reader.start()
             log(f"pid {self._process.pid}, http {self.http_url}, grpc {self.grpc_url}, log {self._log_path}")
@@ -269,19 +294,17 @@ class TritonServer:
         return [line for line in lines if _ERROR_LINE.search(line) and not _HARMLESS.search(line)]
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after ``timeout_s``) and remove its temporary files.
+        """Stop the server and its Python-backend stubs (SIGTERM to the process group, then SIGKILL
+        after ``timeout_s``) and remove its temporary files.
 
         A temporary log (no ``log_path`` given) is kept only when it holds error lines, for reading
         after a failure; a ``log_path`` given by the caller always stays.
         """
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            _terminate(process, timeout_s)
         if self._reader is not None:
             self._reader.join(timeout=5)
             self._reader = None

@@ -56,7 +56,10 @@ def served(tmp_path_factory):
     try:
         find_tritonserver()
     except TritonServerError as error:
-        pytest.skip(f"no tritonserver on this machine: {error}")
+        # A missing server must not turn the integration suite green: skip only when asked to.
+        if os.environ.get("AITUNE_TRITON_SKIP_TRITON_TESTS") == "1":
+            pytest.skip(f"no tritonserver on this machine: {error}")
+        raise
 
     root = tmp_path_factory.mktemp("served")
     previous_cache = os.environ.get("AITUNE_TRITON_CACHE_DIR")

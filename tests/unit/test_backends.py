@@ -208,14 +208,14 @@ def test_onnxruntime_backend_deactivate_releases_the_session_and_activate_brings
 
 
 # ------------------------------------------------------------------------------------ export helpers
-def test_export_dynamic_shapes_bounds_each_named_dim_by_the_recorded_range(onnx_built):
+def test_export_dynamic_shapes_gives_each_dynamic_axis_its_own_hint_bounded_by_its_range(onnx_built):
     _, context, _, _ = onnx_built
 
     (per_input,) = export_dynamic_shapes(context.graph)
 
     assert len(per_input) == 1 and list(per_input[0]) == [0]
     dim = per_input[0][0]
-    assert (dim.__name__, dim.min, dim.max) == ("batch", 1, 8)
+    assert (dim, dim.min, dim.max) == (torch.export.Dim.DYNAMIC(min=1, max=8), 1, 8)
 
 
 def test_flat_module_takes_tensors_in_flattening_order_and_keeps_constants(tmp_path):

@@ -17,7 +17,6 @@ from tritonclient.grpc import model_config_pb2 as mc
 from aitune_triton import Module, OneBackendStrategy
 from aitune_triton.errors import ExportError
 from aitune_triton.triton.config import (
-    IO_PARAMETER,
     ROUTES_PARAMETER,
     TritonModelOptions,
     graph_model_config,
@@ -97,7 +96,7 @@ def test_graph_model_config_describes_a_batching_python_model(ios):
     assert [t.name for t in config.output] == ["hidden.0", "hidden.1", "logits"]
     assert all(t.data_type == mc.TYPE_FP32 for t in config.output)
     assert config.version_policy.latest.num_versions == 1
-    assert json.loads(config.parameters[IO_PARAMETER].string_value) == io.to_dict()
+    assert "aitune_triton.io" not in config.parameters  # the mapping lives in io.json and the entry model only
 
 
 def test_per_sample_rank_0_outputs_are_declared_as_dims_1_reshaped_to_scalar(ios):
@@ -134,6 +133,20 @@ def test_dynamic_batching_is_absent_and_dims_are_full_when_max_batch_size_is_0(i
     assert [(t.name, list(t.dims)) for t in config.input] == [("tokens", [2, -1])]
     assert [(t.name, list(t.dims)) for t in config.output] == [("doubled", [2, -1]), ("total", [2])]
     assert not any(t.HasField("reshape") for t in list(config.input) + list(config.output))
+
+
+def test_a_scalar_of_a_model_that_does_not_batch_is_declared_as_dims_1_reshaped_to_scalar():
+    from aitune_triton.triton.io import TensorIO
+
+    io = ModelIO("m.graph_0", "graph_0", "{}", "x", "onnxruntime", "model.onnx", 0,
+                 [TensorIO("x", "x", "float32", "TYPE_FP32", (3,), None, ((3, 3),))],
+                 [TensorIO("total", "total", "float32", "TYPE_FP32", (), None, ())], "[]", [None])
+
+    config = graph_model_config(io, TritonModelOptions())
+
+    (total,) = config.output
+    assert list(total.dims) == [1] and total.HasField("reshape") and list(total.reshape.shape) == []
+    assert io.wire_shape(io.outputs[0], ()) == (1,)
 
 
 def test_cpu_backends_get_kind_cpu_instances_and_cuda_backends_kind_gpu_under_auto(ios):

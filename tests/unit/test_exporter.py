@@ -17,7 +17,7 @@ from nets import TwoInputNet
 import aitune_triton
 from aitune_triton import Module, OneBackendStrategy
 from aitune_triton.errors import CheckpointError, ExportError, InvalidNameError
-from aitune_triton.triton.config import IO_PARAMETER, ROUTES_PARAMETER, TritonModelOptions, read_model_config
+from aitune_triton.triton.config import ROUTES_PARAMETER, TritonModelOptions, read_model_config
 from aitune_triton.triton.exporter import export
 from aitune_triton.triton.io import ModelIO
 
@@ -61,7 +61,10 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
 
 
 def _staging_dirs(repository: Path) -> list[str]:
-    return [p.name for p in repository.iterdir() if p.name.startswith(".aitune_triton-export-")]
+    """Staging directories of an export: next to the repository (never inside it), or inside it."""
+    beside = [p.name for p in repository.parent.iterdir() if p.name.startswith(f".{repository.name}.export-")]
+    inside = [p.name for p in repository.iterdir() if p.name.startswith(".")] if repository.is_dir() else []
+    return beside + inside
 
 
 def test_export_writes_an_entry_model_and_one_graph_model_per_graph_spec(tuned, tmp_path):
@@ -83,7 +86,7 @@ def test_export_writes_an_entry_model_and_one_graph_model_per_graph_spec(tuned, 
             "model.onnx",
             "model.py",
         ]
-    assert sorted(p.name for p in (repository / MODULE_NAME / "1").iterdir()) == ["manifest.json", "model.py", "routes.json"]
+    assert sorted(p.name for p in (repository / MODULE_NAME / "1").iterdir()) == ["manifest.json", "model.py"]
 
 
 def test_every_generated_model_py_is_valid_python_for_its_runtime(tuned, tmp_path):
@@ -104,7 +107,7 @@ def test_every_generated_model_py_is_valid_python_for_its_runtime(tuned, tmp_pat
     assert "pb_utils.InferenceRequest(" in router_source
 
 
-def test_config_files_match_the_io_json_and_routes_json_next_to_them(tuned, tmp_path):
+def test_the_entry_config_routes_match_the_io_json_of_each_graph_model(tuned, tmp_path):
     module, _ = tuned
     repository = tmp_path / "repo"
     export(module, repository, show_progress=False)
@@ -116,14 +119,12 @@ def test_config_files_match_the_io_json_and_routes_json_next_to_them(tuned, tmp_
         ios.append(io)
         assert config.name == graph_model
         assert config.max_batch_size == 5
-        assert ModelIO.from_dict(json.loads(config.parameters[IO_PARAMETER].string_value)) == io
         assert io.model_name == graph_model
         assert io.graph == f"graph_{index}"
         assert io.key == module.to_dict()["graphs"][index]["graph"]["key"]
     entry = read_model_config(repository / MODULE_NAME / "config.pbtxt")
-    routes = json.loads((repository / MODULE_NAME / "1" / "routes.json").read_text())
+    routes = json.loads(entry.parameters[ROUTES_PARAMETER].string_value)
     assert entry.name == MODULE_NAME
-    assert json.loads(entry.parameters[ROUTES_PARAMETER].string_value) == routes
     assert routes["module"] == MODULE_NAME
     assert routes["signature"] == module.signature.to_dict()
     assert [ModelIO.from_dict(graph) for graph in routes["graphs"]] == ios
@@ -147,7 +148,7 @@ def test_manifest_sha256_matches_the_copied_artifact_and_the_tuned_one(tuned, tm
         assert manifest["source"] == f"module '{MODULE_NAME}'"
         assert manifest["versions"]["torch"] == torch.__version__
     entry_manifest = json.loads((repository / MODULE_NAME / "1" / "manifest.json").read_text())
-    assert sorted(entry_manifest["sha256"]) == ["model.py", "routes.json"]
+    assert sorted(entry_manifest["sha256"]) == ["model.py"]
 
 
 def test_a_second_export_adds_version_2_and_leaves_version_1_byte_identical(tuned, tmp_path):
@@ -182,7 +183,8 @@ def test_export_under_another_name_names_every_model_after_it(tuned, tmp_path):
         "renamed-model_2.graph_0",
         "renamed-model_2.graph_1",
     ]
-    routes = json.loads((tmp_path / "repo" / "renamed-model_2" / "1" / "routes.json").read_text())
+    entry = read_model_config(tmp_path / "repo" / "renamed-model_2" / "config.pbtxt")
+    routes = json.loads(entry.parameters[ROUTES_PARAMETER].string_value)
     assert [graph["model_name"] for graph in routes["graphs"]] == result.graph_models
 
 
