@@ -44,9 +44,11 @@ def main() -> None:
               help="KIND_CPU or KIND_GPU instances; auto picks GPU when the backend was tuned on CUDA.")
 @click.option("--max-queue-delay-microseconds", default=100, show_default=True, type=int,
               help="Dynamic batcher queue delay for models that batch (max_batch_size > 0).")
+@click.option("--entry-instance-count", default=4, show_default=True, type=int,
+              help="Instances of the entry (router) model: how many requests through it run at once.")
 @click.option("--quiet", is_flag=True, help="Print only the result, no progress lines.")
 def export(checkpoint: Path, repository: Path, name: str | None, instance_count: int, instance_kind: str,
-           max_queue_delay_microseconds: int, quiet: bool) -> None:
+           max_queue_delay_microseconds: int, entry_instance_count: int, quiet: bool) -> None:
     """Export CHECKPOINT (written by aitune_triton.save) to a Triton model repository.
 
     Writes one Python-backend graph model per tuned graph spec and an entry model named after
@@ -56,7 +58,9 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
     from aitune_triton.triton.exporter import export as export_checkpoint
 
     try:
-        options = TritonModelOptions(instance_count, instance_kind, max_queue_delay_microseconds)
+        options = TritonModelOptions(
+            instance_count, instance_kind, max_queue_delay_microseconds, entry_instance_count=entry_instance_count
+        )
         result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet)
     except AITuneTritonError as error:
         raise _fail(error) from error

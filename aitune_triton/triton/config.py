@@ -46,16 +46,23 @@ class TritonModelOptions:
         max_queue_delay_microseconds: How long the dynamic batcher may hold a request to form a
             larger batch (models with ``max_batch_size > 0`` only).
         preferred_batch_size: Batch sizes the dynamic batcher aims for; empty lets Triton decide.
+        entry_instance_count: Instances of the entry (router) model. A Python model instance runs
+            one ``execute()`` at a time and the router gets one request per call, so this bounds
+            how many requests through the entry model reach the graph models together (and can
+            be batched there). Router instances only forward tensors (no torch import).
     """
 
     instance_count: int = 1
     instance_kind: str = "auto"
     max_queue_delay_microseconds: int = 100
     preferred_batch_size: Sequence[int] = field(default_factory=tuple)
+    entry_instance_count: int = 4
 
     def __post_init__(self) -> None:
-        if isinstance(self.instance_count, bool) or not isinstance(self.instance_count, int) or self.instance_count < 1:
-            raise ExportError(f"instance_count: expected an integer >= 1, got {self.instance_count!r}")
+        for argument in ("instance_count", "entry_instance_count"):
+            value = getattr(self, argument)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ExportError(f"{argument}: expected an integer >= 1, got {value!r}")
         if self.instance_kind not in ("auto", "cpu", "gpu"):
             raise ExportError(f"instance_kind: expected 'auto', 'cpu' or 'gpu', got {self.instance_kind!r}")
         if not isinstance(self.max_queue_delay_microseconds, int) or self.max_queue_delay_microseconds < 0:
@@ -74,13 +81,16 @@ class TritonModelOptions:
         return mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
 
 
-def _tensor_message(message_type: type, name: str, data_type: str, dims: Sequence[int], **fields: Any) -> Any:
+def _tensor_message(message_type: type, name: str, data_type: str, dims: Sequence[int], batching: bool, **fields: Any) -> Any:
     message = message_type(name=name, data_type=mc.DataType.Value(data_type), dims=list(dims), **fields)
     if not dims:
-        # Triton needs at least one dim (besides the batch axis): a tensor without dims of its own
-        # is declared as dims [1] reshaped to [] for the model (model configuration docs, "Reshape").
+        # Triton needs at least one dim besides the batch axis (model configuration docs, "Reshape"):
+        # a [batch] tensor is declared as dims [1] reshaped to [] for the model; a 0-d tensor of a
+        # model that does not batch as dims [1] (Triton refuses an empty reshape there), which the
+        # generated model.py converts to and from the artifact's 0-d tensor.
         message.dims.append(1)
-        message.reshape.SetInParent()
+        if batching:
+            message.reshape.SetInParent()
     return message
 
 
@@ -95,8 +105,9 @@ def graph_model_config(io: ModelIO, options: TritonModelOptions, device: str = "
     version directory's ``io.json`` (read by ``model.py``) and in the entry model's parameters.
     """
     config = mc.ModelConfig(name=io.model_name, backend="python", max_batch_size=io.max_batch_size)
-    config.input.extend(_tensor_message(mc.ModelInput, t.name, t.data_type, t.dims) for t in io.inputs)
-    config.output.extend(_tensor_message(mc.ModelOutput, t.name, t.data_type, t.dims) for t in io.outputs)
+    batching = io.max_batch_size > 0
+    config.input.extend(_tensor_message(mc.ModelInput, t.name, t.data_type, t.dims, batching) for t in io.inputs)
+    config.output.extend(_tensor_message(mc.ModelOutput, t.name, t.data_type, t.dims, batching) for t in io.outputs)
     config.instance_group.add(kind=options.kind_for(device), count=options.instance_count)
     if io.max_batch_size > 0:
         config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_microseconds
@@ -152,9 +163,9 @@ def router_model_config(name: str, ios: Sequence[ModelIO], routes: dict[str, Any
             )
         by_names[names] = io.graph
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
-    config.input.extend(_tensor_message(mc.ModelInput, *tensor, optional=True) for tensor in _union(ios, "inputs"))
-    config.output.extend(_tensor_message(mc.ModelOutput, *tensor) for tensor in _union(ios, "outputs"))
-    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=options.instance_count)
+    config.input.extend(_tensor_message(mc.ModelInput, *tensor, False, optional=True) for tensor in _union(ios, "inputs"))
+    config.output.extend(_tensor_message(mc.ModelOutput, *tensor, False) for tensor in _union(ios, "outputs"))
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=options.entry_instance_count)
     config.version_policy.latest.num_versions = 1
     _parameter(config, ROUTES_PARAMETER, json.dumps(routes))
     return config

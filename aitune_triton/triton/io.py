@@ -69,8 +69,8 @@ class TensorIO:
         data_type: Triton config data type (``TYPE_FP32``).
         dims: Config dims: per-sample dims when the model batches, full dims otherwise; -1 =
             dynamic. Empty when the tensor has no axis besides the batch (or none at all); such a
-            tensor is declared as dims ``[1]`` reshaped to ``[]`` and travels with an extra
-            trailing axis of size 1 (see :meth:`ModelIO.wire_shape`).
+            tensor is declared as dims ``[1]`` (reshaped to ``[]`` when the model batches) and
+            travels with an extra trailing axis of size 1 (see :meth:`ModelIO.wire_shape`).
         batch_axis: Axis of the batch in the full shape, or None.
         ranges: Per axis of the full (module) shape, the ``[min, max]`` size the artifact accepts.
     """
@@ -90,7 +90,7 @@ class TensorIO:
 
     @property
     def carried_as_column(self) -> bool:
-        """Whether the config declares it as dims ``[1]`` reshaped to ``[]`` (no dims of its own)."""
+        """Whether the config declares it as dims ``[1]`` because it has no dims of its own."""
         return not self.dims
 
     def to_dict(self) -> dict[str, Any]:
@@ -209,9 +209,9 @@ class ModelIO:
     def wire_shape(tensor: TensorIO, shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of ``tensor`` on the wire (what clients send and receive) for a module shape.
 
-        A tensor without dims of its own (``[batch]`` in a batching model, a scalar in one that
-        does not batch) is declared as dims ``[1]`` reshaped to ``[]`` (Triton needs at least one
-        dim), so it travels with an extra trailing axis of size 1; other shapes are unchanged.
+        A tensor without dims of its own (``[batch]`` in a batching model, a 0-d tensor in one
+        that does not batch) is declared as dims ``[1]`` (Triton needs at least one dim), so it
+        travels with an extra trailing axis of size 1; other shapes are unchanged.
         """
         return tuple(shape) + (1,) if tensor.carried_as_column else tuple(shape)
 

@@ -23,6 +23,22 @@ from aitune_triton import Module, OneBackendStrategy
 from aitune_triton.errors import TritonServerError
 
 ENTRY_MODEL = "served_two_input_net"
+SCALAR_MODEL = "served_scalar_net"
+CENTERED_MODEL = "served_centered_net"
+
+
+class ScalarNet(torch.nn.Module):
+    """Never batched (the first axis is always 2); returns a 0-d tensor among its outputs."""
+
+    def forward(self, x: torch.Tensor):
+        return {"total": x.sum(), "doubled": x * 2}
+
+
+class CenteredNet(torch.nn.Module):
+    """Each sample's output depends on the whole batch (the batch mean): Triton must not join requests."""
+
+    def forward(self, x: torch.Tensor):
+        return x - x.mean(dim=0, keepdim=True)
 
 
 
@@ -38,6 +54,7 @@ class Served:
         server: The running TritonServer.
         entry_model: The entry (router) model name.
         graph_models: The graph model names.
+        extra: Entry model name -> (eager module, tuned Module) of the other exported modules.
     """
 
     net: torch.nn.Module
@@ -47,6 +64,7 @@ class Served:
     server: object
     entry_model: str
     graph_models: list[str]
+    extra: dict
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +106,17 @@ def served(tmp_path_factory):
             timeout=300,
         )
         assert exported.returncode == 0, f"export failed:\n{exported.stdout}\n{exported.stderr}"
+        extra = {}
+        for name, eager, shapes in (
+            (SCALAR_MODEL, ScalarNet().eval(), [(2, 3), (2, 5), (2, 4)]),
+            (CENTERED_MODEL, CenteredNet().eval(), [(2, 3), (4, 3), (3, 3)]),
+        ):
+            other = Module(eager, name=name, strategy=OneBackendStrategy("onnxruntime"))
+            for shape in shapes:
+                other(torch.randn(*shape, generator=generator))
+            other.tune()
+            aitune_triton.export(other, repository, show_progress=False)
+            extra[name] = (eager, other)
         server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=180)
         server.start()
         yield Served(
@@ -98,6 +127,7 @@ def served(tmp_path_factory):
             server=server,
             entry_model=ENTRY_MODEL,
             graph_models=[f"{ENTRY_MODEL}.graph_0", f"{ENTRY_MODEL}.graph_1"],
+            extra=extra,
         )
     finally:
         if server is not None:

@@ -1,0 +1,154 @@
+"""Shapes at the edges: scalars, samples that depend on the batch, sizes outside the exported range, the serve CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from conftest import CENTERED_MODEL, SCALAR_MODEL
+
+from aitune_triton import RemoteModule
+from aitune_triton.errors import RemoteInferenceError
+from aitune_triton.triton.config import read_model_config
+from aitune_triton.triton.server import free_port
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_0_d_output_of_a_model_that_does_not_batch_is_served_with_its_own_shape(served, protocol):
+    eager, tuned = served.extra[SCALAR_MODEL]
+    url = served.server.grpc_url if protocol == "grpc" else served.server.http_url
+    x = torch.randn(2, 4)
+
+    with RemoteModule(url, SCALAR_MODEL, protocol=protocol) as remote:
+        got = remote(x)
+
+    want = eager(x)
+    assert got["total"].shape == torch.Size([]) == want["total"].shape
+    torch.testing.assert_close(got["total"], want["total"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got["doubled"], want["doubled"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(tuned(x)["total"], want["total"], atol=1e-5, rtol=1e-5)
+
+
+def test_the_entry_model_answers_a_raw_request_for_a_0_d_output_with_shape_1(served):
+    eager, _ = served.extra[SCALAR_MODEL]
+    x = np.random.default_rng(0).standard_normal((2, 5), dtype=np.float32)
+    client = httpclient.InferenceServerClient(served.server.http_url)
+    tensor = httpclient.InferInput("x", [2, 5], "FP32")
+    tensor.set_data_from_numpy(x)
+
+    result = client.infer(SCALAR_MODEL, [tensor])
+
+    client.close()
+    assert result.as_numpy("total").shape == (1,)  # Triton needs one dim: dims [1] reshaped to [] for the model
+    np.testing.assert_allclose(result.as_numpy("total")[0], float(eager(torch.from_numpy(x))["total"]), rtol=1e-5)
+    assert result.as_numpy("doubled").shape == (2, 5)
+
+
+def test_a_request_outside_the_exported_range_is_refused_by_the_graph_model_naming_the_axis(served):
+    with RemoteModule(served.server.grpc_url, SCALAR_MODEL) as remote, pytest.raises(RemoteInferenceError) as raised:
+        remote(torch.randn(2, 7))  # recorded lengths 3..5
+
+    assert "input 'x' axis 1 has size 7, outside the exported range 3..5" in str(raised.value)
+
+
+def test_a_module_whose_samples_depend_on_the_batch_is_exported_without_batching(served):
+    _, tuned = served.extra[CENTERED_MODEL]
+    (graph,) = tuned.tuned_graphs
+
+    config = read_model_config(served.repository / f"{CENTERED_MODEL}.graph_0" / "config.pbtxt")
+
+    assert graph.spec.batch_independent is False
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+
+
+def test_concurrent_requests_to_a_batch_dependent_module_each_get_their_own_answer(served):
+    eager, _ = served.extra[CENTERED_MODEL]
+    inputs = [torch.randn(2 + index % 3, 3, generator=torch.Generator().manual_seed(index)) for index in range(12)]
+    results: dict[int, torch.Tensor] = {}
+
+    def call(index: int) -> None:
+        with RemoteModule(served.server.grpc_url, CENTERED_MODEL) as remote:
+            results[index] = remote(inputs[index])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    for index, x in enumerate(inputs):
+        torch.testing.assert_close(results[index], eager(x), atol=1e-5, rtol=0)
+
+
+def test_requests_through_the_entry_model_reach_the_graph_model_concurrently(served):
+    client = grpcclient.InferenceServerClient(served.server.grpc_url)
+    graph_model = served.graph_models[1]  # (x,) only
+    before = client.get_inference_statistics(graph_model, as_json=True)["model_stats"][0]
+    x = np.random.default_rng(1).standard_normal((1, 8), dtype=np.float32)
+    errors: list[Exception] = []
+
+    def call() -> None:
+        local = grpcclient.InferenceServerClient(served.server.grpc_url)
+        try:
+            for _ in range(8):
+                tensor = grpcclient.InferInput("x", [1, 8], "FP32")
+                tensor.set_data_from_numpy(x)
+                local.infer(served.entry_model, [tensor])
+        except Exception as error:  # collected and asserted below
+            errors.append(error)
+        finally:
+            local.close()
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = client.get_inference_statistics(graph_model, as_json=True)["model_stats"][0]
+    client.close()
+
+    assert errors == []
+    requests = int(after["inference_count"]) - int(before.get("inference_count", 0))
+    executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
+    assert requests == 48
+    assert executions < requests  # the async router let the dynamic batcher join requests
+
+
+def test_aitune_triton_serve_starts_a_server_answers_health_checks_and_stops_on_sigterm(served, tmp_path):
+    http_port = free_port()
+    command = [sys.executable, "-m", "aitune_triton", "serve", str(served.repository), "--http-port", str(http_port), "--quiet-log"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("Serving "):
+                break
+        assert any(line.startswith("Serving ") for line in lines), "".join(lines)
+        with urllib.request.urlopen(f"http://localhost:{http_port}/v2/health/ready", timeout=5) as response:
+            assert response.status == 200
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert "Server stopped." in output
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://localhost:{http_port}/v2/health/ready", timeout=2)
