@@ -12,7 +12,8 @@ _ALLOWED = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def sanitize_name(name: str) -> str:
-    """Replace every character outside ``[A-Za-z0-9_.-]`` with ``_``.
+    """Replace every character outside ``[A-Za-z0-9_.-]`` with ``_``, and a leading ``.`` too (a
+    hidden directory is no Triton model), so the result is a valid model name.
 
     Raises:
         InvalidNameError: ``name`` is not a string, is empty, or consists of dots only (it would
@@ -20,10 +21,10 @@ def sanitize_name(name: str) -> str:
     """
     if not isinstance(name, str):
         raise InvalidNameError(f"name: expected a string, got {type(name).__name__}")
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-    if not cleaned or set(cleaned) == {"."}:
+    if not name or set(name) == {"."}:
         raise InvalidNameError(f"name: expected a non-empty name that is not only dots, got {name!r}")
-    return cleaned
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return "_" + cleaned[1:] if cleaned.startswith(".") else cleaned
 
 
 def validate_model_name(name: str, argument: str = "name") -> str:

@@ -127,11 +127,22 @@ class ParameterSpec:
         name: Parameter name.
         kind: ``inspect.Parameter`` kind name, e.g. ``"POSITIONAL_OR_KEYWORD"``.
         has_default: Whether the parameter may be omitted.
+        default_json: The default value as JSON when it is a JSON scalar (``"1.0"``, ``"null"``,
+            ``"true"``...), else None. A call passing exactly this value binds as if it had
+            omitted the argument.
     """
 
     name: str
     kind: str
     has_default: bool
+    default_json: str | None = None
+
+
+def _json_scalar(value: Any) -> str | None:
+    """JSON text of a None/bool/int/float/str value, else None."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return json.dumps(value)
+    return None
 
 
 class ForwardSignature:
@@ -154,6 +165,9 @@ class ForwardSignature:
             ]
         )
         self._var_keyword = next((p.name for p in self.parameters if p.kind == "VAR_KEYWORD"), None)
+        self._defaults = {
+            p.name: p.default_json for p in self.parameters if p.default_json is not None and p.kind != "POSITIONAL_ONLY"
+        }
 
     @classmethod
     def from_callable(cls, function: Any) -> "ForwardSignature":
@@ -164,7 +178,12 @@ class ForwardSignature:
             return cls([ParameterSpec("args", "VAR_POSITIONAL", True), ParameterSpec("kwargs", "VAR_KEYWORD", True)])
         return cls(
             [
-                ParameterSpec(p.name, p.kind.name, p.default is not inspect.Parameter.empty)
+                ParameterSpec(
+                    p.name,
+                    p.kind.name,
+                    p.default is not inspect.Parameter.empty,
+                    _json_scalar(p.default) if p.default is not inspect.Parameter.empty else None,
+                )
                 for p in signature.parameters.values()
             ]
         )
@@ -173,14 +192,20 @@ class ForwardSignature:
         """Bind a call to the signature.
 
         Returns:
-            ``{parameter name: value}`` for the arguments actually passed, in signature order.
-            ``*args`` binds to a tuple and ``**kwargs`` to a dict sorted by key (the order keyword
-            arguments are written in does not change a call's structure).
+            ``{parameter name: value}`` for the arguments actually passed, in signature order;
+            an argument passed with exactly its scalar default value (``scale=1.0`` for
+            ``scale: float = 1.0``, ``mask=None``) counts as not passed. ``*args`` binds to a tuple
+            and ``**kwargs`` to a dict sorted by key (the order keyword arguments are written in
+            does not change a call's structure).
 
         Raises:
             TypeError: the arguments do not fit the signature, as calling the function would.
         """
-        arguments = dict(self._signature.bind(*args, **kwargs).arguments)
+        arguments = {
+            name: value
+            for name, value in self._signature.bind(*args, **kwargs).arguments.items()
+            if name not in self._defaults or _json_scalar(value) != self._defaults[name]
+        }
         if self._var_keyword in arguments:
             arguments[self._var_keyword] = dict(sorted(arguments[self._var_keyword].items()))
         return arguments
@@ -451,6 +476,10 @@ class GraphSpec:
                 if not low <= size <= high:
                     found.append(f"{spec.path} axis {axis}: size {size} outside {low}..{high}")
         return found
+
+    def __hash__(self) -> int:
+        # Hashable by its input structure, so it can key a ``strategies`` dict.
+        return hash(self.key)
 
     @property
     def batch_size_range(self) -> tuple[int, int] | None:

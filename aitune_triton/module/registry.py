@@ -12,14 +12,14 @@ __all__ = ["claim_name", "live_modules", "release_name", "unique_default_name"]
 _LIVE: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
 
 
-def claim_name(name: str, module: Any) -> None:
-    """Register ``module`` under ``name``.
+def claim_name(name: str, module: Any, replacing: Any = None) -> None:
+    """Register ``module`` under ``name``; ``replacing`` may be the current holder it retires.
 
     Raises:
         InvalidNameError: another live Module holds ``name``.
     """
     holder = _LIVE.get(name)
-    if holder is not None and holder is not module:
+    if holder is not None and holder is not module and holder is not replacing:
         raise InvalidNameError(
             f"name: a live Module is already named {name!r}; its tuned artifacts and exports would be overwritten. "
             "Give this one another name (Module(m, name='...')) or delete the other one first."

@@ -89,8 +89,8 @@ class TunedModule:
             self._warn_once(f"range:{graph.spec.name}:{violations}", message + "; running eagerly (fallback='eager').")
             return forward(*call.args, **call.kwargs)
         raise GraphSpecMismatchError(
-            message + ". Record calls of these sizes (or declare DynamicDim/BatchDim ranges) and tune again, or create "
-            "the Module with fallback='eager'."
+            message + ". Re-record with calls of these sizes included (or declare DynamicDim/BatchDim ranges) and tune "
+            "again, or create the Module with fallback='eager'."
         )
 
     def _unmatched(self, forward: Callable[..., Any], call: CallStructure) -> Any:
@@ -104,8 +104,8 @@ class TunedModule:
             return forward(*call.args, **call.kwargs)
         raise GraphSpecMismatchError(
             f"Module '{self.name}': the call ({call.describe()}) matches no tuned graph spec. Known graph specs:\n"
-            f"{known}\nRecord such calls too (enable_recording(force=True)) and tune again, or create the Module "
-            "with fallback='eager'."
+            f"{known}\nTo serve it too, re-record every input structure you need (enable_recording(force=True) "
+            "starts a new recording), then tune again; or create the Module with fallback='eager'."
         )
 
     def _warn_once(self, key: str, message: str) -> None:

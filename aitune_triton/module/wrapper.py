@@ -83,6 +83,31 @@ class _StateForward:
             _CALLING.reset(token)
 
 
+def _live_wrapper_of(module: torch.nn.Module) -> "Module | None":
+    """The live Module whose forward routing is installed on ``module`` (not on a copy of it), if any."""
+    patched = module.__dict__.get("forward")
+    holder = patched._wrapper() if isinstance(patched, _StateForward) else None
+    return holder if holder is not None and holder.__wrapped__ is module else None
+
+
+def _own_forward(module: torch.nn.Module) -> Callable[..., Any]:
+    """The module's own forward: an instance-level one if the user set one, else the class's,
+    looking through a routing a wrapper installed (on this module or on the one it was copied from)."""
+    forward = module.__dict__.get("forward")
+    if isinstance(forward, _StateForward):
+        forward = forward.original
+        if getattr(forward, "__self__", module) is not module and hasattr(forward, "__func__"):
+            forward = forward.__func__.__get__(module)  # a deepcopy carried the original's bound method
+    return forward or type(module).forward.__get__(module)
+
+
+def _sanitized_with_warning(name: str) -> str:
+    cleaned = sanitize_name(name)
+    if cleaned != name:
+        warnings.warn(f"name: {name!r} is used as {cleaned!r} (file and Triton model names allow [A-Za-z0-9_.-]).", stacklevel=3)
+    return cleaned
+
+
 def _unpatch(module: torch.nn.Module, patched: _StateForward, samples_dir: Path) -> None:
     if module.__dict__.get("forward") is patched:
         del module.__dict__["forward"]
@@ -131,9 +156,11 @@ class Module(wrapt.ObjectProxy):
         cache_dir: Where tuning writes artifacts and recorded calls (default :func:`default_cache_dir`).
 
     Raises:
-        ArgumentTypeError: (a TypeError) ``module`` is not a ``torch.nn.Module`` (or is already wrapped).
+        ArgumentTypeError: (a TypeError) ``module`` is not a ``torch.nn.Module`` (or is a wrapper).
         InvalidNameError: (a ValueError) ``name`` is empty, only dots, or used by another live Module.
-        InvalidArgumentError: (a ValueError) ``fallback``, ``offload`` or ``dynamic_shapes`` is invalid.
+        InvalidArgumentError: (a ValueError) ``fallback``, ``offload`` or ``dynamic_shapes`` is
+            invalid, or ``module`` is wrapped by a live Module of another name. Wrapping it again
+            under the same name (re-running a notebook cell) retires the older wrapper instead.
 
     Strategy precedence for a graph spec: its entry in the constructor's ``strategies``, then the
     constructor's ``strategy``, then the ``strategy`` passed to :meth:`tune`, then
@@ -164,9 +191,25 @@ class Module(wrapt.ObjectProxy):
         if offload not in _OFFLOAD_TARGETS:
             raise InvalidArgumentError(f"offload: expected one of {list(_OFFLOAD_TARGETS)}, got {offload!r}")
         declared = validate_dynamic_shapes(dynamic_shapes)
-        name = sanitize_name(name) if name is not None else unique_default_name(sanitize_name(type(module).__name__))
+        previous = _live_wrapper_of(module)
+        if name is None:
+            name = previous.name if previous is not None else unique_default_name(sanitize_name(type(module).__name__))
+        else:
+            name = _sanitized_with_warning(name)
+        if previous is not None and previous.name != name:
+            raise InvalidArgumentError(
+                f"module: this {type(module).__name__} is already wrapped by the live Module '{previous.name}'. Use that "
+                "wrapper, or delete it first; a torch module can have one wrapper at a time."
+            )
         super().__init__(module)
-        claim_name(name, self)
+        claim_name(name, self, replacing=previous)
+        if previous is not None:  # the same cell run again in a notebook, say: this wrapper takes over
+            previous._self_retired = True
+            warnings.warn(
+                f"Module '{name}' wraps a torch module that an older Module '{name}' wrapped; the older one is retired "
+                "and raises if called.",
+                stacklevel=2,
+            )
         self._self_name = name
         self._self_strategy = strategy
         self._self_strategies = strategies
@@ -175,9 +218,7 @@ class Module(wrapt.ObjectProxy):
         self._self_offload = offload
         self._self_offloaded_from: torch.device | None = None
         self._self_cache_dir = Path(cache_dir) if cache_dir is not None else None
-        own_forward = module.__dict__.get("forward") or type(module).forward.__get__(module)
-        if isinstance(own_forward, _StateForward):  # re-wrapping a module another Module wrapped
-            own_forward = own_forward.original
+        own_forward = _own_forward(module)
         self._self_forward = own_forward
         self._self_signature = ForwardSignature.from_callable(own_forward)
         # Created on the first recorded call; removed with the wrapper.
@@ -185,6 +226,7 @@ class Module(wrapt.ObjectProxy):
         self._self_recorder = self._new_recorder(max_samples, declared)
         self._self_handler: Any = None  # None means INIT
         self._self_tuning = False
+        self._self_retired = False
         patched = _StateForward(self, own_forward)
         module.forward = patched  # an instance attribute: nn.Module.__call__ calls it after the pre-hooks
         weakref.finalize(self, _unpatch, module, patched, self._self_samples_dir)
@@ -199,6 +241,10 @@ class Module(wrapt.ObjectProxy):
 
     # ----------------------------------------------------------------------------------- calls
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._self_retired:
+            raise ModuleStateError(
+                f"Module '{self._self_name}' was replaced by a newer Module wrapping the same torch module; call that one."
+            )
         token = _CALLING.set(self)
         try:
             return self.__wrapped__(*args, **kwargs)  # nn.Module.__call__: hooks around the routed forward

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,9 @@ class RemoteModule:
     structure (tuples, dicts, ``transformers`` ModelOutputs when ``transformers`` is imported) of
     CPU tensors.
 
+    A RemoteModule may be called from several threads at once: each thread gets its own
+    tritonclient client (the HTTP client is built on gevent and cannot be shared across threads).
+
     Args:
         url: ``host:port`` of the server's gRPC or HTTP endpoint (a ``grpc://``/``http://`` prefix
             is accepted).
@@ -58,17 +62,31 @@ class RemoteModule:
         else:
             import tritonclient.http as client_module
         self._module = client_module
-        self._client = (
-            client_module.InferenceServerClient(self.url)
-            if protocol == "grpc"
-            else client_module.InferenceServerClient(self.url, connection_timeout=timeout_s, network_timeout=timeout_s)
-        )
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._clients_lock = threading.Lock()
         routes = self._read_routes()
         self.signature = ForwardSignature.from_dict(routes["signature"])
         self.strict = routes.get("strict", True)
         self.graphs = [ModelIO.from_dict(graph) for graph in routes["graphs"]]
         self._by_key = {io.key: io for io in self.graphs}
         self._treespecs: dict[str, Any] = {}
+
+    @property
+    def _client(self) -> Any:
+        """This thread's tritonclient client (created on first use)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.protocol == "grpc":
+                client = self._module.InferenceServerClient(self.url)
+            else:
+                client = self._module.InferenceServerClient(
+                    self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+                )
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
 
     def _read_routes(self) -> dict[str, Any]:
         from tritonclient.utils import InferenceServerException
@@ -103,8 +121,9 @@ class RemoteModule:
 
         Raises:
             TypeError: the arguments do not fit the module's forward signature.
-            GraphSpecMismatchError: the call matches none of the exported graph specs, or (non-strict
-                modules) passes other constant arguments than the artifact was built with.
+            GraphSpecMismatchError: the call matches none of the exported graph specs, its shapes
+                are outside the exported ranges (a batch above max_batch_size, say), or (non-strict
+                modules) it passes other constant arguments than the artifact was built with.
             RemoteInferenceError: the server answered with an error.
         """
         from tritonclient.utils import InferenceServerException
@@ -122,6 +141,7 @@ class RemoteModule:
                 f"built with {io.constants} and a served model cannot run the module eagerly. Record such calls with "
                 "strict=True (the default) so that they get their own graph spec."
             )
+        self._check_shapes(io, call.flat.tensors)
         inputs = []
         for tensor_io, tensor in zip(io.inputs, call.flat.tensors):
             array = np.ascontiguousarray(tensor.detach().cpu().numpy())
@@ -147,9 +167,27 @@ class RemoteModule:
             tensors.append(torch.from_numpy(array))
         return rebuild_output(self._treespec(io), io.output_template, tensors)
 
+    @staticmethod
+    def _check_shapes(io: ModelIO, tensors: list[torch.Tensor]) -> None:
+        """Refuse a call outside the exported shape ranges before it travels, with a hint."""
+        for tensor_io, tensor in zip(io.inputs, tensors):
+            for axis, ((low, high), size) in enumerate(zip(tensor_io.ranges, tensor.shape)):
+                if not low <= size <= high:
+                    what = f"batch size {size} is above max_batch_size {high}" if axis == tensor_io.batch_axis and size > high else (
+                        f"size {size} is outside the exported range {low}..{high}"
+                    )
+                    raise GraphSpecMismatchError(
+                        f"{io.model_name}: input {tensor_io.path!r} axis {axis}: {what}. Split the call, or record calls "
+                        "of this size (or declare DynamicDim/BatchDim ranges), tune and export again."
+                    )
+
     def close(self) -> None:
-        """Close the client connection."""
-        self._client.close()
+        """Close every client connection this RemoteModule opened."""
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
+        self._local = threading.local()
 
     def __enter__(self) -> "RemoteModule":
         return self

@@ -154,14 +154,23 @@ def test_router_request_with_an_input_set_no_graph_takes_fails_naming_the_expect
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_a_batch_larger_than_max_batch_size_fails_with_remote_inference_error(served, protocol):
+def test_a_batch_larger_than_max_batch_size_is_refused_before_it_travels_with_a_hint(served, protocol):
     arguments = _inputs(6, True, seed=13)
 
-    with _remote(served, protocol) as remote, pytest.raises(RemoteInferenceError) as raised:
+    with _remote(served, protocol) as remote, pytest.raises(GraphSpecMismatchError) as raised:
         remote(*arguments)
 
-    assert served.graph_models[0] in str(raised.value)
-    assert "batch-size must be <= 5" in str(raised.value)
+    assert f"{served.graph_models[0]}: input 'x' axis 0: batch size 6 is above max_batch_size 5" in str(raised.value)
+    assert "Split the call" in str(raised.value)
+
+
+def test_the_server_itself_refuses_a_batch_larger_than_max_batch_size(served):
+    client = grpcclient.InferenceServerClient(served.server.grpc_url)
+    (x,) = _inputs(6, False, seed=13)
+
+    with pytest.raises(InferenceServerException, match="batch-size must be <= 5"):
+        client.infer(served.graph_models[1], [_raw_input("x", x.numpy())])
+    client.close()
 
 
 def test_concurrent_grpc_requests_are_batched_together_and_all_return_correct_results(served):

@@ -15,10 +15,11 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 from conftest import CENTERED_MODEL, SCALAR_MODEL
 
 from aitune_triton import RemoteModule
-from aitune_triton.errors import RemoteInferenceError
+from aitune_triton.errors import GraphSpecMismatchError
 from aitune_triton.triton.config import read_model_config
 from aitune_triton.triton.server import free_port
 
@@ -56,11 +57,21 @@ def test_the_entry_model_answers_a_raw_request_for_a_0_d_output_with_shape_1(ser
     assert result.as_numpy("doubled").shape == (2, 5)
 
 
-def test_a_request_outside_the_exported_range_is_refused_by_the_graph_model_naming_the_axis(served):
-    with RemoteModule(served.server.grpc_url, SCALAR_MODEL) as remote, pytest.raises(RemoteInferenceError) as raised:
-        remote(torch.randn(2, 7))  # recorded lengths 3..5
+def test_a_raw_request_outside_the_exported_range_is_refused_by_the_graph_model_naming_the_axis(served):
+    client = httpclient.InferenceServerClient(served.server.http_url)
+    tensor = httpclient.InferInput("x", [2, 7], "FP32")  # recorded lengths 3..5
+    tensor.set_data_from_numpy(np.zeros((2, 7), dtype=np.float32))
 
-    assert "input 'x' axis 1 has size 7, outside the exported range 3..5" in str(raised.value)
+    with pytest.raises(InferenceServerException, match=r"input 'x' axis 1 has size 7, outside the exported range 3\.\.5"):
+        client.infer(f"{SCALAR_MODEL}.graph_0", [tensor])
+    client.close()
+
+
+def test_remote_module_refuses_a_call_outside_the_exported_range_before_it_travels(served):
+    with RemoteModule(served.server.grpc_url, SCALAR_MODEL) as remote, pytest.raises(GraphSpecMismatchError) as raised:
+        remote(torch.randn(2, 7))
+
+    assert "input 'x' axis 1: size 7 is outside the exported range 3..5" in str(raised.value)
 
 
 def test_a_module_whose_samples_depend_on_the_batch_is_exported_without_batching(served):

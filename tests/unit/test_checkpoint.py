@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import gc
 import hashlib
 import json
@@ -79,7 +81,7 @@ def test_save_writes_a_manifest_and_one_folder_per_graph_spec(saved):
 
 def test_save_load_round_trip_gives_the_same_outputs_without_retuning(saved, unique_name, tmp_path):
     net, original, path, expected = saved
-    fresh = Module(net, name=unique_name, cache_dir=tmp_path / "unused_cache")
+    fresh = Module(copy.deepcopy(net), name=unique_name, cache_dir=tmp_path / "unused_cache")
 
     loaded = aitune_triton.load(fresh, path)
 
@@ -186,7 +188,7 @@ def test_save_to_an_existing_path_without_overwrite_raises_and_keeps_the_old_che
 
 def test_save_with_overwrite_replaces_the_old_checkpoint(saved, checkpoint_copy, unique_name):
     net, _, _, _ = saved
-    eager = _tune(net, unique_name, strategy="eager")
+    eager = _tune(copy.deepcopy(net), unique_name, strategy="eager")
     (checkpoint_copy / "stray.txt").write_text("left over")
 
     result = aitune_triton.save(eager, checkpoint_copy, overwrite=True)

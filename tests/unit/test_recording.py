@@ -154,7 +154,7 @@ def test_recorder_splits_graph_specs_by_constant_only_in_strict_mode(two_input_n
     loose = _recorder(two_input_net, strict=False)
     with torch.no_grad():
         for recorder in (strict, loose):
-            recorder.record(two_input_net, (torch.randn(2, 8),), {"scale": 1.0})
+            recorder.record(two_input_net, (torch.randn(2, 8),), {"scale": 2.0})
             recorder.record(two_input_net, (torch.randn(2, 8),), {"scale": 3.0})
 
     assert len(strict) == 2

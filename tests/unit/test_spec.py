@@ -38,11 +38,20 @@ def test_signature_reads_parameter_kinds_and_defaults_from_the_callable():
 
     assert signature.parameters == (
         ParameterSpec("x", "POSITIONAL_OR_KEYWORD", False),
-        ParameterSpec("y", "POSITIONAL_OR_KEYWORD", True),
+        ParameterSpec("y", "POSITIONAL_OR_KEYWORD", True, "null"),
         ParameterSpec("extra", "VAR_POSITIONAL", False),
-        ParameterSpec("scale", "KEYWORD_ONLY", True),
+        ParameterSpec("scale", "KEYWORD_ONLY", True, "1.0"),
         ParameterSpec("options", "VAR_KEYWORD", False),
     )
+
+
+def test_an_argument_passed_with_its_scalar_default_binds_as_if_omitted():
+    signature = ForwardSignature.from_callable(_forward)
+    x = torch.ones(2)
+
+    assert signature.bind((x, None), {"scale": 1.0}) == signature.bind((x,), {}) == {"x": x}
+    assert signature.bind((x,), {"scale": 1}) == {"x": x, "scale": 1}  # 1 is not the default 1.0
+    assert signature.bind((x,), {"scale": 2.0}) == {"x": x, "scale": 2.0}
 
 
 def test_signature_bind_omits_defaults_that_were_not_passed():
@@ -88,7 +97,7 @@ def test_signature_to_dict_from_dict_round_trip_keeps_binding_behaviour():
     data = signature.to_dict()
     restored = ForwardSignature.from_dict(json.loads(json.dumps(data)))
 
-    assert data[0] == {"name": "x", "kind": "POSITIONAL_OR_KEYWORD", "has_default": False}
+    assert data[0] == {"name": "x", "kind": "POSITIONAL_OR_KEYWORD", "has_default": False, "default_json": None}
     assert restored == signature
     assert restored.bind((1,), {"scale": 3.0, "k": 1}) == {"x": 1, "scale": 3.0, "options": {"k": 1}}
     with pytest.raises(TypeError):
@@ -157,10 +166,12 @@ def test_a_different_nesting_gives_another_key():
 def test_a_different_constant_gives_another_key_only_in_strict_mode(signature):
     x = torch.ones(2, 8)
 
-    assert _key(signature, x, scale=1.0) != _key(signature, x, scale=2.0)
-    assert _key(signature, x, scale=1.0, strict=False) == _key(signature, x, scale=2.0, strict=False)
+    assert _key(signature, x, scale=3.0) != _key(signature, x, scale=2.0)
+    assert _key(signature, x, scale=3.0, strict=False) == _key(signature, x, scale=2.0, strict=False)
     # a constant that is passed still differs from one that is not, strict or not
-    assert _key(signature, x, scale=1.0, strict=False) != _key(signature, x, strict=False)
+    assert _key(signature, x, scale=3.0, strict=False) != _key(signature, x, strict=False)
+    # ...unless it is passed with its default value
+    assert _key(signature, x, scale=1.0) == _key(signature, x)
 
 
 def test_the_order_of_keyword_arguments_does_not_change_the_key(signature):

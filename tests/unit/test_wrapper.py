@@ -529,7 +529,7 @@ def test_a_call_matching_no_graph_spec_raises_graph_spec_mismatch_error(two_inpu
 def test_non_strict_module_dispatches_calls_with_other_constants_to_the_same_spec(two_input_net, unique_name):
     module = Module(two_input_net, name=unique_name, strategy=EAGER, strict=False)
     with torch.no_grad():
-        module(torch.randn(2, 8), scale=1.0)
+        module(torch.randn(2, 8), scale=3.0)
         module(torch.randn(3, 8), scale=2.0)
     assert len(module.graph_specs) == 1
     module.tune()
