@@ -131,13 +131,14 @@ def inspect(checkpoint: Path) -> None:
         raise _fail(error) from error
     module = manifest["module"]
     table = Table(title=f"{module['name']} ({module['module_class']})")
-    for column in ("graph spec", "inputs", "backend", "max batch"):
+    for column in ("graph spec", "inputs", "constants", "backend", "max batch"):
         table.add_column(column)
     for entry in module["graphs"]:
         graph = entry["graph"]
         inputs = ", ".join(f"{t['path']} {t['dtype']} {t['min_shape']}..{t['max_shape']}" for t in graph["inputs"])
+        constants = ", ".join(f"{path}={value}" for path, value in graph.get("constants", {}).items()) or "-"
         batch = graph.get("dims", {}).get("batch")
-        table.add_row(graph["name"], inputs, entry["backend"]["name"], str(batch[1]) if batch else "-")
+        table.add_row(graph["name"], inputs, constants, entry["backend"]["name"], str(batch[1]) if batch else "-")
     console.print(table)
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items() if v))
 

@@ -184,7 +184,10 @@ class TuneStrategy(abc.ABC):
             shutil.rmtree(workdir, ignore_errors=True)
             return CandidateReport(backend.name, "failed", f"{type(error).__name__}: {error}", time.perf_counter() - start)
         build_s = time.perf_counter() - start
-        context.log(f"{context.graph.name}: checking {backend.name} on {len(context.samples)} samples")
+        context.log(
+            f"{context.graph.name}: checking {backend.name} against eager on the {len(context.samples)} stored samples "
+            f"(of {context.graph.num_calls} recorded calls)"
+        )
         mismatches: list[str] = []
         worst = 0.0
         paths = [spec.path for spec in context.graph.outputs]

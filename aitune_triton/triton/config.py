@@ -148,20 +148,13 @@ def router_model_config(name: str, ios: Sequence[ModelIO], routes: dict[str, Any
     ``routes`` (signature and every graph model's IO mapping) is stored as the
     ``aitune_triton.routes`` parameter, read by ``model.py`` and by RemoteModule.
 
+    Graph specs that take the same input names (they differ only in constant arguments) cannot be
+    told apart by a request's tensors: the entry model refuses such requests, naming the graph
+    models to call directly; RemoteModule, which sees the constants, is not affected.
+
     Raises:
-        ExportError: two graph specs use one tensor name with different dtypes or ranks, or two
-            graph specs have the same set of input names (the router could not tell them apart).
+        ExportError: two graph specs use one tensor name with different dtypes or ranks.
     """
-    by_names: dict[frozenset[str], str] = {}
-    for io in ios:
-        names = frozenset(t.name for t in io.inputs)
-        if names in by_names:
-            raise ExportError(
-                f"entry model: {by_names[names]} and {io.graph} take the same input names {sorted(names)} (they "
-                "differ only in constant arguments), so a request cannot be routed by its tensors. Export them "
-                "under separate Module names."
-            )
-        by_names[names] = io.graph
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
     config.input.extend(_tensor_message(mc.ModelInput, *tensor, False, optional=True) for tensor in _union(ios, "inputs"))
     config.output.extend(_tensor_message(mc.ModelOutput, *tensor, False) for tensor in _union(ios, "outputs"))

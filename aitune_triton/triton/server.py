@@ -10,6 +10,7 @@ on the project machines, ``shared/design.md``).
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import re
@@ -107,6 +108,19 @@ def _server_environment(root: Path | None) -> dict[str, str]:
     return environment
 
 
+def _die_with_parent() -> None:
+    """In the server process before exec: ask Linux to SIGTERM it when the parent exits, so a
+    Python process killed without cleanup (SIGTERM, SIGKILL) does not leave a server behind.
+
+    Linux ties the parent-death signal to the thread that started the server, so it is only
+    asked for when the main thread starts it.
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the weakref finalizer still stops it at exit
+        pass
+
+
 def _terminate(process: subprocess.Popen, timeout_s: float) -> None:
     """SIGTERM the server's process group (server and stubs), then SIGKILL after ``timeout_s``."""
     if process.poll() is not None:
@@ -164,6 +178,11 @@ class TritonServer:
         self.repository = Path(repository).absolute()
         if not self.repository.is_dir():
             raise TritonServerError(f"repository: {self.repository} is not a directory. Export a model into it first.")
+        if not any((entry / "config.pbtxt").is_file() for entry in self.repository.iterdir()):
+            raise TritonServerError(
+                f"repository: {self.repository} holds no model (no */config.pbtxt). Export one into it first: "
+                "aitune-triton export CHECKPOINT -o REPOSITORY."
+            )
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -237,6 +256,8 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 env=_server_environment(self._root),
                 start_new_session=True,  # its own process group: stop() signals the Python-backend stubs too
+                # Parent-death signal only from the main thread: Linux ties it to the starting thread.
+                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
             )
             # Stops the server if this object is dropped or the interpreter exits without stop().
             self._finalizer = weakref.finalize(self, _terminate, self._process, 10.0)
@@ -258,8 +279,9 @@ class TritonServer:
             for line in process.stdout:
                 sink.write(line)
                 sink.flush()
-                if self.stream_log:
-                    console.out(line.decode(errors="replace").rstrip(), highlight=False)
+                text = line.decode(errors="replace").rstrip()
+                if self.stream_log and not _HARMLESS.search(text):
+                    console.out(text, highlight=False)
 
     def _wait_ready(self, log) -> None:
         deadline = time.monotonic() + self.timeout_s

@@ -25,6 +25,7 @@ from aitune_triton.errors import TritonServerError
 ENTRY_MODEL = "served_two_input_net"
 SCALAR_MODEL = "served_scalar_net"
 CENTERED_MODEL = "served_centered_net"
+SCALED_MODEL = "served_scaled_net"
 
 
 class ScalarNet(torch.nn.Module):
@@ -117,6 +118,15 @@ def served(tmp_path_factory):
             other.tune()
             aitune_triton.export(other, repository, show_progress=False)
             extra[name] = (eager, other)
+        # Two graph specs with the same tensors, told apart only by a constant argument.
+        scaled_net = TwoInputNet().eval()
+        scaled = Module(scaled_net, name=SCALED_MODEL, strategy=OneBackendStrategy("onnxruntime"))
+        for batch in (1, 3):
+            scaled(torch.randn(batch, 8, generator=generator))
+            scaled(torch.randn(batch, 8, generator=generator), scale=2.0)
+        scaled.tune()
+        aitune_triton.export(scaled, repository, show_progress=False)
+        extra[SCALED_MODEL] = (scaled_net, scaled)
         server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=180)
         server.start()
         yield Served(

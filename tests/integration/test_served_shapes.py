@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
-from conftest import CENTERED_MODEL, SCALAR_MODEL
+from conftest import CENTERED_MODEL, SCALAR_MODEL, SCALED_MODEL
 
 from aitune_triton import RemoteModule
 from aitune_triton.errors import GraphSpecMismatchError
@@ -163,3 +162,67 @@ def test_aitune_triton_serve_starts_a_server_answers_health_checks_and_stops_on_
     assert "Server stopped." in output
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://localhost:{http_port}/v2/health/ready", timeout=2)
+
+
+def test_graph_specs_differing_only_in_a_constant_are_served_apart_by_remote_module(served):
+    eager, _ = served.extra[SCALED_MODEL]
+    x = torch.randn(2, 8)
+
+    with RemoteModule(served.server.grpc_url, SCALED_MODEL) as remote:
+        plain, scaled = remote(x), remote(x, scale=2.0)
+
+    torch.testing.assert_close(plain["logits"], eager(x)["logits"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(scaled["logits"], eager(x, scale=2.0)["logits"], atol=1e-5, rtol=0)
+
+
+def test_the_entry_model_refuses_a_request_that_fits_graph_models_differing_only_in_a_constant(served):
+    client = grpcclient.InferenceServerClient(served.server.grpc_url)
+    tensor = grpcclient.InferInput("x", [2, 8], "FP32")
+    tensor.set_data_from_numpy(np.zeros((2, 8), dtype=np.float32))
+
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer(SCALED_MODEL, [tensor])
+    client.close()
+
+    message = raised.value.message()
+    assert "fit several graph models that differ only in constant arguments" in message
+    assert f"{SCALED_MODEL}.graph_1 {{'scale': 'const(2.0)'}}" in message
+
+
+def test_a_server_whose_python_parent_is_killed_stops_too(served, tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from aitune_triton.triton import TritonServer\n"
+        f"server = TritonServer({str(served.repository)!r}, show_progress=False).start()\n"
+        "print(server._process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(parent.stdout.readline())
+        parent.kill()  # SIGKILL: no finalizer, no atexit
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _alive(server_pid):
+            time.sleep(0.5)
+        assert not _alive(server_pid)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_serving_a_repository_without_models_is_refused_with_a_hint(tmp_path):
+    from aitune_triton.errors import TritonServerError
+    from aitune_triton.triton import TritonServer
+
+    with pytest.raises(TritonServerError, match=r"holds no model \(no \*/config.pbtxt\). Export one into it first"):
+        TritonServer(tmp_path)

@@ -161,10 +161,10 @@ def test_inspect_prints_each_graph_spec_with_inputs_backend_and_max_batch(runner
 
     assert result.exit_code == 0, result.output
     assert "nets.TwoInputNet" in result.output and MODULE_NAME in result.output
-    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in result.output.splitlines() if line.count("│") == 5]
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in result.output.splitlines() if line.count("│") == 6]
     assert rows == [
-        ["graph_0", "x float32 [1, 8]..[5, 8], y float32 [1, 4]..[5, 4]", "onnxruntime", "5"],
-        ["graph_1", "x float32 [1, 8]..[5, 8]", "onnxruntime", "5"],
+        ["graph_0", "x float32 [1, 8]..[5, 8], y float32 [1, 4]..[5, 4]", "-", "onnxruntime", "5"],
+        ["graph_1", "x float32 [1, 8]..[5, 8]", "-", "onnxruntime", "5"],
     ]
     assert f"torch {torch.__version__}" in result.output
 
