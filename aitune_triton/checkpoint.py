@@ -141,6 +141,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint: format version {manifest.get('format_version')!r} is not supported "
             f"(this aitune_triton reads {CHECKPOINT_FORMAT_VERSION})."
         )
+    if not Module.is_state_dict_valid(manifest.get("module")):
+        raise CheckpointError(f"checkpoint: {manifest_path} holds an invalid module description (was it edited?).")
     _verify_files(path, manifest.get("files", {}))
     manifest = copy.deepcopy(manifest)
     for entry in manifest["module"]["graphs"]:
@@ -171,7 +173,9 @@ def _verify_files(path: Path, files: dict[str, dict[str, Any]]) -> None:
             )
 
 
-def load(module: torch.nn.Module, path: str | os.PathLike, device: str | torch.device | None = None) -> Module:
+def load(
+    module: torch.nn.Module, path: str | os.PathLike, device: str | torch.device | None = None, name: str | None = None
+) -> Module:
     """Load a checkpoint written by :func:`save`.
 
     Args:
@@ -179,6 +183,8 @@ def load(module: torch.nn.Module, path: str | os.PathLike, device: str | torch.d
             not-yet-tuned :class:`~aitune_triton.Module`, which is switched to ``TUNED``.
         path: Checkpoint directory.
         device: Device to run on; default the device each backend was tuned for.
+        name: For a plain ``module``: the new Module's name; default the checkpoint's, with a
+            ``_2`` suffix (and a warning) when another live Module holds it.
 
     Returns:
         The ``TUNED`` Module.
@@ -189,8 +195,8 @@ def load(module: torch.nn.Module, path: str | os.PathLike, device: str | torch.d
     """
     description = read_checkpoint(path)["module"]
     if not Module.is_state_dict_valid(description):
-        raise CheckpointError(f"checkpoint: {path} holds an invalid module description.")
+        raise CheckpointError(f"checkpoint: {path} holds an invalid module description (was the manifest edited?).")
     if isinstance(module, Module):
         module.load_tuned(description, device)
         return module
-    return Module.from_dict(module, description, device)
+    return Module.from_dict(module, description, device, name=name)

@@ -53,6 +53,8 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
 
     Writes one Python-backend graph model per tuned graph spec and an entry model named after
     the module; each export adds a new version directory, existing versions are never rewritten.
+    Exits with status 1 and an "Error:" line (nothing written) when the checkpoint is missing or
+    fails verification, a name is invalid, or a graph spec cannot be served.
     """
     from aitune_triton.triton.config import TritonModelOptions
     from aitune_triton.triton.exporter import export as export_checkpoint
@@ -86,7 +88,11 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
               help="Seconds to wait for the server and its models to be ready.")
 def serve(repository: Path, http_port: int | None, grpc_port: int | None, metrics_port: int | None,
           tritonserver: Path | None, log_file: Path | None, quiet_log: bool, timeout_s: float) -> None:
-    """Serve REPOSITORY with a real Triton server until interrupted (Ctrl-C)."""
+    """Serve REPOSITORY with a real Triton server until interrupted (Ctrl-C or SIGTERM).
+
+    Exits with status 1 and an "Error:" line holding the server's own error lines when it cannot
+    start or a model fails to load.
+    """
     from aitune_triton.triton.server import TritonServer
 
     signal.signal(signal.SIGTERM, _interrupt)  # before the start, so a SIGTERM while loading stops it too
@@ -122,7 +128,10 @@ def _interrupt(signum: int, frame: object) -> None:
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 def inspect(checkpoint: Path) -> None:
-    """Show the graph specs, chosen backends and library versions of CHECKPOINT."""
+    """Show the graph specs, chosen backends and library versions of CHECKPOINT.
+
+    Exits with status 1 and an "Error:" line when CHECKPOINT is missing or fails verification.
+    """
     from aitune_triton.checkpoint import read_checkpoint
 
     try:

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch.utils.data import default_collate
 
-from aitune_triton.errors import AITuneTritonError, InvalidArgumentError
+from aitune_triton.errors import InvalidArgumentError
 from aitune_triton.module.registry import live_modules
 from aitune_triton.module.state import ModuleState
 
@@ -37,8 +37,10 @@ def tune(
     Every live Module that is not tuned starts (or continues) recording; ``func`` runs once per
     dataset item, or, with ``batch_sizes``, once per batch built from consecutive items with
     ``torch.utils.data.default_collate`` for each batch size in turn (so calls are recorded at
-    those batch sizes). Then each Module that recorded calls is tuned. A Module whose tuning fails
+    those batch sizes). Then each Module that ``func`` called is tuned. A Module whose tuning fails
     is left in passthrough, with the reason logged on the ``aitune_triton`` logger and returned.
+    Modules ``func`` did not call, and every Module when ``func`` raises, get their earlier state
+    back.
 
     Args:
         func: The pipeline: called with one dataset item or one collated batch.
@@ -48,24 +50,32 @@ def tune(
         dry_run: Record, then print what each Module's tuning would build, without tuning.
 
     Returns:
-        Module name -> ``"tuned"``, ``"dry run"``, ``"not called"`` (left in passthrough) or
+        Module name -> ``"tuned"``, ``"dry run"``, ``"not called"`` (earlier state kept) or
         ``"failed: <reason>"`` (left in passthrough).
 
     Raises:
         InvalidArgumentError: (a ValueError) ``batch_sizes`` holds something other than positive integers.
+        Exception: whatever ``func`` raises (after the earlier states are restored).
     """
     modules = [m for m in live_modules() if m.state is not ModuleState.TUNED]
     items = list(dataset)
+    batches = list(_batches(items, batch_sizes)) if batch_sizes else items
+    before = {m.name: (m.state, m._recorded_calls()) for m in modules}
     for module in modules:
         module.enable_recording()
-    with torch.no_grad():
-        for inputs in _batches(items, batch_sizes) if batch_sizes else items:
-            func(inputs)
+    try:
+        with torch.no_grad():
+            for inputs in batches:
+                func(inputs)
+    except BaseException:
+        for module in modules:
+            module._restore_state(before[module.name][0])
+        raise
     results: dict[str, str] = {}
     for module in modules:
-        recorded = sum(g.num_calls for g in module.graph_specs) if _has_samples(module) else 0
-        if not recorded:
-            module.enable_passthrough()
+        state, calls = before[module.name]
+        if module._recorded_calls() == calls:
+            module._restore_state(state)
             results[module.name] = "not called"
             continue
         try:
@@ -76,11 +86,3 @@ def tune(
             logger.warning("Module '%s' is left in passthrough: tuning failed: %s", module.name, error)
             results[module.name] = f"failed: {error}"
     return results
-
-
-def _has_samples(module: Any) -> bool:
-    try:
-        module.graph_specs
-    except AITuneTritonError:
-        return False
-    return True

@@ -30,6 +30,7 @@ class AOTInductorBackend(Backend):
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str | None:
+        """Unavailable only on a CUDA device without CUDA in this torch."""
         if device.type == "cuda" and not torch.cuda.is_available():
             return "device is CUDA but torch.cuda.is_available() is False"
         return None

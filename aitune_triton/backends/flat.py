@@ -45,6 +45,7 @@ class FlatModule(torch.nn.Module):
         self._structure = CallStructure((), {}, FlatTree(example.flat.treespec, example.flat.template, example.flat.paths), example.key)
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Tensor input leaves in, tensor output leaves out (both in flattening order)."""
         args, kwargs = self._structure.with_tensors(self._signature, tensors)
         output = self._forward(*args, **kwargs)
         return tuple(leaf for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor))
@@ -60,16 +61,22 @@ def export_dynamic_shapes(graph: GraphSpec) -> tuple[tuple[dict[int, Any], ...]]
     in a 1-tuple because ``FlatModule.forward`` takes ``*tensors``. None when every axis is static.
     """
     per_input = tuple(
-        {
-            axis: torch.export.Dim.DYNAMIC(min=graph.dims[name][0], max=graph.dims[name][1])
-            for axis, name in enumerate(spec.dim_names)
-            if name is not None
-        }
+        {axis: _hint(*graph.dims[name]) for axis, name in enumerate(spec.dim_names) if name is not None}
         for spec in graph.inputs
     )
     if not any(per_input):
         return None
     return (per_input,)
+
+
+def _hint(low: int, high: int) -> Any:
+    """``Dim.DYNAMIC`` over ``low..high``, widened so that it stays dynamic in ``torch.export``.
+
+    ``torch.export`` assumes a dynamic size is at least 2 (its 0/1 specialization), so a range of
+    1..2 would collapse to the single size 2 and fail the export; the upper bound is raised to keep
+    at least two sizes. Calls are still checked against the recorded range before they run.
+    """
+    return torch.export.Dim.DYNAMIC(min=low, max=max(high, max(low, 2) + 1))
 
 
 def export_example(graph: GraphSpec, example: CallStructure, device: torch.device) -> tuple[torch.Tensor, ...]:

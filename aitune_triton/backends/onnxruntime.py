@@ -41,6 +41,7 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str | None:
+        """Needs onnxruntime and onnxscript; on CUDA, onnxruntime's CUDAExecutionProvider."""
         if importlib.util.find_spec("onnxruntime") is None:
             return "the onnxruntime package is not installed (pip install onnxruntime)"
         if importlib.util.find_spec("onnxscript") is None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextvars
+import copy
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 import warnings
 import weakref
@@ -17,6 +19,7 @@ import wrapt
 
 from aitune_triton._progress import console, progress
 from aitune_triton.errors import (
+    AITuneTritonError,
     AlreadyTunedError,
     ArgumentTypeError,
     InvalidArgumentError,
@@ -28,6 +31,7 @@ from aitune_triton.errors import (
 from aitune_triton.module.dims import DimDecl, validate_dynamic_shapes
 from aitune_triton.module.passthrough import PassthroughState
 from aitune_triton.module.recording import Recorder, RecordingState
+from aitune_triton.module.samples import SampleStore
 from aitune_triton.module.registry import claim_name, unique_default_name
 from aitune_triton.spec import ForwardSignature, GraphSpec
 from aitune_triton.module.state import ModuleState
@@ -63,10 +67,10 @@ _CALLING: contextvars.ContextVar[Any] = contextvars.ContextVar("aitune_triton_ca
 
 
 class _StateForward:
-    """Installed as the wrapped module's ``forward``. A call made through the wrapper reaches it
-    after ``nn.Module.__call__`` ran the hooks and is routed to the wrapper's current state; a call
-    of the bare module (kept elsewhere as the eager reference, say) runs the module's own forward,
-    as before wrapping. Holds the wrapper weakly."""
+    """Installed as the wrapped module's ``forward`` while calls through the wrapper run (see
+    :class:`_Routing`). A call made through the wrapper reaches it after ``nn.Module.__call__`` ran
+    the hooks and is routed to the wrapper's current state; a call of the bare module in another
+    thread meanwhile runs the module's own forward, as before wrapping. Holds the wrapper weakly."""
 
     def __init__(self, wrapper: "Module", original: Callable[..., Any]):
         self._wrapper = weakref.ref(wrapper)
@@ -83,21 +87,54 @@ class _StateForward:
             _CALLING.reset(token)
 
 
+_NOTHING = object()
+
+
+class _Routing:
+    """Puts the router in the module's ``__dict__`` as ``forward`` while at least one call through
+    the wrapper runs, and puts back what was there afterwards. At rest the module carries nothing
+    of the wrapper, so it pickles, deep-copies and runs exactly as before wrapping."""
+
+    def __init__(self, module: torch.nn.Module, router: _StateForward):
+        self._module = module
+        self._router = router
+        self._active = 0
+        self._saved: Any = _NOTHING
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._active == 0:
+                self._saved = self._module.__dict__.get("forward", _NOTHING)
+                self._module.__dict__["forward"] = self._router
+            self._active += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active == 0:
+                if self._saved is _NOTHING:
+                    self._module.__dict__.pop("forward", None)
+                else:
+                    self._module.__dict__["forward"] = self._saved
+
+
+# torch module -> its live wrapper (both held weakly).
+_WRAPPERS: "weakref.WeakKeyDictionary[torch.nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
+
+
 def _live_wrapper_of(module: torch.nn.Module) -> "Module | None":
-    """The live Module whose forward routing is installed on ``module`` (not on a copy of it), if any."""
-    patched = module.__dict__.get("forward")
-    holder = patched._wrapper() if isinstance(patched, _StateForward) else None
-    return holder if holder is not None and holder.__wrapped__ is module else None
+    """The live, not retired Module wrapping ``module``, if any."""
+    reference = _WRAPPERS.get(module)
+    wrapper = reference() if reference is not None else None
+    return wrapper if wrapper is not None and not wrapper._self_retired else None
 
 
 def _own_forward(module: torch.nn.Module) -> Callable[..., Any]:
-    """The module's own forward: an instance-level one if the user set one, else the class's,
-    looking through a routing a wrapper installed (on this module or on the one it was copied from)."""
+    """The module's own forward: an instance-level one if the user set one, else the class's."""
     forward = module.__dict__.get("forward")
-    if isinstance(forward, _StateForward):
+    if isinstance(forward, _StateForward):  # created while a call through another wrapper runs
         forward = forward.original
-        if getattr(forward, "__self__", module) is not module and hasattr(forward, "__func__"):
-            forward = forward.__func__.__get__(module)  # a deepcopy carried the original's bound method
     return forward or type(module).forward.__get__(module)
 
 
@@ -108,9 +145,38 @@ def _sanitized_with_warning(name: str) -> str:
     return cleaned
 
 
-def _unpatch(module: torch.nn.Module, patched: _StateForward, samples_dir: Path) -> None:
-    if module.__dict__.get("forward") is patched:
-        del module.__dict__["forward"]
+def _state_dict_problem(state_dict: Any) -> str | None:
+    """What makes ``state_dict`` unlike :meth:`Module.to_dict` output, or None."""
+    if not isinstance(state_dict, Mapping):
+        return f"expected a dict, got {type(state_dict).__name__}"
+    if state_dict.get("type") != STATE_DICT_TYPE:
+        return f"'type' is {state_dict.get('type')!r}"
+    if not isinstance(state_dict.get("name"), str):
+        return "'name' is not a string"
+    signature = state_dict.get("signature")
+    if not isinstance(signature, list) or not all(
+        isinstance(p, Mapping) and isinstance(p.get("name"), str) and isinstance(p.get("kind"), str) for p in signature
+    ):
+        return "'signature' is not a list of parameters"
+    graphs = state_dict.get("graphs")
+    if not isinstance(graphs, list) or not graphs:
+        return "'graphs' is not a non-empty list"
+    for index, entry in enumerate(graphs):
+        graph = entry.get("graph") if isinstance(entry, Mapping) else None
+        backend = entry.get("backend") if isinstance(entry, Mapping) else None
+        if not isinstance(graph, Mapping) or not all(
+            isinstance(graph.get(key), kind)
+            for key, kind in (("name", str), ("key", str), ("inputs", list), ("outputs", list), ("output_treespec", str))
+        ):
+            return f"graphs[{index}].graph is not a graph spec description"
+        if not isinstance(backend, Mapping) or not isinstance(backend.get("name"), str):
+            return f"graphs[{index}].backend has no name"
+        if not isinstance(backend.get("artifacts", {}), Mapping):
+            return f"graphs[{index}].backend.artifacts is not a dict"
+    return None
+
+
+def _remove_samples(samples_dir: Path) -> None:
     shutil.rmtree(samples_dir, ignore_errors=True)
 
 
@@ -129,6 +195,12 @@ class Module(wrapt.ObjectProxy):
     * ``TUNED``: the call runs on the backend chosen for its graph spec.
 
     Backends capture the module's own forward, without hooks; hooks run once, around every call.
+    As with ``torch.nn.Module``, calling ``wrapper.forward(...)`` directly skips the hooks, and here
+    the state too: it runs the module's own forward eagerly.
+
+    Copying or pickling the wrapper gives a copy of the wrapped module, which runs eagerly; the
+    tuned state travels with :func:`aitune_triton.save` / :func:`aitune_triton.load` or
+    :meth:`to_dict` / :meth:`from_dict`.
 
     Args:
         module: The module to wrap.
@@ -191,6 +263,7 @@ class Module(wrapt.ObjectProxy):
         if offload not in _OFFLOAD_TARGETS:
             raise InvalidArgumentError(f"offload: expected one of {list(_OFFLOAD_TARGETS)}, got {offload!r}")
         declared = validate_dynamic_shapes(dynamic_shapes)
+        SampleStore(max_samples)  # validates max_samples now, not at the first call
         previous = _live_wrapper_of(module)
         if name is None:
             name = previous.name if previous is not None else unique_default_name(sanitize_name(type(module).__name__))
@@ -227,9 +300,9 @@ class Module(wrapt.ObjectProxy):
         self._self_handler: Any = None  # None means INIT
         self._self_tuning = False
         self._self_retired = False
-        patched = _StateForward(self, own_forward)
-        module.forward = patched  # an instance attribute: nn.Module.__call__ calls it after the pre-hooks
-        weakref.finalize(self, _unpatch, module, patched, self._self_samples_dir)
+        self._self_routing = _Routing(module, _StateForward(self, own_forward))
+        _WRAPPERS[module] = weakref.ref(self)
+        weakref.finalize(self, _remove_samples, self._self_samples_dir)
 
     def _cache_root(self) -> Path:
         root = self._self_cache_dir or default_cache_dir()
@@ -247,9 +320,22 @@ class Module(wrapt.ObjectProxy):
             )
         token = _CALLING.set(self)
         try:
-            return self.__wrapped__(*args, **kwargs)  # nn.Module.__call__: hooks around the routed forward
+            with self._self_routing:
+                return self.__wrapped__(*args, **kwargs)  # nn.Module.__call__: hooks around the routed forward
         finally:
             _CALLING.reset(token)
+
+    def __copy__(self) -> torch.nn.Module:
+        """A shallow copy of the wrapped module: copies are eager (tuned state travels by save/load)."""
+        return copy.copy(self.__wrapped__)
+
+    def __deepcopy__(self, memo: dict) -> torch.nn.Module:
+        """A deep copy of the wrapped module, eager (so ``copy.deepcopy(parent)`` works too)."""
+        return copy.deepcopy(self.__wrapped__, memo)
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        """Pickles as the wrapped module (``torch.save(parent)`` works); tuned state travels by save/load."""
+        return self.__wrapped__.__reduce_ex__(protocol)
 
     def _dispatch(self, args: tuple, kwargs: dict) -> Any:
         """Route one forward call (hooks already applied) to the current state."""
@@ -291,15 +377,16 @@ class Module(wrapt.ObjectProxy):
 
     @property
     def graph_specs(self) -> list[GraphSpec]:
-        """Graph specs in the order first seen (recorded ones; the tuned ones after loading).
+        """Graph specs in the order first seen: the tuned ones while ``TUNED`` (also after loading),
+        else the recorded ones (also while passthrough).
 
         Raises:
             NoSamplesError: nothing was recorded and the module is not tuned.
         """
-        if len(self._self_recorder):
-            return self._self_recorder.graph_specs()
         if isinstance(self._self_handler, TunedModule):
             return [g.spec for g in self._self_handler.graphs]
+        if len(self._self_recorder):
+            return self._self_recorder.graph_specs()
         raise NoSamplesError("Module has not recorded any samples. Cannot collect graph specs.")
 
     @property
@@ -363,6 +450,16 @@ class Module(wrapt.ObjectProxy):
             self.__wrapped__.to(self._self_offloaded_from)
         self._self_offloaded_from = None
 
+    def _restore_state(self, state: ModuleState) -> None:
+        """Put back an untuned state changed on this Module's behalf (used by :func:`aitune_triton.tune`)."""
+        if state is ModuleState.TUNED or isinstance(self._self_handler, TunedModule):
+            return
+        handlers = {ModuleState.INIT: None, ModuleState.PASSTHROUGH: PassthroughState()}
+        self._self_handler = handlers.get(state, RecordingState(self._self_recorder))
+
+    def _recorded_calls(self) -> int:
+        return sum(g.num_calls for g in self._self_recorder.graph_specs()) if len(self._self_recorder) else 0
+
     def activate(self) -> None:
         """Load the tuned backends' runtimes; no-op in passthrough.
 
@@ -421,6 +518,12 @@ class Module(wrapt.ObjectProxy):
             raise RecordingError(f"dynamic_shapes: {unused} match no tensor input of any graph spec; tensor inputs: {known}")
         device = torch.device(device) if device is not None else self.device
         plan = plan_strategies(self._self_recorder.graph_specs(), self._self_strategies, self._self_strategy, strategy)
+        if strategy is not None and all(chosen is not strategy for _, chosen in plan):
+            warnings.warn(
+                f"Module '{self._self_name}': the strategy passed to tune() is not used; the constructor's strategy "
+                "or strategies take precedence (AITune Module API).",
+                stacklevel=2,
+            )
         if dry_run:
             self._print_plan(plan, device)
             return
@@ -517,34 +620,45 @@ class Module(wrapt.ObjectProxy):
 
     @staticmethod
     def is_state_dict_valid(state_dict: Any) -> bool:
-        """Whether ``state_dict`` looks like the output of :meth:`to_dict`."""
-        return (
-            isinstance(state_dict, Mapping)
-            and state_dict.get("type") == STATE_DICT_TYPE
-            and isinstance(state_dict.get("name"), str)
-            and isinstance(state_dict.get("graphs"), list)
-            and isinstance(state_dict.get("signature"), list)
-        )
+        """Whether ``state_dict`` has the structure of :meth:`to_dict` output, checked down to each
+        graph spec's tensors and backend (artifact files are checked when loading)."""
+        return _state_dict_problem(state_dict) is None
 
     @classmethod
-    def from_dict(cls, module: torch.nn.Module, state_dict: Mapping[str, Any], device: str | torch.device | None = None) -> "Module":
+    def from_dict(
+        cls,
+        module: torch.nn.Module,
+        state_dict: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        name: str | None = None,
+    ) -> "Module":
         """Build a ``TUNED`` Module around ``module`` from :meth:`to_dict` output, without tuning.
 
         Args:
             module: The original ``torch.nn.Module``.
             state_dict: Output of :meth:`to_dict` (artifact paths must still exist).
             device: Device to run on; default the device each backend was tuned for.
+            name: Name of the new Module; default the stored name, with ``_2``, ``_3``...
+                appended (and a warning) when another live Module holds it.
 
         Returns:
-            A new ``TUNED`` Module named as in ``state_dict``.
+            A new ``TUNED`` Module.
 
         Raises:
             InvalidStateDictError: (a ValueError) ``state_dict`` is not in the format of
-                :meth:`to_dict`; the message starts with "Invalid dictionary format".
+                :meth:`to_dict`; the message starts with "Invalid dictionary format" and says what
+                is wrong.
         """
-        if not cls.is_state_dict_valid(state_dict):
-            raise InvalidStateDictError(_INVALID_STATE_DICT)
-        wrapped = cls(module, name=state_dict["name"], strict=state_dict.get("strict", True))
+        problem = _state_dict_problem(state_dict)
+        if problem:
+            raise InvalidStateDictError(f"{_INVALID_STATE_DICT} ({problem})")
+        if name is None:
+            stored = sanitize_name(state_dict["name"])
+            previous = _live_wrapper_of(module)
+            name = stored if previous is not None and previous.name == stored else unique_default_name(stored)
+            if name != stored:
+                warnings.warn(f"Module '{stored}' is alive, so this one is named '{name}'.", stacklevel=2)
+        wrapped = cls(module, name=name, strict=state_dict.get("strict", True))
         wrapped.load_tuned(state_dict, device)
         return wrapped
 
@@ -556,8 +670,9 @@ class Module(wrapt.ObjectProxy):
                 forward signature.
             ModuleStateError: the module is already tuned.
         """
-        if not self.is_state_dict_valid(state_dict):
-            raise InvalidStateDictError(_INVALID_STATE_DICT)
+        problem = _state_dict_problem(state_dict)
+        if problem:
+            raise InvalidStateDictError(f"{_INVALID_STATE_DICT} ({problem})")
         if isinstance(self._self_handler, TunedModule):
             raise ModuleStateError("Module is already tuned. Use enable_recording(force=True) to reset it first.")
         signature = ForwardSignature.from_dict(state_dict["signature"])
@@ -565,16 +680,22 @@ class Module(wrapt.ObjectProxy):
             raise InvalidStateDictError(
                 f"state_dict: recorded for forward{signature!r}, but this module's forward is {self._self_signature!r}"
             )
-        self._self_handler = TunedModule.from_dict(
-            self._self_name,
-            signature,
-            state_dict["graphs"],
-            self.__wrapped__,
-            torch.device(device) if device is not None else None,
-            state_dict.get("strict", True),
-            self._self_fallback,
-            self._self_forward,
-        )
+        try:
+            tuned = TunedModule.from_dict(
+                self._self_name,
+                signature,
+                state_dict["graphs"],
+                self.__wrapped__,
+                torch.device(device) if device is not None else None,
+                state_dict.get("strict", True),
+                self._self_fallback,
+                self._self_forward,
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            if isinstance(error, AITuneTritonError):
+                raise
+            raise InvalidStateDictError(f"{_INVALID_STATE_DICT} ({type(error).__name__}: {error})") from error
+        self._self_handler = tuned
 
 
 def _returning_wrapper(method_name: str) -> Callable[..., Any]:

@@ -32,4 +32,5 @@ class FirstWinsStrategy(TuneStrategy):
         self._backends = [resolve_backend(b) for b in backends]
 
     def candidates(self) -> list[Backend]:
+        """Fresh copies of the given backends, in the given order."""
         return [b.clone() for b in self._backends]

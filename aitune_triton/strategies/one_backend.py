@@ -27,4 +27,5 @@ class OneBackendStrategy(TuneStrategy):
         self._backend = resolve_backend(backend)
 
     def candidates(self) -> list[Backend]:
+        """A fresh copy of the one backend."""
         return [self._backend.clone()]

@@ -64,7 +64,11 @@ def compare_outputs(
 
 
 def raise_on_mismatch(name: str, mismatches: list[str]) -> None:
-    """Raise :class:`OutputMismatchError` listing every mismatch, when there is any."""
+    """Raise when ``mismatches`` is not empty.
+
+    Raises:
+        OutputMismatchError: listing every mismatch, prefixed by ``name``.
+    """
     if mismatches:
         raise OutputMismatchError(f"{name}: outputs differ from eager", mismatches)
 

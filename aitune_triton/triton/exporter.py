@@ -70,7 +70,11 @@ class ExportResult:
 
 
 def templates_dir() -> Path:
-    """Directory of the jinja2 templates: inside the installed package, else the source tree's ``templates/``."""
+    """Directory of the jinja2 templates: inside the installed package, else the source tree's ``templates/``.
+
+    Raises:
+        ExportError: neither exists (a broken installation).
+    """
     packaged = Path(__file__).resolve().parents[1] / "templates"
     if packaged.is_dir():
         return packaged

@@ -210,7 +210,11 @@ class TritonServer:
 
     @property
     def log_path(self) -> Path:
-        """The file holding the server log."""
+        """The file holding the server log.
+
+        Raises:
+            TritonServerError: the server was never started and no ``log_path`` was given.
+        """
         if self._log_path is None:
             raise TritonServerError("log_path: the server has not been started.")
         return self._log_path

@@ -249,3 +249,21 @@ def test_aoti_backend_compiles_and_matches_eager_inside_the_recorded_range(tmp_p
     assert not backend.active
     backend.activate()
     torch.testing.assert_close(_infer(backend, context, x)[1], _eager(net, x)[1], atol=1e-5, rtol=1e-5)
+
+
+def test_aoti_keeps_axes_apart_that_were_equal_in_every_recorded_call_and_exports_a_batch_range_of_1_to_2(tmp_path):
+    from aitune_triton import Module
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    module = Module(net, name="test_backends_square_aoti", strategy=OneBackendStrategy("aoti"), cache_dir=tmp_path)
+    with torch.no_grad():
+        for batch, side in ((1, 8), (2, 12), (1, 12)):  # square images only; batches 1 and 2 only
+            module(torch.randn(batch, 3, side, side))
+    module.tune()
+
+    x = torch.randn(2, 3, 8, 12)  # never square-tied by the model itself
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), net(x), atol=1e-5, rtol=1e-5)
+        channels_last = torch.randn(2, 3, 12, 8).to(memory_format=torch.channels_last)
+        torch.testing.assert_close(module(channels_last), net(channels_last), atol=1e-5, rtol=1e-5)

@@ -1179,7 +1179,8 @@ def test_pipeline_tune_records_every_live_module_at_the_given_batch_sizes_and_tu
     results = aitune_triton.tune(pipeline, dataset, batch_sizes=[1, 3])
 
     assert (results[enc.name], results[head.name], results[idle.name]) == ("tuned", "tuned", "not called")
-    assert (enc.state, head.state, idle.state) == (ModuleState.TUNED, ModuleState.TUNED, ModuleState.PASSTHROUGH)
+    # a Module the pipeline never called keeps its earlier state (INIT: its first call still records)
+    assert (enc.state, head.state, idle.state) == (ModuleState.TUNED, ModuleState.TUNED, ModuleState.INIT)
     assert _chosen(head) == ["onnxruntime"]
     (graph,) = enc.graph_specs
     assert graph.num_calls == 6 + 2  # six batches of 1, two of 3
@@ -1230,3 +1231,105 @@ def test_pipeline_tune_dry_run_records_and_tunes_nothing(unique_name, no_stray_m
     assert results[unique_name] == "dry run"
     assert module.state is ModuleState.RECORDING
     assert f"Dry run for '{unique_name}'" in capsys.readouterr().err
+
+
+def test_pipeline_tune_gives_every_module_its_earlier_state_back_when_the_pipeline_raises(unique_name, no_stray_modules):
+    fresh = Module(Lin().eval(), name=f"{unique_name}_fresh", strategy=EAGER)
+    quiet = Module(Lin().eval(), name=f"{unique_name}_quiet", strategy=EAGER)
+    quiet.enable_passthrough()
+
+    def pipeline(x):
+        fresh(x)
+        raise RuntimeError("pipeline broke")
+
+    with pytest.raises(RuntimeError, match="pipeline broke"):
+        aitune_triton.tune(pipeline, [torch.randn(4)])
+
+    assert (fresh.state, quiet.state) == (ModuleState.INIT, ModuleState.PASSTHROUGH)
+
+
+# ------------------------------------------------------------------- copies, pickles, reloads
+def test_copies_and_pickles_of_a_wrapper_and_of_its_bare_module_are_eager_copies_of_the_module(unique_name):
+    import copy
+    import pickle
+
+    net = Lin().eval()
+    module = Module(net, name=unique_name, strategy=ORT)
+    _record(module, batches=(1, 3))
+    module.tune()
+    parent = torch.nn.Sequential(module)
+    x = torch.randn(2, 4)
+
+    for clone in (copy.deepcopy(module), copy.copy(module), pickle.loads(pickle.dumps(module)), pickle.loads(pickle.dumps(net))):
+        assert type(clone) is Lin and not isinstance(clone, Module)
+        torch.testing.assert_close(clone(x), _reference(net, x))
+    parent_copy = copy.deepcopy(parent)
+    assert type(parent_copy[0]) is Lin
+    buffer = io.BytesIO()
+    torch.save(parent, buffer)  # the whole parent, wrapped child included
+    assert module.state is ModuleState.TUNED and "forward" not in net.__dict__
+
+
+def test_from_dict_while_the_tuned_module_is_alive_takes_a_suffixed_name_with_a_warning(unique_name):
+    import copy
+
+    net = Lin().eval()
+    module = Module(net, name=unique_name, strategy=ORT)
+    _record(module, batches=(1, 3))
+    module.tune()
+    state = module.to_dict()
+
+    with pytest.warns(UserWarning, match=f"Module '{unique_name}' is alive, so this one is named '{unique_name}_2'"):
+        twin = Module.from_dict(copy.deepcopy(net), state)
+    named = Module.from_dict(copy.deepcopy(net), state, name=f"{unique_name}_chosen")
+
+    x = torch.randn(2, 4)
+    assert (twin.name, named.name) == (f"{unique_name}_2", f"{unique_name}_chosen")
+    for loaded in (twin, named):
+        assert loaded.state is ModuleState.TUNED
+        torch.testing.assert_close(loaded(x), module(x))
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"graphs": []}, "'graphs' is not a non-empty list"),
+        ({"graphs": [{}]}, "graphs[0].graph is not a graph spec description"),
+        ({"graphs": [1]}, "graphs[0].graph is not a graph spec description"),
+        ({"signature": [1]}, "'signature' is not a list of parameters"),
+    ],
+)
+def test_state_dicts_broken_below_the_top_level_are_invalid_and_from_dict_says_what_is_wrong(unique_name, change, problem):
+    module = Module(Lin().eval(), name=unique_name, strategy=EAGER)
+    _record(module, batches=(1, 3))
+    module.tune()
+    broken = {**module.to_dict(), **change}
+
+    assert not Module.is_state_dict_valid(broken)
+    with pytest.raises(ValueError, match=r"^Invalid dictionary format") as raised:
+        Module.from_dict(Lin().eval(), broken)
+    assert problem in str(raised.value)
+
+
+def test_graph_specs_of_a_tuned_module_are_the_tuned_ones(unique_name):
+    module = Module(torch.nn.Linear(4, 3).eval(), name=unique_name, strategy=EAGER)
+    _record(module, batches=(1, 4))
+    module.tune()
+
+    assert [g.batch_independent for g in module.graph_specs] == [True]
+    assert module.graph_specs == [g.spec for g in module.tuned_graphs]
+
+
+def test_max_samples_below_one_is_refused_at_construction(unique_name):
+    with pytest.raises(ValueError, match="max_samples: expected an integer >= 1, got 0"):
+        Module(Lin(), name=unique_name, max_samples=0)
+
+
+def test_tune_warns_when_the_constructor_strategy_overrides_the_one_passed_to_tune(unique_name):
+    module = Module(Lin().eval(), name=unique_name, strategy=EAGER)
+    _record(module, batches=(1, 3))
+
+    with pytest.warns(UserWarning, match="the strategy passed to tune\\(\\) is not used"):
+        module.tune(strategy=ORT)
+
+    assert _chosen(module) == ["eager"]
