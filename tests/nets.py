@@ -16,3 +16,12 @@ class TwoInputNet(torch.nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, scale: float = 1.0):
         hidden = torch.relu(self.a(x) + (self.b(y) if y is not None else 0)) * scale
         return {"hidden": [hidden, hidden.sum(-1)], "logits": hidden[:, :3]}
+
+
+
+def record_two_specs(module: torch.nn.Module, batches: tuple[int, ...] = (1, 3, 5)) -> None:
+    """Record a TwoInputNet wrapper with two graph specs, ``(x, y)`` and ``(x,)``, at ``batches``."""
+    with torch.no_grad():
+        for batch in batches:
+            module(torch.randn(batch, 8), torch.randn(batch, 4))
+            module(torch.randn(batch, 8))

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from nets import TwoInputNet
+from nets import TwoInputNet, record_two_specs
 from click.testing import CliRunner
 
 import aitune_triton
@@ -29,9 +29,7 @@ def checkpoint(tmp_path_factory):
         strategy=OneBackendStrategy("onnxruntime"),
         cache_dir=root / "cache",
     )
-    for batch in (1, 3, 5):
-        module(torch.randn(batch, 8), torch.randn(batch, 4))
-        module(torch.randn(batch, 8))
+    record_two_specs(module)
     module.tune()
     path = aitune_triton.save(module, root / "checkpoint")
     del module

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from nets import TwoInputNet
+from nets import TwoInputNet, record_two_specs
 
 import aitune_triton
 from aitune_triton import Module, OneBackendStrategy
@@ -29,9 +29,7 @@ GRAPH_MODELS = [f"{MODULE_NAME}.graph_0", f"{MODULE_NAME}.graph_1"]
 
 def _record(module):
     torch.manual_seed(1)
-    for batch in (1, 3, 5):
-        module(torch.randn(batch, 8), torch.randn(batch, 4))
-        module(torch.randn(batch, 8))
+    record_two_specs(module)
 
 
 @pytest.fixture(scope="module")

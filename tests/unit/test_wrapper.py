@@ -235,6 +235,8 @@ def test_training_mode_tuning_warns(unique_name):
     with pytest.warns(UserWarning, match="is in training mode"):
         module.tune()
 
+    assert module.state is ModuleState.TUNED  # a warning, not a refusal
+
 
 def test_failed_tuning_leaves_the_recording_in_place(two_input_net, unique_name):
     module = Module(two_input_net, name=unique_name)
