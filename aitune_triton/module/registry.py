@@ -7,7 +7,7 @@ from typing import Any
 
 from aitune_triton.errors import InvalidNameError
 
-__all__ = ["claim_name", "live_modules", "release_name", "unique_default_name"]
+__all__ = ["claim_name", "live_modules", "unique_default_name"]
 
 _LIVE: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
 
@@ -34,12 +34,6 @@ def unique_default_name(base: str) -> str:
         counter += 1
         name = f"{base}_{counter}"
     return name
-
-
-def release_name(name: str, module: Any) -> None:
-    """Free ``name`` if ``module`` holds it."""
-    if _LIVE.get(name) is module:
-        del _LIVE[name]
 
 
 def live_modules() -> list[Any]:
