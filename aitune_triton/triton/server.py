@@ -335,11 +335,11 @@ class TritonServer:
             self._reader.join(timeout=5)
             self._reader = None
         if self._workdir is not None:
-            if self._own_log and not self.error_lines():
+            if self._own_log and self.error_lines():  # keep the log of a failed run for reading
+                shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+            else:
                 shutil.rmtree(self._workdir, ignore_errors=True)
                 self._workdir = None
-            else:
-                shutil.rmtree(self._workdir / "backends", ignore_errors=True)
 
     def is_running(self) -> bool:
         """Whether the server process is alive."""

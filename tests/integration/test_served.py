@@ -246,7 +246,7 @@ def test_a_server_on_a_repository_with_a_broken_model_raises_with_the_model_erro
         "    def execute(self, requests):\n"
         "        return []\n"
     )
-    server = TritonServer(tmp_path / "repo", show_progress=False, timeout_s=120)
+    server = TritonServer(tmp_path / "repo", log_path=tmp_path / "server.log", show_progress=False, timeout_s=120)
 
     started = time.monotonic()
     with pytest.raises(TritonServerError) as raised:
@@ -257,6 +257,7 @@ def test_a_server_on_a_repository_with_a_broken_model_raises_with_the_model_erro
     assert "initialize failed on purpose: 7f3a" in str(raised.value)
     assert not server.is_running()
     assert _processes_mentioning(str(tmp_path / "repo")) == []
+    assert "initialize failed on purpose: 7f3a" in (tmp_path / "server.log").read_text()  # the log given is kept
 
 
 def test_stopping_a_server_leaves_no_tritonserver_or_stub_process_behind(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -198,7 +199,9 @@ def test_a_server_whose_python_parent_is_killed_stops_too(served, tmp_path):
         "print(server._process.pid, flush=True)\n"
         "time.sleep(600)\n"
     )
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    # TMPDIR: the killed parent cannot remove its temporary server directory; keep it in tmp_path.
+    environment = {**os.environ, "TMPDIR": str(tmp_path)}
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=environment)
     try:
         server_pid = int(parent.stdout.readline())
         parent.kill()  # SIGKILL: no finalizer, no atexit
