@@ -14,6 +14,7 @@ for a lone tensor and an ``output.`` prefix when the top level is a sequence (``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ __all__ = [
     "TensorSpec",
     "axis_range",
     "dtype_from_name",
+    "range_violations",
     "dtype_name",
     "flatten_call",
     "flatten_output",
@@ -318,11 +320,23 @@ class CallStructure:
         return signature.unbind(pytree.tree_unflatten(leaves, self.flat.treespec))
 
 
-def _treespec_key(treespec: pytree.TreeSpec) -> Any:
+def _treespec_text(treespec: pytree.TreeSpec) -> str:
     try:
-        return json.loads(pytree.treespec_dumps(treespec))
+        tree = json.loads(pytree.treespec_dumps(treespec))
     except Exception:  # an unregistered container still gets a stable key from its repr
-        return repr(treespec)
+        tree = repr(treespec)
+    return json.dumps(tree, separators=(",", ":"))
+
+
+_cached_treespec_text = functools.lru_cache(maxsize=1024)(_treespec_text)
+
+
+def _treespec_key(treespec: pytree.TreeSpec) -> str:
+    """Compact JSON of a call's structure; cached, since every tuned call computes its key."""
+    try:
+        return _cached_treespec_text(treespec)
+    except TypeError:  # a node context that cannot be hashed
+        return _treespec_text(treespec)
 
 
 def flatten_call(signature: ForwardSignature, args: tuple, kwargs: dict, strict: bool = True) -> CallStructure:
@@ -332,7 +346,8 @@ def flatten_call(signature: ForwardSignature, args: tuple, kwargs: dict, strict:
         TypeError: the arguments do not fit the signature.
     """
     flat = _flatten(signature.bind(args, kwargs), root=None)
-    key = json.dumps({"tree": _treespec_key(flat.treespec), "leaves": flat.leaf_descriptions(strict)}, separators=(",", ":"))
+    leaves = json.dumps(flat.leaf_descriptions(strict), separators=(",", ":"))
+    key = f'{{"tree":{_treespec_key(flat.treespec)},"leaves":{leaves}}}'
     return CallStructure(args, kwargs, flat, key)
 
 
@@ -415,6 +430,24 @@ class TensorSpec:
         return cls(**data)
 
 
+def range_violations(
+    paths: Sequence[str], ranges: Sequence[Sequence[tuple[int, int]]], shapes: Sequence[Sequence[int]]
+) -> list[str]:
+    """One line ``path axis N: size S outside LO..HI`` per tensor axis outside its ``[min, max]``.
+
+    Args:
+        paths: Leaf path of each tensor.
+        ranges: Per tensor, per axis, the ``(min, max)`` size accepted.
+        shapes: Per tensor, its shape.
+    """
+    found = []
+    for path, axis_ranges, shape in zip(paths, ranges, shapes):
+        for axis, ((low, high), size) in enumerate(zip(axis_ranges, shape)):
+            if not low <= size <= high:
+                found.append(f"{path} axis {axis}: size {size} outside {low}..{high}")
+    return found
+
+
 def axis_range(spec: TensorSpec, axis: int, dims: dict[str, Any]) -> tuple[int, int]:
     """``(min, max)`` size of ``spec``'s ``axis``: its dimension's range (``dims[name]``) when the
     axis is dynamic, else the one size recorded."""
@@ -464,18 +497,9 @@ class GraphSpec:
         return axis_range(spec, axis, self.dims)
 
     def shape_violations(self, shapes: Sequence[tuple[int, ...]]) -> list[str]:
-        """Per input tensor axis outside its range, one line ``path axis N: size S outside LO..HI``.
-
-        Args:
-            shapes: Shapes of a call's tensor inputs, in flattening order.
-        """
-        found = []
-        for spec, shape in zip(self.inputs, shapes):
-            for axis, size in enumerate(shape):
-                low, high = self.axis_range(spec, axis)
-                if not low <= size <= high:
-                    found.append(f"{spec.path} axis {axis}: size {size} outside {low}..{high}")
-        return found
+        """See :func:`range_violations`; ``shapes`` are a call's tensor input shapes in flattening order."""
+        ranges = [[self.axis_range(spec, axis) for axis in range(spec.rank)] for spec in self.inputs]
+        return range_violations([spec.path for spec in self.inputs], ranges, shapes)
 
     def __hash__(self) -> int:
         # Hashable by its input structure, so it can key a ``strategies`` dict.

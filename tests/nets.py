@@ -25,3 +25,21 @@ def record_two_specs(module: torch.nn.Module, batches: tuple[int, ...] = (1, 3, 
         for batch in batches:
             module(torch.randn(batch, 8), torch.randn(batch, 4))
             module(torch.randn(batch, 8))
+
+
+def tuned_two_input_net(name: str, root):
+    """A TwoInputNet (seed 0) wrapped as ``name``, recorded with :func:`record_two_specs`, tuned with
+    ONNX Runtime (tuning cache under ``root``) and saved to ``root/checkpoint``.
+
+    Returns:
+        ``(module, checkpoint path)``.
+    """
+    import aitune_triton
+
+    torch.manual_seed(0)
+    module = aitune_triton.Module(
+        TwoInputNet().eval(), name=name, strategy=aitune_triton.OneBackendStrategy("onnxruntime"), cache_dir=root / "cache"
+    )
+    record_two_specs(module)
+    module.tune()
+    return module, aitune_triton.save(module, root / "checkpoint")

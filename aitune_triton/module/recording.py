@@ -181,6 +181,11 @@ class Recorder:
     def __len__(self) -> int:
         return len(self._graphs)
 
+    @property
+    def num_calls(self) -> int:
+        """Calls recorded over every graph spec."""
+        return sum(len(record.input_shapes) for record in self._graphs.values())
+
     def record(self, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """Run ``forward(*args, **kwargs)``, record the call and return the output unchanged.
 

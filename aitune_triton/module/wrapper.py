@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import os
 import shutil
 import tempfile
-import threading
 import uuid
 import warnings
 import weakref
@@ -28,11 +26,13 @@ from aitune_triton.errors import (
     NoSamplesError,
     RecordingError,
 )
+from aitune_triton.module.description import STATE_DICT_FORMAT_VERSION, STATE_DICT_KEY, STATE_DICT_TYPE, state_dict_problem
 from aitune_triton.module.dims import DimDecl, validate_dynamic_shapes
 from aitune_triton.module.passthrough import PassthroughState
 from aitune_triton.module.recording import Recorder, RecordingState
 from aitune_triton.module.samples import SampleStore
 from aitune_triton.module.registry import claim_name, unique_default_name
+from aitune_triton.module.routing import CALLING, Routing, StateForward, live_wrapper_of, own_forward, register_wrapper
 from aitune_triton.spec import ForwardSignature, GraphSpec
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.tuned import TunedGraph, TunedModule
@@ -42,10 +42,6 @@ from aitune_triton.strategies import TuneStrategy
 
 __all__ = ["Module", "STATE_DICT_KEY", "STATE_DICT_TYPE", "default_cache_dir"]
 
-STATE_DICT_TYPE = "aitune_triton.Module"
-STATE_DICT_FORMAT_VERSION = 1
-#: Key of the tuned description in a parent module's ``state_dict()`` (after the submodule prefix).
-STATE_DICT_KEY = "_aitune_triton"
 _OFFLOAD_TARGETS = (None, "cpu", "meta")
 _INVALID_STATE_DICT = (
     "Invalid dictionary format: expected the output of Module.to_dict() (a dict with 'type': "
@@ -62,118 +58,11 @@ def default_cache_dir() -> Path:
     return base / "aitune_triton"
 
 
-# The wrapper whose __call__ is running the wrapped module right now (per thread and task).
-_CALLING: contextvars.ContextVar[Any] = contextvars.ContextVar("aitune_triton_calling", default=None)
-
-
-class _StateForward:
-    """Installed as the wrapped module's ``forward`` while calls through the wrapper run (see
-    :class:`_Routing`). A call made through the wrapper reaches it after ``nn.Module.__call__`` ran
-    the hooks and is routed to the wrapper's current state; a call of the bare module in another
-    thread meanwhile runs the module's own forward, as before wrapping. Holds the wrapper weakly."""
-
-    def __init__(self, wrapper: "Module", original: Callable[..., Any]):
-        self._wrapper = weakref.ref(wrapper)
-        self.original = original
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        wrapper = self._wrapper()
-        if wrapper is None or _CALLING.get() is not wrapper:
-            return self.original(*args, **kwargs)
-        token = _CALLING.set(None)
-        try:
-            return wrapper._dispatch(args, kwargs)
-        finally:
-            _CALLING.reset(token)
-
-
-_NOTHING = object()
-
-
-class _Routing:
-    """Puts the router in the module's ``__dict__`` as ``forward`` while at least one call through
-    the wrapper runs, and puts back what was there afterwards. At rest the module carries nothing
-    of the wrapper, so it pickles, deep-copies and runs exactly as before wrapping."""
-
-    def __init__(self, module: torch.nn.Module, router: _StateForward):
-        self._module = module
-        self._router = router
-        self._active = 0
-        self._saved: Any = _NOTHING
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._active == 0:
-                self._saved = self._module.__dict__.get("forward", _NOTHING)
-                self._module.__dict__["forward"] = self._router
-            self._active += 1
-
-    def __exit__(self, *exc_info: object) -> None:
-        with self._lock:
-            self._active -= 1
-            if self._active == 0:
-                if self._saved is _NOTHING:
-                    self._module.__dict__.pop("forward", None)
-                else:
-                    self._module.__dict__["forward"] = self._saved
-
-
-# torch module -> its live wrapper (both held weakly).
-_WRAPPERS: "weakref.WeakKeyDictionary[torch.nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
-
-
-def _live_wrapper_of(module: torch.nn.Module) -> "Module | None":
-    """The live, not retired Module wrapping ``module``, if any."""
-    reference = _WRAPPERS.get(module)
-    wrapper = reference() if reference is not None else None
-    return wrapper if wrapper is not None and not wrapper._self_retired else None
-
-
-def _own_forward(module: torch.nn.Module) -> Callable[..., Any]:
-    """The module's own forward: an instance-level one if the user set one, else the class's."""
-    forward = module.__dict__.get("forward")
-    if isinstance(forward, _StateForward):  # created while a call through another wrapper runs
-        forward = forward.original
-    return forward or type(module).forward.__get__(module)
-
-
 def _sanitized_with_warning(name: str) -> str:
     cleaned = sanitize_name(name)
     if cleaned != name:
         warnings.warn(f"name: {name!r} is used as {cleaned!r} (file and Triton model names allow [A-Za-z0-9_.-]).", stacklevel=3)
     return cleaned
-
-
-def _state_dict_problem(state_dict: Any) -> str | None:
-    """What makes ``state_dict`` unlike :meth:`Module.to_dict` output, or None."""
-    if not isinstance(state_dict, Mapping):
-        return f"expected a dict, got {type(state_dict).__name__}"
-    if state_dict.get("type") != STATE_DICT_TYPE:
-        return f"'type' is {state_dict.get('type')!r}"
-    if not isinstance(state_dict.get("name"), str):
-        return "'name' is not a string"
-    signature = state_dict.get("signature")
-    if not isinstance(signature, list) or not all(
-        isinstance(p, Mapping) and isinstance(p.get("name"), str) and isinstance(p.get("kind"), str) for p in signature
-    ):
-        return "'signature' is not a list of parameters"
-    graphs = state_dict.get("graphs")
-    if not isinstance(graphs, list) or not graphs:
-        return "'graphs' is not a non-empty list"
-    for index, entry in enumerate(graphs):
-        graph = entry.get("graph") if isinstance(entry, Mapping) else None
-        backend = entry.get("backend") if isinstance(entry, Mapping) else None
-        if not isinstance(graph, Mapping) or not all(
-            isinstance(graph.get(key), kind)
-            for key, kind in (("name", str), ("key", str), ("inputs", list), ("outputs", list), ("output_treespec", str))
-        ):
-            return f"graphs[{index}].graph is not a graph spec description"
-        if not isinstance(backend, Mapping) or not isinstance(backend.get("name"), str):
-            return f"graphs[{index}].backend has no name"
-        if not isinstance(backend.get("artifacts", {}), Mapping):
-            return f"graphs[{index}].backend.artifacts is not a dict"
-    return None
 
 
 def _remove_samples(samples_dir: Path) -> None:
@@ -264,7 +153,7 @@ class Module(wrapt.ObjectProxy):
             raise InvalidArgumentError(f"offload: expected one of {list(_OFFLOAD_TARGETS)}, got {offload!r}")
         declared = validate_dynamic_shapes(dynamic_shapes)
         SampleStore(max_samples)  # validates max_samples now, not at the first call
-        previous = _live_wrapper_of(module)
+        previous = live_wrapper_of(module)
         if name is None:
             name = previous.name if previous is not None else unique_default_name(sanitize_name(type(module).__name__))
         else:
@@ -291,17 +180,17 @@ class Module(wrapt.ObjectProxy):
         self._self_offload = offload
         self._self_offloaded_from: torch.device | None = None
         self._self_cache_dir = Path(cache_dir) if cache_dir is not None else None
-        own_forward = _own_forward(module)
-        self._self_forward = own_forward
-        self._self_signature = ForwardSignature.from_callable(own_forward)
+        forward = own_forward(module)
+        self._self_forward = forward
+        self._self_signature = ForwardSignature.from_callable(forward)
         # Created on the first recorded call; removed with the wrapper.
         self._self_samples_dir = (self._self_cache_dir or default_cache_dir()) / f"{name}-samples-{uuid.uuid4().hex[:12]}"
         self._self_recorder = self._new_recorder(max_samples, declared)
         self._self_handler: Any = None  # None means INIT
         self._self_tuning = False
         self._self_retired = False
-        self._self_routing = _Routing(module, _StateForward(self, own_forward))
-        _WRAPPERS[module] = weakref.ref(self)
+        self._self_routing = Routing(module, StateForward(self, forward))
+        register_wrapper(module, self)
         weakref.finalize(self, _remove_samples, self._self_samples_dir)
 
     def _cache_root(self) -> Path:
@@ -318,12 +207,12 @@ class Module(wrapt.ObjectProxy):
             raise ModuleStateError(
                 f"Module '{self._self_name}' was replaced by a newer Module wrapping the same torch module; call that one."
             )
-        token = _CALLING.set(self)
+        token = CALLING.set(self)
         try:
             with self._self_routing:
                 return self.__wrapped__(*args, **kwargs)  # nn.Module.__call__: hooks around the routed forward
         finally:
-            _CALLING.reset(token)
+            CALLING.reset(token)
 
     def __copy__(self) -> torch.nn.Module:
         """A shallow copy of the wrapped module: copies are eager (tuned state travels by save/load)."""
@@ -458,7 +347,7 @@ class Module(wrapt.ObjectProxy):
         self._self_handler = handlers.get(state, RecordingState(self._self_recorder))
 
     def _recorded_calls(self) -> int:
-        return sum(g.num_calls for g in self._self_recorder.graph_specs()) if len(self._self_recorder) else 0
+        return self._self_recorder.num_calls
 
     def activate(self) -> None:
         """Load the tuned backends' runtimes; no-op in passthrough.
@@ -622,7 +511,7 @@ class Module(wrapt.ObjectProxy):
     def is_state_dict_valid(state_dict: Any) -> bool:
         """Whether ``state_dict`` has the structure of :meth:`to_dict` output, checked down to each
         graph spec's tensors and backend (artifact files are checked when loading)."""
-        return _state_dict_problem(state_dict) is None
+        return state_dict_problem(state_dict) is None
 
     @classmethod
     def from_dict(
@@ -649,12 +538,12 @@ class Module(wrapt.ObjectProxy):
                 :meth:`to_dict`; the message starts with "Invalid dictionary format" and says what
                 is wrong.
         """
-        problem = _state_dict_problem(state_dict)
+        problem = state_dict_problem(state_dict)
         if problem:
             raise InvalidStateDictError(f"{_INVALID_STATE_DICT} ({problem})")
         if name is None:
             stored = sanitize_name(state_dict["name"])
-            previous = _live_wrapper_of(module)
+            previous = live_wrapper_of(module)
             name = stored if previous is not None and previous.name == stored else unique_default_name(stored)
             if name != stored:
                 warnings.warn(f"Module '{stored}' is alive, so this one is named '{name}'.", stacklevel=2)
@@ -670,7 +559,7 @@ class Module(wrapt.ObjectProxy):
                 forward signature.
             ModuleStateError: the module is already tuned.
         """
-        problem = _state_dict_problem(state_dict)
+        problem = state_dict_problem(state_dict)
         if problem:
             raise InvalidStateDictError(f"{_INVALID_STATE_DICT} ({problem})")
         if isinstance(self._self_handler, TunedModule):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from aitune_triton.errors import GraphSpecMismatchError, InvalidArgumentError, RemoteInferenceError
-from aitune_triton.spec import ForwardSignature, flatten_call, rebuild_output, treespec_from_json
+from aitune_triton.spec import ForwardSignature, flatten_call, range_violations, rebuild_output, treespec_from_json
 from aitune_triton.triton.config import ROUTES_PARAMETER
 from aitune_triton.triton.io import ModelIO
 
@@ -170,16 +170,15 @@ class RemoteModule:
     @staticmethod
     def _check_shapes(io: ModelIO, tensors: list[torch.Tensor]) -> None:
         """Refuse a call outside the exported shape ranges before it travels, with a hint."""
-        for tensor_io, tensor in zip(io.inputs, tensors):
-            for axis, ((low, high), size) in enumerate(zip(tensor_io.ranges, tensor.shape)):
-                if not low <= size <= high:
-                    what = f"batch size {size} is above max_batch_size {high}" if axis == tensor_io.batch_axis and size > high else (
-                        f"size {size} is outside the exported range {low}..{high}"
-                    )
-                    raise GraphSpecMismatchError(
-                        f"{io.model_name}: input {tensor_io.path!r} axis {axis}: {what}. Split the call, or record calls "
-                        "of this size (or declare DynamicDim/BatchDim ranges), tune and export again."
-                    )
+        violations = range_violations(
+            [t.path for t in io.inputs], [t.ranges for t in io.inputs], [tuple(t.shape) for t in tensors]
+        )
+        if violations:
+            batch = f" (max_batch_size {io.max_batch_size})" if io.max_batch_size else ""
+            raise GraphSpecMismatchError(
+                f"{io.model_name}: the call is outside the exported shape ranges{batch}: {'; '.join(violations)}. Split "
+                "the call, or record calls of this size (or declare DynamicDim/BatchDim ranges), tune and export again."
+            )
 
     def close(self) -> None:
         """Close every client connection this RemoteModule opened."""

@@ -71,7 +71,7 @@ def test_remote_module_refuses_a_call_outside_the_exported_range_before_it_trave
     with RemoteModule(served.server.grpc_url, SCALAR_MODEL) as remote, pytest.raises(GraphSpecMismatchError) as raised:
         remote(torch.randn(2, 7))
 
-    assert "input 'x' axis 1: size 7 is outside the exported range 3..5" in str(raised.value)
+    assert "the call is outside the exported shape ranges: x axis 1: size 7 outside 3..5" in str(raised.value)
 
 
 def test_a_module_whose_samples_depend_on_the_batch_is_exported_without_batching(served):

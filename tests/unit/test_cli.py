@@ -6,11 +6,10 @@ import re
 
 import pytest
 import torch
-from nets import TwoInputNet, record_two_specs
+from nets import tuned_two_input_net
 from click.testing import CliRunner
 
 import aitune_triton
-from aitune_triton import Module, OneBackendStrategy
 from aitune_triton.cli import main
 from aitune_triton.triton.config import read_model_config
 
@@ -21,17 +20,7 @@ MODULE_NAME = "test_cli_two_input_net"
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """Checkpoint of a TwoInputNet tuned with ONNX Runtime for (x, y) and (x,) at batch sizes 1, 3, 5."""
-    root = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    module = Module(
-        TwoInputNet().eval(),
-        name=MODULE_NAME,
-        strategy=OneBackendStrategy("onnxruntime"),
-        cache_dir=root / "cache",
-    )
-    record_two_specs(module)
-    module.tune()
-    path = aitune_triton.save(module, root / "checkpoint")
+    module, path = tuned_two_input_net(MODULE_NAME, tmp_path_factory.mktemp("cli"))
     del module
     return path
 

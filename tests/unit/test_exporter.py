@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from nets import TwoInputNet, record_two_specs
+from nets import record_two_specs, tuned_two_input_net
 
-import aitune_triton
 from aitune_triton import Module, OneBackendStrategy
 from aitune_triton.errors import CheckpointError, ExportError, InvalidNameError
 from aitune_triton.triton.config import ROUTES_PARAMETER, TritonModelOptions, read_model_config
@@ -27,25 +26,10 @@ GRAPH_MODELS = [f"{MODULE_NAME}.graph_0", f"{MODULE_NAME}.graph_1"]
 
 
 
-def _record(module):
-    torch.manual_seed(1)
-    record_two_specs(module)
-
-
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     """A TwoInputNet tuned with ONNX Runtime for (x, y) and (x,), and its checkpoint."""
-    root = tmp_path_factory.mktemp("exporter")
-    torch.manual_seed(0)
-    module = Module(
-        TwoInputNet().eval(),
-        name=MODULE_NAME,
-        strategy=OneBackendStrategy("onnxruntime"),
-        cache_dir=root / "cache",
-    )
-    _record(module)
-    module.tune()
-    checkpoint = aitune_triton.save(module, root / "checkpoint")
+    module, checkpoint = tuned_two_input_net(MODULE_NAME, tmp_path_factory.mktemp("exporter"))
     yield module, checkpoint
     del module
 
@@ -244,7 +228,7 @@ def test_a_graph_tuned_with_the_eager_backend_raises_naming_that_graph(two_input
         name=unique_name,
         strategies=[OneBackendStrategy("onnxruntime"), OneBackendStrategy("eager")],
     )
-    _record(module)
+    record_two_specs(module)
     module.tune()
     assert [g.backend.name for g in module.tuned_graphs] == ["onnxruntime", "eager"]
     repository = tmp_path / "repo"
@@ -259,7 +243,7 @@ def test_a_graph_tuned_with_the_eager_backend_raises_naming_that_graph(two_input
 
 def test_a_failure_while_writing_leaves_no_model_directory_and_no_staging_directory(two_input_net, unique_name, tmp_path):
     module = Module(two_input_net, name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
-    _record(module)
+    record_two_specs(module)
     module.tune()
     # The second graph's artifact disappears (a cleared tuning cache): the first graph model is
     # already staged when the export fails.
