@@ -18,6 +18,8 @@ logger = logging.getLogger("aitune_triton")
 
 
 def _batches(items: list[Any], batch_sizes: Sequence[int]) -> Iterable[Any]:
+    if not batch_sizes:
+        raise InvalidArgumentError("batch_sizes: expected None or a non-empty list of positive integers, got []")
     for batch_size in batch_sizes:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgumentError(f"batch_sizes: expected positive integers, got {list(batch_sizes)!r}")
@@ -59,7 +61,7 @@ def tune(
     """
     modules = [m for m in live_modules() if m.state is not ModuleState.TUNED]
     items = list(dataset)
-    batches = list(_batches(items, batch_sizes)) if batch_sizes else items
+    batches = list(_batches(items, batch_sizes)) if batch_sizes is not None else items
     before = {m.name: (m.state, m._recorded_calls()) for m in modules}
     for module in modules:
         module.enable_recording()

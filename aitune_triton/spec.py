@@ -32,6 +32,7 @@ __all__ = [
     "axis_range",
     "dtype_from_name",
     "range_violations",
+    "tie_violations",
     "dtype_name",
     "flatten_call",
     "flatten_output",
@@ -228,6 +229,10 @@ class ForwardSignature:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ForwardSignature) and self.parameters == other.parameters
+
+    def describe(self) -> str:
+        """The parameter list, e.g. ``(x, y=..., *args, **kwargs)``."""
+        return str(self._signature)
 
     def __repr__(self) -> str:
         return f"ForwardSignature{self._signature}"
@@ -445,6 +450,42 @@ def range_violations(
         for axis, ((low, high), size) in enumerate(zip(axis_ranges, shape)):
             if not low <= size <= high:
                 found.append(f"{path} axis {axis}: size {size} outside {low}..{high}")
+    return found
+
+
+def tie_violations(
+    paths: Sequence[str], axes: Sequence[Sequence[int | str]], shapes: Sequence[Sequence[int]]
+) -> list[str]:
+    """What breaks the input contract an exported artifact was built with.
+
+    ``torch.export`` decides which input axes the model needs equal (a token axis shared by
+    ``input_ids`` and ``attention_mask``, say) and which it fixed to one size; compiled code relies
+    on that without checking it. Axes that share a symbol must have equal sizes, and an axis fixed
+    to an integer must have that size.
+
+    Args:
+        paths: Leaf path of each input tensor.
+        axes: Per tensor, per axis, the integer size fixed by export or the symbol of its size.
+        shapes: Per tensor, its shape.
+
+    Returns:
+        One line per broken tie or fixed size.
+    """
+    found: list[str] = []
+    first: dict[str, tuple[str, int, int]] = {}
+    for path, tensor_axes, shape in zip(paths, axes, shapes):
+        for axis, (expected, size) in enumerate(zip(tensor_axes, shape)):
+            if isinstance(expected, int):
+                if size != expected:
+                    found.append(f"{path} axis {axis}: size {size}, but the artifact was built for size {expected} only")
+            elif expected not in first:
+                first[expected] = (path, axis, size)
+            elif first[expected][2] != size:
+                other, other_axis, other_size = first[expected]
+                found.append(
+                    f"{path} axis {axis}: size {size} differs from {other} axis {other_axis} (size {other_size}); the "
+                    "exported model needs them equal"
+                )
     return found
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from aitune_triton.backends.base import Backend, BuildContext
-from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, quiet_export
+from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, input_axes, quiet_export
 from aitune_triton.errors import BackendBuildError
 from aitune_triton.spec import CallStructure
 
@@ -43,6 +43,7 @@ class AOTInductorBackend(Backend):
                 exported = torch.export.export(flat, tensors, dynamic_shapes=export_dynamic_shapes(context.graph), strict=False)
         except Exception as error:
             raise BackendBuildError(f"aoti: torch.export.export failed: {type(error).__name__}: {error}") from error
+        self.input_axes = input_axes(exported)
         context.log("aoti: compiling with AOTInductor")
         try:
             with quiet_export():

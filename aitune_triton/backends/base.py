@@ -10,12 +10,12 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
 from aitune_triton.errors import BackendUnavailableError, DuplicateBackendError, ModuleStateError, UnknownBackendError
-from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec
+from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec, tie_violations
 
 __all__ = ["Backend", "BuildContext", "LoadContext", "register_backend", "get_backend_class", "backend_names"]
 
@@ -97,6 +97,8 @@ class Backend(abc.ABC):
         self.options = dict(options)
         self.device = torch.device("cpu")
         self.artifacts: dict[str, Path] = {}
+        # Per input, per axis: the size export fixed or the symbol of its size (None: no contract).
+        self.input_axes: list[list[int | str]] | None = None
         self._active = False
 
     @classmethod
@@ -171,14 +173,23 @@ class Backend(abc.ABC):
             self._unload()
             self._active = False
 
+    def axis_violations(self, paths: Sequence[str], shapes: Sequence[Sequence[int]]) -> list[str]:
+        """Input shapes that break the artifact's own contract (tied or fixed axes); see
+        :func:`aitune_triton.spec.tie_violations`. Empty for backends without one (eager)."""
+        return tie_violations(paths, self.input_axes, shapes) if self.input_axes is not None else []
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible description: name, options, device and absolute artifact paths."""
-        return {
+        """JSON-compatible description: name, options, device, absolute artifact paths and the
+        artifact's input axes (``input_axes``, when it has them)."""
+        data = {
             "name": self.name,
             "options": dict(self.options),
             "device": str(self.device),
             "artifacts": {role: str(path) for role, path in self.artifacts.items()},
         }
+        if self.input_axes is not None:
+            data["input_axes"] = self.input_axes
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], context: LoadContext) -> "Backend":
@@ -193,6 +204,7 @@ class Backend(abc.ABC):
             raise BackendUnavailableError(f"{backend.name}: {reason}")
         backend.device = context.device
         backend.artifacts = dict(context.artifacts)
+        backend.input_axes = data.get("input_axes")
         backend._restore(context)
         backend.activate()
         return backend

@@ -13,7 +13,7 @@ import torch.utils._pytree as pytree
 
 from aitune_triton.spec import CallStructure, FlatTree, ForwardSignature, GraphSpec
 
-__all__ = ["FlatModule", "export_dynamic_shapes", "export_example", "quiet_export"]
+__all__ = ["FlatModule", "export_dynamic_shapes", "export_example", "input_axes", "quiet_export"]
 
 
 class FlatModule(torch.nn.Module):
@@ -69,6 +69,20 @@ def export_dynamic_shapes(graph: GraphSpec) -> tuple[tuple[dict[int, Any], ...]]
     return (per_input,)
 
 
+def input_axes(exported: torch.export.ExportedProgram) -> list[list[int | str]]:
+    """Per user input of ``exported``, per axis: the size export fixed it to, or its size symbol.
+
+    Axes with one symbol are the ones the exported graph assumes equal (see
+    :func:`aitune_triton.spec.tie_violations`).
+    """
+    placeholders = {node.name: node for node in exported.graph.nodes if node.op == "placeholder"}
+    axes = []
+    for name in exported.graph_signature.user_inputs:
+        shape = placeholders[name].meta["val"].shape
+        axes.append([str(size.node.expr) if isinstance(size, torch.SymInt) else int(size) for size in shape])
+    return axes
+
+
 def _hint(low: int, high: int) -> Any:
     """``Dim.DYNAMIC`` over ``low..high``, widened so that it stays dynamic in ``torch.export``.
 
@@ -104,7 +118,10 @@ def quiet_export() -> Iterator[io.StringIO]:
     Yields a buffer with what was printed and warned, for error messages when the export fails.
     """
     buffer = io.StringIO()
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
+    loggers = [
+        logging.getLogger(name)
+        for name in ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch.fx", "torch._functorch")
+    ]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from aitune_triton.backends.base import Backend, BuildContext
-from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, quiet_export
+from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, input_axes, quiet_export
 from aitune_triton.errors import BackendBuildError
 from aitune_triton.spec import CallStructure
 
@@ -59,7 +59,7 @@ class OnnxRuntimeBackend(Backend):
         flat = FlatModule(context.module, context.signature, context.example, context.forward)
         try:
             with quiet_export(), torch.no_grad():
-                torch.onnx.export(
+                program = torch.onnx.export(
                     flat,
                     tensors,
                     str(self.artifacts["model"]),
@@ -72,6 +72,7 @@ class OnnxRuntimeBackend(Backend):
                 )
         except Exception as error:
             raise BackendBuildError(f"onnxruntime: torch.onnx.export failed: {type(error).__name__}: {error}") from error
+        self.input_axes = input_axes(program.exported_program)
 
     def _providers(self) -> list[str]:
         if "providers" in self.options:

@@ -116,9 +116,10 @@ def check_declared(paths: list[str], shapes: list[tuple[int, ...]], declared: Ma
         declared: Output of :func:`validate_dynamic_shapes`.
 
     Raises:
-        RecordingError: a declared axis is beyond the tensor's rank, or a size is outside the
-            declared range.
+        RecordingError: a declared axis is beyond the tensor's rank, a size is outside the
+            declared range, or axes declared with one name have different sizes.
     """
+    sizes_by_name: dict[str, tuple[str, int, int]] = {}
     for path, shape in zip(paths, shapes):
         for axis, decl in declared.get(path, {}).items():
             if axis >= len(shape):
@@ -130,4 +131,11 @@ def check_declared(paths: list[str], shapes: list[tuple[int, ...]], declared: Ma
                 raise RecordingError(
                     f"dynamic_shapes[{path!r}]: axis {axis} ({decl.name}) has size {shape[axis]} in this call, outside "
                     f"the declared range {decl.min}..{decl.max}. Widen the declared range or change the call."
+                )
+            other = sizes_by_name.setdefault(decl.name, (path, axis, shape[axis]))
+            if other[2] != shape[axis]:
+                raise RecordingError(
+                    f"dynamic_shapes: {path!r} axis {axis} and {other[0]!r} axis {other[1]} share the dimension "
+                    f"{decl.name!r} but have sizes {shape[axis]} and {other[2]} in this call. Give them different names "
+                    "or pass equal sizes."
                 )

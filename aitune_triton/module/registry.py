@@ -22,7 +22,8 @@ def claim_name(name: str, module: Any, replacing: Any = None) -> None:
     if holder is not None and holder is not module and holder is not replacing:
         raise InvalidNameError(
             f"name: a live Module is already named {name!r}; its tuned artifacts and exports would be overwritten. "
-            "Give this one another name (Module(m, name='...')) or delete the other one first."
+            "Give this one another name (Module(m, name='...')) or delete the other one first (re-running a notebook "
+            "cell that builds a new model: `del` the old wrapper, or wrap the same model object again)."
         )
     _LIVE[name] = module
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from aitune_triton._warnings import warn
 from aitune_triton.backends import Backend, LoadContext
 from aitune_triton.errors import GraphSpecMismatchError, ModuleStateError
 from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec, flatten_call, rebuild_output
@@ -74,7 +74,8 @@ class TunedModule:
             )
             return forward(*args, **kwargs)
         if graph.backend.ahead_of_time:
-            violations = graph.spec.shape_violations([tuple(t.shape) for t in call.flat.tensors])
+            shapes = [tuple(t.shape) for t in call.flat.tensors]
+            violations = graph.spec.shape_violations(shapes) + graph.backend.axis_violations(call.flat.tensor_paths, shapes)
             if violations:
                 return self._out_of_range(forward, graph, call, violations)
         outputs = graph.backend.infer(call)
@@ -82,7 +83,7 @@ class TunedModule:
 
     def _out_of_range(self, forward: Callable[..., Any], graph: TunedGraph, call: CallStructure, violations: list[str]) -> Any:
         message = (
-            f"Module '{self.name}' {graph.spec.name}: the call's shapes are outside the range its {graph.backend.name} "
+            f"Module '{self.name}' {graph.spec.name}: the call's shapes do not fit what its {graph.backend.name} "
             f"backend was built for: {'; '.join(violations)}"
         )
         if self.fallback == "eager":
@@ -111,7 +112,7 @@ class TunedModule:
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, stacklevel=4)
+            warn(message)
 
     def activate(self) -> None:
         """Load every backend's runtime."""

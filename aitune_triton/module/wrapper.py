@@ -398,7 +398,10 @@ class Module(wrapt.ObjectProxy):
             TuningError: no candidate passed for some graph spec; the module keeps its state.
         """
         if isinstance(self._self_handler, TunedModule):
-            raise AlreadyTunedError(f"Module: '{self._self_name}' has already been tuned. Reset it to do it again.")
+            raise AlreadyTunedError(
+                f"Module: '{self._self_name}' has already been tuned. Reset it to do it again "
+                "(enable_recording(force=True) or enable_passthrough(force=True))."
+            )
         if not len(self._self_recorder):
             raise NoSamplesError(f"Module: '{self._self_name}' has not recorded any samples. Cannot tune it.")
         unused = self._self_recorder.declared_paths_unused()
@@ -567,7 +570,8 @@ class Module(wrapt.ObjectProxy):
         signature = ForwardSignature.from_dict(state_dict["signature"])
         if signature != self._self_signature:
             raise InvalidStateDictError(
-                f"state_dict: recorded for forward{signature!r}, but this module's forward is {self._self_signature!r}"
+                f"state_dict: recorded for a module whose forward takes {signature.describe()}, but this module's "
+                f"forward takes {self._self_signature.describe()}. Load it into the module it was tuned from."
             )
         try:
             tuned = TunedModule.from_dict(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -116,6 +117,11 @@ class GraphTuneReport:
         return cls(**{**data, "candidates": [CandidateReport(**c) for c in data["candidates"]]})
 
 
+def _reason(error: Exception) -> str:
+    """``Type: message`` without the terminal colour codes exporters put in their messages."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", f"{type(error).__name__}: {error}")
+
+
 class TuneStrategy(abc.ABC):
     """Builds candidate backends for a graph spec, checks each against eager outputs and keeps one.
 
@@ -182,7 +188,7 @@ class TuneStrategy(abc.ABC):
         except Exception as error:  # export, compile or load failed: report it and try the next candidate
             backend.deactivate()
             shutil.rmtree(workdir, ignore_errors=True)
-            return CandidateReport(backend.name, "failed", f"{type(error).__name__}: {error}", time.perf_counter() - start)
+            return CandidateReport(backend.name, "failed", _reason(error), time.perf_counter() - start)
         build_s = time.perf_counter() - start
         context.log(
             f"{context.graph.name}: checking {backend.name} against eager on the {len(context.samples)} stored samples "
@@ -202,5 +208,5 @@ class TuneStrategy(abc.ABC):
         except Exception as error:  # a backend failing at run time is a failed candidate, not a crash
             backend.deactivate()
             shutil.rmtree(workdir, ignore_errors=True)
-            return CandidateReport(backend.name, "failed", f"{type(error).__name__}: {error}", build_s, None, worst)
+            return CandidateReport(backend.name, "failed", _reason(error), build_s, None, worst)
         return CandidateReport(backend.name, "passed", "", build_s, latency, worst)

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from aitune_triton.errors import GraphSpecMismatchError, InvalidArgumentError, RemoteInferenceError
-from aitune_triton.spec import ForwardSignature, flatten_call, range_violations, rebuild_output, treespec_from_json
+from aitune_triton.errors import ArgumentTypeError, GraphSpecMismatchError, InvalidArgumentError, RemoteInferenceError
+from aitune_triton.spec import ForwardSignature, flatten_call, rebuild_output, treespec_from_json
 from aitune_triton.triton.config import ROUTES_PARAMETER
 from aitune_triton.triton.io import ModelIO
 
@@ -96,7 +96,7 @@ class RemoteModule:
                 config = self._client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout_s)["config"]
             else:
                 config = self._client.get_model_config(self.model_name)
-        except InferenceServerException as error:
+        except (InferenceServerException, OSError) as error:  # OSError: the HTTP client's refused connection
             raise RemoteInferenceError(
                 f"{self.protocol}://{self.url}: cannot read the configuration of model {self.model_name!r}: {error}"
             ) from error
@@ -120,7 +120,8 @@ class RemoteModule:
             The module's output structure with CPU tensors in place of its output tensors.
 
         Raises:
-            TypeError: the arguments do not fit the module's forward signature.
+            TypeError: the arguments do not fit the module's forward signature, or a numpy array
+                is passed where the module takes a tensor (``ArgumentTypeError``).
             GraphSpecMismatchError: the call matches none of the exported graph specs, its shapes
                 are outside the exported ranges (a batch above max_batch_size, say), or (non-strict
                 modules) it passes other constant arguments than the artifact was built with.
@@ -129,6 +130,8 @@ class RemoteModule:
         from tritonclient.utils import InferenceServerException
 
         call = flatten_call(self.signature, args, kwargs, self.strict)
+        if any(isinstance(leaf, np.ndarray) for leaf in call.flat.leaves):
+            raise ArgumentTypeError("RemoteModule: pass torch tensors, as to the module itself; got a numpy array.")
         io = self._by_key.get(call.key)
         if io is None:
             known = "\n".join(f"  {g.graph}: {g.description}" for g in self.graphs)
@@ -157,7 +160,7 @@ class RemoteModule:
                 )
             else:
                 result = self._client.infer(io.model_name, inputs, model_version=str(io.version), outputs=outputs)
-        except InferenceServerException as error:
+        except (InferenceServerException, OSError) as error:  # OSError: the HTTP client's refused connection
             raise RemoteInferenceError(f"{io.model_name} ({self.protocol}://{self.url}): {error}") from error
         tensors = []
         for tensor_io in io.outputs:
@@ -170,13 +173,11 @@ class RemoteModule:
     @staticmethod
     def _check_shapes(io: ModelIO, tensors: list[torch.Tensor]) -> None:
         """Refuse a call outside the exported shape ranges before it travels, with a hint."""
-        violations = range_violations(
-            [t.path for t in io.inputs], [t.ranges for t in io.inputs], [tuple(t.shape) for t in tensors]
-        )
+        violations = io.shape_violations([tuple(t.shape) for t in tensors])
         if violations:
             batch = f" (max_batch_size {io.max_batch_size})" if io.max_batch_size else ""
             raise GraphSpecMismatchError(
-                f"{io.model_name}: the call is outside the exported shape ranges{batch}: {'; '.join(violations)}. Split "
+                f"{io.model_name}: the call does not fit the exported shapes{batch}: {'; '.join(violations)}. Split "
                 "the call, or record calls of this size (or declare DynamicDim/BatchDim ranges), tune and export again."
             )
 

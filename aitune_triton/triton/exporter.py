@@ -147,11 +147,14 @@ def export(
             graph specs. Nothing is written.
         CheckpointError: the checkpoint is missing or fails verification. Nothing is written.
         InvalidNameError: ``name`` is not a valid model name (``/``, leading ``.``...).
+        ExportError: also when ``repository`` is an existing file.
     """
     description, source = _description(module_or_checkpoint)
     name = validate_model_name(name, "name") if name is not None else validate_model_name(description["name"], "module name")
     options = options or TritonModelOptions()
     repository = Path(repository).absolute()
+    if repository.exists() and not repository.is_dir():
+        raise ExportError(f"repository: {repository} is a file; pass a directory (it is created when missing).")
     models = _plan(description, name, options, repository)
     repository.mkdir(parents=True, exist_ok=True)
     # Staged next to the repository, never inside it: Triton refuses a repository holding a

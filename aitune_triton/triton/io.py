@@ -21,10 +21,10 @@ import json
 import re
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from aitune_triton.errors import ExportError
-from aitune_triton.spec import TensorSpec, axis_range
+from aitune_triton.spec import TensorSpec, axis_range, range_violations, tie_violations
 
 __all__ = ["ModelIO", "TensorIO", "TORCH_TO_TRITON_DTYPE", "triton_dtype"]
 
@@ -136,6 +136,8 @@ class ModelIO:
         output_template: Output leaves, ``None`` for tensors and constant values otherwise.
         constants: Non-tensor arguments the artifact was built with (path -> ``const(value)``).
         version: The model version this mapping describes (set at export).
+        input_axes: Per input, per axis of the module shape: the size the export fixed, or the
+            symbol of its size (axes with one symbol must be equal); None when unknown.
     """
 
     model_name: str
@@ -151,6 +153,7 @@ class ModelIO:
     output_template: list[Any] = field(default_factory=list)
     constants: dict[str, str] = field(default_factory=dict)
     version: int = 1
+    input_axes: list[list[int | str]] | None = None
 
     @classmethod
     def from_graph(cls, model_name: str, graph: dict[str, Any], backend: dict[str, Any], version: int = 1) -> "ModelIO":
@@ -199,7 +202,15 @@ class ModelIO:
             output_template=list(graph["output_template"]),
             constants=dict(graph.get("constants", {})),
             version=version,
+            input_axes=backend.get("input_axes"),
         )
+
+    def shape_violations(self, shapes: Sequence[Sequence[int]]) -> list[str]:
+        """Input shapes (module shapes, in input order) outside the exported ranges or breaking the
+        artifact's tied or fixed axes; one line each (see :mod:`aitune_triton.spec`)."""
+        paths = [t.path for t in self.inputs]
+        found = range_violations(paths, [t.ranges for t in self.inputs], shapes)
+        return found + (tie_violations(paths, self.input_axes, shapes) if self.input_axes is not None else [])
 
     def full_dims(self, tensor: TensorIO) -> tuple[int, ...]:
         """Dims including the batch axis (as ``-1``) when the model batches."""

@@ -26,6 +26,18 @@ ENTRY_MODEL = "served_two_input_net"
 SCALAR_MODEL = "served_scalar_net"
 CENTERED_MODEL = "served_centered_net"
 SCALED_MODEL = "served_scaled_net"
+TIED_MODEL = "served_tied_net"
+
+
+class TiedNet(torch.nn.Module):
+    """Two inputs whose token axes the model needs equal (an embedding added to features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(50, 6)
+
+    def forward(self, ids: torch.Tensor, features: torch.Tensor):
+        return self.embedding(ids) + features
 
 
 class ScalarNet(torch.nn.Module):
@@ -108,6 +120,13 @@ def served(tmp_path_factory):
         )
         assert exported.returncode == 0, f"export failed:\n{exported.stdout}\n{exported.stderr}"
         extra = {}
+        tied_net = TiedNet().eval()
+        tied = Module(tied_net, name=TIED_MODEL, strategy=OneBackendStrategy("onnxruntime"))
+        for batch, length in ((1, 4), (3, 7), (2, 9)):
+            tied(torch.randint(0, 50, (batch, length), generator=generator), torch.randn(batch, length, 6, generator=generator))
+        tied.tune()
+        aitune_triton.export(tied, repository, show_progress=False)
+        extra[TIED_MODEL] = (tied_net, tied)
         for name, eager, shapes in (
             (SCALAR_MODEL, ScalarNet().eval(), [(2, 3), (2, 5), (2, 4)]),
             (CENTERED_MODEL, CenteredNet().eval(), [(2, 3), (4, 3), (3, 3)]),

@@ -160,7 +160,7 @@ def test_a_batch_larger_than_max_batch_size_is_refused_before_it_travels_with_a_
     with _remote(served, protocol) as remote, pytest.raises(GraphSpecMismatchError) as raised:
         remote(*arguments)
 
-    assert f"{served.graph_models[0]}: the call is outside the exported shape ranges (max_batch_size 5)" in str(raised.value)
+    assert f"{served.graph_models[0]}: the call does not fit the exported shapes (max_batch_size 5)" in str(raised.value)
     assert "x axis 0: size 6 outside 1..5; y axis 0: size 6 outside 1..5" in str(raised.value)
     assert "Split the call" in str(raised.value)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
-from conftest import CENTERED_MODEL, SCALAR_MODEL, SCALED_MODEL
+from conftest import CENTERED_MODEL, SCALAR_MODEL, SCALED_MODEL, TIED_MODEL
 
 from aitune_triton import RemoteModule
 from aitune_triton.errors import GraphSpecMismatchError
@@ -71,7 +72,7 @@ def test_remote_module_refuses_a_call_outside_the_exported_range_before_it_trave
     with RemoteModule(served.server.grpc_url, SCALAR_MODEL) as remote, pytest.raises(GraphSpecMismatchError) as raised:
         remote(torch.randn(2, 7))
 
-    assert "the call is outside the exported shape ranges: x axis 1: size 7 outside 3..5" in str(raised.value)
+    assert "the call does not fit the exported shapes: x axis 1: size 7 outside 3..5" in str(raised.value)
 
 
 def test_a_module_whose_samples_depend_on_the_batch_is_exported_without_batching(served):
@@ -138,8 +139,12 @@ def test_requests_through_the_entry_model_reach_the_graph_model_concurrently(ser
 
 
 def test_aitune_triton_serve_starts_a_server_answers_health_checks_and_stops_on_sigterm(served, tmp_path):
+    # A repository of its own with one small module: the session repository starts some 30 processes.
+    repository = tmp_path / "repository"
+    for model in (SCALAR_MODEL, f"{SCALAR_MODEL}.graph_0"):
+        shutil.copytree(served.repository / model, repository / model)
     http_port = free_port()
-    command = [sys.executable, "-m", "aitune_triton", "serve", str(served.repository), "--http-port", str(http_port), "--quiet-log"]
+    command = [sys.executable, "-m", "aitune_triton", "serve", str(repository), "--http-port", str(http_port), "--quiet-log"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
@@ -229,3 +234,38 @@ def test_serving_a_repository_without_models_is_refused_with_a_hint(tmp_path):
 
     with pytest.raises(TritonServerError, match=r"holds no model \(no \*/config.pbtxt\). Export one into it first"):
         TritonServer(tmp_path)
+
+
+def test_axes_the_exported_model_ties_are_checked_in_process_by_remote_module_and_by_the_server(served):
+    from aitune_triton.errors import ArgumentTypeError
+
+    eager, tuned = served.extra[TIED_MODEL]
+    ids, features = torch.randint(0, 50, (2, 8)), torch.randn(2, 5, 6)  # both lengths in 4..9, not equal
+
+    with pytest.raises(GraphSpecMismatchError, match="the exported model needs them equal"):
+        tuned(ids, features)
+    with RemoteModule(served.server.grpc_url, TIED_MODEL) as remote:
+        with pytest.raises(GraphSpecMismatchError, match="the exported model needs them equal"):
+            remote(ids, features)
+        with pytest.raises(ArgumentTypeError, match="pass torch tensors"):
+            remote(ids.numpy(), features.numpy())
+        same = torch.randn(2, 8, 6)
+        torch.testing.assert_close(remote(ids, same), eager(ids, same), atol=1e-5, rtol=0)
+    client = grpcclient.InferenceServerClient(served.server.grpc_url)
+    raw_ids = grpcclient.InferInput("ids", [2, 8], "INT64")
+    raw_ids.set_data_from_numpy(ids.numpy())
+    raw_features = grpcclient.InferInput("features", [2, 5, 6], "FP32")
+    raw_features.set_data_from_numpy(features.numpy())
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer(TIED_MODEL, [raw_ids, raw_features])  # through the entry model, to the graph model
+    client.close()
+    message = raised.value.message()
+    assert "input 'features' axis 1 has size 5, but input 'ids' axis 1 has size 8" in message
+    assert message.count(f"{TIED_MODEL}.graph_0:") == 1  # the router passes the graph model's error on as it is
+
+
+def test_an_http_remote_module_without_a_server_raises_remote_inference_error():
+    from aitune_triton.errors import RemoteInferenceError
+
+    with pytest.raises(RemoteInferenceError, match="cannot read the configuration of model 'nothing'"):
+        RemoteModule(f"localhost:{free_port()}", "nothing", protocol="http", timeout_s=5)

@@ -164,7 +164,9 @@ def test_onnxruntime_backend_to_dict_from_dict_round_trip(onnx_built):
         "options": {},
         "device": "cpu",
         "artifacts": {"model": str(backend.artifacts["model"])},
+        "input_axes": [[data["input_axes"][0][0], 6]],  # batch axis: a symbol; feature axis fixed at 6
     }
+    assert isinstance(data["input_axes"][0][0], str)
     restored = Backend.from_dict(
         data,
         LoadContext(net, context.graph, torch.device("cpu"), {k: Path(v) for k, v in data["artifacts"].items()}),

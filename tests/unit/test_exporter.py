@@ -302,3 +302,15 @@ def test_the_wheel_ships_the_templates_and_the_installed_exporter_finds_them(tmp
     module_file, templates = probe.stdout.strip().splitlines()[-2:]
     assert Path(module_file).is_relative_to(tmp_path / "installed")
     assert Path(templates) == tmp_path / "installed" / "aitune_triton" / "templates"
+
+
+def test_export_to_a_path_that_is_a_file_is_an_export_error_and_writes_nothing(tuned, tmp_path):
+    _, checkpoint = tuned
+    target = tmp_path / "model.py"
+    target.write_text("# not a repository\n")
+
+    with pytest.raises(ExportError, match="is a file; pass a directory"):
+        export(checkpoint, target, show_progress=False)
+
+    assert target.read_text() == "# not a repository\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.py"]

@@ -1134,7 +1134,7 @@ def test_a_tuned_call_outside_the_recorded_range_raises_graph_spec_mismatch_erro
 
     with pytest.raises(
         GraphSpecMismatchError,
-        match=rf"^Module '{unique_name}' graph_0: the call's shapes are outside the range its onnxruntime backend "
+        match=rf"^Module '{unique_name}' graph_0: the call's shapes do not fit what its onnxruntime backend "
         r"was built for: x axis 0: size 9 outside 1..4",
     ):
         module(torch.randn(9, 4))
@@ -1151,7 +1151,7 @@ def test_with_fallback_eager_a_tuned_call_outside_the_recorded_range_runs_eagerl
         warnings.simplefilter("always")
         outputs = [module(x), module(x)]
 
-    messages = [str(w.message) for w in caught if "outside the range" in str(w.message)]
+    messages = [str(w.message) for w in caught if "do not fit what" in str(w.message)]
     assert len(messages) == 1 and "running eagerly (fallback='eager')" in messages[0]
     assert all(torch.equal(o, _reference(net, x)) for o in outputs)
 
@@ -1333,3 +1333,70 @@ def test_tune_warns_when_the_constructor_strategy_overrides_the_one_passed_to_tu
         module.tune(strategy=ORT)
 
     assert _chosen(module) == ["eager"]
+
+
+# ------------------------------------------------------------------------- second user trial
+class _Tied(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = torch.nn.Embedding(20, 3)
+
+    def forward(self, ids, features):
+        return self.embedding(ids) + features
+
+
+def test_a_tuned_call_breaking_axes_the_export_tied_is_refused_not_computed(unique_name):
+    module = Module(_Tied().eval(), name=unique_name, strategy=ORT)
+    with torch.no_grad():
+        for batch, length in ((1, 4), (3, 7)):
+            module(torch.randint(0, 20, (batch, length)), torch.randn(batch, length, 3))
+    module.tune()
+
+    (described,) = module.to_dict()["graphs"]
+    ids_axes, feature_axes = described["backend"]["input_axes"]
+    assert ids_axes[1] == feature_axes[1] and isinstance(ids_axes[1], str) and feature_axes[2] == 3
+    with pytest.raises(GraphSpecMismatchError, match=r"features axis 1: size 5 differs from ids axis 1 \(size 6\)"):
+        module(torch.randint(0, 20, (2, 6)), torch.randn(2, 5, 3))
+
+
+def test_axes_declared_with_one_name_must_have_equal_sizes_in_every_call(unique_name):
+    module = Module(
+        _Tied().eval(),
+        name=unique_name,
+        dynamic_shapes={"ids": {1: DynamicDim("seq", 1, 10)}, "features": {1: DynamicDim("seq", 1, 10)}},
+    )
+
+    with pytest.raises(RecordingError, match="share the dimension 'seq' but have sizes 3 and 4"):
+        module(torch.randint(0, 20, (2, 4)), torch.randn(2, 3, 3))
+
+
+def test_a_name_longer_than_128_characters_is_refused_up_front():
+    with pytest.raises(InvalidNameError, match="expected at most 128 characters"):
+        Module(Lin(), name="a" * 300)
+
+
+def test_pipeline_tune_refuses_an_empty_batch_size_list(no_stray_modules):
+    with pytest.raises(ValueError, match=r"batch_sizes: expected None or a non-empty list of positive integers, got \[\]"):
+        aitune_triton.tune(lambda x: x, [torch.randn(4)], batch_sizes=[])
+
+
+def test_a_fallback_warning_points_at_the_callers_line(unique_name):
+    module = Module(Lin().eval(), name=unique_name, strategy=EAGER, fallback="eager")
+    _record(module, batches=(1, 3))
+    module.tune()
+
+    with pytest.warns(UserWarning, match="matches no tuned graph spec") as caught:
+        module(torch.randn(2, 3, 4))
+
+    assert caught[0].filename == __file__
+
+
+def test_loading_into_a_module_with_another_forward_names_both_parameter_lists(unique_name, tmp_path):
+    module = Module(Lin().eval(), name=unique_name, strategy=EAGER)
+    _record(module, batches=(1, 3))
+    module.tune()
+    path = aitune_triton.save(module, tmp_path / "ckpt")
+
+    with pytest.raises(ValueError, match=r"forward takes \(x\), but this module's forward takes \(ids, features\)"):
+        aitune_triton.load(Module(_Tied(), name=f"{unique_name}_other"), path)
