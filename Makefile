@@ -26,6 +26,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) examples/minilm.py
 
 test: $(STAMP)
+	$(PY) -m mypy
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 clean:

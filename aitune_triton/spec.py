@@ -215,7 +215,7 @@ class ForwardSignature:
 
     def unbind(self, arguments: dict[str, Any]) -> tuple[tuple, dict]:
         """Turn bound arguments back into ``(args, kwargs)`` for a call."""
-        bound = inspect.BoundArguments(self._signature, dict(arguments))  # type: ignore[arg-type]
+        bound = inspect.BoundArguments(self._signature, dict(arguments))
         return bound.args, bound.kwargs
 
     def to_dict(self) -> list[dict[str, Any]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from aitune_triton.backends.base import Backend, BuildContext
@@ -26,7 +28,7 @@ class AOTInductorBackend(Backend):
 
     def __init__(self) -> None:
         super().__init__()
-        self._runner = None
+        self._runner: Any = None
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str | None:
@@ -60,5 +62,5 @@ class AOTInductorBackend(Backend):
     def _infer(self, call: CallStructure) -> list[torch.Tensor]:
         # The compiled code assumes the dense row-major layout it was traced with: a channels_last
         # or permuted tensor would be read with the wrong strides.
-        outputs = self._runner(*[t.to(self.device).contiguous() for t in call.flat.tensors])  # type: ignore[misc]
+        outputs = self._runner(*[t.to(self.device).contiguous() for t in call.flat.tensors])
         return list(outputs)

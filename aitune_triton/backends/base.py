@@ -181,7 +181,7 @@ class Backend(abc.ABC):
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible description: name, options, device, absolute artifact paths and the
         artifact's input axes (``input_axes``, when it has them)."""
-        data = {
+        data: dict[str, Any] = {
             "name": self.name,
             "options": dict(self.options),
             "device": str(self.device),

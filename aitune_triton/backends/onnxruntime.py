@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,13 +32,13 @@ class OnnxRuntimeBackend(Backend):
     artifact_names = {"model": "model.onnx"}
 
     def __init__(self, opset_version: int | None = None, providers: list[str] | None = None):
-        options = {}
+        options: dict[str, Any] = {}
         if opset_version is not None:
             options["opset_version"] = opset_version
         if providers is not None:
             options["providers"] = list(providers)
         super().__init__(**options)
-        self._session = None
+        self._session: Any = None
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str | None:
@@ -72,6 +73,8 @@ class OnnxRuntimeBackend(Backend):
                 )
         except Exception as error:
             raise BackendBuildError(f"onnxruntime: torch.onnx.export failed: {type(error).__name__}: {error}") from error
+        if program is None or program.exported_program is None:
+            raise BackendBuildError("onnxruntime: torch.onnx.export returned no exported program")
         self.input_axes = input_axes(program.exported_program)
 
     def _providers(self) -> list[str]:
@@ -92,5 +95,5 @@ class OnnxRuntimeBackend(Backend):
 
     def _infer(self, call: CallStructure) -> list[torch.Tensor]:
         feed = {name: np.ascontiguousarray(t.detach().cpu().numpy()) for name, t in zip(self._input_names, call.flat.tensors)}
-        outputs = self._session.run(None, feed)  # type: ignore[union-attr]
+        outputs = self._session.run(None, feed)
         return [torch.from_numpy(np.asarray(o)).to(self.device) for o in outputs]

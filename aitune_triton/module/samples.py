@@ -85,6 +85,8 @@ class _Entry:
     def load(self) -> Sample:
         if self.sample is not None:
             return self.sample
+        if self.path is None:
+            raise RuntimeError("a stored sample has neither data in memory nor a file")
         data = torch.load(self.path, weights_only=True)  # tensors and builtins only: no code runs
         return Sample(tuple(data["args"]), dict(data["kwargs"]), self.shapes)
 

@@ -99,18 +99,20 @@ def check_batch_independence(
     outputs = [spec.batch_axis for spec in graph.outputs]
     if "batch" not in graph.dims or None in inputs or None in outputs or not inputs:
         return None
+    axes = [axis for axis in inputs if axis is not None]
+    out_axes = [axis for axis in outputs if axis is not None]
     tensors = call.flat.tensors
-    size = tensors[0].shape[inputs[0]]
+    size = tensors[0].shape[axes[0]]
     if size < 2:
         return None
     with torch.no_grad():
         whole = EagerBackend.reference(forward, call)
         halves = []
         for part in (slice(0, size // 2), slice(size // 2, size)):
-            sliced = [t.narrow(axis, part.start, part.stop - part.start) for t, axis in zip(tensors, inputs)]
+            sliced = [t.narrow(axis, part.start, part.stop - part.start) for t, axis in zip(tensors, axes)]
             args, kwargs = call.with_tensors(signature, sliced)
             halves.append(EagerBackend.reference(forward, flatten_call(signature, args, kwargs)))
-        joined = [torch.cat([first, second], dim=axis) for first, second, axis in zip(*halves, outputs)]
+        joined = [torch.cat([first, second], dim=axis) for first, second, axis in zip(*halves, out_axes)]
     mismatches, _ = compare_outputs(whole, joined, [s.path for s in graph.outputs], atol, rtol)
     return not mismatches
 

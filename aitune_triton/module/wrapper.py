@@ -10,7 +10,7 @@ import uuid
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, SupportsIndex
 
 import torch
 import wrapt
@@ -222,7 +222,7 @@ class Module(wrapt.ObjectProxy):
         """A deep copy of the wrapped module, eager (so ``copy.deepcopy(parent)`` works too)."""
         return copy.deepcopy(self.__wrapped__, memo)
 
-    def __reduce_ex__(self, protocol: int) -> Any:
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
         """Pickles as the wrapped module (``torch.save(parent)`` works); tuned state travels by save/load."""
         return self.__wrapped__.__reduce_ex__(protocol)
 

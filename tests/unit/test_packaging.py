@@ -43,3 +43,11 @@ def test_ci_and_makefile_run_the_readme_commands():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
     assert makefile.index("$(TORCH_PIN)") < makefile.index('-e ".[serve,examples,dev]"')
+
+
+def test_make_test_type_checks_the_package_with_mypy_configured_in_pyproject():
+    makefile = (ROOT / "Makefile").read_text()
+    test_recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "-m mypy" in test_recipe
+    assert "aitune_triton" in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]["packages"]
+    assert (ROOT / "aitune_triton" / "py.typed").exists()
