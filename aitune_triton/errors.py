@@ -62,6 +62,11 @@ class RecordingError(AITuneTritonError, ValueError):
     """A recorded call cannot be used (e.g. the same inputs gave differently structured outputs)."""
 
 
+class UnknownOutputTypeError(RecordingError):
+    """A stored output structure names a container type that is not known in this process and that
+    no importable module defines."""
+
+
 class BackendUnavailableError(AITuneTritonError, RuntimeError):
     """A backend cannot run on this machine (missing package or device)."""
 

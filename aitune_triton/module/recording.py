@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from aitune_triton._warnings import warn
 from aitune_triton.errors import RecordingError
 from aitune_triton.module.dims import BatchDim, DimDecl, check_declared
 from aitune_triton.module.state import ModuleState
@@ -21,6 +22,7 @@ from aitune_triton.spec import (
     dtype_name,
     flatten_call,
     flatten_output,
+    output_leaf_problems,
 )
 
 __all__ = ["Recorder", "RecordingState", "infer_dims"]
@@ -140,6 +142,7 @@ class _GraphRecord:
     output_template: list[Any]
     output_paths: list[str]
     output_dtypes: list[str]
+    output_leaf_paths: list[str]
     constants: dict[str, str]
     samples: SampleStore
     input_shapes: list[list[Shape]] = field(default_factory=list)
@@ -148,7 +151,24 @@ class _GraphRecord:
 
 
 def _output_key(flat: FlatTree) -> tuple:
-    return (repr(flat.treespec), tuple(flat.leaf_descriptions()))
+    """Structure and tensor dtypes and ranks; constant values are compared on their own."""
+    return (repr(flat.treespec), tuple(flat.leaf_descriptions(strict=False)))
+
+
+def _same_constant(recorded: Any, value: Any) -> bool:
+    try:
+        return type(recorded) is type(value) and bool(recorded == value)
+    except Exception:  # an __eq__ that raises or returns something without a truth value
+        return False
+
+
+def _changed_constants(record: _GraphRecord, output: FlatTree) -> list[str]:
+    """Non-tensor output leaves whose value differs from the first recorded call's."""
+    return [
+        f"output leaf {path!r} was {recorded!r} in an earlier call and {value!r} in this one"
+        for path, recorded, value in zip(output.paths, record.output_template, output.leaves)
+        if recorded is not None and not _same_constant(recorded, value)
+    ]
 
 
 class Recorder:
@@ -216,20 +236,41 @@ class Recorder:
                 output_template=output.template,
                 output_paths=output.tensor_paths,
                 output_dtypes=[dtype_name(t.dtype) for t in output.tensors],
+                output_leaf_paths=output.paths,
                 constants=call.flat.constants,
                 samples=SampleStore(self.max_samples, directory),
             )
             self._graphs[call.key] = record
+            problems = output_leaf_problems(output)
+            if problems:
+                self._refuse(record, "; ".join(problems))
         elif _output_key(output) != record.output_key:
             # Keep the first structure for the graph spec; the call is not recorded and tuning refuses.
-            record.error = record.error or (
+            self._refuse(
+                record,
                 f"calls with the same input structure ({record.description}) returned differently structured "
-                f"outputs: {record.output_treespec} vs {output.treespec}"
+                f"outputs: {record.output_treespec} vs {output.treespec}",
             )
             return
+        else:
+            changed = _changed_constants(record, output)
+            if changed:
+                self._refuse(
+                    record,
+                    f"calls with the same input structure ({record.description}) returned different non-tensor "
+                    f"outputs: {'; '.join(changed)}. A tuned or served module returns non-tensor outputs as recorded, "
+                    "so they must be the same in every call: return such values as tensors",
+                )
+                return
         record.samples.add(sample)
         record.input_shapes.append(sample.shapes)
         record.output_shapes.append(_shapes(output.tensors))
+
+    def _refuse(self, record: _GraphRecord, error: str) -> None:
+        """Mark the graph spec as not tunable (the first reason is kept) and warn once."""
+        if record.error is None:
+            record.error = error
+            warn(f"graph_{list(self._graphs).index(record.key)}: {error}. tune() will refuse this graph spec.")
 
     def clear(self) -> None:
         """Forget every recorded call and delete stored samples."""
@@ -299,6 +340,7 @@ class Recorder:
             ),
             output_treespec=record.output_treespec,
             output_template=record.output_template,
+            output_paths=record.output_leaf_paths,
             num_calls=len(record.input_shapes),
             dims=dims.ranges,
             constants=dict(record.constants),

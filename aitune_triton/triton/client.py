@@ -9,8 +9,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from aitune_triton.errors import ArgumentTypeError, GraphSpecMismatchError, InvalidArgumentError, RemoteInferenceError
-from aitune_triton.spec import ForwardSignature, flatten_call, rebuild_output, treespec_from_json
+from aitune_triton._warnings import warn
+from aitune_triton.errors import (
+    ArgumentTypeError,
+    GraphSpecMismatchError,
+    InvalidArgumentError,
+    RemoteInferenceError,
+    UnknownOutputTypeError,
+)
+from aitune_triton.spec import (
+    ForwardSignature,
+    flat_output,
+    flatten_call,
+    output_leaf_paths,
+    rebuild_output,
+    treespec_from_json,
+)
 from aitune_triton.triton.config import ROUTES_PARAMETER
 from aitune_triton.triton.io import ModelIO
 
@@ -31,8 +45,10 @@ class RemoteModule:
     the forward signature and each graph model's version and IO mapping). Each call is bound and
     flattened exactly as in-process, matched to its graph spec, and sent straight to that version
     of that graph model (one hop, no router); the answer is rebuilt into the module's output
-    structure (tuples, dicts, ``transformers`` ModelOutputs when ``transformers`` is imported) of
-    CPU tensors.
+    structure of CPU tensors: tuples, lists, dicts, and the containers the module returned
+    (``transformers`` ModelOutputs and caches, dataclasses). The caller need not import the
+    module's packages: the module that defines each container type named in the IO mapping is
+    imported when it is installed here (nothing is unpickled).
 
     A RemoteModule may be called from several threads at once: each thread gets its own
     tritonclient client (the HTTP client is built on gevent and cannot be shared across threads).
@@ -43,16 +59,30 @@ class RemoteModule:
         model_name: The entry model name (the exported module's name).
         protocol: ``"grpc"`` or ``"http"``.
         timeout_s: Network timeout per request, in seconds.
+        output_structure: ``"module"`` (default) returns the module's own output structure; when
+            a container type it names cannot be found here (its package is not installed), that
+            graph spec's outputs come back as with ``"flat"``, with one warning. ``"flat"`` always
+            returns a plain dict ``{leaf path: tensor or constant}`` in flattening order
+            (``{"logits": ..., "cache.0": ...}``), without importing anything.
 
     Raises:
-        InvalidArgumentError: (a ValueError) ``protocol`` is neither ``"grpc"`` nor ``"http"``.
+        InvalidArgumentError: (a ValueError) ``protocol`` is neither ``"grpc"`` nor ``"http"``, or
+            ``output_structure`` is neither ``"module"`` nor ``"flat"``.
         RemoteInferenceError: the server cannot be reached or ``model_name`` is not an entry
             model exported by aitune_triton.
     """
 
-    def __init__(self, url: str, model_name: str, protocol: str = "grpc", timeout_s: float = 60.0):
+    def __init__(
+        self, url: str, model_name: str, protocol: str = "grpc", timeout_s: float = 60.0, output_structure: str = "module"
+    ):
         if protocol not in ("grpc", "http"):
             raise InvalidArgumentError(f"protocol: expected 'grpc' or 'http', got {protocol!r}")
+        if output_structure not in ("module", "flat"):
+            raise InvalidArgumentError(
+                f"output_structure: expected 'module' (the module's own output containers) or 'flat' (a dict keyed "
+                f"by leaf path), got {output_structure!r}"
+            )
+        self.output_structure = output_structure
         self.url = _strip_scheme(url)
         self.model_name = model_name
         self.protocol = protocol
@@ -109,15 +139,26 @@ class RemoteModule:
         return json.loads(parameter["string_value"])
 
     def _treespec(self, io: ModelIO) -> Any:
+        """The graph spec's output structure, or None when its outputs come back flat."""
         if io.graph not in self._treespecs:
-            self._treespecs[io.graph] = treespec_from_json(io.output_treespec)
+            treespec = None
+            if self.output_structure == "module":
+                try:
+                    treespec = treespec_from_json(io.output_treespec)
+                except UnknownOutputTypeError as error:
+                    warn(
+                        f"RemoteModule {self.model_name!r} {io.graph}: {error} Its outputs are returned as a dict "
+                        "{leaf path: tensor} instead (pass output_structure='flat' to ask for that and silence this)."
+                    )
+            self._treespecs[io.graph] = treespec
         return self._treespecs[io.graph]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the served module on the call's tensors.
 
         Returns:
-            The module's output structure with CPU tensors in place of its output tensors.
+            The module's output structure with CPU tensors in place of its output tensors (a dict
+            ``{leaf path: value}`` with ``output_structure="flat"``, see the class).
 
         Raises:
             TypeError: the arguments do not fit the module's forward signature, or a numpy array
@@ -168,7 +209,11 @@ class RemoteModule:
             if tensor_io.carried_as_column:  # the trailing axis of size 1 exists on the wire only
                 array = array.reshape(array.shape[:-1])
             tensors.append(torch.from_numpy(array))
-        return rebuild_output(self._treespec(io), io.output_template, tensors)
+        treespec = self._treespec(io)
+        if treespec is None:
+            paths = io.output_paths or output_leaf_paths(io.output_template, [t.path for t in io.outputs])
+            return flat_output(paths, io.output_template, tensors)
+        return rebuild_output(treespec, io.output_template, tensors)
 
     @staticmethod
     def _check_shapes(io: ModelIO, tensors: list[torch.Tensor]) -> None:
