@@ -9,10 +9,14 @@ only in tensor sizes do too.
 Leaf paths name leaves deterministically from the pytree key path: ``input_ids``,
 ``past.key.3``, ``hidden.0``. A module's output leaves are named the same way, with ``output``
 for a lone tensor and an ``output.`` prefix when the top level is a sequence (``output.0``).
+Output containers that hold tensors (``transformers`` model outputs and caches, dataclasses) are
+pytree nodes, so every output tensor is a leaf that backends compute for each call; a stored
+structure names their types, and loading it imports the module that defines them.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import importlib
@@ -530,18 +534,33 @@ def flatten_output(output: Any) -> FlatTree:
     return flat
 
 
+def _is_array(value: Any) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.ndarray)
+
+
 def output_leaf_problems(flat: FlatTree) -> list[str]:
     """One line per non-tensor output leaf that holds tensors (a container no backend can rebuild:
-    it would come back as the object of a recorded call, with that call's tensors)."""
-    return [
-        f"output leaf {path!r} is a {_type_name(type(leaf))} that holds tensors, and torch.utils._pytree does not know "
-        "how to flatten it, so a backend cannot compute them for a new call. Register the type with "
-        "torch.utils._pytree (register_dataclass, or register_pytree_node with serialized_type_name and "
-        "flatten_with_keys_fn) or return tuples, lists and dicts of tensors (Hugging Face models: use_cache=False "
-        "drops the cache)"
-        for path, leaf in zip(flat.paths, flat.leaves)
-        if not isinstance(leaf, torch.Tensor) and holds_tensor(leaf)
-    ]
+    it would come back as the object of a recorded call, with that call's tensors) or is a numpy
+    array (data no backend computes)."""
+    problems = []
+    for path, leaf in zip(flat.paths, flat.leaves):
+        if isinstance(leaf, torch.Tensor):
+            continue
+        if _is_array(leaf):
+            problems.append(
+                f"output leaf {path!r} is a numpy array, which no backend computes (it would come back as recorded): "
+                "return a torch tensor instead"
+            )
+        elif holds_tensor(leaf):
+            problems.append(
+                f"output leaf {path!r} is a {_type_name(type(leaf))} that holds tensors, and torch.utils._pytree does "
+                "not know how to flatten it, so a backend cannot compute them for a new call. Register the type with "
+                "torch.utils._pytree (register_dataclass, or register_pytree_node with serialized_type_name and "
+                "flatten_with_keys_fn) or return tuples, lists and dicts of tensors (Hugging Face models: "
+                "use_cache=False drops the cache)"
+            )
+    return problems
 
 
 def rebuild_output(treespec: pytree.TreeSpec, template: Sequence[Any], tensors: Sequence[torch.Tensor]) -> Any:
@@ -559,7 +578,8 @@ def rebuild_output(treespec: pytree.TreeSpec, template: Sequence[Any], tensors: 
 
 
 def output_leaves(template: Sequence[Any], tensors: Sequence[torch.Tensor]) -> list[Any]:
-    """Every output leaf in flattening order: ``tensors`` in the template's ``None`` slots, its constants elsewhere.
+    """Every output leaf in flattening order: ``tensors`` in the template's ``None`` slots, copies of
+    its constants elsewhere (a caller changing a returned list must not change later outputs).
 
     Raises:
         OutputStructureError: the number of tensors does not match the template.
@@ -570,7 +590,7 @@ def output_leaves(template: Sequence[Any], tensors: Sequence[torch.Tensor]) -> l
     if slots != len(tensors):
         raise OutputStructureError(f"Expected {slots} output tensors for the recorded structure, got {len(tensors)}.")
     iterator = iter(tensors)
-    return [next(iterator) if leaf is None else leaf for leaf in template]
+    return [next(iterator) if leaf is None else copy.deepcopy(leaf) for leaf in template]
 
 
 def flat_output(paths: Sequence[str], template: Sequence[Any], tensors: Sequence[torch.Tensor]) -> dict[str, Any]:

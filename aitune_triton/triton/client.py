@@ -14,6 +14,7 @@ from aitune_triton.errors import (
     ArgumentTypeError,
     GraphSpecMismatchError,
     InvalidArgumentError,
+    OutputStructureError,
     RemoteInferenceError,
     UnknownOutputTypeError,
 )
@@ -60,8 +61,8 @@ class RemoteModule:
         protocol: ``"grpc"`` or ``"http"``.
         timeout_s: Network timeout per request, in seconds.
         output_structure: ``"module"`` (default) returns the module's own output structure; when
-            a container type it names cannot be found here (its package is not installed), that
-            graph spec's outputs come back as with ``"flat"``, with one warning. ``"flat"`` always
+            a container type it names cannot be found or rebuilt here (its package is not
+            installed, say), that graph spec's outputs come back as with ``"flat"``, with one warning. ``"flat"`` always
             returns a plain dict ``{leaf path: tensor or constant}`` in flattening order
             (``{"logits": ..., "cache.0": ...}``), without importing anything.
 
@@ -146,12 +147,17 @@ class RemoteModule:
                 try:
                     treespec = treespec_from_json(io.output_treespec)
                 except UnknownOutputTypeError as error:
-                    warn(
-                        f"RemoteModule {self.model_name!r} {io.graph}: {error} Its outputs are returned as a dict "
-                        "{leaf path: tensor} instead (pass output_structure='flat' to ask for that and silence this)."
-                    )
+                    self._fall_back(io, str(error))
             self._treespecs[io.graph] = treespec
         return self._treespecs[io.graph]
+
+    def _fall_back(self, io: ModelIO, reason: str) -> None:
+        """Return ``io``'s outputs flat from now on, with one warning that says why."""
+        warn(
+            f"RemoteModule {self.model_name!r} {io.graph}: {reason} Its outputs are returned as a dict {{leaf path: "
+            "tensor} instead (pass output_structure='flat' to ask for that and silence this)."
+        )
+        self._treespecs[io.graph] = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the served module on the call's tensors.
@@ -210,10 +216,15 @@ class RemoteModule:
                 array = array.reshape(array.shape[:-1])
             tensors.append(torch.from_numpy(array))
         treespec = self._treespec(io)
-        if treespec is None:
-            paths = io.output_paths or output_leaf_paths(io.output_template, [t.path for t in io.outputs])
-            return flat_output(paths, io.output_template, tensors)
-        return rebuild_output(treespec, io.output_template, tensors)
+        if treespec is not None:
+            try:
+                return rebuild_output(treespec, io.output_template, tensors)
+            except OutputStructureError:
+                raise
+            except Exception as error:  # the container type's own unflatten failed (another package version, say)
+                self._fall_back(io, f"Cannot rebuild the module's output structure here ({type(error).__name__}: {error}).")
+        paths = io.output_paths or output_leaf_paths(io.output_template, [t.path for t in io.outputs])
+        return flat_output(paths, io.output_template, tensors)
 
     @staticmethod
     def _check_shapes(io: ModelIO, tensors: list[torch.Tensor]) -> None:

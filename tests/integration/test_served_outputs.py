@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +173,37 @@ def test_remote_module_falls_back_to_a_flat_dict_with_a_warning_where_transforme
     assert result.returncode == 0, result.stderr[-3000:]
     assert "transformers.modeling_outputs.CausalLMOutputWithCrossAttentions" in result.stdout
     assert "returned as a dict {leaf path: tensor} instead" in result.stdout
+
+
+def test_remote_module_falls_back_to_a_flat_dict_with_a_warning_when_a_known_type_fails_to_rebuild(served_outputs):
+    ids = _ids(1, 5, seed=12)
+    result = _run_fresh(
+        """
+        import sys, warnings
+        import torch
+        import transformers.exporters.exporter_dynamo as exporter
+        from aitune_triton import RemoteModule
+
+        def broken(context, tensors):  # as a transformers release whose cache layout differs from the server's
+            raise TypeError("this cache layout is unknown here")
+
+        exporter._unflatten_from_context = broken
+        remote = RemoteModule(sys.argv[1], sys.argv[2])
+        ids = torch.tensor(eval(sys.argv[3]))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            first, second = remote(ids), remote(ids)
+        assert list(first) == list(second) == ["logits", "cache.0", "cache.1", "cache.2", "cache.3"], list(first)
+        print(len(caught), caught[0].message if caught else "")
+        """,
+        served_outputs.server.grpc_url,
+        GPT2_MODEL,
+        repr(ids.tolist()),
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("1 ")  # one warning, not one per call
+    assert "Cannot rebuild the module's output structure here (TypeError: this cache layout is unknown here)" in result.stdout
 
 
 def test_served_dataclass_output_is_rebuilt_with_its_constant_field(served_outputs):

@@ -257,3 +257,30 @@ def test_rebuild_output_of_a_cache_structure_uses_the_new_tensors():
     rebuilt = rebuild_output(flat.treespec, flat.template, new)
 
     assert [float(t.flatten()[0]) for t in cache_tensors(rebuilt)] == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_a_numpy_array_output_is_refused_since_no_backend_computes_it(unique_name):
+    class ArrayNet(torch.nn.Module):
+        def forward(self, x: torch.Tensor):
+            return x + 1, x.numpy().copy()
+
+    module = Module(ArrayNet().eval(), name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    with pytest.warns(UserWarning, match="output leaf 'output.1' is a numpy array"):
+        module(torch.ones(2, 3))
+
+    with pytest.raises(RecordingError, match="output leaf 'output.1' is a numpy array, which no backend computes"):
+        module.tune()
+
+
+def test_changing_a_returned_constant_does_not_change_later_outputs(unique_name):
+    class ListNet(torch.nn.Module):
+        def forward(self, x: torch.Tensor):
+            return {"y": x * 3, "labels": ["a", "b"]}
+
+    module = Module(ListNet().eval(), name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    for batch in (1, 2):
+        module(torch.ones(batch, 3))
+    module.tune()
+
+    module(torch.ones(1, 3))["labels"].append("mutated")
+    assert module(torch.ones(1, 3))["labels"] == ["a", "b"]
