@@ -49,6 +49,7 @@ __all__ = [
     "rebuild_output",
     "output_leaves",
     "output_leaf_paths",
+    "same_value",
     "holds_tensor",
     "import_serialized_type",
     "treespec_from_json",
@@ -476,25 +477,28 @@ def _container_registration(cls: type) -> Callable[[], None] | None:
     return None
 
 
-def holds_tensor(value: Any, _seen: set[int] | None = None) -> bool:
+def holds_tensor(value: Any) -> bool:
     """Whether ``value`` is or holds a tensor: in a list, tuple, set or dict, or in an object's
-    attributes, at any depth."""
-    if isinstance(value, torch.Tensor):
-        return True
-    if value is None or isinstance(value, (bool, int, float, complex, str, bytes, type, types.ModuleType, types.FunctionType)):
-        return False
-    seen = set() if _seen is None else _seen
-    if id(value) in seen:
-        return False
-    seen.add(id(value))
-    if isinstance(value, dict):
-        children: Any = value.values()
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        children = value
-    else:
-        children = list(getattr(value, "__dict__", {}).values())
-        children += [getattr(value, slot, None) for slot in getattr(type(value), "__slots__", ()) if isinstance(slot, str)]
-    return any(holds_tensor(child, seen) for child in children)
+    attributes, at any depth (an iterative walk, so deep or cyclic objects are fine)."""
+    pending, seen = [value], set()
+    while pending:
+        item = pending.pop()
+        if isinstance(item, torch.Tensor):
+            return True
+        if item is None or isinstance(item, _ATOMS) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            pending.extend(item)
+        else:
+            pending.extend(getattr(item, "__dict__", {}).values())
+            pending.extend(getattr(item, slot, None) for slot in getattr(type(item), "__slots__", ()) if isinstance(slot, str))
+    return False
+
+
+_ATOMS = (bool, int, float, complex, str, bytes, type, types.ModuleType, types.FunctionType, torch.dtype, torch.device)
 
 
 def _register_output_containers(output: Any) -> bool:
@@ -532,6 +536,15 @@ def flatten_output(output: Any) -> FlatTree:
     if any(not isinstance(leaf, torch.Tensor) for leaf in flat.leaves) and _register_output_containers(output):
         flat = _flatten(output, root="output")
     return flat
+
+
+def same_value(expected: Any, value: Any) -> bool:
+    """Whether two non-tensor leaves are equal: same type and ``==`` (False when ``==`` raises or
+    has no truth value, as for arrays)."""
+    try:
+        return type(expected) is type(value) and bool(expected == value)
+    except Exception:
+        return False
 
 
 def _is_array(value: Any) -> bool:

@@ -23,6 +23,7 @@ from aitune_triton.spec import (
     flatten_call,
     flatten_output,
     output_leaf_problems,
+    same_value,
 )
 
 __all__ = ["Recorder", "RecordingState", "infer_dims"]
@@ -155,19 +156,18 @@ def _output_key(flat: FlatTree) -> tuple:
     return (repr(flat.treespec), tuple(flat.leaf_descriptions(strict=False)))
 
 
-def _same_constant(recorded: Any, value: Any) -> bool:
-    try:
-        return type(recorded) is type(value) and bool(recorded == value)
-    except Exception:  # an __eq__ that raises or returns something without a truth value
-        return False
+def _short(value: Any, limit: int = 300) -> str:
+    """``repr`` with the type name, cut to ``limit`` characters (a cache's structure is long)."""
+    text = repr(value)
+    return f"{text[:limit]}... ({type(value).__name__})" if len(text) > limit else f"{text} ({type(value).__name__})"
 
 
 def _changed_constants(record: _GraphRecord, output: FlatTree) -> list[str]:
     """Non-tensor output leaves whose value differs from the first recorded call's."""
     return [
-        f"output leaf {path!r} was {recorded!r} in an earlier call and {value!r} in this one"
+        f"output leaf {path!r} was {_short(recorded)} in an earlier call and {_short(value)} in this one"
         for path, recorded, value in zip(output.paths, record.output_template, output.leaves)
-        if recorded is not None and not _same_constant(recorded, value)
+        if recorded is not None and not same_value(recorded, value)
     ]
 
 
@@ -249,7 +249,7 @@ class Recorder:
             self._refuse(
                 record,
                 f"calls with the same input structure ({record.description}) returned differently structured "
-                f"outputs: {record.output_treespec} vs {output.treespec}",
+                f"outputs: {_short(record.output_treespec)} vs {_short(output.treespec)}",
             )
             return
         else:

@@ -8,15 +8,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from aitune_triton.errors import OutputMismatchError
+from aitune_triton.spec import same_value
 
 __all__ = ["compare_outputs", "measure_latency_ms"]
-
-
-def _same_value(reference: Any, actual: Any) -> bool:
-    try:
-        return type(reference) is type(actual) and bool(reference == actual)
-    except Exception:  # an __eq__ that raises or has no truth value
-        return False
 
 
 def compare_outputs(
@@ -48,7 +42,7 @@ def compare_outputs(
         return [f"{label}expected {len(reference)} output tensors, got {len(actual)}"], float("inf")
     for path, ref, out in zip(paths, reference, actual):
         if not isinstance(ref, torch.Tensor) or not isinstance(out, torch.Tensor):
-            if not _same_value(ref, out):
+            if not same_value(ref, out):
                 mismatches.append(f"{label}{path}: {_short(out)} != eager {_short(ref)}")
                 worst = float("inf")
             continue

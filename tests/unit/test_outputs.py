@@ -16,7 +16,7 @@ from output_nets import DataclassNet, Encoded, cache_tensors, record_gpt2, tiny_
 import aitune_triton
 from aitune_triton import Module, OneBackendStrategy
 from aitune_triton.errors import RecordingError, TuningError, UnknownOutputTypeError
-from aitune_triton.spec import flatten_output, rebuild_output, treespec_from_json, treespec_to_json
+from aitune_triton.spec import flatten_output, holds_tensor, rebuild_output, treespec_from_json, treespec_to_json
 from aitune_triton.strategies.validation import compare_outputs
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -60,6 +60,32 @@ def test_tuned_gpt2_returns_the_cache_of_this_call_not_a_recorded_one(tuned_gpt2
     assert type(output["cache"]) is type(expected["cache"])
     assert cache_tensors(output)[0].shape == (2, 2, 5, 16)
     _assert_close_to_eager(output, expected)
+
+
+def test_the_cache_a_tuned_gpt2_returns_continues_decoding_like_the_eager_cache(tuned_gpt2):
+    net, module, _ = tuned_gpt2
+    ids, next_ids = torch.randint(0, 100, (2, 5)), torch.randint(0, 100, (2, 1))
+
+    with torch.no_grad():
+        tuned_step = net(next_ids, cache=module(ids)["cache"])
+        eager_step = net(next_ids, cache=net(ids)["cache"])
+
+    assert tuned_step["cache"].get_seq_length() == eager_step["cache"].get_seq_length() == 6
+    assert torch.allclose(tuned_step["logits"], eager_step["logits"], atol=1e-4, rtol=1e-4)
+
+
+def test_holds_tensor_looks_into_containers_and_attributes_at_any_depth():
+    def nested(leaf, depth: int = 5000) -> list:  # deeper than the recursion limit
+        tree = [leaf]
+        for _ in range(depth):
+            tree = [tree]
+        return tree
+
+    cyclic: dict = {"text": "x"}
+    cyclic["self"] = cyclic
+
+    assert holds_tensor(_Box([{"a": (1, torch.ones(1))}])) and holds_tensor(nested(torch.ones(1)))
+    assert not holds_tensor(nested("text")) and not holds_tensor(cyclic) and not holds_tensor(_Box(torch.float32))
 
 
 def test_gpt2_cache_tensors_are_output_leaves_with_stable_paths(tuned_gpt2):
@@ -184,10 +210,10 @@ def test_a_non_tensor_output_that_changes_between_calls_is_refused_naming_the_le
 
     module = Module(CountingNet().eval(), name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
     module(torch.ones(2, 3))
-    with pytest.warns(UserWarning, match="output leaf 'rows' was 2 in an earlier call and 4 in this one"):
+    with pytest.warns(UserWarning, match=r"output leaf 'rows' was 2 \(int\) in an earlier call and 4 \(int\) in this one"):
         module(torch.ones(4, 3))
 
-    with pytest.raises(RecordingError, match="returned different non-tensor outputs: output leaf 'rows' was 2"):
+    with pytest.raises(RecordingError, match=r"returned different non-tensor outputs: output leaf 'rows' was 2 \(int\)"):
         module.tune()
 
 
