@@ -53,7 +53,7 @@ def test_the_group_help_lists_every_command_and_option(runner):
         ),
         (
             "serve",
-            {"--http-port", "--grpc-port", "--metrics-port", "--tritonserver", "--log-file", "--quiet-log", "--timeout-s", "--help"},
+            {"--http-port", "--grpc-port", "--metrics-port", "--host", "--tritonserver", "--log-file", "--quiet-log", "--timeout-s", "--help"},
         ),
         ("inspect", {"--help"}),
     ],
@@ -168,6 +168,15 @@ def test_serve_of_a_missing_repository_exits_1_without_starting_a_server(runner,
 
     assert result.exit_code == 1
     assert f"Error: repository: {(tmp_path / 'no_repo').absolute()} is not a directory" in result.output
+
+
+@pytest.mark.parametrize("host", ["example.com", "::1", "127.0.0.300", ""])
+def test_serve_with_a_host_that_is_not_an_ipv4_address_exits_1_naming_the_option(runner, tmp_path, host):
+    result = runner.invoke(main, ["serve", str(tmp_path), "--host", host])
+
+    assert result.exit_code == 1
+    assert "Error: host: expected an IPv4 address to listen on, such as 127.0.0.1" in result.output
+    assert repr(host) in result.output
 
 
 def test_inspect_prints_its_report_on_stdout(runner, checkpoint):
