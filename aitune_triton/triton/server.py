@@ -52,6 +52,8 @@ def _check_host(host: str) -> str:
     if host == "localhost":
         return DEFAULT_HOST
     try:
+        if not isinstance(host, str):  # IPv4Address also takes an int
+            raise TypeError
         return str(ipaddress.IPv4Address(host))
     except (ipaddress.AddressValueError, TypeError):
         raise InvalidArgumentError(
