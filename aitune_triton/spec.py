@@ -763,9 +763,11 @@ class GraphSpec:
         constants: Non-tensor input leaves of the first recorded call (path -> ``const(value)``);
             exported backends are built with these values.
         batch_independent: Whether splitting a recorded batch in two and running the halves gave
-            the same outputs as the whole batch (checked when tuning); None when not checked (no
-            batch axis, or no recorded batch of 2 or more). Triton may join requests into one
-            batch only when this is not False.
+            the same outputs as the whole batch, or (every recorded batch 1) joining recorded calls
+            into one batch gave each call's outputs (checked when tuning, which also drops a batch
+            axis seen at one size only unless this is True); None when not checked (no batch
+            axis, or nothing to split or join). Triton may join requests into one batch only when
+            this is not False.
     """
 
     name: str

@@ -54,9 +54,11 @@ def infer_dims(
     :class:`BatchDim` fixes the batch size of each call. Otherwise the call's batch size is the size
     of axis 0 of its first tensor input of rank >= 1; when that size varied across calls, each
     leaf's batch axis is its first axis whose size equalled the batch size in every call (axis 0
-    where possible); with one batch size seen and none declared there is no batch axis, since
-    nothing shows which axis it would be. Other axes whose size varied are dynamic; axes with the
-    same sizes in every call share one name (``dim0``, ``dim1``...); the batch is ``batch``, with an
+    where possible). With one batch size seen, axis 0 of each leaf whose axis 0 had that size in
+    every call is a *candidate* batch axis: tuning keeps it only when the module's outputs prove
+    independent along it (see :func:`aitune_triton.module.tuning.check_batch_independence`) and
+    otherwise fixes the size again. Other axes whose size varied are dynamic; axes with the same
+    sizes in every call share one name (``dim0``, ``dim1``...); the batch is ``batch``, with an
     inferred range from 1 to the largest batch seen. Ranges are the sizes seen, or as declared.
 
     Args:
@@ -80,8 +82,8 @@ def infer_dims(
     else:
         first = next((i for i, shape in enumerate(input_shapes[0]) if len(shape) >= 1), None) if input_shapes else None
         batch_series = series(input_shapes, first, 0) if first is not None else None
-        if batch_series is not None and len(set(batch_series)) < 2:
-            batch_series = None
+        if batch_series is not None and len(set(batch_series)) < 2 and (first, 0) in declared:
+            batch_series = None  # that axis is a declared DynamicDim, not a batch candidate
     batch_varies = batch_series is not None and len(set(batch_series)) > 1
     if batch_varies:
         names[batch_series] = "batch"  # type: ignore[index]
@@ -101,7 +103,7 @@ def infer_dims(
                 if batch_varies:
                     batch_axis = next((a for a, s in enumerate(per_axis) if s == batch_series), None)
                 elif per_axis and per_axis[0] == batch_series:
-                    batch_axis = 0  # a declared batch that never varied: follow the axis-0 convention
+                    batch_axis = 0  # a batch that never varied (declared or a candidate): the axis-0 convention
             leaf_names: list[str | None] = []
             for axis, s in enumerate(per_axis):
                 if axis in own:

@@ -99,6 +99,8 @@ class GraphTuneReport:
         chosen: Name of the kept backend.
         eager_latency_ms: Median eager latency on the largest recorded call, in milliseconds.
         candidates: One report per candidate, in the order tried.
+        batch: How the batch axis was decided (the range kept, or why the batch size is fixed or
+            requests are not joined); empty in reports written before it was recorded.
     """
 
     graph: str
@@ -106,6 +108,7 @@ class GraphTuneReport:
     chosen: str
     eager_latency_ms: float
     candidates: list[CandidateReport]
+    batch: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form."""

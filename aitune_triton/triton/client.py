@@ -15,7 +15,10 @@ from aitune_triton.errors import (
     GraphSpecMismatchError,
     InvalidArgumentError,
     OutputStructureError,
+    RemoteConnectionClosedError,
     RemoteInferenceError,
+    RemoteTimeoutError,
+    RemoteUnavailableError,
     UnknownOutputTypeError,
 )
 from aitune_triton.spec import (
@@ -37,6 +40,38 @@ def _strip_scheme(url: str) -> str:
         if url.startswith(scheme):
             return url[len(scheme) :]
     return url
+
+
+def _remote_error(error: Exception, where: str, timeout_s: float) -> RemoteInferenceError:
+    """The library error for a failed request, named for its cause where the transport tells it.
+
+    gRPC failures carry a status code (``StatusCode.DEADLINE_EXCEEDED``, ``StatusCode.UNAVAILABLE``);
+    the HTTP client raises socket errors (``TimeoutError``, ``ConnectionRefusedError``...) and
+    geventhttpclient's ``HTTPConnectionClosed`` (an ``http.client.HTTPException``) as they are.
+    Anything else (the server's own error answer, say) is a plain :class:`RemoteInferenceError`.
+    """
+    import http.client
+
+    from tritonclient.utils import InferenceServerException
+
+    status = str(error.status() or "") if isinstance(error, InferenceServerException) else ""
+    detail = f"{type(error).__name__}: {error}" if not isinstance(error, InferenceServerException) else str(error)
+    if status == "StatusCode.DEADLINE_EXCEEDED" or isinstance(error, TimeoutError):
+        return RemoteTimeoutError(
+            f"{where}: no answer within timeout_s={timeout_s:g} s ({detail}). Pass a larger timeout_s to RemoteModule "
+            "or check that the server is not overloaded."
+        )
+    if isinstance(error, (http.client.HTTPException, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+        return RemoteConnectionClosedError(
+            f"{where}: the server closed the connection before answering ({detail}). It may have stopped or crashed; "
+            "check that it is running (its health endpoint) and retry."
+        )
+    if status == "StatusCode.UNAVAILABLE" or isinstance(error, OSError):
+        return RemoteUnavailableError(
+            f"{where}: the server cannot be reached ({detail}). Check that it is running and that the URL and "
+            "protocol (grpc or http port) are right."
+        )
+    return RemoteInferenceError(f"{where}: {detail}")
 
 
 class RemoteModule:
@@ -69,8 +104,12 @@ class RemoteModule:
     Raises:
         InvalidArgumentError: (a ValueError) ``protocol`` is neither ``"grpc"`` nor ``"http"``, or
             ``output_structure`` is neither ``"module"`` nor ``"flat"``.
-        RemoteInferenceError: the server cannot be reached or ``model_name`` is not an entry
-            model exported by aitune_triton.
+        RemoteInferenceError: (a RuntimeError) ``model_name`` is not an entry model exported by
+            aitune_triton, or the server answered with an error; the subclasses
+            :class:`~aitune_triton.errors.RemoteUnavailableError` (nothing answers at ``url``),
+            :class:`~aitune_triton.errors.RemoteTimeoutError` (no answer within ``timeout_s``) and
+            :class:`~aitune_triton.errors.RemoteConnectionClosedError` (the server closed the
+            connection) name transport failures.
     """
 
     def __init__(
@@ -120,16 +159,14 @@ class RemoteModule:
         return client
 
     def _read_routes(self) -> dict[str, Any]:
-        from tritonclient.utils import InferenceServerException
-
         try:
             if self.protocol == "grpc":
                 config = self._client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout_s)["config"]
             else:
                 config = self._client.get_model_config(self.model_name)
-        except (InferenceServerException, OSError) as error:  # OSError: the HTTP client's refused connection
-            raise RemoteInferenceError(
-                f"{self.protocol}://{self.url}: cannot read the configuration of model {self.model_name!r}: {error}"
+        except Exception as error:  # tritonclient's, socket and geventhttpclient errors: see _remote_error
+            raise _remote_error(
+                error, f"{self.protocol}://{self.url}: cannot read the configuration of model {self.model_name!r}", self.timeout_s
             ) from error
         parameter = config.get("parameters", {}).get(ROUTES_PARAMETER)
         if parameter is None:
@@ -172,10 +209,13 @@ class RemoteModule:
             GraphSpecMismatchError: the call matches none of the exported graph specs, its shapes
                 are outside the exported ranges (a batch above max_batch_size, say), or (non-strict
                 modules) it passes other constant arguments than the artifact was built with.
-            RemoteInferenceError: the server answered with an error.
+            RemoteInferenceError: the server answered with an error (a bad request, a failed model).
+            RemoteUnavailableError: (a RemoteInferenceError) the server cannot be reached (stopped,
+                wrong port).
+            RemoteTimeoutError: (a RemoteInferenceError) no answer within ``timeout_s``.
+            RemoteConnectionClosedError: (a RemoteInferenceError) the server closed the connection
+                before answering.
         """
-        from tritonclient.utils import InferenceServerException
-
         call = flatten_call(self.signature, args, kwargs, self.strict)
         if any(isinstance(leaf, np.ndarray) for leaf in call.flat.leaves):
             raise ArgumentTypeError("RemoteModule: pass torch tensors, as to the module itself; got a numpy array.")
@@ -207,8 +247,8 @@ class RemoteModule:
                 )
             else:
                 result = self._client.infer(io.model_name, inputs, model_version=str(io.version), outputs=outputs)
-        except (InferenceServerException, OSError) as error:  # OSError: the HTTP client's refused connection
-            raise RemoteInferenceError(f"{io.model_name} ({self.protocol}://{self.url}): {error}") from error
+        except Exception as error:  # tritonclient's, socket and geventhttpclient errors: see _remote_error
+            raise _remote_error(error, f"{io.model_name} ({self.protocol}://{self.url})", self.timeout_s) from error
         tensors = []
         for tensor_io in io.outputs:
             array = np.array(result.as_numpy(tensor_io.name), copy=True)
