@@ -16,12 +16,14 @@ structure names their types, and loading it imports the module that defines them
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import functools
 import importlib
 import inspect
 import json
+import os
 import re
 import sys
 import types
@@ -117,6 +119,8 @@ def _serialized_type_names(text: str) -> list[str]:
         if isinstance(node, dict):
             if isinstance(node.get("type"), str) and node["type"] not in names:
                 names.append(node["type"])
+            if node.get("type") == "collections.namedtuple" and isinstance(node.get("context"), str):
+                names.append(node["context"])  # a namedtuple's own type name is its node's context
             for child in node.get("children_spec") or ():
                 walk(child)
 
@@ -148,8 +152,15 @@ def import_serialized_type(name: str) -> type | None:
     registered = pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE.get(name)
     if registered is not None:
         return registered
-    if not _TYPE_NAME.fullmatch(name) or name.split(".")[0].split(":")[0] in ("__main__", "builtins"):
+    if not _TYPE_NAME.fullmatch(name):
         return None
+    top = name.split(".")[0].split(":")[0]
+    if top == "builtins":
+        return None
+    if top == "__main__":  # defined by the running script: look it up there, never import anything
+        return _register_found(name, sys.modules.get("__main__"), name.replace(":", ".").split(".", 1)[1])
+    if top not in sys.modules and not _found_outside_the_working_directory(top):
+        return None  # never a file that merely lies in the current directory (a server names these types)
     if ":" in name:
         module_name, qualname = name.split(":", 1)
         splits = [(module_name, qualname)]
@@ -158,18 +169,35 @@ def import_serialized_type(name: str) -> type | None:
         splits = [(".".join(parts[:i]), ".".join(parts[i:])) for i in range(len(parts) - 1, 0, -1)]
     for module_name, qualname in splits:
         try:
-            found: Any = importlib.import_module(module_name)
+            module = importlib.import_module(module_name)
         except Exception:  # not installed, or fails to import: try a shorter prefix
             continue
-        for part in qualname.split("."):
-            found = getattr(found, part, None)
-        if isinstance(found, type) and name not in pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
-            register = _container_registration(found)
-            if register is not None:
-                register()
-        if name in pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
-            return pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE[name]
+        found = _register_found(name, module, qualname)
+        if found is not None:
+            return found
     return None
+
+
+def _found_outside_the_working_directory(top: str) -> bool:
+    """Whether the top-level module ``top`` is found on ``sys.path`` without its implicit entry for
+    the current directory (``''`` or the working directory itself): installed packages and
+    ``PYTHONPATH`` entries count, a ``setup.py`` lying where the process was started does not."""
+    import importlib.machinery
+
+    here = {"", os.getcwd()}
+    return importlib.machinery.PathFinder.find_spec(top, [p for p in sys.path if p not in here]) is not None
+
+
+def _register_found(name: str, module: Any, qualname: str) -> type | None:
+    """Find ``qualname`` in ``module`` and register it as :func:`flatten_output` would; the type or None."""
+    found = module
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if isinstance(found, type) and name not in pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
+        register = _container_registration(found)
+        if register is not None:
+            register()
+    return pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE.get(name)
 
 
 def treespec_from_json(text: str) -> pytree.TreeSpec:
@@ -465,6 +493,8 @@ def _container_registration(cls: type) -> Callable[[], None] | None:
     """
     if dataclasses.is_dataclass(cls):
         return lambda: pytree.register_dataclass(cls, serialized_type_name=_type_name(cls))
+    if issubclass(cls, tuple) and hasattr(cls, "_fields"):  # a namedtuple: flattened by default, stored once named
+        return lambda: pytree._register_namedtuple(cls, serialized_type_name=_type_name(cls))
     if "transformers" not in sys.modules:
         return None
     try:
@@ -533,9 +563,28 @@ def flatten_output(output: Any) -> FlatTree:
     Other non-tensor leaves stay leaves; see :func:`output_leaf_problems`.
     """
     flat = _flatten(output, root="output")
+    _name_namedtuples(flat.treespec)
     if any(not isinstance(leaf, torch.Tensor) for leaf in flat.leaves) and _register_output_containers(output):
         flat = _flatten(output, root="output")
     return flat
+
+
+def _name_namedtuples(treespec: pytree.TreeSpec) -> None:
+    """Give each namedtuple type in ``treespec`` a serialized type name: torch flattens every
+    namedtuple, but stores (``treespec_dumps``) only registered ones."""
+    pending = [treespec]
+    while pending:
+        node = pending.pop()
+        if (
+            node.type is collections.namedtuple
+            and isinstance(node.context, type)
+            and node.context not in pytree.SUPPORTED_SERIALIZED_TYPES
+        ):
+            try:
+                pytree._register_namedtuple(node.context, serialized_type_name=_type_name(node.context))
+            except ValueError:  # registered meanwhile
+                pass
+        pending.extend(node.children())
 
 
 def same_value(expected: Any, value: Any) -> bool:
@@ -573,6 +622,16 @@ def output_leaf_problems(flat: FlatTree) -> list[str]:
                 "flatten_with_keys_fn) or return tuples, lists and dicts of tensors (Hugging Face models: "
                 "use_cache=False drops the cache)"
             )
+        elif not _is_json(leaf):
+            problems.append(
+                f"output leaf {path!r} is a {_type_name(type(leaf))}, which a checkpoint cannot store (non-tensor "
+                "outputs are stored as JSON): return it as a tensor, or as a str, number, bool or None"
+            )
+    if not problems:
+        try:
+            treespec_to_json(flat.treespec)
+        except Exception as error:
+            problems.append(f"the output structure cannot be stored: {error}")
     return problems
 
 

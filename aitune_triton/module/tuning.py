@@ -9,12 +9,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.utils._pytree as pytree
 
-from aitune_triton.errors import InvalidArgumentError, StrategyCountError
+from aitune_triton.errors import InvalidArgumentError, StrategyCountError, TuningError
 from aitune_triton.module.dims import BatchDim
 from aitune_triton.module.recording import Recorder
 from aitune_triton.module.samples import Sample
-from aitune_triton.backends import EagerBackend
-from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec, flatten_call
+from aitune_triton.spec import CallStructure, FlatTree, ForwardSignature, GraphSpec, flatten_call, flatten_output, same_value
 from aitune_triton.strategies.validation import compare_outputs
 from aitune_triton.module.tuned import TunedGraph
 from aitune_triton.strategies import TuneContext, TuneStrategy, default_strategy
@@ -98,6 +97,11 @@ class BatchCheck:
     reason: str
 
 
+def _run(forward: Callable[..., Any], call: CallStructure) -> FlatTree:
+    """The module's own forward on ``call``, every output leaf flattened."""
+    return flatten_output(forward(*call.args, **call.kwargs))
+
+
 def _joinable_group(calls: Sequence[CallStructure]) -> list[CallStructure]:
     """The largest group (at most 8) of calls whose tensor shapes are all equal."""
     groups: dict[tuple, list[CallStructure]] = {}
@@ -155,12 +159,12 @@ def check_batch_independence(
             if sizes[largest] >= 2:
                 call, size = calls[largest], sizes[largest]
                 how = f"the two halves of a recorded batch of {size}"
-                whole = EagerBackend.reference(forward, call)
+                whole = _run(forward, call)
                 parts = []
                 for start, stop in ((0, size // 2), (size // 2, size)):
                     sliced = [t.narrow(axis, start, stop - start) for t, axis in zip(call.flat.tensors, axes)]
                     args, kwargs = call.with_tensors(signature, sliced)
-                    parts.append(EagerBackend.reference(forward, flatten_call(signature, args, kwargs)))
+                    parts.append(_run(forward, flatten_call(signature, args, kwargs)))
             else:
                 group = _joinable_group(calls)
                 if len(group) < 2:
@@ -171,12 +175,20 @@ def check_batch_independence(
                     for leaf, axis in enumerate(axes)
                 ]
                 args, kwargs = group[0].with_tensors(signature, joined_inputs)
-                whole = EagerBackend.reference(forward, flatten_call(signature, args, kwargs))
-                parts = [EagerBackend.reference(forward, call) for call in group]
-            joined = [torch.cat(list(leaves), dim=axis) for *leaves, axis in zip(*parts, out_axes)]
+                whole = _run(forward, flatten_call(signature, args, kwargs))
+                parts = [_run(forward, call) for call in group]
+            joined = [torch.cat(list(leaves), dim=axis) for *leaves, axis in zip(*[p.tensors for p in parts], out_axes)]
     except Exception as error:  # the module refuses another batch size: its batch size is not free
         return BatchCheck(False, f"the module's forward on {how} raised {type(error).__name__}: {str(error)[:200]}")
-    mismatches, _ = compare_outputs(whole, joined, [s.path for s in graph.outputs], atol, rtol)
+    for part in parts:  # a non-tensor output (``x.shape[0]``, a Python float) must not change with the batch
+        if part.treespec != whole.treespec:
+            return BatchCheck(False, f"{how} gave another output structure than one batch")
+        for path, expected, value in zip(whole.paths, whole.leaves, part.leaves):
+            if not isinstance(expected, torch.Tensor) and not same_value(expected, value):
+                return BatchCheck(
+                    False, f"{how}: non-tensor output {path!r} is {expected!r} for one batch but {value!r} for a part"
+                )
+    mismatches, _ = compare_outputs(whole.tensors, joined, [s.path for s in graph.outputs], atol, rtol)
     if mismatches:
         return BatchCheck(False, f"{how} gave other outputs than one batch ({mismatches[0]})")
     return BatchCheck(True, f"{how} gave the outputs of one batch")
@@ -197,6 +209,14 @@ def _drop_batch_axis(graph: GraphSpec) -> None:
             spec.dim_names = tuple(names)
             spec.batch_axis = None
     graph.dims.pop("batch", None)
+
+
+def _is_candidate_batch(graph: GraphSpec, declared: bool) -> bool:
+    """Whether ``graph`` keeps a batch axis that was only a candidate: one batch size recorded, none declared."""
+    if "batch" not in graph.dims or declared:
+        return False
+    batched = [(spec, spec.batch_axis) for spec in graph.inputs if spec.batch_axis is not None]
+    return bool(batched) and not any(spec.min_shape[axis] != spec.max_shape[axis] for spec, axis in batched)
 
 
 def decide_batch_axis(
@@ -265,10 +285,25 @@ def tune_graphs(
             log(f"{graph.name} ({graph.num_calls} calls): {strategy.describe()}")
             samples = [_on_device(signature, s, device, recorder.strict) for s in recorder.samples(graph)]
             example = _on_device(signature, recorder.largest_sample(graph), device, recorder.strict)
-            batch_note = decide_batch_axis(forward, signature, graph, samples, _declares_batch(recorder, graph))
+            declared = _declares_batch(recorder, graph)
+            batch_note = decide_batch_axis(forward, signature, graph, samples, declared)
             log(f"{graph.name}: {batch_note}")
             context = TuneContext(module, signature, graph, samples, example, workdir / graph.name, device, log, forward)
-            backend, report = strategy.tune(context)
+            try:
+                backend, report = strategy.tune(context)
+            except TuningError as error:
+                if not _is_candidate_batch(graph, declared):
+                    raise
+                # The forward specialises on its batch size (torch.export infers it static): keep it fixed.
+                size = graph.dims["batch"][1]
+                _drop_batch_axis(graph)
+                graph.batch_independent = None
+                batch_note = (
+                    f"batch fixed at {size}: no candidate could be built with a dynamic batch axis "
+                    f"({str(error).splitlines()[0][:200]})"
+                )
+                log(f"{graph.name}: {batch_note}; tuning again")
+                backend, report = strategy.tune(context)
             report.batch = batch_note
             log(f"{graph.name}: chose {backend.name}")
             tuned.append(TunedGraph(graph, backend, report))

@@ -173,3 +173,54 @@ def test_the_decided_batch_axis_survives_a_state_dict_round_trip(unique_name):
     assert "requests may be joined" in tuned.report.batch
     x = torch.randn(3, 8)
     torch.testing.assert_close(loaded(x)["hidden"], net(x)["hidden"], atol=1e-5, rtol=0)
+
+
+class CountsItsBatch(torch.nn.Module):
+    """Independent tensor outputs, but a non-tensor output that is the batch size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor):
+        return {"y": self.linear(x), "n": x.shape[0]}
+
+
+class NamesItsBatch(torch.nn.Module):
+    """Samples are independent, but the forward reads its batch size as a Python int into the graph."""
+
+    def forward(self, x: torch.Tensor):
+        if x.shape[0] == 4:  # the same values either way, but torch.export must specialise the batch to 4
+            return x * 2
+        return x + x
+
+
+def test_a_non_tensor_output_that_follows_the_batch_size_keeps_the_batch_fixed(unique_name):
+    torch.manual_seed(0)
+    module = Module(CountsItsBatch().eval(), name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    _record(module, batch=4)
+
+    module.tune()
+
+    (tuned,) = module.tuned_graphs
+    assert tuned.spec.batch_independent is False
+    assert "batch" not in tuned.spec.dims
+    assert "non-tensor output 'n' is 4 for one batch but 2 for a part" in tuned.report.batch
+    assert module(torch.randn(4, 8))["n"] == 4
+    with pytest.raises(GraphSpecMismatchError):
+        module(torch.randn(1, 8))  # eager would say n == 1: the tuned module refuses rather than answer 4
+
+
+def test_a_forward_that_specialises_on_its_one_recorded_batch_size_is_tuned_with_that_batch_fixed(unique_name):
+    net = NamesItsBatch().eval()
+    module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    _record(module, batch=4)
+
+    module.tune()
+
+    (tuned,) = module.tuned_graphs
+    assert tuned.backend.name == "onnxruntime"
+    assert "batch" not in tuned.spec.dims
+    assert tuned.report.batch.startswith("batch fixed at 4: no candidate could be built with a dynamic batch axis")
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(module(x), net(x))

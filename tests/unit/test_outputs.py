@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import typing
 from pathlib import Path
 
 import pytest
@@ -310,3 +312,102 @@ def test_changing_a_returned_constant_does_not_change_later_outputs(unique_name)
 
     module(torch.ones(1, 3))["labels"].append("mutated")
     assert module(torch.ones(1, 3))["labels"] == ["a", "b"]
+
+
+class Pair(typing.NamedTuple):
+    y: torch.Tensor
+    count: int
+
+
+class PairNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor):
+        return Pair(self.linear(x), 7)
+
+
+def test_a_namedtuple_output_tunes_saves_and_loads_as_the_same_namedtuple(unique_name, tmp_path):
+    net = PairNet().eval()
+    module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    with torch.no_grad():
+        for batch in (1, 2, 3):
+            module(torch.randn(batch, 4))
+    module.tune()
+    aitune_triton.save(module, tmp_path / "checkpoint")
+
+    reloaded = Module(PairNet().eval(), name=unique_name + "_reloaded")
+    aitune_triton.load(reloaded, tmp_path / "checkpoint")
+    x = torch.randn(2, 4)
+    for output in (module(x), reloaded(x)):
+        assert type(output) is Pair and output.count == 7
+        torch.testing.assert_close(output.y, net(x).y, atol=1e-5, rtol=1e-5)
+
+
+class Kind(enum.Enum):
+    PLAIN = 1
+
+
+class EnumNet(torch.nn.Module):
+    def forward(self, x: torch.Tensor):
+        return {"y": x * 2, "kind": Kind.PLAIN}
+
+
+def test_an_output_leaf_a_checkpoint_cannot_store_is_refused_at_tune_time_not_at_save(unique_name):
+    module = Module(EnumNet().eval(), name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    with pytest.warns(UserWarning, match="tune\\(\\) will refuse"):
+        module(torch.randn(2, 4))
+    module(torch.randn(3, 4))
+    with pytest.raises(RecordingError, match="output leaf 'kind' is a .*Kind, which a checkpoint cannot store"):
+        module.tune()
+
+
+def test_a_dataclass_defined_in_the_running_script_is_rebuilt_from_a_checkpoint_that_script_saved(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import dataclasses, sys, torch, aitune_triton
+
+            @dataclasses.dataclass
+            class Out:
+                y: torch.Tensor
+
+            class Net(torch.nn.Module):
+                def forward(self, x):
+                    return Out(x * 2)
+
+            module = aitune_triton.Module(Net(), name="script_net", strategy=aitune_triton.OneBackendStrategy("onnxruntime"))
+            if sys.argv[1] == "save":
+                module(torch.ones(2, 3)); module(torch.ones(3, 3))
+                module.tune()
+                aitune_triton.save(module, sys.argv[2])
+            else:
+                aitune_triton.load(module, sys.argv[2])
+                output = module(torch.ones(2, 3))
+                print(type(output).__qualname__, float(output.y.sum()))
+            """
+        )
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for step in ("save", "load"):
+        result = subprocess.run(
+            [sys.executable, str(script), step, str(tmp_path / "checkpoint")], capture_output=True, text=True, timeout=300, env=env
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["Out", "12.0"]
+
+
+def test_a_type_name_a_server_sends_never_imports_a_file_from_the_current_directory(tmp_path):
+    (tmp_path / "setup.py").write_text("open('imported', 'w').write('yes')\nclass Out:\n    pass\n")
+    result = subprocess.run(
+        [sys.executable, "-c", "from aitune_triton.spec import import_serialized_type; print(import_serialized_type('setup.Out'))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "None"
+    assert not (tmp_path / "imported").exists()
