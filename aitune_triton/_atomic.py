@@ -3,7 +3,7 @@
 Checkpoints and exported models are built in a *staging directory* next to their target and then
 renamed into place. A process killed while building (SIGKILL, power loss) cannot clean up, so
 staging directories carry the owning process id in their name
-(``.aitune_triton-staging-<pid>-<random>``); the next save or export in the same parent directory
+(``.aitune_triton-staging-<pid>-h<host>-<random>``); the next save or export in the same parent directory
 removes those whose process is gone, or that are older than :data:`STALE_AFTER_S` (a process id
 reused by an unrelated process, or a directory written from another PID namespace).
 
@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -31,9 +33,18 @@ __all__ = ["STAGING_PREFIX", "STALE_AFTER_S", "exchange", "make_staging_dir", "r
 STAGING_PREFIX = ".aitune_triton-staging-"
 #: A staging directory older than this is stale even when a process with its pid is alive.
 STALE_AFTER_S = 6 * 3600.0
-_STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"(\d+)-")
+_STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"(\d+)-(?:h([0-9a-f]{8})-)?")
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+
+
+#: This host, as 8 hex digits in staging names: a directory shared between hosts (or containers with
+#: their own PID namespaces and host names) holds staging directories whose pids mean nothing here.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _own_prefix() -> str:
+    return f"{STAGING_PREFIX}{os.getpid()}-h{_HOST}-"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -73,8 +84,9 @@ def remove_stale_staging(parent: Path, max_age_s: float = STALE_AFTER_S) -> list
             age_s = now - entry.stat().st_mtime
         except OSError:
             continue
-        if _pid_alive(int(match.group(1))) and age_s < max_age_s:
-            continue
+        other_host = match.group(2) is not None and match.group(2) != _HOST
+        if (other_host or _pid_alive(int(match.group(1)))) and age_s < max_age_s:
+            continue  # a pid seen from another host (a shared volume) says nothing: only age counts there
         shutil.rmtree(entry, ignore_errors=True)
         if not entry.exists():
             removed.append(entry)
@@ -88,7 +100,7 @@ def make_staging_dir(parent: Path) -> Path:
         ``parent/.aitune_triton-staging-<this pid>-<random>``.
     """
     remove_stale_staging(parent)
-    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=parent))
+    return Path(tempfile.mkdtemp(prefix=_own_prefix(), dir=parent))
 
 
 def exchange(first: Path, second: Path) -> bool:
@@ -133,7 +145,7 @@ def replace_dir(new: Path, path: Path) -> None:
     if exchange(new, path):
         retired = new  # now holds the old directory, under a staging name
     else:
-        retired = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=path.parent))
+        retired = Path(tempfile.mkdtemp(prefix=_own_prefix(), dir=path.parent))
         os.rmdir(retired)
         os.rename(path, retired)
         os.rename(new, path)

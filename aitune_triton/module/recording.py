@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+import torch.utils._pytree as pytree
 
 from aitune_triton._warnings import warn
 from aitune_triton.errors import RecordingError
@@ -153,6 +154,21 @@ class _GraphRecord:
     error: str | None = None
 
 
+def _container_ids(tree: Any) -> dict[int, str]:
+    """``{id: type name}`` of every pytree node in ``tree`` other than a plain dict, list or tuple."""
+    found: dict[int, str] = {}
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, torch.Tensor) or pytree.tree_is_leaf(node):
+            continue
+        if type(node) not in (dict, list, tuple):
+            found[id(node)] = type(node).__qualname__
+        children, _ = pytree.SUPPORTED_NODES[pytree._get_node_type(node)].flatten_fn(node)
+        pending.extend(children)
+    return found
+
+
 def _output_key(flat: FlatTree) -> tuple:
     """Structure and tensor dtypes and ranks; constant values are compared on their own."""
     return (repr(flat.treespec), tuple(flat.leaf_descriptions(strict=False)))
@@ -199,6 +215,7 @@ class Recorder:
         self.samples_dir = samples_dir
         self.dynamic_shapes = dict(dynamic_shapes or {})
         self._graphs: dict[str, _GraphRecord] = {}
+        self._warned_returned: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -221,8 +238,29 @@ class Recorder:
         check_declared(call.flat.tensor_paths, shapes, self.dynamic_shapes)
         copied_args, copied_kwargs = copy_call(args, kwargs)
         output = forward(*args, **kwargs)
-        self._add(call, Sample(copied_args, copied_kwargs, shapes), flatten_output(output))
+        flat_output = flatten_output(output)
+        self._warn_returned_arguments(call, args, kwargs, output)
+        self._add(call, Sample(copied_args, copied_kwargs, shapes), flat_output)
         return output
+
+    def _warn_returned_arguments(self, call: CallStructure, args: tuple, kwargs: dict, output: Any) -> None:
+        """Warn (once per input structure) when the output holds a container object that was passed in.
+
+        Such a module updates its argument in place (a Hugging Face cache passed as
+        ``past_key_values`` is filled and returned). A tuned or served module computes a new object
+        and leaves the argument as it was, so callers must use the returned value.
+        """
+        if call.key in self._warned_returned:
+            return
+        shared = _container_ids(output).keys() & _container_ids((args, kwargs)).keys()
+        if shared:
+            self._warned_returned.add(call.key)
+            names = sorted({_container_ids(output)[i] for i in shared})
+            warn(
+                f"the module returns the {', '.join(names)} object it was given as an argument (updated in place). A "
+                "tuned or served module returns a new object and leaves the argument unchanged: use the returned value "
+                "(outputs.past_key_values, say) after each call, not the object passed in."
+            )
 
     def _add(self, call: CallStructure, sample: Sample, output: FlatTree) -> None:
         record = self._graphs.get(call.key)

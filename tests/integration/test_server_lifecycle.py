@@ -6,6 +6,7 @@ with 4 instances and one graph model: five Python-backend stubs).
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import ipaddress
 import json
@@ -176,7 +177,11 @@ def test_serve_exits_1_naming_the_signal_and_keeps_the_log_when_tritonserver_is_
     )
     try:
         assert serve.stdout is not None
-        serving = serve.stdout.readline()  # printed once the server and its models are ready
+        reader = concurrent.futures.ThreadPoolExecutor(max_workers=1)  # a hung start fails the test, not hangs it
+        try:
+            serving = reader.submit(serve.stdout.readline).result(timeout=180)  # printed once the models are ready
+        finally:
+            reader.shutdown(wait=False)
         assert serving.startswith(f"Serving {exported.repository}: HTTP 127.0.0.1:"), serving
         assert "gRPC 127.0.0.1:" in serving and "metrics 127.0.0.1:" in serving
         servers = [pid for pid in _processes_mentioning(str(exported.repository)) if pid != serve.pid]

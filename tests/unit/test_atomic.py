@@ -133,3 +133,12 @@ def test_replace_dir_onto_a_missing_path_renames(tmp_path):
 
     assert (tmp_path / "checkpoint" / "manifest.json").read_text() == "new"
     assert not new.exists()
+
+
+def test_a_staging_directory_another_host_left_is_removed_only_once_it_is_old(tmp_path):
+    other_host = tmp_path / f"{STAGING_PREFIX}999999-h{'0' * 8}-abc"  # pid 999999 means nothing on this host
+    other_host.mkdir()
+    assert remove_stale_staging(tmp_path) == [] and other_host.exists()
+    old = time.time() - 7 * 3600
+    os.utime(other_host, (old, old))
+    assert remove_stale_staging(tmp_path) == [other_host]

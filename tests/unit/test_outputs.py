@@ -411,3 +411,12 @@ def test_a_type_name_a_server_sends_never_imports_a_file_from_the_current_direct
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "None"
     assert not (tmp_path / "imported").exists()
+
+
+def test_recording_a_call_that_returns_the_cache_it_was_given_warns_to_use_the_returned_value(unique_name):
+    model = tiny_gpt2()
+    module = Module(model, name=unique_name)
+    with torch.no_grad():
+        first = model(torch.randint(0, 100, (1, 4)))
+        with pytest.warns(UserWarning, match="returns the DynamicCache object it was given as an argument"):
+            module(torch.randint(0, 100, (1, 1)), past_key_values=first["past_key_values"] if "past_key_values" in first else first["cache"])
