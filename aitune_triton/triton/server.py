@@ -221,7 +221,7 @@ class StubWatchdog:
     def start(self) -> "StubWatchdog":
         """Start watching in a daemon thread; the stubs alive now are the ones watched."""
         if self._thread is None:
-            self.dead_stubs()  # learn the stubs alive now; ones already dead stay unknown
+            self._learn()  # every model is loaded: its stubs run now
             self._thread = threading.Thread(target=self._run, name="aitune-triton-stub-watchdog", daemon=True)
             self._thread.start()
         return self
@@ -253,20 +253,25 @@ class StubWatchdog:
         stub that dies before the first look after its start is not seen.
         """
         found = []
-        for pid in _children(self.pid):
-            if pid in self._handled:
-                continue
-            if pid not in self._models:
-                model = _stub_model(pid)
-                if model is None:
-                    if _is_dead(pid):
-                        self._handled.add(pid)  # died before it was seen: its model is unknown
-                    continue
-                self._models[pid] = model
-            if _is_dead(pid):
+        children = self._learn()
+        for pid, model in self._models.items():
+            # Dead: a zombie, or already reaped by the server (no longer its child).
+            if pid not in self._handled and (pid not in children or _is_dead(pid)):
                 self._handled.add(pid)
-                found.append((self._models[pid], pid))
+                found.append((model, pid))
         return found
+
+    def _learn(self) -> set[int]:
+        """Record the model of every new stub process (while it is alive); return the server's children."""
+        children = set(_children(self.pid))
+        for pid in children - self._handled - set(self._models):
+            model = _stub_model(pid)
+            if model is not None:
+                self._models[pid] = model
+            elif _is_dead(pid):
+                self._handled.add(pid)
+                self._log(f"process {pid} of the server died before it was seen; its model is unknown, none is reloaded")
+        return children
 
     def _reload(self, client: Any, model: str, pid: int) -> None:
         from tritonclient.utils import InferenceServerException
@@ -278,8 +283,9 @@ class StubWatchdog:
             self._log(f"stub process {pid} of model {model!r} died; reloading the model")
             client.unload_model(model)
             # The model's other stubs exit with the unload; they are not deaths to act on.
-            self._handled.update(other for other, name in self._models.items() if name == model)
+            self._handled.update(other for other, name in list(self._models.items()) if name == model)
             client.load_model(model)
+            self._learn()  # the new stubs run now: learn them before a request can kill one
         except (InferenceServerException, OSError) as error:
             self._log(f"reloading model {model!r} failed: {error}")
             return
