@@ -101,7 +101,8 @@ def index_ranges(exported: torch.export.ExportedProgram) -> list[list[dict[str, 
     (view, reshape, unsqueeze, expand, to, clone, slice...), gets that op's
     :class:`~aitune_triton.contract.IndexRange` as a dict. The indexed size is an integer, or the
     symbol of an input axis when it is one; any other symbolic size is left out. Values an input
-    reaches only through arithmetic (``ids + 1``) are not covered. Eager PyTorch raises
+    reaches only through arithmetic (``ids + 1``) are not covered; values a slice drops are checked
+    too (stricter than eager there). Eager PyTorch raises
     ``IndexError`` for such values; compiled artifacts read out of bounds or abort the process.
     """
     symbols = {axis for axes in input_axes(exported) for axis in axes if isinstance(axis, str)}

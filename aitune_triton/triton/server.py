@@ -186,7 +186,13 @@ class StubWatchdog:
     model and server readiness say false and requests are refused as an unknown model) and loads
     it again through the model-control API, which needs ``--model-control-mode=explicit`` (see
     :meth:`server_args`). Measured on the embedded server with an ONNX Runtime model: good
-    requests succeed again about 2 s after the kill.
+    requests succeed again about 0.2 s after the kill, and about 3-5 s after an AOTInductor
+    package aborted its stub.
+
+    A server that :class:`TritonServer` did not start (an NGC container, a ``tritonserver`` run by
+    hand) has no watchdog: there a model whose stub died keeps reporting ready while failing every
+    request, until it is reloaded (with ``--model-control-mode=explicit``: ``POST
+    /v2/repository/models/<name>/unload``, then ``.../load``) or the server is restarted.
 
     Args:
         pid: The ``tritonserver`` process id.

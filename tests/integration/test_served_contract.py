@@ -178,3 +178,18 @@ def test_a_request_that_aborts_the_compiled_code_fails_and_the_model_serves_agai
     _good_call(net, server)
     assert server.watchdog.reloads[reloads][0] == GRAPH_MODEL
     print(f"serving again {time.monotonic() - started:.1f} s after the aborting request")
+
+
+def test_a_model_unloaded_on_purpose_through_the_model_control_api_is_not_reloaded_by_the_watchdog(index_server):
+    net, server = index_server
+    reloads = len(server.watchdog.reloads)
+    client = httpclient.InferenceServerClient(server.http_url, network_timeout=120)
+    try:
+        client.unload_model(GRAPH_MODEL)
+        time.sleep(2)  # ten looks of the watchdog
+        assert _honest_readiness(server)[0] is False
+        assert len(server.watchdog.reloads) == reloads
+        client.load_model(GRAPH_MODEL)
+    finally:
+        client.close()
+    _good_call(net, server)
