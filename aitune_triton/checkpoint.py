@@ -13,7 +13,10 @@ it is loaded, as any compiled model does: load only checkpoints you trust. Every
 SHA-256 and size are checked against the manifest before it is loaded; that detects corruption
 and truncation, not tampering by someone who can also edit the manifest. A checkpoint is written
 into a temporary sibling directory and renamed into place, so a failed save leaves no
-half-written checkpoint.
+half-written checkpoint. Replacing a checkpoint (``overwrite=True``) swaps the new directory in
+atomically where the OS allows it, so the path never lacks a complete checkpoint; staging
+directories left by a killed save are removed by the next save or export next to them
+(``aitune_triton._atomic``).
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ import datetime
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from aitune_triton._atomic import make_staging_dir, replace_dir
 from aitune_triton._versions import library_versions, sha256_file
 from aitune_triton.errors import CheckpointError
 from aitune_triton.module.wrapper import Module
@@ -46,8 +49,9 @@ def save(module: Module, path: str | os.PathLike, overwrite: bool = False) -> Pa
     Args:
         module: A ``TUNED`` :class:`~aitune_triton.Module`.
         path: Checkpoint directory to create.
-        overwrite: Replace an existing checkpoint at ``path`` (atomically: the old one is removed
-            only after the new one is complete).
+        overwrite: Replace an existing checkpoint at ``path``: the new one is built completely
+            first, then swapped in atomically (on Linux; elsewhere with two renames), and the old
+            one removed.
 
     Returns:
         The checkpoint directory.
@@ -63,7 +67,7 @@ def save(module: Module, path: str | os.PathLike, overwrite: bool = False) -> Pa
             f"path: {path} already exists. Pass overwrite=True to replace it, or choose another directory."
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    staging = make_staging_dir(path.parent)
     try:
         files = _copy_artifacts(description, staging)
         manifest = {
@@ -75,7 +79,7 @@ def save(module: Module, path: str | os.PathLike, overwrite: bool = False) -> Pa
             "files": files,
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace_dir(staging, path)
+        replace_dir(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -100,17 +104,6 @@ def _copy_artifacts(description: dict[str, Any], staging: Path) -> dict[str, dic
             files[relative] = {"sha256": sha256_file(target), "size_bytes": target.stat().st_size}
             artifacts[role] = relative
     return files
-
-
-def _replace_dir(staging: Path, path: Path) -> None:
-    if not path.exists():
-        staging.rename(path)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-    os.rmdir(retired)
-    path.rename(retired)
-    staging.rename(path)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

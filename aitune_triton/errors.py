@@ -67,6 +67,11 @@ class RecordingError(AITuneTritonError, ValueError):
     """A recorded call cannot be used (e.g. the same inputs gave differently structured outputs)."""
 
 
+class UnknownOutputTypeError(RecordingError):
+    """A stored output structure names a container type that is not known in this process and that
+    no importable module defines."""
+
+
 class BackendUnavailableError(AITuneTritonError, RuntimeError):
     """A backend cannot run on this machine (missing package or device)."""
 
@@ -119,3 +124,16 @@ class OutputStructureError(AITuneTritonError, RuntimeError):
 
 class RemoteInferenceError(AITuneTritonError, RuntimeError):
     """A request to a served model failed or its answer did not match the model's IO mapping."""
+
+
+class RemoteTimeoutError(RemoteInferenceError, TimeoutError):
+    """A served model did not answer within the RemoteModule's ``timeout_s`` (HTTP socket timeout,
+    gRPC ``DEADLINE_EXCEEDED``)."""
+
+
+class RemoteUnavailableError(RemoteInferenceError, ConnectionError):
+    """The server cannot be reached: connection refused, nothing listening, gRPC ``UNAVAILABLE``."""
+
+
+class RemoteConnectionClosedError(RemoteInferenceError, ConnectionError):
+    """The server closed or reset the connection before answering (it stopped or crashed mid-request)."""

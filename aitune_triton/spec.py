@@ -9,16 +9,24 @@ only in tensor sizes do too.
 Leaf paths name leaves deterministically from the pytree key path: ``input_ids``,
 ``past.key.3``, ``hidden.0``. A module's output leaves are named the same way, with ``output``
 for a lone tensor and an ``output.`` prefix when the top level is a sequence (``output.0``).
+Output containers that hold tensors (``transformers`` model outputs and caches, dataclasses) are
+pytree nodes, so every output tensor is a leaf that backends compute for each call; a stored
+structure names their types, and loading it imports the module that defines them.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
+import importlib
 import inspect
 import json
+import re
+import sys
+import types
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.utils._pytree as pytree
@@ -34,7 +42,14 @@ __all__ = [
     "dtype_name",
     "flatten_call",
     "flatten_output",
+    "flat_output",
+    "output_leaf_problems",
     "rebuild_output",
+    "output_leaves",
+    "output_leaf_paths",
+    "same_value",
+    "holds_tensor",
+    "import_serialized_type",
     "treespec_from_json",
     "treespec_to_json",
 ]
@@ -92,25 +107,98 @@ def treespec_to_json(treespec: pytree.TreeSpec) -> str:
         ) from error
 
 
+def _serialized_type_names(text: str) -> list[str]:
+    """The node type names a ``treespec_dumps`` JSON text uses, in first-seen order."""
+    names: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("type"), str) and node["type"] not in names:
+                names.append(node["type"])
+            for child in node.get("children_spec") or ():
+                walk(child)
+
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return names
+    if isinstance(data, list) and len(data) == 2:
+        walk(data[1])
+    return names
+
+
+_TYPE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")
+
+
+def import_serialized_type(name: str) -> type | None:
+    """Make the pytree node type stored as ``name`` known in this process, by importing its module.
+
+    ``name`` is a ``serialized_type_name`` (``transformers.modeling_outputs.BaseModelOutput``,
+    ``pkg.module:Class``). The module that defines the type is imported (the longest importable
+    prefix of ``name``); a module that registers its types when imported (``transformers`` model
+    outputs) needs nothing more. A dataclass or a ``transformers`` cache class found there is then
+    registered as :func:`flatten_output` registers it while recording. Nothing else is run: no
+    object is unpickled and no name outside ``name`` is imported.
+
+    Returns:
+        The registered type, or None when no importable module defines it.
+    """
+    registered = pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE.get(name)
+    if registered is not None:
+        return registered
+    if not _TYPE_NAME.fullmatch(name) or name.split(".")[0].split(":")[0] in ("__main__", "builtins"):
+        return None
+    if ":" in name:
+        module_name, qualname = name.split(":", 1)
+        splits = [(module_name, qualname)]
+    else:
+        parts = name.split(".")
+        splits = [(".".join(parts[:i]), ".".join(parts[i:])) for i in range(len(parts) - 1, 0, -1)]
+    for module_name, qualname in splits:
+        try:
+            found: Any = importlib.import_module(module_name)
+        except Exception:  # not installed, or fails to import: try a shorter prefix
+            continue
+        for part in qualname.split("."):
+            found = getattr(found, part, None)
+        if isinstance(found, type) and name not in pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
+            register = _container_registration(found)
+            if register is not None:
+                register()
+        if name in pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
+            return pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE[name]
+    return None
+
+
 def treespec_from_json(text: str) -> pytree.TreeSpec:
     """Rebuild a pytree structure stored with :func:`treespec_to_json`.
 
-    Only node types registered with ``torch.utils._pytree`` in this process are rebuilt; nothing is
-    imported or executed.
+    A node type that is not registered in this process is looked up with
+    :func:`import_serialized_type` (its defining module is imported); nothing is unpickled.
 
     Raises:
-        RecordingError: the structure names a type that is not registered in this process (for
-            example ``transformers`` model outputs before ``import transformers``).
+        UnknownOutputTypeError: (a RecordingError) the structure names a type that no importable
+            module defines (the package is not installed, or the type was defined in a script's
+            ``__main__``), or the text is not a stored structure.
     """
-    from aitune_triton.errors import RecordingError
+    from aitune_triton.errors import UnknownOutputTypeError
 
     try:
         return pytree.treespec_loads(text)
     except Exception as error:
-        raise RecordingError(
-            f"Cannot rebuild the stored output structure ({error}). Import the package that defines "
-            "the container type (for example `import transformers`) before loading."
-        ) from error
+        first_error = error
+    missing = [name for name in _serialized_type_names(text) if import_serialized_type(name) is None]
+    if not missing:
+        try:
+            return pytree.treespec_loads(text)
+        except Exception as error:
+            first_error = error
+    detail = f"types not registered with torch.utils._pytree here: {missing}" if missing else str(first_error)
+    raise UnknownOutputTypeError(
+        f"Cannot rebuild the stored output structure ({detail}). Importing the module that defines each type did "
+        "not make it known: install the package that defines it in this environment (a type defined in a script's "
+        "__main__ cannot be found from another process)."
+    ) from first_error
 
 
 def _describe_constant(value: Any) -> str:
@@ -137,6 +225,14 @@ class ParameterSpec:
     kind: str
     has_default: bool
     default_json: str | None = None
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _json_scalar(value: Any) -> str | None:
@@ -354,9 +450,128 @@ def flatten_call(signature: ForwardSignature, args: tuple, kwargs: dict, strict:
     return CallStructure(args, kwargs, flat, key)
 
 
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _container_registration(cls: type) -> Callable[[], None] | None:
+    """How to register ``cls`` as a pytree node so that the tensors it holds become output leaves.
+
+    Dataclasses are registered with ``torch.utils._pytree.register_dataclass`` (leaf paths name
+    the fields); ``transformers`` cache classes (``DynamicCache``...) with ``transformers``' own
+    registration (the one its ``torch.export`` exporter uses). None for any other type.
+    """
+    if dataclasses.is_dataclass(cls):
+        return lambda: pytree.register_dataclass(cls, serialized_type_name=_type_name(cls))
+    if "transformers" not in sys.modules:
+        return None
+    try:
+        from transformers.cache_utils import Cache
+        from transformers.exporters.exporter_dynamo import register_pytree_node
+    except ImportError:  # a transformers release without a cache registration of its own
+        return None
+    if issubclass(cls, Cache) or (cls.__module__.split(".")[0] == "transformers" and cls.__name__.endswith("Cache")):
+        return lambda: register_pytree_node(cls)
+    return None
+
+
+def holds_tensor(value: Any) -> bool:
+    """Whether ``value`` is or holds a tensor: in a list, tuple, set or dict, or in an object's
+    attributes, at any depth (an iterative walk, so deep or cyclic objects are fine)."""
+    pending, seen = [value], set()
+    while pending:
+        item = pending.pop()
+        if isinstance(item, torch.Tensor):
+            return True
+        if item is None or isinstance(item, _ATOMS) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            pending.extend(item)
+        else:
+            pending.extend(getattr(item, "__dict__", {}).values())
+            pending.extend(getattr(item, slot, None) for slot in getattr(type(item), "__slots__", ()) if isinstance(slot, str))
+    return False
+
+
+_ATOMS = (bool, int, float, complex, str, bytes, type, types.ModuleType, types.FunctionType, torch.dtype, torch.device)
+
+
+def _register_output_containers(output: Any) -> bool:
+    """Register the dataclass and ``transformers`` cache types among ``output``'s leaves that hold
+    tensors (see :func:`_container_registration`); True when any was registered."""
+    registered = False
+    for _ in range(16):  # a container inside a newly registered one shows up on the next pass
+        found = False
+        for leaf in pytree.tree_leaves(output):
+            if isinstance(leaf, torch.Tensor) or type(leaf) in pytree.SUPPORTED_NODES or not holds_tensor(leaf):
+                continue
+            register = _container_registration(type(leaf))
+            if register is not None:
+                try:
+                    register()
+                except ValueError:  # registered meanwhile (by another thread or under another name)
+                    continue
+                found = registered = True
+        if not found:
+            break
+    return registered
+
+
 def flatten_output(output: Any) -> FlatTree:
-    """Flatten a module output; a lone tensor gets the path ``output``."""
-    return _flatten(output, root="output")
+    """Flatten a module output; a lone tensor gets the path ``output``.
+
+    Containers that hold tensors and are not registered with ``torch.utils._pytree`` yet are
+    registered first when they are dataclasses or ``transformers`` caches (``DynamicCache``), so
+    their tensors become leaves (``cache.0``, ``cache.1``... for a cache, ``field`` names for a
+    dataclass) and :func:`rebuild_output` builds the container again around new tensors. The
+    registration is global to the process, as ``torch.export`` needs it to trace the same output.
+    Other non-tensor leaves stay leaves; see :func:`output_leaf_problems`.
+    """
+    flat = _flatten(output, root="output")
+    if any(not isinstance(leaf, torch.Tensor) for leaf in flat.leaves) and _register_output_containers(output):
+        flat = _flatten(output, root="output")
+    return flat
+
+
+def same_value(expected: Any, value: Any) -> bool:
+    """Whether two non-tensor leaves are equal: same type and ``==`` (False when ``==`` raises or
+    has no truth value, as for arrays)."""
+    try:
+        return type(expected) is type(value) and bool(expected == value)
+    except Exception:
+        return False
+
+
+def _is_array(value: Any) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.ndarray)
+
+
+def output_leaf_problems(flat: FlatTree) -> list[str]:
+    """One line per non-tensor output leaf that holds tensors (a container no backend can rebuild:
+    it would come back as the object of a recorded call, with that call's tensors) or is a numpy
+    array (data no backend computes)."""
+    problems = []
+    for path, leaf in zip(flat.paths, flat.leaves):
+        if isinstance(leaf, torch.Tensor):
+            continue
+        if _is_array(leaf):
+            problems.append(
+                f"output leaf {path!r} is a numpy array, which no backend computes (it would come back as recorded): "
+                "return a torch tensor instead"
+            )
+        elif holds_tensor(leaf):
+            problems.append(
+                f"output leaf {path!r} is a {_type_name(type(leaf))} that holds tensors, and torch.utils._pytree does "
+                "not know how to flatten it, so a backend cannot compute them for a new call. Register the type with "
+                "torch.utils._pytree (register_dataclass, or register_pytree_node with serialized_type_name and "
+                "flatten_with_keys_fn) or return tuples, lists and dicts of tensors (Hugging Face models: "
+                "use_cache=False drops the cache)"
+            )
+    return problems
 
 
 def rebuild_output(treespec: pytree.TreeSpec, template: Sequence[Any], tensors: Sequence[torch.Tensor]) -> Any:
@@ -370,14 +585,38 @@ def rebuild_output(treespec: pytree.TreeSpec, template: Sequence[Any], tensors: 
     Raises:
         OutputStructureError: the number of tensors does not match the template.
     """
+    return pytree.tree_unflatten(output_leaves(template, tensors), treespec)
+
+
+def output_leaves(template: Sequence[Any], tensors: Sequence[torch.Tensor]) -> list[Any]:
+    """Every output leaf in flattening order: ``tensors`` in the template's ``None`` slots, copies of
+    its constants elsewhere (a caller changing a returned list must not change later outputs).
+
+    Raises:
+        OutputStructureError: the number of tensors does not match the template.
+    """
     from aitune_triton.errors import OutputStructureError
 
     slots = sum(1 for leaf in template if leaf is None)
     if slots != len(tensors):
         raise OutputStructureError(f"Expected {slots} output tensors for the recorded structure, got {len(tensors)}.")
     iterator = iter(tensors)
-    leaves = [next(iterator) if leaf is None else leaf for leaf in template]
-    return pytree.tree_unflatten(leaves, treespec)
+    return [next(iterator) if leaf is None else copy.deepcopy(leaf) for leaf in template]
+
+
+def flat_output(paths: Sequence[str], template: Sequence[Any], tensors: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """The output as a plain dict ``{leaf path: tensor or constant}`` in flattening order, for a
+    client that cannot rebuild the module's own containers.
+
+    Raises:
+        OutputStructureError: the number of tensors or paths does not match the template.
+    """
+    from aitune_triton.errors import OutputStructureError
+
+    leaves = output_leaves(template, tensors)
+    if len(paths) != len(leaves):
+        raise OutputStructureError(f"Expected {len(leaves)} output leaf paths for the recorded structure, got {len(paths)}.")
+    return dict(zip(paths, leaves))
 
 
 @dataclass
@@ -443,6 +682,13 @@ def axis_range(spec: TensorSpec, axis: int, dims: dict[str, Any]) -> tuple[int, 
     return int(low), int(high)
 
 
+def output_leaf_paths(template: Sequence[Any], tensor_paths: Sequence[str]) -> list[str]:
+    """Leaf paths of a description that stored only its tensor paths: those in the template's
+    tensor slots, ``output_leaf_<i>`` for its constants."""
+    paths = iter(tensor_paths)
+    return [next(paths, f"output_leaf_{i}") if leaf is None else f"output_leaf_{i}" for i, leaf in enumerate(template)]
+
+
 @dataclass
 class GraphSpec:
     """Everything known about one group of calls that share an input structure.
@@ -455,14 +701,17 @@ class GraphSpec:
         outputs: Tensor output leaves in flattening order.
         output_treespec: Structure of the module's output.
         output_template: Output leaves with ``None`` for tensors and constant values otherwise.
+        output_paths: Dotted path of every output leaf (tensors and constants), in flattening order.
         num_calls: Calls recorded for this graph spec.
         dims: Dynamic dimension name -> ``(min, max)`` size recorded.
         constants: Non-tensor input leaves of the first recorded call (path -> ``const(value)``);
             exported backends are built with these values.
         batch_independent: Whether splitting a recorded batch in two and running the halves gave
-            the same outputs as the whole batch (checked when tuning); None when not checked (no
-            batch axis, or no recorded batch of 2 or more). Triton may join requests into one
-            batch only when this is not False.
+            the same outputs as the whole batch, or (every recorded batch 1) joining recorded calls
+            into one batch gave each call's outputs (checked when tuning, which also drops a batch
+            axis seen at one size only unless this is True); None when not checked (no batch
+            axis, or nothing to split or join). Triton may join requests into one batch only when
+            this is not False.
     """
 
     name: str
@@ -472,6 +721,7 @@ class GraphSpec:
     outputs: list[TensorSpec]
     output_treespec: pytree.TreeSpec
     output_template: list[Any]
+    output_paths: list[str] = field(default_factory=list)
     num_calls: int = 0
     dims: dict[str, tuple[int, int]] = field(default_factory=dict)
     constants: dict[str, str] = field(default_factory=dict)
@@ -480,6 +730,10 @@ class GraphSpec:
     def axis_range(self, spec: TensorSpec, axis: int) -> tuple[int, int]:
         """``(min, max)`` size the artifacts of this graph spec accept on ``spec``'s ``axis``."""
         return axis_range(spec, axis, self.dims)
+
+    def __post_init__(self) -> None:
+        if not self.output_paths:  # descriptions written before leaf paths were stored
+            self.output_paths = output_leaf_paths(self.output_template, [spec.path for spec in self.outputs])
 
     def __hash__(self) -> int:
         # Hashable by its input structure, so it can key a ``strategies`` dict.
@@ -501,7 +755,16 @@ class GraphSpec:
         try:
             template = json.loads(json.dumps(self.output_template))
         except TypeError as error:
-            raise RecordingError(f"{self.name}: a non-tensor output leaf is not JSON-serializable ({error}).") from error
+            unsaved = [
+                f"{path!r} ({type(leaf).__name__})"
+                for path, leaf in zip(self.output_paths, self.output_template)
+                if leaf is not None and not _is_json(leaf)
+            ]
+            raise RecordingError(
+                f"{self.name}: a non-tensor output leaf is not JSON-serializable ({error}): {', '.join(unsaved)}. Only "
+                "tensors and JSON values (numbers, strings, lists, dicts) can be stored; return it as a tensor or "
+                "drop it from the output."
+            ) from error
         return {
             "name": self.name,
             "key": self.key,
@@ -510,6 +773,7 @@ class GraphSpec:
             "outputs": [t.to_dict() for t in self.outputs],
             "output_treespec": treespec_to_json(self.output_treespec),
             "output_template": template,
+            "output_paths": list(self.output_paths),
             "num_calls": self.num_calls,
             "dims": {name: list(bounds) for name, bounds in self.dims.items()},
             "constants": dict(self.constants),
@@ -527,6 +791,7 @@ class GraphSpec:
             outputs=[TensorSpec.from_dict(t) for t in data["outputs"]],
             output_treespec=treespec_from_json(data["output_treespec"]),
             output_template=list(data["output_template"]),
+            output_paths=list(data.get("output_paths", [])),
             num_calls=data.get("num_calls", 0),
             dims={name: (int(b[0]), int(b[1])) for name, b in data.get("dims", {}).items()},
             constants=dict(data.get("constants", {})),

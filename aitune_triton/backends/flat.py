@@ -82,7 +82,7 @@ def input_axes(exported: torch.export.ExportedProgram) -> list[list[int | str]]:
     """Per user input of ``exported``, per axis: the size export fixed it to, or its size symbol.
 
     Axes with one symbol are the ones the exported graph assumes equal (see
-    :func:`aitune_triton.spec.tie_violations`).
+    :meth:`aitune_triton.contract.InputContract.shape_violations`).
     """
     placeholders = {node.name: node for node in exported.graph.nodes if node.op == "placeholder"}
     axes = []
@@ -175,16 +175,17 @@ def export_example(graph: GraphSpec, example: CallStructure, device: torch.devic
     """The example tensors to export ``graph`` with, on ``device``.
 
     ``torch.export`` specializes an axis whose example size is 1, so when every batched input has
-    batch size 1 in the example while the batch range reaches 2 or more (a declared
-    :class:`~aitune_triton.module.dims.BatchDim` with calls recorded at batch 1, say), the example
-    is repeated to batch size 2 along each batch axis. Samples along a batch axis are independent,
-    so this changes no result.
+    batch size 1 in the example (calls recorded at batch 1 only, with a declared
+    :class:`~aitune_triton.module.dims.BatchDim` or proved independent by joining them), the example
+    is repeated to batch size 2 along each batch axis; the export hint of the batch reaches at least
+    3 (see :func:`export_dynamic_shapes`). Samples along a batch axis are independent, so this
+    changes no result.
     """
     tensors = [t.to(device) for t in example.flat.tensors]
     bounds = graph.dims.get("batch")
     axes = [spec.batch_axis for spec in graph.inputs]
     batched = [(t, axis) for t, axis in zip(tensors, axes) if axis is not None]
-    if bounds and bounds[1] >= 2 and batched and all(t.shape[axis] == 1 for t, axis in batched):
+    if bounds and batched and all(t.shape[axis] == 1 for t, axis in batched):
         tensors = [torch.cat([t, t], dim=axis) if axis is not None else t for t, axis in zip(tensors, axes)]
     return tuple(tensors)
 

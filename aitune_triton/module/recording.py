@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from aitune_triton._warnings import warn
 from aitune_triton.errors import RecordingError
 from aitune_triton.module.dims import BatchDim, DimDecl, check_declared
 from aitune_triton.module.state import ModuleState
@@ -21,6 +22,8 @@ from aitune_triton.spec import (
     dtype_name,
     flatten_call,
     flatten_output,
+    output_leaf_problems,
+    same_value,
 )
 
 __all__ = ["Recorder", "RecordingState", "infer_dims"]
@@ -51,9 +54,11 @@ def infer_dims(
     :class:`BatchDim` fixes the batch size of each call. Otherwise the call's batch size is the size
     of axis 0 of its first tensor input of rank >= 1; when that size varied across calls, each
     leaf's batch axis is its first axis whose size equalled the batch size in every call (axis 0
-    where possible); with one batch size seen and none declared there is no batch axis, since
-    nothing shows which axis it would be. Other axes whose size varied are dynamic; axes with the
-    same sizes in every call share one name (``dim0``, ``dim1``...); the batch is ``batch``, with an
+    where possible). With one batch size seen, axis 0 of each leaf whose axis 0 had that size in
+    every call is a *candidate* batch axis: tuning keeps it only when the module's outputs prove
+    independent along it (see :func:`aitune_triton.module.tuning.check_batch_independence`) and
+    otherwise fixes the size again. Other axes whose size varied are dynamic; axes with the same
+    sizes in every call share one name (``dim0``, ``dim1``...); the batch is ``batch``, with an
     inferred range from 1 to the largest batch seen. Ranges are the sizes seen, or as declared.
 
     Args:
@@ -77,8 +82,8 @@ def infer_dims(
     else:
         first = next((i for i, shape in enumerate(input_shapes[0]) if len(shape) >= 1), None) if input_shapes else None
         batch_series = series(input_shapes, first, 0) if first is not None else None
-        if batch_series is not None and len(set(batch_series)) < 2:
-            batch_series = None
+        if batch_series is not None and len(set(batch_series)) < 2 and (first, 0) in declared:
+            batch_series = None  # that axis is a declared DynamicDim, not a batch candidate
     batch_varies = batch_series is not None and len(set(batch_series)) > 1
     if batch_varies:
         names[batch_series] = "batch"  # type: ignore[index]
@@ -98,7 +103,7 @@ def infer_dims(
                 if batch_varies:
                     batch_axis = next((a for a, s in enumerate(per_axis) if s == batch_series), None)
                 elif per_axis and per_axis[0] == batch_series:
-                    batch_axis = 0  # a declared batch that never varied: follow the axis-0 convention
+                    batch_axis = 0  # a batch that never varied (declared or a candidate): the axis-0 convention
             leaf_names: list[str | None] = []
             for axis, s in enumerate(per_axis):
                 if axis in own:
@@ -140,6 +145,7 @@ class _GraphRecord:
     output_template: list[Any]
     output_paths: list[str]
     output_dtypes: list[str]
+    output_leaf_paths: list[str]
     constants: dict[str, str]
     samples: SampleStore
     input_shapes: list[list[Shape]] = field(default_factory=list)
@@ -148,7 +154,23 @@ class _GraphRecord:
 
 
 def _output_key(flat: FlatTree) -> tuple:
-    return (repr(flat.treespec), tuple(flat.leaf_descriptions()))
+    """Structure and tensor dtypes and ranks; constant values are compared on their own."""
+    return (repr(flat.treespec), tuple(flat.leaf_descriptions(strict=False)))
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    """``repr`` with the type name, cut to ``limit`` characters (a cache's structure is long)."""
+    text = repr(value)
+    return f"{text[:limit]}... ({type(value).__name__})" if len(text) > limit else f"{text} ({type(value).__name__})"
+
+
+def _changed_constants(record: _GraphRecord, output: FlatTree) -> list[str]:
+    """Non-tensor output leaves whose value differs from the first recorded call's."""
+    return [
+        f"output leaf {path!r} was {_short(recorded)} in an earlier call and {_short(value)} in this one"
+        for path, recorded, value in zip(output.paths, record.output_template, output.leaves)
+        if recorded is not None and not same_value(recorded, value)
+    ]
 
 
 class Recorder:
@@ -216,20 +238,41 @@ class Recorder:
                 output_template=output.template,
                 output_paths=output.tensor_paths,
                 output_dtypes=[dtype_name(t.dtype) for t in output.tensors],
+                output_leaf_paths=output.paths,
                 constants=call.flat.constants,
                 samples=SampleStore(self.max_samples, directory),
             )
             self._graphs[call.key] = record
+            problems = output_leaf_problems(output)
+            if problems:
+                self._refuse(record, "; ".join(problems))
         elif _output_key(output) != record.output_key:
             # Keep the first structure for the graph spec; the call is not recorded and tuning refuses.
-            record.error = record.error or (
+            self._refuse(
+                record,
                 f"calls with the same input structure ({record.description}) returned differently structured "
-                f"outputs: {record.output_treespec} vs {output.treespec}"
+                f"outputs: {_short(record.output_treespec)} vs {_short(output.treespec)}",
             )
             return
+        else:
+            changed = _changed_constants(record, output)
+            if changed:
+                self._refuse(
+                    record,
+                    f"calls with the same input structure ({record.description}) returned different non-tensor "
+                    f"outputs: {'; '.join(changed)}. A tuned or served module returns non-tensor outputs as recorded, "
+                    "so they must be the same in every call: return such values as tensors",
+                )
+                return
         record.samples.add(sample)
         record.input_shapes.append(sample.shapes)
         record.output_shapes.append(_shapes(output.tensors))
+
+    def _refuse(self, record: _GraphRecord, error: str) -> None:
+        """Mark the graph spec as not tunable (the first reason is kept) and warn once."""
+        if record.error is None:
+            record.error = error
+            warn(f"graph_{list(self._graphs).index(record.key)}: {error}. tune() will refuse this graph spec.")
 
     def clear(self) -> None:
         """Forget every recorded call and delete stored samples."""
@@ -299,6 +342,7 @@ class Recorder:
             ),
             output_treespec=record.output_treespec,
             output_template=record.output_template,
+            output_paths=record.output_leaf_paths,
             num_calls=len(record.input_shapes),
             dims=dims.ranges,
             constants=dict(record.constants),

@@ -7,12 +7,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from aitune_triton._warnings import warn
 from aitune_triton.backends import Backend, LoadContext
 from aitune_triton.contract import InputContract
-from aitune_triton.errors import GraphSpecMismatchError, IndexOutOfRangeError, ModuleStateError
+from aitune_triton.errors import ArgumentTypeError, GraphSpecMismatchError, IndexOutOfRangeError, ModuleStateError
 from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec, flatten_call, rebuild_output
 from aitune_triton.module.state import ModuleState
 from aitune_triton.strategies import GraphTuneReport
@@ -104,6 +105,8 @@ class TunedModule:
         )
 
     def _unmatched(self, forward: Callable[..., Any], call: CallStructure) -> Any:
+        if any(isinstance(leaf, np.ndarray) for leaf in call.flat.leaves):  # it would only match as a constant
+            raise ArgumentTypeError(f"Module '{self.name}': pass torch tensors, as to the module itself; got a numpy array.")
         known = "\n".join(f"  {g.spec.name}: {g.spec.description}" for g in self.graphs)
         if self.fallback == "eager":
             self._warn_once(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -9,6 +10,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from aitune_triton.errors import InvalidArgumentError, StrategyCountError
+from aitune_triton.module.dims import BatchDim
 from aitune_triton.module.recording import Recorder
 from aitune_triton.module.samples import Sample
 from aitune_triton.backends import EagerBackend
@@ -17,7 +19,7 @@ from aitune_triton.strategies.validation import compare_outputs
 from aitune_triton.module.tuned import TunedGraph
 from aitune_triton.strategies import TuneContext, TuneStrategy, default_strategy
 
-__all__ = ["StrategiesArg", "check_batch_independence", "plan_strategies", "tune_graphs"]
+__all__ = ["BatchCheck", "StrategiesArg", "check_batch_independence", "decide_batch_axis", "plan_strategies", "tune_graphs"]
 
 StrategiesArg = Sequence[TuneStrategy] | Mapping[Any, TuneStrategy] | None
 
@@ -81,40 +83,164 @@ def _on_device(signature: ForwardSignature, sample: Sample, device: torch.device
     return flatten_call(signature, args, kwargs, strict)
 
 
+@dataclass
+class BatchCheck:
+    """The outcome of :func:`check_batch_independence`.
+
+    Attributes:
+        independent: True when the outputs proved independent along the batch axis, False when
+            they did not (they differ, or the module failed on a smaller or joined batch), None
+            when nothing could be checked.
+        reason: One line saying what was run and what it showed.
+    """
+
+    independent: bool | None
+    reason: str
+
+
+def _joinable_group(calls: Sequence[CallStructure]) -> list[CallStructure]:
+    """The largest group (at most 8) of calls whose tensor shapes are all equal."""
+    groups: dict[tuple, list[CallStructure]] = {}
+    for call in calls:
+        groups.setdefault(tuple(tuple(t.shape) for t in call.flat.tensors), []).append(call)
+    return max(groups.values(), key=len, default=[])[:8]
+
+
 def check_batch_independence(
-    forward: Callable[..., Any], signature: ForwardSignature, graph: GraphSpec, call: CallStructure, atol: float = 1e-4, rtol: float = 1e-4
-) -> bool | None:
-    """Whether samples along the batch axis are independent: the module's own forward on the two
-    halves of ``call``'s batch gives the outputs of the whole batch (within ``atol + rtol*|whole|``).
+    forward: Callable[..., Any],
+    signature: ForwardSignature,
+    graph: GraphSpec,
+    calls: Sequence[CallStructure],
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+) -> BatchCheck:
+    """Whether samples along the batch axis are independent, measured on recorded calls.
+
+    The recorded call with the largest batch (2 or more) is split in two halves: the module's own
+    forward on the halves, joined again, must give its outputs on the whole batch. When every
+    recorded batch is 1, up to 8 recorded calls of equal shapes are joined into one batch instead:
+    the forward on the joined batch must give each call's own outputs. Equality is
+    ``|joined - whole| <= atol + rtol * |whole|`` per output leaf.
 
     Triton's dynamic batcher joins separate requests into one batch, which changes the answers of
     a module that mixes samples (batch statistics, attention across the batch); such graph specs
-    are exported without batching.
+    are exported without batching, and a batch axis that was only a candidate (one batch size
+    recorded) is dropped.
+
+    Args:
+        forward: The module's own forward.
+        signature: Its forward signature.
+        graph: The graph spec; its batch axes (``TensorSpec.batch_axis``) are the ones checked.
+        calls: Recorded calls of ``graph``, flattened, on the tuning device.
+        atol: Absolute tolerance.
+        rtol: Relative tolerance.
 
     Returns:
-        True or False; None when there is no batch axis on every input and output, or the call's
-        batch is below 2.
+        A :class:`BatchCheck`. ``independent`` is None when not every input and output has a batch
+        axis, or when every recorded batch is 1 and no two recorded calls have equal shapes.
     """
-    inputs = [spec.batch_axis for spec in graph.inputs]
-    outputs = [spec.batch_axis for spec in graph.outputs]
-    if "batch" not in graph.dims or None in inputs or None in outputs or not inputs:
-        return None
-    axes = [axis for axis in inputs if axis is not None]
-    out_axes = [axis for axis in outputs if axis is not None]
-    tensors = call.flat.tensors
-    size = tensors[0].shape[axes[0]]
-    if size < 2:
-        return None
-    with torch.no_grad():
-        whole = EagerBackend.reference(forward, call)
-        halves = []
-        for part in (slice(0, size // 2), slice(size // 2, size)):
-            sliced = [t.narrow(axis, part.start, part.stop - part.start) for t, axis in zip(tensors, axes)]
-            args, kwargs = call.with_tensors(signature, sliced)
-            halves.append(EagerBackend.reference(forward, flatten_call(signature, args, kwargs)))
-        joined = [torch.cat([first, second], dim=axis) for first, second, axis in zip(*halves, out_axes)]
+    in_batch = [spec.batch_axis for spec in graph.inputs]
+    out_batch = [spec.batch_axis for spec in graph.outputs]
+    if "batch" not in graph.dims or not in_batch or None in in_batch or None in out_batch:
+        return BatchCheck(None, "not every input and output has an axis that follows the batch size")
+    axes = [axis for axis in in_batch if axis is not None]
+    out_axes = [axis for axis in out_batch if axis is not None]
+    if not calls:
+        return BatchCheck(None, "no recorded call to check")
+    sizes = [call.flat.tensors[0].shape[axes[0]] for call in calls]
+    largest = max(range(len(calls)), key=lambda index: sizes[index])
+    how = "a recorded call"
+    try:
+        with torch.no_grad():
+            if sizes[largest] >= 2:
+                call, size = calls[largest], sizes[largest]
+                how = f"the two halves of a recorded batch of {size}"
+                whole = EagerBackend.reference(forward, call)
+                parts = []
+                for start, stop in ((0, size // 2), (size // 2, size)):
+                    sliced = [t.narrow(axis, start, stop - start) for t, axis in zip(call.flat.tensors, axes)]
+                    args, kwargs = call.with_tensors(signature, sliced)
+                    parts.append(EagerBackend.reference(forward, flatten_call(signature, args, kwargs)))
+            else:
+                group = _joinable_group(calls)
+                if len(group) < 2:
+                    return BatchCheck(None, "every recorded batch is 1 and no two recorded calls have equal shapes to join")
+                how = f"{len(group)} recorded calls of batch 1 joined into one batch"
+                joined_inputs = [
+                    torch.cat([call.flat.tensors[leaf] for call in group], dim=axis)
+                    for leaf, axis in enumerate(axes)
+                ]
+                args, kwargs = group[0].with_tensors(signature, joined_inputs)
+                whole = EagerBackend.reference(forward, flatten_call(signature, args, kwargs))
+                parts = [EagerBackend.reference(forward, call) for call in group]
+            joined = [torch.cat(list(leaves), dim=axis) for *leaves, axis in zip(*parts, out_axes)]
+    except Exception as error:  # the module refuses another batch size: its batch size is not free
+        return BatchCheck(False, f"the module's forward on {how} raised {type(error).__name__}: {str(error)[:200]}")
     mismatches, _ = compare_outputs(whole, joined, [s.path for s in graph.outputs], atol, rtol)
-    return not mismatches
+    if mismatches:
+        return BatchCheck(False, f"{how} gave other outputs than one batch ({mismatches[0]})")
+    return BatchCheck(True, f"{how} gave the outputs of one batch")
+
+
+def _declares_batch(recorder: Recorder, graph: GraphSpec) -> bool:
+    return any(
+        isinstance(decl, BatchDim) for spec in graph.inputs for decl in recorder.dynamic_shapes.get(spec.path, {}).values()
+    )
+
+
+def _drop_batch_axis(graph: GraphSpec) -> None:
+    """Make the candidate batch axis of ``graph`` a fixed axis again, on every leaf and in ``dims``."""
+    for spec in graph.inputs + graph.outputs:
+        if spec.batch_axis is not None:
+            names = list(spec.dim_names)
+            names[spec.batch_axis] = None
+            spec.dim_names = tuple(names)
+            spec.batch_axis = None
+    graph.dims.pop("batch", None)
+
+
+def decide_batch_axis(
+    forward: Callable[..., Any],
+    signature: ForwardSignature,
+    graph: GraphSpec,
+    calls: Sequence[CallStructure],
+    declared: bool,
+) -> str:
+    """Settle ``graph``'s batch axis by measurement, before any backend is built; update ``graph``.
+
+    Sets ``graph.batch_independent`` from :func:`check_batch_independence`. A batch axis whose size
+    varied across the recorded calls, or one declared with :class:`BatchDim`, stays (Triton joins
+    requests only when it proved independent). A candidate batch axis (one batch size recorded)
+    stays with the range 1..that size when it proved independent; otherwise it is removed from
+    every leaf (``batch_axis``, ``dim_names``) and from ``dims``, so the batch size stays fixed.
+
+    Args:
+        declared: Whether the batch axis was declared with :class:`BatchDim`.
+
+    Returns:
+        One line for the tuning log and report: the batch range kept, or why the batch is fixed.
+    """
+    if "batch" not in graph.dims:
+        graph.batch_independent = None
+        return "no batch axis (no input axis 0 follows a batch size)"
+    check = check_batch_independence(forward, signature, graph, calls)
+    graph.batch_independent = check.independent
+    low, high = graph.dims["batch"]
+    batched = [(spec, spec.batch_axis) for spec in graph.inputs if spec.batch_axis is not None]
+    varied = any(spec.min_shape[axis] != spec.max_shape[axis] for spec, axis in batched)
+    if check.independent and high < 2:
+        return (
+            f"batch axis {low}..{high}: {check.reason}; declare BatchDim(1, N) in dynamic_shapes (or record larger "
+            "batches) to accept batches above 1"
+        )
+    if check.independent:
+        return f"batch axis {low}..{high}, requests may be joined: {check.reason}"
+    if varied or declared:
+        joined = "Triton will not join requests" if check.independent is False else "unchecked"
+        return f"batch axis {low}..{high} ({'declared' if declared else 'sizes varied'}), {joined}: {check.reason}"
+    size = batched[0][0].max_shape[batched[0][1]] if batched else high
+    _drop_batch_axis(graph)
+    return f"batch fixed at {size} (one batch size recorded): {check.reason}"
 
 
 def tune_graphs(
@@ -139,11 +265,11 @@ def tune_graphs(
             log(f"{graph.name} ({graph.num_calls} calls): {strategy.describe()}")
             samples = [_on_device(signature, s, device, recorder.strict) for s in recorder.samples(graph)]
             example = _on_device(signature, recorder.largest_sample(graph), device, recorder.strict)
-            graph.batch_independent = check_batch_independence(forward, signature, graph, example)
-            if graph.batch_independent is False:
-                log(f"{graph.name}: outputs depend on other samples of the batch; Triton will not join requests")
+            batch_note = decide_batch_axis(forward, signature, graph, samples, _declares_batch(recorder, graph))
+            log(f"{graph.name}: {batch_note}")
             context = TuneContext(module, signature, graph, samples, example, workdir / graph.name, device, log, forward)
             backend, report = strategy.tune(context)
+            report.batch = batch_note
             log(f"{graph.name}: chose {backend.name}")
             tuned.append(TunedGraph(graph, backend, report))
     except BaseException:

@@ -14,7 +14,7 @@ import torch
 
 from aitune_triton.backends import Backend, BuildContext, EagerBackend, get_backend_class
 from aitune_triton.errors import ArgumentTypeError, BackendUnavailableError, InvalidArgumentError, TuningError
-from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec
+from aitune_triton.spec import CallStructure, FlatTree, ForwardSignature, GraphSpec, flatten_output, output_leaves
 from aitune_triton.strategies.validation import compare_outputs, measure_latency_ms, raise_on_mismatch
 
 __all__ = ["CandidateReport", "GraphTuneReport", "TuneContext", "TuneStrategy", "resolve_backend"]
@@ -99,6 +99,8 @@ class GraphTuneReport:
         chosen: Name of the kept backend.
         eager_latency_ms: Median eager latency on the largest recorded call, in milliseconds.
         candidates: One report per candidate, in the order tried.
+        batch: How the batch axis was decided (the range kept, or why the batch size is fixed or
+            requests are not joined); empty in reports written before it was recorded.
     """
 
     graph: str
@@ -106,6 +108,7 @@ class GraphTuneReport:
     chosen: str
     eager_latency_ms: float
     candidates: list[CandidateReport]
+    batch: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form."""
@@ -157,7 +160,7 @@ class TuneStrategy(abc.ABC):
             TuningError: no candidate passed; the message lists every candidate's reason.
         """
         with torch.no_grad():
-            references = [EagerBackend.reference(context.run, call) for call in context.samples]
+            references = [flatten_output(context.run(*call.args, **call.kwargs)) for call in context.samples]
             eager_ms = measure_latency_ms(lambda: EagerBackend.reference(context.run, context.example))
         reports: list[CandidateReport] = []
         candidates = self.candidates()
@@ -172,7 +175,7 @@ class TuneStrategy(abc.ABC):
         reasons = "\n".join(f"  {r.backend}: {r.status}: {r.reason}" for r in reports)
         raise TuningError(f"{context.graph.name}: no candidate of {self.describe()} passed:\n{reasons}")
 
-    def _try(self, backend: Backend, context: TuneContext, references: Sequence[list[torch.Tensor]]) -> CandidateReport:
+    def _try(self, backend: Backend, context: TuneContext, references: Sequence[FlatTree]) -> CandidateReport:
         workdir = context.workdir / backend.name
         workdir.mkdir(parents=True, exist_ok=True)
         context.log(f"{context.graph.name}: building {backend.name}")
@@ -196,11 +199,18 @@ class TuneStrategy(abc.ABC):
         )
         mismatches: list[str] = []
         worst = 0.0
-        paths = [spec.path for spec in context.graph.outputs]
+        graph = context.graph
         try:
             with torch.no_grad():
                 for index, (call, reference) in enumerate(zip(context.samples, references)):
-                    found, diff = compare_outputs(reference, backend.infer(call), paths, self.atol, self.rtol, f"sample {index}: ")
+                    label = f"sample {index}: "
+                    if reference.treespec != graph.output_treespec:
+                        mismatches.append(f"{label}eager returned another output structure than recorded: {reference.treespec}")
+                        worst = float("inf")
+                        continue
+                    # Every leaf, non-tensor ones included: those come back from the recorded template.
+                    actual = output_leaves(graph.output_template, backend.infer(call))
+                    found, diff = compare_outputs(reference.leaves, actual, reference.paths, self.atol, self.rtol, label)
                     mismatches.extend(found)
                     worst = max(worst, diff)
                 raise_on_mismatch(backend.name, mismatches)

@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from aitune_triton.errors import OutputMismatchError
+from aitune_triton.spec import same_value
 
 __all__ = ["compare_outputs", "measure_latency_ms"]
 
 
 def compare_outputs(
-    reference: Sequence[torch.Tensor],
-    actual: Sequence[torch.Tensor],
+    reference: Sequence[Any],
+    actual: Sequence[Any],
     paths: Sequence[str],
     atol: float,
     rtol: float,
     label: str = "",
 ) -> tuple[list[str], float]:
-    """Compare output leaves with ``torch.allclose`` semantics (``|a - r| <= atol + rtol * |r|``).
+    """Compare output leaves: tensors with ``torch.allclose`` semantics (``|a - r| <= atol + rtol * |r|``),
+    other leaves (numbers, strings...) by type and equality.
 
     Args:
-        reference: Eager output leaves.
+        reference: Eager output leaves (tensors, and non-tensor leaves where the output has them).
         actual: Backend output leaves, same order.
         paths: Leaf paths, for messages.
         atol: Absolute tolerance.
@@ -39,6 +41,11 @@ def compare_outputs(
     if len(reference) != len(actual):
         return [f"{label}expected {len(reference)} output tensors, got {len(actual)}"], float("inf")
     for path, ref, out in zip(paths, reference, actual):
+        if not isinstance(ref, torch.Tensor) or not isinstance(out, torch.Tensor):
+            if not same_value(ref, out):
+                mismatches.append(f"{label}{path}: {_short(out)} != eager {_short(ref)}")
+                worst = float("inf")
+            continue
         out = out.to(ref.device)
         if tuple(ref.shape) != tuple(out.shape):
             mismatches.append(f"{label}{path}: shape {tuple(out.shape)} != eager {tuple(ref.shape)}")
@@ -61,6 +68,13 @@ def compare_outputs(
             mismatches.append(f"{label}{path}: {int((ref != out).sum())} of {ref.numel()} values differ")
             worst = float("inf")
     return mismatches, worst
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor({str(value.dtype).removeprefix('torch.')}, shape={tuple(value.shape)})"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:80] + '...' if len(text) > 80 else text}"
 
 
 def raise_on_mismatch(name: str, mismatches: list[str]) -> None:

@@ -9,14 +9,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from aitune_triton._warnings import warn
 from aitune_triton.errors import (
     ArgumentTypeError,
     GraphSpecMismatchError,
     IndexOutOfRangeError,
     InvalidArgumentError,
+    OutputStructureError,
+    RemoteConnectionClosedError,
     RemoteInferenceError,
+    RemoteTimeoutError,
+    RemoteUnavailableError,
+    UnknownOutputTypeError,
 )
-from aitune_triton.spec import ForwardSignature, flatten_call, rebuild_output, treespec_from_json
+from aitune_triton.spec import (
+    ForwardSignature,
+    flat_output,
+    flatten_call,
+    output_leaf_paths,
+    rebuild_output,
+    treespec_from_json,
+)
 from aitune_triton.triton.config import ROUTES_PARAMETER
 from aitune_triton.triton.io import ModelIO
 
@@ -30,6 +43,38 @@ def _strip_scheme(url: str) -> str:
     return url
 
 
+def _remote_error(error: Exception, where: str, timeout_s: float) -> RemoteInferenceError:
+    """The library error for a failed request, named for its cause where the transport tells it.
+
+    gRPC failures carry a status code (``StatusCode.DEADLINE_EXCEEDED``, ``StatusCode.UNAVAILABLE``);
+    the HTTP client raises socket errors (``TimeoutError``, ``ConnectionRefusedError``...) and
+    geventhttpclient's ``HTTPConnectionClosed`` (an ``http.client.HTTPException``) as they are.
+    Anything else (the server's own error answer, say) is a plain :class:`RemoteInferenceError`.
+    """
+    import http.client
+
+    from tritonclient.utils import InferenceServerException
+
+    status = str(error.status() or "") if isinstance(error, InferenceServerException) else ""
+    detail = f"{type(error).__name__}: {error}" if not isinstance(error, InferenceServerException) else str(error)
+    if status == "StatusCode.DEADLINE_EXCEEDED" or isinstance(error, TimeoutError):
+        return RemoteTimeoutError(
+            f"{where}: no answer within timeout_s={timeout_s:g} s ({detail}). Pass a larger timeout_s to RemoteModule "
+            "or check that the server is not overloaded."
+        )
+    if isinstance(error, (http.client.HTTPException, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+        return RemoteConnectionClosedError(
+            f"{where}: the server closed the connection before answering ({detail}). It may have stopped or crashed; "
+            "check that it is running (its health endpoint) and retry."
+        )
+    if status == "StatusCode.UNAVAILABLE" or isinstance(error, OSError):
+        return RemoteUnavailableError(
+            f"{where}: the server cannot be reached ({detail}). Check that it is running and that the URL and "
+            "protocol (grpc or http port) are right."
+        )
+    return RemoteInferenceError(f"{where}: {detail}")
+
+
 class RemoteModule:
     """A module served by Triton, called like the original module.
 
@@ -37,8 +82,10 @@ class RemoteModule:
     the forward signature and each graph model's version and IO mapping). Each call is bound and
     flattened exactly as in-process, matched to its graph spec, and sent straight to that version
     of that graph model (one hop, no router); the answer is rebuilt into the module's output
-    structure (tuples, dicts, ``transformers`` ModelOutputs when ``transformers`` is imported) of
-    CPU tensors.
+    structure of CPU tensors: tuples, lists, dicts, and the containers the module returned
+    (``transformers`` ModelOutputs and caches, dataclasses). The caller need not import the
+    module's packages: the module that defines each container type named in the IO mapping is
+    imported when it is installed here (nothing is unpickled).
 
     A RemoteModule may be called from several threads at once: each thread gets its own
     tritonclient client (the HTTP client is built on gevent and cannot be shared across threads).
@@ -49,16 +96,34 @@ class RemoteModule:
         model_name: The entry model name (the exported module's name).
         protocol: ``"grpc"`` or ``"http"``.
         timeout_s: Network timeout per request, in seconds.
+        output_structure: ``"module"`` (default) returns the module's own output structure; when
+            a container type it names cannot be found or rebuilt here (its package is not
+            installed, say), that graph spec's outputs come back as with ``"flat"``, with one warning. ``"flat"`` always
+            returns a plain dict ``{leaf path: tensor or constant}`` in flattening order
+            (``{"logits": ..., "cache.0": ...}``), without importing anything.
 
     Raises:
-        InvalidArgumentError: (a ValueError) ``protocol`` is neither ``"grpc"`` nor ``"http"``.
-        RemoteInferenceError: the server cannot be reached or ``model_name`` is not an entry
-            model exported by aitune_triton.
+        InvalidArgumentError: (a ValueError) ``protocol`` is neither ``"grpc"`` nor ``"http"``, or
+            ``output_structure`` is neither ``"module"`` nor ``"flat"``.
+        RemoteInferenceError: (a RuntimeError) ``model_name`` is not an entry model exported by
+            aitune_triton, or the server answered with an error; the subclasses
+            :class:`~aitune_triton.errors.RemoteUnavailableError` (nothing answers at ``url``),
+            :class:`~aitune_triton.errors.RemoteTimeoutError` (no answer within ``timeout_s``) and
+            :class:`~aitune_triton.errors.RemoteConnectionClosedError` (the server closed the
+            connection) name transport failures.
     """
 
-    def __init__(self, url: str, model_name: str, protocol: str = "grpc", timeout_s: float = 60.0):
+    def __init__(
+        self, url: str, model_name: str, protocol: str = "grpc", timeout_s: float = 60.0, output_structure: str = "module"
+    ):
         if protocol not in ("grpc", "http"):
             raise InvalidArgumentError(f"protocol: expected 'grpc' or 'http', got {protocol!r}")
+        if output_structure not in ("module", "flat"):
+            raise InvalidArgumentError(
+                f"output_structure: expected 'module' (the module's own output containers) or 'flat' (a dict keyed "
+                f"by leaf path), got {output_structure!r}"
+            )
+        self.output_structure = output_structure
         self.url = _strip_scheme(url)
         self.model_name = model_name
         self.protocol = protocol
@@ -95,16 +160,14 @@ class RemoteModule:
         return client
 
     def _read_routes(self) -> dict[str, Any]:
-        from tritonclient.utils import InferenceServerException
-
         try:
             if self.protocol == "grpc":
                 config = self._client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout_s)["config"]
             else:
                 config = self._client.get_model_config(self.model_name)
-        except (InferenceServerException, OSError) as error:  # OSError: the HTTP client's refused connection
-            raise RemoteInferenceError(
-                f"{self.protocol}://{self.url}: cannot read the configuration of model {self.model_name!r}: {error}"
+        except Exception as error:  # tritonclient's, socket and geventhttpclient errors: see _remote_error
+            raise _remote_error(
+                error, f"{self.protocol}://{self.url}: cannot read the configuration of model {self.model_name!r}", self.timeout_s
             ) from error
         parameter = config.get("parameters", {}).get(ROUTES_PARAMETER)
         if parameter is None:
@@ -115,15 +178,31 @@ class RemoteModule:
         return json.loads(parameter["string_value"])
 
     def _treespec(self, io: ModelIO) -> Any:
+        """The graph spec's output structure, or None when its outputs come back flat."""
         if io.graph not in self._treespecs:
-            self._treespecs[io.graph] = treespec_from_json(io.output_treespec)
+            treespec = None
+            if self.output_structure == "module":
+                try:
+                    treespec = treespec_from_json(io.output_treespec)
+                except UnknownOutputTypeError as error:
+                    self._fall_back(io, str(error))
+            self._treespecs[io.graph] = treespec
         return self._treespecs[io.graph]
+
+    def _fall_back(self, io: ModelIO, reason: str) -> None:
+        """Return ``io``'s outputs flat from now on, with one warning that says why."""
+        warn(
+            f"RemoteModule {self.model_name!r} {io.graph}: {reason} Its outputs are returned as a dict {{leaf path: "
+            "tensor} instead (pass output_structure='flat' to ask for that and silence this)."
+        )
+        self._treespecs[io.graph] = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the served module on the call's tensors.
 
         Returns:
-            The module's output structure with CPU tensors in place of its output tensors.
+            The module's output structure with CPU tensors in place of its output tensors (a dict
+            ``{leaf path: value}`` with ``output_structure="flat"``, see the class).
 
         Raises:
             TypeError: the arguments do not fit the module's forward signature, or a numpy array
@@ -133,10 +212,13 @@ class RemoteModule:
                 modules) it passes other constant arguments than the artifact was built with.
             IndexOutOfRangeError: (an IndexError, as eager raises) an index-valued input (token
                 ids, say) holds a value outside the range its indexing op accepts; nothing is sent.
-            RemoteInferenceError: the server answered with an error.
+            RemoteInferenceError: the server answered with an error (a bad request, a failed model).
+            RemoteUnavailableError: (a RemoteInferenceError) the server cannot be reached (stopped,
+                wrong port).
+            RemoteTimeoutError: (a RemoteInferenceError) no answer within ``timeout_s``.
+            RemoteConnectionClosedError: (a RemoteInferenceError) the server closed the connection
+                before answering.
         """
-        from tritonclient.utils import InferenceServerException
-
         call = flatten_call(self.signature, args, kwargs, self.strict)
         if any(isinstance(leaf, np.ndarray) for leaf in call.flat.leaves):
             raise ArgumentTypeError("RemoteModule: pass torch tensors, as to the module itself; got a numpy array.")
@@ -168,15 +250,24 @@ class RemoteModule:
                 )
             else:
                 result = self._client.infer(io.model_name, inputs, model_version=str(io.version), outputs=outputs)
-        except (InferenceServerException, OSError) as error:  # OSError: the HTTP client's refused connection
-            raise RemoteInferenceError(f"{io.model_name} ({self.protocol}://{self.url}): {error}") from error
+        except Exception as error:  # tritonclient's, socket and geventhttpclient errors: see _remote_error
+            raise _remote_error(error, f"{io.model_name} ({self.protocol}://{self.url})", self.timeout_s) from error
         tensors = []
         for tensor_io in io.outputs:
             array = np.array(result.as_numpy(tensor_io.name), copy=True)
             if tensor_io.carried_as_column:  # the trailing axis of size 1 exists on the wire only
                 array = array.reshape(array.shape[:-1])
             tensors.append(torch.from_numpy(array))
-        return rebuild_output(self._treespec(io), io.output_template, tensors)
+        treespec = self._treespec(io)
+        if treespec is not None:
+            try:
+                return rebuild_output(treespec, io.output_template, tensors)
+            except OutputStructureError:
+                raise
+            except Exception as error:  # the container type's own unflatten failed (another package version, say)
+                self._fall_back(io, f"Cannot rebuild the module's output structure here ({type(error).__name__}: {error}).")
+        paths = io.output_paths or output_leaf_paths(io.output_template, [t.path for t in io.outputs])
+        return flat_output(paths, io.output_template, tensors)
 
     @staticmethod
     def _check_shapes(io: ModelIO, tensors: list[torch.Tensor]) -> None:

@@ -17,8 +17,9 @@ every graph model's IO mapping for :class:`~aitune_triton.triton.client.RemoteMo
 Writes never overwrite: each export adds a new version directory to each model (``2/``, ``3/``...)
 and replaces ``config.pbtxt`` atomically. Everything is built in a temporary directory next to
 the repository first and renamed into place, graph models before the entry model, so a failed
-export leaves no half-written model directory. The entry model pins the graph model versions it
-was exported with.
+export leaves no half-written model directory (a killed export's staging directory, named with its
+pid, is removed by the next export or save next to it). The entry model pins the graph model
+versions it was exported with.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 import jinja2
 
 from aitune_triton import contract
+from aitune_triton._atomic import make_staging_dir
 from aitune_triton._progress import progress
 from aitune_triton._versions import aitune_version, library_versions, sha256_file
 from aitune_triton.checkpoint import read_checkpoint
@@ -165,7 +166,7 @@ def export(
     repository.mkdir(parents=True, exist_ok=True)
     # Staged next to the repository, never inside it: Triton refuses a repository holding a
     # directory that is not a model (a staging folder left by a killed export, say).
-    staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}.export-", dir=repository.parent))
+    staging = make_staging_dir(repository.parent)
     try:
         with progress(f"Exporting '{name}' to {repository}", enabled=show_progress) as log:
             for model in models:

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from aitune_triton.contract import InputContract
 from aitune_triton.errors import ExportError
-from aitune_triton.spec import TensorSpec, axis_range
+from aitune_triton.spec import TensorSpec, axis_range, output_leaf_paths
 
 __all__ = ["ModelIO", "TensorIO", "TORCH_TO_TRITON_DTYPE", "triton_dtype"]
 
@@ -136,6 +136,7 @@ class ModelIO:
         outputs: Output tensors in the artifact's output order.
         output_treespec: Output structure (``torch.utils._pytree.treespec_dumps`` JSON).
         output_template: Output leaves, ``None`` for tensors and constant values otherwise.
+        output_paths: Dotted path of every output leaf, tensors and constants, in flattening order.
         constants: Non-tensor arguments the artifact was built with (path -> ``const(value)``).
         version: The model version this mapping describes (set at export).
         input_axes: Per input, per axis of the module shape: the size the export fixed, or the
@@ -156,6 +157,7 @@ class ModelIO:
     outputs: list[TensorIO]
     output_treespec: str
     output_template: list[Any] = field(default_factory=list)
+    output_paths: list[str] = field(default_factory=list)
     constants: dict[str, str] = field(default_factory=dict)
     version: int = 1
     input_axes: list[list[int | str]] | None = None
@@ -206,6 +208,7 @@ class ModelIO:
             outputs=[tensor(s, n) for s, n in zip(outputs, names[len(inputs) :])],
             output_treespec=graph["output_treespec"],
             output_template=list(graph["output_template"]),
+            output_paths=list(graph.get("output_paths") or output_leaf_paths(graph["output_template"], [t.path for t in outputs])),
             constants=dict(graph.get("constants", {})),
             version=version,
             input_axes=backend.get("input_axes"),

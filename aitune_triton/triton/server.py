@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import ipaddress
 import os
 import re
 import shutil
@@ -25,18 +26,51 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from aitune_triton._progress import console, progress
-from aitune_triton.errors import TritonServerError
+from aitune_triton.errors import InvalidArgumentError, TritonServerError
 
 __all__ = ["StubWatchdog", "TritonServer", "find_tritonserver", "free_port"]
 
 _ERROR_LINE = re.compile(r"^E\d{4} |UNAVAILABLE|failed to load|Traceback|Error:")
 # Logged at every start on a host without a GPU; harmless there (design notes).
 _HARMLESS = re.compile(r"CudaDriverHelper|NVML|DCGM|GPU metrics|CUDA driver")
+#: The address the server listens on unless told otherwise: this machine only.
+DEFAULT_HOST = "127.0.0.1"
+
+
+def _check_host(host: str) -> str:
+    """``host`` as an IPv4 address string (``localhost`` is 127.0.0.1).
+
+    Raises:
+        InvalidArgumentError: ``host`` is not an IPv4 address.
+    """
+    if host == "localhost":
+        return DEFAULT_HOST
+    try:
+        if not isinstance(host, str):  # IPv4Address also takes an int
+            raise TypeError
+        return str(ipaddress.IPv4Address(host))
+    except (ipaddress.AddressValueError, TypeError):
+        raise InvalidArgumentError(
+            f"host: expected an IPv4 address to listen on, such as 127.0.0.1 (this machine only, the default) or "
+            f"0.0.0.0 (every interface), got {host!r}."
+        ) from None
+
+
+def _describe_exit(returncode: int) -> str:
+    """``"tritonserver was killed by signal SIGKILL"`` or ``"tritonserver exited with code N"``."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"tritonserver was killed by signal {name}"
+    return f"tritonserver exited with code {returncode}"
 
 
 def free_port() -> int:
@@ -121,20 +155,59 @@ def _die_with_parent() -> None:
         pass
 
 
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``; ``[pgid]`` as a stand-in where there
+    is no /proc but the group still has a member."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            pass
+        return [pgid]
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # fields: state, ppid, pgrp, session...
+            members.append(int(entry.name))
+    return members
+
+
 def _terminate(process: subprocess.Popen, timeout_s: float) -> None:
-    """SIGTERM the server's process group (server and stubs), then SIGKILL after ``timeout_s``."""
-    if process.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, None)):
+    """SIGTERM the server's process group (server and stubs), then SIGKILL after ``timeout_s``.
+
+    Python-backend stubs outlive a server that was killed (they keep its process group), so the
+    group's remaining members are ended too, also when the server itself is already gone. The
+    group id cannot be reused while any member is alive.
+    """
+    if process.poll() is None:
+        for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, None)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    for sig, wait_s in ((signal.SIGTERM, min(timeout_s, 5.0)), (signal.SIGKILL, 5.0)):
+        deadline = time.monotonic() + wait_s
+        if not _group_members(process.pid):
+            return
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
             return
-        try:
-            process.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        while _group_members(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _children(pid: int) -> list[int]:
@@ -245,6 +318,8 @@ class StubWatchdog:
         client = http.InferenceServerClient(self.http_url, connection_timeout=60.0, network_timeout=60.0)
         try:
             while not self._stopping.wait(self.interval_s):
+                if _is_dead(self.pid):  # the server itself is gone: nothing to reload into
+                    return
                 for model, pid in self.dead_stubs():
                     if self._stopping.is_set():
                         return
@@ -317,10 +392,19 @@ class TritonServer:
             dies is reloaded (not ready in between) instead of failing every request while
             reporting ready. It starts the server with ``--model-control-mode=explicit
             --load-model=*`` unless ``extra_args`` pick a model-control mode (then no watchdog).
+        host: IPv4 address HTTP, gRPC and metrics listen on. The default, 127.0.0.1, accepts
+            connections from this machine only; another address (``0.0.0.0``: every interface)
+            opens the server, which has no authentication, to the network, with a warning.
+
+    Raises:
+        TritonServerError: ``repository`` is not a directory or holds no model, or no server binary
+            was found.
+        InvalidArgumentError: ``host`` is not an IPv4 address.
 
     The server runs with ``--disable-auto-complete-config`` (the written configs are exactly what
     runs) and ``--exit-on-error`` (a model that fails to load stops the start; its error lines are
-    in the raised :class:`TritonServerError`).
+    in the raised :class:`TritonServerError`). A server that ends on its own (a crash, a signal)
+    is reported by :attr:`exit_message`, and its temporary log is kept.
 
     Example::
 
@@ -341,7 +425,18 @@ class TritonServer:
         extra_args: Sequence[str] = (),
         show_progress: bool = True,
         restart_dead_stubs: bool = True,
+        host: str = DEFAULT_HOST,
     ):
+        self.host = _check_host(host)
+        if not ipaddress.IPv4Address(self.host).is_loopback:
+            warnings.warn(
+                f"host: tritonserver will listen on {self.host}"
+                + (" (every interface)" if self.host == "0.0.0.0" else "")
+                + "; anyone who can reach this machine can call its models (Triton has no authentication). "
+                "Use the default 127.0.0.1 unless the network is trusted.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.repository = Path(repository).absolute()
         if not self.repository.is_dir():
             raise TritonServerError(f"repository: {self.repository} is not a directory. Export a model into it first.")
@@ -366,16 +461,29 @@ class TritonServer:
         self._reader: threading.Thread | None = None
         self._watchdog_args = StubWatchdog.server_args(self.extra_args) if restart_dead_stubs else []
         self.watchdog: StubWatchdog | None = None
+        self._exit_message: str | None = None
 
     @property
     def http_url(self) -> str:
-        """``host:port`` of the HTTP endpoint, as tritonclient expects."""
-        return f"localhost:{self.http_port}"
+        """``host:port`` of the HTTP endpoint, as tritonclient expects (the address it listens on)."""
+        return f"{self.host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        """``host:port`` of the gRPC endpoint, as tritonclient expects."""
-        return f"localhost:{self.grpc_port}"
+        """``host:port`` of the gRPC endpoint, as tritonclient expects (the address it listens on)."""
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """``host:port`` of the Prometheus metrics endpoint (``/metrics``)."""
+        return f"{self.host}:{self.metrics_port}"
+
+    @property
+    def exit_message(self) -> str | None:
+        """How the server process ended on its own: ``"tritonserver was killed by signal SIGKILL"``
+        or ``"tritonserver exited with code N"``; None while it runs, before it started, or when
+        :meth:`stop` ended it. Set by :meth:`stop` (or by :meth:`start` when the start failed)."""
+        return self._exit_message
 
     @property
     def log_path(self) -> Path:
@@ -396,6 +504,9 @@ class TritonServer:
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
             "--disable-auto-complete-config",
             "--exit-on-error=true",
             "--strict-readiness=true",
@@ -413,6 +524,7 @@ class TritonServer:
         """
         if self._process is not None:
             return self
+        self._exit_message = None
         self._workdir = Path(tempfile.mkdtemp(prefix="aitune_triton-server-"))
         if self._root is not None:
             try:
@@ -465,7 +577,7 @@ class TritonServer:
             if self._process.poll() is not None:  # type: ignore[union-attr]
                 self._reader.join(timeout=5)  # type: ignore[union-attr]
                 raise TritonServerError(
-                    f"tritonserver exited with code {self._process.returncode} before it was ready "  # type: ignore[union-attr]
+                    f"{_describe_exit(self._process.returncode)} before it was ready "  # type: ignore[union-attr]
                     f"(log: {self.log_path}).",
                     self.error_lines(),
                 )
@@ -493,20 +605,24 @@ class TritonServer:
         """Stop the server and its Python-backend stubs (SIGTERM to the process group, then SIGKILL
         after ``timeout_s``) and remove its temporary files.
 
-        A temporary log (no ``log_path`` given) is kept only when it holds error lines, for reading
-        after a failure; a ``log_path`` given by the caller always stays.
+        Also after the server died on its own: its stubs still running are ended, and
+        :attr:`exit_message` says how it died. A temporary log (no ``log_path`` given) is kept only
+        when it holds error lines or the server died on its own, for reading after a failure; a
+        ``log_path`` given by the caller always stays.
         """
         self._stop_watchdog()
         process, self._process = self._process, None
         if process is not None:
             if self._finalizer is not None:
                 self._finalizer.detach()
+            if process.poll() is not None:
+                self._exit_message = _describe_exit(process.returncode)
             _terminate(process, timeout_s)
         if self._reader is not None:
             self._reader.join(timeout=5)
             self._reader = None
         if self._workdir is not None:
-            if self._own_log and self.error_lines():  # keep the log of a failed run for reading
+            if self._own_log and (self.error_lines() or self._exit_message):  # keep the log of a failed run
                 shutil.rmtree(self._workdir / "backends", ignore_errors=True)
             else:
                 shutil.rmtree(self._workdir, ignore_errors=True)

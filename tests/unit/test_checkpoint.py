@@ -7,7 +7,11 @@ import copy
 import gc
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -16,6 +20,7 @@ import torch
 
 import aitune_triton
 from aitune_triton import Module, ModuleState, OneBackendStrategy
+from aitune_triton._atomic import STAGING_PREFIX
 from aitune_triton.checkpoint import MANIFEST_NAME, read_checkpoint
 from aitune_triton.errors import CheckpointError, ModuleStateError
 
@@ -236,6 +241,75 @@ def test_failed_overwrite_keeps_the_old_checkpoint(saved, checkpoint_copy, uniqu
 
     assert _tree(checkpoint_copy) == before
     assert sorted(p.name for p in checkpoint_copy.parent.iterdir()) == ["copy"]
+
+
+_KILLED_SAVE = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from test_checkpoint import NestedNet
+import aitune_triton
+
+source, target = Path(sys.argv[1]), Path(sys.argv[2])
+module = aitune_triton.load(NestedNet().eval(), source, name="killed_save")
+
+
+def kill_after(step):
+    def run(*args):
+        result = step(*args)
+        if any(Path(arg) == target for arg in args):  # the step that touched the checkpoint path
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    return run
+
+
+os.rename = kill_after(os.rename)  # Path.rename goes through os.rename
+try:
+    from aitune_triton import _atomic
+    _atomic.exchange = kill_after(_atomic.exchange)
+except ImportError:
+    pass
+aitune_triton.save(module, target, overwrite=True)
+"""
+
+
+def test_a_save_killed_right_after_it_touched_the_checkpoint_path_leaves_a_loadable_checkpoint_there(
+    saved, checkpoint_copy, unique_name, tmp_path
+):
+    net, _, path, expected = saved
+    script = tmp_path / "killed_save.py"
+    script.write_text(_KILLED_SAVE)
+
+    killed = subprocess.run(
+        [sys.executable, str(script), str(path), str(checkpoint_copy), str(Path(__file__).parent)],
+        capture_output=True, text=True, timeout=300,
+    )
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # The old checkpoint or the new one (the exchange happened): complete either way.
+    assert read_checkpoint(checkpoint_copy)["module"]["name"] in ("test_checkpoint_shared", "killed_save")
+    loaded = aitune_triton.load(copy.deepcopy(net), checkpoint_copy, name=unique_name)
+    for got, want in zip(_outputs(loaded, _inputs()), expected):
+        torch.testing.assert_close(got, want, atol=0.0, rtol=0.0)
+    # What the killed save left (the old checkpoint under a staging name) goes with the next save.
+    aitune_triton.save(loaded, checkpoint_copy, overwrite=True)
+    assert sorted(p.name for p in checkpoint_copy.parent.iterdir()) == ["copy"]
+
+
+def test_save_removes_the_staging_directory_a_dead_process_left_and_keeps_a_live_ones(saved, tmp_path):
+    _, module, _, _ = saved
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead = tmp_path / f"{STAGING_PREFIX}{finished.pid}-x1"
+    live = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-x2"  # another save running in this process
+    for staging in (dead, live):
+        (staging / "graph_0").mkdir(parents=True)
+        (staging / "graph_0" / "model.onnx").write_bytes(b"half written")
+
+    aitune_triton.save(module, tmp_path / "ckpt")
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt", live.name])
+    read_checkpoint(tmp_path / "ckpt")
 
 
 # -------------------------------------------------------------------------- load failures

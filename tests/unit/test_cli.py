@@ -53,7 +53,7 @@ def test_the_group_help_lists_every_command_and_option(runner):
         ),
         (
             "serve",
-            {"--http-port", "--grpc-port", "--metrics-port", "--tritonserver", "--log-file", "--quiet-log", "--timeout-s", "--help"},
+            {"--http-port", "--grpc-port", "--metrics-port", "--host", "--tritonserver", "--log-file", "--quiet-log", "--timeout-s", "--help"},
         ),
         ("inspect", {"--help"}),
     ],
@@ -170,8 +170,38 @@ def test_serve_of_a_missing_repository_exits_1_without_starting_a_server(runner,
     assert f"Error: repository: {(tmp_path / 'no_repo').absolute()} is not a directory" in result.output
 
 
+@pytest.mark.parametrize("host", ["example.com", "::1", "127.0.0.300", ""])
+def test_serve_with_a_host_that_is_not_an_ipv4_address_exits_1_naming_the_option(runner, tmp_path, host):
+    result = runner.invoke(main, ["serve", str(tmp_path), "--host", host])
+
+    assert result.exit_code == 1
+    assert "Error: host: expected an IPv4 address to listen on, such as 127.0.0.1" in result.output
+    assert repr(host) in result.output
+
+
 def test_inspect_prints_its_report_on_stdout(runner, checkpoint):
     result = runner.invoke(main, ["inspect", str(checkpoint)])
 
     assert result.exit_code == 0
     assert "graph_0" in result.stdout
+
+
+@pytest.mark.parametrize("host", [0, None, "0.0.0.0/8"])
+def test_a_triton_server_with_a_host_that_is_not_an_ipv4_address_string_raises_naming_host(tmp_path, host):
+    from aitune_triton.errors import InvalidArgumentError
+    from aitune_triton.triton.server import TritonServer
+
+    with pytest.raises(InvalidArgumentError, match=r"host: expected an IPv4 address to listen on.*got"):
+        TritonServer(tmp_path, host=host)
+
+
+def test_serve_on_a_non_loopback_host_warns_before_starting_and_reports_a_server_that_exits(runner, tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.pbtxt").write_text('name: "model"\n')
+
+    result = runner.invoke(main, ["serve", str(tmp_path), "--host", "0.0.0.0", "--tritonserver", "/bin/false",
+                                  "--log-file", str(tmp_path / "server.log"), "--timeout-s", "20"])
+
+    assert result.exit_code == 1
+    assert "Warning: host: tritonserver will listen on 0.0.0.0 (every interface)" in result.stderr
+    assert "Error: tritonserver exited with code 1 before it was ready" in result.stderr

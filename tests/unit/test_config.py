@@ -30,8 +30,10 @@ from aitune_triton.triton.io import ModelIO
 
 
 class _Sequence(torch.nn.Module):
+    """Each sample's outputs depend on the batch (its mean), so one recorded batch size stays fixed."""
+
     def forward(self, tokens):
-        return {"doubled": tokens * 2, "total": tokens.sum(-1)}
+        return {"doubled": tokens * 2 - tokens.mean(0), "total": tokens.sum(-1)}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def ios(tmp_path_factory):
     """ModelIO of four real graph specs.
 
     ``with_y``: (x, y); ``x_only``: (x,); ``x_scaled``: (x, scale=2.0), the same tensor names as
-    ``x_only``; ``not_batching``: one batch size recorded (max_batch_size 0).
+    ``x_only``; ``not_batching``: one batch size recorded of a module mixing samples (max_batch_size 0).
     """
     cache = tmp_path_factory.mktemp("config_cache")
     torch.manual_seed(0)

@@ -15,6 +15,7 @@ import torch
 from nets import record_two_specs, tuned_two_input_net
 
 from aitune_triton import Module, OneBackendStrategy
+from aitune_triton._atomic import STAGING_PREFIX
 from aitune_triton.errors import CheckpointError, ExportError, InvalidNameError
 from aitune_triton.triton.config import ROUTES_PARAMETER, TritonModelOptions, read_model_config
 from aitune_triton.triton.exporter import export
@@ -44,7 +45,7 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
 
 def _staging_dirs(repository: Path) -> list[str]:
     """Staging directories of an export: next to the repository (never inside it), or inside it."""
-    beside = [p.name for p in repository.parent.iterdir() if p.name.startswith(f".{repository.name}.export-")]
+    beside = [p.name for p in repository.parent.iterdir() if p.name.startswith(STAGING_PREFIX)]
     inside = [p.name for p in repository.iterdir() if p.name.startswith(".")] if repository.is_dir() else []
     return beside + inside
 
@@ -265,6 +266,20 @@ def test_a_successful_export_leaves_no_staging_directory(tuned, tmp_path):
     export(module, tmp_path / "repo", show_progress=False)
     export(module, tmp_path / "repo", show_progress=False)
 
+    assert _staging_dirs(tmp_path / "repo") == []
+
+
+def test_export_removes_the_staging_directory_a_killed_export_left_next_to_the_repository(tuned, tmp_path):
+    module, _ = tuned
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    left = tmp_path / f"{STAGING_PREFIX}{finished.pid}-k9"
+    (left / f"{MODULE_NAME}.graph_0" / "1").mkdir(parents=True)
+    (left / f"{MODULE_NAME}.graph_0" / "1" / "model.onnx").write_bytes(b"half written")
+
+    export(module, tmp_path / "repo", show_progress=False)
+
+    assert not left.exists()
     assert _staging_dirs(tmp_path / "repo") == []
 
 

@@ -30,6 +30,13 @@ class _Sequence(torch.nn.Module):
         return {"doubled": tokens * 2, "total": tokens.sum(-1)}
 
 
+class _MixingSequence(torch.nn.Module):
+    """Like _Sequence, but each sample's outputs depend on the batch (its mean): Triton must not join requests."""
+
+    def forward(self, tokens):
+        return {"doubled": tokens * 2 - tokens.mean(0), "total": tokens.sum(-1)}
+
+
 class _Transposed(torch.nn.Module):
     """The output carries the batch on axis 1."""
 
@@ -72,7 +79,8 @@ def graphs(tmp_path_factory):
         two.append((torch.randn(batch, 8),))
     add("two_input", "test_io_two_input_net", TwoInputNet(), two)
     add("sequence", "test_io_sequence", _Sequence(), [(torch.randn(b, s),) for b, s in ((1, 4), (3, 6), (5, 8))])
-    add("one_batch", "test_io_one_batch_size", _Sequence(), [(torch.randn(2, s),) for s in (4, 6, 7)])
+    add("one_batch", "test_io_one_batch_size", _MixingSequence(), [(torch.randn(2, s),) for s in (4, 6, 7)])
+    add("one_batch_independent", "test_io_one_batch_independent", _Sequence(), [(torch.randn(2, s),) for s in (4, 6, 7)])
     add("transposed", "test_io_transposed", _Transposed(), [(torch.randn(b, 8),) for b in (1, 3, 5)])
     add(
         "colliding",
@@ -148,7 +156,7 @@ def test_a_dimension_that_varied_besides_the_batch_is_minus_one(graphs):
     assert _by_name(io.outputs)["total"].dims == ()
 
 
-def test_one_recorded_batch_size_gives_max_batch_size_0_and_full_dims(graphs):
+def test_one_recorded_batch_size_of_a_module_mixing_samples_gives_max_batch_size_0_and_full_dims(graphs):
     io = _io(graphs, "one_batch")
 
     assert io.max_batch_size == 0
@@ -159,6 +167,16 @@ def test_one_recorded_batch_size_gives_max_batch_size_0_and_full_dims(graphs):
     assert total.dims == (2,)
     assert all(t.batch_axis is None for t in io.inputs + io.outputs)
     assert io.full_dims(tokens) == (2, -1)
+
+
+def test_one_recorded_batch_size_of_a_module_with_independent_samples_batches_up_to_that_size(graphs):
+    io = _io(graphs, "one_batch_independent")
+
+    assert io.max_batch_size == 2
+    tokens, doubled, total = io.inputs[0], io.outputs[0], io.outputs[1]
+    assert tokens.dims == (-1,) and doubled.dims == (-1,) and total.dims == ()
+    assert all(t.batch_axis == 0 for t in io.inputs + io.outputs)
+    assert tokens.ranges == ((1, 2), (4, 7))
 
 
 def test_an_output_with_the_batch_axis_off_dim_0_gives_max_batch_size_0_and_full_dims(graphs):

@@ -25,27 +25,40 @@ def test_infer_dims_finds_the_batch_axis_when_dim_0_varies():
     assert dims.ranges == {"batch": (1, 5)}  # any batch from 1 up to the largest seen
 
 
-def test_infer_dims_finds_no_batch_axis_when_one_batch_size_was_recorded():
+def test_infer_dims_makes_axis_0_a_candidate_batch_axis_when_one_batch_size_was_recorded():
+    # tuning keeps it (range 1..4) or fixes it at 4 again, by measuring whether samples mix
     dims = infer_dims(
         input_shapes=[[(4, 5)], [(4, 9)], [(4, 7)]],
         output_shapes=[[(4, 5)], [(4, 9)], [(4, 7)]],
     )
 
+    assert dims.input_batch_axes == [0]
+    assert dims.output_batch_axes == [0]
+    assert dims.input_dim_names == [("batch", "dim0")]
+    assert dims.output_dim_names == [("batch", "dim0")]
+    assert dims.ranges == {"dim0": (5, 9), "batch": (1, 4)}
+
+
+def test_infer_dims_of_a_single_call_has_only_the_candidate_batch_axis_dynamic():
+    dims = infer_dims(input_shapes=[[(3, 5)]], output_shapes=[[(3, 2), (2,)]])
+
+    assert dims.input_batch_axes == [0]
+    assert dims.output_batch_axes == [0, None]  # the second output's axis 0 does not follow the batch
+    assert dims.input_dim_names == [("batch", None)]
+    assert dims.output_dim_names == [("batch", None), (None,)]
+    assert dims.ranges == {"batch": (1, 3)}
+
+
+def test_infer_dims_makes_no_candidate_batch_of_an_axis_0_declared_as_another_dimension():
+    from aitune_triton.module.dims import DynamicDim
+
+    dims = infer_dims(
+        input_shapes=[[(4, 5)], [(4, 5)]], output_shapes=[[(4, 5)], [(4, 5)]], declared={(0, 0): DynamicDim("seq", 1, 8)}
+    )
+
     assert dims.input_batch_axes == [None]
-    assert dims.output_batch_axes == [None]
-    assert dims.input_dim_names == [(None, "dim0")]
-    assert dims.output_dim_names == [(None, "dim0")]
-    assert dims.ranges == {"dim0": (5, 9)}
+    assert dims.input_dim_names == [("seq", None)]
     assert "batch" not in dims.ranges
-
-
-def test_infer_dims_finds_nothing_dynamic_for_a_single_call():
-    dims = infer_dims(input_shapes=[[(3, 5)]], output_shapes=[[(3, 2)]])
-
-    assert dims.input_batch_axes == [None]
-    assert dims.input_dim_names == [(None, None)]
-    assert dims.output_dim_names == [(None, None)]
-    assert dims.ranges == {}
 
 
 def test_infer_dims_gives_axes_with_equal_size_series_one_shared_name():

@@ -1,0 +1,175 @@
+"""The batch axis is decided by measuring whether samples mix, not by whether batch sizes varied."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aitune_triton import BatchDim, Module, OneBackendStrategy
+from aitune_triton.errors import GraphSpecMismatchError
+
+
+class Net(torch.nn.Module):
+    """Independent samples; two outputs, one of them per-sample scalars."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 6)
+
+    def forward(self, x: torch.Tensor):
+        hidden = torch.relu(self.linear(x))
+        return {"hidden": hidden, "total": hidden.sum(-1)}
+
+
+class Centered(torch.nn.Module):
+    """Each sample's output depends on the whole batch (the batch mean)."""
+
+    def forward(self, x: torch.Tensor):
+        return x - x.mean(dim=0, keepdim=True)
+
+
+class FixedBatch(torch.nn.Module):
+    """Only runs at batch size 4 (it reshapes with a literal size)."""
+
+    def forward(self, x: torch.Tensor):
+        return x.reshape(4, 8) * 2
+
+
+def _record(module: Module, batch: int, calls: int = 3, features: int = 8) -> None:
+    generator = torch.Generator().manual_seed(batch)
+    with torch.no_grad():
+        for _ in range(calls):
+            module(torch.randn(batch, features, generator=generator))
+
+
+@pytest.mark.parametrize("backend", ["aoti", "onnxruntime"])
+def test_a_graph_recorded_only_at_batch_4_runs_at_batch_1_and_3_equal_to_eager(unique_name, backend):
+    torch.manual_seed(0)
+    net = Net().eval()
+    module = Module(net, name=unique_name, strategy=OneBackendStrategy(backend))
+    _record(module, batch=4)
+
+    module.tune()
+
+    (tuned,) = module.tuned_graphs
+    assert tuned.backend.name == backend
+    assert tuned.spec.dims["batch"] == (1, 4)
+    assert tuned.spec.batch_independent is True
+    assert [spec.batch_axis for spec in tuned.spec.inputs + tuned.spec.outputs] == [0, 0, 0]
+    assert "batch axis 1..4, requests may be joined" in tuned.report.batch
+    for batch in (1, 3, 4):
+        x = torch.randn(batch, 8, generator=torch.Generator().manual_seed(100 + batch))
+        output, expected = module(x), net(x)
+        torch.testing.assert_close(output["hidden"], expected["hidden"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(output["total"], expected["total"], atol=1e-5, rtol=0)
+    with pytest.raises(GraphSpecMismatchError, match="x axis 0: size 5 outside 1..4"):
+        module(torch.randn(5, 8))
+
+
+def test_a_module_mixing_samples_recorded_at_batch_4_keeps_batch_4_only_and_the_report_says_why(unique_name, capsys):
+    module = Module(Centered().eval(), name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    _record(module, batch=4, features=3)
+
+    module.tune()
+
+    (tuned,) = module.tuned_graphs
+    assert tuned.spec.batch_independent is False
+    assert "batch" not in tuned.spec.dims
+    assert [spec.batch_axis for spec in tuned.spec.inputs + tuned.spec.outputs] == [None, None]
+    assert [spec.dim_names for spec in tuned.spec.inputs] == [(None, None)]
+    why = "batch fixed at 4 (one batch size recorded): the two halves of a recorded batch of 4 gave other outputs"
+    assert why in tuned.report.batch
+    assert why in capsys.readouterr().err  # the tuning log
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(module(x), Centered()(x), atol=1e-5, rtol=0)
+    with pytest.raises(GraphSpecMismatchError, match="x axis 0: size 3 outside 4..4"):
+        module(torch.randn(3, 3))
+
+
+def test_a_module_mixing_samples_whose_batch_size_varied_keeps_its_dynamic_axis_without_joining(unique_name):
+    module = Module(Centered().eval(), name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    for batch in (2, 4):
+        _record(module, batch=batch, calls=1, features=3)
+
+    module.tune()
+
+    (tuned,) = module.tuned_graphs
+    assert tuned.spec.dims["batch"] == (1, 4) and tuned.spec.batch_independent is False
+    assert "batch axis 1..4 (sizes varied), Triton will not join requests" in tuned.report.batch
+    x = torch.randn(3, 3)
+    torch.testing.assert_close(module(x), Centered()(x), atol=1e-5, rtol=0)
+
+
+def test_a_module_that_fails_on_half_its_recorded_batch_keeps_that_batch_size(unique_name):
+    module = Module(FixedBatch().eval(), name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    _record(module, batch=4, calls=2)
+
+    module.tune()
+
+    (tuned,) = module.tuned_graphs
+    assert "batch" not in tuned.spec.dims and tuned.spec.batch_independent is False
+    assert "batch fixed at 4" in tuned.report.batch and "raised RuntimeError" in tuned.report.batch
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(module(x), FixedBatch()(x), atol=1e-6, rtol=0)
+
+
+def test_a_graph_recorded_only_at_batch_1_is_proved_independent_by_joining_recorded_calls(unique_name):
+    torch.manual_seed(0)
+    net = Net().eval()
+    module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    _record(module, batch=1, calls=3)
+
+    module.tune()
+
+    (tuned,) = module.tuned_graphs
+    assert tuned.spec.batch_independent is True
+    assert tuned.spec.dims["batch"] == (1, 1)
+    assert "3 recorded calls of batch 1 joined into one batch gave the outputs of one batch" in tuned.report.batch
+    assert "declare BatchDim(1, N)" in tuned.report.batch
+    x = torch.randn(1, 8)
+    torch.testing.assert_close(module(x)["hidden"], net(x)["hidden"], atol=1e-5, rtol=0)
+
+
+def test_a_module_mixing_samples_recorded_only_at_batch_1_is_caught_by_joining_calls(unique_name):
+    module = Module(Centered().eval(), name=unique_name, strategy=OneBackendStrategy("eager"))
+    _record(module, batch=1, calls=2, features=3)
+
+    module.tune()
+
+    (tuned,) = module.tuned_graphs
+    assert tuned.spec.batch_independent is False and "batch" not in tuned.spec.dims
+    assert "2 recorded calls of batch 1 joined into one batch gave other outputs" in tuned.report.batch
+
+
+def test_a_declared_batch_recorded_only_at_batch_1_is_exported_dynamic_and_runs_at_batch_3(unique_name):
+    torch.manual_seed(0)
+    net = Net().eval()
+    module = Module(
+        net, name=unique_name, strategy=OneBackendStrategy("aoti"), dynamic_shapes={"x": {0: BatchDim(1, 8)}}
+    )
+    _record(module, batch=1, calls=2)
+
+    module.tune()
+
+    (tuned,) = module.tuned_graphs
+    assert tuned.spec.batch_independent is True and tuned.spec.dims["batch"] == (1, 8)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(module(x)["hidden"], net(x)["hidden"], atol=1e-5, rtol=0)
+
+
+def test_the_decided_batch_axis_survives_a_state_dict_round_trip(unique_name):
+    torch.manual_seed(0)
+    net = Net().eval()
+    module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    _record(module, batch=4)
+    module.tune()
+    state = module.to_dict()
+    del module
+
+    loaded = Module.from_dict(net, state)
+
+    (tuned,) = loaded.tuned_graphs
+    assert tuned.spec.dims["batch"] == (1, 4) and tuned.spec.batch_independent is True
+    assert "requests may be joined" in tuned.report.batch
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(loaded(x)["hidden"], net(x)["hidden"], atol=1e-5, rtol=0)
