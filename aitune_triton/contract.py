@@ -73,25 +73,31 @@ class InputContract:
             None: no such contract (eager, or a description written before it was recorded).
         index_ranges: Per input, the value ranges its elements must lie in (empty for inputs that
             index nothing); None: not known.
+        batch_axes: Per input, its batch axis or None; with ``max_batch_size`` > 0 a batch outside
+            its range is named as such in messages.
+        max_batch_size: The served model's ``max_batch_size`` (0: it does not batch).
     """
 
     names: list[str]
     ranges: list[list[tuple[int, int]]] | None = None
     axes: list[list[int | str]] | None = None
     index_ranges: list[list[IndexRange]] | None = None
+    batch_axes: list[int | None] | None = None
+    max_batch_size: int = 0
     _checked: list[tuple[int, list[IndexRange]]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._checked = [(i, bounds) for i, bounds in enumerate(self.index_ranges or []) if bounds]
 
     @classmethod
-    def from_io(cls, io: dict[str, Any], name_key: str = "name") -> "InputContract":
+    def from_io(cls, io: dict[str, Any], name_key: str = "name", batch_hint: bool = True) -> "InputContract":
         """The contract of a graph model's IO mapping (``io.json``, ``ModelIO.to_dict()``).
 
         Args:
-            io: The mapping: ``inputs`` (each with ``name``, ``path`` and ``ranges``),
-                ``input_axes`` and ``index_ranges``.
+            io: The mapping: ``inputs`` (each with ``name``, ``path``, ``ranges`` and
+                ``batch_axis``), ``input_axes``, ``index_ranges`` and ``max_batch_size``.
             name_key: Which input field names inputs in messages (``name`` or ``path``).
+            batch_hint: Whether messages name a batch outside its range as the batch axis.
         """
         index_ranges = io.get("index_ranges")
         return cls(
@@ -99,6 +105,8 @@ class InputContract:
             ranges=[[(int(low), int(high)) for low, high in tensor.get("ranges", ())] for tensor in io["inputs"]],
             axes=io.get("input_axes"),
             index_ranges=None if index_ranges is None else [[IndexRange.from_dict(r) for r in per] for per in index_ranges],
+            batch_axes=[tensor.get("batch_axis") for tensor in io["inputs"]],
+            max_batch_size=int(io.get("max_batch_size", 0)) if batch_hint else 0,
         )
 
     @property
@@ -113,10 +121,13 @@ class InputContract:
             shapes: Per input, its shape (module shape, in the artifact's input order).
         """
         found = []
-        for name, axis_ranges, shape in zip(self.names, self.ranges or [], shapes):
+        batch_axes = self.batch_axes or [None] * len(self.names)
+        for name, axis_ranges, shape, batch_axis in zip(self.names, self.ranges or [], shapes, batch_axes):
             for axis, ((low, high), size) in enumerate(zip(axis_ranges, shape)):
                 if not low <= size <= high:
-                    found.append(f"{name} axis {axis}: size {size} outside {low}..{high}")
+                    batch = axis == batch_axis and self.max_batch_size > 0
+                    hint = f" (the batch axis: max_batch_size {self.max_batch_size})" if batch else ""
+                    found.append(f"{name} axis {axis}: size {size} outside {low}..{high}{hint}")
         first: dict[str, tuple[str, int, int]] = {}
         for name, tensor_axes, shape in zip(self.names, self.axes or [], shapes):
             for axis, (expected, size) in enumerate(zip(tensor_axes, shape)):

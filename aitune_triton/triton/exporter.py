@@ -244,14 +244,14 @@ def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, r
         "graphs": [io.to_dict() for io in ios],
     }
     router_py = environment.get_template("router_model.py.j2").render(
-        version=aitune_version(), module_name=name, graph_models=[io.model_name for io in ios]
+        version=aitune_version(), module_name=name, graph_models=[io.model_name for io in ios], contract_file=CONTRACT_FILE
     )
     planned.append(
         _PlannedModel(
             name=name,
             version=_next_version(repository / name),
             config=router_model_config(name, ios, routes, options),
-            files={"model.py": router_py},
+            files={"model.py": router_py, CONTRACT_FILE: contract_source},
             artifact=None,
             summary=f"entry model routing to {len(ios)} graph model(s)",
         )

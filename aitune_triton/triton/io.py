@@ -219,7 +219,7 @@ class ModelIO:
     def contract(self) -> InputContract:
         """The artifact's input contract, naming inputs by leaf path (the served ``model.py`` builds
         the same one from ``io.json`` with tensor names)."""
-        return InputContract.from_io(self.to_dict(), name_key="path")
+        return InputContract.from_io(self.to_dict(), name_key="path", batch_hint=False)  # RemoteModule says it once
 
     def full_dims(self, tensor: TensorIO) -> tuple[int, ...]:
         """Dims including the batch axis (as ``-1``) when the model batches."""

@@ -108,18 +108,19 @@ def _raw_inputs(module, ids: np.ndarray, shifted: np.ndarray):
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_a_raw_out_of_range_token_id_is_answered_invalid_argument_and_good_requests_still_match_eager(index_server, protocol):
+def test_a_raw_out_of_range_token_id_is_answered_invalid_argument_by_graph_and_entry_model_and_good_requests_match_eager(index_server, protocol):
     net, server = index_server
     reloads = len(server.watchdog.reloads)
     module = httpclient if protocol == "http" else grpcclient
     client = module.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
     shifted = np.zeros((8, 256), dtype=np.int64)
     try:
-        for bad in (10**6, -5):
+        for bad, model in ((10**6, GRAPH_MODEL), (-5, GRAPH_MODEL), (50, MODEL)):  # MODEL: the entry model checks first
             ids = np.zeros((8, 256), dtype=np.int64)
             ids[3, 200] = bad
             with pytest.raises(InferenceServerException) as raised:
-                client.infer(GRAPH_MODEL, _raw_inputs(module, ids, shifted))
+                client.infer(model, _raw_inputs(module, ids, shifted))
+            assert raised.value.message().startswith(f"{GRAPH_MODEL}: ids: ")
             assert raised.value.status() == ("400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT")
             assert f"ids: values must be in 0..49 (it indexes a dimension of size 50 in aten.embedding), got {bad}" in (
                 raised.value.message()

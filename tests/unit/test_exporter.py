@@ -70,7 +70,11 @@ def test_export_writes_an_entry_model_and_one_graph_model_per_graph_spec(tuned, 
             "model.onnx",
             "model.py",
         ]
-    assert sorted(p.name for p in (repository / MODULE_NAME / "1").iterdir()) == ["manifest.json", "model.py"]
+    assert sorted(p.name for p in (repository / MODULE_NAME / "1").iterdir()) == [
+        "aitune_triton_contract.py",
+        "manifest.json",
+        "model.py",
+    ]
 
 
 def test_every_generated_model_py_is_valid_python_for_its_runtime(tuned, tmp_path):
@@ -132,7 +136,7 @@ def test_manifest_sha256_matches_the_copied_artifact_and_the_tuned_one(tuned, tm
         assert manifest["source"] == f"module '{MODULE_NAME}'"
         assert manifest["versions"]["torch"] == torch.__version__
     entry_manifest = json.loads((repository / MODULE_NAME / "1" / "manifest.json").read_text())
-    assert sorted(entry_manifest["sha256"]) == ["model.py"]
+    assert sorted(entry_manifest["sha256"]) == ["aitune_triton_contract.py", "model.py"]
 
 
 def test_a_second_export_adds_version_2_and_leaves_version_1_byte_identical(tuned, tmp_path):
