@@ -58,6 +58,11 @@ class GraphSpecMismatchError(AITuneTritonError, ValueError):
     """A call to a tuned module matches none of its graph specs."""
 
 
+class IndexOutOfRangeError(AITuneTritonError, IndexError):
+    """An index-valued input (token ids, say) holds a value outside what its indexing op accepts
+    (the rows of an embedding table); eager PyTorch raises ``IndexError`` for it too."""
+
+
 class RecordingError(AITuneTritonError, ValueError):
     """A recorded call cannot be used (e.g. the same inputs gave differently structured outputs)."""
 

@@ -41,8 +41,6 @@ __all__ = [
     "TensorSpec",
     "axis_range",
     "dtype_from_name",
-    "range_violations",
-    "tie_violations",
     "dtype_name",
     "flatten_call",
     "flatten_output",
@@ -733,60 +731,6 @@ class TensorSpec:
         return cls(**data)
 
 
-def range_violations(
-    paths: Sequence[str], ranges: Sequence[Sequence[tuple[int, int]]], shapes: Sequence[Sequence[int]]
-) -> list[str]:
-    """One line ``path axis N: size S outside LO..HI`` per tensor axis outside its ``[min, max]``.
-
-    Args:
-        paths: Leaf path of each tensor.
-        ranges: Per tensor, per axis, the ``(min, max)`` size accepted.
-        shapes: Per tensor, its shape.
-    """
-    found = []
-    for path, axis_ranges, shape in zip(paths, ranges, shapes):
-        for axis, ((low, high), size) in enumerate(zip(axis_ranges, shape)):
-            if not low <= size <= high:
-                found.append(f"{path} axis {axis}: size {size} outside {low}..{high}")
-    return found
-
-
-def tie_violations(
-    paths: Sequence[str], axes: Sequence[Sequence[int | str]], shapes: Sequence[Sequence[int]]
-) -> list[str]:
-    """What breaks the input contract an exported artifact was built with.
-
-    ``torch.export`` decides which input axes the model needs equal (a token axis shared by
-    ``input_ids`` and ``attention_mask``, say) and which it fixed to one size; compiled code relies
-    on that without checking it. Axes that share a symbol must have equal sizes, and an axis fixed
-    to an integer must have that size.
-
-    Args:
-        paths: Leaf path of each input tensor.
-        axes: Per tensor, per axis, the integer size fixed by export or the symbol of its size.
-        shapes: Per tensor, its shape.
-
-    Returns:
-        One line per broken tie or fixed size.
-    """
-    found: list[str] = []
-    first: dict[str, tuple[str, int, int]] = {}
-    for path, tensor_axes, shape in zip(paths, axes, shapes):
-        for axis, (expected, size) in enumerate(zip(tensor_axes, shape)):
-            if isinstance(expected, int):
-                if size != expected:
-                    found.append(f"{path} axis {axis}: size {size}, but the artifact was built for size {expected} only")
-            elif expected not in first:
-                first[expected] = (path, axis, size)
-            elif first[expected][2] != size:
-                other, other_axis, other_size = first[expected]
-                found.append(
-                    f"{path} axis {axis}: size {size} differs from {other} axis {other_axis} (size {other_size}); the "
-                    "exported model needs them equal"
-                )
-    return found
-
-
 def axis_range(spec: TensorSpec, axis: int, dims: dict[str, Any]) -> tuple[int, int]:
     """``(min, max)`` size of ``spec``'s ``axis``: its dimension's range (``dims[name]``) when the
     axis is dynamic, else the one size recorded."""
@@ -845,11 +789,6 @@ class GraphSpec:
     def axis_range(self, spec: TensorSpec, axis: int) -> tuple[int, int]:
         """``(min, max)`` size the artifacts of this graph spec accept on ``spec``'s ``axis``."""
         return axis_range(spec, axis, self.dims)
-
-    def shape_violations(self, shapes: Sequence[tuple[int, ...]]) -> list[str]:
-        """See :func:`range_violations`; ``shapes`` are a call's tensor input shapes in flattening order."""
-        ranges = [[self.axis_range(spec, axis) for axis in range(spec.rank)] for spec in self.inputs]
-        return range_violations([spec.path for spec in self.inputs], ranges, shapes)
 
     def __post_init__(self) -> None:
         if not self.output_paths:  # descriptions written before leaf paths were stored

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from aitune_triton.backends.base import Backend, BuildContext
-from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, input_axes, quiet_export
+from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, index_ranges, input_axes, quiet_export
 from aitune_triton.errors import BackendBuildError
 from aitune_triton.spec import CallStructure
 
@@ -46,6 +46,7 @@ class AOTInductorBackend(Backend):
         except Exception as error:
             raise BackendBuildError(f"aoti: torch.export.export failed: {type(error).__name__}: {error}") from error
         self.input_axes = input_axes(exported)
+        self.index_ranges = index_ranges(exported)
         context.log("aoti: compiling with AOTInductor")
         try:
             with quiet_export():

@@ -10,12 +10,13 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar
 
 import torch
 
+from aitune_triton.contract import IndexRange, InputContract
 from aitune_triton.errors import BackendUnavailableError, DuplicateBackendError, ModuleStateError, UnknownBackendError
-from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec, tie_violations
+from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec
 
 __all__ = ["Backend", "BuildContext", "LoadContext", "register_backend", "get_backend_class", "backend_names"]
 
@@ -99,6 +100,8 @@ class Backend(abc.ABC):
         self.artifacts: dict[str, Path] = {}
         # Per input, per axis: the size export fixed or the symbol of its size (None: no contract).
         self.input_axes: list[list[int | str]] | None = None
+        # Per input: the value ranges of the indexing ops it reaches (IndexRange dicts; None: none known).
+        self.index_ranges: list[list[dict[str, Any]]] | None = None
         self._active = False
 
     @classmethod
@@ -173,14 +176,19 @@ class Backend(abc.ABC):
             self._unload()
             self._active = False
 
-    def axis_violations(self, paths: Sequence[str], shapes: Sequence[Sequence[int]]) -> list[str]:
-        """Input shapes that break the artifact's own contract (tied or fixed axes); see
-        :func:`aitune_triton.spec.tie_violations`. Empty for backends without one (eager)."""
-        return tie_violations(paths, self.input_axes, shapes) if self.input_axes is not None else []
+    def input_contract(self, graph: GraphSpec) -> InputContract:
+        """What the artifact accepts: ``graph``'s per-axis ranges, plus the tied or fixed axes and the
+        index value ranges the export found (none for backends without an exported program)."""
+        return InputContract(
+            names=[spec.path for spec in graph.inputs],
+            ranges=[[graph.axis_range(spec, axis) for axis in range(spec.rank)] for spec in graph.inputs],
+            axes=self.input_axes,
+            index_ranges=None if self.index_ranges is None else [[IndexRange.from_dict(r) for r in per] for per in self.index_ranges],
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible description: name, options, device, absolute artifact paths and the
-        artifact's input axes (``input_axes``, when it has them)."""
+        """JSON-compatible description: name, options, device, absolute artifact paths, and the
+        artifact's input axes (``input_axes``) and index value ranges (``index_ranges``) when it has them."""
         data: dict[str, Any] = {
             "name": self.name,
             "options": dict(self.options),
@@ -189,6 +197,8 @@ class Backend(abc.ABC):
         }
         if self.input_axes is not None:
             data["input_axes"] = self.input_axes
+        if self.index_ranges is not None:
+            data["index_ranges"] = self.index_ranges
         return data
 
     @classmethod
@@ -205,6 +215,7 @@ class Backend(abc.ABC):
         backend.device = context.device
         backend.artifacts = dict(context.artifacts)
         backend.input_axes = data.get("input_axes")
+        backend.index_ranges = data.get("index_ranges")
         backend._restore(context)
         backend.activate()
         return backend

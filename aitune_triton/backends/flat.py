@@ -13,7 +13,16 @@ import torch.utils._pytree as pytree
 
 from aitune_triton.spec import CallStructure, FlatTree, ForwardSignature, GraphSpec
 
-__all__ = ["FlatModule", "export_dynamic_shapes", "export_example", "input_axes", "quiet_export"]
+__all__ = ["FlatModule", "export_dynamic_shapes", "export_example", "index_ranges", "input_axes", "quiet_export"]
+
+#: ATen ops whose first argument's values reach their output unchanged (moved, copied, cast, cut).
+_VALUE_PRESERVING = frozenset(
+    {
+        "view", "_unsafe_view", "reshape", "unsqueeze", "squeeze", "expand", "flatten", "permute",
+        "transpose", "t", "to", "_to_copy", "clone", "contiguous", "detach", "alias", "slice", "select",
+        "narrow", "repeat", "lift_fresh_copy",
+    }
+)  # fmt: skip
 
 
 class FlatModule(torch.nn.Module):
@@ -73,7 +82,7 @@ def input_axes(exported: torch.export.ExportedProgram) -> list[list[int | str]]:
     """Per user input of ``exported``, per axis: the size export fixed it to, or its size symbol.
 
     Axes with one symbol are the ones the exported graph assumes equal (see
-    :func:`aitune_triton.spec.tie_violations`).
+    :meth:`aitune_triton.contract.InputContract.shape_violations`).
     """
     placeholders = {node.name: node for node in exported.graph.nodes if node.op == "placeholder"}
     axes = []
@@ -81,6 +90,75 @@ def input_axes(exported: torch.export.ExportedProgram) -> list[list[int | str]]:
         shape = placeholders[name].meta["val"].shape
         axes.append([str(size.node.expr) if isinstance(size, torch.SymInt) else int(size) for size in shape])
     return axes
+
+
+def index_ranges(exported: torch.export.ExportedProgram) -> list[list[dict[str, Any]]]:
+    """Per user input of ``exported``: the value ranges its elements must lie in (may be empty).
+
+    An integer input that reaches the index argument of ``aten.embedding`` (the table's rows),
+    ``index_select``/``gather`` (the indexed dimension) or ``index.Tensor`` (advanced indexing,
+    where negative values count from the end), directly or through ops that keep its values
+    (view, reshape, unsqueeze, expand, to, clone, slice...), gets that op's
+    :class:`~aitune_triton.contract.IndexRange` as a dict. The indexed size is an integer, or the
+    symbol of an input axis when it is one; any other symbolic size is left out. Values an input
+    reaches only through arithmetic (``ids + 1``) are not covered; values a slice drops are checked
+    too (stricter than eager there). Eager PyTorch raises
+    ``IndexError`` for such values; compiled artifacts read out of bounds or abort the process.
+    """
+    symbols = {axis for axes in input_axes(exported) for axis in axes if isinstance(axis, str)}
+    placeholders = {node.name: node for node in exported.graph.nodes if node.op == "placeholder"}
+    found = []
+    for name in exported.graph_signature.user_inputs:
+        node = placeholders[name]
+        value = node.meta.get("val")
+        ranges: list[dict[str, Any]] = []
+        if isinstance(value, torch.Tensor) and not value.dtype.is_floating_point and not value.dtype.is_complex and value.dtype != torch.bool:
+            for index_range in _reached_index_ranges(node):
+                size = index_range["size"]
+                if isinstance(size, torch.SymInt):
+                    size = str(size.node.expr)
+                    if size not in symbols:
+                        continue
+                entry = {**index_range, "size": int(size) if not isinstance(size, str) else size}
+                if entry not in ranges:
+                    ranges.append(entry)
+        found.append(ranges)
+    return found
+
+
+def _reached_index_ranges(start: torch.fx.Node) -> Iterator[dict[str, Any]]:
+    """The index ranges of the indexing ops ``start``'s values reach (``size`` possibly a SymInt)."""
+    seen, pending = {start}, [start]
+    while pending:
+        node = pending.pop()
+        for user in node.users:
+            op = getattr(getattr(user.target, "overloadpacket", None), "__name__", "")
+            args: list[Any] = list(user.args)
+            if op in _VALUE_PRESERVING and args and args[0] is node:
+                output = _value(user)
+                if isinstance(output, torch.Tensor) and not output.dtype.is_floating_point and user not in seen:
+                    seen.add(user)
+                    pending.append(user)
+            elif op == "embedding" and len(args) > 1 and args[1] is node:
+                yield {"op": "aten.embedding", "size": _value(args[0]).shape[0], "negative": False}
+            elif op in ("index_select", "gather") and len(args) > 2 and args[2] is node:
+                source = _value(args[0])
+                yield {"op": f"aten.{op}", "size": source.shape[int(args[1]) % source.dim()], "negative": False}
+            elif op == "index" and len(args) > 1 and isinstance(args[1], (list, tuple)):
+                indices = list(args[1])
+                for position, index in enumerate(indices):
+                    if index is node and not any(_is_bool(other) for other in indices[:position]):
+                        yield {"op": "aten.index", "size": _value(args[0]).shape[position], "negative": True}
+
+
+def _value(node: Any) -> Any:
+    """The fake value export recorded for a graph node (None for anything else)."""
+    return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+
+
+def _is_bool(node: Any) -> bool:
+    value = _value(node)
+    return isinstance(value, torch.Tensor) and value.dtype == torch.bool
 
 
 def _hint(low: int, high: int) -> Any:

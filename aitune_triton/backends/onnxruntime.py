@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from aitune_triton.backends.base import Backend, BuildContext
-from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, input_axes, quiet_export
+from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, index_ranges, input_axes, quiet_export
 from aitune_triton.errors import BackendBuildError
 from aitune_triton.spec import CallStructure
 
@@ -76,6 +76,7 @@ class OnnxRuntimeBackend(Backend):
         if program is None or program.exported_program is None:
             raise BackendBuildError("onnxruntime: torch.onnx.export returned no exported program")
         self.input_axes = input_axes(program.exported_program)
+        self.index_ranges = index_ranges(program.exported_program)
 
     def _providers(self) -> list[str]:
         if "providers" in self.options:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,7 +12,8 @@ import torch
 
 from aitune_triton._warnings import warn
 from aitune_triton.backends import Backend, LoadContext
-from aitune_triton.errors import ArgumentTypeError, GraphSpecMismatchError, ModuleStateError
+from aitune_triton.contract import InputContract
+from aitune_triton.errors import ArgumentTypeError, GraphSpecMismatchError, IndexOutOfRangeError, ModuleStateError
 from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec, flatten_call, rebuild_output
 from aitune_triton.module.state import ModuleState
 from aitune_triton.strategies import GraphTuneReport
@@ -26,6 +28,11 @@ class TunedGraph:
     spec: GraphSpec
     backend: Backend
     report: GraphTuneReport | None = None
+
+    @cached_property
+    def contract(self) -> InputContract:
+        """What the backend's artifact accepts (see :meth:`Backend.input_contract`)."""
+        return self.backend.input_contract(self.spec)
 
 
 class TunedModule:
@@ -75,10 +82,12 @@ class TunedModule:
             )
             return forward(*args, **kwargs)
         if graph.backend.ahead_of_time:
-            shapes = [tuple(t.shape) for t in call.flat.tensors]
-            violations = graph.spec.shape_violations(shapes) + graph.backend.axis_violations(call.flat.tensor_paths, shapes)
+            violations = graph.contract.shape_violations([tuple(t.shape) for t in call.flat.tensors])
             if violations:
                 return self._out_of_range(forward, graph, call, violations)
+            bad_values = graph.contract.value_violations(call.flat.tensors)
+            if bad_values:  # eager raises IndexError here too; a compiled artifact may abort the process
+                raise IndexOutOfRangeError(f"Module '{self.name}' {graph.spec.name}: {'; '.join(bad_values)}.")
         outputs = graph.backend.infer(call)
         return rebuild_output(graph.spec.output_treespec, graph.spec.output_template, outputs)
 

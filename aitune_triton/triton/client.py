@@ -13,6 +13,7 @@ from aitune_triton._warnings import warn
 from aitune_triton.errors import (
     ArgumentTypeError,
     GraphSpecMismatchError,
+    IndexOutOfRangeError,
     InvalidArgumentError,
     OutputStructureError,
     RemoteConnectionClosedError,
@@ -209,6 +210,8 @@ class RemoteModule:
             GraphSpecMismatchError: the call matches none of the exported graph specs, its shapes
                 are outside the exported ranges (a batch above max_batch_size, say), or (non-strict
                 modules) it passes other constant arguments than the artifact was built with.
+            IndexOutOfRangeError: (an IndexError, as eager raises) an index-valued input (token
+                ids, say) holds a value outside the range its indexing op accepts; nothing is sent.
             RemoteInferenceError: the server answered with an error (a bad request, a failed model).
             RemoteUnavailableError: (a RemoteInferenceError) the server cannot be reached (stopped,
                 wrong port).
@@ -268,14 +271,17 @@ class RemoteModule:
 
     @staticmethod
     def _check_shapes(io: ModelIO, tensors: list[torch.Tensor]) -> None:
-        """Refuse a call outside the exported shape ranges before it travels, with a hint."""
-        violations = io.shape_violations([tuple(t.shape) for t in tensors])
+        """Refuse a call that breaks the artifact's input contract before it travels, with a hint."""
+        violations = io.contract.shape_violations([tuple(t.shape) for t in tensors])
         if violations:
             batch = f" (max_batch_size {io.max_batch_size})" if io.max_batch_size else ""
             raise GraphSpecMismatchError(
                 f"{io.model_name}: the call does not fit the exported shapes{batch}: {'; '.join(violations)}. Split "
                 "the call, or record calls of this size (or declare DynamicDim/BatchDim ranges), tune and export again."
             )
+        bad_values = io.contract.value_violations(tensors)
+        if bad_values:
+            raise IndexOutOfRangeError(f"{io.model_name}: {'; '.join(bad_values)}.")
 
     def close(self) -> None:
         """Close every client connection this RemoteModule opened."""

@@ -12,6 +12,7 @@ every graph model's IO mapping for :class:`~aitune_triton.triton.client.RemoteMo
       minilm.graph_0/              graph model
         config.pbtxt
         1/model.py  1/io.json  1/model.pt2  1/manifest.json
+        1/aitune_triton_contract.py  the input check model.py runs (a copy of aitune_triton/contract.py)
 
 Writes never overwrite: each export adds a new version directory to each model (``2/``, ``3/``...)
 and replaces ``config.pbtxt`` atomically. Everything is built in a temporary directory next to
@@ -32,6 +33,7 @@ from typing import Any
 
 import jinja2
 
+from aitune_triton import contract
 from aitune_triton._atomic import make_staging_dir
 from aitune_triton._progress import progress
 from aitune_triton._versions import aitune_version, library_versions, sha256_file
@@ -48,6 +50,10 @@ from aitune_triton.triton.config import (
 from aitune_triton.triton.io import ModelIO
 
 __all__ = ["ExportResult", "export", "templates_dir"]
+
+#: File name of the copy of :mod:`aitune_triton.contract` beside each graph model's ``model.py``
+#: (the served environment may not have aitune_triton installed).
+CONTRACT_FILE = "aitune_triton_contract.py"
 
 #: Backends whose artifact a generated Python-backend model can load (template runtimes).
 EXPORTABLE_BACKENDS = frozenset({"onnxruntime", "aoti"})
@@ -205,6 +211,7 @@ def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, r
     environment = _environment()
     planned: list[_PlannedModel] = []
     ios: list[ModelIO] = []
+    contract_source = Path(contract.__file__).read_text()
     for entry in description["graphs"]:
         graph, backend = entry["graph"], entry["backend"]
         if backend["name"] not in EXPORTABLE_BACKENDS:
@@ -217,14 +224,15 @@ def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, r
         io = ModelIO.from_graph(model_name, graph, backend, _next_version(repository / model_name))
         ios.append(io)
         model_py = environment.get_template("graph_model.py.j2").render(
-            version=aitune_version(), module_name=name, graph=graph["name"], artifact=io.artifact, runtime=backend["name"]
+            version=aitune_version(), module_name=name, graph=graph["name"], artifact=io.artifact, runtime=backend["name"],
+            contract_file=CONTRACT_FILE,
         )
         planned.append(
             _PlannedModel(
                 name=io.model_name,
                 version=io.version,
                 config=graph_model_config(io, options, backend.get("device", "cpu")),
-                files={"model.py": model_py, "io.json": io.to_json() + "\n"},
+                files={"model.py": model_py, "io.json": io.to_json() + "\n", CONTRACT_FILE: contract_source},
                 artifact=Path(backend["artifacts"]["model"]),
                 summary=f"{backend['name']}, max_batch_size {io.max_batch_size}",
             )
@@ -236,14 +244,14 @@ def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, r
         "graphs": [io.to_dict() for io in ios],
     }
     router_py = environment.get_template("router_model.py.j2").render(
-        version=aitune_version(), module_name=name, graph_models=[io.model_name for io in ios]
+        version=aitune_version(), module_name=name, graph_models=[io.model_name for io in ios], contract_file=CONTRACT_FILE
     )
     planned.append(
         _PlannedModel(
             name=name,
             version=_next_version(repository / name),
             config=router_model_config(name, ios, routes, options),
-            files={"model.py": router_py},
+            files={"model.py": router_py, CONTRACT_FILE: contract_source},
             artifact=None,
             summary=f"entry model routing to {len(ios)} graph model(s)",
         )

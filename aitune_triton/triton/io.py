@@ -21,10 +21,12 @@ import json
 import re
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Sequence
 
+from aitune_triton.contract import InputContract
 from aitune_triton.errors import ExportError
-from aitune_triton.spec import TensorSpec, axis_range, output_leaf_paths, range_violations, tie_violations
+from aitune_triton.spec import TensorSpec, axis_range, output_leaf_paths
 
 __all__ = ["ModelIO", "TensorIO", "TORCH_TO_TRITON_DTYPE", "triton_dtype"]
 
@@ -139,6 +141,9 @@ class ModelIO:
         version: The model version this mapping describes (set at export).
         input_axes: Per input, per axis of the module shape: the size the export fixed, or the
             symbol of its size (axes with one symbol must be equal); None when unknown.
+        index_ranges: Per input, the value ranges of the indexing ops it reaches
+            (:class:`~aitune_triton.contract.IndexRange` dicts; empty lists for other inputs);
+            None when unknown.
     """
 
     model_name: str
@@ -156,6 +161,7 @@ class ModelIO:
     constants: dict[str, str] = field(default_factory=dict)
     version: int = 1
     input_axes: list[list[int | str]] | None = None
+    index_ranges: list[list[dict[str, Any]]] | None = None
 
     @classmethod
     def from_graph(cls, model_name: str, graph: dict[str, Any], backend: dict[str, Any], version: int = 1) -> "ModelIO":
@@ -206,14 +212,14 @@ class ModelIO:
             constants=dict(graph.get("constants", {})),
             version=version,
             input_axes=backend.get("input_axes"),
+            index_ranges=backend.get("index_ranges"),
         )
 
-    def shape_violations(self, shapes: Sequence[Sequence[int]]) -> list[str]:
-        """Input shapes (module shapes, in input order) outside the exported ranges or breaking the
-        artifact's tied or fixed axes; one line each (see :mod:`aitune_triton.spec`)."""
-        paths = [t.path for t in self.inputs]
-        found = range_violations(paths, [t.ranges for t in self.inputs], shapes)
-        return found + (tie_violations(paths, self.input_axes, shapes) if self.input_axes is not None else [])
+    @cached_property
+    def contract(self) -> InputContract:
+        """The artifact's input contract, naming inputs by leaf path (the served ``model.py`` builds
+        the same one from ``io.json`` with tensor names)."""
+        return InputContract.from_io(self.to_dict(), name_key="path", batch_hint=False)  # RemoteModule says it once
 
     def full_dims(self, tensor: TensorIO) -> tuple[int, ...]:
         """Dims including the batch axis (as ``-1``) when the model batches."""

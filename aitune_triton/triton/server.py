@@ -29,12 +29,12 @@ import urllib.request
 import warnings
 import weakref
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from aitune_triton._progress import console, progress
 from aitune_triton.errors import InvalidArgumentError, TritonServerError
 
-__all__ = ["TritonServer", "find_tritonserver", "free_port"]
+__all__ = ["StubWatchdog", "TritonServer", "find_tritonserver", "free_port"]
 
 _ERROR_LINE = re.compile(r"^E\d{4} |UNAVAILABLE|failed to load|Traceback|Error:")
 # Logged at every start on a host without a GPU; harmless there (design notes).
@@ -210,6 +210,170 @@ def _terminate(process: subprocess.Popen, timeout_s: float) -> None:
             time.sleep(0.05)
 
 
+def _children(pid: int) -> list[int]:
+    """Child process ids of ``pid`` (Linux ``/proc``; empty elsewhere)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found.extend(int(child) for child in handle.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def _stub_model(pid: int) -> str | None:
+    """The model a Python-backend stub process runs (its ``model.py`` is ``<model>/<version>/model.py``), or None."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            arguments = handle.read().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    if len(arguments) < 2 or not arguments[0].endswith("triton_python_backend_stub"):
+        return None
+    return Path(arguments[1]).parent.parent.name
+
+
+def _is_dead(pid: int) -> bool:
+    """Whether ``pid`` exited (gone, or a zombie its parent has not reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+class StubWatchdog:
+    """Reloads a model whose Python-backend stub process died, so that it does not stay "ready" but dead.
+
+    Triton 2.51's Python backend does not restart a stub that died (killed, or aborted by compiled
+    code): the model keeps reporting ready while every request to it fails with ``Stub process
+    ... is not healthy`` until the model is reloaded (measured with the embedded server: still
+    failing two minutes after a SIGKILL; the dead stub stays an unreaped zombie). A reload in
+    place (``load`` of a loaded model) does not replace it. The watchdog polls the server's child
+    processes every ``interval_s`` seconds; when a stub is dead it unloads its model (from then on
+    model and server readiness say false and requests are refused as an unknown model) and loads
+    it again through the model-control API, which needs ``--model-control-mode=explicit`` (see
+    :meth:`server_args`). Measured on the embedded server with an ONNX Runtime model: good
+    requests succeed again about 0.2 s after the kill, and about 3-5 s after an AOTInductor
+    package aborted its stub.
+
+    A server that :class:`TritonServer` did not start (an NGC container, a ``tritonserver`` run by
+    hand) has no watchdog: there a model whose stub died keeps reporting ready while failing every
+    request, until it is reloaded (with ``--model-control-mode=explicit``: ``POST
+    /v2/repository/models/<name>/unload``, then ``.../load``) or the server is restarted.
+
+    Args:
+        pid: The ``tritonserver`` process id.
+        http_url: ``host:port`` of its HTTP endpoint.
+        interval_s: Seconds between two looks at the stub processes.
+        log: Receives one line per event (a death, a reload, a failed reload).
+
+    Attributes:
+        reloads: ``(model name, dead stub pid, seconds from noticing the death to the model being loaded again)``
+            per reload done, in order.
+    """
+
+    def __init__(self, pid: int, http_url: str, interval_s: float = 0.2, log: Callable[[str], None] | None = None):
+        self.pid = pid
+        self.http_url = http_url
+        self.interval_s = interval_s
+        self._log = log or (lambda line: None)
+        self.reloads: list[tuple[str, int, float]] = []
+        self._handled: set[int] = set()
+        self._models: dict[int, str] = {}  # stub pid -> model, read while the stub is alive
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def server_args(extra_args: Sequence[str]) -> list[str]:
+        """The ``tritonserver`` arguments the watchdog needs: explicit model control, every model
+        loaded at start. Empty when ``extra_args`` choose a model-control mode themselves."""
+        if any(arg.startswith(("--model-control-mode", "--load-model")) for arg in extra_args):
+            return []
+        return ["--model-control-mode=explicit", "--load-model=*"]
+
+    def start(self) -> "StubWatchdog":
+        """Start watching in a daemon thread; the stubs alive now are the ones watched."""
+        if self._thread is None:
+            self._learn()  # every model is loaded: its stubs run now
+            self._thread = threading.Thread(target=self._run, name="aitune-triton-stub-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching (before the server is stopped, so that its exiting stubs are not reloaded)."""
+        self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+        self._thread = None
+
+    def _run(self) -> None:
+        import tritonclient.http as http
+
+        client = http.InferenceServerClient(self.http_url, connection_timeout=60.0, network_timeout=60.0)
+        try:
+            while not self._stopping.wait(self.interval_s):
+                if _is_dead(self.pid):  # the server itself is gone: nothing to reload into
+                    return
+                for model, pid in self.dead_stubs():
+                    if self._stopping.is_set():
+                        return
+                    self._reload(client, model, pid)
+        finally:
+            client.close()
+
+    def dead_stubs(self) -> list[tuple[str, int]]:
+        """``(model, pid)`` of stub processes that died and were not handled yet (each is returned once).
+
+        A stub's model is read from its command line while it is alive (a zombie has none), so a
+        stub that dies before the first look after its start is not seen.
+        """
+        found = []
+        children = self._learn()
+        for pid, model in self._models.items():
+            # Dead: a zombie, or already reaped by the server (no longer its child).
+            if pid not in self._handled and (pid not in children or _is_dead(pid)):
+                self._handled.add(pid)
+                found.append((model, pid))
+        return found
+
+    def _learn(self) -> set[int]:
+        """Record the model of every new stub process (while it is alive); return the server's children."""
+        children = set(_children(self.pid))
+        for pid in children - self._handled - set(self._models):
+            model = _stub_model(pid)
+            if model is not None:
+                self._models[pid] = model
+            elif _is_dead(pid):
+                self._handled.add(pid)
+                self._log(f"process {pid} of the server died before it was seen; its model is unknown, none is reloaded")
+        return children
+
+    def _reload(self, client: Any, model: str, pid: int) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        started = time.monotonic()
+        try:
+            if not client.is_model_ready(model):  # unloaded on purpose (model-control API), or loading
+                return
+            self._log(f"stub process {pid} of model {model!r} died; reloading the model")
+            client.unload_model(model)
+            # The model's other stubs exit with the unload; they are not deaths to act on.
+            self._handled.update(other for other, name in list(self._models.items()) if name == model)
+            client.load_model(model)
+            self._learn()  # the new stubs run now: learn them before a request can kill one
+        except (InferenceServerException, OSError) as error:
+            self._log(f"reloading model {model!r} failed: {error}")
+            return
+        self.reloads.append((model, pid, time.monotonic() - started))
+        self._log(f"model {model!r} reloaded in {time.monotonic() - started:.1f} s")
+
+
 class TritonServer:
     """A ``tritonserver`` process serving a model repository; a context manager.
 
@@ -224,6 +388,10 @@ class TritonServer:
         timeout_s: Seconds to wait for the server (and every model) to be ready.
         extra_args: More ``tritonserver`` arguments.
         show_progress: Print progress lines to stderr while starting.
+        restart_dead_stubs: Run a :class:`StubWatchdog`: a model whose Python-backend stub process
+            dies is reloaded (not ready in between) instead of failing every request while
+            reporting ready. It starts the server with ``--model-control-mode=explicit
+            --load-model=*`` unless ``extra_args`` pick a model-control mode (then no watchdog).
         host: IPv4 address HTTP, gRPC and metrics listen on. The default, 127.0.0.1, accepts
             connections from this machine only; another address (``0.0.0.0``: every interface)
             opens the server, which has no authentication, to the network, with a warning.
@@ -256,6 +424,7 @@ class TritonServer:
         timeout_s: float = 180.0,
         extra_args: Sequence[str] = (),
         show_progress: bool = True,
+        restart_dead_stubs: bool = True,
         host: str = DEFAULT_HOST,
     ):
         self.host = _check_host(host)
@@ -290,6 +459,8 @@ class TritonServer:
         self._finalizer: weakref.finalize | None = None
         self._workdir: Path | None = None
         self._reader: threading.Thread | None = None
+        self._watchdog_args = StubWatchdog.server_args(self.extra_args) if restart_dead_stubs else []
+        self.watchdog: StubWatchdog | None = None
         self._exit_message: str | None = None
 
     @property
@@ -342,7 +513,7 @@ class TritonServer:
         ]
         if self._root is not None and self._workdir is not None:
             command.append(f"--backend-directory={self._workdir / 'backends'}")
-        return command + self.extra_args
+        return command + self._watchdog_args + self.extra_args
 
     def start(self) -> "TritonServer":
         """Start the server and wait until it and its models are ready.
@@ -383,6 +554,7 @@ class TritonServer:
             except BaseException:
                 self.stop()
                 raise
+        self._start_watchdog()
         return self
 
     def _copy_log(self) -> None:
@@ -438,6 +610,7 @@ class TritonServer:
         when it holds error lines or the server died on its own, for reading after a failure; a
         ``log_path`` given by the caller always stays.
         """
+        self._stop_watchdog()
         process, self._process = self._process, None
         if process is not None:
             if self._finalizer is not None:
@@ -454,6 +627,21 @@ class TritonServer:
             else:
                 shutil.rmtree(self._workdir, ignore_errors=True)
                 self._workdir = None
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog_args and self._process is not None:
+            self.watchdog = StubWatchdog(self._process.pid, self.http_url, log=self._note).start()
+
+    def _stop_watchdog(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+
+    def _note(self, line: str) -> None:
+        """Add a line of ours to the server log (and to stderr when streaming the log)."""
+        with open(self.log_path, "a") as sink:
+            sink.write(f"aitune_triton: {line}\n")
+        if self.stream_log:
+            console.out(f"aitune_triton: {line}", highlight=False)
 
     def is_running(self) -> bool:
         """Whether the server process is alive."""

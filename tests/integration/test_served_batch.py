@@ -119,4 +119,4 @@ def test_the_graph_model_refuses_a_raw_batch_above_4_naming_the_batch_size(batch
     client.close()
 
     assert raised.value.status() == "400"
-    assert "input 'x' axis 0 has size 5, outside the exported range 1..4 (the batch axis: max_batch_size 4)" in raised.value.message()
+    assert "x axis 0: size 5 outside 1..4 (the batch axis: max_batch_size 4)" in raised.value.message()

@@ -55,8 +55,7 @@ def test_a_batch_above_max_batch_size_through_the_entry_model_is_a_client_error_
 
     assert error.status() == CLIENT_STATUS[protocol]
     assert (
-        f"{served.graph_models[1]}: input 'x' axis 0 has size 6, outside the exported range 1..5 (the batch axis: "
-        "max_batch_size 5)"
+        f"{served.graph_models[1]}: x axis 0: size 6 outside 1..5 (the batch axis: max_batch_size 5)"
     ) in error.message()
 
 
@@ -65,7 +64,7 @@ def test_a_size_outside_the_exported_range_through_the_entry_model_is_a_client_e
     error = _refused(served, protocol, SCALAR_MODEL, {"x": np.zeros((2, 7), dtype=np.float32)})  # recorded lengths 3..5
 
     assert error.status() == CLIENT_STATUS[protocol]
-    assert f"{SCALAR_MODEL}.graph_0: input 'x' axis 1 has size 7, outside the exported range 3..5" in error.message()
+    assert f"{SCALAR_MODEL}.graph_0: x axis 1: size 7 outside 3..5" in error.message()
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -75,7 +74,7 @@ def test_axes_the_artifact_ties_sent_unequal_through_the_entry_model_are_a_clien
     error = _refused(served, protocol, TIED_MODEL, tensors)
 
     assert error.status() == CLIENT_STATUS[protocol]
-    assert "input 'features' axis 1 has size 5, but input 'ids' axis 1 has size 8" in error.message()
+    assert "features axis 1: size 5 differs from ids axis 1 (size 8)" in error.message()
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

@@ -63,7 +63,7 @@ def test_a_raw_request_outside_the_exported_range_is_refused_by_the_graph_model_
     tensor = httpclient.InferInput("x", [2, 7], "FP32")  # recorded lengths 3..5
     tensor.set_data_from_numpy(np.zeros((2, 7), dtype=np.float32))
 
-    with pytest.raises(InferenceServerException, match=r"input 'x' axis 1 has size 7, outside the exported range 3\.\.5"):
+    with pytest.raises(InferenceServerException, match=r"x axis 1: size 7 outside 3\.\.5"):
         client.infer(f"{SCALAR_MODEL}.graph_0", [tensor])
     client.close()
 
@@ -260,7 +260,7 @@ def test_axes_the_exported_model_ties_are_checked_in_process_by_remote_module_an
         client.infer(TIED_MODEL, [raw_ids, raw_features])  # through the entry model, to the graph model
     client.close()
     message = raised.value.message()
-    assert "input 'features' axis 1 has size 5, but input 'ids' axis 1 has size 8" in message
+    assert "features axis 1: size 5 differs from ids axis 1 (size 8)" in message
     assert message.count(f"{TIED_MODEL}.graph_0:") == 1  # the router passes the graph model's error on as it is
 
 

@@ -165,6 +165,7 @@ def test_onnxruntime_backend_to_dict_from_dict_round_trip(onnx_built):
         "device": "cpu",
         "artifacts": {"model": str(backend.artifacts["model"])},
         "input_axes": [[data["input_axes"][0][0], 6]],  # batch axis: a symbol; feature axis fixed at 6
+        "index_ranges": [[]],  # a float input indexes nothing
     }
     assert isinstance(data["input_axes"][0][0], str)
     restored = Backend.from_dict(

@@ -64,12 +64,17 @@ def test_export_writes_an_entry_model_and_one_graph_model_per_graph_spec(tuned, 
     for graph_model in GRAPH_MODELS:
         assert sorted(p.name for p in (repository / graph_model).iterdir()) == ["1", "config.pbtxt"]
         assert sorted(p.name for p in (repository / graph_model / "1").iterdir()) == [
+            "aitune_triton_contract.py",
             "io.json",
             "manifest.json",
             "model.onnx",
             "model.py",
         ]
-    assert sorted(p.name for p in (repository / MODULE_NAME / "1").iterdir()) == ["manifest.json", "model.py"]
+    assert sorted(p.name for p in (repository / MODULE_NAME / "1").iterdir()) == [
+        "aitune_triton_contract.py",
+        "manifest.json",
+        "model.py",
+    ]
 
 
 def test_every_generated_model_py_is_valid_python_for_its_runtime(tuned, tmp_path):
@@ -124,14 +129,14 @@ def test_manifest_sha256_matches_the_copied_artifact_and_the_tuned_one(tuned, tm
         source_artifact = Path(module.to_dict()["graphs"][index]["backend"]["artifacts"]["model"])
         assert manifest["model"] == graph_model
         assert manifest["version"] == 1
-        assert sorted(manifest["sha256"]) == ["io.json", "model.onnx", "model.py"]
+        assert sorted(manifest["sha256"]) == ["aitune_triton_contract.py", "io.json", "model.onnx", "model.py"]
         assert manifest["sha256"]["model.onnx"] == _sha256(version_dir / "model.onnx") == _sha256(source_artifact)
         assert manifest["sha256"]["model.py"] == _sha256(version_dir / "model.py")
         assert manifest["sha256"]["io.json"] == _sha256(version_dir / "io.json")
         assert manifest["source"] == f"module '{MODULE_NAME}'"
         assert manifest["versions"]["torch"] == torch.__version__
     entry_manifest = json.loads((repository / MODULE_NAME / "1" / "manifest.json").read_text())
-    assert sorted(entry_manifest["sha256"]) == ["model.py"]
+    assert sorted(entry_manifest["sha256"]) == ["aitune_triton_contract.py", "model.py"]
 
 
 def test_a_second_export_adds_version_2_and_leaves_version_1_byte_identical(tuned, tmp_path):

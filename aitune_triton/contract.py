@@ -1,0 +1,193 @@
+"""The input contract of a built artifact, and the one check of a call against it.
+
+Compiled artifacts (AOTInductor packages, ONNX Runtime sessions) trust their inputs: a size outside
+the exported range, two axes the export assumed equal but that are not, or a token id past the end
+of an embedding table is read out of bounds, returns garbage or aborts the whole process. An
+:class:`InputContract` holds what the artifact accepts:
+
+* ``ranges``: per input, per axis, the ``(min, max)`` size;
+* ``axes``: per input, per axis, the size ``torch.export`` fixed (an integer) or the symbol of the
+  size (a string; axes sharing a symbol must be equal);
+* ``index_ranges``: per input, the :class:`IndexRange` values its elements must lie in, for inputs
+  that reach the index argument of an indexing op (``aten.embedding``, ``index_select``,
+  ``gather``, ``index.Tensor``).
+
+The same :meth:`InputContract.violations` runs in process (before a tuned call), in
+``RemoteModule`` (before a request travels) and in the generated Triton ``model.py``. The exporter
+copies this file beside ``model.py`` (as ``aitune_triton_contract.py``), so it imports nothing but
+the standard library: the served environment may not have aitune_triton installed. Arrays may be
+numpy arrays or torch tensors (anything with ``shape``, comparisons, boolean masks, ``min``,
+``max`` and ``tolist``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+__all__ = ["IndexRange", "InputContract"]
+
+#: How many offending values a message lists.
+_SHOWN_VALUES = 5
+
+
+@dataclass(frozen=True)
+class IndexRange:
+    """The values an index-valued input may hold.
+
+    Attributes:
+        op: The indexing op the input reaches (``aten.embedding``), for messages.
+        size: The size of the indexed dimension (embedding rows, say): an integer, or the symbol
+            of an input axis whose size it is (``s12``).
+        negative: Whether ``-size..-1`` count from the end (advanced indexing, ``index.Tensor``);
+            otherwise only ``0..size-1`` are valid.
+    """
+
+    op: str
+    size: int | str
+    negative: bool = False
+
+    def bounds(self, size: int) -> tuple[int, int]:
+        """``(low, high)`` valid values, both inclusive, for the indexed dimension's ``size``."""
+        return (-size if self.negative else 0), size - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form."""
+        return {"op": self.op, "size": self.size, "negative": self.negative}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "IndexRange":
+        """Rebuild from :meth:`to_dict`."""
+        return cls(op=str(data["op"]), size=data["size"], negative=bool(data.get("negative", False)))
+
+
+@dataclass
+class InputContract:
+    """What one artifact accepts, per input in the artifact's input order.
+
+    Attributes:
+        names: Input names used in messages (leaf paths in process, tensor names when served).
+        ranges: Per input, per axis, the ``(min, max)`` size accepted; None: not checked.
+        axes: Per input, per axis, the size ``torch.export`` fixed or the symbol of its size;
+            None: no such contract (eager, or a description written before it was recorded).
+        index_ranges: Per input, the value ranges its elements must lie in (empty for inputs that
+            index nothing); None: not known.
+        batch_axes: Per input, its batch axis or None; with ``max_batch_size`` > 0 a batch outside
+            its range is named as such in messages.
+        max_batch_size: The served model's ``max_batch_size`` (0: it does not batch).
+    """
+
+    names: list[str]
+    ranges: list[list[tuple[int, int]]] | None = None
+    axes: list[list[int | str]] | None = None
+    index_ranges: list[list[IndexRange]] | None = None
+    batch_axes: list[int | None] | None = None
+    max_batch_size: int = 0
+    _checked: list[tuple[int, list[IndexRange]]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._checked = [(i, bounds) for i, bounds in enumerate(self.index_ranges or []) if bounds]
+
+    @classmethod
+    def from_io(cls, io: dict[str, Any], name_key: str = "name", batch_hint: bool = True) -> "InputContract":
+        """The contract of a graph model's IO mapping (``io.json``, ``ModelIO.to_dict()``).
+
+        Args:
+            io: The mapping: ``inputs`` (each with ``name``, ``path``, ``ranges`` and
+                ``batch_axis``), ``input_axes``, ``index_ranges`` and ``max_batch_size``.
+            name_key: Which input field names inputs in messages (``name`` or ``path``).
+            batch_hint: Whether messages name a batch outside its range as the batch axis.
+        """
+        index_ranges = io.get("index_ranges")
+        return cls(
+            names=[tensor[name_key] for tensor in io["inputs"]],
+            ranges=[[(int(low), int(high)) for low, high in tensor.get("ranges", ())] for tensor in io["inputs"]],
+            axes=io.get("input_axes"),
+            index_ranges=None if index_ranges is None else [[IndexRange.from_dict(r) for r in per] for per in index_ranges],
+            batch_axes=[tensor.get("batch_axis") for tensor in io["inputs"]],
+            max_batch_size=int(io.get("max_batch_size", 0)) if batch_hint else 0,
+        )
+
+    @property
+    def checks_values(self) -> bool:
+        """Whether any input has value ranges (the only check that reads the data)."""
+        return bool(self._checked)
+
+    def shape_violations(self, shapes: Sequence[Sequence[int]]) -> list[str]:
+        """One line per axis outside its range, per broken tie and per axis off its fixed size.
+
+        Args:
+            shapes: Per input, its shape (module shape, in the artifact's input order).
+        """
+        found = []
+        batch_axes = self.batch_axes or [None] * len(self.names)
+        for name, axis_ranges, shape, batch_axis in zip(self.names, self.ranges or [], shapes, batch_axes):
+            for axis, ((low, high), size) in enumerate(zip(axis_ranges, shape)):
+                if not low <= size <= high:
+                    batch = axis == batch_axis and self.max_batch_size > 0
+                    hint = f" (the batch axis: max_batch_size {self.max_batch_size})" if batch else ""
+                    found.append(f"{name} axis {axis}: size {size} outside {low}..{high}{hint}")
+        first: dict[str, tuple[str, int, int]] = {}
+        for name, tensor_axes, shape in zip(self.names, self.axes or [], shapes):
+            for axis, (expected, size) in enumerate(zip(tensor_axes, shape)):
+                if isinstance(expected, int):
+                    if size != expected:
+                        found.append(f"{name} axis {axis}: size {size}, but the artifact was built for size {expected} only")
+                elif expected not in first:
+                    first[expected] = (name, axis, size)
+                elif first[expected][2] != size:
+                    other, other_axis, other_size = first[expected]
+                    found.append(
+                        f"{name} axis {axis}: size {size} differs from {other} axis {other_axis} (size {other_size}); "
+                        "the exported model needs them equal"
+                    )
+        return found
+
+    def value_violations(self, arrays: Sequence[Any]) -> list[str]:
+        """One line per index-valued input holding values outside the range its indexing op accepts.
+
+        Call it on arrays whose shapes passed :meth:`shape_violations` (a symbolic size is read
+        from the input axis that carries its symbol).
+
+        Args:
+            arrays: Per input, its values (numpy arrays or torch tensors).
+        """
+        found = []
+        for position, bounds in self._checked:
+            array = arrays[position]
+            if math.prod(array.shape) == 0:
+                continue
+            smallest, largest = int(array.min()), int(array.max())
+            for index_range in bounds:
+                size = self._size(index_range.size, arrays)
+                if size is None:
+                    continue
+                low, high = index_range.bounds(size)
+                if low <= smallest and largest <= high:
+                    continue
+                bad = array[(array < low) | (array > high)].reshape(-1)
+                values = sorted(set(bad[: 10 * _SHOWN_VALUES].tolist()))[:_SHOWN_VALUES]
+                count = int(bad.shape[0])
+                more = f" ({count} values out of range in all)" if count > len(values) else ""
+                found.append(
+                    f"{self.names[position]}: values must be in {low}..{high} (it indexes a dimension of size {size} "
+                    f"in {index_range.op}), got {', '.join(str(v) for v in values)}{more}"
+                )
+                break
+        return found
+
+    def violations(self, arrays: Sequence[Any]) -> list[str]:
+        """Everything in ``arrays`` that breaks the contract: shapes first, values when shapes fit."""
+        found = self.shape_violations([tuple(array.shape) for array in arrays])
+        return found or self.value_violations(arrays)
+
+    def _size(self, size: int | str, arrays: Sequence[Any]) -> int | None:
+        """An indexed dimension's size: ``size`` itself, or the size of the first input axis with that symbol."""
+        if isinstance(size, int):
+            return size
+        for tensor_axes, array in zip(self.axes or [], arrays):
+            for axis, symbol in enumerate(tensor_axes):
+                if symbol == size and axis < len(array.shape):
+                    return int(array.shape[axis])
+        return None
