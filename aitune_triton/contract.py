@@ -23,6 +23,7 @@ numpy arrays or torch tensors (anything with ``shape``, comparisons, boolean mas
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -60,6 +61,19 @@ class IndexRange:
     def from_dict(cls, data: dict[str, Any]) -> "IndexRange":
         """Rebuild from :meth:`to_dict`."""
         return cls(op=str(data["op"]), size=data["size"], negative=bool(data.get("negative", False)))
+
+
+#: The advice given with an index value out of range.
+INDEX_HINT = " Pass indices inside that range (token ids: ids of this model's own vocabulary), as eager PyTorch would also refuse these."
+
+
+def _min_max(array: Any) -> tuple[int, int]:
+    """Smallest and largest element; for a tensor on an accelerator with one device-to-host copy (one sync)."""
+    torch = sys.modules.get("torch")  # this module imports only the standard library (it runs beside model.py)
+    if torch is not None and isinstance(array, torch.Tensor) and array.device.type != "cpu":
+        smallest, largest = torch.stack(list(torch.aminmax(array))).tolist()
+        return int(smallest), int(largest)
+    return int(array.min()), int(array.max())
 
 
 @dataclass
@@ -153,12 +167,19 @@ class InputContract:
         Args:
             arrays: Per input, its values (numpy arrays or torch tensors).
         """
+        return [message for _, message in self._value_problems(arrays)]
+
+    def inputs_with_bad_values(self, arrays: Sequence[Any]) -> list[int]:
+        """Positions of the inputs :meth:`value_violations` reports, in input order."""
+        return [position for position, _ in self._value_problems(arrays)]
+
+    def _value_problems(self, arrays: Sequence[Any]) -> list[tuple[int, str]]:
         found = []
         for position, bounds in self._checked:
             array = arrays[position]
             if math.prod(array.shape) == 0:
                 continue
-            smallest, largest = int(array.min()), int(array.max())
+            smallest, largest = _min_max(array)
             for index_range in bounds:
                 size = self._size(index_range.size, arrays)
                 if size is None:
@@ -166,13 +187,17 @@ class InputContract:
                 low, high = index_range.bounds(size)
                 if low <= smallest and largest <= high:
                     continue
+                low = max(low, 0) if smallest >= 0 else low  # no comparison with a negative bound (unsigned dtypes wrap)
                 bad = array[(array < low) | (array > high)].reshape(-1)
                 values = sorted(set(bad[: 10 * _SHOWN_VALUES].tolist()))[:_SHOWN_VALUES]
                 count = int(bad.shape[0])
                 more = f" ({count} values out of range in all)" if count > len(values) else ""
                 found.append(
-                    f"{self.names[position]}: values must be in {low}..{high} (it indexes a dimension of size {size} "
-                    f"in {index_range.op}), got {', '.join(str(v) for v in values)}{more}"
+                    (
+                        position,
+                        f"{self.names[position]}: values must be in {low}..{high} (it indexes a dimension of size "
+                        f"{size} in {index_range.op}), got {', '.join(str(v) for v in values)}{more}",
+                    )
                 )
                 break
         return found

@@ -19,8 +19,7 @@ __all__ = ["FlatModule", "export_dynamic_shapes", "export_example", "index_range
 _VALUE_PRESERVING = frozenset(
     {
         "view", "_unsafe_view", "reshape", "unsqueeze", "squeeze", "expand", "flatten", "permute",
-        "transpose", "t", "to", "_to_copy", "clone", "contiguous", "detach", "alias", "slice", "select",
-        "narrow", "repeat", "lift_fresh_copy",
+        "transpose", "t", "to", "_to_copy", "clone", "contiguous", "detach", "alias", "repeat", "lift_fresh_copy",
     }
 )  # fmt: skip
 
@@ -98,11 +97,11 @@ def index_ranges(exported: torch.export.ExportedProgram) -> list[list[dict[str, 
     An integer input that reaches the index argument of ``aten.embedding`` (the table's rows),
     ``index_select``/``gather`` (the indexed dimension) or ``index.Tensor`` (advanced indexing,
     where negative values count from the end), directly or through ops that keep its values
-    (view, reshape, unsqueeze, expand, to, clone, slice...), gets that op's
+    (view, reshape, unsqueeze, expand, to an integer dtype, clone...), gets that op's
     :class:`~aitune_triton.contract.IndexRange` as a dict. The indexed size is an integer, or the
     symbol of an input axis when it is one; any other symbolic size is left out. Values an input
-    reaches only through arithmetic (``ids + 1``) are not covered; values a slice drops are checked
-    too (stricter than eager there). Eager PyTorch raises
+    reaches only through arithmetic (``ids + 1``) or through a slice or select (part of an input
+    used as an index, the rest as data) are not covered. Eager PyTorch raises
     ``IndexError`` for such values; compiled artifacts read out of bounds or abort the process.
     """
     symbols = {axis for axes in input_axes(exported) for axis in axes if isinstance(axis, str)}
@@ -136,7 +135,8 @@ def _reached_index_ranges(start: torch.fx.Node) -> Iterator[dict[str, Any]]:
             args: list[Any] = list(user.args)
             if op in _VALUE_PRESERVING and args and args[0] is node:
                 output = _value(user)
-                if isinstance(output, torch.Tensor) and not output.dtype.is_floating_point and user not in seen:
+                kept = isinstance(output, torch.Tensor) and not output.dtype.is_floating_point and output.dtype != torch.bool
+                if kept and user not in seen:
                     seen.add(user)
                     pending.append(user)
             elif op == "embedding" and len(args) > 1 and args[1] is node:

@@ -12,7 +12,7 @@ import torch
 
 from aitune_triton._warnings import warn
 from aitune_triton.backends import Backend, LoadContext
-from aitune_triton.contract import InputContract
+from aitune_triton.contract import INDEX_HINT, InputContract
 from aitune_triton.errors import ArgumentTypeError, GraphSpecMismatchError, IndexOutOfRangeError, ModuleStateError
 from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec, flatten_call, rebuild_output
 from aitune_triton.module.state import ModuleState
@@ -87,7 +87,7 @@ class TunedModule:
                 return self._out_of_range(forward, graph, call, violations)
             bad_values = graph.contract.value_violations(call.flat.tensors)
             if bad_values:  # eager raises IndexError here too; a compiled artifact may abort the process
-                raise IndexOutOfRangeError(f"Module '{self.name}' {graph.spec.name}: {'; '.join(bad_values)}.")
+                raise IndexOutOfRangeError(f"Module '{self.name}' {graph.spec.name}: {'; '.join(bad_values)}.{INDEX_HINT}")
         outputs = graph.backend.infer(call)
         return rebuild_output(graph.spec.output_treespec, graph.spec.output_template, outputs)
 

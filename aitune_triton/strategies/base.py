@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from aitune_triton._warnings import warn
 from aitune_triton.backends import Backend, BuildContext, EagerBackend, get_backend_class
 from aitune_triton.errors import ArgumentTypeError, BackendUnavailableError, InvalidArgumentError, TuningError
 from aitune_triton.spec import CallStructure, FlatTree, ForwardSignature, GraphSpec, flatten_output, output_leaves
@@ -36,6 +37,7 @@ def resolve_backend(backend: str | Backend) -> Backend:
 
 
 @dataclass
+
 class TuneContext:
     """Everything a strategy needs to tune one graph spec.
 
@@ -193,6 +195,7 @@ class TuneStrategy(abc.ABC):
             shutil.rmtree(workdir, ignore_errors=True)
             return CandidateReport(backend.name, "failed", _reason(error), time.perf_counter() - start)
         build_s = time.perf_counter() - start
+        _drop_index_ranges_recorded_calls_break(backend, context)
         context.log(
             f"{context.graph.name}: checking {backend.name} against eager on the {len(context.samples)} stored samples "
             f"(of {context.graph.num_calls} recorded calls)"
@@ -220,3 +223,21 @@ class TuneStrategy(abc.ABC):
             shutil.rmtree(workdir, ignore_errors=True)
             return CandidateReport(backend.name, "failed", _reason(error), build_s, None, worst)
         return CandidateReport(backend.name, "passed", "", build_s, latency, worst)
+
+
+def _drop_index_ranges_recorded_calls_break(backend: Backend, context: TuneContext) -> None:
+    """Turn off the index check of an input that a recorded call breaks (eager ran that call, so the
+    range read from the exported program was too strict for it), with a warning."""
+    if not backend.index_ranges:
+        return
+    contract = backend.input_contract(context.graph)
+    dropped = sorted({position for call in context.samples for position in contract.inputs_with_bad_values(call.flat.tensors)})
+    for position in dropped:
+        backend.index_ranges[position] = []
+        message = (
+            f"{context.graph.name}: {backend.name}: a recorded call holds values of input "
+            f"{context.graph.inputs[position].path!r} outside the index range read from the exported program, although "
+            "eager ran it; the value check of that input is off (out-of-range values may reach the compiled code)"
+        )
+        context.log(message)
+        warn(message)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from aitune_triton._warnings import warn
+from aitune_triton.contract import INDEX_HINT
 from aitune_triton.errors import (
     ArgumentTypeError,
     GraphSpecMismatchError,
@@ -281,7 +282,7 @@ class RemoteModule:
             )
         bad_values = io.contract.value_violations(tensors)
         if bad_values:
-            raise IndexOutOfRangeError(f"{io.model_name}: {'; '.join(bad_values)}.")
+            raise IndexOutOfRangeError(f"{io.model_name}: {'; '.join(bad_values)}.{INDEX_HINT}")
 
     def close(self) -> None:
         """Close every client connection this RemoteModule opened."""

@@ -13,8 +13,10 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import ipaddress
+import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -28,6 +30,7 @@ import urllib.error
 import urllib.request
 import warnings
 import weakref
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -278,10 +281,27 @@ class StubWatchdog:
             per reload done, in order.
     """
 
-    def __init__(self, pid: int, http_url: str, interval_s: float = 0.2, log: Callable[[str], None] | None = None):
+    #: Header that the model-repository API (load, unload) of a watched server requires: without it
+    #: Triton refuses those calls, since loading a model means running its code.
+    CONTROL_HEADER = "aitune-triton-model-control"
+
+    def __init__(
+        self,
+        pid: int,
+        http_url: str,
+        interval_s: float = 0.2,
+        log: Callable[[str], None] | None = None,
+        control_token: str = "",
+        max_attempts: int = 5,
+    ):
         self.pid = pid
         self.http_url = http_url
         self.interval_s = interval_s
+        self._headers = {self.CONTROL_HEADER: control_token} if control_token else {}
+        self.max_attempts = max_attempts
+        self._retry: dict[str, tuple[int, int, float]] = {}  # model -> (dead stub pid, attempts, next try at)
+        self._versions: dict[str, list[int]] = {}
+        self._configs: dict[str, dict[str, Any]] = {}
         self._log = log or (lambda line: None)
         self.reloads: list[tuple[str, int, float]] = []
         self._handled: set[int] = set()
@@ -289,13 +309,22 @@ class StubWatchdog:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @staticmethod
-    def server_args(extra_args: Sequence[str]) -> list[str]:
+    @classmethod
+    def server_args(cls, extra_args: Sequence[str], control_token: str) -> list[str]:
         """The ``tritonserver`` arguments the watchdog needs: explicit model control, every model
-        loaded at start. Empty when ``extra_args`` choose a model-control mode themselves."""
+        loaded at start, and the model-repository API (HTTP and gRPC) restricted to requests that
+        carry :attr:`CONTROL_HEADER` with ``control_token`` (Triton's ``--http-restricted-api`` /
+        ``--grpc-restricted-protocol``), so that no client can load or unload models. Empty when
+        ``extra_args`` choose a model-control mode themselves."""
         if any(arg.startswith(("--model-control-mode", "--load-model")) for arg in extra_args):
             return []
-        return ["--model-control-mode=explicit", "--load-model=*"]
+        restricted = f"model-repository:{cls.CONTROL_HEADER}={control_token}"
+        return [
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            f"--http-restricted-api={restricted}",
+            f"--grpc-restricted-protocol={restricted}",
+        ]
 
     def start(self) -> "StubWatchdog":
         """Start watching in a daemon thread; the stubs alive now are the ones watched."""
@@ -315,17 +344,23 @@ class StubWatchdog:
     def _run(self) -> None:
         import tritonclient.http as http
 
-        client = http.InferenceServerClient(self.http_url, connection_timeout=60.0, network_timeout=60.0)
-        try:
-            while not self._stopping.wait(self.interval_s):
-                if _is_dead(self.pid):  # the server itself is gone: nothing to reload into
-                    return
-                for model, pid in self.dead_stubs():
+        while not self._stopping.wait(self.interval_s):
+            if _is_dead(self.pid):  # the server itself is gone: nothing to reload into
+                return
+            try:
+                due = [(model, pid) for model, pid in self.dead_stubs()]
+                now = time.monotonic()
+                due += [(model, pid) for model, (pid, _, at) in self._retry.items() if at <= now and (model, pid) not in due]
+                for model, pid in due:
                     if self._stopping.is_set():
                         return
-                    self._reload(client, model, pid)
-        finally:
-            client.close()
+                    client = http.InferenceServerClient(self.http_url, connection_timeout=60.0, network_timeout=60.0)
+                    try:
+                        self._reload(client, model, pid)
+                    finally:
+                        client.close()
+            except Exception as error:  # one failed look must not end the watching
+                self._log(f"watchdog: {type(error).__name__}: {error}")
 
     def dead_stubs(self) -> list[tuple[str, int]]:
         """``(model, pid)`` of stub processes that died and were not handled yet (each is returned once).
@@ -355,23 +390,49 @@ class StubWatchdog:
         return children
 
     def _reload(self, client: Any, model: str, pid: int) -> None:
+        """Unload ``model`` and load it again, with the versions it served; retried (with a growing
+        pause) when a step fails, up to :attr:`max_attempts` times."""
         from tritonclient.utils import InferenceServerException
 
         started = time.monotonic()
+        _, attempts, _ = self._retry.pop(model, (pid, 0, 0.0))
         try:
-            if not client.is_model_ready(model):  # unloaded on purpose (model-control API), or loading
-                return
-            self._log(f"stub process {pid} of model {model!r} died; reloading the model")
-            client.unload_model(model)
-            # The model's other stubs exit with the unload; they are not deaths to act on.
-            self._handled.update(other for other, name in list(self._models.items()) if name == model)
-            client.load_model(model)
+            if attempts == 0:
+                if not client.is_model_ready(model):  # unloaded on purpose (model-control API), or loading
+                    return
+                self._log(f"stub process {pid} of model {model!r} died; reloading the model")
+                self._versions[model] = self._ready_versions(client, model)
+                self._configs[model] = client.get_model_config(model)
+                client.unload_model(model, headers=self._headers)
+                # The model's other stubs exit with the unload; they are not deaths to act on.
+                self._handled.update(other for other, name in list(self._models.items()) if name == model)
+            self._load(client, model)
             self._learn()  # the new stubs run now: learn them before a request can kill one
-        except (InferenceServerException, OSError) as error:
-            self._log(f"reloading model {model!r} failed: {error}")
+        except (InferenceServerException, OSError, HTTPException) as error:
+            attempts += 1
+            if attempts < self.max_attempts:
+                pause_s = min(30.0, 0.5 * 2**attempts)
+                self._retry[model] = (pid, attempts, time.monotonic() + pause_s)
+                self._log(f"reloading model {model!r} failed ({error}); trying again in {pause_s:.0f} s")
+            else:
+                self._log(f"reloading model {model!r} failed {attempts} times ({error}); it stays unloaded")
             return
         self.reloads.append((model, pid, time.monotonic() - started))
         self._log(f"model {model!r} reloaded in {time.monotonic() - started:.1f} s")
+
+    def _ready_versions(self, client: Any, model: str) -> list[int]:
+        index = client.get_model_repository_index(headers=self._headers)
+        return sorted(int(entry["version"]) for entry in index if entry.get("name") == model and entry.get("state") == "READY" and entry.get("version"))
+
+    def _load(self, client: Any, model: str) -> None:
+        """Load ``model`` with the versions it served before (the repository may hold newer ones an
+        export added meanwhile, which the entry model does not route to)."""
+        versions, config = self._versions.get(model), self._configs.get(model)
+        if versions and config:
+            pinned = {**config, "version_policy": {"specific": {"versions": versions}}}
+            client.load_model(model, config=json.dumps(pinned), headers=self._headers)
+        else:
+            client.load_model(model, headers=self._headers)
 
 
 class TritonServer:
@@ -459,7 +520,8 @@ class TritonServer:
         self._finalizer: weakref.finalize | None = None
         self._workdir: Path | None = None
         self._reader: threading.Thread | None = None
-        self._watchdog_args = StubWatchdog.server_args(self.extra_args) if restart_dead_stubs else []
+        self._control_token = secrets.token_urlsafe(24)
+        self._watchdog_args = StubWatchdog.server_args(self.extra_args, self._control_token) if restart_dead_stubs else []
         self.watchdog: StubWatchdog | None = None
         self._exit_message: str | None = None
 
@@ -630,7 +692,9 @@ class TritonServer:
 
     def _start_watchdog(self) -> None:
         if self._watchdog_args and self._process is not None:
-            self.watchdog = StubWatchdog(self._process.pid, self.http_url, log=self._note).start()
+            self.watchdog = StubWatchdog(
+                self._process.pid, self.http_url, log=self._note, control_token=self._control_token
+            ).start()
 
     def _stop_watchdog(self) -> None:
         if self.watchdog is not None:
@@ -638,8 +702,11 @@ class TritonServer:
 
     def _note(self, line: str) -> None:
         """Add a line of ours to the server log (and to stderr when streaming the log)."""
-        with open(self.log_path, "a") as sink:
-            sink.write(f"aitune_triton: {line}\n")
+        try:
+            with open(self.log_path, "a") as sink:
+                sink.write(f"aitune_triton: {line}\n")
+        except OSError:  # the log went with a stopped server's work directory
+            pass
         if self.stream_log:
             console.out(f"aitune_triton: {line}", highlight=False)
 

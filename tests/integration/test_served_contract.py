@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 import aitune_triton
 from aitune_triton import Module, OneBackendStrategy, RemoteModule
 from aitune_triton.errors import IndexOutOfRangeError, TritonServerError
-from aitune_triton.triton.server import TritonServer, _children, _stub_model, find_tritonserver
+from aitune_triton.triton.server import StubWatchdog, TritonServer, _children, _stub_model, find_tritonserver
 
 pytestmark = pytest.mark.triton
 
@@ -141,7 +141,7 @@ def test_remote_module_refuses_an_out_of_range_token_id_before_it_travels(index_
 
     assert isinstance(raised.value, IndexError)
     assert str(raised.value) == (
-        f"{GRAPH_MODEL}: ids: values must be in 0..49 (it indexes a dimension of size 50 in aten.embedding), got 50."
+        f"{GRAPH_MODEL}: ids: values must be in 0..49 (it indexes a dimension of size 50 in aten.embedding), got 50. Pass indices inside that range (token ids: ids of this model's own vocabulary), as eager PyTorch would also refuse these."
     )
 
 
@@ -185,12 +185,29 @@ def test_a_model_unloaded_on_purpose_through_the_model_control_api_is_not_reload
     net, server = index_server
     reloads = len(server.watchdog.reloads)
     client = httpclient.InferenceServerClient(server.http_url, network_timeout=120)
+    control = {StubWatchdog.CONTROL_HEADER: server._control_token}  # what the server was started to require
     try:
-        client.unload_model(GRAPH_MODEL)
+        client.unload_model(GRAPH_MODEL, headers=control)
         time.sleep(2)  # ten looks of the watchdog
         assert _honest_readiness(server)[0] is False
         assert len(server.watchdog.reloads) == reloads
-        client.load_model(GRAPH_MODEL)
+        client.load_model(GRAPH_MODEL, headers=control)
     finally:
         client.close()
+    _good_call(net, server)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_client_without_the_control_header_cannot_load_or_unload_models_of_a_watched_server(index_server, protocol):
+    net, server = index_server
+    module = httpclient if protocol == "http" else grpcclient
+    client = module.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
+    try:
+        for call in (client.unload_model, client.load_model):
+            with pytest.raises(InferenceServerException) as raised:
+                call(GRAPH_MODEL)
+            assert "restricted" in raised.value.message().lower() or "header" in raised.value.message().lower()
+    finally:
+        client.close()
+    assert _honest_readiness(server) == (True, True)
     _good_call(net, server)

@@ -244,7 +244,7 @@ def test_out_of_range_token_ids_raise_index_error_from_a_tuned_aoti_bert_instead
     assert result.returncode == 0, f"exit code {result.returncode}\n{result.stdout}\n{result.stderr[-3000:]}"
     lines = result.stdout.splitlines()
     prefix = "IndexOutOfRangeError Module 'bert_tokens' graph_0:"
-    assert lines[0] == f"ids {prefix} input_ids: values must be in 0..99 (it indexes a dimension of size 100 in aten.embedding), got 1000000."
-    assert lines[1] == f"negative {prefix} input_ids: values must be in 0..99 (it indexes a dimension of size 100 in aten.embedding), got -5."
-    assert lines[2] == f"types {prefix} token_type_ids: values must be in 0..1 (it indexes a dimension of size 2 in aten.embedding), got 7."
+    assert lines[0] == f"ids {prefix} input_ids: values must be in 0..99 (it indexes a dimension of size 100 in aten.embedding), got 1000000. Pass indices inside that range (token ids: ids of this model's own vocabulary), as eager PyTorch would also refuse these."
+    assert lines[1] == f"negative {prefix} input_ids: values must be in 0..99 (it indexes a dimension of size 100 in aten.embedding), got -5. Pass indices inside that range (token ids: ids of this model's own vocabulary), as eager PyTorch would also refuse these."
+    assert lines[2] == f"types {prefix} token_type_ids: values must be in 0..1 (it indexes a dimension of size 2 in aten.embedding), got 7. Pass indices inside that range (token ids: ids of this model's own vocabulary), as eager PyTorch would also refuse these."
     assert lines[3].startswith("good call max abs difference") and float(lines[3].split()[-1]) < 1e-4
