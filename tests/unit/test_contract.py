@@ -33,12 +33,13 @@ class Lookups(torch.nn.Module):
         self.table = torch.nn.Parameter(torch.randn(10, 4))
 
     def forward(self, ids, rows, features, shifted):
-        words = self.words(ids.view(-1).unsqueeze(0).to(torch.int32).clone()[:, 1:])
+        words = self.words(ids.view(-1).unsqueeze(0).to(torch.int32).clone())
+        sliced = self.words(shifted[:, 1:])  # part of an input: it may hold data elsewhere, not followed
         picked = self.table[rows]  # advanced indexing: negative rows count from the end
         selected = torch.index_select(self.table, 0, rows.reshape(-1))
         gathered = features.gather(1, rows)  # indexes features' own (dynamic) axis 1
         ignored = self.words(shifted + 1)  # arithmetic: not followed
-        return words, picked, selected, gathered, ignored
+        return words, picked, selected, gathered, ignored, sliced
 
 
 def _export_lookups() -> torch.export.ExportedProgram:
@@ -60,7 +61,7 @@ def test_index_ranges_are_read_from_the_exported_program_through_value_preservin
         {"op": "aten.index_select", "size": 10, "negative": False},
     ]
     assert features == []  # a float input indexes nothing
-    assert shifted == []  # reaches the embedding only through arithmetic
+    assert shifted == []  # reaches the embedding only through arithmetic or a slice
 
 
 def _contract() -> InputContract:
@@ -248,3 +249,53 @@ def test_out_of_range_token_ids_raise_index_error_from_a_tuned_aoti_bert_instead
     assert lines[1] == f"negative {prefix} input_ids: values must be in 0..99 (it indexes a dimension of size 100 in aten.embedding), got -5. Pass indices inside that range (token ids: ids of this model's own vocabulary), as eager PyTorch would also refuse these."
     assert lines[2] == f"types {prefix} token_type_ids: values must be in 0..1 (it indexes a dimension of size 2 in aten.embedding), got 7. Pass indices inside that range (token ids: ids of this model's own vocabulary), as eager PyTorch would also refuse these."
     assert lines[3].startswith("good call max abs difference") and float(lines[3].split()[-1]) < 1e-4
+
+
+class PackedFeatures(torch.nn.Module):
+    """Column 0 is a category id (an index), column 1 an age (data): one integer input, two uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.category = torch.nn.Embedding(10, 4)
+        self.age = torch.nn.Linear(1, 4)
+
+    def forward(self, x: torch.Tensor):
+        return self.category(x[:, 0]) + self.age(x[:, 1:2].float())
+
+
+class WrappingIds(torch.nn.Module):
+    """Casts ids to int8 before the lookup: eager accepts 300 (it wraps to 44)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Embedding(128, 4)
+
+    def forward(self, ids: torch.Tensor):
+        return self.table(ids.to(torch.int8).to(torch.int64))
+
+
+def test_an_integer_input_used_partly_as_index_and_partly_as_data_is_not_refused(unique_name):
+    net = PackedFeatures().eval()
+    module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    recorded = torch.tensor([[1, 35], [2, 70], [3, 20]])
+    with torch.no_grad():
+        for batch in (2, 3):
+            module(recorded[:batch])
+    module.tune()
+
+    for x in (recorded, torch.tensor([[9, 99], [0, 64]])):
+        torch.testing.assert_close(module(x), net(x))
+
+
+def test_an_index_range_that_a_recorded_call_breaks_is_turned_off_with_a_warning(unique_name):
+    net = WrappingIds().eval()
+    module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    with torch.no_grad():
+        module(torch.tensor([[1, 300]]))
+        module(torch.tensor([[5, 7], [2, 3]]))
+
+    with pytest.warns(UserWarning, match="values of input 'ids' outside the index range .* the value check of that input is off"):
+        module.tune()
+
+    x = torch.tensor([[300, 4]])
+    torch.testing.assert_close(module(x), net(x))
