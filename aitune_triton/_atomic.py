@@ -38,9 +38,18 @@ _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
 
-#: This host, as 8 hex digits in staging names: a directory shared between hosts (or containers with
+#: This host (and PID namespace), as 8 hex digits in staging names: a directory shared between hosts (or containers with
 #: their own PID namespaces and host names) holds staging directories whose pids mean nothing here.
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+def _host_identity() -> str:
+    """Host name plus, where Linux shows it, the PID namespace (containers sharing a host name)."""
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}"
+
+
+_HOST = hashlib.sha256(_host_identity().encode()).hexdigest()[:8]
 
 
 def _own_prefix() -> str:
@@ -97,7 +106,7 @@ def make_staging_dir(parent: Path) -> Path:
     """Create an empty staging directory in ``parent`` (after removing stale ones there).
 
     Returns:
-        ``parent/.aitune_triton-staging-<this pid>-<random>``.
+        ``parent/.aitune_triton-staging-<this pid>-h<this host>-<random>``.
     """
     remove_stale_staging(parent)
     return Path(tempfile.mkdtemp(prefix=_own_prefix(), dir=parent))

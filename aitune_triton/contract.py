@@ -187,8 +187,8 @@ class InputContract:
                 low, high = index_range.bounds(size)
                 if low <= smallest and largest <= high:
                     continue
-                low = max(low, 0) if smallest >= 0 else low  # no comparison with a negative bound (unsigned dtypes wrap)
-                bad = array[(array < low) | (array > high)].reshape(-1)
+                floor = max(low, 0) if smallest >= 0 else low  # no negative bound against unsigned dtypes (they wrap)
+                bad = array[(array < floor) | (array > high)].reshape(-1)
                 values = sorted(set(bad[: 10 * _SHOWN_VALUES].tolist()))[:_SHOWN_VALUES]
                 count = int(bad.shape[0])
                 more = f" ({count} values out of range in all)" if count > len(values) else ""

@@ -156,8 +156,9 @@ def import_serialized_type(name: str) -> type | None:
     if top == "builtins":
         return None
     if top == "__main__":  # defined by the running script: look it up there, never import anything
-        return _register_found(name, sys.modules.get("__main__"), name.replace(":", ".").split(".", 1)[1])
-    if top not in sys.modules and not _found_outside_the_working_directory(top):
+        qualname = name.replace(":", ".").partition(".")[2]
+        return _register_found(name, sys.modules.get("__main__"), qualname) if qualname else None
+    if top not in sys.modules and not _import_top_level_outside_the_working_directory(top):
         return None  # never a file that merely lies in the current directory (a server names these types)
     if ":" in name:
         module_name, qualname = name.split(":", 1)
@@ -176,14 +177,31 @@ def import_serialized_type(name: str) -> type | None:
     return None
 
 
-def _found_outside_the_working_directory(top: str) -> bool:
-    """Whether the top-level module ``top`` is found on ``sys.path`` without its implicit entry for
-    the current directory (``''`` or the working directory itself): installed packages and
-    ``PYTHONPATH`` entries count, a ``setup.py`` lying where the process was started does not."""
-    import importlib.machinery
+def _import_top_level_outside_the_working_directory(top: str) -> bool:
+    """Import the top-level module ``top`` from ``sys.path`` without its implicit entry for the
+    current directory (``''``, ``.`` or the working directory itself): installed packages and other
+    ``PYTHONPATH`` entries count, a ``setup.py`` (or a file named like an installed module) lying
+    where the process was started does not. Its submodules then come from its own package path.
 
-    here = {"", os.getcwd()}
-    return importlib.machinery.PathFinder.find_spec(top, [p for p in sys.path if p not in here]) is not None
+    Returns:
+        Whether ``top`` is imported now.
+    """
+    import importlib.machinery
+    import importlib.util
+
+    here = os.path.abspath(os.getcwd())
+    paths = [entry for entry in sys.path if entry and os.path.abspath(entry) != here]
+    spec = importlib.machinery.PathFinder.find_spec(top, paths)
+    if spec is None or spec.loader is None:
+        return False
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[top] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        sys.modules.pop(top, None)
+        return False
+    return True
 
 
 def _register_found(name: str, module: Any, qualname: str) -> type | None:
@@ -601,8 +619,9 @@ def _is_array(value: Any) -> bool:
 
 def output_leaf_problems(flat: FlatTree) -> list[str]:
     """One line per non-tensor output leaf that holds tensors (a container no backend can rebuild:
-    it would come back as the object of a recorded call, with that call's tensors) or is a numpy
-    array (data no backend computes)."""
+    it would come back as the object of a recorded call, with that call's tensors), is a numpy
+    array (data no backend computes) or cannot be stored as JSON (an Enum, a dtype); and one line
+    when the output structure itself cannot be stored (``treespec_dumps``)."""
     problems = []
     for path, leaf in zip(flat.paths, flat.leaves):
         if isinstance(leaf, torch.Tensor):

@@ -135,7 +135,7 @@ def _reached_index_ranges(start: torch.fx.Node) -> Iterator[dict[str, Any]]:
             args: list[Any] = list(user.args)
             if op in _VALUE_PRESERVING and args and args[0] is node:
                 output = _value(user)
-                kept = isinstance(output, torch.Tensor) and not output.dtype.is_floating_point and output.dtype != torch.bool
+                kept = isinstance(output, torch.Tensor) and _keeps_integers(_value(node), output)
                 if kept and user not in seen:
                     seen.add(user)
                     pending.append(user)
@@ -149,6 +149,18 @@ def _reached_index_ranges(start: torch.fx.Node) -> Iterator[dict[str, Any]]:
                 for position, index in enumerate(indices):
                     if index is node and not any(_is_bool(other) for other in indices[:position]):
                         yield {"op": "aten.index", "size": _value(args[0]).shape[position], "negative": True}
+
+
+def _keeps_integers(source: Any, output: torch.Tensor) -> bool:
+    """Whether an op's integer output holds its integer input's values: no float or bool result,
+    and no cast to an 8- or 16-bit type narrower than the input (int64 -> int8 wraps 300 to 44).
+    int64 -> int32 counts as keeping them: ids past 2**31 are refused rather than wrapped."""
+    if output.dtype.is_floating_point or output.dtype.is_complex or output.dtype == torch.bool:
+        return False
+    if not isinstance(source, torch.Tensor) or source.dtype in (output.dtype, torch.bool):
+        return True
+    wide, narrow = torch.iinfo(source.dtype), torch.iinfo(output.dtype)
+    return narrow.bits >= 32 or (narrow.min <= wide.min and wide.max <= narrow.max)
 
 
 def _value(node: Any) -> Any:

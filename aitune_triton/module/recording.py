@@ -155,14 +155,15 @@ class _GraphRecord:
 
 
 def _container_ids(tree: Any) -> dict[int, str]:
-    """``{id: type name}`` of every pytree node in ``tree`` other than a plain dict, list or tuple."""
+    """``{id: type name}`` of every mutable pytree node in ``tree`` other than a plain dict or list."""
     found: dict[int, str] = {}
     pending = [tree]
     while pending:
         node = pending.pop()
         if isinstance(node, torch.Tensor) or pytree.tree_is_leaf(node):
             continue
-        if type(node) not in (dict, list, tuple):
+        frozen = isinstance(node, tuple) or getattr(getattr(node, "__dataclass_params__", None), "frozen", False)
+        if type(node) not in (dict, list) and not frozen:  # an immutable one cannot have been updated in place
             found[id(node)] = type(node).__qualname__
         children, _ = pytree.SUPPORTED_NODES[pytree._get_node_type(node)].flatten_fn(node)
         pending.extend(children)

@@ -299,7 +299,7 @@ def tune_graphs(
                 _drop_batch_axis(graph)
                 graph.batch_independent = None
                 batch_note = (
-                    f"batch fixed at {size}: no candidate could be built with a dynamic batch axis "
+                    f"batch fixed at {size}: no candidate passed with the batch axis dynamic "
                     f"({str(error).splitlines()[0][:200]})"
                 )
                 log(f"{graph.name}: {batch_note}; tuning again")

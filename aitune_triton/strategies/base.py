@@ -37,7 +37,6 @@ def resolve_backend(backend: str | Backend) -> Backend:
 
 
 @dataclass
-
 class TuneContext:
     """Everything a strategy needs to tune one graph spec.
 
@@ -188,6 +187,7 @@ class TuneStrategy(abc.ABC):
         try:
             with torch.no_grad():
                 backend.build(build)
+            _drop_index_ranges_recorded_calls_break(backend, context)
         except BackendUnavailableError as error:
             return CandidateReport(backend.name, "unavailable", str(error), time.perf_counter() - start)
         except Exception as error:  # export, compile or load failed: report it and try the next candidate
@@ -195,7 +195,6 @@ class TuneStrategy(abc.ABC):
             shutil.rmtree(workdir, ignore_errors=True)
             return CandidateReport(backend.name, "failed", _reason(error), time.perf_counter() - start)
         build_s = time.perf_counter() - start
-        _drop_index_ranges_recorded_calls_break(backend, context)
         context.log(
             f"{context.graph.name}: checking {backend.name} against eager on the {len(context.samples)} stored samples "
             f"(of {context.graph.num_calls} recorded calls)"

@@ -30,7 +30,6 @@ import urllib.error
 import urllib.request
 import warnings
 import weakref
-from http.client import HTTPException
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -299,7 +298,8 @@ class StubWatchdog:
         self.interval_s = interval_s
         self._headers = {self.CONTROL_HEADER: control_token} if control_token else {}
         self.max_attempts = max_attempts
-        self._retry: dict[str, tuple[int, int, float]] = {}  # model -> (dead stub pid, attempts, next try at)
+        # model -> (dead stub pid, attempts so far, next try at, whether the unload went through)
+        self._retry: dict[str, tuple[int, int, float, bool]] = {}
         self._versions: dict[str, list[int]] = {}
         self._configs: dict[str, dict[str, Any]] = {}
         self._log = log or (lambda line: None)
@@ -314,9 +314,12 @@ class StubWatchdog:
         """The ``tritonserver`` arguments the watchdog needs: explicit model control, every model
         loaded at start, and the model-repository API (HTTP and gRPC) restricted to requests that
         carry :attr:`CONTROL_HEADER` with ``control_token`` (Triton's ``--http-restricted-api`` /
-        ``--grpc-restricted-protocol``), so that no client can load or unload models. Empty when
-        ``extra_args`` choose a model-control mode themselves."""
-        if any(arg.startswith(("--model-control-mode", "--load-model")) for arg in extra_args):
+        ``--grpc-restricted-protocol``), so that a client cannot load or unload models (loading a
+        model runs its code) unless it has the token: the server's own user, since the token is on
+        its command line. Empty when ``extra_args`` choose a model-control mode or a restriction
+        themselves (then there is no watchdog)."""
+        own = ("--model-control-mode", "--load-model", "--http-restricted-api", "--grpc-restricted-protocol")
+        if any(arg.startswith(own) for arg in extra_args):
             return []
         restricted = f"model-repository:{cls.CONTROL_HEADER}={control_token}"
         return [
@@ -350,7 +353,7 @@ class StubWatchdog:
             try:
                 due = [(model, pid) for model, pid in self.dead_stubs()]
                 now = time.monotonic()
-                due += [(model, pid) for model, (pid, _, at) in self._retry.items() if at <= now and (model, pid) not in due]
+                due += [(model, pid) for model, (pid, _, at, _) in self._retry.items() if at <= now and (model, pid) not in due]
                 for model, pid in due:
                     if self._stopping.is_set():
                         return
@@ -391,31 +394,36 @@ class StubWatchdog:
 
     def _reload(self, client: Any, model: str, pid: int) -> None:
         """Unload ``model`` and load it again, with the versions it served; retried (with a growing
-        pause) when a step fails, up to :attr:`max_attempts` times."""
-        from tritonclient.utils import InferenceServerException
-
+        pause) when a step fails, up to :attr:`max_attempts` times. Loading a loaded model does not
+        replace its dead stub, so every attempt unloads first until an unload went through."""
         started = time.monotonic()
-        _, attempts, _ = self._retry.pop(model, (pid, 0, 0.0))
+        _, attempts, _, unloaded = self._retry.pop(model, (pid, 0, 0.0, False))
         try:
-            if attempts == 0:
-                if not client.is_model_ready(model):  # unloaded on purpose (model-control API), or loading
+            if not unloaded:
+                if attempts == 0 and not client.is_model_ready(model):  # unloaded on purpose, or loading
                     return
-                self._log(f"stub process {pid} of model {model!r} died; reloading the model")
+                if attempts == 0:
+                    self._log(f"stub process {pid} of model {model!r} died; reloading the model")
                 self._versions[model] = self._ready_versions(client, model)
                 self._configs[model] = client.get_model_config(model)
                 client.unload_model(model, headers=self._headers)
+                unloaded = True
                 # The model's other stubs exit with the unload; they are not deaths to act on.
                 self._handled.update(other for other, name in list(self._models.items()) if name == model)
             self._load(client, model)
             self._learn()  # the new stubs run now: learn them before a request can kill one
-        except (InferenceServerException, OSError, HTTPException) as error:
+        except Exception as error:  # any failure is retried: a model must not stay dead or unloaded
             attempts += 1
             if attempts < self.max_attempts:
                 pause_s = min(30.0, 0.5 * 2**attempts)
-                self._retry[model] = (pid, attempts, time.monotonic() + pause_s)
+                self._retry[model] = (pid, attempts, time.monotonic() + pause_s, unloaded)
                 self._log(f"reloading model {model!r} failed ({error}); trying again in {pause_s:.0f} s")
             else:
-                self._log(f"reloading model {model!r} failed {attempts} times ({error}); it stays unloaded")
+                state = "unloaded" if unloaded else "loaded with a dead stub"
+                self._log(
+                    f"reloading model {model!r} failed {attempts} times ({error}); it stays {state}: restart the "
+                    "server (TritonServer.stop(), then start())"
+                )
             return
         self.reloads.append((model, pid, time.monotonic() - started))
         self._log(f"model {model!r} reloaded in {time.monotonic() - started:.1f} s")
@@ -430,9 +438,14 @@ class StubWatchdog:
         versions, config = self._versions.get(model), self._configs.get(model)
         if versions and config:
             pinned = {**config, "version_policy": {"specific": {"versions": versions}}}
-            client.load_model(model, config=json.dumps(pinned), headers=self._headers)
+            try:
+                client.load_model(model, config=json.dumps(pinned), headers=self._headers)
+                return
+            except Exception as error:  # the override refused: a plain load serves the latest version
+                self._log(f"loading model {model!r} pinned to versions {versions} failed ({error}); loading it plainly")
         else:
-            client.load_model(model, headers=self._headers)
+            self._log(f"model {model!r}: its served versions are unknown; loading it plainly (the latest version)")
+        client.load_model(model, headers=self._headers)
 
 
 class TritonServer:
@@ -451,8 +464,10 @@ class TritonServer:
         show_progress: Print progress lines to stderr while starting.
         restart_dead_stubs: Run a :class:`StubWatchdog`: a model whose Python-backend stub process
             dies is reloaded (not ready in between) instead of failing every request while
-            reporting ready. It starts the server with ``--model-control-mode=explicit
-            --load-model=*`` unless ``extra_args`` pick a model-control mode (then no watchdog).
+            reporting ready; a failed reload is retried, and the reload keeps the versions the
+            model served. It starts the server with ``--model-control-mode=explicit --load-model=*``
+            and restricts the model-repository API to requests with :attr:`model_control_headers`,
+            unless ``extra_args`` pick a model-control mode or a restriction (then no watchdog).
         host: IPv4 address HTTP, gRPC and metrics listen on. The default, 127.0.0.1, accepts
             connections from this machine only; another address (``0.0.0.0``: every interface)
             opens the server, which has no authentication, to the network, with a warning.
@@ -689,6 +704,12 @@ class TritonServer:
             else:
                 shutil.rmtree(self._workdir, ignore_errors=True)
                 self._workdir = None
+
+    @property
+    def model_control_headers(self) -> dict[str, str]:
+        """Headers a model-repository request (load, unload, repository index) to this server needs
+        while it runs a watchdog; empty without one."""
+        return {StubWatchdog.CONTROL_HEADER: self._control_token} if self._watchdog_args else {}
 
     def _start_watchdog(self) -> None:
         if self._watchdog_args and self._process is not None:

@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 import aitune_triton
 from aitune_triton import Module, OneBackendStrategy, RemoteModule
 from aitune_triton.errors import IndexOutOfRangeError, TritonServerError
-from aitune_triton.triton.server import StubWatchdog, TritonServer, _children, _stub_model, find_tritonserver
+from aitune_triton.triton.server import TritonServer, _children, _stub_model, find_tritonserver
 
 pytestmark = pytest.mark.triton
 
@@ -185,7 +185,7 @@ def test_a_model_unloaded_on_purpose_through_the_model_control_api_is_not_reload
     net, server = index_server
     reloads = len(server.watchdog.reloads)
     client = httpclient.InferenceServerClient(server.http_url, network_timeout=120)
-    control = {StubWatchdog.CONTROL_HEADER: server._control_token}  # what the server was started to require
+    control = server.model_control_headers  # what the server was started to require
     try:
         client.unload_model(GRAPH_MODEL, headers=control)
         time.sleep(2)  # ten looks of the watchdog

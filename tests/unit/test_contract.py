@@ -287,15 +287,35 @@ def test_an_integer_input_used_partly_as_index_and_partly_as_data_is_not_refused
         torch.testing.assert_close(module(x), net(x))
 
 
-def test_an_index_range_that_a_recorded_call_breaks_is_turned_off_with_a_warning(unique_name):
+def test_ids_cast_to_a_narrower_integer_type_get_no_index_range_since_the_cast_wraps_them(unique_name):
     net = WrappingIds().eval()
     module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
     with torch.no_grad():
-        module(torch.tensor([[1, 300]]))
+        module(torch.tensor([[1, 20]]))
         module(torch.tensor([[5, 7], [2, 3]]))
+    module.tune()
 
-    with pytest.warns(UserWarning, match="values of input 'ids' outside the index range .* the value check of that input is off"):
+    assert module.tuned_graphs[0].backend.index_ranges == [[]]
+    x = torch.tensor([[300, 4]])  # eager wraps 300 to 44, a valid row
+    torch.testing.assert_close(module(x), net(x))
+
+
+def test_an_index_range_that_a_recorded_call_breaks_is_turned_off_with_a_warning(unique_name, monkeypatch):
+    from aitune_triton.backends import onnxruntime as onnxruntime_backend
+
+    def too_strict(exported):  # stands for an analysis that over-approximates what the model indexes
+        return [[{"op": "aten.embedding", "size": 2, "negative": False}] for _ in exported.graph_signature.user_inputs]
+
+    monkeypatch.setattr(onnxruntime_backend, "index_ranges", too_strict)
+    net = PackedFeatures().eval()
+    module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    recorded = torch.tensor([[1, 35], [2, 70], [3, 20]])
+    with torch.no_grad():
+        module(recorded[:2])
+        module(recorded)
+
+    with pytest.warns(UserWarning, match="values of input 'x' outside the index range .* the value check of that input is off"):
         module.tune()
 
-    x = torch.tensor([[300, 4]])
-    torch.testing.assert_close(module(x), net(x))
+    assert module.tuned_graphs[0].backend.index_ranges == [[]]
+    torch.testing.assert_close(module(recorded), net(recorded))
