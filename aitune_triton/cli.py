@@ -115,14 +115,15 @@ def serve(repository: Path, http_port: int | None, grpc_port: int | None, metric
         raise click.Abort() from None
     except AITuneTritonError as error:
         raise _fail(error) from error
-    console.print(f"Serving {repository}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
-                  f"metrics {server.metrics_url}, log {server.log_path}. Ctrl-C stops.")
-    try:
+    try:  # a SIGTERM right after the line below is printed is a stop too
+        console.print(f"Serving {repository}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
+                      f"metrics {server.metrics_url}, log {server.log_path}. Ctrl-C stops.")
         while server.is_running():
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stop short
         errors = server.error_lines()
         server.stop()
     if server.exit_message is not None:  # it ended on its own, not by Ctrl-C / SIGTERM here
