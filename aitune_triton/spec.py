@@ -487,10 +487,18 @@ def _treespec_key(treespec: pytree.TreeSpec) -> str:
 def flatten_call(signature: ForwardSignature, args: tuple, kwargs: dict, strict: bool = True) -> CallStructure:
     """Bind and flatten a call and compute its graph spec key.
 
+    Argument containers that hold tensors (a ``transformers`` cache passed as ``past_key_values``,
+    a dataclass) are registered as :func:`flatten_output` registers them, so their tensors are
+    inputs of the graph, not a constant baked into it.
+
     Raises:
         TypeError: the arguments do not fit the signature.
     """
-    flat = _flatten(signature.bind(args, kwargs), root=None)
+    bound = signature.bind(args, kwargs)
+    flat = _flatten(bound, root=None)
+    if any(not isinstance(leaf, _PLAIN_LEAVES) and leaf is not None for leaf in flat.leaves):
+        if _register_output_containers(bound):
+            flat = _flatten(bound, root=None)
     leaves = json.dumps(flat.leaf_descriptions(strict), separators=(",", ":"))
     key = f'{{"tree":{_treespec_key(flat.treespec)},"leaves":{leaves}}}'
     return CallStructure(args, kwargs, flat, key)
@@ -545,6 +553,7 @@ def holds_tensor(value: Any) -> bool:
 
 
 _ATOMS = (bool, int, float, complex, str, bytes, type, types.ModuleType, types.FunctionType, torch.dtype, torch.device)
+_PLAIN_LEAVES = (torch.Tensor, *_ATOMS)  # leaves that cannot be containers holding tensors
 
 
 def _register_output_containers(output: Any) -> bool:

@@ -23,6 +23,7 @@ from aitune_triton.spec import (
     dtype_name,
     flatten_call,
     flatten_output,
+    holds_tensor,
     output_leaf_problems,
     same_value,
 )
@@ -282,7 +283,13 @@ class Recorder:
                 samples=SampleStore(self.max_samples, directory),
             )
             self._graphs[call.key] = record
-            problems = output_leaf_problems(output)
+            problems = [
+                f"input leaf {path!r} is a {type(leaf).__module__}.{type(leaf).__qualname__} that holds tensors, which "
+                "torch.utils._pytree cannot flatten, so a backend would keep this call's tensors as constants. Register "
+                "the type with torch.utils._pytree, or pass its tensors as arguments"
+                for path, leaf in zip(call.flat.paths, call.flat.leaves)
+                if not isinstance(leaf, torch.Tensor) and holds_tensor(leaf)
+            ] + output_leaf_problems(output)
             if problems:
                 self._refuse(record, "; ".join(problems))
         elif _output_key(output) != record.output_key:

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any
 
 from aitune_triton.contract import InputContract
 from aitune_triton.errors import ExportError

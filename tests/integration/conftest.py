@@ -20,7 +20,7 @@ from nets import TwoInputNet
 
 import aitune_triton
 from aitune_triton import Module, OneBackendStrategy
-from aitune_triton.errors import TritonServerError
+from triton_helpers import require_tritonserver
 
 ENTRY_MODEL = "served_two_input_net"
 SCALAR_MODEL = "served_scalar_net"
@@ -82,15 +82,9 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
-    from aitune_triton.triton.server import TritonServer, find_tritonserver
+    from aitune_triton.triton.server import TritonServer
 
-    try:
-        find_tritonserver()
-    except TritonServerError as error:
-        # A missing server must not turn the integration suite green: skip only when asked to.
-        if os.environ.get("AITUNE_TRITON_SKIP_TRITON_TESTS") == "1":
-            pytest.skip(f"no tritonserver on this machine: {error}")
-        raise
+    require_tritonserver()
 
     root = tmp_path_factory.mktemp("served")
     previous_cache = os.environ.get("AITUNE_TRITON_CACHE_DIR")

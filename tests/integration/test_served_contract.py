@@ -23,8 +23,9 @@ from tritonclient.utils import InferenceServerException
 
 import aitune_triton
 from aitune_triton import Module, OneBackendStrategy, RemoteModule
-from aitune_triton.errors import IndexOutOfRangeError, TritonServerError
-from aitune_triton.triton.server import TritonServer, _children, _stub_model, find_tritonserver
+from aitune_triton.errors import IndexOutOfRangeError
+from aitune_triton.triton.server import TritonServer, _children, _stub_model
+from triton_helpers import require_tritonserver
 
 pytestmark = pytest.mark.triton
 
@@ -44,12 +45,7 @@ class IndexNet(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def index_server(tmp_path_factory):
-    try:
-        find_tritonserver()
-    except TritonServerError as error:
-        if os.environ.get("AITUNE_TRITON_SKIP_TRITON_TESTS") == "1":
-            pytest.skip(f"no tritonserver on this machine: {error}")
-        raise
+    require_tritonserver()
     root = tmp_path_factory.mktemp("index_server")
     previous_cache = os.environ.get("AITUNE_TRITON_CACHE_DIR")
     os.environ["AITUNE_TRITON_CACHE_DIR"] = str(root / "cache")

@@ -17,7 +17,7 @@ from output_nets import DataclassNet, Encoded, cache_tensors, record_gpt2, tiny_
 
 import aitune_triton
 from aitune_triton import Module, OneBackendStrategy, RemoteModule
-from aitune_triton.errors import TritonServerError
+from triton_helpers import require_tritonserver
 
 pytestmark = pytest.mark.triton
 
@@ -36,14 +36,9 @@ class ServedOutputs:
 
 @pytest.fixture(scope="module")
 def served_outputs(tmp_path_factory):
-    from aitune_triton.triton.server import TritonServer, find_tritonserver
+    from aitune_triton.triton.server import TritonServer
 
-    try:
-        find_tritonserver()
-    except TritonServerError as error:
-        if os.environ.get("AITUNE_TRITON_SKIP_TRITON_TESTS") == "1":
-            pytest.skip(f"no tritonserver on this machine: {error}")
-        raise
+    require_tritonserver()
     root = tmp_path_factory.mktemp("served_outputs")
     repository = root / "model_repository"
     gpt2 = tiny_gpt2()

@@ -27,7 +27,8 @@ import torch
 import aitune_triton
 from aitune_triton import Module, OneBackendStrategy, RemoteModule
 from aitune_triton.errors import TritonServerError
-from aitune_triton.triton.server import TritonServer, find_tritonserver
+from aitune_triton.triton.server import TritonServer
+from triton_helpers import require_tritonserver
 
 pytestmark = pytest.mark.triton
 
@@ -51,12 +52,7 @@ class Exported:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Exported:
-    try:
-        find_tritonserver()
-    except TritonServerError as error:
-        if os.environ.get("AITUNE_TRITON_SKIP_TRITON_TESTS") == "1":
-            pytest.skip(f"no tritonserver on this machine: {error}")
-        raise
+    require_tritonserver()
     root = tmp_path_factory.mktemp("lifecycle")
     torch.manual_seed(0)
     net = TinyNet().eval()

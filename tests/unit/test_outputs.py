@@ -418,5 +418,35 @@ def test_recording_a_call_that_returns_the_cache_it_was_given_warns_to_use_the_r
     module = Module(model, name=unique_name)
     with torch.no_grad():
         first = model(torch.randint(0, 100, (1, 4)))
-        with pytest.warns(UserWarning, match="returns the DynamicCache object it was given as an argument"):
-            module(torch.randint(0, 100, (1, 1)), past_key_values=first["past_key_values"] if "past_key_values" in first else first["cache"])
+        cache = first["past_key_values"] if "past_key_values" in first else first["cache"]
+        with pytest.warns(UserWarning, match="returns the DynamicCache object it was given as an argument") as caught:
+            module(torch.randint(0, 100, (1, 1)), past_key_values=cache)
+            module(torch.randint(0, 100, (1, 1)), past_key_values=cache)  # the same structure: no second warning
+    assert sum("returns the DynamicCache object" in str(warning.message) for warning in caught) == 1
+
+
+def test_a_cache_passed_as_an_argument_is_flattened_into_tensor_inputs_not_baked_in_as_a_constant(unique_name):
+    model = tiny_gpt2()
+    module = Module(model, name=unique_name)
+    with torch.no_grad():
+        first = model(torch.randint(0, 100, (1, 4)))
+        cache = first["past_key_values"] if "past_key_values" in first else first["cache"]
+        module(torch.randint(0, 100, (1, 1)), past_key_values=cache)
+
+    (spec,) = module.graph_specs
+    assert [t.path for t in spec.inputs][0] == "input_ids"
+    assert len(spec.inputs) == 1 + 4  # input_ids and each layer's keys and values
+    assert not any("DynamicCache" in value for value in spec.constants.values())
+
+
+class BoxArgNet(torch.nn.Module):
+    def forward(self, x: torch.Tensor, box: object):
+        return x * box.tensor  # type: ignore[attr-defined]
+
+
+def test_an_argument_object_holding_tensors_that_pytree_cannot_flatten_is_refused_at_tune_time(unique_name):
+    module = Module(BoxArgNet().eval(), name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    with pytest.warns(UserWarning, match="tune\\(\\) will refuse"):
+        module(torch.ones(2, 3), _Box(torch.full((2, 3), 2.0)))
+    with pytest.raises(RecordingError, match="input leaf 'box' is a .*_Box that holds tensors.*would keep this call's tensors"):
+        module.tune()
