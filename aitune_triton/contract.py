@@ -135,6 +135,7 @@ class InputContract:
             shapes: Per input, its shape (module shape, in the artifact's input order).
         """
         found = []
+        reported: set[tuple[str, int]] = set()
         batch_axes = self.batch_axes or [None] * len(self.names)
         for name, axis_ranges, shape, batch_axis in zip(self.names, self.ranges or [], shapes, batch_axes):
             for axis, ((low, high), size) in enumerate(zip(axis_ranges, shape)):
@@ -142,11 +143,12 @@ class InputContract:
                     batch = axis == batch_axis and self.max_batch_size > 0
                     hint = f" (the batch axis: max_batch_size {self.max_batch_size})" if batch else ""
                     found.append(f"{name} axis {axis}: size {size} outside {low}..{high}{hint}")
+                    reported.add((name, axis))
         first: dict[str, tuple[str, int, int]] = {}
         for name, tensor_axes, shape in zip(self.names, self.axes or [], shapes):
             for axis, (expected, size) in enumerate(zip(tensor_axes, shape)):
                 if isinstance(expected, int):
-                    if size != expected:
+                    if size != expected and (name, axis) not in reported:  # said once per axis
                         found.append(f"{name} axis {axis}: size {size}, but the artifact was built for size {expected} only")
                 elif expected not in first:
                     first[expected] = (name, axis, size)

@@ -158,13 +158,21 @@ def check_batch_independence(
         with torch.no_grad():
             if sizes[largest] >= 2:
                 call, size = calls[largest], sizes[largest]
-                how = f"the two halves of a recorded batch of {size}"
                 whole = _run(forward, call)
-                parts = []
-                for start, stop in ((0, size // 2), (size // 2, size)):
-                    sliced = [t.narrow(axis, start, stop - start) for t, axis in zip(call.flat.tensors, axes)]
-                    args, kwargs = call.with_tensors(signature, sliced)
-                    parts.append(_run(forward, flatten_call(signature, args, kwargs)))
+                # Halves, and the first sample alone: a module that mixes samples in pairs passes the
+                # halves of an even batch, not a batch of one.
+                for split in sorted({size // 2, 1}):
+                    how = f"a recorded batch of {size} split into {split} + {size - split}"
+                    parts = []
+                    for start, stop in ((0, split), (split, size)):
+                        sliced = [t.narrow(axis, start, stop - start) for t, axis in zip(call.flat.tensors, axes)]
+                        args, kwargs = call.with_tensors(signature, sliced)
+                        parts.append(_run(forward, flatten_call(signature, args, kwargs)))
+                    problem = _batch_mismatch(whole, parts, out_axes, graph, how, atol, rtol)
+                    if problem:
+                        return BatchCheck(False, problem)
+                splits = " and ".join(f"{split} + {size - split}" for split in sorted({size // 2, 1}))
+                return BatchCheck(True, f"a recorded batch of {size} split into {splits} gave the outputs of one batch")
             else:
                 group = _joinable_group(calls)
                 if len(group) < 2:
@@ -177,21 +185,25 @@ def check_batch_independence(
                 args, kwargs = group[0].with_tensors(signature, joined_inputs)
                 whole = _run(forward, flatten_call(signature, args, kwargs))
                 parts = [_run(forward, call) for call in group]
-            joined = [torch.cat(list(leaves), dim=axis) for *leaves, axis in zip(*[p.tensors for p in parts], out_axes)]
+            problem = _batch_mismatch(whole, parts, out_axes, graph, how, atol, rtol)
     except Exception as error:  # the module refuses another batch size: its batch size is not free
         return BatchCheck(False, f"the module's forward on {how} raised {type(error).__name__}: {str(error)[:200]}")
+    return BatchCheck(False, problem) if problem else BatchCheck(True, f"{how} gave the outputs of one batch")
+
+
+def _batch_mismatch(
+    whole: FlatTree, parts: Sequence[FlatTree], out_axes: Sequence[int], graph: GraphSpec, how: str, atol: float, rtol: float
+) -> str | None:
+    """Why ``parts`` joined along the batch axes are not ``whole``, or None when they are."""
     for part in parts:  # a non-tensor output (``x.shape[0]``, a Python float) must not change with the batch
         if part.treespec != whole.treespec:
-            return BatchCheck(False, f"{how} gave another output structure than one batch")
+            return f"{how} gave another output structure than one batch"
         for path, expected, value in zip(whole.paths, whole.leaves, part.leaves):
             if not isinstance(expected, torch.Tensor) and not same_value(expected, value):
-                return BatchCheck(
-                    False, f"{how}: non-tensor output {path!r} is {expected!r} for one batch but {value!r} for a part"
-                )
+                return f"{how}: non-tensor output {path!r} is {expected!r} for one batch but {value!r} for a part"
+    joined = [torch.cat(list(leaves), dim=axis) for *leaves, axis in zip(*[p.tensors for p in parts], out_axes)]
     mismatches, _ = compare_outputs(whole.tensors, joined, [s.path for s in graph.outputs], atol, rtol)
-    if mismatches:
-        return BatchCheck(False, f"{how} gave other outputs than one batch ({mismatches[0]})")
-    return BatchCheck(True, f"{how} gave the outputs of one batch")
+    return f"{how} gave other outputs than one batch ({mismatches[0]})" if mismatches else None
 
 
 def _declares_batch(recorder: Recorder, graph: GraphSpec) -> bool:

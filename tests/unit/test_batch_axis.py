@@ -77,7 +77,7 @@ def test_a_module_mixing_samples_recorded_at_batch_4_keeps_batch_4_only_and_the_
     assert "batch" not in tuned.spec.dims
     assert [spec.batch_axis for spec in tuned.spec.inputs + tuned.spec.outputs] == [None, None]
     assert [spec.dim_names for spec in tuned.spec.inputs] == [(None, None)]
-    why = "batch fixed at 4 (one batch size recorded): the two halves of a recorded batch of 4 gave other outputs"
+    why = "batch fixed at 4 (one batch size recorded): a recorded batch of 4 split into 1 + 3 gave other outputs"
     assert why in tuned.report.batch
     assert why in capsys.readouterr().err  # the tuning log
     x = torch.randn(4, 3)
@@ -205,7 +205,7 @@ def test_a_non_tensor_output_that_follows_the_batch_size_keeps_the_batch_fixed(u
     (tuned,) = module.tuned_graphs
     assert tuned.spec.batch_independent is False
     assert "batch" not in tuned.spec.dims
-    assert "non-tensor output 'n' is 4 for one batch but 2 for a part" in tuned.report.batch
+    assert "non-tensor output 'n' is 4 for one batch but 1 for a part" in tuned.report.batch
     assert module(torch.randn(4, 8))["n"] == 4
     with pytest.raises(GraphSpecMismatchError):
         module(torch.randn(1, 8))  # eager would say n == 1: the tuned module refuses rather than answer 4
@@ -224,3 +224,22 @@ def test_a_forward_that_specialises_on_its_one_recorded_batch_size_is_tuned_with
     assert tuned.report.batch.startswith("batch fixed at 4: no candidate passed with the batch axis dynamic")
     x = torch.randn(4, 8)
     torch.testing.assert_close(module(x), net(x))
+
+
+class PairSwap(torch.nn.Module):
+    """Mixes samples in pairs: each output row is its input plus its pair partner's (the halves of an even batch agree)."""
+
+    def forward(self, x: torch.Tensor):
+        return x + x.reshape(-1, 2, x.shape[1]).flip(1).reshape(-1, x.shape[1])
+
+
+def test_a_module_mixing_samples_in_pairs_keeps_its_recorded_batch_although_the_halves_agree(unique_name):
+    module = Module(PairSwap().eval(), name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    _record(module, batch=4, features=6)
+
+    module.tune()
+
+    (tuned,) = module.tuned_graphs
+    assert tuned.spec.batch_independent is False
+    assert "batch" not in tuned.spec.dims
+    assert "split into 1 + 3" in tuned.report.batch
