@@ -251,3 +251,18 @@ def test_a_flipped_byte_in_an_exported_artifact_fails_the_model_load_naming_the_
     assert any(message in line for line in raised.value.log_lines)
     assert not server.is_running()
     assert _processes_mentioning(str(repository)) == []
+
+
+def test_a_changed_contract_file_beside_the_entry_model_fails_its_load_naming_the_file(exported, tmp_path):
+    repository = tmp_path / "repo"
+    shutil.copytree(exported.repository, repository)
+    version_dir = repository / MODEL / "1"
+    (contract,) = version_dir.glob("*contract*.py")
+    contract.write_text(contract.read_text() + "\nprint('code a client put here')\n")
+    server = TritonServer(repository, log_path=tmp_path / "server.log", show_progress=False, timeout_s=180)
+
+    with pytest.raises(TritonServerError) as raised:
+        server.start()
+
+    assert f"{contract}: SHA-256 mismatch, expected " in str(raised.value)
+    assert not server.is_running()
