@@ -692,8 +692,9 @@ class TritonServer:
         if process is not None:
             if self._finalizer is not None:
                 self._finalizer.detach()
-            if process.poll() is not None:
-                self._exit_message = _describe_exit(process.returncode)
+            if process.poll() is not None or _is_dead(process.pid):
+                # A non-blocking poll() answers None while another thread holds Popen's wait lock: wait for the zombie.
+                self._exit_message = _describe_exit(process.wait(timeout=5))
             _terminate(process, timeout_s)
         if self._reader is not None:
             self._reader.join(timeout=5)
