@@ -43,3 +43,22 @@ def tuned_two_input_net(name: str, root):
     record_two_specs(module)
     module.tune()
     return module, aitune_triton.save(module, root / "checkpoint")
+
+
+class IndependentNet(torch.nn.Module):
+    """Independent samples along the batch; two outputs, one of them per-sample scalars."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 6)
+
+    def forward(self, x: torch.Tensor):
+        hidden = torch.relu(self.linear(x))
+        return {"hidden": hidden, "total": hidden.sum(-1)}
+
+
+class Centered(torch.nn.Module):
+    """Each sample's output depends on the whole batch (the batch mean)."""
+
+    def forward(self, x: torch.Tensor):
+        return x - x.mean(dim=0, keepdim=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +22,19 @@ def require_tritonserver() -> None:
         if os.environ.get("AITUNE_TRITON_SKIP_TRITON_TESTS") == "1":
             pytest.skip(f"no tritonserver on this machine: {error}")
         raise
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live (non-zombie) processes other than this one whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in command and state != "Z":
+            found.append(int(entry.name))
+    return found

@@ -27,7 +27,6 @@ from aitune_triton.spec import (
     ForwardSignature,
     flat_output,
     flatten_call,
-    output_leaf_paths,
     rebuild_output,
     treespec_from_json,
 )
@@ -267,7 +266,7 @@ class RemoteModule:
                 raise
             except Exception as error:  # the container type's own unflatten failed (another package version, say)
                 self._fall_back(io, f"Cannot rebuild the module's output structure here ({type(error).__name__}: {error}).")
-        paths = io.output_paths or output_leaf_paths(io.output_template, [t.path for t in io.outputs])
+        paths = io.output_paths  # ModelIO.from_dict derives them for descriptions written without them
         return flat_output(paths, io.output_template, tensors)
 
     @staticmethod

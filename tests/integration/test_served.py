@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from tritonclient.utils import InferenceServerException
 from aitune_triton import RemoteModule
 from aitune_triton.errors import GraphSpecMismatchError, RemoteInferenceError, TritonServerError
 from aitune_triton.triton.server import TritonServer
+from triton_helpers import processes_mentioning
 
 pytestmark = pytest.mark.triton
 
@@ -55,22 +54,6 @@ def _raw_input(name: str, array: np.ndarray):
     tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
     tensor.set_data_from_numpy(array)
     return tensor
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    """Live (non-zombie) processes whose command line contains ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in command and state != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -257,7 +240,7 @@ def test_a_server_on_a_repository_with_a_broken_model_raises_with_the_model_erro
     assert any("initialize failed on purpose: 7f3a" in line and "broken" in line for line in raised.value.log_lines)
     assert "initialize failed on purpose: 7f3a" in str(raised.value)
     assert not server.is_running()
-    assert _processes_mentioning(str(tmp_path / "repo")) == []
+    assert processes_mentioning(str(tmp_path / "repo")) == []
     assert "initialize failed on purpose: 7f3a" in (tmp_path / "server.log").read_text()  # the log given is kept
 
 
@@ -283,7 +266,7 @@ def test_stopping_a_server_leaves_no_tritonserver_or_stub_process_behind(tmp_pat
     try:
         process = server._process
         assert server.is_running()
-        running = _processes_mentioning(str(repository))
+        running = processes_mentioning(str(repository))
         assert process.pid in running
         assert len(running) >= 3  # the server and one Python-backend stub per instance
         client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -295,6 +278,6 @@ def test_stopping_a_server_leaves_no_tritonserver_or_stub_process_behind(tmp_pat
 
     assert process.poll() is not None
     assert not server.is_running()
-    assert _processes_mentioning(str(repository)) == []
+    assert processes_mentioning(str(repository)) == []
     assert not (server.log_path.parent / "backends").exists()
     assert not server.log_path.parent.exists()  # a clean run leaves no temporary files (only failed runs keep the log)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from nets import Centered
+from nets import IndependentNet as Net
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
@@ -26,21 +28,6 @@ pytestmark = pytest.mark.triton
 
 NET_MODEL = "served_batch4_net"
 CENTERED_MODEL = "served_batch4_centered"
-
-
-class Net(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(8, 6)
-
-    def forward(self, x: torch.Tensor):
-        hidden = torch.relu(self.linear(x))
-        return {"hidden": hidden, "total": hidden.sum(-1)}
-
-
-class Centered(torch.nn.Module):
-    def forward(self, x: torch.Tensor):
-        return x - x.mean(dim=0, keepdim=True)
 
 
 @dataclass

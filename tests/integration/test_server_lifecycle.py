@@ -28,7 +28,7 @@ import aitune_triton
 from aitune_triton import Module, OneBackendStrategy, RemoteModule
 from aitune_triton.errors import TritonServerError
 from aitune_triton.triton.server import TritonServer
-from triton_helpers import require_tritonserver
+from triton_helpers import processes_mentioning, require_tritonserver
 
 pytestmark = pytest.mark.triton
 
@@ -63,22 +63,6 @@ def exported(tmp_path_factory) -> Exported:
     module.tune()
     aitune_triton.export(module, root / "repo", show_progress=False)
     return Exported(net, root / "repo")
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    """Live (non-zombie) processes other than this one whose command line contains ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in command and state != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 def _state(pid: int) -> str:
@@ -180,7 +164,7 @@ def test_serve_exits_1_naming_the_signal_and_keeps_the_log_when_tritonserver_is_
             reader.shutdown(wait=False)
         assert serving.startswith(f"Serving {exported.repository}: HTTP 127.0.0.1:"), serving
         assert "gRPC 127.0.0.1:" in serving and "metrics 127.0.0.1:" in serving
-        servers = [pid for pid in _processes_mentioning(str(exported.repository)) if pid != serve.pid]
+        servers = [pid for pid in processes_mentioning(str(exported.repository)) if pid != serve.pid]
         tritonserver = [pid for pid in servers if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(serve.pid)]
         assert len(tritonserver) == 1
         stubs = [pid for pid in servers if pid not in tritonserver]
@@ -199,7 +183,7 @@ def test_serve_exits_1_naming_the_signal_and_keeps_the_log_when_tritonserver_is_
     log = Path(match.group(1))
     try:
         assert "Started GRPCInferenceService at 127.0.0.1:" in log.read_text()
-        assert _processes_mentioning(str(exported.repository)) == []  # serve ended the stubs before exiting
+        assert processes_mentioning(str(exported.repository)) == []  # serve ended the stubs before exiting
     finally:
         shutil.rmtree(log.parent, ignore_errors=True)
 
@@ -211,19 +195,19 @@ def test_stop_after_the_server_was_killed_ends_its_stubs_says_how_it_died_and_ke
     try:
         assert server._process is not None
         pid = server._process.pid
-        stubs = [other for other in _processes_mentioning(str(exported.repository)) if other != pid]
+        stubs = [other for other in processes_mentioning(str(exported.repository)) if other != pid]
         assert len(stubs) == 5
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while _state(pid) != "Z" and time.monotonic() < deadline:  # dead, not yet reaped
             time.sleep(0.05)
         assert _state(pid) == "Z"
-        assert sorted(_processes_mentioning(str(exported.repository))) == sorted(stubs)  # they outlive the server
+        assert sorted(processes_mentioning(str(exported.repository))) == sorted(stubs)  # they outlive the server
         assert server.exit_message is None  # not known before stop() looks
     finally:
         server.stop()
     try:
-        assert _processes_mentioning(str(exported.repository)) == []
+        assert processes_mentioning(str(exported.repository)) == []
         assert server.exit_message == "tritonserver was killed by signal SIGKILL"
         assert not server.is_running()
         assert "Started HTTPService at 127.0.0.1:" in server.log_path.read_text()  # the temporary log is kept
@@ -250,7 +234,7 @@ def test_a_flipped_byte_in_an_exported_artifact_fails_the_model_load_naming_the_
     assert message in str(raised.value)
     assert any(message in line for line in raised.value.log_lines)
     assert not server.is_running()
-    assert _processes_mentioning(str(repository)) == []
+    assert processes_mentioning(str(repository)) == []
 
 
 def test_a_changed_contract_file_beside_the_entry_model_fails_its_load_naming_the_file(exported, tmp_path):

@@ -4,28 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from nets import Centered
+from nets import IndependentNet as Net
 
 from aitune_triton import BatchDim, Module, OneBackendStrategy
 from aitune_triton.errors import GraphSpecMismatchError
-
-
-class Net(torch.nn.Module):
-    """Independent samples; two outputs, one of them per-sample scalars."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(8, 6)
-
-    def forward(self, x: torch.Tensor):
-        hidden = torch.relu(self.linear(x))
-        return {"hidden": hidden, "total": hidden.sum(-1)}
-
-
-class Centered(torch.nn.Module):
-    """Each sample's output depends on the whole batch (the batch mean)."""
-
-    def forward(self, x: torch.Tensor):
-        return x - x.mean(dim=0, keepdim=True)
 
 
 class FixedBatch(torch.nn.Module):
