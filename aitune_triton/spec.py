@@ -288,6 +288,37 @@ def _json_scalar(value: Any) -> str | None:
     return None
 
 
+def call_signature(function: Any) -> inspect.Signature:
+    """The parameters a call of ``function`` must fit.
+
+    ``inspect.signature`` follows ``__wrapped__`` (set by ``functools.wraps`` /
+    ``functools.update_wrapper``); that gives the parameters of the wrapped function, which is
+    right for a generic ``(*args, **kwargs)`` decorator but wrong for a callable with parameters of
+    its own (a ``functools.partial`` made to look like ``forward``). So the callable's own
+    signature is used unless it is generic; then the wrapped one, without a leading ``self`` when
+    the wrapped function is a plain function defined in a class and the callable is not bound.
+
+    Raises:
+        TypeError, ValueError: no signature can be read (as ``inspect.signature``).
+    """
+    own = inspect.signature(function, follow_wrapped=False)
+    generic = all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in own.parameters.values())
+    if not generic or not hasattr(function, "__wrapped__") and not inspect.ismethod(function):
+        return own
+    wrapped = inspect.signature(function)
+    target = inspect.unwrap(function.__func__ if inspect.ismethod(function) else function)
+    parameters = list(wrapped.parameters.values())
+    if (
+        not inspect.ismethod(function)
+        and inspect.isfunction(target)
+        and "." in target.__qualname__
+        and parameters
+        and parameters[0].name == "self"
+    ):
+        return wrapped.replace(parameters=parameters[1:])
+    return wrapped
+
+
 class ForwardSignature:
     """The parameters of a module's ``forward``: enough to bind a call without the module.
 
@@ -314,9 +345,13 @@ class ForwardSignature:
 
     @classmethod
     def from_callable(cls, function: Any) -> "ForwardSignature":
-        """Read the signature of ``function`` (a bound ``forward``); ``(*args, **kwargs)`` if unknown."""
+        """Read the signature of ``function`` (a bound ``forward``); ``(*args, **kwargs)`` if unknown.
+
+        The signature is the one a call must fit (:func:`call_signature`): a ``functools.partial``
+        set as ``forward`` with ``functools.update_wrapper`` binds as the partial, not as the
+        function it was made to look like."""
         try:
-            signature = inspect.signature(function)
+            signature = call_signature(function)
         except (TypeError, ValueError):
             return cls([ParameterSpec("args", "VAR_POSITIONAL", True), ParameterSpec("kwargs", "VAR_KEYWORD", True)])
         return cls(
