@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 
@@ -62,3 +64,12 @@ class Centered(torch.nn.Module):
 
     def forward(self, x: torch.Tensor):
         return x - x.mean(dim=0, keepdim=True)
+
+
+def eager(module: torch.nn.Module) -> torch.nn.Module:
+    """An eager reference for a module, wrapped or not: a deep copy of the torch module, of its
+    original class. While a wrapper lives, every call of the module itself goes through the
+    wrapper's state (recorded or tuned), so a test that compares with eager compares with this."""
+    from aitune_triton import Module
+
+    return copy.deepcopy(module.module if isinstance(module, Module) else module)

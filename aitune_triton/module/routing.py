@@ -1,81 +1,50 @@
-"""Routing a wrapped module's ``forward`` to its wrapper's state, only for calls through the wrapper.
+"""Routing a wrapped module's ``forward`` to its wrapper's current state, on every path.
 
-``nn.Module.__call__`` runs the hooks and then ``self.forward``; while a call made through a
-:class:`~aitune_triton.Module` runs, the module's ``forward`` is a router that sends the call to the
-wrapper's current state (recording, passthrough, tuned). At rest the module carries nothing of
-the wrapper.
+AITune patches ``module.forward``, so a method of the model that calls ``self(...)`` or
+``self.forward(...)`` (``generate()``, a prefill/decode loop, a helper) goes through the tuned
+module too. Here, while a :class:`~aitune_triton.Module` wraps a torch module, the module's class
+is swapped for a routed subclass (same name, module and qualified name; ``isinstance`` holds) whose
+``forward`` is a data descriptor: reading ``module.forward`` gives a router that sends the call to
+the live wrapper's state (recording, passthrough, tuned), and setting it stores the new forward as
+an instance attribute would. Nothing is added to the module's ``__dict__``; the routed subclass
+pickles and copies as the original class, so copies and pickles of the bare module are plain eager
+modules of the original class, and a module no live wrapper holds runs its own forward.
 """
 
 from __future__ import annotations
 
 import contextvars
-import threading
+import copyreg
+import functools
+import inspect
 import weakref
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["CALLING", "Routing", "StateForward", "live_wrapper_of", "own_forward", "register_wrapper"]
+from aitune_triton.errors import ModuleStateError
 
-# The wrapper whose __call__ is running the wrapped module right now (per thread and task).
-CALLING: contextvars.ContextVar[Any] = contextvars.ContextVar("aitune_triton_calling", default=None)
+__all__ = [
+    "DISPATCHING",
+    "StateForward",
+    "live_wrapper_of",
+    "original_type",
+    "own_forward",
+    "register_wrapper",
+    "route",
+    "unroute",
+]
 
-
-class StateForward:
-    """Installed as the wrapped module's ``forward`` while calls through the wrapper run (see
-    :class:`Routing`). A call made through the wrapper reaches it after ``nn.Module.__call__`` ran
-    the hooks and is routed to the wrapper's current state; a call of the bare module in another
-    thread meanwhile runs the module's own forward, as before wrapping. Holds the wrapper weakly."""
-
-    def __init__(self, wrapper: Any, original: Callable[..., Any]):
-        self._wrapper = weakref.ref(wrapper)
-        self.original = original
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        wrapper = self._wrapper()
-        if wrapper is None or CALLING.get() is not wrapper:
-            return self.original(*args, **kwargs)
-        token = CALLING.set(None)
-        try:
-            return wrapper._dispatch(args, kwargs)
-        finally:
-            CALLING.reset(token)
-
-
-_NOTHING = object()
-
-
-class Routing:
-    """Puts the router in the module's ``__dict__`` as ``forward`` while at least one call through
-    the wrapper runs, and puts back what was there afterwards. At rest the module carries nothing
-    of the wrapper, so it pickles, deep-copies and runs exactly as before wrapping."""
-
-    def __init__(self, module: torch.nn.Module, router: StateForward):
-        self._module = module
-        self._router = router
-        self._active = 0
-        self._saved: Any = _NOTHING
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._active == 0:
-                self._saved = self._module.__dict__.get("forward", _NOTHING)
-                self._module.__dict__["forward"] = self._router
-            self._active += 1
-
-    def __exit__(self, *exc_info: object) -> None:
-        with self._lock:
-            self._active -= 1
-            if self._active == 0:
-                if self._saved is _NOTHING:
-                    self._module.__dict__.pop("forward", None)
-                else:
-                    self._module.__dict__["forward"] = self._saved
-
+# The wrapper whose state is running a call right now (per thread and task): a ``self(...)`` or
+# ``self.forward(...)`` made inside that call is part of it and runs the module's own forward.
+DISPATCHING: contextvars.ContextVar[Any] = contextvars.ContextVar("aitune_triton_dispatching", default=None)
 
 #: torch module -> its live wrapper (both held weakly).
 WRAPPERS: "weakref.WeakKeyDictionary[torch.nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
+
+#: original class -> its routed subclass.
+_ROUTED: "weakref.WeakKeyDictionary[type, type]" = weakref.WeakKeyDictionary()
+_ORIGINAL_ATTRIBUTE = "_aitune_triton_original_type"
 
 
 def live_wrapper_of(module: torch.nn.Module) -> Any:
@@ -85,16 +54,147 @@ def live_wrapper_of(module: torch.nn.Module) -> Any:
     return wrapper if wrapper is not None and not wrapper._self_retired else None
 
 
-def own_forward(module: torch.nn.Module) -> Callable[..., Any]:
-    """The module's own forward: an instance-level one if the user set one, else the class's."""
-    forward = module.__dict__.get("forward")
-    if isinstance(forward, StateForward):  # created while a call through another wrapper runs
-        forward = forward.original
-    return forward or type(module).forward.__get__(module)
-
-
-
-
 def register_wrapper(module: torch.nn.Module, wrapper: Any) -> None:
     """Remember ``wrapper`` (weakly) as the wrapper of ``module``."""
     WRAPPERS[module] = weakref.ref(wrapper)
+
+
+def original_type(module: torch.nn.Module) -> "type[torch.nn.Module]":
+    """The module's class as written, also while a wrapper routes it."""
+    return original_type_of_class(type(module))
+
+
+def own_forward(module: torch.nn.Module) -> Callable[..., Any]:
+    """The module's own forward: an instance-level one if the user set one, else its class's."""
+    forward = module.__dict__.get("forward")
+    return forward if forward is not None else original_type(module).forward.__get__(module)
+
+
+class StateForward:
+    """What ``module.forward`` reads as while a live wrapper holds the module: calling it routes
+    the call (hooks already run by ``nn.Module.__call__``, or none when ``forward`` is called
+    directly) to the wrapper's current state. It carries the own forward's signature, name and
+    docstring (``inspect.signature(module.forward)`` is the model's, as ``generate()`` expects).
+    Holds the wrapper weakly."""
+
+    def __init__(self, wrapper: Any, module: torch.nn.Module):
+        self._wrapper = weakref.ref(wrapper)
+        self.__self__ = module
+        self.adopt(wrapper._self_forward)
+
+    def adopt(self, forward: Callable[..., Any]) -> None:
+        """Take ``forward``'s name, docstring and signature (after the wrapper adopted it)."""
+        self.__wrapped__ = forward
+        functools.update_wrapper(self, forward, updated=())
+        try:
+            self.__signature__ = inspect.signature(forward)
+        except (TypeError, ValueError):
+            pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        wrapper = self._wrapper()
+        if wrapper is None or wrapper._self_retired:
+            return own_forward(self.__self__)(*args, **kwargs)
+        if DISPATCHING.get() is wrapper:  # a self(...) inside the wrapped call: part of that call
+            return wrapper._self_forward(*args, **kwargs)
+        token = DISPATCHING.set(wrapper)
+        try:
+            return wrapper._dispatch(args, kwargs)
+        finally:
+            DISPATCHING.reset(token)
+
+    def __repr__(self) -> str:
+        return f"<forward of {type(self.__self__).__name__}, routed by aitune_triton>"
+
+
+class _RoutedForward:
+    """The routed subclass's ``forward``: a data descriptor, so it wins over an instance attribute.
+
+    Reading gives the live wrapper's :class:`StateForward`, or the own forward when no live wrapper
+    holds the module (a copy, a module whose wrapper is gone). Setting or deleting it is what plain
+    ``module.forward = f`` does, except while a live wrapper holds the module: the wrapper read the
+    forward when it wrapped the module, so replacing it then raises ``ModuleStateError``.
+    """
+
+    def __get__(self, module: Any, owner: type | None = None) -> Any:
+        if module is None:
+            return original_type_of_class(owner).forward if owner is not None else self
+        wrapper = live_wrapper_of(module)
+        if wrapper is not None:
+            return wrapper._self_router
+        return own_forward(module)
+
+    def __set__(self, module: Any, value: Any) -> None:
+        _refuse_while_wrapped(module)
+        module.__dict__["forward"] = value
+
+    def __delete__(self, module: Any) -> None:
+        _refuse_while_wrapped(module)
+        if "forward" not in module.__dict__:
+            raise AttributeError("forward")
+        del module.__dict__["forward"]
+
+
+def _refuse_while_wrapped(module: Any) -> None:
+    wrapper = live_wrapper_of(module)
+    if wrapper is not None:
+        raise ModuleStateError(
+            f"forward: this {type(module).__name__} is wrapped by the live Module '{wrapper.name}', which read its "
+            "forward when it wrapped it. Replace forward before wrapping (model.forward = f, then Module(model)); "
+            "a new forward now would bypass what was recorded and tuned."
+        )
+
+
+def original_type_of_class(cls: type) -> "type[torch.nn.Module]":
+    """The original class of a routed subclass (``cls`` itself otherwise)."""
+    return cls.__dict__.get(_ORIGINAL_ATTRIBUTE, cls)
+
+
+def _reduce_as_original(self: torch.nn.Module, protocol: Any) -> Any:
+    """Pickle and copy a routed module as an instance of its original class.
+
+    ``object.__reduce_ex__`` names the class first among the arguments of its reduction; pickle
+    refuses a ``copyreg.__newobj__`` whose class is not the object's, so that one becomes the
+    standard library's ``copyreg._reconstructor`` (``object.__new__(original)``, then the state):
+    the pickle loads without aitune_triton."""
+    routed = type(self)
+    original = original_type_of_class(routed)
+    reduced = super(routed, self).__reduce_ex__(protocol)
+    if not (isinstance(reduced, tuple) and len(reduced) >= 2 and isinstance(reduced[1], tuple) and reduced[1]):
+        return reduced
+    function, arguments, *rest = reduced
+    if arguments[0] is not routed:
+        return reduced
+    if function is getattr(copyreg, "__newobj__") and len(arguments) == 1:
+        return (getattr(copyreg, "_reconstructor"), (original, object, None), *rest)
+    return (function, (original, *arguments[1:]), *rest)
+
+
+def _routed_type(original: type) -> type:
+    routed = _ROUTED.get(original)
+    if routed is None:
+        namespace = {
+            "forward": _RoutedForward(),
+            "__reduce_ex__": _reduce_as_original,
+            "__module__": original.__module__,
+            "__qualname__": original.__qualname__,
+            "__doc__": original.__doc__,
+            _ORIGINAL_ATTRIBUTE: original,
+        }
+        routed = type(original)(original.__name__, (original,), namespace)
+        _ROUTED[original] = routed
+    return routed
+
+
+def route(module: torch.nn.Module) -> None:
+    """Swap ``module``'s class for its routed subclass (idempotent)."""
+    if _ORIGINAL_ATTRIBUTE not in type(module).__dict__:
+        module.__class__ = _routed_type(type(module))
+
+
+def unroute(module_ref: "weakref.ref[torch.nn.Module]") -> None:
+    """Give ``module`` its original class back when no live wrapper holds it any more."""
+    module = module_ref()
+    if module is not None and live_wrapper_of(module) is None and _ORIGINAL_ATTRIBUTE in type(module).__dict__:
+        module.__class__ = original_type(module)
+

@@ -32,7 +32,7 @@ from aitune_triton.module.passthrough import PassthroughState
 from aitune_triton.module.recording import Recorder, RecordingState
 from aitune_triton.module.samples import SampleStore
 from aitune_triton.module.registry import claim_name, unique_default_name
-from aitune_triton.module.routing import CALLING, Routing, StateForward, live_wrapper_of, own_forward, register_wrapper
+from aitune_triton.module.routing import StateForward, live_wrapper_of, original_type, own_forward, register_wrapper, route, unroute
 from aitune_triton.spec import ForwardSignature, GraphSpec
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.tuned import TunedGraph, TunedModule
@@ -74,21 +74,27 @@ class Module(wrapt.ObjectProxy):
 
     Attribute access, ``isinstance``, ``parameters()``, ``named_modules()``, ``[]``, ``len`` and
     iteration go to the wrapped module; ``.to()``, ``.eval()``, ``.train()``, ``.cuda()``... return
-    this wrapper. Calls through the wrapper run the module's forward pre-hooks and hooks
-    (``nn.Module.__call__``) around the module's forward, which is routed through the current
-    state (:class:`ModuleState`); calling the bare module object still runs it eagerly:
+    this wrapper. As in AITune, which patches ``module.forward``, every call of the module's
+    forward goes through the current state (:class:`ModuleState`): calls of the wrapper, of the
+    bare module object, and ``self(...)`` / ``self.forward(...)`` inside the model's own methods
+    (``generate()``, a prefill/decode loop). ``nn.Module.__call__`` runs the forward pre-hooks and
+    hooks once around each call; ``forward(...)`` called directly skips the hooks, as in torch:
 
     * ``INIT``: the first call starts recording (``Module(m)(x)`` then ``tune()`` works);
     * ``RECORDING``: the forward runs and the call is recorded into its graph spec;
     * ``PASSTHROUGH``: the forward runs, nothing is recorded;
     * ``TUNED``: the call runs on the backend chosen for its graph spec.
 
-    Backends capture the module's own forward, without hooks; hooks run once, around every call.
-    As with ``torch.nn.Module``, calling ``wrapper.forward(...)`` directly skips the hooks, and here
-    the state too: it runs the module's own forward eagerly.
+    A ``self(...)`` made inside a call that the state is running (the module's forward calling
+    itself) is part of that call and runs the module's own forward. Backends capture the module's
+    own forward, without hooks. The routing is a subclass of the module's class swapped in while
+    the wrapper lives (same name; ``isinstance`` holds, ``type(m) is Cls`` does not); nothing is
+    added to the module's ``__dict__``. The forward is read once, when wrapping: set
+    ``model.forward = f`` (a ``functools.partial``, an accelerate hook) before wrapping; replacing
+    it on a wrapped module raises :class:`~aitune_triton.errors.ModuleStateError`.
 
-    Copying or pickling the wrapper gives a copy of the wrapped module, which runs eagerly; the
-    tuned state travels with :func:`aitune_triton.save` / :func:`aitune_triton.load` or
+    Copying or pickling the wrapper, or the bare module, gives a copy of the module of its
+    original class, which runs eagerly; the tuned state travels with :func:`aitune_triton.save` / :func:`aitune_triton.load` or
     :meth:`to_dict` / :meth:`from_dict`.
 
     Args:
@@ -189,9 +195,11 @@ class Module(wrapt.ObjectProxy):
         self._self_handler: Any = None  # None means INIT
         self._self_tuning = False
         self._self_retired = False
-        self._self_routing = Routing(module, StateForward(self, forward))
+        self._self_router = StateForward(self, module)
         register_wrapper(module, self)
+        route(module)
         weakref.finalize(self, _remove_samples, self._self_samples_dir)
+        weakref.finalize(self, unroute, weakref.ref(module))
 
     def _cache_root(self) -> Path:
         root = self._self_cache_dir or default_cache_dir()
@@ -207,12 +215,7 @@ class Module(wrapt.ObjectProxy):
             raise ModuleStateError(
                 f"Module '{self._self_name}' was replaced by a newer Module wrapping the same torch module; call that one."
             )
-        token = CALLING.set(self)
-        try:
-            with self._self_routing:
-                return self.__wrapped__(*args, **kwargs)  # nn.Module.__call__: hooks around the routed forward
-        finally:
-            CALLING.reset(token)
+        return self.__wrapped__(*args, **kwargs)  # nn.Module.__call__: hooks around the routed forward
 
     def __copy__(self) -> torch.nn.Module:
         """A shallow copy of the wrapped module: copies are eager (tuned state travels by save/load)."""
@@ -468,7 +471,7 @@ class Module(wrapt.ObjectProxy):
             "type": STATE_DICT_TYPE,
             "format_version": STATE_DICT_FORMAT_VERSION,
             "name": self._self_name,
-            "module_class": f"{type(wrapped).__module__}.{type(wrapped).__qualname__}",
+            "module_class": f"{original_type(wrapped).__module__}.{original_type(wrapped).__qualname__}",
             "signature": self._self_signature.to_dict(),
             "strict": self._self_strict,
             "graphs": tuned.to_dict(),

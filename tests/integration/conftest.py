@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from nets import TwoInputNet
+from nets import eager as eager_copy
 
 import aitune_triton
 from aitune_triton import Module, OneBackendStrategy
@@ -120,7 +121,7 @@ def served(tmp_path_factory):
             tied(torch.randint(0, 50, (batch, length), generator=generator), torch.randn(batch, length, 6, generator=generator))
         tied.tune()
         aitune_triton.export(tied, repository, show_progress=False)
-        extra[TIED_MODEL] = (tied_net, tied)
+        extra[TIED_MODEL] = (eager_copy(tied_net), tied)
         for name, eager, shapes in (
             (SCALAR_MODEL, ScalarNet().eval(), [(2, 3), (2, 5), (2, 4)]),
             (CENTERED_MODEL, CenteredNet().eval(), [(2, 3), (4, 3), (3, 3)]),
@@ -130,7 +131,7 @@ def served(tmp_path_factory):
                 other(torch.randn(*shape, generator=generator))
             other.tune()
             aitune_triton.export(other, repository, show_progress=False)
-            extra[name] = (eager, other)
+            extra[name] = (eager_copy(eager), other)
         # Two graph specs with the same tensors, told apart only by a constant argument.
         scaled_net = TwoInputNet().eval()
         scaled = Module(scaled_net, name=SCALED_MODEL, strategy=OneBackendStrategy("onnxruntime"))
@@ -139,11 +140,11 @@ def served(tmp_path_factory):
             scaled(torch.randn(batch, 8, generator=generator), scale=2.0)
         scaled.tune()
         aitune_triton.export(scaled, repository, show_progress=False)
-        extra[SCALED_MODEL] = (scaled_net, scaled)
+        extra[SCALED_MODEL] = (eager_copy(scaled_net), scaled)
         server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=180)
         server.start()
         yield Served(
-            net=net,
+            net=eager_copy(net),
             module=module,
             checkpoint=checkpoint,
             repository=repository,

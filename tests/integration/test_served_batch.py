@@ -15,6 +15,7 @@ import pytest
 import torch
 from nets import Centered
 from nets import IndependentNet as Net
+from nets import eager as eager_copy
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
@@ -56,7 +57,7 @@ def batch_served(tmp_path_factory):
     server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=180)
     server.start()
     try:
-        yield BatchServed(net, repository, server)
+        yield BatchServed(eager_copy(net), repository, server)
     finally:
         server.stop()
         del modules

@@ -22,6 +22,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 import aitune_triton
+from nets import eager
 from aitune_triton import Module, OneBackendStrategy, RemoteModule
 from aitune_triton.errors import IndexOutOfRangeError
 from aitune_triton.triton.server import TritonServer, _children, _stub_model
@@ -58,7 +59,7 @@ def index_server(tmp_path_factory):
         module.tune()
         aitune_triton.export(module, root / "repository", show_progress=False)
         with TritonServer(root / "repository", log_path=root / "tritonserver.log", show_progress=False, timeout_s=180) as server:
-            yield net, server
+            yield eager(net), server
     finally:
         if previous_cache is None:
             os.environ.pop("AITUNE_TRITON_CACHE_DIR", None)

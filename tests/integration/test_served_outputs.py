@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from nets import eager
 from output_nets import DataclassNet, Encoded, cache_tensors, record_gpt2, tiny_gpt2
 
 import aitune_triton
@@ -58,7 +59,7 @@ def served_outputs(tmp_path_factory):
     server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=180)
     server.start()
     try:
-        yield ServedOutputs(gpt2, dataclass_net, server, root)
+        yield ServedOutputs(eager(gpt2), eager(dataclass_net), server, root)
     finally:
         server.stop()
 

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 import aitune_triton
+from nets import eager
 from aitune_triton import Module, OneBackendStrategy, RemoteModule
 from aitune_triton.errors import TritonServerError
 from aitune_triton.triton.server import TritonServer
@@ -62,7 +63,7 @@ def exported(tmp_path_factory) -> Exported:
             module(torch.randn(batch, 4))
     module.tune()
     aitune_triton.export(module, root / "repo", show_progress=False)
-    return Exported(net, root / "repo")
+    return Exported(eager(net), root / "repo")
 
 
 def _state(pid: int) -> str:

@@ -9,6 +9,7 @@ from nets import IndependentNet as Net
 
 from aitune_triton import BatchDim, Module, OneBackendStrategy
 from aitune_triton.errors import GraphSpecMismatchError
+from nets import eager
 
 
 class FixedBatch(torch.nn.Module):
@@ -42,7 +43,7 @@ def test_a_graph_recorded_only_at_batch_4_runs_at_batch_1_and_3_equal_to_eager(u
     assert "batch axis 1..4, requests may be joined" in tuned.report.batch
     for batch in (1, 3, 4):
         x = torch.randn(batch, 8, generator=torch.Generator().manual_seed(100 + batch))
-        output, expected = module(x), net(x)
+        output, expected = module(x), eager(net)(x)
         torch.testing.assert_close(output["hidden"], expected["hidden"], atol=1e-5, rtol=0)
         torch.testing.assert_close(output["total"], expected["total"], atol=1e-5, rtol=0)
     with pytest.raises(GraphSpecMismatchError, match="x axis 0: size 5 outside 1..4"):
@@ -110,7 +111,7 @@ def test_a_graph_recorded_only_at_batch_1_is_proved_independent_by_joining_recor
     assert "3 recorded calls of batch 1 joined into one batch gave the outputs of one batch" in tuned.report.batch
     assert "declare BatchDim(1, N)" in tuned.report.batch
     x = torch.randn(1, 8)
-    torch.testing.assert_close(module(x)["hidden"], net(x)["hidden"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(module(x)["hidden"], eager(net)(x)["hidden"], atol=1e-5, rtol=0)
 
 
 def test_a_module_mixing_samples_recorded_only_at_batch_1_is_caught_by_joining_calls(unique_name):
@@ -137,7 +138,7 @@ def test_a_declared_batch_recorded_only_at_batch_1_is_exported_dynamic_and_runs_
     (tuned,) = module.tuned_graphs
     assert tuned.spec.batch_independent is True and tuned.spec.dims["batch"] == (1, 8)
     x = torch.randn(3, 8)
-    torch.testing.assert_close(module(x)["hidden"], net(x)["hidden"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(module(x)["hidden"], eager(net)(x)["hidden"], atol=1e-5, rtol=0)
 
 
 def test_the_decided_batch_axis_survives_a_state_dict_round_trip(unique_name):
@@ -155,7 +156,7 @@ def test_the_decided_batch_axis_survives_a_state_dict_round_trip(unique_name):
     assert tuned.spec.dims["batch"] == (1, 4) and tuned.spec.batch_independent is True
     assert "requests may be joined" in tuned.report.batch
     x = torch.randn(3, 8)
-    torch.testing.assert_close(loaded(x)["hidden"], net(x)["hidden"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(loaded(x)["hidden"], eager(net)(x)["hidden"], atol=1e-5, rtol=0)
 
 
 class CountsItsBatch(torch.nn.Module):
@@ -206,7 +207,7 @@ def test_a_forward_that_specialises_on_its_one_recorded_batch_size_is_tuned_with
     assert "batch" not in tuned.spec.dims
     assert tuned.report.batch.startswith("batch fixed at 4: no candidate passed with the batch axis dynamic")
     x = torch.randn(4, 8)
-    torch.testing.assert_close(module(x), net(x))
+    torch.testing.assert_close(module(x), eager(net)(x))
 
 
 class PairSwap(torch.nn.Module):

@@ -18,6 +18,7 @@ from aitune_triton import Module, OneBackendStrategy
 from aitune_triton.backends.flat import index_ranges, input_axes
 from aitune_triton.contract import IndexRange, InputContract
 from aitune_triton.errors import AITuneTritonError, IndexOutOfRangeError
+from nets import eager
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 DYNAMIC = torch.export.Dim.DYNAMIC
@@ -174,13 +175,13 @@ def test_a_negative_token_id_is_refused_by_a_tuned_onnxruntime_module_as_eager_r
     ids, types = torch.tensor([[1, -5, 2]]), torch.zeros(1, 3, dtype=torch.long)
 
     with pytest.raises(IndexError):
-        net(ids, types)
+        eager(net)(ids, types)
     with pytest.raises(IndexOutOfRangeError, match=r"input_ids: values must be in 0\.\.29 .*aten\.embedding\), got -5") as raised:
         module(ids, types)
 
     assert isinstance(raised.value, IndexError) and isinstance(raised.value, AITuneTritonError)
     good = torch.tensor([[1, 29, 0]])
-    torch.testing.assert_close(module(good, types), net(good, types), atol=1e-5, rtol=0)
+    torch.testing.assert_close(module(good, types), eager(net)(good, types), atol=1e-5, rtol=0)
 
 
 def test_index_ranges_survive_save_and_load_and_are_written_into_io_json(tuned_tokens, tmp_path):
@@ -284,7 +285,7 @@ def test_an_integer_input_used_partly_as_index_and_partly_as_data_is_not_refused
     module.tune()
 
     for x in (recorded, torch.tensor([[9, 99], [0, 64]])):
-        torch.testing.assert_close(module(x), net(x))
+        torch.testing.assert_close(module(x), eager(net)(x))
 
 
 def test_ids_cast_to_a_narrower_integer_type_get_no_index_range_since_the_cast_wraps_them(unique_name):
@@ -297,7 +298,7 @@ def test_ids_cast_to_a_narrower_integer_type_get_no_index_range_since_the_cast_w
 
     assert module.tuned_graphs[0].backend.index_ranges == [[]]
     x = torch.tensor([[300, 4]])  # eager wraps 300 to 44, a valid row
-    torch.testing.assert_close(module(x), net(x))
+    torch.testing.assert_close(module(x), eager(net)(x))
 
 
 def test_an_index_range_that_a_recorded_call_breaks_is_turned_off_with_a_warning(unique_name, monkeypatch):
@@ -318,4 +319,4 @@ def test_an_index_range_that_a_recorded_call_breaks_is_turned_off_with_a_warning
         module.tune()
 
     assert module.tuned_graphs[0].backend.index_ranges == [[]]
-    torch.testing.assert_close(module(recorded), net(recorded))
+    torch.testing.assert_close(module(recorded), eager(net)(recorded))

@@ -36,6 +36,7 @@ from aitune_triton.errors import (
 )
 from aitune_triton.module.wrapper import STATE_DICT_KEY
 from aitune_triton.strategies import default_strategy
+from nets import eager
 
 EAGER = OneBackendStrategy("eager")
 ORT = OneBackendStrategy("onnxruntime")
@@ -402,29 +403,31 @@ def test_a_forward_hook_that_changes_the_output_is_applied_once_in_every_state(u
     assert all(diff < 1e-3 for diff in results.values()), results
 
 
-def test_calling_the_bare_module_runs_eagerly_and_is_not_recorded(unique_name):
+def test_calling_the_bare_module_goes_through_the_state_as_aitunes_patched_forward_does(unique_name):
     calls: list = []
     net = CountingLin(calls).eval()
     module = Module(net, name=unique_name, strategy=ORT)
     with torch.no_grad():
         module(torch.randn(2, 4))
         module(torch.randn(6, 4))
-        net(torch.randn(9, 4))  # the bare module: eager, not recorded
+        net(torch.randn(9, 4))  # the bare module: recorded too
 
     (graph,) = module.graph_specs
-    assert graph.num_calls == 2
-    assert (graph.inputs[0].min_shape, graph.inputs[0].max_shape) == ((2, 4), (6, 4))
+    assert graph.num_calls == 3
+    assert (graph.inputs[0].min_shape, graph.inputs[0].max_shape) == ((2, 4), (9, 4))
 
     module.tune()
     x = torch.randn(3, 4)
     calls.clear()
     with torch.no_grad():
         tuned = module(x)
-        assert calls == []  # ran on ONNX Runtime, not on the Python forward
         bare = net(x)
-        assert calls == [(3, 4)]  # ran the module's own forward
-    torch.testing.assert_close(tuned, bare, atol=1e-5, rtol=1e-5)
-    assert module.graph_specs[0].num_calls == 2
+        assert calls == []  # both ran on ONNX Runtime, not on the Python forward
+        module.enable_passthrough(force=True)
+        eager = net(x)
+        assert calls == [(3, 4)]  # passthrough: the module's own forward
+    torch.testing.assert_close(tuned, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bare, eager, atol=1e-5, rtol=1e-5)
 
 
 # ================================================================== a wrapped submodule in its parent
@@ -1122,9 +1125,9 @@ def test_fallback_eager_runs_an_unmatched_call_eagerly_with_one_warning_per_new_
     assert "running eagerly (fallback='eager')" in messages[0] and "graph_0: x: tensor(float32, rank=2)" in messages[0]
     assert "scale: const(2.0)" in messages[1]
     with torch.no_grad():
-        assert torch.equal(with_y[0]["logits"], two_input_net(x, y)["logits"])
-        assert torch.equal(scaled[0]["logits"], two_input_net(x, scale=2.0)["logits"])
-        torch.testing.assert_close(matched, two_input_net(x), atol=1e-5, rtol=1e-5)
+        assert torch.equal(with_y[0]["logits"], eager(two_input_net)(x, y)["logits"])
+        assert torch.equal(scaled[0]["logits"], eager(two_input_net)(x, scale=2.0)["logits"])
+        torch.testing.assert_close(matched, eager(two_input_net)(x), atol=1e-5, rtol=1e-5)
 
 
 def test_a_tuned_call_outside_the_recorded_range_raises_graph_spec_mismatch_error(unique_name):
@@ -1187,7 +1190,7 @@ def test_pipeline_tune_records_every_live_module_at_the_given_batch_sizes_and_tu
     assert (graph.inputs[0].min_shape, graph.inputs[0].max_shape) == ((1, 4), (3, 4))
     x = torch.randn(2, 4)
     with torch.no_grad():
-        want = head_net(torch.relu(_reference(enc.module, x)))
+        want = eager(head_net)(torch.relu(_reference(enc.module, x)))
         torch.testing.assert_close(pipeline(x), want, atol=1e-5, rtol=1e-5)
 
 
@@ -1220,7 +1223,7 @@ def test_pipeline_tune_leaves_a_module_whose_tuning_fails_in_passthrough_and_log
     assert f"Module '{bad.name}' is left in passthrough: tuning failed" in logged[0] and "boom" in logged[0]
     x = torch.randn(3, 4)
     with torch.no_grad():  # the pipeline keeps running, the failed module eagerly
-        assert torch.equal(bad(good(x)), bad_net(_reference(good.module, x)))
+        assert torch.equal(bad(good(x)), eager(bad_net)(_reference(good.module, x)))
 
 
 def test_pipeline_tune_dry_run_records_and_tunes_nothing(unique_name, no_stray_modules, capsys):

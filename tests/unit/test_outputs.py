@@ -20,6 +20,7 @@ from aitune_triton import Module, OneBackendStrategy
 from aitune_triton.errors import RecordingError, TuningError, UnknownOutputTypeError
 from aitune_triton.spec import flatten_output, holds_tensor, rebuild_output, treespec_from_json, treespec_to_json
 from aitune_triton.strategies.validation import compare_outputs
+from nets import eager
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -56,7 +57,7 @@ def test_tuned_gpt2_returns_the_cache_of_this_call_not_a_recorded_one(tuned_gpt2
     ids = torch.randint(0, 100, (2, 5))  # a sequence length never recorded
 
     with torch.no_grad():
-        output, expected = module(ids), net(ids)
+        output, expected = module(ids), eager(net)(ids)
 
     assert type(output) is type(expected)
     assert type(output["cache"]) is type(expected["cache"])
@@ -69,8 +70,8 @@ def test_the_cache_a_tuned_gpt2_returns_continues_decoding_like_the_eager_cache(
     ids, next_ids = torch.randint(0, 100, (2, 5)), torch.randint(0, 100, (2, 1))
 
     with torch.no_grad():
-        tuned_step = net(next_ids, cache=module(ids)["cache"])
-        eager_step = net(next_ids, cache=net(ids)["cache"])
+        tuned_step = eager(net)(next_ids, cache=module(ids)["cache"])
+        eager_step = eager(net)(next_ids, cache=eager(net)(ids)["cache"])
 
     assert tuned_step["cache"].get_seq_length() == eager_step["cache"].get_seq_length() == 6
     assert torch.allclose(tuned_step["logits"], eager_step["logits"], atol=1e-4, rtol=1e-4)
@@ -157,7 +158,7 @@ def test_a_dataclass_output_is_rebuilt_around_the_tensors_of_this_call(unique_na
     x = torch.randn(4, 4)
 
     with torch.no_grad():
-        output, expected = module(x), net(x)
+        output, expected = module(x), eager(net)(x)
 
     assert isinstance(output, Encoded) and output.kind == "encoded"
     assert [spec.path for spec in module.graph_specs[0].outputs] == ["hidden", "pooled"]
@@ -342,7 +343,7 @@ def test_a_namedtuple_output_tunes_saves_and_loads_as_the_same_namedtuple(unique
     x = torch.randn(2, 4)
     for output in (module(x), reloaded(x)):
         assert type(output) is Pair and output.count == 7
-        torch.testing.assert_close(output.y, net(x).y, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(output.y, eager(net)(x).y, atol=1e-5, rtol=1e-5)
 
 
 class Kind(enum.Enum):
@@ -417,7 +418,7 @@ def test_recording_a_call_that_returns_the_cache_it_was_given_warns_to_use_the_r
     model = tiny_gpt2()
     module = Module(model, name=unique_name)
     with torch.no_grad():
-        first = model(torch.randint(0, 100, (1, 4)))
+        first = eager(model)(torch.randint(0, 100, (1, 4)))
         cache = first["past_key_values"] if "past_key_values" in first else first["cache"]
         with pytest.warns(UserWarning, match="returns the DynamicCache object it was given as an argument") as caught:
             module(torch.randint(0, 100, (1, 1)), past_key_values=cache)
@@ -429,7 +430,7 @@ def test_a_cache_passed_as_an_argument_is_flattened_into_tensor_inputs_not_baked
     model = tiny_gpt2()
     module = Module(model, name=unique_name)
     with torch.no_grad():
-        first = model(torch.randint(0, 100, (1, 4)))
+        first = eager(model)(torch.randint(0, 100, (1, 4)))
         cache = first["past_key_values"] if "past_key_values" in first else first["cache"]
         module(torch.randint(0, 100, (1, 1)), past_key_values=cache)
 
