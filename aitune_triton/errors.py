@@ -64,7 +64,8 @@ class IndexOutOfRangeError(AITuneTritonError, IndexError):
 
 
 class RecordingError(AITuneTritonError, ValueError):
-    """A recorded call cannot be used (e.g. the same inputs gave differently structured outputs)."""
+    """A recorded call cannot be used (e.g. the same inputs gave differently structured outputs), or
+    it breaks the declared ``dynamic_shapes`` (rank, fixed size or range; that call is not run)."""
 
 
 class UnknownOutputTypeError(RecordingError):
