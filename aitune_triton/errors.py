@@ -54,8 +54,12 @@ class AlreadyTunedError(AITuneTritonError, ValueError):
     """``tune()`` was called on a module that is already tuned."""
 
 
-class GraphSpecMismatchError(AITuneTritonError, ValueError):
-    """A call to a tuned module matches none of its graph specs."""
+class GraphSpecMismatchError(AITuneTritonError, ValueError, RuntimeError):
+    """A call to a tuned module (or a ``RemoteModule``) matches none of its graph specs: an input
+    structure never recorded, or shapes outside the ranges its backends were built for.
+
+    Both a ``ValueError`` (the call's input does not fit) and a ``RuntimeError`` (what NVIDIA
+    AITune raises for it), so either ``except`` clause catches it."""
 
 
 class IndexOutOfRangeError(AITuneTritonError, IndexError):

@@ -306,5 +306,21 @@ def test_a_full_rank_declaration_tunes_with_onnx_runtime_and_an_unrecorded_size_
     assert _RUNS == []  # the backend answered; the module's own forward did not run
     with torch.no_grad():
         torch.testing.assert_close(tuned, net(x), atol=1e-5, rtol=1e-5)
-    with pytest.raises(GraphSpecMismatchError, match="x axis 1: size 4"):
+    with pytest.raises(GraphSpecMismatchError, match="x axis 1: size 4") as info:
         module(torch.randn(2, 4, 8))  # the fixed axis
+    assert isinstance(info.value, RuntimeError)
+
+
+# ==================================================================================== errors
+def test_a_tuned_call_matching_no_graph_spec_is_caught_as_a_runtime_error_and_as_a_value_error(unique_name):
+    module = Module(Channels().eval(), name=unique_name, strategy=EAGER)
+    with torch.no_grad():
+        module(torch.randn(2, 3, 4))
+        module(torch.randn(3, 3, 4))
+    module.tune()
+
+    with pytest.raises(RuntimeError, match="matches no tuned graph spec"):
+        module(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="matches no tuned graph spec"):
+        module(torch.randn(2, 3))
+    assert issubclass(GraphSpecMismatchError, RuntimeError) and issubclass(GraphSpecMismatchError, ValueError)
