@@ -35,7 +35,9 @@ class DuplicateBackendError(AITuneTritonError, ValueError):
 
 
 class InvalidStateDictError(InvalidArgumentError):
-    """A dict passed as a tuned module description is not one (``Module.to_dict()`` output)."""
+    """A dict passed as a tuned module description is not one (``Module.to_dict()`` output), or a
+    stored graph spec is malformed (``GraphSpec.from_dict``: the message starts with
+    ``Invalid dictionary format`` and names the missing key or wrong type)."""
 
 
 class StrategyCountError(AITuneTritonError, RuntimeError):

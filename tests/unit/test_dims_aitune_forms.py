@@ -324,3 +324,46 @@ def test_a_tuned_call_matching_no_graph_spec_is_caught_as_a_runtime_error_and_as
     with pytest.raises(ValueError, match="matches no tuned graph spec"):
         module(torch.randn(2, 3))
     assert issubclass(GraphSpecMismatchError, RuntimeError) and issubclass(GraphSpecMismatchError, ValueError)
+
+
+@pytest.fixture
+def graph_dict(unique_name) -> dict:
+    module = Module(Channels().eval(), name=unique_name)
+    with torch.no_grad():
+        module(torch.randn(2, 3, 4))
+    return json.loads(json.dumps(module.graph_specs[0].to_dict()))
+
+
+def _without(data: dict, key: str) -> dict:
+    return {k: v for k, v in data.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        (lambda d: [d], r"GraphSpec: expected a dict, got list"),
+        (lambda d: _without(d, "inputs"), r"GraphSpec: missing key\(s\) \['inputs'\]"),
+        (lambda d: {**d, "inputs": "x"}, r"GraphSpec 'graph_0': 'inputs' must be a list, got str 'x'"),
+        (lambda d: {**d, "name": 0}, r"GraphSpec 0: 'name' must be a string, got int 0"),
+        (lambda d: {**d, "num_calls": "2"}, r"GraphSpec 'graph_0': 'num_calls' must be an integer, got str '2'"),
+        (lambda d: {**d, "dims": {"batch": [1]}}, r"GraphSpec 'graph_0': 'dims'\['batch'\] must be \[min, max\] \(non-negative integers\), got \[1\]"),
+        (lambda d: {**d, "dims": {"batch": ["1", 2]}}, r"GraphSpec 'graph_0': 'dims'\['batch'\] must be .* got \['1', 2\]"),
+        (lambda d: {**d, "batch_independent": "yes"}, r"GraphSpec 'graph_0': 'batch_independent' must be true, false or null, got 'yes'"),
+        (lambda d: {**d, "output_treespec": "{not json"}, r"GraphSpec 'graph_0': 'output_treespec' must be the JSON text treespec_to_json\(\) writes"),
+        (lambda d: {**d, "inputs": [_without(d["inputs"][0], "dtype")]}, r"TensorSpec: missing key\(s\) \['dtype'\]"),
+        (lambda d: {**d, "inputs": [{**d["inputs"][0], "min_shape": ["2", 3, 4]}]}, r"TensorSpec 'x': 'min_shape' must be"),
+        (lambda d: {**d, "inputs": [{**d["inputs"][0], "rank": 3}]}, r"TensorSpec: unknown key\(s\) \['rank'\]"),
+        (lambda d: {**d, "outputs": [7]}, r"TensorSpec: expected a dict, got int 7"),
+    ],
+)
+def test_graph_spec_from_a_malformed_dict_is_an_invalid_dictionary_format_value_error(graph_dict, break_it, message):
+    with pytest.raises(InvalidStateDictError, match=r"^Invalid dictionary format for " + message) as info:
+        GraphSpec.from_dict(break_it(graph_dict))
+
+    assert isinstance(info.value, ValueError)
+
+
+def test_graph_spec_from_its_own_dict_still_round_trips(graph_dict):
+    restored = GraphSpec.from_dict(graph_dict)
+
+    assert restored.to_dict() == graph_dict
