@@ -59,9 +59,8 @@ def infer_dims(
     declared :class:`DynamicDim` recorded at one size only takes its name: it is taken to follow it
     (a served output is then declared dynamic there rather than fixed at the one size recorded).
     Otherwise the call's batch size is the size of axis 0 of its first tensor input of rank >= 1;
-    when that size varied across calls, each
-    leaf's batch axis is its first axis whose size equalled the batch size in every call (axis 0
-    where possible). With one batch size seen, axis 0 of each leaf whose axis 0 had that size in
+    when that size varied across calls, each leaf's batch axis is its first axis whose size
+    equalled the batch size in every call (axis 0 where possible). With one batch size seen, axis 0 of each leaf whose axis 0 had that size in
     every call is a *candidate* batch axis: tuning keeps it only when the module's outputs prove
     independent along it (see :func:`aitune_triton.module.tuning.check_batch_independence`) and
     otherwise fixes the size again. Other axes whose size varied are dynamic; axes with the same
