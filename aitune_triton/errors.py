@@ -35,7 +35,9 @@ class DuplicateBackendError(AITuneTritonError, ValueError):
 
 
 class InvalidStateDictError(InvalidArgumentError):
-    """A dict passed as a tuned module description is not one (``Module.to_dict()`` output)."""
+    """A dict passed as a tuned module description is not one (``Module.to_dict()`` output), or a
+    stored graph spec is malformed (``GraphSpec.from_dict``: the message starts with
+    ``Invalid dictionary format`` and names the missing key or wrong type)."""
 
 
 class StrategyCountError(AITuneTritonError, RuntimeError):
@@ -54,8 +56,12 @@ class AlreadyTunedError(AITuneTritonError, ValueError):
     """``tune()`` was called on a module that is already tuned."""
 
 
-class GraphSpecMismatchError(AITuneTritonError, ValueError):
-    """A call to a tuned module matches none of its graph specs."""
+class GraphSpecMismatchError(AITuneTritonError, ValueError, RuntimeError):
+    """A call to a tuned module (or a ``RemoteModule``) matches none of its graph specs: an input
+    structure never recorded, or shapes outside the ranges its backends were built for.
+
+    Both a ``ValueError`` (the call's input does not fit) and a ``RuntimeError`` (what NVIDIA
+    AITune raises for it), so either ``except`` clause catches it."""
 
 
 class IndexOutOfRangeError(AITuneTritonError, IndexError):
@@ -64,7 +70,8 @@ class IndexOutOfRangeError(AITuneTritonError, IndexError):
 
 
 class RecordingError(AITuneTritonError, ValueError):
-    """A recorded call cannot be used (e.g. the same inputs gave differently structured outputs)."""
+    """A recorded call cannot be used (e.g. the same inputs gave differently structured outputs), or
+    it breaks the declared ``dynamic_shapes`` (rank, fixed size or range; that call is not run)."""
 
 
 class UnknownOutputTypeError(RecordingError):

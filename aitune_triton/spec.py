@@ -28,7 +28,7 @@ import re
 import sys
 import types
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import torch
 import torch.utils._pytree as pytree
@@ -790,8 +790,67 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TensorSpec":
-        """Rebuild from :meth:`to_dict`."""
+        """Rebuild from :meth:`to_dict`.
+
+        Raises:
+            InvalidStateDictError: (a ValueError) ``data`` is not a dict as :meth:`to_dict` writes it
+                (a key missing or unknown, a value of the wrong type); the message starts with
+                ``Invalid dictionary format``.
+        """
+        where = "TensorSpec"
+        _require_dict(where, data, required=("path", "dtype", "min_shape", "max_shape"), optional=("batch_axis", "dim_names"))
+        where = f"TensorSpec {data.get('path')!r}"
+        _require_type(where, "path", data["path"], str, "a string")
+        _require_type(where, "dtype", data["dtype"], str, "a string")
+        for key in ("min_shape", "max_shape"):
+            _require_ints(where, key, data[key])
+        if len(data["min_shape"]) != len(data["max_shape"]):
+            _invalid(where, f"'min_shape' {data['min_shape']!r} and 'max_shape' {data['max_shape']!r} have different ranks")
+        batch_axis = data.get("batch_axis")
+        if batch_axis is not None:
+            _require_type(where, "batch_axis", batch_axis, int, "an integer axis or null")
+        names = data.get("dim_names", ())
+        if not isinstance(names, (list, tuple)) or not all(name is None or isinstance(name, str) for name in names):
+            _invalid(where, f"'dim_names' must be a list of strings or nulls, got {names!r}")
         return cls(**data)
+
+
+def _invalid(where: str, problem: str) -> NoReturn:
+    from aitune_triton.errors import InvalidStateDictError
+
+    raise InvalidStateDictError(
+        f"Invalid dictionary format for {where}: {problem}. Pass the dict that to_dict() wrote (a checkpoint's "
+        "manifest.json, say), unmodified."
+    )
+
+
+def _require_dict(where: str, data: Any, required: Sequence[str], optional: Sequence[str] | None = None) -> None:
+    """Refuse ``data`` unless it is a dict holding every ``required`` key (and, when ``optional`` is
+    given, no key outside ``required`` and ``optional``)."""
+    if not isinstance(data, dict):
+        _invalid(where, f"expected a dict, got {type(data).__name__} {_clip(data)}")
+    missing = [key for key in required if key not in data]
+    if missing:
+        _invalid(where, f"missing key(s) {missing}; it has {sorted(map(str, data))}")
+    if optional is not None:
+        unknown = sorted(str(key) for key in data if key not in (*required, *optional))
+        if unknown:
+            _invalid(where, f"unknown key(s) {unknown}; expected {list(required) + list(optional)}")
+
+
+def _require_type(where: str, key: str, value: Any, kind: type, expected: str) -> None:
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        _invalid(where, f"{key!r} must be {expected}, got {type(value).__name__} {_clip(value)}")
+
+
+def _require_ints(where: str, key: str, value: Any) -> None:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        _invalid(where, f"{key!r} must be a list of non-negative integers, got {_clip(value)}")
+
+
+def _clip(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def axis_range(spec: TensorSpec, axis: int, dims: dict[str, Any]) -> tuple[int, int]:
@@ -904,7 +963,40 @@ class GraphSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GraphSpec":
-        """Rebuild from :meth:`to_dict`."""
+        """Rebuild from :meth:`to_dict`.
+
+        Raises:
+            InvalidStateDictError: (a ValueError) ``data`` is not a dict as :meth:`to_dict` writes it:
+                a required key is missing or a value has the wrong type (the message starts with
+                ``Invalid dictionary format`` and names the key).
+            UnknownOutputTypeError: (a RecordingError) the stored output structure names a
+                container type that no importable module defines.
+        """
+        where = "GraphSpec"
+        _require_dict(
+            where, data, required=("name", "key", "description", "inputs", "outputs", "output_treespec", "output_template")
+        )
+        where = f"GraphSpec {data.get('name')!r}"
+        for key in ("name", "key", "description", "output_treespec"):
+            _require_type(where, key, data[key], str, "a string")
+        for key in ("inputs", "outputs", "output_template"):
+            _require_type(where, key, data[key], list, "a list")
+        _require_type(where, "output_paths", data.get("output_paths", []), list, "a list")
+        _require_type(where, "num_calls", data.get("num_calls", 0), int, "an integer")
+        _require_type(where, "constants", data.get("constants", {}), dict, "a dict")
+        dims = data.get("dims", {})
+        _require_type(where, "dims", dims, dict, "a dict {name: [min, max]}")
+        for name, bounds in dims.items():
+            if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or not all(
+                isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in bounds
+            ):
+                _invalid(where, f"'dims'[{name!r}] must be [min, max] (non-negative integers), got {_clip(bounds)}")
+        if not (data.get("batch_independent") is None or isinstance(data["batch_independent"], bool)):
+            _invalid(where, f"'batch_independent' must be true, false or null, got {data['batch_independent']!r}")
+        try:
+            json.loads(data["output_treespec"])
+        except ValueError:
+            _invalid(where, f"'output_treespec' must be the JSON text treespec_to_json() writes, got {_clip(data['output_treespec'])}")
         return cls(
             name=data["name"],
             key=data["key"],

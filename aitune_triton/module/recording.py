@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import torch
 import torch.utils._pytree as pytree
 
 from aitune_triton._warnings import warn
 from aitune_triton.errors import RecordingError
-from aitune_triton.module.dims import BatchDim, DimDecl, check_declared
+from aitune_triton.module.dims import BatchDim, DimDecl, DynamicDim, check_declared, validate_dynamic_shapes
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.samples import Sample, SampleStore, copy_call
 from aitune_triton.spec import (
@@ -48,15 +48,19 @@ def infer_dims(
     input_shapes: Sequence[Sequence[Shape]],
     output_shapes: Sequence[Sequence[Shape]],
     declared: Mapping[tuple[int, int], DimDecl] | None = None,
+    fixed: Collection[tuple[int, int]] = (),
 ) -> DimAnalysis:
     """Find the batch axis and the dynamic dimensions of a graph spec from the shapes of its calls.
 
     Declared dims (``{(input leaf index, axis): DynamicDim | BatchDim}``) win: their axes are
     dynamic with the declared names and ranges even when the size never varied, and a declared
-    :class:`BatchDim` fixes the batch size of each call. Otherwise the call's batch size is the size
-    of axis 0 of its first tensor input of rank >= 1; when that size varied across calls, each
-    leaf's batch axis is its first axis whose size equalled the batch size in every call (axis 0
-    where possible). With one batch size seen, axis 0 of each leaf whose axis 0 had that size in
+    :class:`BatchDim` fixes the batch size of each call; axes declared with a fixed size (``fixed``)
+    are static and never the batch axis. An output axis whose size equals, in every call, that of a
+    declared :class:`DynamicDim` recorded at one size only takes its name: it is taken to follow it
+    (a served output is then declared dynamic there rather than fixed at the one size recorded).
+    Otherwise the call's batch size is the size of axis 0 of its first tensor input of rank >= 1;
+    when that size varied across calls, each leaf's batch axis is its first axis whose size
+    equalled the batch size in every call (axis 0 where possible). With one batch size seen, axis 0 of each leaf whose axis 0 had that size in
     every call is a *candidate* batch axis: tuning keeps it only when the module's outputs prove
     independent along it (see :func:`aitune_triton.module.tuning.check_batch_independence`) and
     otherwise fixes the size again. Other axes whose size varied are dynamic; axes with the same
@@ -67,11 +71,13 @@ def infer_dims(
         input_shapes: Per call, the shape of each tensor input leaf.
         output_shapes: Per call, the shape of each tensor output leaf.
         declared: Declared dims of input axes.
+        fixed: ``(input leaf index, axis)`` of the input axes declared with a fixed size.
 
     Returns:
         Batch axes, dimension names and ``{name: (min, max)}`` size ranges.
     """
     declared = dict(declared or {})
+    fixed = set(fixed)
 
     def series(calls: Sequence[Sequence[Shape]], leaf: int, axis: int) -> tuple[int, ...]:
         return tuple(call[leaf][axis] for call in calls)
@@ -84,15 +90,18 @@ def infer_dims(
     else:
         first = next((i for i, shape in enumerate(input_shapes[0]) if len(shape) >= 1), None) if input_shapes else None
         batch_series = series(input_shapes, first, 0) if first is not None else None
-        if batch_series is not None and len(set(batch_series)) < 2 and (first, 0) in declared:
-            batch_series = None  # that axis is a declared DynamicDim, not a batch candidate
+        if batch_series is not None and len(set(batch_series)) < 2 and ((first, 0) in declared or (first, 0) in fixed):
+            batch_series = None  # that axis is a declared DynamicDim or fixed size, not a batch candidate
     batch_varies = batch_series is not None and len(set(batch_series)) > 1
     if batch_varies:
         names[batch_series] = "batch"  # type: ignore[index]
+    unvaried: dict[tuple[int, ...], str] = {}  # declared dims recorded at one size, for the outputs that follow them
     for (leaf, axis), decl in declared.items():
         varying = series(input_shapes, leaf, axis)
         if len(set(varying)) > 1:
             names.setdefault(varying, decl.name)
+        elif isinstance(decl, DynamicDim):
+            unvaried.setdefault(varying, decl.name)
 
     def analyse(calls: Sequence[Sequence[Shape]], inputs: bool) -> tuple[list[int | None], list[tuple[str | None, ...]]]:
         batch_axes: list[int | None] = []
@@ -104,7 +113,7 @@ def infer_dims(
             if batch_axis is None and batch_series is not None:
                 if batch_varies:
                     batch_axis = next((a for a, s in enumerate(per_axis) if s == batch_series), None)
-                elif per_axis and per_axis[0] == batch_series:
+                elif per_axis and per_axis[0] == batch_series and not (inputs and (leaf, 0) in fixed):
                     batch_axis = 0  # a batch that never varied (declared or a candidate): the axis-0 convention
             leaf_names: list[str | None] = []
             for axis, s in enumerate(per_axis):
@@ -113,7 +122,7 @@ def infer_dims(
                 elif axis == batch_axis:
                     leaf_names.append("batch")
                 elif len(set(s)) == 1:
-                    leaf_names.append(None)
+                    leaf_names.append(None if inputs else unvaried.get(s))
                 else:
                     leaf_names.append(names.setdefault(s, f"dim{sum(1 for n in names.values() if n.startswith('dim'))}"))
             batch_axes.append(batch_axis)
@@ -200,7 +209,12 @@ class Recorder:
         strict: Whether non-tensor argument values are part of the graph spec key.
         samples_dir: Directory for stored calls (one subdirectory per graph spec); None keeps
             them in memory.
-        dynamic_shapes: Declared dims per input path (see :func:`validate_dynamic_shapes`).
+        dynamic_shapes: Declared dims per input path, in either form
+            :func:`~aitune_triton.module.dims.validate_dynamic_shapes` takes (checked again here
+            unless it is that function's output).
+
+    Raises:
+        InvalidArgumentError: (a ValueError) ``dynamic_shapes`` is not a valid declaration.
     """
 
     def __init__(
@@ -209,13 +223,13 @@ class Recorder:
         max_samples: int = 32,
         strict: bool = True,
         samples_dir: Path | None = None,
-        dynamic_shapes: Mapping[str, Mapping[int, DimDecl]] | None = None,
+        dynamic_shapes: Mapping[Any, Any] | None = None,
     ):
         self.signature = signature
         self.max_samples = max_samples
         self.strict = strict
         self.samples_dir = samples_dir
-        self.dynamic_shapes = dict(dynamic_shapes or {})
+        self.dynamic_shapes = validate_dynamic_shapes(dynamic_shapes)
         self._graphs: dict[str, _GraphRecord] = {}
         self._warned_returned: set[str] = set()
 
@@ -232,8 +246,8 @@ class Recorder:
 
         Raises:
             TypeError: the arguments do not fit the forward signature.
-            RecordingError: a tensor breaks a declared dynamic dim (rank or range); the call is
-                not run.
+            RecordingError: a tensor breaks a declared dynamic dim (rank, fixed size or range);
+                the call is not run and not recorded.
         """
         call = flatten_call(self.signature, args, kwargs, self.strict)
         shapes = _shapes(call.flat.tensors)
@@ -356,7 +370,8 @@ class Recorder:
             for leaf, path in enumerate(record.input_paths)
             for axis, decl in self.dynamic_shapes.get(path, {}).items()
         }
-        dims = infer_dims(record.input_shapes, record.output_shapes, declared)
+        fixed = [(leaf, axis) for leaf, path in enumerate(record.input_paths) for axis in self.dynamic_shapes.fixed_axes(path)]
+        dims = infer_dims(record.input_shapes, record.output_shapes, declared, fixed)
 
         def specs(paths, dtypes, calls, batch_axes, dim_names) -> list[TensorSpec]:
             result = []

@@ -113,9 +113,16 @@ class Module(wrapt.ObjectProxy):
         fallback: ``"eager"``: a tuned call matching no graph spec runs on the module's own forward
             with one warning per new input structure. None (default): it raises
             :class:`~aitune_triton.errors.GraphSpecMismatchError`.
-        dynamic_shapes: Declared dims per input path, overriding inference:
-            ``{"input_ids": {0: BatchDim(1, 32), 1: DynamicDim("seq", 1, 512)}}``. A recorded call
-            that breaks a declared rank or range is a :class:`~aitune_triton.errors.RecordingError`.
+        dynamic_shapes: Declared dims per tensor input, overriding inference. Per axis:
+            ``{"input_ids": {0: BatchDim(1, 32), 1: DynamicDim("seq", 1, 512)}}`` (axes not listed
+            are inferred); or full rank, one entry per axis as NVIDIA AITune writes it:
+            ``{"x": (BatchDim("batch", min=1, max=32), 3, DynamicDim("side", 224, 256), None)}``,
+            a dim for a dynamic axis, an int for a fixed size, None for an axis left to inference.
+            An input is named by its leaf path, dotted (``"inputs.pixels"``) or as a tuple
+            (``("inputs", "pixels")``). Axes declared with one name must have equal sizes. A
+            declared range is what the backends accept, even where the recorded calls cover less.
+            A recorded call that breaks a declared rank, fixed size or range raises
+            :class:`~aitune_triton.errors.RecordingError` and is not run.
         offload: After tuning, when every chosen backend is ahead of time (its artifact holds its
             own weights), move the module's weights to ``"meta"`` (frees their memory) or
             ``"cpu"``; None (default) leaves them. Not done with ``fallback="eager"`` or

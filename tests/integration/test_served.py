@@ -94,6 +94,17 @@ def test_remote_module_rejects_a_call_structure_that_was_never_recorded(served):
         remote(x, scale=2.0)
 
 
+def test_remote_module_refuses_a_call_no_graph_spec_matches_as_a_runtime_error_and_a_value_error(served):
+    # the same class the in-process tuned module raises: code written for AITune catches RuntimeError
+    (x,) = _inputs(2, False, seed=8)
+
+    with _remote(served, "grpc") as remote:
+        with pytest.raises(RuntimeError, match="matches no exported graph spec"):
+            remote(x, scale=2.0)
+        with pytest.raises(ValueError, match="does not fit the exported shapes"):
+            remote(*_inputs(6, True, seed=13))
+
+
 def test_raw_router_request_with_only_x_returns_the_eager_values(served):
     (x,) = _inputs(3, False, seed=11)
     expected = _leaves(served.net(x))
