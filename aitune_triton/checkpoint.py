@@ -384,7 +384,8 @@ def load(
     problems = [plan.problem for plan in plans if plan.problem is not None]
     if problems:
         kind = problems[0][0]
-        raise kind(f"checkpoint {Path(path).absolute()}: nothing was loaded into {type(obj).__name__}: " + "; ".join(p[1] for p in problems))
+        listed = "; ".join(message for _, message in problems)
+        raise kind(f"checkpoint {Path(path).absolute()}: nothing was loaded into {type(obj).__name__}: {listed}")
     _load_all(plans)
     for plan in plans:
         if plan.created is not None and plan.path:
@@ -414,7 +415,9 @@ def _devices(
     try:
         return {p: torch.device(d) if d is not None else None for p, d in chosen.items()}
     except (RuntimeError, TypeError) as error:
-        raise InvalidArgumentError(f"device_map/device: expected devices such as 'cpu' or 'cuda:0', got {chosen}: {error}") from error
+        raise InvalidArgumentError(
+            f"device_map/device: expected devices such as 'cpu' or 'cuda:0', got {chosen}: {error}"
+        ) from error
 
 
 @dataclass
