@@ -1,11 +1,14 @@
 """Checkpoints: a directory with ``manifest.json`` and the backends' artifacts.
 
-Layout::
+A checkpoint holds one or more tuned :class:`~aitune_triton.Module` descriptions, each under the
+attribute path where it sits in the saved object (``""`` for a Module saved on its own,
+``"encoder"``, ``"text_encoder.layer.0"``, ``"unet"`` in a pipeline). Layout::
 
     CHECKPOINT/
-      manifest.json          format, library versions, the tuned module description, file hashes
-      graph_0/model.onnx     artifacts, one folder per graph spec
-      graph_1/model.pt2
+      manifest.json          format, library versions, the tuned module descriptions, file hashes
+      graph_0/model.onnx     artifacts of a Module saved on its own, one folder per graph spec
+      modules/NAME/graph_0/model.pt2
+                             artifacts of the wrapped submodule stored under the Module name NAME
 
 The manifest is JSON and artifacts are ONNX models and AOTInductor packages: loading unpickles
 nothing. But an AOTInductor package holds compiled native code (a shared library) that runs when
@@ -17,6 +20,9 @@ half-written checkpoint. Replacing a checkpoint (``overwrite=True``) swaps the n
 atomically where the OS allows it, so the path never lacks a complete checkpoint; staging
 directories left by a killed save are removed by the next save or export next to them
 (``aitune_triton._atomic``).
+
+Manifest format version 2 stores ``"modules": [{"path": ..., "module": <Module.to_dict()>}, ...]``;
+version 1 (still read) stored one ``"module"``, the same as version 2 with one entry at path ``""``.
 """
 
 from __future__ import annotations
@@ -26,28 +32,121 @@ import datetime
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping, cast
 
 import torch
 
 from aitune_triton._atomic import make_staging_dir, replace_dir
 from aitune_triton._versions import library_versions, sha256_file
-from aitune_triton.errors import CheckpointError
+from aitune_triton.errors import (
+    AITuneTritonError,
+    ArgumentTypeError,
+    CheckpointError,
+    InvalidArgumentError,
+    InvalidStateDictError,
+    ModuleStateError,
+)
+from aitune_triton.module.routing import live_wrapper_of, own_forward
+from aitune_triton.module.state import ModuleState
 from aitune_triton.module.wrapper import Module
+from aitune_triton.spec import ForwardSignature
 
-__all__ = ["MANIFEST_NAME", "load", "read_checkpoint", "save"]
+__all__ = ["MANIFEST_NAME", "load", "read_checkpoint", "save", "wrapped_submodules"]
 
 MANIFEST_NAME = "manifest.json"
 CHECKPOINT_FORMAT = "aitune_triton.checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2
+#: Format versions :func:`read_checkpoint` reads (1: one ``"module"``; 2: ``"modules"`` by attribute path).
+READABLE_FORMAT_VERSIONS = (1, 2)
+#: Folder of the artifacts of wrapped submodules (``modules/<name>/graph_0/...``).
+SUBMODULES_DIR = "modules"
 
 
-def save(module: Module, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Save a tuned module's graph specs, backend descriptions and artifacts to a directory.
+# ------------------------------------------------------------------------ finding wrapped submodules
+def _module_roots(obj: Any) -> list[tuple[str, torch.nn.Module]]:
+    """``[("", obj)]`` for a torch module (a Module proxy included), else the ``torch.nn.Module``
+    attributes of a pipeline object, in attribute order."""
+    if isinstance(obj, torch.nn.Module):  # True for an aitune_triton.Module too (a transparent proxy)
+        return [("", obj)]
+    try:
+        attributes = vars(obj)
+    except TypeError:
+        raise ArgumentTypeError(
+            f"obj: expected an aitune_triton.Module, a torch.nn.Module holding wrapped submodules, or an object whose "
+            f"attributes are torch modules (a pipeline), got {type(obj).__name__} without attributes"
+        ) from None
+    return [(name, value) for name, value in attributes.items() if isinstance(value, torch.nn.Module)]
+
+
+def _module_tree(obj: Any) -> Iterator[tuple[str, torch.nn.Module]]:
+    """Every torch module reachable from ``obj`` once, under its first attribute path, as its parent
+    holds it. ``named_modules()`` is not enough: it reaches a wrapped submodule through the proxy and
+    yields the bare module, so the wrapper a parent holds is seen through ``named_children()``."""
+    seen: set[int] = set()
+
+    def visit(path: str, module: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
+        bare = module.module if isinstance(module, Module) else module
+        if id(bare) in seen:
+            return
+        seen.add(id(bare))
+        yield path, module
+        if isinstance(module, Module) and module.state is ModuleState.TUNED:
+            return  # what it holds runs inside its backends
+        for name, child in module.named_children():
+            yield from visit(f"{path}.{name}" if path else name, child)
+
+    for path, root in _module_roots(obj):
+        yield from visit(path, root)
+
+
+def wrapped_submodules(obj: Any) -> list[tuple[str, Module]]:
+    """The :class:`~aitune_triton.Module` wrappers that ``obj`` holds, with their attribute paths.
+
+    ``obj`` is a Module (path ``""``), a ``torch.nn.Module`` whose submodules were wrapped and
+    assigned into their parents (``model.encoder = Module(model.encoder)``: ``"encoder"``), or any
+    object with torch module attributes, such as a diffusers or transformers pipeline (``"unet"``,
+    ``"text_encoder.encoder.layer.0"``). Each module counts once, under its first path; the
+    submodules of a tuned wrapper are not searched (they run inside its backends).
+
+    Returns:
+        ``(attribute path, wrapper)`` pairs in module order.
+
+    Raises:
+        ArgumentTypeError: ``obj`` is neither a torch module nor an object with attributes.
+    """
+    return [(path, module) for path, module in _module_tree(obj) if isinstance(module, Module)]
+
+
+def _no_wrapped_submodule_message(obj: Any) -> str:
+    unassigned = [
+        f"'{path}' (wrapped by Module '{wrapper.name}')"
+        for path, module in _module_tree(obj)
+        if not isinstance(module, Module) and (wrapper := live_wrapper_of(module)) is not None
+    ]
+    hint = (
+        f" These submodules have a live wrapper that their parent does not hold: {', '.join(unassigned)}; assign "
+        "it into the parent (model.encoder = wrapper) so that the parent calls it."
+        if unassigned
+        else " Wrap the submodules to tune and assign them into their parent "
+        "(model.encoder = aitune_triton.Module(model.encoder)), then record and tune."
+    )
+    return f"obj: {type(obj).__name__} holds no aitune_triton.Module, so there is nothing tuned to save.{hint}"
+
+
+# ------------------------------------------------------------------------------------------- save
+def save(obj: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Save tuned modules' graph specs, backend descriptions and artifacts to a directory.
+
+    ``obj`` may be a tuned :class:`~aitune_triton.Module`, or a model or pipeline holding tuned
+    wrapped submodules (found as :func:`wrapped_submodules` does): each is stored under its
+    attribute path, with its artifacts in its own folder, in one checkpoint with one manifest.
+    :func:`load` puts them back into a freshly built model or pipeline.
 
     Args:
-        module: A ``TUNED`` :class:`~aitune_triton.Module`.
+        obj: A ``TUNED`` Module; a ``torch.nn.Module`` holding wrapped submodules; or an object
+            with torch module attributes (a diffusers or transformers pipeline) holding them.
         path: Checkpoint directory to create.
         overwrite: Replace an existing checkpoint at ``path``: the new one is built completely
             first, then swapped in atomically (on Linux; elsewhere with two renames), and the old
@@ -57,11 +156,14 @@ def save(module: Module, path: str | os.PathLike, overwrite: bool = False) -> Pa
         The checkpoint directory.
 
     Raises:
-        ModuleStateError: ``module`` is not tuned.
+        ModuleStateError: ``obj`` is a Module that is not tuned, or holds a wrapped submodule that
+            is not tuned (the message names each one's path and state). Nothing is written.
+        InvalidArgumentError: ``obj`` holds no wrapped submodule.
+        ArgumentTypeError: ``obj`` is neither a torch module nor an object with attributes.
         CheckpointError: ``path`` exists and ``overwrite`` is False, or is a file.
     """
     path = Path(path).absolute()
-    description = module.to_dict()
+    entries = _descriptions_to_save(obj)
     if path.exists() and (not overwrite or not path.is_dir()):
         raise CheckpointError(
             f"path: {path} already exists. Pass overwrite=True to replace it, or choose another directory."
@@ -69,13 +171,16 @@ def save(module: Module, path: str | os.PathLike, overwrite: bool = False) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = make_staging_dir(path.parent)
     try:
-        files = _copy_artifacts(description, staging)
+        files: dict[str, dict[str, Any]] = {}
+        for attribute_path, description in entries:
+            folder = "" if not attribute_path else f"{SUBMODULES_DIR}/{description['name']}/"
+            files.update(_copy_artifacts(description, staging, folder))
         manifest = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_FORMAT_VERSION,
             "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": library_versions(),
-            "module": description,
+            "modules": [{"path": attribute_path, "module": description} for attribute_path, description in entries],
             "files": files,
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -86,19 +191,37 @@ def save(module: Module, path: str | os.PathLike, overwrite: bool = False) -> Pa
     return path
 
 
-def _copy_artifacts(description: dict[str, Any], staging: Path) -> dict[str, dict[str, Any]]:
-    """Copy artifacts into ``staging`` and rewrite their paths in ``description`` as relative ones."""
+def _descriptions_to_save(obj: Any) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(obj, Module):
+        if obj.state is not ModuleState.TUNED:
+            return [("", obj.to_dict())]  # raises ModuleStateError, as it always did
+    found = wrapped_submodules(obj)
+    if not found:
+        raise InvalidArgumentError(_no_wrapped_submodule_message(obj))
+    untuned = [(p, m) for p, m in found if m.state is not ModuleState.TUNED]
+    if untuned:
+        listed = ", ".join(f"'{p}' (Module '{m.name}', state {m.state.name})" for p, m in untuned)
+        raise ModuleStateError(
+            f"obj: wrapped submodules that are not tuned: {listed}. Record calls and tune them before saving "
+            "(module.tune(), or aitune_triton.tune(pipeline, dataset)), or leave one out by putting its original "
+            "module back into the parent (model.encoder = model.encoder.module)."
+        )
+    return [(p, m.to_dict()) for p, m in found]
+
+
+def _copy_artifacts(description: dict[str, Any], staging: Path, folder: str) -> dict[str, dict[str, Any]]:
+    """Copy artifacts into ``staging / folder`` and rewrite their paths in ``description`` as relative ones."""
     files: dict[str, dict[str, Any]] = {}
     for entry in description["graphs"]:
         artifacts = entry["backend"]["artifacts"]
         for role, source in list(artifacts.items()):
-            relative = f"{entry['graph']['name']}/{Path(source).name}"
+            relative = f"{folder}{entry['graph']['name']}/{Path(source).name}"
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             if not Path(source).is_file():
                 raise CheckpointError(
-                    f"{entry['graph']['name']}: artifact {source} of backend {entry['backend']['name']!r} no longer "
-                    "exists (was the tuning cache cleared?). Tune again, then save."
+                    f"{description['name']}.{entry['graph']['name']}: artifact {source} of backend "
+                    f"{entry['backend']['name']!r} no longer exists (was the tuning cache cleared?). Tune again, then save."
                 )
             shutil.copyfile(source, target)
             files[relative] = {"sha256": sha256_file(target), "size_bytes": target.stat().st_size}
@@ -106,16 +229,22 @@ def _copy_artifacts(description: dict[str, Any], staging: Path) -> dict[str, dic
     return files
 
 
+# ------------------------------------------------------------------------------------------- read
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and verify a checkpoint without loading any artifact.
 
     Returns:
-        The manifest, with the module description's artifact paths made absolute.
+        The manifest, with every module description's artifact paths made absolute, in the
+        current format: ``"modules"`` is a list of ``{"path": attribute path, "module":
+        description}`` (a version-1 checkpoint gives one entry at path ``""``). When the checkpoint
+        holds one Module saved on its own (one entry at path ``""``), ``"module"`` is that
+        description too.
 
     Raises:
         CheckpointError: ``path`` is not a checkpoint directory, the manifest is unreadable or of
-            another format, or an artifact is missing, truncated or modified (size or SHA-256
-            differs from the manifest).
+            another format or version, a module description is invalid, two entries share an
+            attribute path or a name, or an artifact is missing, truncated or modified (size or
+            SHA-256 differs from the manifest).
     """
     path = Path(path).absolute()
     manifest_path = path / MANIFEST_NAME
@@ -129,22 +258,46 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint: cannot read {manifest_path}: {error}") from error
     if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint: {manifest_path} is not an aitune_triton checkpoint manifest.")
-    if manifest.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise CheckpointError(
             f"checkpoint: format version {manifest.get('format_version')!r} is not supported "
-            f"(this aitune_triton reads {CHECKPOINT_FORMAT_VERSION})."
+            f"(this aitune_triton reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))})."
         )
-    if not Module.is_state_dict_valid(manifest.get("module")):
-        raise CheckpointError(f"checkpoint: {manifest_path} holds an invalid module description (was it edited?).")
-    _verify_files(path, manifest.get("files", {}))
     manifest = copy.deepcopy(manifest)
-    for entry in manifest["module"]["graphs"]:
-        artifacts = entry["backend"]["artifacts"]
-        for role, relative in artifacts.items():
-            if relative not in manifest.get("files", {}):
-                raise CheckpointError(f"checkpoint: artifact {relative!r} is not listed in the manifest's files.")
-            artifacts[role] = str(path / relative)
+    if manifest["format_version"] == 1:
+        manifest["modules"] = [{"path": "", "module": manifest.pop("module", None)}]
+    _check_entries(manifest.get("modules"), manifest_path)
+    _verify_files(path, manifest.get("files", {}))
+    for entry in manifest["modules"]:
+        for graph in entry["module"]["graphs"]:
+            artifacts = graph["backend"]["artifacts"]
+            for role, relative in artifacts.items():
+                if relative not in manifest.get("files", {}):
+                    raise CheckpointError(f"checkpoint: artifact {relative!r} is not listed in the manifest's files.")
+                artifacts[role] = str(path / relative)
+    if len(manifest["modules"]) == 1 and manifest["modules"][0]["path"] == "":
+        manifest["module"] = manifest["modules"][0]["module"]
     return manifest
+
+
+def _check_entries(entries: Any, manifest_path: Path) -> None:
+    if not isinstance(entries, list) or not entries:
+        raise CheckpointError(f"checkpoint: {manifest_path} holds no module descriptions (was it edited?).")
+    paths: set[str] = set()
+    names: set[str] = set()
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise CheckpointError(f"checkpoint: {manifest_path} holds a module entry without an attribute path (was it edited?).")
+        where = f" at '{entry['path']}'" if entry["path"] else ""
+        if not Module.is_state_dict_valid(entry.get("module")):
+            raise CheckpointError(f"checkpoint: {manifest_path} holds an invalid module description{where} (was it edited?).")
+        if entry["path"] in paths or entry["module"]["name"] in names:
+            raise CheckpointError(
+                f"checkpoint: {manifest_path} holds two modules at path '{entry['path']}' or named "
+                f"'{entry['module']['name']}' (was it edited?)."
+            )
+        paths.add(entry["path"])
+        names.add(entry["module"]["name"])
 
 
 def _verify_files(path: Path, files: dict[str, dict[str, Any]]) -> None:
@@ -166,30 +319,192 @@ def _verify_files(path: Path, files: dict[str, dict[str, Any]]) -> None:
             )
 
 
+# ------------------------------------------------------------------------------------------- load
 def load(
-    module: torch.nn.Module, path: str | os.PathLike, device: str | torch.device | None = None, name: str | None = None
-) -> Module:
-    """Load a checkpoint written by :func:`save`.
+    obj: Any,
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    name: str | None = None,
+    *,
+    device_map: Mapping[str, str | torch.device] | None = None,
+) -> Any:
+    """Load a checkpoint written by :func:`save` and put its modules back, tuned.
+
+    A checkpoint of one Module saved on its own loads into that Module's torch module (wrapped
+    under the checkpoint's name) or into a not-yet-tuned Module. A checkpoint of wrapped
+    submodules loads into a model or pipeline built the same way: each stored attribute path is
+    looked up in ``obj`` (as :func:`wrapped_submodules` walks it); a bare torch module there is
+    wrapped under its stored name and the wrapper replaces it in its parent (so the parent calls
+    it), a not-yet-tuned Module there is used as it is, and each is switched to ``TUNED``. Every
+    stored submodule is checked first: when one cannot be loaded, ``obj`` is left as it was.
 
     Args:
-        module: The original ``torch.nn.Module`` (wrapped under the checkpoint's name), or a
-            not-yet-tuned :class:`~aitune_triton.Module`, which is switched to ``TUNED``.
+        obj: For a single-Module checkpoint: the original ``torch.nn.Module`` or a not-yet-tuned
+            :class:`~aitune_triton.Module`. For a checkpoint of submodules: the model or pipeline
+            object holding them (bare or wrapped, not tuned).
         path: Checkpoint directory.
-        device: Device to run on; default the device each backend was tuned for.
-        name: For a plain ``module``: the new Module's name; default the checkpoint's, with a
-            ``_2`` suffix (and a warning) when another live Module holds it.
+        device: Device to run every module on; default the device each backend was tuned for.
+        name: For a single-Module checkpoint and a plain ``obj``: the new Module's name; default
+            the checkpoint's, with a ``_2`` suffix (and a warning) when another live Module holds
+            it. Submodules take their stored names (suffixed the same way when held).
+        device_map: Attribute path (``"encoder"``; ``""`` for a Module saved on its own) ->
+            device, overriding ``device`` for that module.
 
     Returns:
-        The ``TUNED`` Module.
+        For a single-Module checkpoint, the ``TUNED`` Module. For a checkpoint of submodules,
+        ``obj`` (or, when the checkpoint also holds ``obj`` itself at path ``""`` and ``obj`` is
+        a plain torch module, the new Module wrapping it).
 
     Raises:
-        CheckpointError: see :func:`read_checkpoint`; also when the description is invalid.
-        ModuleStateError: ``module`` is a Module that is already tuned.
+        CheckpointError: see :func:`read_checkpoint`; also when a stored attribute path is
+            missing in ``obj``.
+        InvalidStateDictError: (a ValueError) a module in ``obj`` has another forward signature
+            than the stored one (the message names its path).
+        ModuleStateError: a Module to load into is already tuned.
+        InvalidArgumentError: ``device_map`` names a path the checkpoint does not hold, a device
+            is invalid, ``name`` is given for a checkpoint of submodules, or a bare submodule is
+            wrapped by a live Module its parent does not hold.
+        ArgumentTypeError: ``device`` is a dict (pass ``device_map=``).
     """
-    description = read_checkpoint(path)["module"]
-    if not Module.is_state_dict_valid(description):
-        raise CheckpointError(f"checkpoint: {path} holds an invalid module description (was the manifest edited?).")
-    if isinstance(module, Module):
-        module.load_tuned(description, device)
-        return module
-    return Module.from_dict(module, description, device, name=name)
+    manifest = read_checkpoint(path)
+    entries = manifest["modules"]
+    devices = _devices(entries, device, device_map)
+    if "module" in manifest:  # one Module saved on its own
+        description = manifest["module"]
+        if isinstance(obj, Module):
+            obj.load_tuned(description, devices[""])
+            return obj
+        return Module.from_dict(obj, description, devices[""], name=name)
+    if name is not None:
+        raise InvalidArgumentError(
+            f"name: applies to a checkpoint of one Module saved on its own; {path} holds {len(entries)} wrapped "
+            f"submodules, which keep their stored names ({', '.join(e['module']['name'] for e in entries)}). Pass name=None."
+        )
+    plans = [_plan_load(obj, entry["path"], entry["module"], devices[entry["path"]]) for entry in entries]
+    problems = [plan.problem for plan in plans if plan.problem is not None]
+    if problems:
+        kind = problems[0][0]
+        listed = "; ".join(message for _, message in problems)
+        raise kind(f"checkpoint {Path(path).absolute()}: nothing was loaded into {type(obj).__name__}: {listed}")
+    _load_all(plans)
+    for plan in plans:
+        if plan.created is not None and plan.path:
+            _replace(obj, plan.path, plan.created)
+    root = next((plan.created for plan in plans if plan.path == "" and plan.created is not None), None)
+    return root if root is not None else obj
+
+
+def _devices(
+    entries: list[dict[str, Any]], device: Any, device_map: Mapping[str, Any] | None
+) -> dict[str, torch.device | None]:
+    if isinstance(device, Mapping):
+        raise ArgumentTypeError(
+            "device: expected one device (a str or torch.device) or None, got a dict. Pass per-submodule devices as "
+            "device_map={'encoder': 'cuda:0', ...}."
+        )
+    stored = [entry["path"] for entry in entries]
+    if device_map is not None and not isinstance(device_map, Mapping):
+        raise ArgumentTypeError(f"device_map: expected a dict of attribute path -> device, got {type(device_map).__name__}")
+    unknown = sorted(set(device_map or {}) - set(stored))
+    if unknown:
+        raise InvalidArgumentError(
+            f"device_map: {unknown} are not attribute paths this checkpoint holds; it holds {stored} ('' is a Module "
+            "saved on its own)."
+        )
+    chosen = {p: (device_map or {}).get(p, device) for p in stored}
+    try:
+        return {p: torch.device(d) if d is not None else None for p, d in chosen.items()}
+    except (RuntimeError, TypeError) as error:
+        raise InvalidArgumentError(
+            f"device_map/device: expected devices such as 'cpu' or 'cuda:0', got {chosen}: {error}"
+        ) from error
+
+
+@dataclass
+class _LoadPlan:
+    path: str
+    description: dict[str, Any]
+    device: torch.device | None
+    target: torch.nn.Module | None = None
+    problem: tuple[type[AITuneTritonError], str] | None = None
+    created: Module | None = None  # the wrapper made for a bare target
+    loaded: bool = False  # an existing wrapper was switched to TUNED
+    state_before: ModuleState | None = None
+
+
+def _plan_load(obj: Any, path: str, description: dict[str, Any], device: torch.device | None) -> _LoadPlan:
+    """Find and check one stored submodule in ``obj`` without changing anything."""
+    plan = _LoadPlan(path, description, device)
+    where = f"'{path}'" if path else f"the {type(obj).__name__} itself"
+    try:
+        target = _resolve(obj, path)
+    except AttributeError as error:
+        plan.problem = (CheckpointError, f"{where} (Module '{description['name']}') is not in it ({error})")
+        return plan
+    plan.target = target
+    stored = ForwardSignature.from_dict(description["signature"])
+    if isinstance(target, Module):
+        if target.state is ModuleState.TUNED:
+            plan.problem = (ModuleStateError, f"{where} is the Module '{target.name}', which is already tuned (reset it "
+                            "with enable_recording(force=True), or load into a freshly built object)")
+            return plan
+        signature = target.signature
+    else:
+        holder = live_wrapper_of(target)
+        if holder is not None:
+            plan.problem = (InvalidArgumentError, f"{where} is wrapped by the live Module '{holder.name}', which its "
+                            "parent does not hold; assign that wrapper into the parent, or delete it")
+            return plan
+        signature = ForwardSignature.from_callable(own_forward(target))
+    if signature != stored:
+        plan.problem = (InvalidStateDictError, f"{where} ({type(target).__name__}) has a forward taking "
+                        f"{signature.describe()}, but Module '{description['name']}' was tuned for one taking "
+                        f"{stored.describe()}; build the object the checkpoint was saved from")
+    return plan
+
+
+def _resolve(obj: Any, path: str) -> torch.nn.Module:
+    """The module at attribute path ``path`` in ``obj`` (a wrapper where its parent holds one).
+
+    Raises:
+        AttributeError: a step of the path is missing or not a torch module.
+    """
+    if not path:
+        if not isinstance(obj, torch.nn.Module):
+            raise AttributeError(f"{type(obj).__name__} is not a torch.nn.Module")
+        return obj
+    if isinstance(obj, torch.nn.Module):
+        return obj.get_submodule(path)
+    head, _, rest = path.partition(".")
+    value = getattr(obj, head)
+    if not isinstance(value, torch.nn.Module):
+        raise AttributeError(f"attribute {head!r} is a {type(value).__name__}, not a torch.nn.Module")
+    return value.get_submodule(rest) if rest else value
+
+
+def _load_all(plans: list[_LoadPlan]) -> None:
+    """Switch every planned module to TUNED; on any failure undo the ones done and re-raise."""
+    try:
+        for plan in plans:
+            target = cast(torch.nn.Module, plan.target)  # every plan found its target (no problems)
+            if isinstance(target, Module):
+                plan.state_before = target.state
+                target.load_tuned(plan.description, plan.device)
+                plan.loaded = True
+            else:
+                plan.created = Module.from_dict(target, plan.description, plan.device)
+    except BaseException:
+        for plan in plans:
+            if plan.loaded and isinstance(plan.target, Module):
+                plan.target._undo_load(plan.state_before)
+            if plan.created is not None:
+                plan.created._undo_load(None)
+            plan.created = None
+        raise
+
+
+def _replace(obj: Any, path: str, wrapper: Module) -> None:
+    """Put ``wrapper`` where ``path`` points, in place of the bare module there."""
+    parent_path, _, attribute = path.rpartition(".")
+    parent = _resolve(obj, parent_path) if parent_path else obj
+    setattr(parent, attribute, wrapper)

@@ -38,7 +38,8 @@ def main() -> None:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "repository", required=True, type=click.Path(path_type=Path),
               help="Model repository directory to write into (created when missing).")
-@click.option("--name", default=None, help="Entry model name; default the module's name. Graph models are NAME.graph_N.")
+@click.option("--name", default=None, help="Entry model name; default the module's name. Graph models are NAME.graph_N. "
+              "Only for a checkpoint of one module.")
 @click.option("--instance-count", default=1, show_default=True, type=int,
               help="Model instances per device (instance_group count); each is a separate process.")
 @click.option("--instance-kind", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"]),
@@ -53,7 +54,9 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
     """Export CHECKPOINT (written by aitune_triton.save) to a Triton model repository.
 
     Writes one Python-backend graph model per tuned graph spec and an entry model named after
-    the module; each export adds a new version directory, existing versions are never rewritten.
+    the module; a checkpoint of a model or pipeline holding several wrapped submodules gives each
+    its own entry and graph models, named after its stored name. Each export adds a new version
+    directory, existing versions are never rewritten.
     Exits with status 1 and an "Error:" line (nothing written) when the checkpoint is missing or
     fails verification, a name is invalid, or a graph spec cannot be served.
     """
@@ -71,7 +74,7 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
     table.add_column("model")
     table.add_column("version", justify="right")
     for model, version in result.versions.items():
-        table.add_row(model + ("  (entry)" if model == result.entry_model else ""), str(version))
+        table.add_row(model + ("  (entry)" if model in result.entry_models.values() else ""), str(version))
     console.print(table)
 
 
@@ -143,7 +146,9 @@ def _interrupt(signum: int, frame: object) -> None:
 def inspect(checkpoint: Path) -> None:
     """Show the graph specs, chosen backends and library versions of CHECKPOINT.
 
-    Exits with status 1 and an "Error:" line when CHECKPOINT is missing or fails verification.
+    A checkpoint of several wrapped submodules shows one table per submodule, titled with its
+    attribute path. Exits with status 1 and an "Error:" line when CHECKPOINT is missing or fails
+    verification.
     """
     from aitune_triton.checkpoint import read_checkpoint
 
@@ -151,17 +156,19 @@ def inspect(checkpoint: Path) -> None:
         manifest = read_checkpoint(checkpoint)
     except AITuneTritonError as error:
         raise _fail(error) from error
-    module = manifest["module"]
-    table = Table(title=f"{module['name']} ({module['module_class']})")
-    for column in ("graph spec", "inputs", "constants", "backend", "max batch"):
-        table.add_column(column)
-    for entry in module["graphs"]:
-        graph = entry["graph"]
-        inputs = ", ".join(f"{t['path']} {t['dtype']} {t['min_shape']}..{t['max_shape']}" for t in graph["inputs"])
-        constants = ", ".join(f"{path}={value}" for path, value in graph.get("constants", {}).items()) or "-"
-        batch = graph.get("dims", {}).get("batch")
-        table.add_row(graph["name"], inputs, constants, entry["backend"]["name"], str(batch[1]) if batch else "-")
-    console.print(table)
+    for stored in manifest["modules"]:
+        module = stored["module"]
+        where = f"{stored['path']}: " if stored["path"] else ""
+        table = Table(title=f"{where}{module['name']} ({module['module_class']})")
+        for column in ("graph spec", "inputs", "constants", "backend", "max batch"):
+            table.add_column(column)
+        for entry in module["graphs"]:
+            graph = entry["graph"]
+            inputs = ", ".join(f"{t['path']} {t['dtype']} {t['min_shape']}..{t['max_shape']}" for t in graph["inputs"])
+            constants = ", ".join(f"{path}={value}" for path, value in graph.get("constants", {}).items()) or "-"
+            batch = graph.get("dims", {}).get("batch")
+            table.add_row(graph["name"], inputs, constants, entry["backend"]["name"], str(batch[1]) if batch else "-")
+        console.print(table)
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items() if v))
 
 

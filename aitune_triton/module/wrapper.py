@@ -356,6 +356,18 @@ class Module(wrapt.ObjectProxy):
         handlers = {ModuleState.INIT: None, ModuleState.PASSTHROUGH: PassthroughState()}
         self._self_handler = handlers.get(state, RecordingState(self._self_recorder))
 
+    def _undo_load(self, state: ModuleState | None) -> None:
+        """Undo :meth:`load_tuned` for :func:`aitune_triton.load` when another submodule failed to load:
+        release the backends and put back the untuned ``state`` (recorded calls kept); with None,
+        for a wrapper that load created, also retire it so the bare module counts as unwrapped."""
+        if isinstance(self._self_handler, TunedModule):
+            self._self_handler.deactivate()
+            self._self_handler = None
+        if state is None:
+            self._self_retired = True
+        else:
+            self._restore_state(state)
+
     def _recorded_calls(self) -> int:
         return self._self_recorder.num_calls
 

@@ -3,7 +3,10 @@
 Every tuned graph spec becomes a Python-backend *graph model* named ``<name>.<graph>``
 (``minilm.graph_0``) that runs the graph's artifact; the module as a whole gets an *entry model*
 named ``<name>``: a BLS router in front of the graph models, whose configuration also carries
-every graph model's IO mapping for :class:`~aitune_triton.triton.client.RemoteModule`::
+every graph model's IO mapping for :class:`~aitune_triton.triton.client.RemoteModule`. A
+checkpoint of several wrapped submodules (a model or pipeline saved with
+:func:`aitune_triton.save`) gives each submodule its own entry and graph models, named after its
+stored Module name::
 
     model_repository/
       minilm/                      entry model (router)
@@ -24,6 +27,7 @@ versions it was exported with.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -65,15 +69,31 @@ class ExportResult:
 
     Attributes:
         repository: The model repository.
-        entry_model: Name of the entry (router) model; pass it to RemoteModule.
-        graph_models: Names of the graph models.
+        entry_models: Attribute path of each exported module in the saved object (``""`` for a
+            Module exported on its own) -> name of its entry (router) model; pass that name to
+            RemoteModule.
+        graph_models: Names of the graph models, of every module.
         versions: Model name -> version directory written.
     """
 
     repository: Path
-    entry_model: str
+    entry_models: dict[str, str]
     graph_models: list[str]
     versions: dict[str, int]
+
+    @property
+    def entry_model(self) -> str:
+        """The entry model's name, for an export of one module.
+
+        Raises:
+            ExportError: the export wrote several modules (read :attr:`entry_models`).
+        """
+        if len(self.entry_models) != 1:
+            raise ExportError(
+                f"entry_model: this export wrote {len(self.entry_models)} entry models, one per wrapped submodule: "
+                f"{self.entry_models}. Use entry_models[attribute path]."
+            )
+        return next(iter(self.entry_models.values()))
 
 
 def templates_dir() -> Path:
@@ -101,16 +121,18 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def _description(module_or_checkpoint: Module | str | os.PathLike) -> tuple[dict[str, Any], str]:
+def _descriptions(module_or_checkpoint: Module | str | os.PathLike) -> tuple[list[tuple[str, dict[str, Any]]], str]:
+    """``(attribute path, module description)`` pairs to export, and where they come from."""
     if isinstance(module_or_checkpoint, Module):
         if module_or_checkpoint.state.name != "TUNED":
             raise ExportError(
                 f"module: '{module_or_checkpoint.name}' is not tuned (state: {module_or_checkpoint.state.name}). "
                 "Record calls and call tune() before exporting."
             )
-        return module_or_checkpoint.to_dict(), f"module '{module_or_checkpoint.name}'"
+        return [("", module_or_checkpoint.to_dict())], f"module '{module_or_checkpoint.name}'"
     if isinstance(module_or_checkpoint, (str, os.PathLike)):
-        return read_checkpoint(module_or_checkpoint)["module"], f"checkpoint {Path(module_or_checkpoint).absolute()}"
+        entries = read_checkpoint(module_or_checkpoint)["modules"]
+        return [(e["path"], e["module"]) for e in entries], f"checkpoint {Path(module_or_checkpoint).absolute()}"
     raise ExportError(
         f"module_or_checkpoint: expected a tuned aitune_triton.Module or a checkpoint directory, "
         f"got {type(module_or_checkpoint).__name__}"
@@ -137,11 +159,16 @@ def export(
 ) -> ExportResult:
     """Write a tuned module as Triton models: one graph model per graph spec plus an entry model.
 
+    A checkpoint of several wrapped submodules exports each of them that way, its entry model
+    named after its stored Module name, all in one atomic export.
+
     Args:
         module_or_checkpoint: A ``TUNED`` :class:`~aitune_triton.Module` or a checkpoint directory
-            written by :func:`aitune_triton.save`.
+            written by :func:`aitune_triton.save` (of a Module, or of a model or pipeline holding
+            wrapped submodules).
         repository: Model repository directory (created when missing).
         name: Entry model name; default the module's name. Graph models are ``<name>.<graph>``.
+            Only for a checkpoint holding one module.
         options: Instance group and dynamic batching options.
         show_progress: Print progress lines to stderr.
 
@@ -154,29 +181,53 @@ def export(
             graph specs. Nothing is written.
         CheckpointError: the checkpoint is missing or fails verification. Nothing is written.
         InvalidNameError: ``name`` is not a valid model name (``/``, leading ``.``...).
-        ExportError: also when ``repository`` is an existing file.
+        ExportError: also when ``repository`` is an existing file, when ``name`` is given for a
+            checkpoint of several modules, or when two exported modules would share a model name.
     """
-    description, source = _description(module_or_checkpoint)
-    name = validate_model_name(name, "name") if name is not None else validate_model_name(description["name"], "module name")
+    entries, source = _descriptions(module_or_checkpoint)
+    if name is not None and len(entries) > 1:
+        raise ExportError(
+            f"name: applies to an export of one module; {source} holds {len(entries)} wrapped submodules "
+            f"({', '.join(repr(p) for p, _ in entries)}), exported under their stored names. Pass name=None."
+        )
     options = options or TritonModelOptions()
     repository = Path(repository).absolute()
     if repository.exists() and not repository.is_dir():
         raise ExportError(f"repository: {repository} is a file; pass a directory (it is created when missing).")
-    models = _plan(description, name, options, repository)
+    graph_models: list[_PlannedModel] = []
+    entry_models: dict[str, _PlannedModel] = {}
+    for path, description in entries:
+        if name is not None:
+            entry_name = validate_model_name(name, "name")
+        else:
+            entry_name = validate_model_name(description["name"], f"module name at '{path}'" if path else "module name")
+        planned = _plan(description, entry_name, options, repository)
+        graph_models += planned[:-1]
+        entry_models[path] = planned[-1]
+    models = graph_models + list(entry_models.values())  # graph models first, the entry models last
+    clashing = sorted(model for model, count in collections.Counter(m.name for m in models).items() if count > 1)
+    if clashing:
+        raise ExportError(f"{source}: two exported modules would both write the models {clashing}; rename one Module.")
+    title = ", ".join(m.name for m in entry_models.values())
     repository.mkdir(parents=True, exist_ok=True)
     # Staged next to the repository, never inside it: Triton refuses a repository holding a
     # directory that is not a model (a staging folder left by a killed export, say).
     staging = make_staging_dir(repository.parent)
     try:
-        with progress(f"Exporting '{name}' to {repository}", enabled=show_progress) as log:
+        with progress(f"Exporting '{title}' to {repository}", enabled=show_progress) as log:
             for model in models:
                 model.write(staging / model.name, source)
                 log(f"{model.name}: version {model.version} ({model.summary})")
-            for model in models:  # graph models first, the entry model last
+            for model in models:  # graph models first, the entry models last
                 _publish(staging / model.name, repository / model.name, model.version)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(repository, name, [m.name for m in models[:-1]], {m.name: m.version for m in models})
+    return ExportResult(
+        repository,
+        {path: model.name for path, model in entry_models.items()},
+        [m.name for m in graph_models],
+        {m.name: m.version for m in models},
+    )
 
 
 @dataclass

@@ -147,7 +147,7 @@ def test_manifest_records_library_versions_and_artifact_hashes(saved):
 
     manifest = json.loads((path / MANIFEST_NAME).read_text())
 
-    assert manifest["format"] == "aitune_triton.checkpoint" and manifest["format_version"] == 1
+    assert manifest["format"] == "aitune_triton.checkpoint" and manifest["format_version"] == 2
     versions = manifest["versions"]
     assert versions["torch"] == metadata.version("torch") == torch.__version__
     assert versions["onnxruntime"] == metadata.version("onnxruntime")
@@ -157,7 +157,9 @@ def test_manifest_records_library_versions_and_artifact_hashes(saved):
     for relative, entry in manifest["files"].items():
         data = (path / relative).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
-    description = manifest["module"]
+    (stored,) = manifest["modules"]
+    assert stored["path"] == ""  # a Module saved on its own
+    description = stored["module"]
     assert description["name"] == "test_checkpoint_shared"
     assert [g["backend"]["artifacts"] for g in description["graphs"]] == [
         {"model": "graph_0/model.onnx"},
@@ -201,7 +203,7 @@ def test_save_with_overwrite_replaces_the_old_checkpoint(saved, checkpoint_copy,
     assert result == checkpoint_copy.absolute()
     assert sorted(_tree(checkpoint_copy)) == [MANIFEST_NAME]  # old artifacts and stray files are gone
     manifest = json.loads((checkpoint_copy / MANIFEST_NAME).read_text())
-    assert manifest["module"]["name"] == unique_name
+    assert manifest["modules"][0]["module"]["name"] == unique_name
     assert manifest["files"] == {}
     assert sorted(p.name for p in checkpoint_copy.parent.iterdir()) == ["copy"]  # no staging/old dirs
 
@@ -399,7 +401,7 @@ def test_load_rejects_an_artifact_not_listed_in_the_manifest_files(saved, checkp
 
 
 def test_load_rejects_an_invalid_module_description(saved, checkpoint_copy):
-    _edit_manifest(checkpoint_copy, lambda m: m["module"].update(type="other"))
+    _edit_manifest(checkpoint_copy, lambda m: m["modules"][0]["module"].update(type="other"))
 
     with pytest.raises(CheckpointError, match="holds an invalid module description"):
         aitune_triton.load(saved[0], checkpoint_copy)
