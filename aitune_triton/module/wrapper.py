@@ -152,7 +152,7 @@ class Module(wrapt.ObjectProxy):
         max_samples: int = 32,
         strict: bool = True,
         fallback: str | None = None,
-        dynamic_shapes: Mapping[str, Mapping[int, DimDecl]] | None = None,
+        dynamic_shapes: Mapping[Any, Any] | None = None,
         offload: str | None = None,
         cache_dir: str | os.PathLike | None = None,
     ):
