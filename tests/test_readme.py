@@ -26,3 +26,7 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
         exec(compile(block, str(README), "exec"), namespace)
     assert (tmp_path / "model_repository" / "readme_net" / "config.pbtxt").is_file()
     assert (tmp_path / "checkpoints" / "readme_net" / "manifest.json").is_file()
+    # the AITune-style block: a pipeline's two wrapped submodules, saved together and exported
+    assert (tmp_path / "checkpoints" / "readme_pipe" / "manifest.json").is_file()
+    for entry_model in ("readme_encoder", "readme_decoder"):
+        assert (tmp_path / "model_repository" / entry_model / "config.pbtxt").is_file()
