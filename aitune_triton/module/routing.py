@@ -174,6 +174,7 @@ def _routed_type(original: type) -> type:
     routed = _ROUTED.get(original)
     if routed is None:
         namespace = {
+            "__slots__": (),  # the same instance layout, so ``module.__class__`` can be assigned
             "forward": _RoutedForward(),
             "__reduce_ex__": _reduce_as_original,
             "__module__": original.__module__,
