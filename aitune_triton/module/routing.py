@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from aitune_triton.errors import ModuleStateError
+from aitune_triton.errors import ArgumentTypeError, ModuleStateError
 
 __all__ = [
     "DISPATCHING",
@@ -42,8 +42,9 @@ DISPATCHING: contextvars.ContextVar[Any] = contextvars.ContextVar("aitune_triton
 #: torch module -> its live wrapper (both held weakly).
 WRAPPERS: "weakref.WeakKeyDictionary[torch.nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
 
-#: original class -> its routed subclass.
-_ROUTED: "weakref.WeakKeyDictionary[type, type]" = weakref.WeakKeyDictionary()
+#: original class -> its routed subclass, while a module of that subclass exists (the routed class
+#: holds the original as its base, so a weak-key cache would keep both alive forever).
+_ROUTED: "weakref.WeakValueDictionary[type, type]" = weakref.WeakValueDictionary()
 _ORIGINAL_ATTRIBUTE = "_aitune_triton_original_type"
 
 
@@ -70,6 +71,18 @@ def own_forward(module: torch.nn.Module) -> Callable[..., Any]:
     return forward if forward is not None else original_type(module).forward.__get__(module)
 
 
+_DELEGATED = frozenset({"__code__", "__func__", "__globals__", "__defaults__", "__kwdefaults__", "__closure__", "__annotations__"})
+
+
+def _tracing() -> bool:
+    """Whether the call is being traced or compiled (torch.compile, torch.export, torch.jit.trace,
+    torch.fx.symbolic_trace): the trace must see the module's own forward, not the wrapper's
+    state, which would record or run a backend on symbolic values."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch._C._is_tracing():
+        return True
+    return torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
 class StateForward:
     """What ``module.forward`` reads as while a live wrapper holds the module: calling it routes
     the call (hooks already run by ``nn.Module.__call__``, or none when ``forward`` is called
@@ -91,9 +104,16 @@ class StateForward:
         except (TypeError, ValueError):
             pass
 
+    def __getattr__(self, name: str) -> Any:
+        # Tools that read the forward function (torch.export: ``__code__``; torch.jit.script:
+        # ``__func__``, ``__globals__``) see the module's own forward.
+        if name.startswith("__") and name.endswith("__") and name not in _DELEGATED:
+            raise AttributeError(name)
+        return getattr(self.__dict__["__wrapped__"], name)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         wrapper = self._wrapper()
-        if wrapper is None or wrapper._self_retired:
+        if wrapper is None or wrapper._self_retired or _tracing():
             return own_forward(self.__self__)(*args, **kwargs)
         if DISPATCHING.get() is wrapper:  # a self(...) inside the wrapped call: part of that call
             return wrapper._self_forward(*args, **kwargs)
@@ -153,27 +173,41 @@ def original_type_of_class(cls: type) -> "type[torch.nn.Module]":
 def _reduce_as_original(self: torch.nn.Module, protocol: Any) -> Any:
     """Pickle and copy a routed module as an instance of its original class.
 
-    ``object.__reduce_ex__`` names the class first among the arguments of its reduction; pickle
-    refuses a ``copyreg.__newobj__`` whose class is not the object's, so that one becomes the
-    standard library's ``copyreg._reconstructor`` (``object.__new__(original)``, then the state):
-    the pickle loads without aitune_triton."""
+    The reduction names the class as its callable (a class's own ``__reduce__`` returning
+    ``(type(self), args)``) or first among its arguments (``object.__reduce_ex__``); both become
+    the original class. Pickle refuses a ``copyreg.__newobj__`` whose class is not the object's,
+    so that one becomes the standard library's ``copyreg._reconstructor``
+    (``object.__new__(original)``, then the state): the pickle loads without aitune_triton."""
     routed = type(self)
     original = original_type_of_class(routed)
     reduced = super(routed, self).__reduce_ex__(protocol)
-    if not (isinstance(reduced, tuple) and len(reduced) >= 2 and isinstance(reduced[1], tuple) and reduced[1]):
+    if not isinstance(reduced, tuple) or len(reduced) < 2 or not isinstance(reduced[1], tuple):
         return reduced
     function, arguments, *rest = reduced
-    if arguments[0] is not routed:
-        return reduced
-    if function is getattr(copyreg, "__newobj__") and len(arguments) == 1:
-        return (getattr(copyreg, "_reconstructor"), (original, object, None), *rest)
-    return (function, (original, *arguments[1:]), *rest)
+    if function is routed:
+        function = original
+    if arguments and arguments[0] is routed:
+        if function is getattr(copyreg, "__newobj__") and len(arguments) == 1:
+            return (getattr(copyreg, "_reconstructor"), (original, object, None), *rest)
+        arguments = (original, *arguments[1:])
+    return (function, arguments, *rest)
+
+
+def _recompile_as_original(self: torch.nn.Module) -> Any:
+    """``torch.fx.GraphModule.recompile`` writes ``forward`` and ``__call__`` on ``type(self)``;
+    it runs with the original class in place, so it writes them there and not over the routing."""
+    routed = type(self)
+    self.__class__ = original_type_of_class(routed)
+    try:
+        return self.recompile()  # type: ignore[operator]
+    finally:
+        self.__class__ = routed
 
 
 def _routed_type(original: type) -> type:
     routed = _ROUTED.get(original)
     if routed is None:
-        namespace = {
+        namespace: dict[str, Any] = {
             "__slots__": (),  # the same instance layout, so ``module.__class__`` can be assigned
             "forward": _RoutedForward(),
             "__reduce_ex__": _reduce_as_original,
@@ -182,7 +216,16 @@ def _routed_type(original: type) -> type:
             "__doc__": original.__doc__,
             _ORIGINAL_ATTRIBUTE: original,
         }
-        routed = type(original)(original.__name__, (original,), namespace)
+        if issubclass(original, torch.fx.GraphModule):
+            namespace["recompile"] = _recompile_as_original
+        try:
+            routed = type(original)(original.__name__, (original,), namespace)
+        except Exception as error:  # a class whose __init_subclass__ or metaclass refuses a plain subclass
+            raise ArgumentTypeError(
+                f"module: {original.__qualname__} cannot be wrapped: Module routes its forward through a subclass "
+                f"(as AITune patches forward), and creating one failed ({type(error).__name__}: {error}). Wrap a module "
+                "whose class can be subclassed without arguments, e.g. an nn.Module that holds this one."
+            ) from error
         _ROUTED[original] = routed
     return routed
 

@@ -243,3 +243,96 @@ def test_a_wrapped_gpt2_generate_is_recorded_tuned_and_decodes_the_same_tokens_a
         tuned = module.generate(prompt[:, :4], **settings)
         eager = twin.generate(prompt[:, :4], **settings)
     assert torch.equal(tuned, eager)
+
+
+def test_a_wrapped_fx_graph_module_still_runs_after_torch_save_and_recompile(unique_name):
+    import io
+
+    torch.manual_seed(0)
+    net = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh()).eval())
+    twin = _eager_twin(net)
+    module = Module(net, name=unique_name)
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        module(x)
+        torch.save(module, io.BytesIO())  # GraphModule pickling recompiles, writing forward on its class
+        net.recompile()
+        after = [module(x), net(x)]
+    assert module.graph_specs[0].num_calls == 3  # still routed: every call recorded
+    for got in after:
+        torch.testing.assert_close(got, twin(x))
+
+
+def test_torch_export_of_a_wrapped_module_or_its_parent_traces_the_own_forward_and_records_nothing(unique_name):
+    net = Stepper().eval()
+    module = Module(net, name=unique_name)
+    parent = torch.nn.Sequential(net, torch.nn.ReLU()).eval()  # holds the bare module
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        module(x)
+        for target in (net, parent):
+            exported = torch.export.export(target, (x,))
+            torch.testing.assert_close(exported.module()(x), target(x))
+    assert module.graph_specs[0].num_calls == 1 + 2  # the two eager comparison calls, not the traces
+
+
+class _Reducing(Stepper):
+    """A module whose own ``__reduce__`` names ``type(self)``, as some libraries' modules do."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def __reduce__(self):
+        return (type(self), (self.scale,))
+
+
+def test_a_module_whose_reduce_names_its_own_type_pickles_and_copies_as_that_type_while_wrapped(unique_name):
+    net = _Reducing(3.0)
+    module = Module(net, name=unique_name)
+    for clone in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net), copy.copy(net)):
+        assert type(clone) is _Reducing and clone.scale == 3.0
+        pickle.dumps(clone)  # a plain instance of its own class
+    assert module.state is ModuleState.INIT
+
+
+class _Tagged(torch.nn.Module):
+    def __init_subclass__(cls, *, tag: str, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.tag = tag
+
+
+class _TaggedNet(_Tagged, tag="net"):
+    def forward(self, x):
+        return x
+
+
+def test_a_class_that_cannot_be_subclassed_without_arguments_is_refused_with_what_to_do(unique_name):
+    from aitune_triton.errors import ArgumentTypeError
+
+    with pytest.raises(ArgumentTypeError, match=r"_TaggedNet cannot be wrapped: Module routes its forward through a subclass.*Wrap a module"):
+        Module(_TaggedNet(), name=unique_name)
+
+
+def test_routed_classes_do_not_accumulate_when_modules_come_and_go(unique_name):
+    import weakref
+
+    from aitune_triton.module import routing
+
+    def wrap_and_drop(count: int, start: int) -> list:
+        classes = []
+        for index in range(start, start + count):
+            net = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(4, 4)))  # a class of its own
+            classes.append(weakref.ref(type(net)))
+            module = Module(net, name=f"{unique_name}_{index}")
+            with torch.no_grad():
+                module(torch.randn(1, 4))
+            del module, net
+        gc.collect()
+        return classes
+
+    few = wrap_and_drop(2, 0)
+    many = wrap_and_drop(10, 2)
+    alive = sum(reference() is not None for reference in few + many)
+    assert alive <= 2  # at most the last ones, still referenced by this frame's leftovers, not one per module
+    assert len(routing._ROUTED) <= 2
