@@ -31,7 +31,7 @@ from aitune_triton.module.dims import DimDecl, validate_dynamic_shapes
 from aitune_triton.module.passthrough import PassthroughState
 from aitune_triton.module.recording import Recorder, RecordingState
 from aitune_triton.module.samples import SampleStore
-from aitune_triton.module.registry import claim_name, unique_default_name
+from aitune_triton.module.registry import claim_name, release_name, unique_default_name
 from aitune_triton.module.routing import StateForward, live_wrapper_of, original_type, own_forward, register_wrapper, route, unroute
 from aitune_triton.spec import ForwardSignature, GraphSpec
 from aitune_triton.module.state import ModuleState
@@ -357,16 +357,26 @@ class Module(wrapt.ObjectProxy):
         self._self_handler = handlers.get(state, RecordingState(self._self_recorder))
 
     def _undo_load(self, state: ModuleState | None) -> None:
-        """Undo :meth:`load_tuned` for :func:`aitune_triton.load` when another submodule failed to load:
-        release the backends and put back the untuned ``state`` (recorded calls kept); with None,
-        for a wrapper that load created, also retire it so the bare module counts as unwrapped."""
+        """Undo :meth:`load_tuned` when it or another submodule's load failed: release the backends
+        and put back the untuned ``state`` (recorded calls kept). With None, for a wrapper that the
+        load created, also retire it, free its name and give the module its own class back, so the
+        bare module is unwrapped at once, even while a kept traceback holds this wrapper."""
         if isinstance(self._self_handler, TunedModule):
             self._self_handler.deactivate()
             self._self_handler = None
         if state is None:
             self._self_retired = True
+            release_name(self._self_name, self)
+            unroute(weakref.ref(self.__wrapped__))
         else:
             self._restore_state(state)
+
+    def _reinstate(self, successor: "Module") -> None:
+        """Take the module and the name back from ``successor``, which retired this wrapper when it
+        wrapped the same module under the same name and is itself being retired (a failed load)."""
+        self._self_retired = False
+        claim_name(self._self_name, self, replacing=successor)
+        register_wrapper(self.__wrapped__, self)
 
     def _recorded_calls(self) -> int:
         return self._self_recorder.num_calls
@@ -562,18 +572,31 @@ class Module(wrapt.ObjectProxy):
             InvalidStateDictError: (a ValueError) ``state_dict`` is not in the format of
                 :meth:`to_dict`; the message starts with "Invalid dictionary format" and says what
                 is wrong.
+            UnknownBackendError: (a ValueError) a stored backend is not registered here.
+            BackendUnavailableError: a stored backend cannot run on the device here.
+
+        After a failed load ``module`` is as it was: no wrapper made here routes or records its
+        calls, and a live Module that wrapped it before still does.
         """
         problem = state_dict_problem(state_dict)
         if problem:
             raise InvalidStateDictError(f"{_INVALID_STATE_DICT} ({problem})")
+        previous = live_wrapper_of(module)
         if name is None:
             stored = sanitize_name(state_dict["name"])
-            previous = live_wrapper_of(module)
             name = stored if previous is not None and previous.name == stored else unique_default_name(stored)
             if name != stored:
                 warnings.warn(f"Module '{stored}' is alive, so this one is named '{name}'.", stacklevel=2)
         wrapped = cls(module, name=name, strict=state_dict.get("strict", True))
-        wrapped.load_tuned(state_dict, device)
+        try:
+            wrapped.load_tuned(state_dict, device)
+        except BaseException:
+            # A failed load changes nothing: the new wrapper must not keep routing the module (a kept
+            # traceback holds it), and an older wrapper of the same name that it retired is put back.
+            if previous is not None:
+                previous._reinstate(wrapped)
+            wrapped._undo_load(None)
+            raise
         return wrapped
 
     def load_tuned(self, state_dict: Mapping[str, Any], device: str | torch.device | None = None) -> None:
