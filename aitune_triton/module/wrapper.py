@@ -27,7 +27,7 @@ from aitune_triton.errors import (
     RecordingError,
 )
 from aitune_triton.module.description import STATE_DICT_FORMAT_VERSION, STATE_DICT_KEY, STATE_DICT_TYPE, state_dict_problem
-from aitune_triton.module.dims import DimDecl, validate_dynamic_shapes
+from aitune_triton.module.dims import DimDecl, check_declared_parameters, validate_dynamic_shapes
 from aitune_triton.module.passthrough import PassthroughState
 from aitune_triton.module.recording import Recorder, RecordingState
 from aitune_triton.module.samples import SampleStore
@@ -133,7 +133,8 @@ class Module(wrapt.ObjectProxy):
         ArgumentTypeError: (a TypeError) ``module`` is not a ``torch.nn.Module`` (or is a wrapper).
         InvalidNameError: (a ValueError) ``name`` is empty, only dots, or used by another live Module.
         InvalidArgumentError: (a ValueError) ``fallback``, ``offload`` or ``dynamic_shapes`` is
-            invalid, or ``module`` is wrapped by a live Module of another name. Wrapping it again
+            invalid (also a path whose first part is no parameter of the forward), or ``module``
+            is wrapped by a live Module of another name. Wrapping it again
             under the same name (re-running a notebook cell) retires the older wrapper instead.
 
     Strategy precedence for a graph spec: its entry in the constructor's ``strategies``, then the
@@ -165,6 +166,14 @@ class Module(wrapt.ObjectProxy):
         if offload not in _OFFLOAD_TARGETS:
             raise InvalidArgumentError(f"offload: expected one of {list(_OFFLOAD_TARGETS)}, got {offload!r}")
         declared = validate_dynamic_shapes(dynamic_shapes)
+        forward = own_forward(module)
+        signature = ForwardSignature.from_callable(forward)
+        check_declared_parameters(
+            declared,
+            [p.name for p in signature.parameters],
+            next((p.name for p in signature.parameters if p.kind == "VAR_KEYWORD"), None),
+            signature.describe(),
+        )
         SampleStore(max_samples)  # validates max_samples now, not at the first call
         previous = live_wrapper_of(module)
         if name is None:
@@ -193,9 +202,8 @@ class Module(wrapt.ObjectProxy):
         self._self_offload = offload
         self._self_offloaded_from: torch.device | None = None
         self._self_cache_dir = Path(cache_dir) if cache_dir is not None else None
-        forward = own_forward(module)
         self._self_forward = forward
-        self._self_signature = ForwardSignature.from_callable(forward)
+        self._self_signature = signature
         # Created on the first recorded call; removed with the wrapper.
         self._self_samples_dir = (self._self_cache_dir or default_cache_dir()) / f"{name}-samples-{uuid.uuid4().hex[:12]}"
         self._self_recorder = self._new_recorder(max_samples, declared)
