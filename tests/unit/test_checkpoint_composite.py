@@ -490,6 +490,21 @@ def test_the_cli_inspects_and_exports_a_two_submodule_checkpoint(saved_pipeline,
     assert (tmp_path / "repo" / "composite_pipe_unet_head.graph_0" / "config.pbtxt").is_file()
 
 
+def test_the_cli_export_of_a_two_submodule_checkpoint_with_name_says_to_drop_the_option_and_writes_nothing(
+    saved_pipeline, tmp_path
+):
+    _, path = saved_pipeline
+    runner = CliRunner(env={"COLUMNS": "240"})
+
+    result = runner.invoke(main, ["export", str(path), "-o", str(tmp_path / "repo"), "--name", "renamed", "--quiet"])
+
+    assert result.exit_code == 1
+    assert "Error: name: applies to an export of one module; " in result.output
+    assert "holds 2 wrapped submodules ('text_encoder', 'unet.head'), exported under their stored names. Drop --name." in result.output
+    assert "name=None" not in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "repo").exists()
+
+
 def test_a_single_module_checkpoint_exports_as_before_with_its_entry_model(tmp_path, unique_name):
     module = Module(Encoder().eval(), name=unique_name, strategy=_ort())
     _record_and_tune(module, [module])
