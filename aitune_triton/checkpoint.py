@@ -365,10 +365,10 @@ def load(
             is invalid, ``name`` is given for a checkpoint of submodules, a bare submodule is
             wrapped by a live Module its parent does not hold, or an attribute path cannot be
             assigned the loaded Module (a read-only property).
+        ArgumentTypeError: ``device`` is a dict (pass ``device_map=``).
 
     A failed load changes nothing in ``obj``: every submodule loaded before the failure is put
     back untuned, and no wrapper made for a bare submodule keeps routing or recording its calls.
-        ArgumentTypeError: ``device`` is a dict (pass ``device_map=``).
     """
     manifest = read_checkpoint(path)
     entries = manifest["modules"]
