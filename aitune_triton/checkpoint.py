@@ -362,9 +362,13 @@ def load(
             than the stored one (the message names its path).
         ModuleStateError: a Module to load into is already tuned.
         InvalidArgumentError: ``device_map`` names a path the checkpoint does not hold, a device
-            is invalid, ``name`` is given for a checkpoint of submodules, or a bare submodule is
-            wrapped by a live Module its parent does not hold.
+            is invalid, ``name`` is given for a checkpoint of submodules, a bare submodule is
+            wrapped by a live Module its parent does not hold, or an attribute path cannot be
+            assigned the loaded Module (a read-only property).
         ArgumentTypeError: ``device`` is a dict (pass ``device_map=``).
+
+    A failed load changes nothing in ``obj``: every submodule loaded before the failure is put
+    back untuned, and no wrapper made for a bare submodule keeps routing or recording its calls.
     """
     manifest = read_checkpoint(path)
     entries = manifest["modules"]
@@ -387,9 +391,7 @@ def load(
         listed = "; ".join(message for _, message in problems)
         raise kind(f"checkpoint {Path(path).absolute()}: nothing was loaded into {type(obj).__name__}: {listed}")
     _load_all(plans)
-    for plan in plans:
-        if plan.created is not None and plan.path:
-            _replace(obj, plan.path, plan.created)
+    _assign_all(obj, plans, path)
     root = next((plan.created for plan in plans if plan.path == "" and plan.created is not None), None)
     return root if root is not None else obj
 
@@ -494,17 +496,49 @@ def _load_all(plans: list[_LoadPlan]) -> None:
             else:
                 plan.created = Module.from_dict(target, plan.description, plan.device)
     except BaseException:
-        for plan in plans:
-            if plan.loaded and isinstance(plan.target, Module):
-                plan.target._undo_load(plan.state_before)
-            if plan.created is not None:
-                plan.created._undo_load(None)
-            plan.created = None
+        _undo_all(plans)
         raise
 
 
-def _replace(obj: Any, path: str, wrapper: Module) -> None:
-    """Put ``wrapper`` where ``path`` points, in place of the bare module there."""
+def _undo_all(plans: list[_LoadPlan]) -> None:
+    """Put every planned module back as it was before the load: untuned, bare ones unwrapped."""
+    for plan in plans:
+        if plan.loaded and isinstance(plan.target, Module):
+            plan.target._undo_load(plan.state_before)
+        plan.loaded = False
+        if plan.created is not None:
+            plan.created._undo_load(None)
+        plan.created = None
+
+
+def _assign_all(obj: Any, plans: list[_LoadPlan], path: str | os.PathLike) -> None:
+    """Put each wrapper made for a bare submodule into its parent; when one cannot be assigned (a
+    read-only property, say), put the bare modules back, undo every load and raise.
+
+    Raises:
+        InvalidArgumentError: an attribute path of ``obj`` cannot be assigned.
+    """
+    assigned: list[_LoadPlan] = []
+    for plan in plans:
+        if plan.created is None or not plan.path:
+            continue
+        try:
+            _replace(obj, plan.path, plan.created)
+        except Exception as error:
+            for done in assigned:
+                _replace(obj, done.path, cast(torch.nn.Module, done.target))
+            _undo_all(plans)
+            raise InvalidArgumentError(
+                f"checkpoint {Path(path).absolute()}: nothing was loaded into {type(obj).__name__}: '{plan.path}' "
+                f"cannot be assigned its loaded Module ({type(error).__name__}: {error}); make it a plain, assignable "
+                "attribute of its parent"
+            ) from error
+        assigned.append(plan)
+
+
+def _replace(obj: Any, path: str, wrapper: Module | torch.nn.Module) -> None:
+    """Put ``wrapper`` where ``path`` points, in place of the bare module there (or the bare module
+    back in place of the wrapper, undoing a failed load)."""
     parent_path, _, attribute = path.rpartition(".")
     parent = _resolve(obj, parent_path) if parent_path else obj
     setattr(parent, attribute, wrapper)

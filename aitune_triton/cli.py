@@ -61,6 +61,7 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
     fails verification, a name is invalid, or a graph spec cannot be served.
     """
     from aitune_triton.triton.config import TritonModelOptions
+    from aitune_triton.triton.exporter import LEAVE_OUT_NAME
     from aitune_triton.triton.exporter import export as export_checkpoint
 
     try:
@@ -69,7 +70,8 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
         )
         result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet)
     except AITuneTritonError as error:
-        raise _fail(error) from error
+        message = str(error).replace(LEAVE_OUT_NAME, "Drop --name.")
+        raise click.ClickException(message) from error
     table = Table(title=f"Exported to {result.repository}")
     table.add_column("model")
     table.add_column("version", justify="right")

@@ -11,7 +11,10 @@
 
 An input is named by its leaf path, the dotted path :func:`aitune_triton.spec.flatten_call` gives
 it (``pixel_values``, ``inputs.pixels``, ``past.0``) or the same path as a tuple of its parts
-(``("inputs", "pixels")``, ``("past", 0)``).
+(``("inputs", "pixels")``, ``("past", 0)``). A path starts with the name of the forward's
+parameter that takes the input (a keyword argument that ``**kwargs`` gathers is
+``kwargs.mask``); ``Module`` refuses a path that starts with anything else when it is built, and
+``tune()`` refuses one that matches no recorded tensor input.
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ from typing import Any, Mapping, Sequence, Union
 
 from aitune_triton.errors import ArgumentTypeError, InvalidArgumentError, RecordingError
 
-__all__ = ["BatchDim", "DeclaredShapes", "DimDecl", "DynamicDim", "dim_from_dict", "validate_dynamic_shapes"]
+__all__ = [
+    "BatchDim",
+    "DeclaredShapes",
+    "DimDecl",
+    "DynamicDim",
+    "check_declared_parameters",
+    "dim_from_dict",
+    "validate_dynamic_shapes",
+]
 
 BATCH_NAME = "batch"
 
@@ -317,6 +328,40 @@ def validate_dynamic_shapes(dynamic_shapes: Mapping[Any, Any] | None) -> Declare
                 )
         dims[path] = axes
     return DeclaredShapes(dims, full_rank)
+
+
+def check_declared_parameters(
+    declared: Mapping[str, Any], parameters: Sequence[str], var_keyword: str | None, forward: str
+) -> None:
+    """Check that every declared path starts with a parameter of the forward.
+
+    A call's leaf paths start with the name of the parameter that took the value (``x``,
+    ``inputs.pixels``; a keyword argument that ``**kwargs`` gathers is ``kwargs.mask``), so a path
+    starting with anything else can never match an input.
+
+    Args:
+        declared: Output of :func:`validate_dynamic_shapes` (keys are dotted leaf paths).
+        parameters: The forward's parameter names, in order.
+        var_keyword: The name of its ``**kwargs`` parameter, if it has one.
+        forward: The forward's parameter list as written, for the message (``(x, mask=None)``).
+
+    Raises:
+        InvalidArgumentError: (a ValueError) a path's first component is not a parameter name.
+    """
+    for path in declared:
+        root = path.split(".", 1)[0]
+        if root in parameters:
+            continue
+        hint = (
+            f" A keyword argument that **{var_keyword} gathers is named '{var_keyword}.<key>': write '{var_keyword}.{path}'."
+            if var_keyword is not None
+            else ""
+        )
+        raise InvalidArgumentError(
+            f"dynamic_shapes: {path!r} names no parameter of the forward, which takes {forward}; expected a leaf path that "
+            f"starts with one of {list(parameters)} ('{parameters[0] if parameters else 'x'}', or "
+            f"'{parameters[0] if parameters else 'x'}.<key>' for an input nested in it).{hint}"
+        )
 
 
 def check_declared(paths: list[str], shapes: list[tuple[int, ...]], declared: Mapping[str, Mapping[int, DimDecl]]) -> None:

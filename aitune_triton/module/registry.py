@@ -7,7 +7,7 @@ from typing import Any
 
 from aitune_triton.errors import InvalidNameError
 
-__all__ = ["claim_name", "live_modules", "unique_default_name"]
+__all__ = ["claim_name", "live_modules", "release_name", "unique_default_name"]
 
 _LIVE: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
 
@@ -26,6 +26,12 @@ def claim_name(name: str, module: Any, replacing: Any = None) -> None:
             "cell that builds a new model: `del` the old wrapper, or wrap the same model object again)."
         )
     _LIVE[name] = module
+
+
+def release_name(name: str, module: Any) -> None:
+    """Free ``name`` if ``module`` still holds it (a wrapper retired before anyone used it)."""
+    if _LIVE.get(name) is module:
+        del _LIVE[name]
 
 
 def unique_default_name(base: str) -> str:

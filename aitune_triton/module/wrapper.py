@@ -27,11 +27,11 @@ from aitune_triton.errors import (
     RecordingError,
 )
 from aitune_triton.module.description import STATE_DICT_FORMAT_VERSION, STATE_DICT_KEY, STATE_DICT_TYPE, state_dict_problem
-from aitune_triton.module.dims import DimDecl, validate_dynamic_shapes
+from aitune_triton.module.dims import DimDecl, check_declared_parameters, validate_dynamic_shapes
 from aitune_triton.module.passthrough import PassthroughState
 from aitune_triton.module.recording import Recorder, RecordingState
 from aitune_triton.module.samples import SampleStore
-from aitune_triton.module.registry import claim_name, unique_default_name
+from aitune_triton.module.registry import claim_name, release_name, unique_default_name
 from aitune_triton.module.routing import StateForward, live_wrapper_of, original_type, own_forward, register_wrapper, route, unroute
 from aitune_triton.spec import ForwardSignature, GraphSpec
 from aitune_triton.module.state import ModuleState
@@ -133,7 +133,8 @@ class Module(wrapt.ObjectProxy):
         ArgumentTypeError: (a TypeError) ``module`` is not a ``torch.nn.Module`` (or is a wrapper).
         InvalidNameError: (a ValueError) ``name`` is empty, only dots, or used by another live Module.
         InvalidArgumentError: (a ValueError) ``fallback``, ``offload`` or ``dynamic_shapes`` is
-            invalid, or ``module`` is wrapped by a live Module of another name. Wrapping it again
+            invalid (also a path whose first part is no parameter of the forward), or ``module``
+            is wrapped by a live Module of another name. Wrapping it again
             under the same name (re-running a notebook cell) retires the older wrapper instead.
 
     Strategy precedence for a graph spec: its entry in the constructor's ``strategies``, then the
@@ -165,6 +166,14 @@ class Module(wrapt.ObjectProxy):
         if offload not in _OFFLOAD_TARGETS:
             raise InvalidArgumentError(f"offload: expected one of {list(_OFFLOAD_TARGETS)}, got {offload!r}")
         declared = validate_dynamic_shapes(dynamic_shapes)
+        forward = own_forward(module)
+        signature = ForwardSignature.from_callable(forward)
+        check_declared_parameters(
+            declared,
+            [p.name for p in signature.parameters],
+            next((p.name for p in signature.parameters if p.kind == "VAR_KEYWORD"), None),
+            signature.describe(),
+        )
         SampleStore(max_samples)  # validates max_samples now, not at the first call
         previous = live_wrapper_of(module)
         if name is None:
@@ -193,9 +202,8 @@ class Module(wrapt.ObjectProxy):
         self._self_offload = offload
         self._self_offloaded_from: torch.device | None = None
         self._self_cache_dir = Path(cache_dir) if cache_dir is not None else None
-        forward = own_forward(module)
         self._self_forward = forward
-        self._self_signature = ForwardSignature.from_callable(forward)
+        self._self_signature = signature
         # Created on the first recorded call; removed with the wrapper.
         self._self_samples_dir = (self._self_cache_dir or default_cache_dir()) / f"{name}-samples-{uuid.uuid4().hex[:12]}"
         self._self_recorder = self._new_recorder(max_samples, declared)
@@ -357,16 +365,26 @@ class Module(wrapt.ObjectProxy):
         self._self_handler = handlers.get(state, RecordingState(self._self_recorder))
 
     def _undo_load(self, state: ModuleState | None) -> None:
-        """Undo :meth:`load_tuned` for :func:`aitune_triton.load` when another submodule failed to load:
-        release the backends and put back the untuned ``state`` (recorded calls kept); with None,
-        for a wrapper that load created, also retire it so the bare module counts as unwrapped."""
+        """Undo :meth:`load_tuned` when it or another submodule's load failed: release the backends
+        and put back the untuned ``state`` (recorded calls kept). With None, for a wrapper that the
+        load created, also retire it, free its name and give the module its own class back, so the
+        bare module is unwrapped at once, even while a kept traceback holds this wrapper."""
         if isinstance(self._self_handler, TunedModule):
             self._self_handler.deactivate()
             self._self_handler = None
         if state is None:
             self._self_retired = True
+            release_name(self._self_name, self)
+            unroute(weakref.ref(self.__wrapped__))
         else:
             self._restore_state(state)
+
+    def _reinstate(self, successor: "Module") -> None:
+        """Take the module and the name back from ``successor``, which retired this wrapper when it
+        wrapped the same module under the same name and is itself being retired (a failed load)."""
+        self._self_retired = False
+        claim_name(self._self_name, self, replacing=successor)
+        register_wrapper(self.__wrapped__, self)
 
     def _recorded_calls(self) -> int:
         return self._self_recorder.num_calls
@@ -562,18 +580,31 @@ class Module(wrapt.ObjectProxy):
             InvalidStateDictError: (a ValueError) ``state_dict`` is not in the format of
                 :meth:`to_dict`; the message starts with "Invalid dictionary format" and says what
                 is wrong.
+            UnknownBackendError: (a ValueError) a stored backend is not registered here.
+            BackendUnavailableError: a stored backend cannot run on the device here.
+
+        After a failed load ``module`` is as it was: no wrapper made here routes or records its
+        calls, and a live Module that wrapped it before still does.
         """
         problem = state_dict_problem(state_dict)
         if problem:
             raise InvalidStateDictError(f"{_INVALID_STATE_DICT} ({problem})")
+        previous = live_wrapper_of(module)
         if name is None:
             stored = sanitize_name(state_dict["name"])
-            previous = live_wrapper_of(module)
             name = stored if previous is not None and previous.name == stored else unique_default_name(stored)
             if name != stored:
                 warnings.warn(f"Module '{stored}' is alive, so this one is named '{name}'.", stacklevel=2)
         wrapped = cls(module, name=name, strict=state_dict.get("strict", True))
-        wrapped.load_tuned(state_dict, device)
+        try:
+            wrapped.load_tuned(state_dict, device)
+        except BaseException:
+            # A failed load changes nothing: the new wrapper must not keep routing the module (a kept
+            # traceback holds it), and an older wrapper of the same name that it retired is put back.
+            if previous is not None:
+                previous._reinstate(wrapped)
+            wrapped._undo_load(None)
+            raise
         return wrapped
 
     def load_tuned(self, state_dict: Mapping[str, Any], device: str | torch.device | None = None) -> None:

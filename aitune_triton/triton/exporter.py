@@ -61,6 +61,9 @@ CONTRACT_FILE = "aitune_triton_contract.py"
 
 #: Backends whose artifact a generated Python-backend model can load (template runtimes).
 EXPORTABLE_BACKENDS = frozenset({"onnxruntime", "aoti"})
+#: What an error about ``name`` for a checkpoint of several modules says to do; the command line
+#: says to drop ``--name`` instead.
+LEAVE_OUT_NAME = "Pass name=None."
 
 
 @dataclass
@@ -188,7 +191,7 @@ def export(
     if name is not None and len(entries) > 1:
         raise ExportError(
             f"name: applies to an export of one module; {source} holds {len(entries)} wrapped submodules "
-            f"({', '.join(repr(p) for p, _ in entries)}), exported under their stored names. Pass name=None."
+            f"({', '.join(repr(p) for p, _ in entries)}), exported under their stored names. {LEAVE_OUT_NAME}"
         )
     options = options or TritonModelOptions()
     repository = Path(repository).absolute()

@@ -22,7 +22,8 @@ import aitune_triton
 from aitune_triton import Module, ModuleState, OneBackendStrategy
 from aitune_triton._atomic import STAGING_PREFIX
 from aitune_triton.checkpoint import MANIFEST_NAME, read_checkpoint
-from aitune_triton.errors import CheckpointError, ModuleStateError
+from aitune_triton.errors import CheckpointError, ModuleStateError, UnknownBackendError
+from aitune_triton.module.routing import live_wrapper_of
 
 
 class NestedNet(torch.nn.Module):
@@ -405,3 +406,58 @@ def test_load_rejects_an_invalid_module_description(saved, checkpoint_copy):
 
     with pytest.raises(CheckpointError, match="holds an invalid module description"):
         aitune_triton.load(saved[0], checkpoint_copy)
+
+
+# ---------------------------------------------------------------------- failed loads, kept
+def _wrappers_of(module: torch.nn.Module) -> list[Module]:
+    """Every Module object still alive that wraps ``module``, retired or not (a kept traceback holds some)."""
+    gc.collect()
+    return [obj for obj in gc.get_objects() if isinstance(obj, Module) and obj.__wrapped__ is module]
+
+
+def _saved_and_broken(unique_name: str, tmp_path: Path) -> tuple[NestedNet, Path, Path]:
+    """A NestedNet tuned and saved under ``unique_name`` (its wrapper gone, so the name is free), and
+    a copy of the checkpoint whose second graph spec names a backend this installation lacks."""
+    net = NestedNet().eval()
+    module = _tune(net, unique_name, cache_dir=tmp_path / "cache")
+    path = aitune_triton.save(module, tmp_path / "ckpt")
+    del module
+    gc.collect()
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    _edit_manifest(broken, lambda m: m["modules"][0]["module"]["graphs"][1]["backend"].update(name="not_registered_here"))
+    return net, path, broken
+
+
+def test_a_failed_load_whose_exception_is_kept_leaves_the_module_unwrapped_unrecorded_and_loadable(unique_name, tmp_path):
+    net, path, broken = _saved_and_broken(unique_name, tmp_path)
+    eager = copy.deepcopy(net)
+    x = torch.randn(4, 6)
+
+    with pytest.raises(UnknownBackendError, match="not_registered_here") as excinfo:
+        aitune_triton.load(net, broken)
+
+    assert excinfo.value.__traceback__ is not None  # kept, with every frame of the failed load
+    assert type(net) is NestedNet and live_wrapper_of(net) is None
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), eager(x), atol=0.0, rtol=0.0)
+    assert [w._recorded_calls() for w in _wrappers_of(net)] in ([], [0])  # the wrapper the load made recorded nothing
+    loaded = aitune_triton.load(net, path)
+    assert loaded.name == unique_name and loaded.state is ModuleState.TUNED  # the failed load freed the name
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["hidden"], eager(x)["hidden"], atol=1e-5, rtol=1e-5)
+
+
+def test_a_failed_load_into_a_module_a_live_wrapper_of_that_name_holds_gives_it_back_to_that_wrapper(unique_name, tmp_path):
+    net, _, broken = _saved_and_broken(unique_name, tmp_path)
+    older = Module(net, name=unique_name)
+
+    with pytest.warns(UserWarning, match="the older one is retired"), pytest.raises(UnknownBackendError) as excinfo:
+        aitune_triton.load(net, broken)
+
+    assert excinfo.value.__traceback__ is not None
+    assert live_wrapper_of(net) is older
+    with torch.no_grad():
+        older(torch.randn(2, 6))  # callable again: it was not left retired
+        net(torch.randn(3, 6))  # the bare module still routes to it
+    assert older.state is ModuleState.RECORDING and older.graph_specs[0].num_calls == 2

@@ -26,6 +26,7 @@ from aitune_triton.errors import (
     InvalidArgumentError,
     InvalidStateDictError,
     ModuleStateError,
+    UnknownBackendError,
 )
 from aitune_triton.module.routing import live_wrapper_of
 from aitune_triton.triton.config import read_model_config
@@ -329,6 +330,72 @@ def test_a_submodule_whose_backend_fails_to_load_undoes_the_ones_already_loaded(
     aitune_triton.load(Net().eval(), path)  # nothing left behind blocks a later load
 
 
+def _wrappers_of(module: torch.nn.Module) -> list[Module]:
+    """Every Module object still alive that wraps ``module``, retired or not (a kept traceback holds some)."""
+    gc.collect()
+    return [obj for obj in gc.get_objects() if isinstance(obj, Module) and obj.__wrapped__ is module]
+
+
+def test_a_failed_load_whose_exception_is_kept_leaves_every_bare_submodule_unwrapped_unrecorded_and_loadable(
+    unique_name, tmp_path
+):
+    net = _wrap_net(Net().eval(), unique_name)
+    _record_and_tune(net, [net.encoder, net.head])
+    path = aitune_triton.save(net, tmp_path / "net")
+    del net
+    gc.collect()  # frees the stored names
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    manifest = _manifest(broken)
+    assert [entry["path"] for entry in manifest["modules"]] == ["encoder", "head"]  # the encoder is wrapped first
+    manifest["modules"][1]["module"]["graphs"][0]["backend"]["name"] = "not_registered_here"
+    (broken / MANIFEST_NAME).write_text(json.dumps(manifest))
+    fresh = Net().eval()
+    encoder, head = fresh.encoder, fresh.head
+    eager = copy.deepcopy(fresh)
+
+    with pytest.raises(UnknownBackendError, match="not_registered_here") as excinfo:
+        aitune_triton.load(fresh, broken)
+
+    assert excinfo.value.__traceback__ is not None  # kept, with every frame of the failed load
+    _unchanged(fresh, encoder, head)
+    assert type(encoder) is Encoder and type(head) is Head
+    with torch.no_grad():
+        _same(fresh(_x()), eager(_x()))
+    assert [w._recorded_calls() for w in _wrappers_of(encoder) + _wrappers_of(head)] in ([], [0], [0, 0])
+    aitune_triton.load(fresh, path)  # not refused as "wrapped by the live Module ..."
+    assert (fresh.encoder.name, fresh.head.name) == (f"{unique_name}_encoder", f"{unique_name}_head")
+    RUNS.clear()
+    with torch.no_grad():
+        got = fresh(_x())
+        assert RUNS == []  # both ran on their loaded backends
+        _same(got, eager(_x()))
+
+
+class HeadPinnedNet(Net):
+    """A Net that refuses a new ``head`` once built, as a model guarding its attributes does."""
+
+    def __setattr__(self, name, value):
+        if name == "head" and "head" in self.__dict__.get("_modules", {}):
+            raise AttributeError("HeadPinnedNet.head cannot be replaced")
+        super().__setattr__(name, value)
+
+
+def test_a_submodule_that_cannot_be_assigned_its_loaded_wrapper_puts_back_the_ones_assigned_and_changes_nothing(saved_net):
+    _, path = saved_net
+    fresh = HeadPinnedNet().eval()
+    encoder, head = fresh.encoder, fresh.head
+
+    with pytest.raises(InvalidArgumentError, match=r"nothing was loaded into HeadPinnedNet: 'head' cannot be assigned its "
+                       r"loaded Module \(AttributeError: HeadPinnedNet.head cannot be replaced\)") as excinfo:
+        aitune_triton.load(fresh, path)
+
+    assert excinfo.value.__traceback__ is not None
+    _unchanged(fresh, encoder, head)  # the encoder, assigned first, is back as it was
+    assert type(encoder) is Encoder and type(head) is Head
+    aitune_triton.load(Net().eval(), path)  # nothing left behind blocks a later load
+
+
 # ------------------------------------------------------------------------------- failed saves
 def test_saving_with_an_untuned_wrapped_submodule_names_its_path_and_state_and_writes_nothing(unique_name, tmp_path):
     net = _wrap_net(Net().eval(), unique_name)
@@ -421,6 +488,21 @@ def test_the_cli_inspects_and_exports_a_two_submodule_checkpoint(saved_pipeline,
     assert "composite_pipe_text_encoder  (entry)" in exported.output
     assert "composite_pipe_unet_head  (entry)" in exported.output
     assert (tmp_path / "repo" / "composite_pipe_unet_head.graph_0" / "config.pbtxt").is_file()
+
+
+def test_the_cli_export_of_a_two_submodule_checkpoint_with_name_says_to_drop_the_option_and_writes_nothing(
+    saved_pipeline, tmp_path
+):
+    _, path = saved_pipeline
+    runner = CliRunner(env={"COLUMNS": "240"})
+
+    result = runner.invoke(main, ["export", str(path), "-o", str(tmp_path / "repo"), "--name", "renamed", "--quiet"])
+
+    assert result.exit_code == 1
+    assert "Error: name: applies to an export of one module; " in result.output
+    assert "holds 2 wrapped submodules ('text_encoder', 'unet.head'), exported under their stored names. Drop --name." in result.output
+    assert "name=None" not in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "repo").exists()
 
 
 def test_a_single_module_checkpoint_exports_as_before_with_its_entry_model(tmp_path, unique_name):

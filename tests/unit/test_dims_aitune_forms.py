@@ -24,6 +24,7 @@ from aitune_triton.errors import (
     RecordingError,
 )
 from aitune_triton.module.dims import dim_from_dict, validate_dynamic_shapes
+from aitune_triton.module.routing import live_wrapper_of
 from aitune_triton.spec import GraphSpec
 
 EAGER = OneBackendStrategy("eager")
@@ -230,6 +231,64 @@ def test_the_same_input_declared_by_a_dotted_and_a_tuple_path_is_refused():
 def test_a_malformed_dynamic_shapes_declaration_is_refused_at_construction_naming_the_entry(declared, message, unique_name):
     with pytest.raises(InvalidArgumentError, match=message):
         Module(Channels(), name=unique_name, dynamic_shapes=declared)
+
+
+class Masked(torch.nn.Module):
+    """Takes its mask through ``**kwargs``, as many Hugging Face forwards take extra inputs."""
+
+    def forward(self, x, **kwargs):
+        return x * kwargs["mask"]
+
+
+@pytest.mark.parametrize(
+    ("make", "declared", "message"),
+    [
+        (Channels, {"y": {0: BatchDim(1, 4)}}, r"dynamic_shapes: 'y' names no parameter of the forward, which takes \(x\); "
+         r"expected a leaf path that starts with one of \['x'\]"),
+        (Channels, {"y": (BatchDim(1, 4), 3, None)}, r"'y' names no parameter of the forward, which takes \(x\)"),
+        (Pixels, {("pixels",): (BatchDim(1, 4), None)}, r"'pixels' names no parameter .* takes \(inputs\); .* \('inputs', or "
+         r"'inputs.<key>' for an input nested in it\)"),
+        (Pixels, {("input", "pixels"): (BatchDim(1, 4), None)}, r"'input.pixels' names no parameter of the forward"),
+        (Masked, {"mask": {0: BatchDim(1, 4)}}, r"'mask' names no parameter .* takes \(x, \*\*kwargs\);.* A keyword "
+         r"argument that \*\*kwargs gathers is named 'kwargs.<key>': write 'kwargs.mask'\."),
+    ],
+)
+def test_a_declared_path_that_starts_with_no_forward_parameter_is_refused_at_construction_naming_it_and_the_parameters(
+    make, declared, message, unique_name
+):
+    net = make().eval()
+
+    with pytest.raises(InvalidArgumentError, match=message):
+        Module(net, name=unique_name, dynamic_shapes=declared)
+
+    assert type(net) is make and live_wrapper_of(net) is None  # nothing was wrapped
+
+
+def test_a_keyword_argument_that_kwargs_gathers_is_declared_by_its_kwargs_path(unique_name):
+    module = Module(Masked().eval(), name=unique_name, dynamic_shapes={("kwargs", "mask"): (BatchDim(1, 8), None)})
+    with torch.no_grad():
+        module(torch.randn(2, 3), mask=torch.ones(2, 3))
+
+    (graph,) = module.graph_specs
+    assert [(t.path, t.dim_names) for t in graph.inputs] == [("x", ("batch", None)), ("kwargs.mask", ("batch", None))]
+    assert graph.dims["batch"] == (1, 8)
+
+
+@pytest.mark.parametrize(
+    "declared", [{("inputs", "nope"): (BatchDim(1, 4), None)}, {("inputs", "nope"): {0: BatchDim(1, 4)}}], ids=["full rank", "per axis"]
+)
+def test_a_declared_path_under_a_parameter_that_no_call_passes_is_a_recording_error_at_tune(declared, unique_name):
+    module = Module(Pixels().eval(), name=unique_name, strategy=EAGER, dynamic_shapes=declared)
+    with torch.no_grad():
+        module(_pixels_call(2, 3))
+
+    with pytest.raises(
+        RecordingError,
+        match=r"dynamic_shapes: \['inputs.nope'\] match no tensor input of any graph spec; tensor inputs: \['inputs.pixels', 'inputs.scale'\]",
+    ):
+        module.tune()
+
+    assert module.state is ModuleState.RECORDING
 
 
 def test_a_recorded_call_of_another_rank_than_declared_is_a_recording_error_and_does_not_run(unique_name):

@@ -1055,10 +1055,10 @@ def test_a_call_outside_a_declared_range_is_a_recording_error_and_is_not_recorde
 
 
 def test_a_declared_path_that_is_no_tensor_input_is_an_error_at_tune(unique_name):
-    module = Module(Lin(), name=unique_name, strategy=EAGER, dynamic_shapes={"z": {0: BatchDim(1, 4)}})
+    module = Module(Lin(), name=unique_name, strategy=EAGER, dynamic_shapes={"x.z": {0: BatchDim(1, 4)}})
     _record(module)
 
-    with pytest.raises(RecordingError, match=r"dynamic_shapes: \['z'\] match no tensor input of any graph spec; tensor inputs: \['x'\]") as info:
+    with pytest.raises(RecordingError, match=r"dynamic_shapes: \['x.z'\] match no tensor input of any graph spec; tensor inputs: \['x'\]") as info:
         module.tune()
 
     assert isinstance(info.value, ValueError)
