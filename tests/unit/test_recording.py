@@ -335,3 +335,30 @@ def test_copy_call_clones_tensors_and_deep_copies_constants():
     assert not args[0].requires_grad
     nested["items"].append(3)
     assert kwargs["nested"] == {"items": [1, 2]}
+
+
+# ------------------------------------------------------- arguments that the forward fills in place
+class _Box:
+    """An object pytree does not know: empty when given, filled with a tensor by the forward."""
+
+    def __init__(self) -> None:
+        self.items: list[torch.Tensor] = []
+
+
+def test_an_argument_object_that_the_forward_fills_with_tensors_is_judged_as_it_was_given():
+    class Filler(torch.nn.Module):
+        def forward(self, x, box):
+            box.items.append(x * 2)
+            return x + 1
+
+    net = Filler()
+    recorder = _recorder(net)
+    box = _Box()
+
+    recorder.record(net, (torch.ones(2, 3), box), {})
+
+    assert len(box.items) == 1  # the caller's object holds a tensor now; when given it held none
+    (graph,) = recorder.graph_specs()
+    assert [t.path for t in graph.inputs] == ["x"]
+    (sample,) = recorder.samples(graph)  # not refused as an object holding tensors
+    assert sample.args[1].items == []
