@@ -524,7 +524,9 @@ def flatten_call(signature: ForwardSignature, args: tuple, kwargs: dict, strict:
 
     Argument containers that hold tensors (a ``transformers`` cache passed as ``past_key_values``,
     a dataclass) are registered as :func:`flatten_output` registers them, so their tensors are
-    inputs of the graph, not a constant baked into it.
+    inputs of the graph, not a constant baked into it. A ``transformers`` cache is registered even
+    when it is empty (the first step of ``generate()``): it then flattens to no leaves, and each
+    rebuild of the call makes a new empty cache.
 
     Raises:
         TypeError: the arguments do not fit the signature.
@@ -557,13 +559,24 @@ def _container_registration(cls: type) -> Callable[[], None] | None:
     if "transformers" not in sys.modules:
         return None
     try:
-        from transformers.cache_utils import Cache
         from transformers.exporters.exporter_dynamo import register_pytree_node
     except ImportError:  # a transformers release without a cache registration of its own
         return None
-    if issubclass(cls, Cache) or (cls.__module__.split(".")[0] == "transformers" and cls.__name__.endswith("Cache")):
+    if _is_transformers_cache(cls):
         return lambda: register_pytree_node(cls)
     return None
+
+
+def _is_transformers_cache(cls: type) -> bool:
+    """Whether ``cls`` is a ``transformers`` cache class (``DynamicCache``...), by the rule
+    :func:`_container_registration` registers them with."""
+    if "transformers" not in sys.modules:
+        return False
+    try:
+        from transformers.cache_utils import Cache
+    except ImportError:
+        return False
+    return issubclass(cls, Cache) or (cls.__module__.split(".")[0] == "transformers" and cls.__name__.endswith("Cache"))
 
 
 def holds_tensor(value: Any) -> bool:
@@ -592,14 +605,17 @@ _PLAIN_LEAVES = (torch.Tensor, *_ATOMS)  # leaves that cannot be containers hold
 
 
 def _register_output_containers(output: Any) -> bool:
-    """Register the dataclass and ``transformers`` cache types among ``output``'s leaves that hold
-    tensors (see :func:`_container_registration`); True when any was registered."""
+    """Register the dataclass types among ``output``'s leaves that hold tensors, and every
+    ``transformers`` cache type among them, empty ones included (see
+    :func:`_container_registration`); True when any was registered."""
     registered = False
     for _ in range(16):  # a container inside a newly registered one shows up on the next pass
         found = False
         for leaf in pytree.tree_leaves(output):
-            if isinstance(leaf, torch.Tensor) or type(leaf) in pytree.SUPPORTED_NODES or not holds_tensor(leaf):
+            if isinstance(leaf, torch.Tensor) or type(leaf) in pytree.SUPPORTED_NODES:
                 continue
+            if not holds_tensor(leaf) and not _is_transformers_cache(type(leaf)):
+                continue  # an empty cache is still one: its tensors are the inputs of later calls
             register = _container_registration(type(leaf))
             if register is not None:
                 try:

@@ -362,3 +362,25 @@ def test_an_argument_object_that_the_forward_fills_with_tensors_is_judged_as_it_
     assert [t.path for t in graph.inputs] == ["x"]
     (sample,) = recorder.samples(graph)  # not refused as an object holding tensors
     assert sample.args[1].items == []
+
+
+def test_a_call_given_an_empty_transformers_cache_is_recorded_with_the_empty_cache_not_the_filled_one():
+    from transformers.cache_utils import DynamicCache
+
+    from output_nets import tiny_gpt2
+
+    model = tiny_gpt2()
+    recorder = _recorder(model)
+    cache = DynamicCache(config=model.config)
+
+    with torch.no_grad():
+        recorder.record(model, (torch.tensor([[1, 2, 3]]),), {"past_key_values": cache, "use_cache": True})
+
+    assert cache.get_seq_length() == 3  # the forward filled the caller's cache in place
+    (graph,) = recorder.graph_specs()
+    assert [t.path for t in graph.inputs] == ["input_ids"]  # an empty cache has no tensors to pass
+    assert "DynamicCache" not in graph.description
+    assert not any("DynamicCache" in value for value in graph.constants.values())  # not baked in as an object
+    (sample,) = recorder.samples(graph)
+    stored = sample.kwargs["past_key_values"]
+    assert isinstance(stored, DynamicCache) and stored is not cache and stored.get_seq_length() == 0
