@@ -38,6 +38,7 @@ __all__ = [
     "ForwardSignature",
     "GraphSpec",
     "ParameterSpec",
+    "StoredCall",
     "TensorSpec",
     "axis_range",
     "dtype_from_name",
@@ -498,6 +499,39 @@ class CallStructure:
         iterator = iter(tensors)
         leaves = [next(iterator) if leaf is None else leaf for leaf in self.flat.template]
         return signature.unbind(pytree.tree_unflatten(leaves, self.flat.treespec))
+
+
+class StoredCall(CallStructure):
+    """A recorded call that is run more than once (tuning, the checks against eager).
+
+    Each read of :attr:`args` and :attr:`kwargs` rebuilds them from the flat leaves with
+    ``torch.utils._pytree``, so every container among them (a ``transformers`` cache) is a new
+    object each time: a forward that updates an argument in place (a cache filled with the step's
+    keys and values) runs each time on the call as it was recorded, never on what an earlier run
+    left in it. Tensor leaves are shared, not copied.
+
+    Args:
+        signature: The module's forward signature (to turn the bound arguments back into a call).
+        call: The flattened call; only its leaves, structure and key are kept.
+    """
+
+    def __init__(self, signature: ForwardSignature, call: CallStructure):
+        self._signature = signature
+        self.flat = call.flat
+        self.key = call.key
+
+    def _rebuilt(self) -> tuple[tuple, dict]:
+        return self._signature.unbind(pytree.tree_unflatten(list(self.flat.leaves), self.flat.treespec))
+
+    @property
+    def args(self) -> tuple:  # type: ignore[override]  # read-only: rebuilt on each read
+        """Positional arguments, rebuilt with new containers."""
+        return self._rebuilt()[0]
+
+    @property
+    def kwargs(self) -> dict:  # type: ignore[override]  # read-only: rebuilt on each read
+        """Keyword arguments, rebuilt with new containers."""
+        return self._rebuilt()[1]
 
 
 def _treespec_text(treespec: pytree.TreeSpec) -> str:

@@ -384,3 +384,35 @@ def test_a_call_given_an_empty_transformers_cache_is_recorded_with_the_empty_cac
     (sample,) = recorder.samples(graph)
     stored = sample.kwargs["past_key_values"]
     assert isinstance(stored, DynamicCache) and stored is not cache and stored.get_seq_length() == 0
+
+
+class _Appender(torch.nn.Module):
+    """Appends its input to the list it is given and scales by the list's length: a call run twice on
+    one list object answers differently the second time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor, seen: list) -> torch.Tensor:
+        seen.append(x)
+        return self.linear(x) * len(seen)
+
+
+def test_tuning_runs_every_recorded_call_as_it_was_given_although_the_forward_fills_an_argument(unique_name):
+    import copy
+
+    from aitune_triton import Module, OneBackendStrategy
+
+    net = _Appender().eval()
+    twin = copy.deepcopy(net)
+    module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    with torch.no_grad():
+        for batch in (1, 2, 4):
+            module(torch.randn(batch, 3), seen=[])
+
+    module.tune()  # the batch check, eager references and the backend check each run every call again
+    x = torch.randn(3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x, seen=[]), twin(x, seen=[]), atol=1e-5, rtol=1e-5)
