@@ -38,6 +38,7 @@ __all__ = [
     "ForwardSignature",
     "GraphSpec",
     "ParameterSpec",
+    "StoredCall",
     "TensorSpec",
     "axis_range",
     "dtype_from_name",
@@ -500,6 +501,39 @@ class CallStructure:
         return signature.unbind(pytree.tree_unflatten(leaves, self.flat.treespec))
 
 
+class StoredCall(CallStructure):
+    """A recorded call that is run more than once (tuning, the checks against eager).
+
+    Each read of :attr:`args` and :attr:`kwargs` rebuilds them from the flat leaves with
+    ``torch.utils._pytree``, so every container among them (a ``transformers`` cache) is a new
+    object each time: a forward that updates an argument in place (a cache filled with the step's
+    keys and values) runs each time on the call as it was recorded, never on what an earlier run
+    left in it. Tensor leaves are shared, not copied.
+
+    Args:
+        signature: The module's forward signature (to turn the bound arguments back into a call).
+        call: The flattened call; only its leaves, structure and key are kept.
+    """
+
+    def __init__(self, signature: ForwardSignature, call: CallStructure):
+        self._signature = signature
+        self.flat = call.flat
+        self.key = call.key
+
+    def _rebuilt(self) -> tuple[tuple, dict]:
+        return self._signature.unbind(pytree.tree_unflatten(list(self.flat.leaves), self.flat.treespec))
+
+    @property
+    def args(self) -> tuple:  # type: ignore[override]  # read-only: rebuilt on each read
+        """Positional arguments, rebuilt with new containers."""
+        return self._rebuilt()[0]
+
+    @property
+    def kwargs(self) -> dict:  # type: ignore[override]  # read-only: rebuilt on each read
+        """Keyword arguments, rebuilt with new containers."""
+        return self._rebuilt()[1]
+
+
 def _treespec_text(treespec: pytree.TreeSpec) -> str:
     try:
         tree = json.loads(pytree.treespec_dumps(treespec))
@@ -524,7 +558,9 @@ def flatten_call(signature: ForwardSignature, args: tuple, kwargs: dict, strict:
 
     Argument containers that hold tensors (a ``transformers`` cache passed as ``past_key_values``,
     a dataclass) are registered as :func:`flatten_output` registers them, so their tensors are
-    inputs of the graph, not a constant baked into it.
+    inputs of the graph, not a constant baked into it. A ``transformers`` cache is registered even
+    when it is empty (the first step of ``generate()``): it then flattens to no leaves, and each
+    rebuild of the call makes a new empty cache.
 
     Raises:
         TypeError: the arguments do not fit the signature.
@@ -557,13 +593,24 @@ def _container_registration(cls: type) -> Callable[[], None] | None:
     if "transformers" not in sys.modules:
         return None
     try:
-        from transformers.cache_utils import Cache
         from transformers.exporters.exporter_dynamo import register_pytree_node
     except ImportError:  # a transformers release without a cache registration of its own
         return None
-    if issubclass(cls, Cache) or (cls.__module__.split(".")[0] == "transformers" and cls.__name__.endswith("Cache")):
+    if _is_transformers_cache(cls):
         return lambda: register_pytree_node(cls)
     return None
+
+
+def _is_transformers_cache(cls: type) -> bool:
+    """Whether ``cls`` is a ``transformers`` cache class (``DynamicCache``...), by the rule
+    :func:`_container_registration` registers them with."""
+    if "transformers" not in sys.modules:
+        return False
+    try:
+        from transformers.cache_utils import Cache
+    except ImportError:
+        return False
+    return issubclass(cls, Cache) or (cls.__module__.split(".")[0] == "transformers" and cls.__name__.endswith("Cache"))
 
 
 def holds_tensor(value: Any) -> bool:
@@ -592,14 +639,17 @@ _PLAIN_LEAVES = (torch.Tensor, *_ATOMS)  # leaves that cannot be containers hold
 
 
 def _register_output_containers(output: Any) -> bool:
-    """Register the dataclass and ``transformers`` cache types among ``output``'s leaves that hold
-    tensors (see :func:`_container_registration`); True when any was registered."""
+    """Register the dataclass types among ``output``'s leaves that hold tensors, and every
+    ``transformers`` cache type among them, empty ones included (see
+    :func:`_container_registration`); True when any was registered."""
     registered = False
     for _ in range(16):  # a container inside a newly registered one shows up on the next pass
         found = False
         for leaf in pytree.tree_leaves(output):
-            if isinstance(leaf, torch.Tensor) or type(leaf) in pytree.SUPPORTED_NODES or not holds_tensor(leaf):
+            if isinstance(leaf, torch.Tensor) or type(leaf) in pytree.SUPPORTED_NODES:
                 continue
+            if not holds_tensor(leaf) and not _is_transformers_cache(type(leaf)):
+                continue  # an empty cache is still one: its tensors are the inputs of later calls
             register = _container_registration(type(leaf))
             if register is not None:
                 try:

@@ -164,6 +164,44 @@ class _GraphRecord:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class _GivenCall:
+    """What recording keeps of a call's arguments, taken before the forward runs.
+
+    A forward may change its arguments in place (a ``transformers`` cache passed empty to the
+    first decode step comes back filled), so nothing about the call is read from the argument
+    objects afterwards: the graph spec is the structure the forward was given.
+    """
+
+    key: str
+    description: str
+    input_paths: list[str]
+    input_dtypes: list[str]
+    shapes: list[Shape]
+    constants: dict[str, str]
+    problems: list[str]
+
+    @classmethod
+    def of(cls, call: CallStructure) -> "_GivenCall":
+        """Describe ``call`` as it is now."""
+        problems = [
+            f"input leaf {path!r} is a {type(leaf).__module__}.{type(leaf).__qualname__} that holds tensors, which "
+            "torch.utils._pytree cannot flatten, so a backend would keep this call's tensors as constants. Register "
+            "the type with torch.utils._pytree, or pass its tensors as arguments"
+            for path, leaf in zip(call.flat.paths, call.flat.leaves)
+            if not isinstance(leaf, torch.Tensor) and holds_tensor(leaf)
+        ]
+        return cls(
+            key=call.key,
+            description=call.describe(),
+            input_paths=call.flat.tensor_paths,
+            input_dtypes=[dtype_name(t.dtype) for t in call.flat.tensors],
+            shapes=_shapes(call.flat.tensors),
+            constants=call.flat.constants,
+            problems=problems,
+        )
+
+
 def _container_ids(tree: Any) -> dict[int, str]:
     """``{id: type name}`` of every mutable pytree node in ``tree`` other than a plain dict or list."""
     found: dict[int, str] = {}
@@ -250,13 +288,13 @@ class Recorder:
                 the call is not run and not recorded.
         """
         call = flatten_call(self.signature, args, kwargs, self.strict)
-        shapes = _shapes(call.flat.tensors)
-        check_declared(call.flat.tensor_paths, shapes, self.dynamic_shapes)
+        given = _GivenCall.of(call)  # before the forward runs: it may fill an argument in place (a cache)
+        check_declared(given.input_paths, given.shapes, self.dynamic_shapes)
         copied_args, copied_kwargs = copy_call(args, kwargs)
         output = forward(*args, **kwargs)
         flat_output = flatten_output(output)
         self._warn_returned_arguments(call, args, kwargs, output)
-        self._add(call, Sample(copied_args, copied_kwargs, shapes), flat_output)
+        self._add(given, Sample(copied_args, copied_kwargs, given.shapes), flat_output)
         return output
 
     def _warn_returned_arguments(self, call: CallStructure, args: tuple, kwargs: dict, output: Any) -> None:
@@ -278,32 +316,26 @@ class Recorder:
                 "(outputs.past_key_values, say) after each call, not the object passed in."
             )
 
-    def _add(self, call: CallStructure, sample: Sample, output: FlatTree) -> None:
+    def _add(self, call: _GivenCall, sample: Sample, output: FlatTree) -> None:
         record = self._graphs.get(call.key)
         if record is None:
             directory = self.samples_dir / f"graph_{len(self._graphs)}" if self.samples_dir is not None else None
             record = _GraphRecord(
                 key=call.key,
-                description=call.describe(),
-                input_paths=call.flat.tensor_paths,
-                input_dtypes=[dtype_name(t.dtype) for t in call.flat.tensors],
+                description=call.description,
+                input_paths=call.input_paths,
+                input_dtypes=call.input_dtypes,
                 output_key=_output_key(output),
                 output_treespec=output.treespec,
                 output_template=output.template,
                 output_paths=output.tensor_paths,
                 output_dtypes=[dtype_name(t.dtype) for t in output.tensors],
                 output_leaf_paths=output.paths,
-                constants=call.flat.constants,
+                constants=call.constants,
                 samples=SampleStore(self.max_samples, directory),
             )
             self._graphs[call.key] = record
-            problems = [
-                f"input leaf {path!r} is a {type(leaf).__module__}.{type(leaf).__qualname__} that holds tensors, which "
-                "torch.utils._pytree cannot flatten, so a backend would keep this call's tensors as constants. Register "
-                "the type with torch.utils._pytree, or pass its tensors as arguments"
-                for path, leaf in zip(call.flat.paths, call.flat.leaves)
-                if not isinstance(leaf, torch.Tensor) and holds_tensor(leaf)
-            ] + output_leaf_problems(output)
+            problems = call.problems + output_leaf_problems(output)
             if problems:
                 self._refuse(record, "; ".join(problems))
         elif _output_key(output) != record.output_key:

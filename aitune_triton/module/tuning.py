@@ -13,7 +13,16 @@ from aitune_triton.errors import InvalidArgumentError, StrategyCountError, Tunin
 from aitune_triton.module.dims import BatchDim
 from aitune_triton.module.recording import Recorder
 from aitune_triton.module.samples import Sample
-from aitune_triton.spec import CallStructure, FlatTree, ForwardSignature, GraphSpec, flatten_call, flatten_output, same_value
+from aitune_triton.spec import (
+    CallStructure,
+    FlatTree,
+    ForwardSignature,
+    GraphSpec,
+    StoredCall,
+    flatten_call,
+    flatten_output,
+    same_value,
+)
 from aitune_triton.strategies.validation import compare_outputs
 from aitune_triton.module.tuned import TunedGraph
 from aitune_triton.strategies import TuneContext, TuneStrategy, default_strategy
@@ -75,11 +84,12 @@ def plan_strategies(
     return [(graph, per_graph.get(graph.name) or fallback or default_strategy()) for graph in graphs]
 
 
-def _on_device(signature: ForwardSignature, sample: Sample, device: torch.device, strict: bool):
+def _on_device(signature: ForwardSignature, sample: Sample, device: torch.device, strict: bool) -> StoredCall:
+    """``sample`` flattened on ``device``, as a call that runs as recorded each time it is run."""
     args, kwargs = pytree.tree_map(
         lambda leaf: leaf.to(device) if isinstance(leaf, torch.Tensor) else leaf, (sample.args, sample.kwargs)
     )
-    return flatten_call(signature, args, kwargs, strict)
+    return StoredCall(signature, flatten_call(signature, args, kwargs, strict))
 
 
 @dataclass
@@ -295,7 +305,7 @@ def tune_graphs(
     try:
         for graph, strategy in plan:
             log(f"{graph.name} ({graph.num_calls} calls): {strategy.describe()}")
-            samples = [_on_device(signature, s, device, recorder.strict) for s in recorder.samples(graph)]
+            samples: list[CallStructure] = [_on_device(signature, s, device, recorder.strict) for s in recorder.samples(graph)]
             example = _on_device(signature, recorder.largest_sample(graph), device, recorder.strict)
             declared = _declares_batch(recorder, graph)
             batch_note = decide_batch_axis(forward, signature, graph, samples, declared)

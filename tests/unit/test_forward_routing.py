@@ -336,3 +336,37 @@ def test_routed_classes_do_not_accumulate_when_modules_come_and_go(unique_name):
     alive = sum(reference() is not None for reference in few + many)
     assert alive <= 2  # at most the last ones, still referenced by this frame's leftovers, not one per module
     assert len(routing._ROUTED) <= 2
+
+
+def test_a_wrapped_gpt2_generate_with_its_default_cache_is_recorded_tuned_and_decodes_like_eager(unique_name):
+    from transformers.cache_utils import DynamicCache
+
+    net = tiny_gpt2()
+    twin = _eager_twin(net)
+    module = Module(net, name=unique_name, strategy=ORT)
+    settings = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)  # use_cache left at its default, True
+    with torch.no_grad(), pytest.warns(UserWarning, match="returns the DynamicCache object it was given"):
+        net.generate(torch.tensor([[1, 2, 3, 4, 5]]), **settings)
+        net.generate(torch.tensor([[1, 2, 3], [4, 5, 6]]), **settings)
+
+    # The prefill step is given an empty cache (no tensor inputs); the decode steps a filled one.
+    prefill, decode = module.graph_specs
+    assert [spec.path for spec in prefill.inputs] == ["input_ids", "position_ids"]
+    assert [spec.path for spec in decode.inputs] == ["input_ids", "cache.0", "cache.1", "cache.2", "cache.3", "position_ids"]
+    assert (prefill.num_calls, decode.num_calls) == (2, 6)
+    assert not any("DynamicCache" in value for graph in (prefill, decode) for value in graph.constants.values())
+    assert decode.dims["batch"] == (1, 2) and (3, 7) in decode.dims.values()  # the cache's length varied: 3..7
+
+    module.tune()
+    inner_runs: list[int] = []
+    net.transformer.register_forward_hook(lambda *_: inner_runs.append(1))
+    prompt = torch.tensor([[9, 10, 11, 12], [13, 14, 15, 16]])  # a prompt length never recorded, inside the ranges
+    generated = dict(max_new_tokens=3, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+    with torch.no_grad():
+        tuned = net.generate(prompt, **generated)
+        eager = twin.generate(prompt, **generated)
+    assert inner_runs == []  # every step, the prefill included, ran on ONNX Runtime
+    assert torch.equal(tuned.sequences, eager.sequences)
+    for tuned_logits, eager_logits in zip(tuned.logits, eager.logits, strict=True):  # the cache carried every step
+        torch.testing.assert_close(tuned_logits, eager_logits, atol=1e-4, rtol=1e-4)
+    assert isinstance(tuned.past_key_values, DynamicCache) and tuned.past_key_values.get_seq_length() == 6

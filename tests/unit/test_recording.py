@@ -335,3 +335,84 @@ def test_copy_call_clones_tensors_and_deep_copies_constants():
     assert not args[0].requires_grad
     nested["items"].append(3)
     assert kwargs["nested"] == {"items": [1, 2]}
+
+
+# ------------------------------------------------------- arguments that the forward fills in place
+class _Box:
+    """An object pytree does not know: empty when given, filled with a tensor by the forward."""
+
+    def __init__(self) -> None:
+        self.items: list[torch.Tensor] = []
+
+
+def test_an_argument_object_that_the_forward_fills_with_tensors_is_judged_as_it_was_given():
+    class Filler(torch.nn.Module):
+        def forward(self, x, box):
+            box.items.append(x * 2)
+            return x + 1
+
+    net = Filler()
+    recorder = _recorder(net)
+    box = _Box()
+
+    recorder.record(net, (torch.ones(2, 3), box), {})
+
+    assert len(box.items) == 1  # the caller's object holds a tensor now; when given it held none
+    (graph,) = recorder.graph_specs()
+    assert [t.path for t in graph.inputs] == ["x"]
+    (sample,) = recorder.samples(graph)  # not refused as an object holding tensors
+    assert sample.args[1].items == []
+
+
+def test_a_call_given_an_empty_transformers_cache_is_recorded_with_the_empty_cache_not_the_filled_one():
+    from transformers.cache_utils import DynamicCache
+
+    from output_nets import tiny_gpt2
+
+    model = tiny_gpt2()
+    recorder = _recorder(model)
+    cache = DynamicCache(config=model.config)
+
+    with torch.no_grad():
+        recorder.record(model, (torch.tensor([[1, 2, 3]]),), {"past_key_values": cache, "use_cache": True})
+
+    assert cache.get_seq_length() == 3  # the forward filled the caller's cache in place
+    (graph,) = recorder.graph_specs()
+    assert [t.path for t in graph.inputs] == ["input_ids"]  # an empty cache has no tensors to pass
+    assert "DynamicCache" not in graph.description
+    assert not any("DynamicCache" in value for value in graph.constants.values())  # not baked in as an object
+    (sample,) = recorder.samples(graph)
+    stored = sample.kwargs["past_key_values"]
+    assert isinstance(stored, DynamicCache) and stored is not cache and stored.get_seq_length() == 0
+
+
+class _Appender(torch.nn.Module):
+    """Appends its input to the list it is given and scales by the list's length: a call run twice on
+    one list object answers differently the second time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor, seen: list) -> torch.Tensor:
+        seen.append(x)
+        return self.linear(x) * len(seen)
+
+
+def test_tuning_runs_every_recorded_call_as_it_was_given_although_the_forward_fills_an_argument(unique_name):
+    import copy
+
+    from aitune_triton import Module, OneBackendStrategy
+
+    net = _Appender().eval()
+    twin = copy.deepcopy(net)
+    module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    with torch.no_grad():
+        for batch in (1, 2, 4):
+            module(torch.randn(batch, 3), seen=[])
+
+    module.tune()  # the batch check, eager references and the backend check each run every call again
+    x = torch.randn(3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x, seen=[]), twin(x, seen=[]), atol=1e-5, rtol=1e-5)

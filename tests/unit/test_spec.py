@@ -13,6 +13,7 @@ from aitune_triton.spec import (
     ForwardSignature,
     GraphSpec,
     ParameterSpec,
+    StoredCall,
     TensorSpec,
     dtype_from_name,
     dtype_name,
@@ -356,3 +357,36 @@ def test_treespec_json_round_trip_for_builtin_containers():
 def test_treespec_from_json_rejects_garbage_with_recording_error():
     with pytest.raises(RecordingError, match="Cannot rebuild the stored output structure"):
         treespec_from_json('[1, {"type": "no.such.Type", "context": "null", "children_spec": []}]')
+
+
+# ------------------------------------------------------------------------------- StoredCall
+def test_a_stored_call_rebuilds_its_containers_on_every_read_so_a_forward_filling_one_runs_as_recorded():
+    def forward(x, seen):
+        seen.append(x)
+        return x * len(seen)
+
+    signature = ForwardSignature.from_callable(forward)
+    x = torch.ones(2)
+    stored = StoredCall(signature, flatten_call(signature, (x,), {"seen": []}))
+
+    results = [forward(*stored.args, **stored.kwargs) for _ in range(3)]
+
+    assert all(torch.equal(result, x) for result in results)  # each run got a new, empty list
+    assert stored.args[0] is x  # tensors are shared, not copied
+
+
+def test_an_empty_transformers_cache_argument_flattens_to_no_leaves_and_rebuilds_as_a_new_usable_cache():
+    from transformers.cache_utils import DynamicCache
+
+    signature = ForwardSignature.from_callable(_past_forward)
+    cache = DynamicCache()
+    call = flatten_call(signature, (torch.ones(1, 3, dtype=torch.long),), {"past": cache}, True)
+
+    assert call.flat.tensor_paths == ["input_ids"]
+    assert "DynamicCache" not in call.describe()  # a pytree node with no leaves, not a constant object
+    stored = StoredCall(signature, call)
+    first, second = stored.args[1], stored.args[1]  # bound back as (input_ids, past)
+    assert isinstance(first, DynamicCache) and first is not cache and first is not second
+    first.update(torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4), 0)
+    assert first.get_seq_length() == 3
+    assert second.get_seq_length() == 0 and stored.args[1].get_seq_length() == 0
