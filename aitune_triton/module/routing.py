@@ -93,12 +93,8 @@ class StateForward:
     def __init__(self, wrapper: Any, module: torch.nn.Module):
         self._wrapper = weakref.ref(wrapper)
         self.__self__ = module
-        self.adopt(wrapper._self_forward)
-
-    def adopt(self, forward: Callable[..., Any]) -> None:
-        """Take ``forward``'s name, docstring and signature (after the wrapper adopted it)."""
-        self.__wrapped__ = forward
-        functools.update_wrapper(self, forward, updated=())
+        forward = wrapper._self_forward  # read once: replacing forward on a wrapped module raises
+        functools.update_wrapper(self, forward, updated=())  # name, docstring, __wrapped__
         try:
             self.__signature__ = inspect.signature(forward)
         except (TypeError, ValueError):
