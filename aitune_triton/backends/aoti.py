@@ -24,6 +24,7 @@ class AOTInductorBackend(Backend):
     """
 
     name = "aoti"
+    triton_runtime = "aoti"
     artifact_names = {"model": "model.pt2"}
 
     def __init__(self) -> None:

@@ -93,6 +93,11 @@ class Backend(abc.ABC):
     bakes_constants: ClassVar[bool] = True
     #: Whether the backend runs without the module's weights (its artifact holds its own copy).
     ahead_of_time: ClassVar[bool] = True
+    #: The Python-backend runtime that serves this backend's artifact in a generated ``model.py``:
+    #: the name of a template fragment ``templates/runtimes/<name>.py.j2`` defining ``Runtime``
+    #: (``__init__(path, gpu, device_id, options)``, ``run(arrays)``, ``close()``), or None when the
+    #: backend has no artifact Triton can load (eager).
+    triton_runtime: ClassVar[str | None] = None
 
     def __init__(self, **options: Any):
         self.options = dict(options)

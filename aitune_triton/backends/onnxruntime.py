@@ -29,6 +29,7 @@ class OnnxRuntimeBackend(Backend):
     """
 
     name = "onnxruntime"
+    triton_runtime = "onnxruntime"
     artifact_names = {"model": "model.onnx"}
 
     def __init__(self, opset_version: int | None = None, providers: list[str] | None = None):

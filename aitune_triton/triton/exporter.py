@@ -41,8 +41,9 @@ from aitune_triton import contract
 from aitune_triton._atomic import make_staging_dir
 from aitune_triton._progress import progress
 from aitune_triton._versions import aitune_version, library_versions, sha256_file
+from aitune_triton.backends import backend_names, get_backend_class
 from aitune_triton.checkpoint import read_checkpoint
-from aitune_triton.errors import ExportError
+from aitune_triton.errors import ExportError, UnknownBackendError
 from aitune_triton.module.wrapper import Module
 from aitune_triton.names import validate_model_name
 from aitune_triton.triton.config import (
@@ -53,14 +54,12 @@ from aitune_triton.triton.config import (
 )
 from aitune_triton.triton.io import ModelIO
 
-__all__ = ["ExportResult", "export", "templates_dir"]
+__all__ = ["ExportResult", "export", "exportable_backends", "templates_dir"]
 
 #: File name of the copy of :mod:`aitune_triton.contract` beside each graph model's ``model.py``
 #: (the served environment may not have aitune_triton installed).
 CONTRACT_FILE = "aitune_triton_contract.py"
 
-#: Backends whose artifact a generated Python-backend model can load (template runtimes).
-EXPORTABLE_BACKENDS = frozenset({"onnxruntime", "aoti"})
 #: What an error about ``name`` for a checkpoint of several modules says to do; the command line
 #: says to drop ``--name`` instead.
 LEAVE_OUT_NAME = "Pass name=None."
@@ -97,6 +96,19 @@ class ExportResult:
                 f"{self.entry_models}. Use entry_models[attribute path]."
             )
         return next(iter(self.entry_models.values()))
+
+
+def exportable_backends() -> list[str]:
+    """Registered backends whose artifact a generated Python-backend model can serve, sorted."""
+    return [name for name in backend_names() if get_backend_class(name).triton_runtime is not None]
+
+
+def _triton_runtime(backend: str) -> str | None:
+    """The Python-backend runtime fragment of ``backend`` (None: nothing Triton can load)."""
+    try:
+        return get_backend_class(backend).triton_runtime
+    except UnknownBackendError:
+        return None
 
 
 def templates_dir() -> Path:
@@ -268,18 +280,19 @@ def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, r
     contract_source = Path(contract.__file__).read_text()
     for entry in description["graphs"]:
         graph, backend = entry["graph"], entry["backend"]
-        if backend["name"] not in EXPORTABLE_BACKENDS:
+        runtime = _triton_runtime(backend["name"])
+        if runtime is None:
             raise ExportError(
                 f"{graph['name']}: backend {backend['name']!r} has no artifact Triton can load (exportable: "
-                f"{sorted(EXPORTABLE_BACKENDS)}). Tune this graph spec with OneBackendStrategy('onnxruntime') or "
+                f"{exportable_backends()}). Tune this graph spec with OneBackendStrategy('onnxruntime') or "
                 "OneBackendStrategy('aoti')."
             )
         model_name = f"{name}.{graph['name']}"
         io = ModelIO.from_graph(model_name, graph, backend, _next_version(repository / model_name))
         ios.append(io)
         model_py = environment.get_template("graph_model.py.j2").render(
-            version=aitune_version(), module_name=name, graph=graph["name"], artifact=io.artifact, runtime=backend["name"],
-            contract_file=CONTRACT_FILE,
+            version=aitune_version(), module_name=name, graph=graph["name"], artifact=io.artifact, runtime=runtime,
+            runtime_options=backend.get("options", {}), contract_file=CONTRACT_FILE,
         )
         planned.append(
             _PlannedModel(
