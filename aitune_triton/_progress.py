@@ -12,6 +12,8 @@ from rich.markup import escape
 __all__ = ["console", "progress"]
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+if not console.is_terminal:  # logs and captured output: tables (the tuning report) unfolded
+    console.width = 160
 
 
 @contextlib.contextmanager

@@ -17,6 +17,8 @@ __all__ = ["main"]
 
 # Results go to stdout (pipeable); progress lines go to stderr (aitune_triton._progress).
 console = Console(soft_wrap=True, highlight=False)
+if not console.is_terminal:  # pipes and logs: tables (the tuning report) unfolded
+    console.width = 160
 
 
 def _fail(error: Exception) -> click.ClickException:
@@ -172,6 +174,40 @@ def inspect(checkpoint: Path) -> None:
             table.add_row(graph["name"], inputs, constants, entry["backend"]["name"], str(batch[1]) if batch else "-")
         console.print(table)
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items() if v))
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the stored reports as JSON instead of tables.")
+def describe(checkpoint: Path, as_json: bool) -> None:
+    """Print the tuning report stored in CHECKPOINT: per graph spec, every candidate's precision,
+    build time, max abs diff (or accuracy), latencies, throughput, and why it was chosen or not.
+
+    Exits with status 1 and an "Error:" line when CHECKPOINT is missing or fails verification.
+    """
+    import json
+
+    from aitune_triton.checkpoint import read_checkpoint
+    from aitune_triton.strategies.report import GraphTuneReport, report_table
+
+    try:
+        manifest = read_checkpoint(checkpoint)
+    except AITuneTritonError as error:
+        raise _fail(error) from error
+    found: list[dict] = []
+    for stored in manifest["modules"]:
+        module = stored["module"]
+        where = f"{stored['path']}: " if stored["path"] else ""
+        for entry in module["graphs"]:
+            if not entry.get("report"):
+                console.print(f"{where}'{module['name']}' {entry['graph']['name']}: no tuning report stored", markup=False)
+                continue
+            report = GraphTuneReport.from_dict(entry["report"])
+            found.append({"path": stored["path"], "module": module["name"], "report": report.to_dict()})
+            if not as_json:
+                console.print(report_table(report, title=f"{where}'{module['name']}' {report.graph}: {report.strategy}"))
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
 
 
 if __name__ == "__main__":

@@ -943,6 +943,9 @@ class GraphSpec:
             axis seen at one size only unless this is True); None when not checked (no batch
             axis, or nothing to split or join). Triton may join requests into one batch only when
             this is not False.
+        preferred_batch_size: The batch size where the kept backend's throughput stopped growing,
+            measured by a batch size sweep (``find_max_batch_size``); Triton's dynamic batcher
+            aims for it. None when not measured.
     """
 
     name: str
@@ -957,6 +960,7 @@ class GraphSpec:
     dims: dict[str, tuple[int, int]] = field(default_factory=dict)
     constants: dict[str, str] = field(default_factory=dict)
     batch_independent: bool | None = None
+    preferred_batch_size: int | None = None
 
     def axis_range(self, spec: TensorSpec, axis: int) -> tuple[int, int]:
         """``(min, max)`` size the artifacts of this graph spec accept on ``spec``'s ``axis``."""
@@ -1009,6 +1013,7 @@ class GraphSpec:
             "dims": {name: list(bounds) for name, bounds in self.dims.items()},
             "constants": dict(self.constants),
             "batch_independent": self.batch_independent,
+            "preferred_batch_size": self.preferred_batch_size,
         }
 
     @classmethod
@@ -1043,6 +1048,9 @@ class GraphSpec:
                 _invalid(where, f"'dims'[{name!r}] must be [min, max] (non-negative integers), got {_clip(bounds)}")
         if not (data.get("batch_independent") is None or isinstance(data["batch_independent"], bool)):
             _invalid(where, f"'batch_independent' must be true, false or null, got {data['batch_independent']!r}")
+        preferred = data.get("preferred_batch_size")
+        if preferred is not None and (not isinstance(preferred, int) or isinstance(preferred, bool) or preferred < 1):
+            _invalid(where, f"'preferred_batch_size' must be a positive integer or null, got {_clip(preferred)}")
         try:
             json.loads(data["output_treespec"])
         except ValueError:
@@ -1060,4 +1068,5 @@ class GraphSpec:
             dims={name: (int(b[0]), int(b[1])) for name, b in data.get("dims", {}).items()},
             constants=dict(data.get("constants", {})),
             batch_independent=data.get("batch_independent"),
+            preferred_batch_size=data.get("preferred_batch_size"),
         )

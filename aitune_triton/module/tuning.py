@@ -310,7 +310,9 @@ def tune_graphs(
             declared = _declares_batch(recorder, graph)
             batch_note = decide_batch_axis(forward, signature, graph, samples, declared)
             log(f"{graph.name}: {batch_note}")
-            context = TuneContext(module, signature, graph, samples, example, workdir / graph.name, device, log, forward)
+            context = TuneContext(
+                module, signature, graph, samples, example, workdir / graph.name, device, log, forward, batch_declared=declared
+            )
             try:
                 backend, report = strategy.tune(context)
             except TuningError as error:

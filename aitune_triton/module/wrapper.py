@@ -37,6 +37,7 @@ from aitune_triton.spec import ForwardSignature, GraphSpec
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.tuned import TunedGraph, TunedModule
 from aitune_triton.module.tuning import StrategiesArg, plan_strategies, tune_graphs
+from aitune_triton.strategies.report import report_table
 from aitune_triton.names import sanitize_name
 from aitune_triton.strategies import TuneStrategy
 
@@ -479,6 +480,9 @@ class Module(wrapt.ObjectProxy):
             self._self_tuning = False
         self._self_handler = TunedModule(self._self_name, self._self_signature, tuned, self._self_strict, self._self_fallback)
         self._offload_weights()
+        for entry in tuned:  # the tuning report, as `aitune-triton describe` prints it again
+            if entry.report is not None:
+                console.print(report_table(entry.report, title=f"'{self._self_name}' {entry.report.graph}: {entry.report.strategy}"))
 
     def _offload_weights(self) -> None:
         tuned = self._self_handler

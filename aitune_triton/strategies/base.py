@@ -6,19 +6,32 @@ import abc
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
+import torch.utils._pytree as pytree
 
 from aitune_triton._warnings import warn
 from aitune_triton.backends import Backend, BuildContext, EagerBackend, get_backend_class
 from aitune_triton.errors import ArgumentTypeError, BackendUnavailableError, InvalidArgumentError, TuningError
 from aitune_triton.spec import CallStructure, FlatTree, ForwardSignature, GraphSpec, flatten_output, output_leaves
-from aitune_triton.strategies.validation import compare_outputs, measure_latency_ms, raise_on_mismatch
+from aitune_triton.strategies.batching import batch_axes, batch_of, batched_call
+from aitune_triton.strategies.profiler import Profiler
+from aitune_triton.strategies.report import CandidateReport, GraphTuneReport
+from aitune_triton.strategies.validation import compare_outputs, raise_on_mismatch
 
-__all__ = ["CandidateReport", "GraphTuneReport", "TuneContext", "TuneStrategy", "resolve_backend"]
+__all__ = [
+    "PRECISION_TOLERANCES",
+    "AccuracyMetric",
+    "CandidateReport",
+    "GraphTuneReport",
+    "TuneContext",
+    "TuneStrategy",
+    "resolve_backend",
+    "resolve_backends",
+]
 
 def resolve_backend(backend: str | Backend) -> Backend:
     """A fresh backend from a registered name (``"aoti"``) or a configured instance.
@@ -36,6 +49,22 @@ def resolve_backend(backend: str | Backend) -> Backend:
     )
 
 
+def resolve_backends(backends: Sequence[str | Backend]) -> list[Backend]:
+    """Fresh backends for a strategy's candidate list (see :func:`resolve_backend`).
+
+    Raises:
+        InvalidArgumentError: (a ValueError) ``backends`` is a single name or backend, or empty.
+        UnknownBackendError: (a ValueError) an entry names an unknown backend.
+        ArgumentTypeError: (a TypeError) an entry is neither a name nor a Backend.
+    """
+    if isinstance(backends, (str, Backend)) or not backends:
+        raise InvalidArgumentError(
+            f"backends: expected a non-empty list of backend names or instances, got {backends!r}; "
+            "wrap a single backend in a list, or use OneBackendStrategy"
+        )
+    return [resolve_backend(b) for b in backends]
+
+
 @dataclass
 class TuneContext:
     """Everything a strategy needs to tune one graph spec.
@@ -51,6 +80,8 @@ class TuneContext:
         log: Receives one-line progress messages.
         forward: The module's own forward without hooks (default ``module.forward``); candidates
             capture it and eager references run it.
+        batch_declared: Whether the batch axis was declared with ``BatchDim`` (its max then caps
+            the batch size sweep).
     """
 
     module: torch.nn.Module
@@ -62,6 +93,7 @@ class TuneContext:
     device: torch.device
     log: Callable[[str], None] = field(default=lambda message: None)
     forward: Callable[..., Any] | None = None
+    batch_declared: bool = False
 
     @property
     def run(self) -> Callable[..., Any]:
@@ -69,159 +101,497 @@ class TuneContext:
         return self.forward or self.module.forward
 
 
-@dataclass
-class CandidateReport:
-    """What happened to one candidate backend.
-
-    Attributes:
-        backend: Backend name.
-        status: ``"chosen"``, ``"passed"``, ``"failed"``, ``"unavailable"`` or ``"not tried"``.
-        reason: Why it failed or was not available.
-        build_s: Build time in seconds.
-        latency_ms: Median latency on the largest recorded call, in milliseconds.
-        max_abs_diff: Largest abs difference to eager over all samples and outputs.
-    """
-
-    backend: str
-    status: str
-    reason: str = ""
-    build_s: float = 0.0
-    latency_ms: float | None = None
-    max_abs_diff: float | None = None
-
-
-@dataclass
-class GraphTuneReport:
-    """The tuning of one graph spec.
-
-    Attributes:
-        graph: Graph spec name.
-        strategy: Strategy description.
-        chosen: Name of the kept backend.
-        eager_latency_ms: Median eager latency on the largest recorded call, in milliseconds.
-        candidates: One report per candidate, in the order tried.
-        batch: How the batch axis was decided (the range kept, or why the batch size is fixed or
-            requests are not joined); empty in reports written before it was recorded.
-    """
-
-    graph: str
-    strategy: str
-    chosen: str
-    eager_latency_ms: float
-    candidates: list[CandidateReport]
-    batch: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GraphTuneReport":
-        """Rebuild from :meth:`to_dict`."""
-        return cls(**{**data, "candidates": [CandidateReport(**c) for c in data["candidates"]]})
-
-
 def _reason(error: Exception) -> str:
     """``Type: message`` without the terminal colour codes exporters put in their messages."""
     return re.sub(r"\x1b\[[0-9;]*m", "", f"{type(error).__name__}: {error}")
 
 
-class TuneStrategy(abc.ABC):
-    """Builds candidate backends for a graph spec, checks each against eager outputs and keeps one.
+#: Per lower precision: ``(atol, rtol)`` of the accuracy gate when the strategy has no accuracy
+#: metric. Elementwise bounds on network outputs: fp16 keeps about 3 significant decimal digits
+#: and bf16 about 2, and errors add up over layers; int8 dynamic quantization moves outputs by a
+#: few percent of their range. These are coarse on purpose: judge lower precision with a metric on
+#: real inputs (``accuracy=``), e.g. cosine similarity of embeddings.
+PRECISION_TOLERANCES: dict[str, tuple[float, float]] = {"fp16": (1e-2, 1e-2), "bf16": (5e-2, 5e-2), "int8": (1e-1, 1e-1)}
 
-    Every candidate is checked on every recorded sample of the graph spec: per output leaf the
-    shape, dtype and values must match eager within ``|backend - eager| <= atol + rtol * |eager|``
-    (``torch.allclose`` semantics). A failing candidate is reported with its reason and the next
-    one is tried.
+#: ``accuracy(eager_output, tuned_output)`` for one sample (both the module's output structure):
+#: True/False, or a score that must reach the strategy's ``min_accuracy``.
+AccuracyMetric = Callable[[Any, Any], Any]
+
+
+def _check_fraction(option: str, value: float | None, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+        expected = "a number in [0, 1) or None" if allow_none else "a number in [0, 1)"
+        raise InvalidArgumentError(f"{option}: expected {expected}, got {value!r}")
+
+
+class TuneStrategy(abc.ABC):
+    """Builds every candidate backend of a graph spec, checks and profiles it the same way, then
+    keeps one by the strategy's selection rule.
+
+    The evaluation, shared by every strategy:
+
+    1. **Build** the candidate (a failure or an unavailable backend is reported, not raised).
+    2. **Check** it on every recorded sample of the graph spec: per output leaf the shape, dtype
+       and values must match eager within ``|backend - eager| <= atol + rtol * |eager|``
+       (``torch.allclose`` semantics). A candidate of lower precision (``precision`` option other
+       than ``"fp32"``) passes an accuracy gate instead: ``accuracy(eager, tuned)`` per sample
+       when given, else :data:`PRECISION_TOLERANCES` for its precision.
+    3. **Profile** it with :attr:`profiler`: median latency at the smallest, typical (median) and
+       largest recorded shape (by input elements), and per batch size the latency of one call,
+       from which the throughput follows (batches built from recorded samples, for graph specs
+       whose samples proved independent along the batch axis).
+    4. **Speed gate** (every strategy but :class:`OneBackendStrategy`): a candidate is kept only
+       when it beats eager by ``speed_margin`` (default 1%) on the strategy's own measure
+       (latency at the typical shape; throughput for the throughput strategies). The ``eager``
+       backend, when listed, is exempt. When no candidate passes, the graph spec stays on eager
+       and the report says why.
+
+    Then :meth:`select` picks one of the candidates that passed. Those not kept are released:
+    their sessions closed and, unless ``keep_artifacts``, their artifacts removed from the cache.
 
     Args:
-        atol: Absolute tolerance.
-        rtol: Relative tolerance.
+        atol: Absolute tolerance of the eager check (fp32 candidates).
+        rtol: Relative tolerance of the eager check (fp32 candidates).
+        speed_margin: Fraction by which a candidate must beat eager (0.01: 1% faster); None turns
+            the speed gate off. Ignored by :class:`OneBackendStrategy`.
+        accuracy: Accuracy metric for lower-precision candidates (see :data:`AccuracyMetric`),
+            e.g. ``lambda eager, tuned: float(torch.cosine_similarity(eager, tuned, dim=-1).min())``.
+        min_accuracy: The score ``accuracy`` must reach on every sample, when it returns a number.
+        find_max_batch_size: Sweep batch sizes 1, 2, 4, ... (batches built from recorded samples,
+            batch-independent graph specs only) until throughput grows by less than
+            ``batch_gain_threshold`` or memory runs out; the chosen candidate's best size becomes
+            the graph spec's preferred batch size, and its batch range reaches it.
+        max_batch_size_limit: Largest batch size the sweep tries (a declared ``BatchDim`` max
+            caps it further).
+        batch_gain_threshold: Relative throughput gain under which the sweep stops (0.05: 5%).
+        profiler: How candidates are timed; default :class:`Profiler()`.
+        keep_artifacts: Keep the artifacts of candidates not chosen in the tuning cache.
+
+    Raises:
+        InvalidArgumentError: (a ValueError) a tolerance is negative, ``speed_margin`` or
+            ``batch_gain_threshold`` is outside [0, 1), ``max_batch_size_limit`` is not a positive
+            integer, ``accuracy`` is not callable, or ``profiler`` is not a Profiler.
     """
 
-    def __init__(self, atol: float = 1e-4, rtol: float = 1e-4):
-        if atol < 0 or rtol < 0:
+    #: Whether the speed gate applies (False for strategies that build one given backend).
+    gated: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        atol: float = 1e-4,
+        rtol: float = 1e-4,
+        *,
+        speed_margin: float | None = 0.01,
+        accuracy: AccuracyMetric | None = None,
+        min_accuracy: float | None = None,
+        find_max_batch_size: bool = False,
+        max_batch_size_limit: int = 64,
+        batch_gain_threshold: float = 0.05,
+        profiler: Profiler | None = None,
+        keep_artifacts: bool = False,
+    ):
+        if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (atol, rtol)) or atol < 0 or rtol < 0:
             raise InvalidArgumentError(f"atol/rtol: expected non-negative tolerances, got atol={atol!r}, rtol={rtol!r}")
+        _check_fraction("speed_margin", speed_margin, allow_none=True)
+        _check_fraction("batch_gain_threshold", batch_gain_threshold, allow_none=False)
+        if accuracy is not None and not callable(accuracy):
+            raise InvalidArgumentError(f"accuracy: expected a callable (eager, tuned) -> bool or score, got {accuracy!r}")
+        if min_accuracy is not None and (not isinstance(min_accuracy, (int, float)) or isinstance(min_accuracy, bool)):
+            raise InvalidArgumentError(f"min_accuracy: expected a number or None, got {min_accuracy!r}")
+        if not isinstance(max_batch_size_limit, int) or isinstance(max_batch_size_limit, bool) or max_batch_size_limit < 1:
+            raise InvalidArgumentError(f"max_batch_size_limit: expected a positive integer, got {max_batch_size_limit!r}")
+        if profiler is not None and not isinstance(profiler, Profiler):
+            raise InvalidArgumentError(f"profiler: expected an aitune_triton.strategies.Profiler, got {type(profiler).__name__}")
         self.atol = atol
         self.rtol = rtol
+        self.speed_margin = speed_margin
+        self.accuracy = accuracy
+        self.min_accuracy = min_accuracy
+        self.find_max_batch_size = bool(find_max_batch_size)
+        self.max_batch_size_limit = max_batch_size_limit
+        self.batch_gain_threshold = batch_gain_threshold
+        self.profiler = profiler or Profiler()
+        self.keep_artifacts = keep_artifacts
+        #: Batch sizes to profile instead of powers of two (set by strategies that take them).
+        self.batch_sizes: list[int] | None = None
 
+    # ------------------------------------------------------------------ what strategies override
     @abc.abstractmethod
     def candidates(self) -> list[Backend]:
-        """Fresh, unbuilt backends to try, in order."""
+        """Fresh, unbuilt backends to evaluate, in order."""
+
+    @abc.abstractmethod
+    def select(self, passed: list[CandidateReport], eager: CandidateReport) -> CandidateReport:
+        """The selection rule: one of ``passed`` (candidates that matched eager and passed the
+        speed gate, in evaluation order; never empty). ``eager`` holds eager's measurements."""
+
+    def rule(self) -> str:
+        """One phrase naming the selection rule, for the report."""
+        return "lowest latency at the typical shape"
+
+    def speed(self, report: CandidateReport) -> float | None:
+        """The strategy's measure of a candidate, lower is better (default: median latency at the
+        typical shape, ms); the speed gate compares it with eager's. None: not measured."""
+        return report.latencies_ms.get("typical")
+
+    def refusal(self, report: CandidateReport, eager: CandidateReport) -> str | None:
+        """Why a candidate that matched eager is not eligible (the speed gate), or None."""
+        if not self.gated or self.speed_margin is None or report.backend == EagerBackend.name:
+            return None
+        mine, theirs = self.speed(report), self.speed(eager)
+        if mine is None or theirs is None:
+            return None
+        if mine <= theirs * (1.0 - self.speed_margin):
+            return None
+        return (
+            f"{theirs / mine:.2f}x the speed of eager ({self.rule()}); the speed gate needs at least "
+            f"{1.0 / (1.0 - self.speed_margin):.2f}x (speed_margin={self.speed_margin:g})"
+        )
+
+    def stop_after(self, report: CandidateReport) -> bool:
+        """Whether evaluation can stop after ``report`` (the remaining candidates are "not tried")."""
+        return False
 
     def describe(self) -> str:
         """Short description for logs and reports."""
-        names = ", ".join(b.name for b in self.candidates())
+        names = ", ".join(_described(b) for b in self.candidates())
         return f"{type(self).__name__}([{names}])"
 
+    # ------------------------------------------------------------------------ the evaluation
     def tune(self, context: TuneContext) -> tuple[Backend, GraphTuneReport]:
-        """Try candidates in order and keep the first one that matches eager.
+        """Evaluate the candidates on ``context`` and keep one (see the class docstring).
+
+        Returns:
+            The kept backend (active) and the report of every candidate.
 
         Raises:
-            TuningError: no candidate passed; the message lists every candidate's reason.
+            TuningError: no candidate matched eager (and ``eager`` is not among them, or the
+                strategy has no speed gate); the message lists every candidate's reason.
         """
+        graph = context.graph
+        original_dims = dict(graph.dims)
+        sweep_limit = self._widen_batch_range(context)
         with torch.no_grad():
             references = [flatten_output(context.run(*call.args, **call.kwargs)) for call in context.samples]
-            eager_ms = measure_latency_ms(lambda: EagerBackend.reference(context.run, context.example))
+        measure = _Measurements(context, sweep_limit, self.find_max_batch_size, self.batch_sizes)
+        context.log(f"{graph.name}: profiling eager")
+        eager = CandidateReport(EagerBackend.name, "reference")
+        with torch.no_grad():
+            self._profile(eager, lambda call: EagerBackend.reference(context.run, call), context, measure)
         reports: list[CandidateReport] = []
+        built: list[tuple[Backend, CandidateReport, Path]] = []
         candidates = self.candidates()
-        for index, backend in enumerate(candidates):
-            report = self._try(backend, context, references)
-            reports.append(report)
-            if report.status == "passed":
-                report.status = "chosen"
-                reports.extend(CandidateReport(b.name, "not tried") for b in candidates[index + 1 :])
-                return backend, GraphTuneReport(context.graph.name, self.describe(), backend.name, eager_ms, reports)
-            backend.deactivate()
-        reasons = "\n".join(f"  {r.backend}: {r.status}: {r.reason}" for r in reports)
-        raise TuningError(f"{context.graph.name}: no candidate of {self.describe()} passed:\n{reasons}")
+        try:
+            for index, backend in enumerate(candidates):
+                workdir = context.workdir / _workdir_name(backend, context)
+                report = self._evaluate(backend, context, references, measure, workdir)
+                reports.append(report)
+                if report.status == "passed":
+                    built.append((backend, report, workdir))
+                    refusal = self.refusal(report, eager)
+                    if refusal:
+                        report.status, report.reason = "too slow", refusal
+                        context.log(f"{graph.name}: {report.backend}: too slow: {refusal}")
+                if self.stop_after(report):
+                    reports.extend(CandidateReport(_label(b), "not tried", precision=_precision(b)) for b in candidates[index + 1 :])
+                    break
+            eligible = [r for r in reports if r.status == "passed"]
+            chosen_report = self.select(eligible, eager) if eligible else None
+            if chosen_report is None:
+                if not self.gated or not any(r.status == "too slow" for r in reports):
+                    reasons = "\n".join(f"  {r.backend}: {r.status}: {r.reason}" for r in reports)
+                    raise TuningError(f"{graph.name}: no candidate of {self.describe()} passed:\n{reasons}")
+                backend = self._eager_fallback(context)
+                decision = "no candidate beat eager by the speed gate; the graph spec stays on eager"
+                chosen_report = CandidateReport(EagerBackend.name, "chosen", decision, precision="fp32")
+                chosen_report.latencies_ms, chosen_report.batch_latencies_ms = eager.latencies_ms, eager.batch_latencies_ms
+                chosen_report.latency_ms = eager.latency_ms
+                reports.append(chosen_report)
+            else:
+                backend = next(b for b, r, _ in built if r is chosen_report)
+                speed, eager_speed = self.speed(chosen_report), self.speed(eager)
+                ratio = f" ({eager_speed / speed:.2f}x the speed of eager)" if speed and eager_speed else ""
+                decision = f"kept {chosen_report.backend}: {self.rule()}{ratio}"
+                for other in eligible:
+                    if other is not chosen_report:
+                        other.reason = f"{chosen_report.backend} was kept ({self.rule()})"
+            chosen_report.status = "chosen"
+        except BaseException:
+            for candidate, _, workdir in built:
+                self._release(candidate, workdir)
+            graph.dims = original_dims
+            raise
+        for candidate, _, workdir in built:
+            if candidate is not backend:
+                self._release(candidate, workdir)
+        max_batch = self._settle_batch_range(context, original_dims, chosen_report)
+        context.log(f"{graph.name}: {decision}")
+        return backend, GraphTuneReport(
+            graph.name, self.describe(), _label(backend), eager.latencies_ms.get("typical", 0.0), reports,
+            eager=eager, decision=decision, max_batch_size=max_batch,
+        )
 
-    def _try(self, backend: Backend, context: TuneContext, references: Sequence[FlatTree]) -> CandidateReport:
-        workdir = context.workdir / backend.name
+    def _evaluate(
+        self, backend: Backend, context: TuneContext, references: Sequence[FlatTree], measure: "_Measurements", workdir: Path
+    ) -> CandidateReport:
+        graph = context.graph
+        label, precision = _label(backend), _precision(backend)
         workdir.mkdir(parents=True, exist_ok=True)
-        context.log(f"{context.graph.name}: building {backend.name}")
+        context.log(f"{graph.name}: {label}: building")
         start = time.perf_counter()
         build = BuildContext(
-            context.module, context.signature, context.graph, context.example, workdir, context.device, context.log, context.forward
+            context.module, context.signature, graph, context.example, workdir, context.device, context.log, context.forward
         )
+        report = CandidateReport(label, "failed", precision=precision, options=dict(backend.options))
         try:
             with torch.no_grad():
                 backend.build(build)
             _drop_index_ranges_recorded_calls_break(backend, context)
         except BackendUnavailableError as error:
-            return CandidateReport(backend.name, "unavailable", str(error), time.perf_counter() - start)
+            report.status, report.reason, report.build_s = "unavailable", str(error), time.perf_counter() - start
+            shutil.rmtree(workdir, ignore_errors=True)
+            return report
         except Exception as error:  # export, compile or load failed: report it and try the next candidate
             backend.deactivate()
             shutil.rmtree(workdir, ignore_errors=True)
-            return CandidateReport(backend.name, "failed", _reason(error), time.perf_counter() - start)
-        build_s = time.perf_counter() - start
-        context.log(
-            f"{context.graph.name}: checking {backend.name} against eager on the {len(context.samples)} stored samples "
-            f"(of {context.graph.num_calls} recorded calls)"
-        )
-        mismatches: list[str] = []
-        worst = 0.0
-        graph = context.graph
+            report.reason, report.build_s = _reason(error), time.perf_counter() - start
+            return report
+        report.build_s = time.perf_counter() - start
+        report.options = dict(backend.options)
         try:
+            context.log(
+                f"{graph.name}: {label}: checking against eager on the {len(context.samples)} stored samples "
+                f"(of {graph.num_calls} recorded calls)"
+            )
             with torch.no_grad():
-                for index, (call, reference) in enumerate(zip(context.samples, references)):
-                    label = f"sample {index}: "
-                    if reference.treespec != graph.output_treespec:
-                        mismatches.append(f"{label}eager returned another output structure than recorded: {reference.treespec}")
-                        worst = float("inf")
-                        continue
-                    # Every leaf, non-tensor ones included: those come back from the recorded template.
-                    actual = output_leaves(graph.output_template, backend.infer(call))
-                    found, diff = compare_outputs(reference.leaves, actual, reference.paths, self.atol, self.rtol, label)
-                    mismatches.extend(found)
-                    worst = max(worst, diff)
-                raise_on_mismatch(backend.name, mismatches)
-                latency = measure_latency_ms(lambda: backend.infer(context.example))
+                self._check(backend, context, references, report)
+                context.log(f"{graph.name}: {label}: profiling")
+                self._profile(report, backend.infer, context, measure, check=lambda call: self._check_batched(backend, context, call))
         except Exception as error:  # a backend failing at run time is a failed candidate, not a crash
             backend.deactivate()
             shutil.rmtree(workdir, ignore_errors=True)
-            return CandidateReport(backend.name, "failed", _reason(error), build_s, None, worst)
-        return CandidateReport(backend.name, "passed", "", build_s, latency, worst)
+            report.status, report.reason = "failed", _reason(error)
+            return report
+        report.status = "passed"
+        return report
+
+    def _check(self, backend: Backend, context: TuneContext, references: Sequence[FlatTree], report: CandidateReport) -> None:
+        """Compare ``backend`` with eager on every sample; raise :class:`OutputMismatchError` listing
+        every mismatch. Sets ``report.max_abs_diff`` (and ``report.accuracy`` with a metric)."""
+        graph = context.graph
+        precision = report.precision
+        atol, rtol = (self.atol, self.rtol) if precision == "fp32" else PRECISION_TOLERANCES.get(precision, (self.atol, self.rtol))
+        metric = self.accuracy if precision != "fp32" else None
+        mismatches: list[str] = []
+        worst, scores = 0.0, []
+        for index, (call, reference) in enumerate(zip(context.samples, references)):
+            label = f"sample {index}: "
+            if reference.treespec != graph.output_treespec:
+                mismatches.append(f"{label}eager returned another output structure than recorded: {reference.treespec}")
+                worst = float("inf")
+                continue
+            # Every leaf, non-tensor ones included: those come back from the recorded template.
+            actual = output_leaves(graph.output_template, backend.infer(call))
+            if metric is not None:
+                score = metric(
+                    pytree.tree_unflatten(list(reference.leaves), reference.treespec),
+                    pytree.tree_unflatten(list(actual), graph.output_treespec),
+                )
+                value, problem = self._judge(score)
+                scores.append(value)
+                if problem:
+                    mismatches.append(f"{label}{problem}")
+                _, diff = compare_outputs(reference.leaves, actual, reference.paths, float("inf"), 0.0, label)
+            else:
+                found, diff = compare_outputs(reference.leaves, actual, reference.paths, atol, rtol, label)
+                mismatches.extend(found)
+            worst = max(worst, diff)
+        report.max_abs_diff = worst
+        report.accuracy = min(scores) if scores else None
+        raise_on_mismatch(report.backend, mismatches)
+
+    def _judge(self, score: Any) -> tuple[float, str | None]:
+        """``(value, problem)`` of one accuracy metric result."""
+        if isinstance(score, torch.Tensor) and score.numel() == 1:
+            score = score.item()
+        if isinstance(score, bool):
+            return float(score), None if score else "the accuracy metric returned False"
+        if isinstance(score, (int, float)):
+            if self.min_accuracy is None:
+                raise InvalidArgumentError(
+                    f"accuracy: returned the score {score!r}, but min_accuracy is None; pass min_accuracy= (the score "
+                    "every sample must reach) or return True/False"
+                )
+            return float(score), None if score >= self.min_accuracy else f"accuracy {score:.4g} < min_accuracy {self.min_accuracy:g}"
+        raise InvalidArgumentError(f"accuracy: expected the metric to return a bool or a number, got {type(score).__name__}")
+
+    def _check_batched(self, backend: Backend, context: TuneContext, call: CallStructure) -> None:
+        """Compare ``backend`` with eager on a built batch (the largest size of the batch sweep)."""
+        reference = flatten_output(context.run(*call.args, **call.kwargs))
+        actual = output_leaves(context.graph.output_template, backend.infer(call))
+        precision = _precision(backend)
+        if precision == "fp32":
+            atol, rtol = self.atol, self.rtol
+        elif self.accuracy is not None:
+            return  # judged on the recorded samples; a metric may need real rows, not repeated ones
+        else:
+            atol, rtol = PRECISION_TOLERANCES.get(precision, (self.atol, self.rtol))
+        found, _ = compare_outputs(reference.leaves, actual, reference.paths, atol, rtol, f"batch of {_batch(context, call)}: ")
+        raise_on_mismatch(_label(backend), found)
+
+    def _profile(
+        self,
+        report: CandidateReport,
+        infer: Callable[[CallStructure], Any],
+        context: TuneContext,
+        measure: "_Measurements",
+        check: Callable[[CallStructure], None] | None = None,
+    ) -> None:
+        """Fill ``report``'s latencies per shape and per batch size (sweeping batch sizes when searching)."""
+        timings: dict[int, float] = {}
+        for label, call in measure.shapes.items():
+            timing = timings.get(id(call))
+            if timing is None:
+                timing = timings[id(call)] = self.profiler.time(lambda: infer(call), context.device).median_ms
+            report.latencies_ms[label] = timing
+        report.latency_ms = report.latencies_ms.get("typical")
+        if not measure.batch_sizes:  # no batches to build: the typical call's own batch
+            report.batch_latencies_ms = {str(_batch(context, measure.shapes["typical"])): report.latencies_ms["typical"]}
+            return
+        best_rate, best_size, last_ok = 0.0, None, None
+        for size in measure.batch_sizes:
+            batch = measure.batch(size)
+            if batch is None:
+                break
+            call = batch
+            try:
+                ms = self.profiler.time(lambda: infer(call), context.device).median_ms
+            except (torch.OutOfMemoryError, MemoryError) as error:
+                context.log(f"{context.graph.name}: {report.backend}: batch {size} ran out of memory ({type(error).__name__})")
+                break
+            report.batch_latencies_ms[str(size)] = ms
+            last_ok = call
+            rate = size * 1000.0 / ms
+            if measure.searching:
+                if best_size is not None and rate < best_rate * (1.0 + self.batch_gain_threshold):
+                    break
+                best_rate, best_size = max(best_rate, rate), size
+        if measure.searching and best_size is not None:
+            report.max_batch_size = best_size
+            if check is not None and last_ok is not None:
+                check(last_ok)
+
+    # --------------------------------------------------------------------------- batch range
+    def _widen_batch_range(self, context: TuneContext) -> int | None:
+        """With ``find_max_batch_size``, raise the graph spec's batch range to the sweep limit (not
+        past a declared BatchDim's max) so that every candidate is built for it; return the limit."""
+        graph = context.graph
+        if not (self.find_max_batch_size or self.batch_sizes) or batch_axes(graph) is None:
+            return None
+        low, high = graph.dims["batch"]
+        limit = high if context.batch_declared else max(high, self.max_batch_size_limit)
+        graph.dims["batch"] = (low, limit)
+        return limit
+
+    def _settle_batch_range(self, context: TuneContext, original: dict[str, tuple[int, int]], chosen: CandidateReport) -> int | None:
+        """After the sweep: the batch range reaches the chosen candidate's best size (never below the
+        recorded or declared range); without a measured size it goes back to what it was."""
+        graph = context.graph
+        best = chosen.max_batch_size
+        if best is None or "batch" not in original:
+            graph.dims = original
+            graph.preferred_batch_size = None
+            return None
+        low, high = original["batch"]
+        graph.dims = {**original, "batch": (low, max(high, best))}
+        graph.preferred_batch_size = best
+        return best
+
+    # ------------------------------------------------------------------------------- helpers
+    def _eager_fallback(self, context: TuneContext) -> Backend:
+        backend = EagerBackend()
+        backend.build(
+            BuildContext(context.module, context.signature, context.graph, context.example, context.workdir / "eager",
+                         context.device, context.log, context.forward)
+        )
+        return backend
+
+    def _release(self, backend: Backend, workdir: Path) -> None:
+        """Close a candidate that is not kept; remove its artifacts (``workdir``) unless ``keep_artifacts``."""
+        backend.deactivate()
+        if not self.keep_artifacts:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _Measurements:
+    """The calls every candidate is profiled on: one per shape label, and batches per size."""
+
+    def __init__(self, context: TuneContext, sweep_limit: int | None, searching: bool, sizes: list[int] | None):
+        self.context = context
+        samples = list(context.samples) or [context.example]
+        ordered = sorted(samples, key=lambda call: sum(t.numel() for t in call.flat.tensors))
+        self.shapes: dict[str, CallStructure] = {
+            "smallest": ordered[0],
+            "typical": ordered[len(ordered) // 2],
+            "largest": context.example,
+        }
+        self.searching = searching and sweep_limit is not None
+        self._batches: dict[int, CallStructure | None] = {}
+        self.batch_sizes: list[int] = []
+        graph = context.graph
+        if batch_axes(graph) is None:
+            return
+        low, high = graph.dims["batch"]
+        limit = sweep_limit if sweep_limit is not None else high
+        if sizes is not None:
+            self.batch_sizes = [size for size in sizes if low <= size <= limit]
+            return
+        size = 1
+        while size <= limit:
+            if size >= low:
+                self.batch_sizes.append(size)
+            size *= 2
+        if not self.searching and high not in self.batch_sizes and high >= low:
+            self.batch_sizes.append(high)
+
+    def batch(self, size: int) -> CallStructure | None:
+        """A call of ``size`` rows with the typical shape's per-sample shapes (built once)."""
+        if size not in self._batches:
+            context = self.context
+            self._batches[size] = batched_call(context.signature, context.graph, context.samples, self.shapes["typical"], size)
+        return self._batches[size]
+
+
+def _batch(context: TuneContext, call: CallStructure) -> int:
+    return batch_of(context.graph, call)
+
+
+def _precision(backend: Backend) -> str:
+    return str(backend.options.get("precision", "fp32"))
+
+
+def _label(backend: Backend) -> str:
+    """The backend's name, with its precision when not fp32 (``onnxruntime[int8]``)."""
+    precision = _precision(backend)
+    return backend.name if precision == "fp32" else f"{backend.name}[{precision}]"
+
+
+def _described(backend: Backend) -> str:
+    """The backend's label with its options other than precision (``onnxruntime(exporter='torchscript')``)."""
+    options = ", ".join(f"{key}={value!r}" for key, value in backend.options.items() if key != "precision")
+    return f"{_label(backend)}({options})" if options else _label(backend)
+
+
+def _workdir_name(backend: Backend, context: TuneContext) -> str:
+    """A fresh subdirectory name per candidate: several configurations of one backend may be evaluated."""
+    base = _label(backend).replace("[", "-").replace("]", "")
+    name, index = base, 1
+    while (context.workdir / name).exists():
+        index += 1
+        name = f"{base}-{index}"
+    return name
 
 
 def _drop_index_ranges_recorded_calls_break(backend: Backend, context: TuneContext) -> None:

@@ -45,7 +45,8 @@ class TritonModelOptions:
             A CPU-only server loads only ``KIND_CPU`` instances.
         max_queue_delay_microseconds: How long the dynamic batcher may hold a request to form a
             larger batch (models with ``max_batch_size > 0`` only).
-        preferred_batch_size: Batch sizes the dynamic batcher aims for; empty lets Triton decide.
+        preferred_batch_size: Batch sizes the dynamic batcher aims for; empty: the size measured
+            by the tuning's batch size sweep when there was one, else Triton decides.
         entry_instance_count: Instances of the entry (router) model. A Python model instance runs
             one ``execute()`` at a time and the router gets one request per call, so this bounds
             how many requests through the entry model reach the graph models together (and can
@@ -111,9 +112,9 @@ def graph_model_config(io: ModelIO, options: TritonModelOptions, device: str = "
     config.instance_group.add(kind=options.kind_for(device), count=options.instance_count)
     if io.max_batch_size > 0:
         config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_microseconds
-        config.dynamic_batching.preferred_batch_size.extend(
-            [size for size in options.preferred_batch_size if size <= io.max_batch_size]
-        )
+        # The options' sizes when given, else the size the batch sweep measured for this graph spec.
+        preferred = list(options.preferred_batch_size) or ([io.preferred_batch_size] if io.preferred_batch_size else [])
+        config.dynamic_batching.preferred_batch_size.extend([size for size in preferred if size <= io.max_batch_size])
     config.version_policy.latest.num_versions = 1
     return config
 

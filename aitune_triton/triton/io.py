@@ -144,6 +144,8 @@ class ModelIO:
         index_ranges: Per input, the value ranges of the indexing ops it reaches
             (:class:`~aitune_triton.contract.IndexRange` dicts; empty lists for other inputs);
             None when unknown.
+        preferred_batch_size: The measured batch size the dynamic batcher should aim for (the
+            graph spec's ``preferred_batch_size``), or None.
     """
 
     model_name: str
@@ -162,6 +164,7 @@ class ModelIO:
     version: int = 1
     input_axes: list[list[int | str]] | None = None
     index_ranges: list[list[dict[str, Any]]] | None = None
+    preferred_batch_size: int | None = None
 
     @classmethod
     def from_graph(cls, model_name: str, graph: dict[str, Any], backend: dict[str, Any], version: int = 1) -> "ModelIO":
@@ -213,6 +216,7 @@ class ModelIO:
             version=version,
             input_axes=backend.get("input_axes"),
             index_ranges=backend.get("index_ranges"),
+            preferred_batch_size=graph.get("preferred_batch_size") if batching else None,
         )
 
     @cached_property

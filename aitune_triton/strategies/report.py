@@ -1,0 +1,162 @@
+"""The tuning report: what every candidate measured, and why one was kept."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from rich.markup import escape
+from rich.table import Table
+
+__all__ = ["CandidateReport", "GraphTuneReport", "report_table"]
+
+#: Shape labels of the latencies profiled per candidate, in report order.
+SHAPES = ("smallest", "typical", "largest")
+
+
+@dataclass
+class CandidateReport:
+    """What happened to one candidate backend.
+
+    Attributes:
+        backend: Backend name.
+        status: ``"chosen"``, ``"passed"`` (matched eager, another was kept), ``"too slow"``
+            (matched eager but failed the speed gate or the latency budget), ``"failed"``,
+            ``"unavailable"`` or ``"not tried"``.
+        reason: Why it failed, was unavailable, too slow, or not chosen.
+        build_s: Build time in seconds.
+        latency_ms: Median latency at the typical recorded shape, in milliseconds.
+        max_abs_diff: Largest abs difference to eager over all samples and output leaves.
+        precision: The backend's precision (``"fp32"``, ``"int8"``...).
+        options: The backend's options.
+        latencies_ms: Median latency per recorded shape (``"smallest"``, ``"typical"``,
+            ``"largest"``: by total input elements), in milliseconds.
+        batch_latencies_ms: Batch size (as a string, JSON keys) -> median latency of one call at
+            that batch size, in milliseconds; throughput is ``batch / latency``.
+        accuracy: The accuracy metric's worst value over the samples (lower precision with a
+            user metric), else None.
+        max_batch_size: The batch size where throughput stopped growing, when searched.
+    """
+
+    backend: str
+    status: str
+    reason: str = ""
+    build_s: float = 0.0
+    latency_ms: float | None = None
+    max_abs_diff: float | None = None
+    precision: str = "fp32"
+    options: dict[str, Any] = field(default_factory=dict)
+    latencies_ms: dict[str, float] = field(default_factory=dict)
+    batch_latencies_ms: dict[str, float] = field(default_factory=dict)
+    accuracy: float | None = None
+    max_batch_size: int | None = None
+
+    @property
+    def throughput(self) -> dict[int, float]:
+        """Batch size -> samples per second, from :attr:`batch_latencies_ms`."""
+        return {int(size): int(size) * 1000.0 / ms for size, ms in self.batch_latencies_ms.items() if ms > 0}
+
+    def best_throughput(self, latency_budget_ms: float | None = None) -> float | None:
+        """The highest samples per second over the profiled batch sizes, counting only those whose
+        latency is within ``latency_budget_ms`` when given; None when none qualifies."""
+        rates = [
+            int(size) * 1000.0 / ms
+            for size, ms in self.batch_latencies_ms.items()
+            if ms > 0 and (latency_budget_ms is None or ms <= latency_budget_ms)
+        ]
+        return max(rates, default=None)
+
+
+@dataclass
+class GraphTuneReport:
+    """The tuning of one graph spec.
+
+    Attributes:
+        graph: Graph spec name.
+        strategy: Strategy description.
+        chosen: Name of the kept backend.
+        eager_latency_ms: Median eager latency at the typical recorded shape, in milliseconds.
+        candidates: One report per candidate, in the order tried.
+        batch: How the batch axis was decided (the range kept, or why the batch size is fixed or
+            requests are not joined); empty in reports written before it was recorded.
+        eager: Eager's own measurements (latencies and batch latencies), as a candidate report.
+        decision: Why the chosen backend was kept (the rule, the speed gate).
+        max_batch_size: The measured batch size where the chosen backend's throughput stopped
+            growing (Triton's preferred batch size), when searched.
+    """
+
+    graph: str
+    strategy: str
+    chosen: str
+    eager_latency_ms: float
+    candidates: list[CandidateReport]
+    batch: str = ""
+    eager: CandidateReport | None = None
+    decision: str = ""
+    max_batch_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GraphTuneReport":
+        """Rebuild from :meth:`to_dict` (reports of older versions lack the newer fields)."""
+        known = {f.name for f in dataclasses.fields(CandidateReport)}
+
+        def candidate(entry: dict[str, Any]) -> CandidateReport:
+            return CandidateReport(**{k: v for k, v in entry.items() if k in known})
+
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["candidates"] = [candidate(c) for c in data.get("candidates", [])]
+        if data.get("eager"):
+            values["eager"] = candidate(data["eager"])
+        return cls(**values)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _ratio(value: float | None, eager: float | None) -> str:
+    if value is None or not eager:
+        return ""
+    return f" ({value / eager:.2f}x)"
+
+
+def report_table(report: GraphTuneReport, title: str = "") -> Table:
+    """A rich table of ``report``: per candidate its precision, build time, max abs diff (or
+    accuracy), latency at the typical and largest shape (and the ratio to eager), best
+    throughput, and the status with its reason; eager's own row first."""
+    table = Table(title=escape(title or f"{report.graph}: {report.strategy}"), title_justify="left")
+    for column in ("candidate", "precision", "build s", "max abs diff", "typical ms", "largest ms", "samples/s", "result"):
+        table.add_column(column, overflow="fold")
+    eager = report.eager
+    eager_typical = eager.latencies_ms.get("typical") if eager else report.eager_latency_ms
+    eager_largest = eager.latencies_ms.get("largest") if eager else None
+    rows: Sequence[CandidateReport] = ([eager] if eager else []) + list(report.candidates)
+    for candidate in rows:
+        is_eager_row = candidate is eager
+        diff = _ms(candidate.max_abs_diff) if candidate.accuracy is None else f"accuracy {candidate.accuracy:.4g}"
+        typical = candidate.latencies_ms.get("typical", candidate.latency_ms)
+        largest = candidate.latencies_ms.get("largest")
+        throughput = candidate.best_throughput()
+        lines = candidate.reason.splitlines()
+        reason = lines[0] + (f" (+{len(lines) - 1} lines: `aitune-triton describe --json`)" if len(lines) > 1 else "") if lines else ""
+        result = "reference" if is_eager_row else candidate.status + (f": {reason}" if reason else "")
+        table.add_row(
+            "eager (reference)" if is_eager_row else escape(candidate.backend),
+            candidate.precision,
+            "-" if is_eager_row else f"{candidate.build_s:.1f}",
+            "-" if is_eager_row else diff,
+            _ms(typical) + ("" if is_eager_row else _ratio(typical, eager_typical)),
+            _ms(largest) + ("" if is_eager_row else _ratio(largest, eager_largest)),
+            "-" if throughput is None else f"{throughput:.4g}",
+            escape(result),
+        )
+    if report.decision:
+        table.caption = escape(report.decision + (f"; {report.batch}" if report.batch else ""))
+        table.caption_justify = "left"
+    return table
