@@ -125,6 +125,19 @@ def test_dynamic_batching_is_present_with_the_options_when_the_model_batches(ios
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
 
 
+def test_the_measured_preferred_batch_size_of_a_graph_spec_reaches_the_dynamic_batcher_unless_options_say_otherwise(ios):
+    measured = dataclasses.replace(ios["with_y"], preferred_batch_size=4)
+
+    config = graph_model_config(measured, TritonModelOptions())
+    overridden = graph_model_config(measured, TritonModelOptions(preferred_batch_size=(2,)))
+    again = text_format.Parse(model_config_text(config), mc.ModelConfig())
+
+    assert list(config.dynamic_batching.preferred_batch_size) == [4]
+    assert list(overridden.dynamic_batching.preferred_batch_size) == [2]
+    assert again == config
+    assert ModelIO.from_dict(json.loads(json.dumps(measured.to_dict()))).preferred_batch_size == 4
+
+
 def test_dynamic_batching_is_absent_and_dims_are_full_when_max_batch_size_is_0(ios):
     io = ios["not_batching"]
 

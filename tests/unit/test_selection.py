@@ -424,3 +424,28 @@ def test_describe_prints_the_stored_report_again_as_a_table_and_as_json(tmp_path
     (stored,) = json.loads(as_json.output)
     assert stored["module"] == unique_name and stored["report"]["chosen"] == fast.name
     assert missing.exit_code == 1 and "Error:" in missing.output
+
+
+def test_a_measured_max_batch_size_becomes_the_exported_max_and_preferred_batch_size(tmp_path, unique_name):
+    from nets import IndependentNet
+
+    from aitune_triton.triton.config import read_model_config
+
+    torch.manual_seed(0)
+    strategy = MaxThroughputStrategy(["onnxruntime"], speed_margin=None, max_batch_size_limit=16, profiler=FAST_PROFILER)
+    module = aitune_triton.Module(IndependentNet().eval(), name=unique_name, strategy=strategy)
+    with torch.no_grad():
+        for batch in (1, 2):
+            module(torch.randn(batch, 8))
+    module.tune()
+    (tuned,) = module.tuned_graphs
+    best = tuned.report.max_batch_size
+    result = aitune_triton.export(module, tmp_path / "repository", show_progress=False)
+    config = read_model_config(tmp_path / "repository" / result.graph_models[0] / "config.pbtxt")
+
+    assert best is not None and tuned.spec.preferred_batch_size == best
+    assert config.max_batch_size == max(2, best)
+    assert list(config.dynamic_batching.preferred_batch_size) == [best]
+    with torch.no_grad():  # the module serves the whole range it was built and checked for
+        x = torch.randn(max(2, best), 8)
+        torch.testing.assert_close(module(x)["hidden"], torch.relu(module.linear(x)))
