@@ -1,4 +1,4 @@
-"""The inductor backend (torch.compile of a saved torch.export program)."""
+"""The inductor backend (torch.compile of a saved torch.export program) and AOTInductor freezing."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import aitune_triton
-from aitune_triton import InductorBackend, Module, OneBackendStrategy
+from aitune_triton import AOTInductorBackend, InductorBackend, Module, OneBackendStrategy
 from aitune_triton.backends import Backend, BuildContext, LoadContext, get_backend_class
 from aitune_triton.backends.inductor import check_program_archive
 from aitune_triton.errors import BackendUnavailableError, CheckpointError, InvalidArgumentError
@@ -109,6 +109,14 @@ def test_inductor_is_registered_and_its_options_survive_clone_and_to_dict():
 def test_inductor_refuses_a_bad_option_naming_it_the_allowed_values_and_the_value_given(options, message):
     with pytest.raises(InvalidArgumentError, match=message):
         InductorBackend(**options)
+
+
+def test_aoti_freezing_is_validated_and_persisted():
+    with pytest.raises(InvalidArgumentError, match=r"aoti: option 'freezing' must be True or False, got 'on'"):
+        AOTInductorBackend(freezing="on")  # type: ignore[arg-type]
+
+    assert AOTInductorBackend().options == {"freezing": False}
+    assert AOTInductorBackend(freezing=True).clone().to_dict()["options"] == {"freezing": True}
 
 
 @pytest.mark.parametrize(("precision", "reason"), [("fp16", "CUDA devices only"), ("bf16", "CUDA devices only"), ("int8", "no Inductor path")])
@@ -254,5 +262,25 @@ def test_inductor_module_keeps_working_after_its_weights_are_offloaded_to_meta(t
         ids, features = _call(3, 4, seed=50)
         with torch.no_grad():
             _assert_equal_to_eager(module(ids, features), reference(ids, features))
+    finally:
+        module.deactivate()
+
+
+# ------------------------------------------------------------------------------- aoti
+def test_aoti_with_freezing_matches_eager_inside_the_recorded_range(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).eval()
+    reference = eager(net)
+    module = Module(net, name="test_backends_aoti_freezing", strategy=OneBackendStrategy(AOTInductorBackend(freezing=True)), cache_dir=tmp_path)
+    with torch.no_grad():
+        for batch in (1, 5):
+            module(torch.randn(batch, 6))
+    module.tune()
+
+    try:
+        assert module.tuned_graphs[0].backend.to_dict()["options"] == {"freezing": True}
+        x = torch.randn(3, 6)
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), reference(x), atol=1e-5, rtol=1e-5)
     finally:
         module.deactivate()
