@@ -31,10 +31,11 @@ def check_program_archive(path: str | Path) -> None:
     """Refuse a ``torch.export.save`` archive whose loading would unpickle anything but tensors.
 
     ``torch.export.load`` reads weights and constants from raw payloads, except entries marked
-    ``use_pickle`` (tensor subclasses, script objects) and legacy ``.pt`` payloads, which it
-    unpickles with ``weights_only=False``; sample inputs are unpickled with ``weights_only=True``
-    and, when that fails, again without it. This check refuses the first two and loads the sample
-    inputs with ``weights_only=True`` itself, so the fallback never runs.
+    ``use_pickle`` (tensor subclasses) and legacy ``.pt`` payloads, which it unpickles with
+    ``weights_only=False``, and constants that are not tensors (script and opaque objects, read
+    with ``pickle``); sample inputs are unpickled with ``weights_only=True`` and, when that fails,
+    again without it. This check refuses the first three and loads the sample inputs with
+    ``weights_only=True`` itself, so the fallback never runs.
 
     Args:
         path: The ``.pt2`` archive.
@@ -53,10 +54,14 @@ def check_program_archive(path: str | Path) -> None:
                 raise CheckpointError(f"inductor: {path} holds the legacy pickled payload {name}; re-export it with this version.")
             if name.endswith("_config.json") and "/data/" in f"/{name}":
                 config = json.loads(archive.read(name)).get("config", {})
-                pickled = sorted(key for key, entry in config.items() if entry.get("use_pickle"))
+                pickled = sorted(
+                    key
+                    for key, entry in config.items()
+                    if entry.get("use_pickle") or ("constants" in name and not str(entry.get("path_name", "")).startswith("tensor_"))
+                )
                 if pickled:
                     raise CheckpointError(
-                        f"inductor: {path} stores {pickled} as pickles (tensor subclasses or script objects), which "
+                        f"inductor: {path} stores {pickled} as pickles (tensor subclasses, script or opaque objects), which "
                         "torch.export.load would unpickle without weights_only; this backend loads plain tensors only."
                     )
             if "/data/sample_inputs/" in f"/{name}" and archive.getinfo(name).file_size > 0:  # empty: none saved

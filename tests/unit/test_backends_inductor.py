@@ -228,7 +228,7 @@ def test_inductor_artifact_holds_the_weights_but_no_recorded_inputs_and_no_pickl
     check_program_archive(path)  # the check load runs passes
 
 
-def test_inductor_refuses_an_archive_that_would_unpickle_a_weight(tuned, tmp_path):
+def test_inductor_refuses_an_archive_that_would_unpickle_a_weight_or_a_constant(tuned, tmp_path):
     source = tuned.module.tuned_graphs[0].backend.artifacts["model"]
     tampered = tmp_path / "program.pt2"
     with zipfile.ZipFile(source) as original, zipfile.ZipFile(tampered, "w") as copy:
@@ -241,6 +241,14 @@ def test_inductor_refuses_an_archive_that_would_unpickle_a_weight(tuned, tmp_pat
             copy.writestr(item, data)
 
     with pytest.raises(CheckpointError, match=r"\['module.linear.bias'\] as pickles .* loads plain tensors only"):
+        check_program_archive(tampered)
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(tampered, "w") as copy:
+        for item in original.infolist():
+            data = original.read(item)
+            if item.filename.endswith("model_constants_config.json"):
+                data = json.dumps({"config": {"hook": {"path_name": "opaque_obj_0"}}}).encode()
+            copy.writestr(item, data)
+    with pytest.raises(CheckpointError, match=r"\['hook'\] as pickles"):
         check_program_archive(tampered)
     not_a_zip = tmp_path / "broken.pt2"
     shutil.copyfile(Path(__file__), not_a_zip)
