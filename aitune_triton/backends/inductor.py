@@ -149,7 +149,9 @@ class InductorBackend(Backend):
     Embedding(30, 8) + Linear(8, 8) net with batch and sequence axes (2 CPU cores shared with
     other jobs, load average 5-6): build (export, save, first compile) 46 s; ``aitune_triton.load``
     in a fresh process 7.5-8 s with that cache, 38.5 s with an empty one. A served model compiles
-    when Triton loads it (the same cache, when the server runs as the same user).
+    when Triton loads it (the same cache, when the server runs as the same user). The artifact
+    holds the weights, so the backend is ahead of time: ``offload="meta"`` may free the module's
+    weights, and calls are checked against the exported input contract before they run.
 
     Args:
         mode: ``torch.compile`` mode: one of :data:`MODES`, or None (torch's default).
