@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aitune_triton.backends import AOTInductorBackend, Backend, EagerBackend, OnnxRuntimeBackend, register_backend
+from aitune_triton.backends import AOTInductorBackend, Backend, EagerBackend, InductorBackend, OnnxRuntimeBackend, register_backend
 from aitune_triton.checkpoint import load, save
 from aitune_triton.errors import AITuneTritonError
 from aitune_triton.module.dims import BatchDim, DynamicDim
@@ -26,6 +26,7 @@ __all__ = [
     "EagerBackend",
     "FirstWinsStrategy",
     "GraphSpec",
+    "InductorBackend",
     "Module",
     "ModuleState",
     "OneBackendStrategy",

@@ -10,9 +10,10 @@ from aitune_triton.backends.base import (
     register_backend,
 )
 from aitune_triton.backends.eager import EagerBackend
+from aitune_triton.backends.inductor import InductorBackend
 from aitune_triton.backends.onnxruntime import OnnxRuntimeBackend
 
-for _backend in (EagerBackend, OnnxRuntimeBackend, AOTInductorBackend):
+for _backend in (EagerBackend, OnnxRuntimeBackend, AOTInductorBackend, InductorBackend):
     register_backend(_backend)
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Backend",
     "BuildContext",
     "EagerBackend",
+    "InductorBackend",
     "LoadContext",
     "OnnxRuntimeBackend",
     "backend_names",
