@@ -13,7 +13,15 @@ from aitune_triton.spec import GraphSpec
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.wrapper import Module
 from aitune_triton.pipeline import tune
-from aitune_triton.strategies import FirstWinsStrategy, OneBackendStrategy, TuneStrategy
+from aitune_triton.strategies import (
+    FirstWinsStrategy,
+    LatencyBudgetStrategy,
+    MaxThroughputStrategy,
+    MinLatencyStrategy,
+    OneBackendStrategy,
+    Profiler,
+    TuneStrategy,
+)
 
 __version__ = "0.1.0"
 
@@ -27,10 +35,14 @@ __all__ = [
     "FirstWinsStrategy",
     "GraphSpec",
     "InductorBackend",
+    "LatencyBudgetStrategy",
+    "MaxThroughputStrategy",
+    "MinLatencyStrategy",
     "Module",
     "ModuleState",
     "OneBackendStrategy",
     "OnnxRuntimeBackend",
+    "Profiler",
     "RemoteModule",
     "TuneStrategy",
     "export",

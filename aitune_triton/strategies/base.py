@@ -222,14 +222,15 @@ class TuneStrategy(abc.ABC):
     def candidates(self) -> list[Backend]:
         """Fresh, unbuilt backends to evaluate, in order."""
 
-    @abc.abstractmethod
     def select(self, passed: list[CandidateReport], eager: CandidateReport) -> CandidateReport:
         """The selection rule: one of ``passed`` (candidates that matched eager and passed the
-        speed gate, in evaluation order; never empty). ``eager`` holds eager's measurements."""
+        speed gate, in evaluation order; never empty). ``eager`` holds eager's measurements.
+        Default: the first one (strategies override this rule)."""
+        return passed[0]
 
     def rule(self) -> str:
         """One phrase naming the selection rule, for the report."""
-        return "lowest latency at the typical shape"
+        return "the first candidate that passed"
 
     def speed(self, report: CandidateReport) -> float | None:
         """The strategy's measure of a candidate, lower is better (default: median latency at the

@@ -34,6 +34,9 @@ class MinLatencyStrategy(TuneStrategy):
         """Fresh copies of the given backends, in the given order."""
         return [b.clone() for b in self._backends]
 
+    def rule(self) -> str:
+        return "lowest latency at the typical shape"
+
     def select(self, passed: list[CandidateReport], eager: CandidateReport) -> CandidateReport:
         """The candidate with the lowest typical-shape latency."""
         return min(passed, key=lambda report: self.speed(report) or float("inf"))

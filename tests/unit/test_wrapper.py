@@ -441,7 +441,7 @@ def test_tune_strategy_is_used_when_the_constructor_has_none(two_input_net, uniq
     module = Module(two_input_net, name=unique_name)
     _record(module)
 
-    module.tune(strategy=FirstWinsStrategy(["test_wrapper_off_by_one", "test_wrapper_marker"]))
+    module.tune(strategy=FirstWinsStrategy(["test_wrapper_off_by_one", "test_wrapper_marker"], speed_margin=None))
 
     assert _chosen(module) == ["test_wrapper_marker"]
     assert [c.status for c in module.tuned_graphs[0].report.candidates] == ["failed", "chosen"]
