@@ -28,7 +28,7 @@ When ``benchmarks/proxy_overhead.py`` exists, its ``measure_proxy_overhead()`` i
 Usage::
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/tuning.py [--rounds 3] [--shapes 8x128,1x16]
-        [--variants eager,aoti,...] [--json PATH] [--png PATH] [--device cpu|cuda]
+        [--variants eager,aoti,...] [--json PATH] [--png PATH] [--device cpu|cuda] [--threads N]
 """
 
 from __future__ import annotations
@@ -127,8 +127,8 @@ def _strict_strategy(backend: str | aitune_triton.Backend) -> TuneStrategy:
 
 
 def _unchecked_strategy(backend: aitune_triton.Backend) -> TuneStrategy:
-    """A strategy that keeps the backend whatever its difference to eager (finite outputs of the
-    right shape and dtype still required); for int8, whose accuracy is judged by cosine instead."""
+    """A strategy that keeps the backend whatever its difference to eager (output shapes, dtypes and
+    NaN positions must still match); for int8, whose accuracy is judged by cosine instead."""
     return OneBackendStrategy(backend, atol=float("inf"), rtol=float("inf"))
 
 
@@ -321,7 +321,11 @@ def write_png(path: Path, report: dict[str, Any]) -> None:
                 high.append(ratio["max"] - ratio["median"])
         axes.bar(xs, medians, width, yerr=[low, high], capsize=3, label=f"{shape} tokens")
     axes.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-    axes.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
+    labels = []
+    for name in variants:  # name the backend a strategy chose, when it chose one for every shape
+        chosen = {report["shapes"][shape]["variants"].get(name, {}).get("chosen") for shape in shapes}
+        labels.append(f"{name} ({chosen.pop()})" if name == "default" and len(chosen) == 1 and None not in chosen else name)
+    axes.set_xticks(range(len(variants)), labels, rotation=30, ha="right")
     axes.set_ylabel("latency / eager latency (median, min..max over rounds)")
     axes.set_title(f"MiniLM-L6 on {report['device']}: tuned variants vs eager")
     axes.legend()
@@ -339,12 +343,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=None, help="calls per variant per round (default: about --seconds of eager time, 5..200)")
     parser.add_argument("--seconds", type=float, default=2.0, help="eager time per variant per round that sets the default --calls")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own); ONNX Runtime keeps its own")
     parser.add_argument("--no-proxy-overhead", action="store_true", help="skip benchmarks/proxy_overhead.py")
     parser.add_argument("--json", type=Path, default=None, help="write every number and the library versions here")
     parser.add_argument("--png", type=Path, default=None, help="write a bar chart of the median ratios here")
     args = parser.parse_args(argv)
     if args.rounds < 1 or (args.calls is not None and args.calls < 1):
         parser.error("--rounds and --calls: expected at least 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads: expected at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     shapes = {text.strip(): parse_shape(text.strip()) for text in args.shapes.split(",") if text.strip()}
     console = Console(width=max(Console().width, 140), soft_wrap=True)
