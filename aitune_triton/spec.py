@@ -894,7 +894,10 @@ def rebuild_output(treespec: pytree.TreeSpec, template: Sequence[Any], tensors: 
     Raises:
         OutputStructureError: the number of tensors does not match the template.
     """
-    return pytree.tree_unflatten(output_leaves(template, tensors), treespec)
+    leaves = output_leaves(template, tensors)
+    if treespec.is_leaf():  # a lone tensor: nothing to rebuild
+        return leaves[0]
+    return pytree.tree_unflatten(leaves, treespec)
 
 
 def output_leaves(template: Sequence[Any], tensors: Sequence[torch.Tensor]) -> list[Any]:
@@ -909,6 +912,8 @@ def output_leaves(template: Sequence[Any], tensors: Sequence[torch.Tensor]) -> l
     slots = sum(1 for leaf in template if leaf is None)
     if slots != len(tensors):
         raise OutputStructureError(f"Expected {slots} output tensors for the recorded structure, got {len(tensors)}.")
+    if slots == len(template):  # every leaf a tensor (the common case): no constant to copy
+        return list(tensors)
     iterator = iter(tensors)
     return [next(iterator) if leaf is None else copy.deepcopy(leaf) for leaf in template]
 
