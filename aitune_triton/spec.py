@@ -605,6 +605,8 @@ def _fingerprint(value: Any, tensors: list[torch.Tensor]) -> Any:
     if cls in _FAST_SCALARS:
         return (cls, value)
     if cls is float:
+        if value != value:  # NaN: equal to no other NaN, so its layout would never be found again
+            raise _NoFastPath
         return (cls, value, math.copysign(1.0, value))
     if cls is tuple or cls is list:
         return (cls, tuple([_fingerprint(item, tensors) for item in value]))
@@ -668,13 +670,14 @@ class CallLayouts:
     one runs :func:`flatten_call` and the later ones only put their tensors into its layout (no
     ``inspect.Signature.bind``, key paths or ``json.dumps``). Calls holding any other leaf (an
     object, an ``Enum``, a numpy array), the same tensor twice, or a structure that cannot be
-    hashed always take :func:`flatten_call`, as do calls it refuses (their error is its error).
+    hashed (or a NaN) always take :func:`flatten_call`, as do calls it refuses (their error is
+    its error).
 
     Args:
         signature: The module's forward signature.
         strict: As for :func:`flatten_call`.
-        capacity: Layouts kept; when full, new structures take :func:`flatten_call` each time
-            (0 turns the cache off).
+        capacity: Layouts kept; when full, the oldest is dropped for a new one (constants that
+            change on every call, as in a non-strict module, cycle through it). 0 turns it off.
     """
 
     def __init__(self, signature: ForwardSignature, strict: bool = True, capacity: int = 256):
@@ -705,10 +708,14 @@ class CallLayouts:
         if layout is not None:
             return layout.call(args, kwargs, tensors)
         call = flatten_call(self.signature, args, kwargs, self.strict)
-        if len(self._layouts) < self.capacity:
-            found = _Layout.of(call, tensors)
-            if found is not None:
-                self._layouts[fingerprint] = found
+        found = _Layout.of(call, tensors) if self.capacity > 0 else None
+        if found is not None:
+            while len(self._layouts) >= self.capacity:
+                try:
+                    del self._layouts[next(iter(self._layouts))]  # the oldest (dicts keep insertion order)
+                except (KeyError, RuntimeError, StopIteration):  # another thread changed it meanwhile
+                    break
+            self._layouts[fingerprint] = found
         return call
 
 

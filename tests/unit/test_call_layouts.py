@@ -164,9 +164,10 @@ def _one_tensor_twice():
         lambda: ((t(2, 8),), {"mode": Mode.FAST}),
         lambda: ((t(2, 8),), {"past": {1: t(1)}}),
         lambda: ((t(2, 8),), {"anything": object()}),
+        lambda: ((t(2, 8),), {"scale": float("nan")}),
         _one_tensor_twice,
     ],
-    ids=["a numpy array", "an IntEnum", "a dict with int keys", "an object", "one tensor passed twice"],
+    ids=["a numpy array", "an IntEnum", "a dict with int keys", "an object", "a NaN", "one tensor passed twice"],
 )
 def test_calls_the_cache_cannot_tell_apart_take_flatten_call_every_time(make):
     layouts = CallLayouts(SIGNATURE)
@@ -179,13 +180,22 @@ def test_calls_the_cache_cannot_tell_apart_take_flatten_call_every_time(make):
     assert len(layouts) == 0
 
 
-def test_the_cache_keeps_at_most_its_capacity_and_still_flattens_the_rest():
+def test_the_cache_keeps_its_capacity_of_the_newest_structures_and_flattens_every_call_alike():
     layouts = CallLayouts(SIGNATURE, capacity=2)
-    for rank in range(1, 5):
+    for rank in (1, 2, 3, 4, 1, 4):
         x = torch.zeros((1,) * rank)
-        assert layouts.flatten((x,), {}).key == flatten_call(SIGNATURE, (x,), {}).key
+        _same(layouts.flatten((x,), {}), flatten_call(SIGNATURE, (x,), {}))
 
     assert len(layouts) == 2
+
+
+def test_a_non_strict_call_with_a_new_constant_each_time_keeps_its_own_constants():
+    layouts = CallLayouts(SIGNATURE, strict=False, capacity=4)
+    for step in range(10):
+        call = layouts.flatten((t(2, 8),), {"scale": 0.1 * step})
+        assert call.flat.constants == flatten_call(SIGNATURE, (t(2, 8),), {"scale": 0.1 * step}, strict=False).flat.constants
+
+    assert len(layouts) == 4
 
 
 # ------------------------------------------------------------------------------ tuned modules
