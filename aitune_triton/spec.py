@@ -914,10 +914,10 @@ def output_leaves(template: Sequence[Any], tensors: Sequence[torch.Tensor]) -> l
     Raises:
         OutputStructureError: the number of tensors does not match the template.
     """
-    from aitune_triton.errors import OutputStructureError
-
     slots = sum(1 for leaf in template if leaf is None)
     if slots != len(tensors):
+        from aitune_triton.errors import OutputStructureError  # only when raising: every tuned call comes here
+
         raise OutputStructureError(f"Expected {slots} output tensors for the recorded structure, got {len(tensors)}.")
     if slots == len(template):  # every leaf a tensor (the common case): no constant to copy
         return list(tensors)
