@@ -58,7 +58,7 @@ def _side_by_side(
 
 
 def _wrapped(mode: str, net: torch.nn.Module, x: torch.Tensor, cache_dir: Path) -> aitune_triton.Module:
-    name = f"proxy_overhead_{mode}"
+    name = None  # a free default name: another benchmark may call measure_proxy_overhead() more than once
     if mode == "passthrough":
         module = aitune_triton.Module(net, name=name, cache_dir=cache_dir)
         module.enable_passthrough()
