@@ -274,3 +274,21 @@ def test_a_non_strict_tuned_module_notices_a_changed_constant_after_a_cached_cal
 
         assert torch.allclose(got, reference(x, scale=5.0)["logits"], atol=1e-5)
         assert torch.allclose(module(x, scale=2.0)["logits"], reference(x, scale=2.0)["logits"], atol=1e-5)
+
+
+def test_a_transformers_cache_argument_growing_call_by_call_reuses_one_layout_and_flattens_as_flatten_call():
+    from transformers.cache_utils import DynamicCache
+
+    def forward(input_ids, past=None, use_cache=True):
+        return input_ids
+
+    signature = ForwardSignature.from_callable(forward)
+    layouts = CallLayouts(signature)
+    for length in (3, 4, 5):
+        cache = DynamicCache()
+        cache.update(torch.randn(1, 2, length, 4), torch.randn(1, 2, length, 4), 0)
+        args, kwargs = (torch.ones(1, 1, dtype=torch.long),), {"past": cache}
+
+        _same(layouts.flatten(args, kwargs), flatten_call(signature, args, kwargs))
+
+    assert len(layouts) == 1
