@@ -23,6 +23,7 @@ import functools
 import importlib
 import inspect
 import json
+import math
 import os
 import re
 import sys
@@ -34,6 +35,7 @@ import torch
 import torch.utils._pytree as pytree
 
 __all__ = [
+    "CallLayouts",
     "CallStructure",
     "ForwardSignature",
     "GraphSpec",
@@ -575,6 +577,148 @@ def flatten_call(signature: ForwardSignature, args: tuple, kwargs: dict, strict:
     return CallStructure(args, kwargs, flat, key)
 
 
+class _NoFastPath(Exception):
+    """A call :class:`CallLayouts` cannot describe cheaply; it takes :func:`flatten_call`."""
+
+
+#: Constant leaves whose type and ``==`` decide :func:`flatten_call`'s key (and the binding, which
+#: drops a scalar passed with its default value) exactly: ``(type, value)`` identifies them. Floats
+#: also carry their sign (``-0.0 == 0.0``, but their JSON differs); other types (subclasses of
+#: these included, such as an ``IntEnum``) take the slow path.
+_FAST_SCALARS = frozenset({bool, int, str, torch.dtype, torch.device})
+
+
+def _fingerprint(value: Any, tensors: list[torch.Tensor]) -> Any:
+    """A hashable description of ``value``'s structure (tensor dtype and rank, constant values),
+    appending its tensors to ``tensors`` in traversal order.
+
+    Raises:
+        _NoFastPath: ``value`` holds a leaf outside tensors, None and :data:`_FAST_SCALARS` (and
+            floats), or a container that is not a pytree node.
+    """
+    cls = type(value)
+    if cls is torch.Tensor or isinstance(value, torch.Tensor):
+        tensors.append(value)
+        return (value.dtype, value.dim())
+    if value is None:
+        return None
+    if cls in _FAST_SCALARS:
+        return (cls, value)
+    if cls is float:
+        if value != value:  # NaN: equal to no other NaN, so its layout would never be found again
+            raise _NoFastPath
+        return (cls, value, math.copysign(1.0, value))
+    if cls is tuple or cls is list:
+        return (cls, tuple([_fingerprint(item, tensors) for item in value]))
+    if cls is dict:
+        if not all(type(key) is str for key in value):  # 1 == True as keys, yet their JSON differs
+            raise _NoFastPath
+        return (cls, tuple(value), tuple([_fingerprint(item, tensors) for item in value.values()]))
+    if pytree._get_node_type(value) in pytree.SUPPORTED_NODES:  # a namedtuple, a dataclass, a cache...
+        leaves, treespec = pytree.tree_flatten(value)
+        return (treespec, tuple([_fingerprint(leaf, tensors) for leaf in leaves]))
+    raise _NoFastPath
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What :func:`flatten_call` gave for one argument structure, to fill with a later call's tensors."""
+
+    key: str
+    treespec: pytree.TreeSpec
+    paths: tuple[str, ...]
+    template: tuple[Any, ...]  # the flat leaves, None in each tensor slot
+    slots: tuple[int, ...]  # positions of the tensor leaves among the flat leaves
+    order: tuple[int, ...]  # per tensor slot, its position among the fingerprint's tensors
+
+    @classmethod
+    def of(cls, call: CallStructure, tensors: Sequence[torch.Tensor]) -> "_Layout | None":
+        """The layout of ``call``, whose tensors the fingerprint found as ``tensors``; None when a
+        flat tensor leaf cannot be told apart by identity (the same tensor passed twice) or is none
+        of them."""
+        position = {id(tensor): i for i, tensor in enumerate(tensors)}
+        if len(position) != len(tensors):
+            return None
+        slots, order = [], []
+        for slot, leaf in enumerate(call.flat.leaves):
+            if isinstance(leaf, torch.Tensor):
+                if id(leaf) not in position:
+                    return None
+                slots.append(slot)
+                order.append(position[id(leaf)])
+        template = tuple(None if isinstance(leaf, torch.Tensor) else leaf for leaf in call.flat.leaves)
+        return cls(call.key, call.flat.treespec, tuple(call.flat.paths), template, tuple(slots), tuple(order))
+
+    def call(self, args: tuple, kwargs: dict, tensors: Sequence[torch.Tensor]) -> CallStructure:
+        if len(self.slots) == len(self.template):  # every leaf a tensor: the common case
+            leaves = [tensors[i] for i in self.order]
+        else:
+            leaves = list(self.template)
+            for slot, i in zip(self.slots, self.order):
+                leaves[slot] = tensors[i]
+        return CallStructure(args, kwargs, FlatTree(self.treespec, leaves, list(self.paths)), self.key)
+
+
+class CallLayouts:
+    """:func:`flatten_call` for repeated calls: a call whose argument structure was seen before
+    reuses that call's key, leaf paths and bound layout.
+
+    A call is described by its *fingerprint*: the positional count, the keyword names in the order
+    given, per argument its nesting (tuples, lists, dicts with string keys, other pytree nodes by
+    their ``torch.utils._pytree`` structure), and per leaf the tensor dtype and rank or the
+    constant's type and value. Calls with equal fingerprints bind and flatten alike, so the first
+    one runs :func:`flatten_call` and the later ones only put their tensors into its layout (no
+    ``inspect.Signature.bind``, key paths or ``json.dumps``). Calls holding any other leaf (an
+    object, an ``Enum``, a numpy array), the same tensor twice, or a structure that cannot be
+    hashed (or a NaN) always take :func:`flatten_call`, as do calls it refuses (their error is
+    its error).
+
+    Args:
+        signature: The module's forward signature.
+        strict: As for :func:`flatten_call`.
+        capacity: Layouts kept; when full, the oldest is dropped for a new one (constants that
+            change on every call, as in a non-strict module, cycle through it). 0 turns it off.
+    """
+
+    def __init__(self, signature: ForwardSignature, strict: bool = True, capacity: int = 256):
+        self.signature = signature
+        self.strict = strict
+        self.capacity = capacity
+        self._layouts: dict[Any, _Layout] = {}
+
+    def __len__(self) -> int:
+        return len(self._layouts)
+
+    def flatten(self, args: tuple, kwargs: dict) -> CallStructure:
+        """Bind and flatten a call, as :func:`flatten_call` does.
+
+        Raises:
+            TypeError: the arguments do not fit the signature.
+        """
+        tensors: list[torch.Tensor] = []
+        try:
+            fingerprint = (
+                tuple([_fingerprint(value, tensors) for value in args]),
+                tuple(kwargs),
+                tuple([_fingerprint(value, tensors) for value in kwargs.values()]),
+            )
+            layout = self._layouts.get(fingerprint)
+        except Exception:  # _NoFastPath, or a structure whose hash or == raises (an unhashable node context)
+            return flatten_call(self.signature, args, kwargs, self.strict)
+        if layout is not None:
+            return layout.call(args, kwargs, tensors)
+        call = flatten_call(self.signature, args, kwargs, self.strict)
+        found = _Layout.of(call, tensors) if self.capacity > 0 else None
+        if found is not None:
+            while len(self._layouts) >= self.capacity:
+                try:
+                    del self._layouts[next(iter(self._layouts))]  # the oldest (dicts keep insertion order)
+                except (KeyError, RuntimeError, StopIteration):  # another thread changed it meanwhile
+                    break
+            self._layouts[fingerprint] = found
+        return call
+
+
 def _type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -757,7 +901,10 @@ def rebuild_output(treespec: pytree.TreeSpec, template: Sequence[Any], tensors: 
     Raises:
         OutputStructureError: the number of tensors does not match the template.
     """
-    return pytree.tree_unflatten(output_leaves(template, tensors), treespec)
+    leaves = output_leaves(template, tensors)
+    if treespec.is_leaf():  # a lone tensor: nothing to rebuild
+        return leaves[0]
+    return pytree.tree_unflatten(leaves, treespec)
 
 
 def output_leaves(template: Sequence[Any], tensors: Sequence[torch.Tensor]) -> list[Any]:
@@ -767,11 +914,13 @@ def output_leaves(template: Sequence[Any], tensors: Sequence[torch.Tensor]) -> l
     Raises:
         OutputStructureError: the number of tensors does not match the template.
     """
-    from aitune_triton.errors import OutputStructureError
-
     slots = sum(1 for leaf in template if leaf is None)
     if slots != len(tensors):
+        from aitune_triton.errors import OutputStructureError  # only when raising: every tuned call comes here
+
         raise OutputStructureError(f"Expected {slots} output tensors for the recorded structure, got {len(tensors)}.")
+    if slots == len(template):  # every leaf a tensor (the common case): no constant to copy
+        return list(tensors)
     iterator = iter(tensors)
     return [next(iterator) if leaf is None else copy.deepcopy(leaf) for leaf in template]
 

@@ -43,4 +43,6 @@ class EagerBackend(Backend):
     def reference(forward: Callable[..., Any], call: CallStructure) -> list[torch.Tensor]:
         """Run ``forward`` (a module or its forward) on ``call``; return tensor output leaves in flattening order."""
         output = forward(*call.args, **call.kwargs)
+        if isinstance(output, torch.Tensor):  # a lone tensor: its own only leaf, without a pytree walk
+            return [output]
         return [leaf for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor)]

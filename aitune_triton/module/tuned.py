@@ -14,7 +14,7 @@ from aitune_triton._warnings import warn
 from aitune_triton.backends import Backend, LoadContext
 from aitune_triton.contract import INDEX_HINT, InputContract
 from aitune_triton.errors import ArgumentTypeError, GraphSpecMismatchError, IndexOutOfRangeError, ModuleStateError
-from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec, flatten_call, rebuild_output
+from aitune_triton.spec import CallLayouts, CallStructure, ForwardSignature, GraphSpec, rebuild_output
 from aitune_triton.module.state import ModuleState
 from aitune_triton.strategies import GraphTuneReport
 
@@ -63,13 +63,14 @@ class TunedModule:
         self.strict = strict
         self.fallback = fallback
         self._by_key = {g.spec.key: g for g in graphs}
+        self._layouts = CallLayouts(signature, strict)  # repeated call structures skip binding and key building
         self._active = all(g.backend.active for g in graphs)
         self._warned: set[str] = set()
 
     def __call__(self, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         if not self._active:
             raise ModuleStateError(f"Module '{self.name}' is deactivated. Call activate() before calling it.")
-        call = flatten_call(self.signature, args, kwargs, self.strict)
+        call = self._layouts.flatten(args, kwargs)
         graph = self._by_key.get(call.key)
         if graph is None:
             return self._unmatched(forward, call)
