@@ -62,7 +62,7 @@ sys.path.insert(0, str(HERE))
 
 import aitune_triton  # noqa: E402
 from aitune_triton.backends import OnnxRuntimeBackend, backend_names  # noqa: E402
-from aitune_triton.strategies import OneBackendStrategy, TuneStrategy, default_strategy  # noqa: E402
+from aitune_triton.strategies import OneBackendStrategy, Profiler, TuneStrategy, default_strategy  # noqa: E402
 from minilm import SENTENCES, embed, load_model  # noqa: E402
 
 DEFAULT_SHAPES = "8x128,1x16"
@@ -229,21 +229,16 @@ def _options(options: dict[str, Any]) -> str:
 
 
 def time_round(results: dict[str, Result], order: list[str], inputs: Inputs, calls: int, device: torch.device) -> dict[str, float]:
-    """Median latency (ms) per variant of ``calls`` back-to-back calls, variants in ``order``."""
+    """Median latency (ms) per variant of ``calls`` back-to-back calls after one warm-up call,
+    variants in ``order``, timed with the profiler tuning uses (fixed run count here, so every
+    variant gets as many calls in a round)."""
+    profiler = Profiler(warmup_runs=1, min_runs=calls, max_runs=calls, max_time_s=3600.0)
     medians = {}
     with torch.no_grad():
         for name in order:
             run = results[name].call
             assert run is not None
-            run(**inputs.timed)  # warm-up: first-call allocations, thread pools
-            times = []
-            for _ in range(calls):
-                synchronize(device)
-                start = time.perf_counter()
-                run(**inputs.timed)
-                synchronize(device)
-                times.append((time.perf_counter() - start) * 1000.0)
-            medians[name] = statistics.median(times)
+            medians[name] = profiler.time(lambda: run(**inputs.timed), device).median_ms  # noqa: B023 (run now)
     return medians
 
 
@@ -274,7 +269,7 @@ def proxy_overhead(console: Console) -> Any:
     if not (HERE / "proxy_overhead.py").exists():
         return {"skipped": "benchmarks/proxy_overhead.py does not exist"}
     try:
-        from proxy_overhead import measure_proxy_overhead  # type: ignore[import-not-found]
+        from proxy_overhead import measure_proxy_overhead
 
         result = measure_proxy_overhead()
     except Exception as error:  # another benchmark's failure is reported, not fatal here
