@@ -351,8 +351,11 @@ def _quantize_int8(path: Path, log: Callable[[str], None]) -> None:
 
     Weights of MatMul/Gemm (and the other operators ``quantize_dynamic`` supports) are quantized
     per output channel to int8; activations are quantized at run time. ONNX Runtime's
-    pre-processing (symbolic shape inference, graph optimization) runs first, as its quantization
-    guide asks; when it fails the model is quantized without it (logged).
+    pre-processing (ONNX shape inference, graph optimization) runs first, as its quantization
+    guide asks; when it fails the model is quantized without it (logged). Its symbolic shape
+    inference step is skipped: it failed on both MiniLM-L6 exports ("Incomplete symbolic shape
+    inference") and then writes ``sym_shape_infer_temp.onnx`` and the model's weights into the
+    process's working directory.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -365,7 +368,7 @@ def _quantize_int8(path: Path, log: Callable[[str], None]) -> None:
         prepared = staging / "prepared.onnx"
         try:
             with quiet_export():
-                quant_pre_process(str(path), str(prepared))
+                quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
             source = prepared
         except Exception as error:
             log(f"onnxruntime: int8 pre-processing failed ({type(error).__name__}: {error}); quantizing the exported model as it is")
