@@ -136,7 +136,12 @@ class OnnxRuntimeBackend(Backend):
         precision: str = "fp32",
     ):
         _check_options(opset_version, providers, exporter, graph_optimization_level, intra_op_num_threads, precision)
-        options: dict[str, Any] = {"exporter": exporter, "precision": precision}
+        # Defaults are not stored: a description written before these options existed reads the same.
+        options: dict[str, Any] = {}
+        if exporter != "dynamo":
+            options["exporter"] = exporter
+        if precision != "fp32":
+            options["precision"] = precision
         if opset_version is not None:
             options["opset_version"] = opset_version
         if providers is not None:
@@ -171,7 +176,7 @@ class OnnxRuntimeBackend(Backend):
 
     def precision_unavailable_reason(self, device: torch.device) -> str | None:
         """Why this backend's ``precision`` cannot be built or run on ``device``, or None when it can."""
-        precision = self.options["precision"] if "precision" in self.options else "fp32"
+        precision = self.options.get("precision", "fp32")
         if precision == "fp16" and device.type != "cuda":
             return (
                 f"precision 'fp16' needs a CUDA device, got {str(device)!r} (ONNX Runtime's CPU provider lacks float16 "
@@ -196,11 +201,11 @@ class OnnxRuntimeBackend(Backend):
         path = self.artifacts["model"]
         tensors = export_example(context.graph, context.example, context.device)
         flat = FlatModule(context.module, context.signature, context.example, context.forward)
-        if self.options["exporter"] == "torchscript":
+        if self.options.get("exporter", "dynamo") == "torchscript":
             self._export_torchscript(flat, tensors, context, path)
         else:
             self._export_dynamo(flat, tensors, context.graph, path)
-        precision = self.options["precision"]
+        precision = self.options.get("precision", "fp32")
         if precision == "int8":
             _quantize_int8(path, context.log)
         elif precision == "fp16":
