@@ -151,6 +151,37 @@ def test_the_torchscript_export_names_each_dynamic_axis_after_its_graph_spec_dim
     assert dims["output_0"] == [ids_spec.dim_names[0], ids_spec.dim_names[1], 8]
 
 
+class BranchNet(torch.nn.Module):
+    """A branch on a tensor's value: traced by TorchScript (one branch), refused by torch.export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor):
+        if x.sum() > 0:
+            return self.linear(x)
+        return -x
+
+
+def test_a_torchscript_export_whose_module_torch_export_refuses_has_no_contract_beyond_the_ranges_and_says_so(tmp_path):
+    net = BranchNet().eval()
+    calls = [(torch.rand(batch, 4) + 1,) for batch in (1, 3)]
+    backend = OnnxRuntimeBackend(exporter="torchscript", graph_optimization_level="all", intra_op_num_threads=1)
+
+    context, lines = _build(backend, net, calls, tmp_path)
+
+    assert backend.input_axes is None and backend.index_ranges is None
+    assert "input_axes" not in backend.to_dict()
+    (line,) = [line for line in lines if "torch.export.export failed" in line]
+    assert "input contract holds the graph spec's ranges only" in line
+    x = torch.rand(2, 4) + 1
+    with torch.no_grad():
+        want = eager(net)(x)
+    (got,) = _run(backend, context, x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------- session options
 def test_measured_session_options_are_stored_logged_and_round_trip_through_to_dict_and_from_dict(token_built):
     net, calls, backend, context, lines = token_built
