@@ -57,7 +57,9 @@ def session_options(options: dict[str, Any]) -> Any:
     variant the median of 40 runs at 8 x 128 tokens and 400 at 1 x 16, 4 rotated rounds; two
     runs), spinning on / off: with 2 threads off was faster in both runs (938 / 438 and 635 / 419
     ms at 8 x 128, 37.7 / 11.8 and 26.1 / 8.5 ms at 1 x 16); with 1 thread (no worker threads)
-    the differences were noise (396 / 511 and 300 / 314 ms, 16.2 / 13.6 and 15.5 / 14.6 ms).
+    the differences were noise (396 / 511 and 300 / 314 ms, 16.2 / 13.6 and 15.5 / 14.6 ms). A
+    third run on a quieter machine (TorchScript export, 8 x 128, median of 20) showed no cost
+    either: 150 / 148 ms with 2 threads, 276 / 260 ms with 1.
     ``templates/runtimes/onnxruntime.py.j2`` builds the same options for the served model.
 
     Args:
