@@ -28,6 +28,8 @@ SCALAR_MODEL = "served_scalar_net"
 CENTERED_MODEL = "served_centered_net"
 SCALED_MODEL = "served_scaled_net"
 TIED_MODEL = "served_tied_net"
+ORT_TORCHSCRIPT_MODEL = "served_ort_torchscript_net"
+ORT_INT8_MODEL = "served_ort_int8_net"
 
 
 class TiedNet(torch.nn.Module):
@@ -39,6 +41,31 @@ class TiedNet(torch.nn.Module):
 
     def forward(self, ids: torch.Tensor, features: torch.Tensor):
         return self.embedding(ids) + features
+
+
+class TokenNet(torch.nn.Module):
+    """Token ids and a mask, dynamic batch and sequence, nested outputs (served through ONNX Runtime's TorchScript export)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(50, 8)
+        self.linear = torch.nn.Linear(8, 8)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor):
+        hidden = torch.tanh(self.linear(self.embedding(ids))) * mask.unsqueeze(-1)
+        return {"hidden": hidden, "pooled": [hidden.sum(1)]}
+
+
+class WideNet(torch.nn.Module):
+    """Two Linear layers: enough weights for int8 quantization to matter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = torch.nn.Linear(64, 128)
+        self.down = torch.nn.Linear(128, 32)
+
+    def forward(self, x: torch.Tensor):
+        return self.down(torch.relu(self.up(x)))
 
 
 class ScalarNet(torch.nn.Module):
@@ -141,6 +168,21 @@ def served(tmp_path_factory):
         scaled.tune()
         aitune_triton.export(scaled, repository, show_progress=False)
         extra[SCALED_MODEL] = (eager_copy(scaled_net), scaled)
+        # ONNX Runtime with the TorchScript exporter and measured session options, and int8.
+        from aitune_triton.backends import OnnxRuntimeBackend
+
+        token_net = TokenNet().eval()
+        token = Module(token_net, name=ORT_TORCHSCRIPT_MODEL, strategy=OneBackendStrategy(OnnxRuntimeBackend(exporter="torchscript")))
+        for batch, length in ((1, 4), (3, 7), (2, 9)):
+            token(torch.randint(0, 50, (batch, length), generator=generator), torch.ones(batch, length))
+        wide_net = WideNet().eval()
+        wide = Module(wide_net, name=ORT_INT8_MODEL, strategy=OneBackendStrategy(OnnxRuntimeBackend(precision="int8"), atol=0.1, rtol=0.1))
+        for batch in (1, 4, 8):
+            wide(torch.randn(batch, 64, generator=generator))
+        for name, eager, other in ((ORT_TORCHSCRIPT_MODEL, token_net, token), (ORT_INT8_MODEL, wide_net, wide)):
+            other.tune()
+            aitune_triton.export(other, repository, show_progress=False)
+            extra[name] = (eager_copy(eager), other)
         server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=180)
         server.start()
         yield Served(

