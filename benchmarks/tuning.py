@@ -5,6 +5,7 @@ calls of exactly that shape, then all are timed in one run:
 
 * ``eager``: a copy of the model, never wrapped (the reference);
 * ``aoti``, ``onnxruntime``, ``inductor`` (when registered): ``OneBackendStrategy`` of the backend;
+* ``aoti-freezing``: ``AOTInductorBackend(freezing=True)`` (Inductor freezing: weights folded as constants);
 * ``onnxruntime-dynamo`` / ``onnxruntime-torchscript``: ONNX Runtime with that exporter, where
   ``OnnxRuntimeBackend`` takes an ``exporter`` option (only the ones that differ from its default);
 * ``onnxruntime-int8``: ``OnnxRuntimeBackend(precision="int8")`` where that precision is accepted.
@@ -145,6 +146,9 @@ def available_variants() -> tuple[list[Variant], dict[str, str]]:
     variants = [Variant("eager", None, "copy of the model, not wrapped")]
     skipped: dict[str, str] = {}
     variants.append(Variant("aoti", _strict_strategy("aoti")))
+    if "freezing" in inspect.signature(aitune_triton.AOTInductorBackend).parameters:
+        frozen = aitune_triton.AOTInductorBackend(freezing=True)  # type: ignore[call-arg]
+        variants.append(Variant("aoti-freezing", _strict_strategy(frozen), "freezing=True"))
     variants.append(Variant("onnxruntime", _strict_strategy("onnxruntime"), "OnnxRuntimeBackend()"))
     parameters = inspect.signature(OnnxRuntimeBackend).parameters
     for exporter in ("dynamo", "torchscript"):

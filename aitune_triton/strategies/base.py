@@ -580,8 +580,8 @@ def _label(backend: Backend) -> str:
 
 
 def _described(backend: Backend) -> str:
-    """The backend's label with its options other than precision (``onnxruntime(exporter='torchscript')``)."""
-    options = ", ".join(f"{key}={value!r}" for key, value in backend.options.items() if key != "precision")
+    """The backend's label with its options set (not None) other than precision (``onnxruntime(exporter='torchscript')``)."""
+    options = ", ".join(f"{key}={value!r}" for key, value in backend.options.items() if key != "precision" and value is not None)
     return f"{_label(backend)}({options})" if options else _label(backend)
 
 
