@@ -475,3 +475,18 @@ def test_describe_json_of_a_checkpoint_without_reports_prints_only_json_on_stdou
     assert json.loads(as_json.stdout) == []
     assert "no tuning report stored" in as_json.stderr
     assert table.exit_code == 0 and "no tuning report stored" in table.stdout
+
+
+def test_the_latency_budget_caps_the_preferred_batch_size_at_the_largest_size_within_it(tmp_path):
+    net = SleepyNet(fixed_ms=12, per_row_ms=3)
+    # 0.5 ms + 1 ms a row: throughput grows at every size, but only batches up to 4 (4.5 ms) fit 6 ms.
+    per_row = sleepy(fixed_ms=0.5, per_row_ms=1)
+    context = _context(tmp_path, net)
+    strategy = LatencyBudgetStrategy([per_row], latency_budget_ms=6.0, max_batch_size_limit=16, batch_gain_threshold=0.0,
+                                     profiler=FAST_PROFILER)
+    backend, report = strategy.tune(context)
+
+    assert backend.name == per_row.name
+    assert report.max_batch_size == 4
+    assert context.graph.preferred_batch_size == 4
+    assert context.graph.dims["batch"] == (1, 4)  # the recorded range; no batch above the budget is formed
