@@ -200,7 +200,11 @@ def describe(checkpoint: Path, as_json: bool) -> None:
         where = f"{stored['path']}: " if stored["path"] else ""
         for entry in module["graphs"]:
             if not entry.get("report"):
-                console.print(f"{where}'{module['name']}' {entry['graph']['name']}: no tuning report stored", markup=False)
+                note = f"{where}'{module['name']}' {entry['graph']['name']}: no tuning report stored"
+                if as_json:  # stdout holds the JSON alone, so it parses
+                    click.echo(note, err=True)
+                else:
+                    console.print(note, markup=False)
                 continue
             report = GraphTuneReport.from_dict(entry["report"])
             found.append({"path": stored["path"], "module": module["name"], "report": report.to_dict()})

@@ -251,6 +251,11 @@ class TuneStrategy(abc.ABC):
             f"{1.0 / (1.0 - self.speed_margin):.2f}x (speed_margin={self.speed_margin:g})"
         )
 
+    def best_batch_size(self, report: CandidateReport) -> int | None:
+        """The batch size the kept candidate is served at best (Triton's preferred batch size):
+        where the sweep found its throughput stop growing; None when not searched."""
+        return report.max_batch_size
+
     def stop_after(self, report: CandidateReport) -> bool:
         """Whether evaluation can stop after ``report`` (the remaining candidates are "not tried")."""
         return False
@@ -500,7 +505,7 @@ class TuneStrategy(abc.ABC):
         """After the sweep: the batch range reaches the chosen candidate's best size (never below the
         recorded or declared range); without a measured size it goes back to what it was."""
         graph = context.graph
-        best = chosen.max_batch_size
+        best = self.best_batch_size(chosen)
         if best is None or "batch" not in original:
             graph.dims = original
             graph.preferred_batch_size = None

@@ -64,6 +64,18 @@ class LatencyBudgetStrategy(TuneStrategy):
             return None  # eager itself does not fit the budget: anything that fits beats it
         return super().refusal(report, eager)
 
+    def best_batch_size(self, report: CandidateReport) -> int | None:
+        """The swept size with the highest throughput among those within the budget (a larger
+        swept size that runs over the budget is never preferred); None when not searched."""
+        if report.max_batch_size is None:
+            return None
+        within = {
+            int(size): int(size) / ms
+            for size, ms in report.batch_latencies_ms.items()
+            if ms > 0 and ms <= self.latency_budget_ms and int(size) <= report.max_batch_size
+        }
+        return max(within, key=lambda size: within[size]) if within else min(int(s) for s in report.batch_latencies_ms)
+
     def select(self, passed: list[CandidateReport], eager: CandidateReport) -> CandidateReport:
         """The candidate with the highest throughput within the budget."""
         return min(passed, key=lambda report: self.speed(report) or float("inf"))

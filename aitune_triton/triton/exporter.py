@@ -282,10 +282,12 @@ def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, r
         graph, backend = entry["graph"], entry["backend"]
         runtime = _triton_runtime(backend["name"])
         if runtime is None:
+            decision = (entry.get("report") or {}).get("decision")
             raise ExportError(
                 f"{graph['name']}: backend {backend['name']!r} has no artifact Triton can load (exportable: "
-                f"{exportable_backends()}). Tune this graph spec with OneBackendStrategy('onnxruntime') or "
-                "OneBackendStrategy('aoti')."
+                f"{exportable_backends()})." + (f" Tuning kept it: {decision}." if decision else "") + " Tune this graph "
+                "spec with OneBackendStrategy('onnxruntime'), OneBackendStrategy('aoti') or OneBackendStrategy('inductor') "
+                "(no speed gate), or with a strategy whose candidates leave out 'eager' and speed_margin=None."
             )
         model_name = f"{name}.{graph['name']}"
         io = ModelIO.from_graph(model_name, graph, backend, _next_version(repository / model_name))

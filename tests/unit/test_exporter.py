@@ -334,3 +334,24 @@ def test_export_to_a_path_that_is_a_file_is_an_export_error_and_writes_nothing(t
 
     assert target.read_text() == "# not a repository\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.py"]
+
+
+def test_a_graph_the_speed_gate_kept_on_eager_raises_saying_so_and_how_to_export_it(unique_name, tmp_path):
+    from aitune_triton.strategies import MinLatencyStrategy, Profiler
+
+    torch.manual_seed(0)
+    # No backend runs a Linear 1000x faster than eager: the gate keeps eager.
+    strategy = MinLatencyStrategy(["onnxruntime"], speed_margin=0.999, profiler=Profiler(min_runs=3, max_runs=5, max_time_s=0.2))
+    module = Module(torch.nn.Linear(4, 3).eval(), name=unique_name, strategy=strategy)
+    with torch.no_grad():
+        module(torch.randn(2, 4))
+    module.tune()
+    assert module.tuned_graphs[0].backend.name == "eager"
+
+    with pytest.raises(ExportError) as raised:
+        export(module, tmp_path / "repo", show_progress=False)
+
+    message = str(raised.value)
+    assert message.startswith("graph_0: backend 'eager' has no artifact Triton can load")
+    assert "speed gate" in message and "OneBackendStrategy('inductor')" in message and "speed_margin=None" in message
+    assert not (tmp_path / "repo").exists()

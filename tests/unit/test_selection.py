@@ -449,3 +449,44 @@ def test_a_measured_max_batch_size_becomes_the_exported_max_and_preferred_batch_
     with torch.no_grad():  # the module serves the whole range it was built and checked for
         x = torch.randn(max(2, best), 8)
         torch.testing.assert_close(module(x)["hidden"], torch.relu(module.linear(x)))
+
+
+def test_describe_json_of_a_checkpoint_without_reports_prints_only_json_on_stdout(tmp_path, unique_name):
+    from click.testing import CliRunner
+
+    from aitune_triton.cli import main
+
+    net = SleepyNet(fixed_ms=2, per_row_ms=0).eval()
+    module = aitune_triton.Module(net, name=unique_name, strategy=MinLatencyStrategy([sleepy(fixed_ms=0)], profiler=FAST_PROFILER))
+    with torch.no_grad():
+        module(torch.randn(2, 4))
+    module.tune()
+    checkpoint = aitune_triton.save(module, tmp_path / "ckpt")
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    for stored in manifest["modules"]:  # as written before reports were stored
+        for entry in stored["module"]["graphs"]:
+            entry.pop("report", None)
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+    as_json = CliRunner().invoke(main, ["describe", str(checkpoint), "--json"])
+    table = CliRunner().invoke(main, ["describe", str(checkpoint)])
+
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout) == []
+    assert "no tuning report stored" in as_json.stderr
+    assert table.exit_code == 0 and "no tuning report stored" in table.stdout
+
+
+def test_the_latency_budget_caps_the_preferred_batch_size_at_the_largest_size_within_it(tmp_path):
+    net = SleepyNet(fixed_ms=12, per_row_ms=3)
+    # 0.5 ms + 1 ms a row: throughput grows at every size, but only batches up to 4 (4.5 ms) fit 6 ms.
+    per_row = sleepy(fixed_ms=0.5, per_row_ms=1)
+    context = _context(tmp_path, net)
+    strategy = LatencyBudgetStrategy([per_row], latency_budget_ms=6.0, max_batch_size_limit=16, batch_gain_threshold=0.0,
+                                     profiler=FAST_PROFILER)
+    backend, report = strategy.tune(context)
+
+    assert backend.name == per_row.name
+    assert report.max_batch_size == 4
+    assert context.graph.preferred_batch_size == 4
+    assert context.graph.dims["batch"] == (1, 4)  # the recorded range; no batch above the budget is formed
