@@ -9,6 +9,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.utils._pytree as pytree
 
+from aitune_triton._warnings import warn
+from aitune_triton.backends import EagerBackend
 from aitune_triton.errors import InvalidArgumentError, StrategyCountError, TuningError
 from aitune_triton.module.dims import BatchDim
 from aitune_triton.module.recording import Recorder
@@ -330,6 +332,12 @@ def tune_graphs(
                 backend, report = strategy.tune(context)
             report.batch = batch_note
             log(f"{graph.name}: chose {backend.name}")
+            if backend.name == EagerBackend.name:
+                warn(
+                    f"{graph.name}: kept on eager ({report.decision}). It runs in process as before, but it cannot be "
+                    "exported to Triton; to serve it, tune it with OneBackendStrategy('onnxruntime'), ('aoti') or "
+                    "('inductor'), or pass speed_margin=None to keep the fastest candidate even when slower than eager."
+                )
             tuned.append(TunedGraph(graph, backend, report))
     except BaseException:
         for entry in tuned:

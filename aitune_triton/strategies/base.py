@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import math
 import re
 import shutil
 import time
@@ -200,6 +201,11 @@ class TuneStrategy(abc.ABC):
             raise InvalidArgumentError(f"accuracy: expected a callable (eager, tuned) -> bool or score, got {accuracy!r}")
         if min_accuracy is not None and (not isinstance(min_accuracy, (int, float)) or isinstance(min_accuracy, bool)):
             raise InvalidArgumentError(f"min_accuracy: expected a number or None, got {min_accuracy!r}")
+        if min_accuracy is not None and accuracy is None:
+            raise InvalidArgumentError(
+                f"min_accuracy: given ({min_accuracy!r}) without accuracy=; pass the metric it applies to "
+                "(accuracy=lambda eager, tuned: score) or drop min_accuracy"
+            )
         if not isinstance(max_batch_size_limit, int) or isinstance(max_batch_size_limit, bool) or max_batch_size_limit < 1:
             raise InvalidArgumentError(f"max_batch_size_limit: expected a positive integer, got {max_batch_size_limit!r}")
         if profiler is not None and not isinstance(profiler, Profiler):
@@ -228,6 +234,16 @@ class TuneStrategy(abc.ABC):
         Default: the first one (strategies override this rule)."""
         return passed[0]
 
+    def fastest(self, passed: list[CandidateReport]) -> CandidateReport:
+        """The candidate of ``passed`` with the lowest :meth:`speed` (unmeasured ones last; a tie
+        keeps the earlier candidate)."""
+
+        def measure(report: CandidateReport) -> float:
+            value = self.speed(report)
+            return math.inf if value is None else value
+
+        return min(passed, key=measure)
+
     def rule(self) -> str:
         """One phrase naming the selection rule, for the report."""
         return "the first candidate that passed"
@@ -242,8 +258,10 @@ class TuneStrategy(abc.ABC):
         if not self.gated or self.speed_margin is None or report.backend == EagerBackend.name:
             return None
         mine, theirs = self.speed(report), self.speed(eager)
-        if mine is None or theirs is None:
-            return None
+        if theirs is None:
+            return None  # eager itself has no such measure (a latency budget it does not fit): nothing to beat
+        if mine is None:
+            return f"not measured ({self.rule()}), so it cannot be shown to beat eager"
         if mine <= theirs * (1.0 - self.speed_margin):
             return None
         return (
@@ -310,7 +328,10 @@ class TuneStrategy(abc.ABC):
                     reasons = "\n".join(f"  {r.backend}: {r.status}: {r.reason}" for r in reports)
                     raise TuningError(f"{graph.name}: no candidate of {self.describe()} passed:\n{reasons}")
                 backend = self._eager_fallback(context)
-                decision = "no candidate beat eager by the speed gate; the graph spec stays on eager"
+                decision = (
+                    f"no candidate that matched eager was eligible ({self.rule()}, speed_margin={self.speed_margin:g}); "
+                    "the graph spec stays on eager"
+                )
                 chosen_report = CandidateReport(EagerBackend.name, "chosen", decision, precision="fp32")
                 chosen_report.latencies_ms, chosen_report.batch_latencies_ms = eager.latencies_ms, eager.batch_latencies_ms
                 chosen_report.latency_ms = eager.latency_ms
@@ -318,7 +339,9 @@ class TuneStrategy(abc.ABC):
             else:
                 backend = next(b for b, r, _ in built if r is chosen_report)
                 speed, eager_speed = self.speed(chosen_report), self.speed(eager)
-                ratio = f" ({eager_speed / speed:.2f}x the speed of eager)" if speed and eager_speed else ""
+                ratio = ""
+                if speed is not None and eager_speed is not None and speed > 0 and backend.name != EagerBackend.name:
+                    ratio = f" ({eager_speed / speed:.2f}x the speed of eager)"
                 decision = f"kept {chosen_report.backend}: {self.rule()}{ratio}"
                 for other in eligible:
                     if other is not chosen_report:
@@ -375,6 +398,10 @@ class TuneStrategy(abc.ABC):
                 self._check(backend, context, references, report)
                 context.log(f"{graph.name}: {label}: profiling")
                 self._profile(report, backend.infer, context, measure, check=lambda call: self._check_batched(backend, context, call))
+        except InvalidArgumentError:  # the strategy's own configuration (an accuracy metric's result): the user's to fix
+            backend.deactivate()
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         except Exception as error:  # a backend failing at run time is a failed candidate, not a crash
             backend.deactivate()
             shutil.rmtree(workdir, ignore_errors=True)
@@ -414,7 +441,8 @@ class TuneStrategy(abc.ABC):
                 found, diff = compare_outputs(reference.leaves, actual, reference.paths, atol, rtol, label)
                 mismatches.extend(found)
             worst = max(worst, diff)
-        report.max_abs_diff = worst
+        # Non-finite when a non-tensor or integer leaf differs: JSON has no Infinity, the reason says what differs.
+        report.max_abs_diff = worst if math.isfinite(worst) else None
         report.accuracy = min(scores) if scores else None
         raise_on_mismatch(report.backend, mismatches)
 
@@ -484,7 +512,9 @@ class TuneStrategy(abc.ABC):
                 if best_size is not None and rate < best_rate * (1.0 + self.batch_gain_threshold):
                     break
                 best_rate, best_size = max(best_rate, rate), size
-        if measure.searching and best_size is not None:
+            elif measure.explicit and rate > best_rate:  # given sizes: all profiled, the fastest kept
+                best_rate, best_size = rate, size
+        if (measure.searching or measure.explicit) and best_size is not None:
             report.max_batch_size = best_size
             if check is not None and last_ok is not None:
                 check(last_ok)
@@ -544,6 +574,8 @@ class _Measurements:
             "largest": context.example,
         }
         self.searching = searching and sweep_limit is not None
+        #: Batch sizes given by the strategy (profiled in full, the best one recorded).
+        self.explicit = sizes is not None and sweep_limit is not None
         self._batches: dict[int, CallStructure | None] = {}
         self.batch_sizes: list[int] = []
         graph = context.graph

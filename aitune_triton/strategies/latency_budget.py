@@ -78,4 +78,4 @@ class LatencyBudgetStrategy(TuneStrategy):
 
     def select(self, passed: list[CandidateReport], eager: CandidateReport) -> CandidateReport:
         """The candidate with the highest throughput within the budget."""
-        return min(passed, key=lambda report: self.speed(report) or float("inf"))
+        return self.fastest(passed)

@@ -23,7 +23,8 @@ class MaxThroughputStrategy(TuneStrategy):
     Args:
         backends: Registered names or configured Backend instances.
         batch_sizes: Batch sizes to profile instead of the sweep (each built from recorded
-            samples); None sweeps.
+            samples); the one with the highest throughput is recorded as the preferred batch size,
+            like the sweep's. None sweeps.
         atol: Absolute tolerance of the eager check.
         rtol: Relative tolerance of the eager check.
         **options: The evaluation options of :class:`TuneStrategy` (``find_max_batch_size``
@@ -69,4 +70,4 @@ class MaxThroughputStrategy(TuneStrategy):
 
     def select(self, passed: list[CandidateReport], eager: CandidateReport) -> CandidateReport:
         """The candidate with the highest throughput."""
-        return min(passed, key=lambda report: self.speed(report) or float("inf"))
+        return self.fastest(passed)

@@ -39,4 +39,4 @@ class MinLatencyStrategy(TuneStrategy):
 
     def select(self, passed: list[CandidateReport], eager: CandidateReport) -> CandidateReport:
         """The candidate with the lowest typical-shape latency."""
-        return min(passed, key=lambda report: self.speed(report) or float("inf"))
+        return self.fastest(passed)

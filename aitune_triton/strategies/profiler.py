@@ -42,31 +42,44 @@ class Timing:
 class Profiler:
     """Times a callable: ``warmup_runs`` untimed runs, then timed runs until the median is stable.
 
-    After ``min_runs`` timed runs, the profiler stops as soon as the median of all runs so far
-    moved by less than ``rtol`` (relative) since the previous run, or when ``max_runs`` runs or
-    ``max_time_s`` seconds of timed runs are reached, whichever comes first. On CUDA the device is
-    synchronized before each clock read, so queued kernels are counted in the run that launched
-    them.
+    A call shorter than ``min_sample_ms`` (timed during the warm-up) is run several times per
+    timed run and its time divided, so that clock resolution and the timer's own cost do not
+    dominate microsecond calls. After ``min_runs`` timed runs, the profiler stops as soon as the
+    median of all runs so far moved by less than ``rtol`` (relative) since the previous run, or
+    when ``max_runs`` runs or ``max_time_s`` seconds of timed runs are reached, whichever comes
+    first. On CUDA the device is synchronized before each clock read, so queued kernels are
+    counted in the run that launched them.
 
     Args:
-        warmup_runs: Untimed runs first (compilation, allocator and thread pool warm-up).
+        warmup_runs: Untimed runs first (compilation, allocator and thread pool warm-up); at least
+            one runs, since the last one also tells how long one call takes.
         min_runs: Timed runs before the stability test applies (at least 1).
         max_runs: Cap on timed runs.
         max_time_s: Cap on the total time of timed runs, in seconds.
         rtol: Relative change of the median under which it counts as stable.
+        min_sample_ms: Shortest timed run, in milliseconds: shorter calls are repeated within one
+            timed run (at most 1000 times).
 
     Raises:
         InvalidArgumentError: (a ValueError) a count is below its minimum, ``max_runs < min_runs``,
             or ``max_time_s``/``rtol`` is not positive.
     """
 
-    def __init__(self, warmup_runs: int = 1, min_runs: int = 5, max_runs: int = 50, max_time_s: float = 2.0, rtol: float = 0.02):
+    def __init__(
+        self,
+        warmup_runs: int = 1,
+        min_runs: int = 5,
+        max_runs: int = 50,
+        max_time_s: float = 2.0,
+        rtol: float = 0.02,
+        min_sample_ms: float = 1.0,
+    ):
         for option, value, low in (("warmup_runs", warmup_runs, 0), ("min_runs", min_runs, 1), ("max_runs", max_runs, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InvalidArgumentError(f"{option}: expected an integer >= {low}, got {value!r}")
         if max_runs < min_runs:
             raise InvalidArgumentError(f"max_runs: expected at least min_runs ({min_runs}), got {max_runs}")
-        for option, number in (("max_time_s", max_time_s), ("rtol", rtol)):
+        for option, number in (("max_time_s", max_time_s), ("rtol", rtol), ("min_sample_ms", min_sample_ms)):
             if not isinstance(number, (int, float)) or isinstance(number, bool) or not number > 0:
                 raise InvalidArgumentError(f"{option}: expected a positive number, got {number!r}")
         self.warmup_runs = warmup_runs
@@ -74,6 +87,7 @@ class Profiler:
         self.max_runs = max_runs
         self.max_time_s = float(max_time_s)
         self.rtol = float(rtol)
+        self.min_sample_ms = float(min_sample_ms)
 
     def time(self, run: Callable[[], object], device: torch.device | None = None) -> Timing:
         """Time ``run()``.
@@ -89,8 +103,16 @@ class Profiler:
             Exception: whatever ``run()`` raises.
         """
         sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else None
-        for _ in range(self.warmup_runs):
+        for _ in range(max(self.warmup_runs, 1)):
+            if sync:
+                sync(device)
+            start = time.perf_counter()
             run()
+            if sync:
+                sync(device)
+            once_ms = (time.perf_counter() - start) * 1000.0
+        # Calls per timed run: enough to last min_sample_ms (the last warm-up run tells how long one takes).
+        repeats = max(1, min(1000, int(self.min_sample_ms / max(once_ms, 1e-6)) + 1)) if once_ms < self.min_sample_ms else 1
         times: list[float] = []
         median = float("inf")
         spent = 0.0
@@ -98,12 +120,13 @@ class Profiler:
             if sync:
                 sync(device)
             start = time.perf_counter()
-            run()
+            for _ in range(repeats):
+                run()
             if sync:
                 sync(device)
             elapsed = time.perf_counter() - start
             spent += elapsed
-            times.append(elapsed * 1000.0)
+            times.append(elapsed * 1000.0 / repeats)
             previous, median = median, statistics.median(times)
             if len(times) >= self.min_runs and (abs(median - previous) <= self.rtol * median or spent >= self.max_time_s):
                 break
@@ -112,5 +135,5 @@ class Profiler:
     def __repr__(self) -> str:
         return (
             f"Profiler(warmup_runs={self.warmup_runs}, min_runs={self.min_runs}, max_runs={self.max_runs}, "
-            f"max_time_s={self.max_time_s}, rtol={self.rtol})"
+            f"max_time_s={self.max_time_s}, rtol={self.rtol}, min_sample_ms={self.min_sample_ms})"
         )

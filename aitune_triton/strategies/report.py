@@ -116,6 +116,12 @@ class GraphTuneReport:
         return cls(**values)
 
 
+def _shown_options(options: dict[str, Any]) -> str:
+    """The options that tell two candidates of one backend apart (set, not False, not precision)."""
+    shown = [f"{key}={value!r}" for key, value in options.items() if key != "precision" and value not in (None, False)]
+    return f" ({', '.join(shown)})" if shown else ""
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -147,7 +153,7 @@ def report_table(report: GraphTuneReport, title: str = "") -> Table:
         reason = lines[0] + (f" (+{len(lines) - 1} lines: `aitune-triton describe --json`)" if len(lines) > 1 else "") if lines else ""
         result = "reference" if is_eager_row else candidate.status + (f": {reason}" if reason else "")
         table.add_row(
-            "eager (reference)" if is_eager_row else escape(candidate.backend),
+            "eager (reference)" if is_eager_row else escape(candidate.backend + _shown_options(candidate.options)),
             candidate.precision,
             "-" if is_eager_row else f"{candidate.build_s:.1f}",
             "-" if is_eager_row else diff,

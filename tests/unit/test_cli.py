@@ -39,7 +39,7 @@ def test_the_group_help_lists_every_command_and_option(runner):
     result = runner.invoke(main, ["--help"])
 
     assert result.exit_code == 0
-    for word in ("export", "serve", "inspect", "--version", "--help", "-h"):
+    for word in ("export", "serve", "inspect", "describe", "--version", "--help", "-h"):
         assert word in result.output
     assert runner.invoke(main, ["-h"]).output == result.output
 
@@ -56,6 +56,7 @@ def test_the_group_help_lists_every_command_and_option(runner):
             {"--http-port", "--grpc-port", "--metrics-port", "--host", "--tritonserver", "--log-file", "--quiet-log", "--timeout-s", "--help"},
         ),
         ("inspect", {"--help"}),
+        ("describe", {"--json", "--help"}),
     ],
 )
 def test_each_command_help_mentions_every_option_it_takes(runner, command, expected):
@@ -66,7 +67,7 @@ def test_each_command_help_mentions_every_option_it_takes(runner, command, expec
     # And every option the command really has is in that list.
     declared = {opt for param in main.commands[command].params for opt in getattr(param, "opts", []) if opt.startswith("-")}
     assert declared | {"--help"} <= expected
-    argument = {"export": "CHECKPOINT", "serve": "REPOSITORY", "inspect": "CHECKPOINT"}[command]
+    argument = {"export": "CHECKPOINT", "serve": "REPOSITORY", "inspect": "CHECKPOINT", "describe": "CHECKPOINT"}[command]
     assert argument in result.output
 
 

@@ -134,9 +134,18 @@ def test_the_profiler_stops_at_its_time_cap_even_when_the_median_keeps_moving():
     assert timing.runs < 30
 
 
+def test_the_profiler_repeats_a_microsecond_call_within_each_timed_run():
+    calls = []
+    timing = Profiler(warmup_runs=1, min_runs=3, max_runs=3, min_sample_ms=2.0).time(lambda: calls.append(None))
+
+    assert timing.runs == 3
+    assert len(calls) > 3 * 10  # many calls per timed run, each timing divided by their number
+    assert timing.median_ms < 0.5
+
+
 @pytest.mark.parametrize(
     "options",
-    [{"min_runs": 0}, {"max_runs": 2, "min_runs": 3}, {"max_time_s": 0}, {"rtol": -1}, {"warmup_runs": 1.5}],
+    [{"min_runs": 0}, {"max_runs": 2, "min_runs": 3}, {"max_time_s": 0}, {"rtol": -1}, {"warmup_runs": 1.5}, {"min_sample_ms": 0}],
 )
 def test_the_profiler_refuses_options_out_of_range(options):
     with pytest.raises(InvalidArgumentError):
@@ -180,7 +189,8 @@ def test_max_throughput_keeps_the_candidate_fastest_at_large_batches(tmp_path):
     chosen = _by_name(report)[fixed.name]
     assert set(chosen.batch_latencies_ms) == {"1", "2", "32"}
     assert chosen.throughput[32] > _by_name(report)[per_row.name].throughput[32]
-    assert context.graph.dims["batch"] == (1, 4)  # profiled batch sizes do not change the served range
+    assert chosen.max_batch_size == 32 and context.graph.preferred_batch_size == 32
+    assert context.graph.dims["batch"] == (1, 32)  # built, checked and served up to the best profiled size
 
 
 @pytest.mark.parametrize("budget_ms, expected", [(6.0, "per_row"), (20.0, "fixed")])
@@ -351,14 +361,30 @@ def test_without_a_metric_lower_precision_is_judged_by_its_documented_tolerance(
     assert kept.name == within.name
 
 
-def test_a_metric_returning_a_score_without_min_accuracy_fails_the_candidate_saying_what_to_pass(tmp_path):
+def test_a_metric_returning_a_score_without_min_accuracy_raises_saying_what_to_pass(tmp_path):
     net = SleepyNet(fixed_ms=20)
     lossy = sleepy(fixed_ms=1, noise=0.01, precision="int8")
     strategy = MinLatencyStrategy([lossy, "eager"], accuracy=lambda eager, tuned: 0.5, profiler=FAST_PROFILER)
-    backend, report = strategy.tune(_context(tmp_path, net))
+    with pytest.raises(InvalidArgumentError, match="pass min_accuracy="):
+        strategy.tune(_context(tmp_path, net))
+    assert not any((tmp_path).glob("sleep_*"))  # the candidate's work directory is gone
+
+
+def test_min_accuracy_without_a_metric_is_refused():
+    with pytest.raises(InvalidArgumentError, match="min_accuracy: given"):
+        MinLatencyStrategy(["eager"], min_accuracy=0.99)
+
+
+def test_a_candidate_without_a_measurement_is_not_kept_by_the_speed_gate(tmp_path):
+    class Unmeasured(MinLatencyStrategy):
+        def speed(self, report):
+            return None if report.backend != "eager" else super().speed(report)
+
+    net = SleepyNet(fixed_ms=20)
+    backend, report = Unmeasured([sleepy(fixed_ms=1)], profiler=FAST_PROFILER).tune(_context(tmp_path, net))
 
     assert backend.name == "eager"
-    assert "pass min_accuracy=" in _by_name(report)[f"{lossy.name}[int8]"].reason
+    assert "not measured" in report.candidates[0].reason
 
 
 # ---------------------------------------------------------------------------------- report
