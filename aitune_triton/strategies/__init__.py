@@ -3,6 +3,7 @@
 from aitune_triton.strategies.base import (
     PRECISION_TOLERANCES,
     AccuracyMetric,
+    BackendListStrategy,
     TuneContext,
     TuneStrategy,
     resolve_backend,
@@ -64,6 +65,7 @@ def default_strategy() -> TuneStrategy:
 __all__ = [
     "PRECISION_TOLERANCES",
     "AccuracyMetric",
+    "BackendListStrategy",
     "CandidateReport",
     "FirstWinsStrategy",
     "GraphTuneReport",

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-from aitune_triton.backends import Backend
-from aitune_triton.strategies.base import CandidateReport, TuneStrategy, resolve_backends
+from aitune_triton.strategies.base import BackendListStrategy, CandidateReport
 
 __all__ = ["FirstWinsStrategy"]
 
 
-class FirstWinsStrategy(TuneStrategy):
+class FirstWinsStrategy(BackendListStrategy):
     """Evaluate backends in the given order and keep the first one that builds, matches eager and
     beats eager by the speed gate; the rest are not built.
 
@@ -26,14 +23,6 @@ class FirstWinsStrategy(TuneStrategy):
         UnknownBackendError: (a ValueError) an entry names an unknown backend.
         ArgumentTypeError: (a TypeError) an entry is neither a name nor a Backend.
     """
-
-    def __init__(self, backends: Sequence[str | Backend], atol: float = 1e-4, rtol: float = 1e-4, **options: Any):
-        super().__init__(atol=atol, rtol=rtol, **options)
-        self._backends = resolve_backends(backends)
-
-    def candidates(self) -> list[Backend]:
-        """Fresh copies of the given backends, in the given order."""
-        return [b.clone() for b in self._backends]
 
     def rule(self) -> str:
         return "the first in order that matched eager"

@@ -6,12 +6,12 @@ from typing import Any, Sequence
 
 from aitune_triton.backends import Backend
 from aitune_triton.errors import InvalidArgumentError
-from aitune_triton.strategies.base import CandidateReport, TuneStrategy, resolve_backends
+from aitune_triton.strategies.base import BackendListStrategy, CandidateReport
 
 __all__ = ["LatencyBudgetStrategy"]
 
 
-class LatencyBudgetStrategy(TuneStrategy):
+class LatencyBudgetStrategy(BackendListStrategy):
     """Evaluate every backend and keep the one with the highest throughput counting only batch
     sizes whose latency per call is within ``latency_budget_ms``; a candidate with no batch size
     within the budget is refused ("too slow"), and so is one whose throughput within the budget
@@ -36,13 +36,8 @@ class LatencyBudgetStrategy(TuneStrategy):
         if not isinstance(latency_budget_ms, (int, float)) or isinstance(latency_budget_ms, bool) or not latency_budget_ms > 0:
             raise InvalidArgumentError(f"latency_budget_ms: expected a positive number of milliseconds, got {latency_budget_ms!r}")
         options.setdefault("find_max_batch_size", True)
-        super().__init__(atol=atol, rtol=rtol, **options)
+        super().__init__(backends, atol=atol, rtol=rtol, **options)
         self.latency_budget_ms = float(latency_budget_ms)
-        self._backends = resolve_backends(backends)
-
-    def candidates(self) -> list[Backend]:
-        """Fresh copies of the given backends, in the given order."""
-        return [b.clone() for b in self._backends]
 
     def describe(self) -> str:
         return super().describe()[:-1] + f", latency_budget_ms={self.latency_budget_ms:g})"

@@ -6,12 +6,12 @@ from typing import Any, Sequence
 
 from aitune_triton.backends import Backend
 from aitune_triton.errors import InvalidArgumentError
-from aitune_triton.strategies.base import CandidateReport, TuneStrategy, resolve_backends
+from aitune_triton.strategies.base import BackendListStrategy, CandidateReport
 
 __all__ = ["MaxThroughputStrategy"]
 
 
-class MaxThroughputStrategy(TuneStrategy):
+class MaxThroughputStrategy(BackendListStrategy):
     """Evaluate every backend and keep the one with the highest throughput (samples per second)
     over the profiled batch sizes, if it beats eager's by the speed gate.
 
@@ -52,13 +52,8 @@ class MaxThroughputStrategy(TuneStrategy):
             options.setdefault("max_batch_size_limit", batch_sizes[-1])
         else:
             options.setdefault("find_max_batch_size", True)
-        super().__init__(atol=atol, rtol=rtol, **options)
+        super().__init__(backends, atol=atol, rtol=rtol, **options)
         self.batch_sizes = list(batch_sizes) if batch_sizes is not None else None
-        self._backends = resolve_backends(backends)
-
-    def candidates(self) -> list[Backend]:
-        """Fresh copies of the given backends, in the given order."""
-        return [b.clone() for b in self._backends]
 
     def rule(self) -> str:
         return "highest throughput"

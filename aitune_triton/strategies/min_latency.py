@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-from aitune_triton.backends import Backend
-from aitune_triton.strategies.base import CandidateReport, TuneStrategy, resolve_backends
+from aitune_triton.strategies.base import BackendListStrategy, CandidateReport
 
 __all__ = ["MinLatencyStrategy"]
 
 
-class MinLatencyStrategy(TuneStrategy):
+class MinLatencyStrategy(BackendListStrategy):
     """Evaluate every backend and keep the one with the lowest median latency at the typical
     recorded shape (the median recorded call by input elements), if it beats eager by the speed
     gate. Ties keep the earlier candidate.
@@ -25,14 +22,6 @@ class MinLatencyStrategy(TuneStrategy):
         InvalidArgumentError: (a ValueError) ``backends`` is empty.
         UnknownBackendError: (a ValueError) an entry names an unknown backend.
     """
-
-    def __init__(self, backends: Sequence[str | Backend], atol: float = 1e-4, rtol: float = 1e-4, **options: Any):
-        super().__init__(atol=atol, rtol=rtol, **options)
-        self._backends = resolve_backends(backends)
-
-    def candidates(self) -> list[Backend]:
-        """Fresh copies of the given backends, in the given order."""
-        return [b.clone() for b in self._backends]
 
     def rule(self) -> str:
         return "lowest latency at the typical shape"
