@@ -516,3 +516,30 @@ def test_the_latency_budget_caps_the_preferred_batch_size_at_the_largest_size_wi
     assert report.max_batch_size == 4
     assert context.graph.preferred_batch_size == 4
     assert context.graph.dims["batch"] == (1, 4)  # the recorded range; no batch above the budget is formed
+
+
+def test_eager_is_timed_again_after_the_candidates_and_its_faster_time_is_the_one_the_gate_uses(tmp_path):
+    class ColdNet(SleepyNet):
+        """30 ms a call until a candidate is built (a cold first pass), then 2 ms."""
+
+        cold = True
+
+        def forward(self, x):
+            time.sleep(0.030 if self.cold else 0.002)
+            return self.core(x)
+
+    class WarmsUp(SleepBackend):
+        def _build(self, context):
+            super()._build(context)
+            context.module.cold = False
+
+    name = f"warms_up_{next(_ids)}"
+    register_backend(type(name, (WarmsUp,), {"name": name}))
+    from aitune_triton.backends import get_backend_class
+
+    candidate = get_backend_class(name)(fixed_ms=10)  # faster than cold eager, slower than warm eager
+    backend, report = MinLatencyStrategy([candidate], profiler=FAST_PROFILER).tune(_context(tmp_path, ColdNet()))
+
+    assert backend.name == "eager"
+    assert report.eager.latencies_ms["typical"] < 10
+    assert report.candidates[0].status == "too slow"
