@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
@@ -16,6 +15,7 @@ from torch.fx.experimental import _config as fx_config
 
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
 from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, index_ranges, input_axes, quiet_export
+from aitune_triton.backends.precision import HALF_PRECISIONS, CastTo, half_precision_reason, weights_in
 from aitune_triton.errors import BackendBuildError, BackendUnavailableError, CheckpointError, InvalidArgumentError
 from aitune_triton.spec import CallStructure
 
@@ -24,7 +24,7 @@ __all__ = ["InductorBackend", "MODES", "PRECISIONS", "check_program_archive", "c
 #: ``torch.compile`` modes this backend accepts (None is torch's default).
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: Precision option -> the floating dtype the program computes in (int8: no Inductor path here).
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": None}
+PRECISIONS = HALF_PRECISIONS
 
 
 def check_program_archive(path: str | Path) -> None:
@@ -116,23 +116,6 @@ def warmup_inputs(program: torch.export.ExportedProgram, device: torch.device) -
     return tensors, dynamic
 
 
-class _Cast(torch.nn.Module):
-    """Runs ``flat`` (a module converted to ``dtype``) on floating inputs cast to ``dtype``, and
-    casts floating outputs back to the dtypes the graph spec recorded, so the program's inputs and
-    outputs keep the graph spec's dtypes."""
-
-    def __init__(self, flat: FlatModule, dtype: torch.dtype, output_dtypes: list[torch.dtype]):
-        super().__init__()
-        self.flat = flat
-        self.dtype = dtype
-        self.output_dtypes = output_dtypes
-
-    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        cast = [t.to(self.dtype) if t.is_floating_point() else t for t in tensors]
-        outputs = self.flat(*cast)
-        return tuple(o.to(d) if o.is_floating_point() else o for o, d in zip(outputs, self.output_dtypes))
-
-
 class InductorBackend(Backend):
     """Runs the graph spec with ``torch.compile(backend="inductor")`` of its exported program.
 
@@ -208,12 +191,7 @@ class InductorBackend(Backend):
 
     def precision_reason(self, device: torch.device) -> str | None:
         """Why this backend's ``precision`` cannot be built on ``device``, or None when it can."""
-        precision = self.options["precision"]
-        if precision == "int8":
-            return "precision 'int8' has no Inductor path here; use the onnxruntime backend for int8"
-        if precision in ("fp16", "bf16") and device.type != "cuda":
-            return f"precision {precision!r} is built for CUDA devices only, got device {str(device)!r}; use precision='fp32'"
-        return None
+        return half_precision_reason("inductor", self.options["precision"], device)
 
     def build(self, context: BuildContext) -> None:
         """Export, save and compile (see :meth:`Backend.build`).
@@ -236,9 +214,9 @@ class InductorBackend(Backend):
         tensors = export_example(context.graph, context.example, context.device)
         flat: torch.nn.Module = FlatModule(context.module, context.signature, context.example, context.forward)
         dtype = PRECISIONS[self.options["precision"]]
-        with self._converted(context.module, dtype):
+        with weights_in(context.module, dtype):
             if dtype is not None and dtype != torch.float32:
-                flat = _Cast(flat, dtype, [getattr(torch, spec.dtype) for spec in context.graph.outputs])  # type: ignore[arg-type]
+                flat = CastTo(flat, dtype, [getattr(torch, spec.dtype) for spec in context.graph.outputs])
             try:
                 with quiet_export():
                     exported = torch.export.export(flat, tensors, dynamic_shapes=export_dynamic_shapes(context.graph), strict=False)
@@ -249,23 +227,6 @@ class InductorBackend(Backend):
             exported.example_inputs = None  # recorded data stays out of the artifact
             torch.export.save(exported, str(self.artifacts["model"]))
         context.log("inductor: compiling with torch.compile (warm-up)")
-
-    @staticmethod
-    @contextlib.contextmanager
-    def _converted(module: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
-        """``module``'s floating weights in ``dtype`` while the program is exported and saved, then
-        their original values back (kept as copies, since a round trip through fp16 would lose bits)."""
-        if dtype is None or dtype == torch.float32:
-            yield
-            return
-        saved = {name: tensor.detach().clone() for name, tensor in module.state_dict(keep_vars=True).items()}
-        module.to(dtype)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, tensor in module.state_dict(keep_vars=True).items():
-                    tensor.data = saved[name]
 
     def _load(self) -> None:
         path = self.artifacts["model"]

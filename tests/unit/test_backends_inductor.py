@@ -119,7 +119,7 @@ def test_aoti_freezing_is_validated_and_persisted():
     assert AOTInductorBackend(freezing=True).clone().to_dict()["options"] == {"freezing": True}
 
 
-@pytest.mark.parametrize(("precision", "reason"), [("fp16", "CUDA devices only"), ("bf16", "CUDA devices only"), ("int8", "no Inductor path")])
+@pytest.mark.parametrize(("precision", "reason"), [("fp16", "CUDA devices only"), ("bf16", "CUDA devices only"), ("int8", "no inductor path")])
 def test_inductor_precisions_it_cannot_build_on_cpu_are_unavailable_before_anything_is_built(tmp_path, precision, reason):
     net = _seq_net()
     signature = ForwardSignature.from_callable(net.forward)
@@ -308,3 +308,26 @@ def test_the_served_runtime_fragment_moves_a_program_with_the_pass_it_imports_it
     moved = served["_move_to_device_pass"](program, torch.device("cpu"))
     assert all(t.device.type == "cpu" for t in moved.state_dict.values())
     assert "torch.export.passes.move_to_device_pass(" not in fragment
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_aoti_half_precision_is_cuda_only_and_refused_on_cpu_before_anything_is_built(tmp_path, precision):
+    net = _seq_net()
+    signature = ForwardSignature.from_callable(net.forward)
+    recorder = Recorder(signature)
+    with torch.no_grad():
+        recorder.record(net, _call(2, 4, seed=0), {})
+    (graph,) = recorder.graph_specs()
+    sample = recorder.largest_sample(graph)
+    context = BuildContext(net, signature, graph, flatten_call(signature, sample.args, sample.kwargs), tmp_path, torch.device("cpu"))
+    backend = AOTInductorBackend(precision=precision)
+
+    with pytest.raises(BackendUnavailableError, match=f"aoti: precision {precision!r} is built for CUDA devices only"):
+        backend.build(context)
+    assert backend.options == {"freezing": False, "precision": precision}
+    assert not any(tmp_path.iterdir())
+
+
+def test_aoti_refuses_a_precision_it_has_no_path_for_saying_where_int8_is():
+    with pytest.raises(InvalidArgumentError, match=r"aoti: option 'precision' must be one of .*OnnxRuntimeBackend\(precision='int8'\)"):
+        AOTInductorBackend(precision="int8")

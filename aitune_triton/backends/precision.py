@@ -1,0 +1,69 @@
+"""Lower precision for the backends built from a ``torch.export`` program (inductor, aoti)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+__all__ = ["HALF_PRECISIONS", "CastTo", "half_precision_reason", "weights_in"]
+
+#: Precision option -> the floating dtype the program computes in (int8: no path through torch.export here).
+HALF_PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "int8": None,
+}
+
+
+def half_precision_reason(backend: str, precision: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot build ``precision`` on ``device``, or None when it can: fp16 and bf16
+    on CUDA only, int8 not at all (ONNX Runtime's dynamic quantization is the int8 path)."""
+    if precision == "int8":
+        return f"precision 'int8' has no {backend} path here; use the onnxruntime backend for int8"
+    if precision in ("fp16", "bf16") and device.type != "cuda":
+        return f"precision {precision!r} is built for CUDA devices only, got device {str(device)!r}; use precision='fp32'"
+    return None
+
+
+class CastTo(torch.nn.Module):
+    """Runs ``flat`` (a module converted to ``dtype``) on floating inputs cast to ``dtype``, and
+    casts floating outputs back to the dtypes the graph spec recorded, so the program's inputs and
+    outputs keep the graph spec's dtypes.
+
+    Args:
+        flat: The flat module (tensors in, tensors out) to run.
+        dtype: The dtype it computes in (``torch.float16`` or ``torch.bfloat16``).
+        output_dtypes: Per output, the dtype the graph spec recorded.
+    """
+
+    def __init__(self, flat: torch.nn.Module, dtype: torch.dtype, output_dtypes: list[torch.dtype]):
+        super().__init__()
+        self.flat = flat
+        self.dtype = dtype
+        self.output_dtypes = output_dtypes
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Floating inputs cast to :attr:`dtype` in, floating outputs cast back out."""
+        cast = [t.to(self.dtype) if t.is_floating_point() else t for t in tensors]
+        outputs = self.flat(*cast)
+        return tuple(o.to(d) if o.is_floating_point() else o for o, d in zip(outputs, self.output_dtypes))
+
+
+@contextlib.contextmanager
+def weights_in(module: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
+    """``module``'s floating weights in ``dtype`` while a program is exported, then their original
+    values back (kept as copies, since a round trip through fp16 would lose bits)."""
+    if dtype is None or dtype == torch.float32:
+        yield
+        return
+    saved = {name: tensor.detach().clone() for name, tensor in module.state_dict(keep_vars=True).items()}
+    module.to(dtype)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, tensor in module.state_dict(keep_vars=True).items():
+                tensor.data = saved[name]
