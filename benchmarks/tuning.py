@@ -9,7 +9,7 @@ calls of exactly that shape, then all are timed in one run:
 * ``onnxruntime-dynamo`` / ``onnxruntime-torchscript``: ONNX Runtime with that exporter, where
   ``OnnxRuntimeBackend`` takes an ``exporter`` option (only the ones that differ from its default);
 * ``onnxruntime-int8``: ``OnnxRuntimeBackend(precision="int8")`` where that precision is accepted.
-  It passes the accuracy gate of the strategy (hidden-state cosine >= 0.99 per recorded sample)
+  It passes the accuracy gate of the strategy (embedding cosine >= 0.98 per recorded sample)
   instead of fp32's 1e-4 tolerance; its accuracy on real sentences is the cosine below;
 * ``default``: whatever ``aitune_triton.strategies.default_strategy()`` chose (named in the table).
 
@@ -55,6 +55,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -127,18 +128,24 @@ def _strict_strategy(backend: str | aitune_triton.Backend) -> TuneStrategy:
     return OneBackendStrategy(backend)
 
 
-def _hidden_state_cosine(eager: Any, tuned: Any) -> float:
+def _embedding_cosine(eager: Any, tuned: Any) -> float:
     """The accuracy gate of int8: the lowest cosine, over the samples of a call, between eager's and
-    the candidate's hidden states (each sample's ``last_hidden_state`` as one vector)."""
+    the candidate's mean-pooled token states (the recorded rows are unpadded, so this is the
+    sentence embedding of ``examples/minilm.py: embed`` before normalization)."""
     return float(
-        torch.nn.functional.cosine_similarity(eager.last_hidden_state.flatten(1), tuned.last_hidden_state.flatten(1)).min()
+        torch.nn.functional.cosine_similarity(eager.last_hidden_state.mean(1), tuned.last_hidden_state.mean(1), dim=-1).min()
     )
 
 
+#: The per-sentence cosine int8 must reach on the recorded calls to be kept (the real sentences'
+#: cosines are reported on top; per-channel quantization measured a minimum of about 0.99 on them).
+INT8_MIN_COSINE = 0.98
+
+
 def _accuracy_strategy(backend: aitune_triton.Backend) -> TuneStrategy:
-    """A strategy that judges a lower-precision backend by the hidden-state cosine on the recorded
-    calls (>= 0.99) instead of fp32's elementwise tolerance."""
-    return OneBackendStrategy(backend, accuracy=_hidden_state_cosine, min_accuracy=0.99)
+    """A strategy that judges a lower-precision backend by the embedding cosine on the recorded
+    calls (>= INT8_MIN_COSINE) instead of fp32's elementwise tolerance."""
+    return OneBackendStrategy(backend, accuracy=_embedding_cosine, min_accuracy=INT8_MIN_COSINE)
 
 
 def available_variants() -> tuple[list[Variant], dict[str, str]]:
@@ -169,7 +176,7 @@ def available_variants() -> tuple[list[Variant], dict[str, str]]:
     except (TypeError, ValueError) as error:
         skipped["onnxruntime-int8"] = f"OnnxRuntimeBackend(precision='int8') refused: {type(error).__name__}: {error}"
     else:
-        variants.append(Variant("onnxruntime-int8", _accuracy_strategy(int8), "precision='int8', hidden-state cosine >= 0.99"))
+        variants.append(Variant("onnxruntime-int8", _accuracy_strategy(int8), f"precision='int8', embedding cosine >= {INT8_MIN_COSINE}"))
     variants.append(Variant("default", default_strategy(), default_strategy().describe()))
     return variants, skipped
 
@@ -218,8 +225,9 @@ def tune_variant(variant: Variant, model: torch.nn.Module, inputs: Inputs, tag: 
                 module(**call)
         module.tune(device=device)
     except Exception as error:  # a variant that fails is reported in the table; the others still run
-        reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
-        console.print(f"  [red]{variant.name} failed[/red] after {time.perf_counter() - start:.0f} s: {reason}")
+        full = f"{type(error).__name__}: {error}"
+        reason = " / ".join(line.strip() for line in full.splitlines())[:600]
+        console.print(f"  [red]{variant.name} failed[/red] after {time.perf_counter() - start:.0f} s:", escape(full), markup=True)
         return Result(status="failed", note=reason, tune_s=time.perf_counter() - start)
     tuned = module.tuned_graphs
     chosen = ", ".join(sorted({graph.backend.name + _options(graph.backend.options) for graph in tuned}))
