@@ -336,7 +336,9 @@ def tune_graphs(
                 warn(
                     f"{graph.name}: kept on eager ({report.decision}). It runs in process as before, but it cannot be "
                     "exported to Triton; to serve it, tune it with OneBackendStrategy('onnxruntime'), ('aoti') or "
-                    "('inductor'), or pass speed_margin=None to keep the fastest candidate even when slower than eager."
+                    "('inductor')"
+                    + ("" if getattr(strategy, "speed_margin", None) is None else ", or pass speed_margin=None to keep the fastest candidate even when slower than eager")
+                    + "."
                 )
             tuned.append(TunedGraph(graph, backend, report))
     except BaseException:

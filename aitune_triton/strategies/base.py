@@ -16,7 +16,7 @@ import torch.utils._pytree as pytree
 
 from aitune_triton._warnings import warn
 from aitune_triton.backends import Backend, BuildContext, EagerBackend, get_backend_class
-from aitune_triton.errors import ArgumentTypeError, BackendUnavailableError, InvalidArgumentError, TuningError
+from aitune_triton.errors import ArgumentTypeError, BackendUnavailableError, InvalidArgumentError, OutputMismatchError, TuningError
 from aitune_triton.spec import CallStructure, FlatTree, ForwardSignature, GraphSpec, flatten_output, output_leaves
 from aitune_triton.strategies.batching import batch_axes, batch_of, batched_call
 from aitune_triton.strategies.profiler import Profiler
@@ -46,6 +46,10 @@ def resolve_backend(backend: str | Backend) -> Backend:
         return backend.clone()
     if isinstance(backend, str):
         return get_backend_class(backend)()
+    if isinstance(backend, type) and issubclass(backend, Backend):
+        raise ArgumentTypeError(
+            f"backend: got the class {backend.__name__}; pass an instance ({backend.__name__}(...)) or its registered name"
+        )
     raise ArgumentTypeError(
         f"backend: expected a registered backend name or a Backend instance, got {type(backend).__name__}"
     )
@@ -124,8 +128,9 @@ def _check_fraction(option: str, value: float | None, allow_none: bool) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-        expected = "a number in [0, 1) or None" if allow_none else "a number in [0, 1)"
-        raise InvalidArgumentError(f"{option}: expected {expected}, got {value!r}")
+        expected = "a fraction in [0, 1) or None" if allow_none else "a fraction in [0, 1)"
+        hint = f" (a fraction: {value / 100:g} for {value:g}%)" if isinstance(value, (int, float)) and 1 <= value < 100 else ""
+        raise InvalidArgumentError(f"{option}: expected {expected}, got {value!r}{hint}")
 
 
 class TuneStrategy(abc.ABC):
@@ -217,7 +222,9 @@ class TuneStrategy(abc.ABC):
         self.speed_margin = speed_margin
         self.accuracy = accuracy
         self.min_accuracy = min_accuracy
-        self.find_max_batch_size = bool(find_max_batch_size)
+        if not isinstance(find_max_batch_size, bool):
+            raise InvalidArgumentError(f"find_max_batch_size: expected True or False, got {find_max_batch_size!r}")
+        self.find_max_batch_size = find_max_batch_size
         self.max_batch_size_limit = max_batch_size_limit
         self.batch_gain_threshold = batch_gain_threshold
         self.profiler = profiler or Profiler()
@@ -267,8 +274,8 @@ class TuneStrategy(abc.ABC):
         if mine <= theirs * (1.0 - self.speed_margin):
             return None
         return (
-            f"{theirs / mine:.2f}x the speed of eager ({self.rule()}); the speed gate needs at least "
-            f"{1.0 / (1.0 - self.speed_margin):.2f}x (speed_margin={self.speed_margin:g})"
+            f"{mine / theirs:.2f}x eager's time ({self.rule()}); the speed gate needs at most "
+            f"{1.0 - self.speed_margin:.2f}x (speed_margin={self.speed_margin:g})"
         )
 
     def best_batch_size(self, report: CandidateReport) -> int | None:
@@ -284,6 +291,9 @@ class TuneStrategy(abc.ABC):
         """Short description for logs and reports."""
         names = ", ".join(_described(b) for b in self.candidates())
         return f"{type(self).__name__}([{names}])"
+
+    def __repr__(self) -> str:
+        return self.describe()
 
     # ------------------------------------------------------------------------ the evaluation
     def tune(self, context: TuneContext) -> tuple[Backend, GraphTuneReport]:
@@ -347,13 +357,17 @@ class TuneStrategy(abc.ABC):
             else:
                 backend = next(b for b, r, _ in built if r is chosen_report)
                 speed, eager_speed = self.speed(chosen_report), self.speed(eager)
-                ratio = ""
-                if speed is not None and eager_speed is not None and speed > 0 and backend.name != EagerBackend.name:
-                    ratio = f" ({eager_speed / speed:.2f}x the speed of eager)"
-                decision = f"kept {chosen_report.backend}: {self.rule()}{ratio}"
+                kept = _described(backend)
+                if backend.name == EagerBackend.name and any(r.status in ("too slow", "failed") for r in reports):
+                    decision = f"kept eager: no other candidate matched eager and passed the speed gate ({self.rule()})"
+                else:
+                    ratio = ""
+                    if speed is not None and eager_speed and backend.name != EagerBackend.name:
+                        ratio = f" ({speed / eager_speed:.2f}x eager's time)"
+                    decision = f"kept {kept}: {self.rule()}{ratio}"
                 for other in eligible:
                     if other is not chosen_report:
-                        other.reason = f"{chosen_report.backend} was kept ({self.rule()})"
+                        other.reason = f"{kept} was kept ({self.rule()})"
             chosen_report.status = "chosen"
         except BaseException:
             for candidate, _, workdir in built:
@@ -364,6 +378,9 @@ class TuneStrategy(abc.ABC):
             if candidate is not backend:
                 self._release(candidate, workdir)
         max_batch = self._settle_batch_range(context, original_dims, chosen_report)
+        if max_batch is not None:
+            low, high = graph.dims["batch"]
+            decision += f"; batch sweep: preferred batch size {max_batch}, batch range {low}..{high}"
         context.log(f"{graph.name}: {decision}")
         return backend, GraphTuneReport(
             graph.name, self.describe(), _label(backend), eager.latencies_ms.get("typical", 0.0), reports,
@@ -466,6 +483,8 @@ class TuneStrategy(abc.ABC):
         # Non-finite when a non-tensor or integer leaf differs: JSON has no Infinity, the reason says what differs.
         report.max_abs_diff = worst if math.isfinite(worst) else None
         report.accuracy = min(scores) if scores else None
+        if metric is not None and mismatches:
+            raise OutputMismatchError(f"{report.backend}: failed the accuracy gate (accuracy=, min_accuracy=)", mismatches)
         raise_on_mismatch(report.backend, mismatches)
 
     def _judge(self, score: Any) -> tuple[float, str | None]:
@@ -480,7 +499,7 @@ class TuneStrategy(abc.ABC):
                     f"accuracy: returned the score {score!r}, but min_accuracy is None; pass min_accuracy= (the score "
                     "every sample must reach) or return True/False"
                 )
-            return float(score), None if score >= self.min_accuracy else f"accuracy {score:.4g} < min_accuracy {self.min_accuracy:g}"
+            return float(score), None if score >= self.min_accuracy else f"accuracy {score:.7g} < min_accuracy {self.min_accuracy:.7g}"
         raise InvalidArgumentError(f"accuracy: expected the metric to return a bool or a number, got {type(score).__name__}")
 
     def _check_batched(self, backend: Backend, context: TuneContext, call: CallStructure) -> None:

@@ -150,7 +150,7 @@ def report_table(report: GraphTuneReport, title: str = "") -> Table:
         largest = candidate.latencies_ms.get("largest")
         throughput = candidate.best_throughput()
         lines = candidate.reason.splitlines()
-        reason = lines[0] + (f" (+{len(lines) - 1} lines: `aitune-triton describe --json`)" if len(lines) > 1 else "") if lines else ""
+        reason = lines[0] + (f" (+{len(lines) - 1} more lines in the report's reason)" if len(lines) > 1 else "") if lines else ""
         result = "reference" if is_eager_row else candidate.status + (f": {reason}" if reason else "")
         table.add_row(
             "eager (reference)" if is_eager_row else escape(candidate.backend + _shown_options(candidate.options)),

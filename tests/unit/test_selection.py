@@ -543,3 +543,38 @@ def test_eager_is_timed_again_after_the_candidates_and_its_faster_time_is_the_on
     assert backend.name == "eager"
     assert report.eager.latencies_ms["typical"] < 10
     assert report.candidates[0].status == "too slow"
+
+
+def test_a_graph_kept_on_eager_among_the_candidates_says_the_others_did_not_pass_not_that_eager_was_fastest(tmp_path):
+    net = SleepyNet(fixed_ms=1, per_row_ms=0)
+    backend, report = MinLatencyStrategy([sleepy(fixed_ms=8), "eager"], profiler=FAST_PROFILER).tune(_context(tmp_path, net))
+
+    assert backend.name == "eager"
+    assert report.decision.startswith("kept eager: no other candidate matched eager and passed the speed gate")
+
+
+def test_the_decision_names_the_batch_sweep_result(tmp_path):
+    net = SleepyNet(fixed_ms=50, per_row_ms=15)
+    strategy = MaxThroughputStrategy([sleepy(fixed_ms=0, per_row_ms=10, rows_cap=4)], profiler=FAST_PROFILER,
+                                     max_batch_size_limit=32, batch_gain_threshold=0.2)
+    _, report = strategy.tune(_context(tmp_path, net))
+
+    assert "batch sweep: preferred batch size 4, batch range 1..4" in report.decision
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: MinLatencyStrategy(["eager"], find_max_batch_size="no"), "find_max_batch_size: expected True or False"),
+        (lambda: MinLatencyStrategy(["eager"], speed_margin=5), r"a fraction: 0.05 for 5%"),
+        (lambda: MinLatencyStrategy([aitune_triton.OnnxRuntimeBackend]), r"got the class OnnxRuntimeBackend; pass an instance"),
+    ],
+)
+def test_strategy_mistakes_are_refused_saying_what_to_pass(make, message):
+    with pytest.raises((InvalidArgumentError, TypeError), match=message):
+        make()
+
+
+def test_a_strategy_repr_is_its_description():
+    strategy = MinLatencyStrategy(["onnxruntime", "eager"])
+    assert repr(strategy) == strategy.describe() == "MinLatencyStrategy([onnxruntime, eager])"

@@ -190,7 +190,7 @@ def test_first_wins_needs_a_non_empty_list(backends):
 def test_resolve_backend_rejects_an_object_that_is_neither_a_name_nor_a_backend():
     with pytest.raises(TypeError, match="backend: expected a registered backend name or a Backend instance, got int"):
         resolve_backend(3)
-    with pytest.raises(TypeError, match="got ABCMeta"):
+    with pytest.raises(TypeError, match="got the class EagerBackend; pass an instance"):
         OneBackendStrategy(EagerBackend)  # the class, not an instance
     with pytest.raises(TypeError, match="got NoneType"):
         FirstWinsStrategy(["eager", None])
