@@ -16,6 +16,7 @@ import aitune_triton
 from aitune_triton import AOTInductorBackend, InductorBackend, Module, OneBackendStrategy
 from aitune_triton.backends import Backend, BuildContext, LoadContext, get_backend_class
 from aitune_triton.backends.inductor import check_program_archive
+from aitune_triton.backends.precision import weights_in
 from aitune_triton.errors import BackendUnavailableError, CheckpointError, InvalidArgumentError
 from aitune_triton.module.recording import Recorder
 from aitune_triton.spec import ForwardSignature, flatten_call
@@ -141,7 +142,7 @@ def test_inductor_half_precision_export_gives_the_module_its_exact_fp32_weights_
     before = {name: tensor.clone() for name, tensor in net.state_dict().items()}
     weight = net.linear.weight
 
-    with InductorBackend._converted(net, torch.float16):
+    with weights_in(net, torch.float16):
         assert net.linear.weight.dtype == torch.float16 and net.embedding.weight.dtype == torch.float16
 
     assert net.linear.weight is weight  # the same Parameter objects, as optimizers and hooks hold them
