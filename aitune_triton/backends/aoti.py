@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
-from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, index_ranges, input_axes, quiet_export
-from aitune_triton.backends.precision import HALF_PRECISIONS, CastTo, half_precision_reason, weights_in
+from aitune_triton.backends.flat import index_ranges, input_axes, quiet_export
+from aitune_triton.backends.precision import exported_at, half_precision_reason
 from aitune_triton.errors import BackendBuildError, BackendUnavailableError, InvalidArgumentError
 from aitune_triton.spec import CallStructure
 
@@ -79,19 +79,7 @@ class AOTInductorBackend(Backend):
         return None
 
     def _build(self, context: BuildContext) -> None:
-        tensors = export_example(context.graph, context.example, context.device)
-        flat: torch.nn.Module = FlatModule(context.module, context.signature, context.example, context.forward)
-        dtype = HALF_PRECISIONS[self.options.get("precision", "fp32")]
-        # Lower precision: the module's weights are converted while the program is exported and
-        # compiled (the program shares them), then given back.
-        with weights_in(context.module, dtype):
-            if dtype is not None and dtype != torch.float32:
-                flat = CastTo(flat, dtype, [getattr(torch, spec.dtype) for spec in context.graph.outputs])
-            try:
-                with quiet_export():
-                    exported = torch.export.export(flat, tensors, dynamic_shapes=export_dynamic_shapes(context.graph), strict=False)
-            except Exception as error:
-                raise BackendBuildError(f"aoti: torch.export.export failed: {type(error).__name__}: {error}") from error
+        with exported_at(context, self.options.get("precision", "fp32"), "aoti") as exported:
             self.input_axes = input_axes(exported)
             self.index_ranges = index_ranges(exported)
             context.log("aoti: compiling with AOTInductor")

@@ -14,8 +14,8 @@ from torch.export.passes import move_to_device_pass
 from torch.fx.experimental import _config as fx_config
 
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
-from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, index_ranges, input_axes, quiet_export
-from aitune_triton.backends.precision import HALF_PRECISIONS, CastTo, half_precision_reason, weights_in
+from aitune_triton.backends.flat import index_ranges, input_axes, quiet_export
+from aitune_triton.backends.precision import HALF_PRECISIONS, exported_at, half_precision_reason
 from aitune_triton.errors import BackendBuildError, BackendUnavailableError, CheckpointError, InvalidArgumentError
 from aitune_triton.spec import CallStructure
 
@@ -211,17 +211,7 @@ class InductorBackend(Backend):
             raise BackendUnavailableError(f"{self.name}: {reason}")
 
     def _build(self, context: BuildContext) -> None:
-        tensors = export_example(context.graph, context.example, context.device)
-        flat: torch.nn.Module = FlatModule(context.module, context.signature, context.example, context.forward)
-        dtype = PRECISIONS[self.options["precision"]]
-        with weights_in(context.module, dtype):
-            if dtype is not None and dtype != torch.float32:
-                flat = CastTo(flat, dtype, [getattr(torch, spec.dtype) for spec in context.graph.outputs])
-            try:
-                with quiet_export():
-                    exported = torch.export.export(flat, tensors, dynamic_shapes=export_dynamic_shapes(context.graph), strict=False)
-            except Exception as error:
-                raise BackendBuildError(f"inductor: torch.export.export failed: {type(error).__name__}: {error}") from error
+        with exported_at(context, self.options["precision"], "inductor") as exported:
             self.input_axes = input_axes(exported)
             self.index_ranges = index_ranges(exported)
             exported.example_inputs = None  # recorded data stays out of the artifact

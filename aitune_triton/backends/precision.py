@@ -7,7 +7,11 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["HALF_PRECISIONS", "CastTo", "half_precision_reason", "weights_in"]
+from aitune_triton.backends.base import BuildContext
+from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, quiet_export
+from aitune_triton.errors import BackendBuildError
+
+__all__ = ["HALF_PRECISIONS", "CastTo", "exported_at", "half_precision_reason", "weights_in"]
 
 #: Precision option -> the floating dtype the program computes in (int8: no path through torch.export here).
 HALF_PRECISIONS: dict[str, torch.dtype | None] = {
@@ -67,3 +71,26 @@ def weights_in(module: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[N
         with torch.no_grad():
             for name, tensor in module.state_dict(keep_vars=True).items():
                 tensor.data = saved[name]
+
+
+@contextlib.contextmanager
+def exported_at(context: BuildContext, precision: str, backend: str) -> Iterator[torch.export.ExportedProgram]:
+    """``torch.export`` of ``context``'s graph spec (its flat module, dynamic over the recorded
+    ranges) computing in ``precision``; inside the block the module's weights are in that
+    precision (the program shares them, so save or compile it there), then given back.
+
+    Raises:
+        BackendBuildError: ``torch.export.export`` failed (the message names ``backend``).
+    """
+    tensors = export_example(context.graph, context.example, context.device)
+    flat: torch.nn.Module = FlatModule(context.module, context.signature, context.example, context.forward)
+    dtype = HALF_PRECISIONS[precision]
+    with weights_in(context.module, dtype):
+        if dtype is not None and dtype != torch.float32:
+            flat = CastTo(flat, dtype, [getattr(torch, spec.dtype) for spec in context.graph.outputs])
+        try:
+            with quiet_export():
+                exported = torch.export.export(flat, tensors, dynamic_shapes=export_dynamic_shapes(context.graph), strict=False)
+        except Exception as error:
+            raise BackendBuildError(f"{backend}: torch.export.export failed: {type(error).__name__}: {error}") from error
+        yield exported

@@ -39,7 +39,7 @@ def t(*shape, dtype=torch.float32):
     return torch.randn(*shape).to(dtype)
 
 
-def _same(got: CallStructure, want: CallStructure) -> None:
+def _assert_same(got: CallStructure, want: CallStructure) -> None:
     assert got.key == want.key
     assert got.flat.paths == want.flat.paths
     assert got.flat.treespec == want.flat.treespec
@@ -78,14 +78,14 @@ SAME_STRUCTURE = {
 def test_a_repeated_call_structure_flattens_as_flatten_call_flattens_it(case, strict):
     layouts = CallLayouts(SIGNATURE, strict)
     first_args, first_kwargs = SAME_STRUCTURE[case]()
-    _same(layouts.flatten(first_args, first_kwargs), flatten_call(SIGNATURE, first_args, first_kwargs, strict))
+    _assert_same(layouts.flatten(first_args, first_kwargs), flatten_call(SIGNATURE, first_args, first_kwargs, strict))
     assert len(layouts) == 1
     args, kwargs = SAME_STRUCTURE[case]()
 
     got = layouts.flatten(args, kwargs)
 
     assert got.args is args and got.kwargs is kwargs
-    _same(got, flatten_call(SIGNATURE, args, kwargs, strict))
+    _assert_same(got, flatten_call(SIGNATURE, args, kwargs, strict))
     assert len(layouts) == 1  # the second call reused the first one's layout
 
 
@@ -119,9 +119,9 @@ def test_a_call_that_differs_from_a_cached_one_flattens_as_flatten_call_flattens
 
     got = layouts.flatten(args, kwargs)
 
-    _same(got, flatten_call(SIGNATURE, args, kwargs, strict))
-    _same(layouts.flatten(args, kwargs), flatten_call(SIGNATURE, args, kwargs, strict))  # now from its own layout
-    _same(layouts.flatten(cached_args, cached_kwargs), flatten_call(SIGNATURE, cached_args, cached_kwargs, strict))
+    _assert_same(got, flatten_call(SIGNATURE, args, kwargs, strict))
+    _assert_same(layouts.flatten(args, kwargs), flatten_call(SIGNATURE, args, kwargs, strict))  # now from its own layout
+    _assert_same(layouts.flatten(cached_args, cached_kwargs), flatten_call(SIGNATURE, cached_args, cached_kwargs, strict))
 
 
 def test_a_non_strict_call_with_another_constant_shares_the_key_but_carries_its_own_constants():
@@ -184,7 +184,7 @@ def test_the_cache_keeps_its_capacity_of_the_newest_structures_and_flattens_ever
     layouts = CallLayouts(SIGNATURE, capacity=2)
     for rank in (1, 2, 3, 4, 1, 4):
         x = torch.zeros((1,) * rank)
-        _same(layouts.flatten((x,), {}), flatten_call(SIGNATURE, (x,), {}))
+        _assert_same(layouts.flatten((x,), {}), flatten_call(SIGNATURE, (x,), {}))
 
     assert len(layouts) == 2
 
@@ -289,6 +289,6 @@ def test_a_transformers_cache_argument_growing_call_by_call_reuses_one_layout_an
         cache.update(torch.randn(1, 2, length, 4), torch.randn(1, 2, length, 4), 0)
         args, kwargs = (torch.ones(1, 1, dtype=torch.long),), {"past": cache}
 
-        _same(layouts.flatten(args, kwargs), flatten_call(signature, args, kwargs))
+        _assert_same(layouts.flatten(args, kwargs), flatten_call(signature, args, kwargs))
 
     assert len(layouts) == 1
