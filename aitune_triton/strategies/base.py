@@ -106,6 +106,10 @@ class TuneContext:
         """The forward eager references run (:attr:`forward`, else ``module.forward``)."""
         return self.forward or self.module.forward
 
+    def build_context(self, workdir: Path) -> BuildContext:
+        """What a candidate backend needs to build for this graph spec, its artifacts in ``workdir``."""
+        return BuildContext(self.module, self.signature, self.graph, self.example, workdir, self.device, self.log, self.forward)
+
 
 def _reason(error: Exception) -> str:
     """``Type: message`` without the terminal colour codes exporters put in their messages."""
@@ -395,9 +399,7 @@ class TuneStrategy(abc.ABC):
         workdir.mkdir(parents=True, exist_ok=True)
         context.log(f"{graph.name}: {label}: building")
         start = time.perf_counter()
-        build = BuildContext(
-            context.module, context.signature, graph, context.example, workdir, context.device, context.log, context.forward
-        )
+        build = context.build_context(workdir)
         report = CandidateReport(label, "failed", precision=precision, options=dict(backend.options))
         try:
             with torch.no_grad():
@@ -454,7 +456,7 @@ class TuneStrategy(abc.ABC):
         every mismatch. Sets ``report.max_abs_diff`` (and ``report.accuracy`` with a metric)."""
         graph = context.graph
         precision = report.precision
-        atol, rtol = (self.atol, self.rtol) if precision == "fp32" else PRECISION_TOLERANCES.get(precision, (self.atol, self.rtol))
+        atol, rtol = self._tolerances(precision)
         metric = self.accuracy if precision != "fp32" else None
         mismatches: list[str] = []
         worst, scores = 0.0, []
@@ -507,13 +509,11 @@ class TuneStrategy(abc.ABC):
         reference = flatten_output(context.run(*call.args, **call.kwargs))
         actual = output_leaves(context.graph.output_template, backend.infer(call))
         precision = _precision(backend)
-        if precision == "fp32":
-            atol, rtol = self.atol, self.rtol
-        elif self.accuracy is not None:
+        if precision != "fp32" and self.accuracy is not None:
             return  # judged on the recorded samples; a metric may need real rows, not repeated ones
-        else:
-            atol, rtol = PRECISION_TOLERANCES.get(precision, (self.atol, self.rtol))
-        found, _ = compare_outputs(reference.leaves, actual, reference.paths, atol, rtol, f"batch of {_batch(context, call)}: ")
+        atol, rtol = self._tolerances(precision)
+        label = f"batch of {batch_of(context.graph, call)}: "
+        found, _ = compare_outputs(reference.leaves, actual, reference.paths, atol, rtol, label)
         raise_on_mismatch(_label(backend), found)
 
     def _profile(
@@ -533,7 +533,7 @@ class TuneStrategy(abc.ABC):
             report.latencies_ms[label] = timing
         report.latency_ms = report.latencies_ms.get("typical")
         if not measure.batch_sizes:  # no batches to build: the typical call's own batch
-            report.batch_latencies_ms = {str(_batch(context, measure.shapes["typical"])): report.latencies_ms["typical"]}
+            report.batch_latencies_ms = {str(batch_of(context.graph, measure.shapes["typical"])): report.latencies_ms["typical"]}
             return
         best_rate, best_size, last_ok = 0.0, None, None
         for size in measure.batch_sizes:
@@ -587,12 +587,16 @@ class TuneStrategy(abc.ABC):
         return best
 
     # ------------------------------------------------------------------------------- helpers
+    def _tolerances(self, precision: str) -> tuple[float, float]:
+        """``(atol, rtol)`` of the elementwise check: the strategy's for fp32, else the precision's
+        documented one (:data:`PRECISION_TOLERANCES`)."""
+        if precision == "fp32":
+            return self.atol, self.rtol
+        return PRECISION_TOLERANCES.get(precision, (self.atol, self.rtol))
+
     def _eager_fallback(self, context: TuneContext) -> Backend:
         backend = EagerBackend()
-        backend.build(
-            BuildContext(context.module, context.signature, context.graph, context.example, context.workdir / "eager",
-                         context.device, context.log, context.forward)
-        )
+        backend.build(context.build_context(context.workdir / "eager"))
         return backend
 
     def _release(self, backend: Backend, workdir: Path) -> None:
@@ -665,10 +669,6 @@ class _Measurements:
             context = self.context
             self._batches[size] = batched_call(context.signature, context.graph, context.samples, self.shapes["typical"], size)
         return self._batches[size]
-
-
-def _batch(context: TuneContext, call: CallStructure) -> int:
-    return batch_of(context.graph, call)
 
 
 def _precision(backend: Backend) -> str:

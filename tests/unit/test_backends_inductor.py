@@ -120,8 +120,8 @@ def test_aoti_freezing_is_validated_and_persisted():
     assert AOTInductorBackend(freezing=True).clone().to_dict()["options"] == {"freezing": True}
 
 
-@pytest.mark.parametrize(("precision", "reason"), [("fp16", "CUDA devices only"), ("bf16", "CUDA devices only"), ("int8", "no inductor path")])
-def test_inductor_precisions_it_cannot_build_on_cpu_are_unavailable_before_anything_is_built(tmp_path, precision, reason):
+def _cpu_build_context(tmp_path) -> BuildContext:
+    """What a backend gets to build the small sequence net's one graph spec (one recorded call) on CPU."""
     net = _seq_net()
     signature = ForwardSignature.from_callable(net.forward)
     recorder = Recorder(signature)
@@ -129,7 +129,12 @@ def test_inductor_precisions_it_cannot_build_on_cpu_are_unavailable_before_anyth
         recorder.record(net, _call(2, 4, seed=0), {})
     (graph,) = recorder.graph_specs()
     sample = recorder.largest_sample(graph)
-    context = BuildContext(net, signature, graph, flatten_call(signature, sample.args, sample.kwargs), tmp_path, torch.device("cpu"))
+    return BuildContext(net, signature, graph, flatten_call(signature, sample.args, sample.kwargs), tmp_path, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("precision", "reason"), [("fp16", "CUDA devices only"), ("bf16", "CUDA devices only"), ("int8", "no inductor path")])
+def test_inductor_precisions_it_cannot_build_on_cpu_are_unavailable_before_anything_is_built(tmp_path, precision, reason):
+    context = _cpu_build_context(tmp_path)
 
     with pytest.raises(BackendUnavailableError, match=f"inductor: precision {precision!r}.*{reason}"):
         InductorBackend(precision=precision).build(context)
@@ -313,14 +318,7 @@ def test_the_served_runtime_fragment_moves_a_program_with_the_pass_it_imports_it
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_aoti_half_precision_is_cuda_only_and_refused_on_cpu_before_anything_is_built(tmp_path, precision):
-    net = _seq_net()
-    signature = ForwardSignature.from_callable(net.forward)
-    recorder = Recorder(signature)
-    with torch.no_grad():
-        recorder.record(net, _call(2, 4, seed=0), {})
-    (graph,) = recorder.graph_specs()
-    sample = recorder.largest_sample(graph)
-    context = BuildContext(net, signature, graph, flatten_call(signature, sample.args, sample.kwargs), tmp_path, torch.device("cpu"))
+    context = _cpu_build_context(tmp_path)
     backend = AOTInductorBackend(precision=precision)
 
     with pytest.raises(BackendUnavailableError, match=f"aoti: precision {precision!r} is built for CUDA devices only"):
