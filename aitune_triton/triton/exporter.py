@@ -28,19 +28,18 @@ versions it was exported with.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import jinja2
 
 from aitune_triton import contract
 from aitune_triton._atomic import make_staging_dir
 from aitune_triton._progress import progress
-from aitune_triton._versions import aitune_version, library_versions, sha256_file
+from aitune_triton._versions import aitune_version
 from aitune_triton.backends import backend_names, get_backend_class
 from aitune_triton.checkpoint import read_checkpoint
 from aitune_triton.errors import ExportError, UnknownBackendError
@@ -53,8 +52,10 @@ from aitune_triton.triton.config import (
     write_model_config,
 )
 from aitune_triton.triton.io import ModelIO
+from aitune_triton.triton.dry_run import ExportPlan, build_plan
+from aitune_triton.triton.manifest import build_manifest, refuse_kind_collision
 
-__all__ = ["ExportResult", "export", "exportable_backends", "templates_dir"]
+__all__ = ["ExportPlan", "ExportResult", "export", "exportable_backends", "templates_dir"]
 
 #: File name of the copy of :mod:`aitune_triton.contract` beside each graph model's ``model.py``
 #: (the served environment may not have aitune_triton installed).
@@ -159,10 +160,27 @@ def _next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def _write_manifest(version_dir: Path, source: str, extra: dict[str, Any]) -> None:
-    files = {p.name: sha256_file(p) for p in sorted(version_dir.iterdir()) if p.is_file()}
-    manifest = {"source": source, "versions": library_versions(), "sha256": files, **extra}
-    (version_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+def _write_manifest(version_dir: Path, source: str, extra: dict[str, Any], **fields: Any) -> None:
+    """Write ``version_dir/manifest.json`` (:mod:`aitune_triton.triton.manifest`); ``extra`` holds
+    ``model``, ``version`` and optionally ``kind`` (default ``"graph"``); ``fields`` go to
+    :func:`~aitune_triton.triton.manifest.build_manifest` (``config``, ``backend``, ``graph``)."""
+    build_manifest(
+        version_dir, model=extra["model"], version=extra["version"], kind=extra.get("kind", "graph"), source=source, **fields
+    ).write(version_dir)
+
+
+@overload
+def export(
+    module_or_checkpoint: Module | str | os.PathLike, repository: str | os.PathLike, name: str | None = ...,
+    options: TritonModelOptions | None = ..., show_progress: bool = ..., dry_run: Literal[False] = ...,
+) -> ExportResult: ...
+
+
+@overload
+def export(
+    module_or_checkpoint: Module | str | os.PathLike, repository: str | os.PathLike, name: str | None = ...,
+    options: TritonModelOptions | None = ..., show_progress: bool = ..., *, dry_run: Literal[True],
+) -> ExportPlan: ...
 
 
 def export(
@@ -171,7 +189,8 @@ def export(
     name: str | None = None,
     options: TritonModelOptions | None = None,
     show_progress: bool = True,
-) -> ExportResult:
+    dry_run: bool = False,
+) -> ExportResult | ExportPlan:
     """Write a tuned module as Triton models: one graph model per graph spec plus an entry model.
 
     A checkpoint of several wrapped submodules exports each of them that way, its entry model
@@ -186,9 +205,12 @@ def export(
             Only for a checkpoint holding one module.
         options: Instance group and dynamic batching options.
         show_progress: Print progress lines to stderr.
+        dry_run: Plan only: build every configuration and file in memory, write nothing (the
+            repository is not even created) and return the :class:`ExportPlan`.
 
     Returns:
-        What was written (:class:`ExportResult`).
+        What was written (:class:`ExportResult`); with ``dry_run``, what would be
+        (:class:`ExportPlan`).
 
     Raises:
         ExportError: the module is not tuned, a graph spec runs on a backend without an artifact
@@ -197,7 +219,9 @@ def export(
         CheckpointError: the checkpoint is missing or fails verification. Nothing is written.
         InvalidNameError: ``name`` is not a valid model name (``/``, leading ``.``...).
         ExportError: also when ``repository`` is an existing file, when ``name`` is given for a
-            checkpoint of several modules, or when two exported modules would share a model name.
+            checkpoint of several modules, when two exported modules would share a model name, or
+            when a model name is taken in ``repository`` by a model of another kind (an entry
+            model over a graph model, or over a model without an aitune_triton manifest).
     """
     entries, source = _descriptions(module_or_checkpoint)
     if name is not None and len(entries) > 1:
@@ -223,6 +247,10 @@ def export(
     clashing = sorted(model for model, count in collections.Counter(m.name for m in models).items() if count > 1)
     if clashing:
         raise ExportError(f"{source}: two exported modules would both write the models {clashing}; rename one Module.")
+    for model in models:
+        refuse_kind_collision(repository, model.name, model.kind)
+    if dry_run:
+        return build_plan(repository, source, models)
     title = ", ".join(m.name for m in entry_models.values())
     repository.mkdir(parents=True, exist_ok=True)
     # Staged next to the repository, never inside it: Triton refuses a repository holding a
@@ -253,6 +281,9 @@ class _PlannedModel:
     files: dict[str, str]  # file name -> text
     artifact: Path | None
     summary: str
+    kind: str = "graph"
+    backend: dict[str, Any] | None = None  # Backend.to_dict() of a graph model
+    graph: dict[str, Any] | None = None  # GraphSpec.to_dict() of a graph model
 
     def write(self, model_dir: Path, source: str) -> None:
         version_dir = model_dir / str(self.version)
@@ -263,7 +294,8 @@ class _PlannedModel:
             if not self.artifact.is_file():
                 raise ExportError(f"{self.name}: artifact {self.artifact} does not exist (was the tuning cache cleared?).")
             shutil.copyfile(self.artifact, version_dir / self.artifact.name)
-        _write_manifest(version_dir, source, {"model": self.name, "version": self.version})
+        _write_manifest(version_dir, source, {"model": self.name, "version": self.version, "kind": self.kind},
+                        config=self.config, backend=self.backend, graph=self.graph)
         write_model_config(self.config, model_dir / "config.pbtxt")
 
 
@@ -304,6 +336,8 @@ def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, r
                 files={"model.py": model_py, "io.json": io.to_json() + "\n", CONTRACT_FILE: contract_source},
                 artifact=Path(backend["artifacts"]["model"]),
                 summary=f"{backend['name']}, max_batch_size {io.max_batch_size}",
+                backend=backend,
+                graph=graph,
             )
         )
     routes = {
@@ -323,6 +357,7 @@ def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, r
             files={"model.py": router_py, CONTRACT_FILE: contract_source},
             artifact=None,
             summary=f"entry model routing to {len(ios)} graph model(s)",
+            kind="entry",
         )
     )
     return planned

@@ -1,0 +1,400 @@
+"""``manifest.json``: what one exported model version is made of and where it can run.
+
+Every version directory of an exported model holds a ``manifest.json`` (:class:`ModelManifest`):
+the model's kind, the tool and library versions, the device its artifact was tuned on, the backend
+and precision, the IO mapping its ``config.pbtxt`` declares, the graph spec it serves, and the
+SHA-256 of every other file in the directory. The generated ``model.py`` reads ``sha256`` from it
+before it loads a file; ``aitune-triton check`` compares all of it with the repository and the
+running machine.
+
+Manifests written before :data:`MANIFEST_FORMAT` 1 hold only ``source``, ``versions``,
+``sha256``, ``model`` and ``version``; :meth:`ModelManifest.from_dict` reads them with
+``format_version`` 0 and ``kind`` None (:func:`model_kind` then tells the kind from the files).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from aitune_triton._versions import aitune_version, library_versions, sha256_file
+from aitune_triton.errors import AITuneTritonError
+from aitune_triton.triton.config import ROUTES_PARAMETER, read_model_config
+
+__all__ = [
+    "KINDS",
+    "MANIFEST_FILE",
+    "MANIFEST_FORMAT",
+    "DeviceInfo",
+    "ManifestError",
+    "ModelManifest",
+    "TensorManifest",
+    "build_manifest",
+    "device_info",
+    "latest_version",
+    "model_kind",
+    "read_manifest",
+    "tensors_of",
+]
+
+#: File name of the manifest in each version directory.
+MANIFEST_FILE = "manifest.json"
+#: Format of the manifests written now (0: the fields of older exports only).
+MANIFEST_FORMAT = 1
+#: Model kinds: ``graph`` (runs one graph spec's artifact), ``entry`` (BLS router in front of the
+#: graph models); ``step`` and ``ensemble`` are reserved for pipeline steps and Triton ensembles.
+KINDS = ("graph", "entry", "step", "ensemble")
+
+
+class ManifestError(AITuneTritonError, ValueError):
+    """A ``manifest.json`` is missing, is not JSON, or lacks a field it needs."""
+
+
+@dataclass(frozen=True)
+class TensorManifest:
+    """One tensor as the model's ``config.pbtxt`` declares it.
+
+    Attributes:
+        name: Triton tensor name.
+        data_type: Triton config data type (``TYPE_FP32``).
+        dims: Config dims (``-1`` = dynamic; without the batch axis when ``max_batch_size > 0``).
+    """
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form."""
+        return {"name": self.name, "data_type": self.data_type, "dims": list(self.dims)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TensorManifest":
+        """Rebuild from :meth:`to_dict`."""
+        return cls(str(data["name"]), str(data["data_type"]), tuple(int(d) for d in data["dims"]))
+
+
+def tensors_of(config: mc.ModelConfig) -> tuple[list[TensorManifest], list[TensorManifest]]:
+    """``(inputs, outputs)`` of a model configuration as :class:`TensorManifest` lists."""
+
+    def tensors(messages: Any) -> list[TensorManifest]:
+        return [TensorManifest(m.name, mc.DataType.Name(m.data_type), tuple(m.dims)) for m in messages]
+
+    return tensors(config.input), tensors(config.output)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Where an artifact was tuned, as far as the exporting machine could tell.
+
+    Attributes:
+        device: The backend's device (``"cpu"``, ``"cuda:0"``).
+        gpu_name: GPU name (``torch.cuda.get_device_name``); None for CPU or when CUDA was not
+            available at export.
+        compute_capability: ``"major.minor"`` of that GPU (``"9.0"``), or None.
+        cuda_version: CUDA version torch was built with (``torch.version.cuda``), or None.
+        tensorrt_version: Installed ``tensorrt`` package version, or None.
+    """
+
+    device: str = "cpu"
+    gpu_name: str | None = None
+    compute_capability: str | None = None
+    cuda_version: str | None = None
+    tensorrt_version: str | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        """Whether the artifact was tuned on a CUDA device."""
+        return self.device.startswith("cuda")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | str | None) -> "DeviceInfo":
+        """Rebuild from :meth:`to_dict` (a plain device string or None is accepted too)."""
+        if data is None or isinstance(data, str):
+            return cls(device=data or "cpu")
+        return cls(**{key: data.get(key) for key in ("gpu_name", "compute_capability", "cuda_version", "tensorrt_version")},
+                   device=str(data.get("device", "cpu")))
+
+
+def tensorrt_version() -> str | None:
+    """Installed ``tensorrt`` (or ``tensorrt-cu12``...) version, without importing it; None when absent."""
+    for package in ("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs"):
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def device_info(device: str = "cpu") -> DeviceInfo:
+    """Describe ``device`` (a backend's stored device) with this machine's CUDA facts.
+
+    For a CUDA device, the GPU name and compute capability come from ``torch.cuda`` when CUDA is
+    available here (the device index of ``device``, else 0), the CUDA version from
+    ``torch.version.cuda``; the TensorRT version from the installed package. A CPU device gets
+    ``DeviceInfo("cpu")``.
+    """
+    if not device.startswith("cuda"):
+        return DeviceInfo(device=device)
+    import torch
+
+    gpu_name = capability = None
+    if torch.cuda.is_available():
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        index = index if index < torch.cuda.device_count() else 0
+        gpu_name = torch.cuda.get_device_name(index)
+        major, minor = torch.cuda.get_device_capability(index)
+        capability = f"{major}.{minor}"
+    return DeviceInfo(device, gpu_name, capability, torch.version.cuda, tensorrt_version())
+
+
+@dataclass
+class ModelManifest:
+    """The manifest of one model version (``<model>/<version>/manifest.json``).
+
+    Attributes:
+        model: Triton model name.
+        version: Version directory number.
+        kind: One of :data:`KINDS`; None in manifests of format 0 (see :func:`model_kind`).
+        source: What was exported (``"module 'minilm'"``, ``"checkpoint /abs/path"``).
+        tool_version: aitune-triton version that wrote it.
+        versions: Python and library versions at export (``torch``, ``onnxruntime``...; None: absent).
+        device: Where the artifact was tuned (:class:`DeviceInfo`).
+        backend: Backend name of a graph model's artifact (``"aoti"``); None for other kinds.
+        precision: The backend's precision option (``"fp32"`` when it has none); None without a backend.
+        inputs: Input tensors as ``config.pbtxt`` declares them.
+        outputs: Output tensors as ``config.pbtxt`` declares them.
+        max_batch_size: The configuration's ``max_batch_size``.
+        graph: The graph spec served (``GraphSpec.to_dict()``); None for other kinds.
+        sha256: File name -> hex SHA-256 of every file of the version directory but this one.
+            Generated ``model.py`` files read this field.
+        format_version: :data:`MANIFEST_FORMAT` of the writer (0: an older export).
+    """
+
+    model: str
+    version: int
+    kind: str | None
+    source: str
+    sha256: dict[str, str]
+    tool_version: str = "unknown"
+    versions: dict[str, str | None] = field(default_factory=dict)
+    device: DeviceInfo = field(default_factory=DeviceInfo)
+    backend: str | None = None
+    precision: str | None = None
+    inputs: list[TensorManifest] = field(default_factory=list)
+    outputs: list[TensorManifest] = field(default_factory=list)
+    max_batch_size: int = 0
+    graph: dict[str, Any] | None = None
+    format_version: int = MANIFEST_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form (what ``manifest.json`` holds)."""
+        return {
+            "format_version": self.format_version,
+            "model": self.model,
+            "version": self.version,
+            "kind": self.kind,
+            "source": self.source,
+            "tool_version": self.tool_version,
+            "versions": dict(self.versions),
+            "device": self.device.to_dict(),
+            "backend": self.backend,
+            "precision": self.precision,
+            "max_batch_size": self.max_batch_size,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "graph": self.graph,
+            "sha256": dict(self.sha256),
+        }
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON with a trailing newline."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelManifest":
+        """Rebuild from :meth:`to_dict`, or from a format-0 manifest (``kind`` None).
+
+        Raises:
+            ManifestError: a required field (``model``, ``version``, ``sha256``) is missing or of
+                the wrong type, or ``kind`` is not one of :data:`KINDS`.
+        """
+        try:
+            sha256 = data["sha256"]
+            if not isinstance(sha256, dict):
+                raise TypeError(f"'sha256' is {type(sha256).__name__}, expected a dict")
+            kind = data.get("kind")
+            if kind is not None and kind not in KINDS:
+                raise ValueError(f"'kind' is {kind!r}, expected one of {list(KINDS)}")
+            return cls(
+                model=str(data["model"]),
+                version=int(data["version"]),
+                kind=kind,
+                source=str(data.get("source", "")),
+                sha256={str(k): str(v) for k, v in sha256.items()},
+                tool_version=str(data.get("tool_version", "unknown")),
+                versions=dict(data.get("versions") or {}),
+                device=DeviceInfo.from_dict(data.get("device")),
+                backend=data.get("backend"),
+                precision=data.get("precision"),
+                inputs=[TensorManifest.from_dict(t) for t in data.get("inputs") or []],
+                outputs=[TensorManifest.from_dict(t) for t in data.get("outputs") or []],
+                max_batch_size=int(data.get("max_batch_size", 0)),
+                graph=data.get("graph"),
+                format_version=int(data.get("format_version", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ManifestError(f"manifest: {type(error).__name__}: {error}; export the model again.") from None
+
+    def write(self, version_dir: Path) -> Path:
+        """Write as ``version_dir/manifest.json``."""
+        path = version_dir / MANIFEST_FILE
+        path.write_text(self.to_json())
+        return path
+
+
+def build_manifest(
+    version_dir: Path | None,
+    *,
+    model: str,
+    version: int,
+    kind: str,
+    source: str,
+    config: mc.ModelConfig | None = None,
+    backend: dict[str, Any] | None = None,
+    graph: dict[str, Any] | None = None,
+    sha256: dict[str, str] | None = None,
+) -> ModelManifest:
+    """The manifest of a model version about to be published.
+
+    Args:
+        version_dir: The written version directory: ``sha256`` is computed over its files (all
+            but ``manifest.json``). None with ``sha256`` given (a dry run hashes in memory).
+        model: Triton model name.
+        version: Version number.
+        kind: One of :data:`KINDS`.
+        source: What was exported.
+        config: The model's configuration; gives the IO mapping and ``max_batch_size``.
+        backend: The backend description (``Backend.to_dict()``) of a graph model: name,
+            ``options["precision"]`` (default ``"fp32"``) and device.
+        graph: The graph spec description (``GraphSpec.to_dict()``).
+        sha256: File name -> digest, instead of hashing ``version_dir``.
+
+    Raises:
+        ManifestError: ``kind`` is not one of :data:`KINDS`, or neither ``version_dir`` nor
+            ``sha256`` is given.
+    """
+    if kind not in KINDS:
+        raise ManifestError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
+    if sha256 is None:
+        if version_dir is None:
+            raise ManifestError("build_manifest: pass version_dir or sha256")
+        sha256 = {p.name: sha256_file(p) for p in sorted(version_dir.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+    inputs, outputs = tensors_of(config) if config is not None else ([], [])
+    return ModelManifest(
+        model=model,
+        version=version,
+        kind=kind,
+        source=source,
+        sha256=dict(sha256),
+        tool_version=aitune_version(),
+        versions=library_versions(),
+        device=device_info(str(backend.get("device", "cpu"))) if backend else DeviceInfo(),
+        backend=backend["name"] if backend else None,
+        precision=str((backend.get("options") or {}).get("precision", "fp32")) if backend else None,
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=config.max_batch_size if config is not None else 0,
+        graph=graph,
+    )
+
+
+def read_manifest(version_dir: Path) -> ModelManifest:
+    """Read ``version_dir/manifest.json``.
+
+    Raises:
+        ManifestError: the file is missing, is not JSON, or lacks a required field.
+    """
+    path = version_dir / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: missing; export the model again.") from None
+    except (OSError, ValueError) as error:
+        raise ManifestError(f"{path}: cannot be read as JSON ({error}); export the model again.") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: holds a {type(data).__name__}, expected a JSON object; export the model again.")
+    try:
+        return ModelManifest.from_dict(data)
+    except ManifestError as error:
+        raise ManifestError(f"{path}: {error}") from None
+
+
+def latest_version(model_dir: Path) -> int | None:
+    """Highest numbered version directory of ``model_dir``, or None."""
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    return max(versions, default=None)
+
+
+def model_kind(model_dir: Path) -> str | None:
+    """The kind of an existing model directory, from its latest version; None when it is not ours.
+
+    The latest version's manifest ``kind`` decides; for a manifest without one (an older export)
+    a version holding ``io.json`` is a graph model and a configuration with the
+    ``aitune_triton.routes`` parameter an entry model. A directory without a manifest (a model
+    written by hand or by another tool), or holding no version, gives None.
+    """
+    version = latest_version(model_dir)
+    if version is None:
+        return None
+    version_dir = model_dir / str(version)
+    try:
+        manifest = read_manifest(version_dir)
+    except ManifestError:
+        return None
+    if manifest.kind is not None:
+        return manifest.kind
+    if (version_dir / "io.json").is_file():
+        return "graph"
+    try:
+        config = read_model_config(model_dir / "config.pbtxt")
+    except (OSError, text_format.ParseError):
+        return None
+    return "entry" if ROUTES_PARAMETER in config.parameters else None
+
+
+def refuse_kind_collision(repository: Path, name: str, kind: str) -> None:
+    """Refuse to write a model of ``kind`` named ``name`` over an existing model of another kind.
+
+    A new version of a model of the same kind (a second export of a module) is allowed. The
+    existing kind is read with :func:`model_kind`.
+
+    Raises:
+        ExportError: ``repository/name`` exists and holds a model of another kind, or a model
+            (or directory) that has no aitune_triton manifest.
+    """
+    from aitune_triton.errors import ExportError
+
+    model_dir = repository / name
+    if not model_dir.exists():
+        return
+    existing = model_kind(model_dir)
+    if existing == kind:
+        return
+    what = f"a {existing} model" if existing else "a model without an aitune_triton manifest (written by hand or another tool)"
+    if not model_dir.is_dir():
+        what = "a file"
+    raise ExportError(
+        f"{name}: {model_dir} already holds {what}; this export would write a {kind} model there. "
+        f"Export under another name (--name / Module name), or remove {model_dir} first."
+    )
