@@ -1,0 +1,363 @@
+"""``check_repository``: find what would make Triton refuse (or misserve) a model repository, before it runs.
+
+For every model directory of the repository:
+
+* ``config.pbtxt`` parses against the ModelConfig schema and names its directory (Triton's model
+  repository docs: the configuration's name, when given, must match the directory);
+* each version's ``manifest.json`` matches its files: a listed file missing, a file whose
+  SHA-256 differs (modified after export), a file the manifest does not list;
+* the latest version's manifest IO mapping (names, dtypes, dims, ``max_batch_size``) matches
+  ``config.pbtxt`` (Triton serves a configuration against the latest version's files);
+* the artifact fits this machine: tuned on a GPU of another compute capability, or a TensorRT
+  plan for another TensorRT version, is an error; a CUDA model on a machine without CUDA is a
+  warning; an AOTInductor package of another torch version is a warning;
+* an entry model's routes point at graph model versions that exist and whose ``io.json`` is the
+  IO mapping the routes hold.
+
+With ``load=True`` an embedded ``tritonserver`` (model control mode explicit, nothing loaded at
+start) loads each model, graph models first, and reports READY or the server's own reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from google.protobuf import text_format
+
+from aitune_triton.errors import InvalidArgumentError
+from aitune_triton.triton.config import ROUTES_PARAMETER, read_model_config
+from aitune_triton.triton.manifest import (
+    MANIFEST_FILE,
+    ManifestError,
+    ModelManifest,
+    TensorManifest,
+    latest_version,
+    model_kind,
+    read_manifest,
+    tensors_of,
+    tensorrt_version,
+)
+
+__all__ = ["OK", "WARN", "ERROR", "CheckReport", "Finding", "ModelCheck", "check_repository"]
+
+OK, WARN, ERROR = "OK", "WARN", "ERROR"
+_RANK = {OK: 0, WARN: 1, ERROR: 2}
+#: Backends whose artifact holds kernels compiled for one GPU architecture.
+_ARCH_SPECIFIC = ("aoti", "inductor", "tensorrt", "torch_tensorrt")
+#: Backends whose artifact is tied to the torch version that built it.
+_TORCH_BOUND = ("aoti",)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One result of a check.
+
+    Attributes:
+        severity: ``"OK"``, ``"WARN"`` or ``"ERROR"``.
+        message: What was found and what to do.
+        version: The version directory it is about, or None for the model as a whole.
+    """
+
+    severity: str
+    message: str
+    version: int | None = None
+
+
+@dataclass
+class ModelCheck:
+    """The findings of one model directory.
+
+    Attributes:
+        name: Model (directory) name.
+        kind: ``graph``, ``entry``... from the manifests (None: not an aitune_triton model).
+        findings: Everything found, in check order.
+    """
+
+    name: str
+    kind: str | None
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """The worst severity of the findings (``"OK"`` when there are none)."""
+        return max((f.severity for f in self.findings), key=_RANK.__getitem__, default=OK)
+
+    def add(self, severity: str, message: str, version: int | None = None) -> None:
+        self.findings.append(Finding(severity, message, version))
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_repository` found.
+
+    Attributes:
+        repository: The checked repository (absolute).
+        models: One :class:`ModelCheck` per model directory, sorted by name.
+        loaded: Whether the models were loaded by a server (``load=True``).
+    """
+
+    repository: Path
+    models: list[ModelCheck]
+    loaded: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when no finding is an ERROR."""
+        return all(model.status != ERROR for model in self.models)
+
+    def findings(self, severity: str | None = None) -> Iterator[tuple[str, Finding]]:
+        """``(model name, finding)`` pairs, of one severity when given."""
+        for model in self.models:
+            for finding in model.findings:
+                if severity is None or finding.severity == severity:
+                    yield model.name, finding
+
+    def model(self, name: str) -> ModelCheck:
+        """The :class:`ModelCheck` of model ``name``.
+
+        Raises:
+            KeyError: the repository has no such model directory.
+        """
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(f"{name}: no such model in {self.repository}; models: {[m.name for m in self.models]}")
+
+
+def _tensors_problems(side: str, expected: list[TensorManifest], actual: list[TensorManifest]) -> list[str]:
+    problems = []
+    declared = {t.name: t for t in actual}
+    listed = {t.name: t for t in expected}
+    for name in sorted(set(listed) - set(declared)):
+        problems.append(f"{side} {name!r} is in the manifest's IO mapping but not in config.pbtxt")
+    for name in sorted(set(declared) - set(listed)):
+        problems.append(f"{side} {name!r} is in config.pbtxt but not in the manifest's IO mapping")
+    for name in sorted(set(listed) & set(declared)):
+        want, have = listed[name], declared[name]
+        if want.data_type != have.data_type:
+            problems.append(f"{side} {name!r}: config.pbtxt says {have.data_type}, the manifest {want.data_type}")
+        if want.dims != have.dims:
+            problems.append(f"{side} {name!r}: config.pbtxt dims {list(have.dims)}, the manifest {list(want.dims)}")
+    return problems
+
+
+def _check_files(check: ModelCheck, version_dir: Path, manifest: ModelManifest, version: int) -> None:
+    from aitune_triton._versions import sha256_file
+
+    present = {p.name for p in version_dir.iterdir() if p.is_file() and p.name != MANIFEST_FILE}
+    for name, expected in sorted(manifest.sha256.items()):
+        path = version_dir / name
+        if not path.is_file():
+            check.add(ERROR, f"{name}: listed in manifest.json but missing; export the model again.", version)
+            continue
+        actual = sha256_file(path)
+        if actual != expected:
+            check.add(ERROR, f"{name}: SHA-256 mismatch, manifest {expected[:12]}..., file {actual[:12]}...; the file "
+                             "was modified or corrupted after export. Export the model again.", version)
+    for name in sorted(present - set(manifest.sha256)):
+        check.add(WARN, f"{name}: not listed in manifest.json (added after export?); remove it or export again.", version)
+
+
+def _check_environment(check: ModelCheck, manifest: ModelManifest, version: int) -> None:
+    import torch
+
+    device = manifest.device
+    backend = manifest.backend or ""
+    if device.is_cuda:
+        tuned = f"tuned on {device.device}" + (f" ({device.gpu_name}, compute capability {device.compute_capability})"
+                                              if device.gpu_name else "")
+        if not torch.cuda.is_available():
+            check.add(WARN, f"{tuned}, but this machine has no CUDA: a server here cannot run it (or runs it on a "
+                            "KIND_GPU instance it cannot create). Serve it on a machine like the one it was tuned on.",
+                      version)
+        else:
+            major, minor = torch.cuda.get_device_capability(0)
+            here = f"{major}.{minor}"
+            if device.compute_capability and device.compute_capability != here:
+                severity = ERROR if backend in _ARCH_SPECIFIC else WARN
+                check.add(severity, f"{tuned}; this machine's GPU ({torch.cuda.get_device_name(0)}) has compute "
+                                    f"capability {here}. {backend} artifacts hold kernels for the GPU they were built "
+                                    "on: tune again on this GPU.", version)
+            if device.cuda_version and torch.version.cuda and device.cuda_version.split(".")[0] != torch.version.cuda.split(".")[0]:
+                check.add(WARN, f"tuned with CUDA {device.cuda_version}; torch here uses CUDA {torch.version.cuda}.", version)
+    if "tensorrt" in backend and device.tensorrt_version:
+        installed = tensorrt_version()
+        if installed != device.tensorrt_version:
+            check.add(ERROR, f"TensorRT plan built with TensorRT {device.tensorrt_version}; this machine has "
+                             f"{installed or 'no TensorRT'}. A plan runs only on the TensorRT version that built it: "
+                             "tune again here.", version)
+    if backend in _TORCH_BOUND:
+        built = manifest.versions.get("torch")
+        if built and built != torch.__version__:
+            check.add(WARN, f"{backend} package built with torch {built}; torch here is {torch.__version__}. "
+                            "AOTInductor packages may not load in another torch version: tune again.", version)
+
+
+def _check_routes(check: ModelCheck, repository: Path, config: Any) -> None:
+    try:
+        routes = json.loads(config.parameters[ROUTES_PARAMETER].string_value)
+        graphs = routes["graphs"]
+    except (ValueError, KeyError, TypeError) as error:
+        check.add(ERROR, f"config.pbtxt: parameter {ROUTES_PARAMETER!r} is not the routes JSON ({error}); export again.")
+        return
+    for graph in graphs:
+        name, version = graph.get("model_name"), graph.get("version")
+        version_dir = repository / str(name) / str(version)
+        if not (repository / str(name)).is_dir():
+            check.add(ERROR, f"routes: graph model {name!r} does not exist in the repository; export the module again.")
+            continue
+        if not version_dir.is_dir():
+            check.add(ERROR, f"routes: graph model {name!r} has no version {version} (the routes pin it); "
+                             "export the module again.")
+            continue
+        try:
+            io = json.loads((version_dir / "io.json").read_text())
+        except (OSError, ValueError) as error:
+            check.add(ERROR, f"routes: {name}/{version}/io.json cannot be read ({error}); export the module again.")
+            continue
+        if io != graph:
+            check.add(ERROR, f"routes: the IO mapping for {name!r} version {version} differs from its io.json; "
+                             "export the module again.")
+        latest = latest_version(repository / str(name))
+        if latest != version:
+            check.add(WARN, f"routes pin {name!r} version {version}, but its latest version is {latest} (the one "
+                            "its config serves); export the module again.")
+
+
+def _check_model(repository: Path, model_dir: Path) -> ModelCheck:
+    check = ModelCheck(model_dir.name, model_kind(model_dir))
+    config = None
+    config_path = model_dir / "config.pbtxt"
+    if not config_path.is_file():
+        check.add(ERROR, "config.pbtxt: missing; Triton needs one per model (the server runs with "
+                         "--disable-auto-complete-config). Export the model again.")
+    else:
+        try:
+            config = read_model_config(config_path)
+        except text_format.ParseError as error:
+            check.add(ERROR, f"config.pbtxt: does not parse against the ModelConfig schema: {error}. Export again.")
+        else:
+            if config.name and config.name != model_dir.name:
+                check.add(ERROR, f"config.pbtxt: name {config.name!r} differs from the directory name "
+                                 f"{model_dir.name!r}; Triton requires them equal.")
+    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    if not versions:
+        check.add(ERROR, "no version directory (1/, 2/...); Triton has nothing to load. Export the model again.")
+        return check
+    latest_manifest = None
+    for version in versions:
+        version_dir = model_dir / str(version)
+        if not (version_dir / MANIFEST_FILE).exists():
+            check.add(WARN, "no manifest.json: not exported by aitune_triton; its files cannot be verified.", version)
+            continue
+        try:
+            manifest = read_manifest(version_dir)
+        except ManifestError as error:
+            check.add(ERROR, str(error), version)
+            continue
+        if manifest.model != model_dir.name:
+            check.add(WARN, f"manifest.json describes model {manifest.model!r}, not {model_dir.name!r} (renamed?).", version)
+        _check_files(check, version_dir, manifest, version)
+        if version == versions[-1]:
+            latest_manifest = manifest
+    if latest_manifest is not None and latest_manifest.format_version >= 1:
+        if config is not None:
+            inputs, outputs = tensors_of(config)
+            problems = _tensors_problems("input", latest_manifest.inputs, inputs)
+            problems += _tensors_problems("output", latest_manifest.outputs, outputs)
+            if config.max_batch_size != latest_manifest.max_batch_size:
+                problems.append(f"max_batch_size: config.pbtxt {config.max_batch_size}, the manifest "
+                                f"{latest_manifest.max_batch_size}")
+            for problem in problems:
+                check.add(ERROR, f"config.pbtxt: {problem}; the served model.py expects the manifest's. Export again.",
+                          versions[-1])
+        _check_environment(check, latest_manifest, versions[-1])
+    if config is not None and ROUTES_PARAMETER in config.parameters:
+        _check_routes(check, repository, config)
+    return check
+
+
+def _load_models(repository: Path, checks: list[ModelCheck], timeout_s: float, show_progress: bool) -> None:
+    """Load each model in an embedded server; add READY or the server's reason to its check."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from aitune_triton.triton.server import TritonServer
+
+    server = TritonServer(repository, extra_args=["--model-control-mode=explicit"], restart_dead_stubs=False,
+                          show_progress=show_progress, timeout_s=timeout_s)
+    order = {"graph": 0, "step": 1, None: 2, "entry": 3, "ensemble": 4}
+    with server:
+        client = httpclient.InferenceServerClient(server.http_url, network_timeout=timeout_s, connection_timeout=timeout_s)
+        try:
+            for check in sorted(checks, key=lambda c: (order.get(c.kind, 2), c.name)):
+                try:
+                    client.load_model(check.name)
+                except InferenceServerException as error:
+                    check.add(ERROR, f"load: the server refused it: {error.message()}")
+                    continue
+                if client.is_model_ready(check.name):
+                    check.add(OK, "load: READY")
+                else:
+                    check.add(ERROR, "load: loaded but not ready; see the server log.")
+        finally:
+            client.close()
+
+
+def check_repository(
+    path: str | Path, load: bool = False, timeout_s: float = 180.0, show_progress: bool = False
+) -> CheckReport:
+    """Check every model of a model repository against its manifests, the schema and this machine.
+
+    Args:
+        path: The model repository directory.
+        load: Also load each model in an embedded ``tritonserver`` (CPU, Python backend) and
+            report READY or the server's reason.
+        timeout_s: With ``load``: seconds to wait for the server to start and for each load.
+        show_progress: With ``load``: print the server's start progress to stderr.
+
+    Returns:
+        The :class:`CheckReport`; ``report.ok`` is False when any finding is an ERROR. Models
+        without findings get one ``OK`` finding.
+
+    Raises:
+        InvalidArgumentError: ``path`` is not a directory or holds no model directory.
+        TritonServerError: with ``load``, the server could not start.
+    """
+    repository = Path(path).absolute()
+    if not repository.is_dir():
+        raise InvalidArgumentError(f"path: {repository} is not a directory; pass a model repository directory.")
+    model_dirs = sorted(p for p in repository.iterdir() if p.is_dir())
+    if not model_dirs:
+        raise InvalidArgumentError(f"path: {repository} holds no model directory; export a model into it first.")
+    checks = [_check_model(repository, model_dir) for model_dir in model_dirs]
+    if load:
+        _load_models(repository, checks, timeout_s, show_progress)
+    for check in checks:
+        if not check.findings:
+            check.add(OK, "files, config.pbtxt and manifest agree" if check.kind else "config.pbtxt parses")
+    return CheckReport(repository, checks, loaded=load)
+
+
+_STYLE = {OK: "green", WARN: "yellow", ERROR: "bold red"}
+
+
+def report_tables(report: CheckReport) -> list[Any]:
+    """One ``rich.table.Table`` per model: status, version and message of each finding."""
+    from rich.table import Table
+
+    tables = []
+    for model in report.models:
+        table = Table(title=f"{model.name} ({model.kind or 'not an aitune_triton model'}): {model.status}",
+                      title_justify="left")
+        table.add_column("status")
+        table.add_column("version", justify="right")
+        table.add_column("message")
+        for finding in model.findings:
+            table.add_row(f"[{_STYLE[finding.severity]}]{finding.severity}[/]",
+                          "-" if finding.version is None else str(finding.version), finding.message)
+        tables.append(table)
+    return tables
