@@ -1,0 +1,142 @@
+"""manifest.json: one typed ModelManifest per exported model version; kinds of existing model directories."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from repo_helpers import tuned_two_spec_net
+
+from aitune_triton.triton.config import read_model_config
+from aitune_triton.triton.exporter import export
+from aitune_triton.triton.manifest import (
+    MANIFEST_FORMAT,
+    DeviceInfo,
+    ManifestError,
+    ModelManifest,
+    build_manifest,
+    device_info,
+    model_kind,
+    read_manifest,
+    tensors_of,
+)
+
+NAME = "test_manifest_net"
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    return tuned_two_spec_net(NAME, tmp_path_factory.mktemp("manifest"))
+
+
+@pytest.fixture
+def repository(tuned, tmp_path):
+    export(tuned, tmp_path / "repo", show_progress=False)
+    return tmp_path / "repo"
+
+
+def test_a_graph_model_manifest_holds_kind_device_backend_precision_io_mapping_graph_spec_and_hashes(tuned, repository):
+    version_dir = repository / f"{NAME}.graph_0" / "1"
+
+    manifest = read_manifest(version_dir)
+
+    description = tuned.to_dict()["graphs"][0]
+    assert manifest.format_version == MANIFEST_FORMAT
+    assert (manifest.model, manifest.version, manifest.kind) == (f"{NAME}.graph_0", 1, "graph")
+    assert manifest.source == f"module '{NAME}'"
+    assert manifest.backend == "onnxruntime" and manifest.precision == "fp32"
+    assert manifest.device == DeviceInfo("cpu")
+    assert manifest.versions["torch"] == torch.__version__
+    assert manifest.graph == description["graph"]
+    inputs, outputs = tensors_of(read_model_config(repository / f"{NAME}.graph_0" / "config.pbtxt"))
+    assert manifest.inputs == inputs and manifest.outputs == outputs
+    assert [(t.name, t.data_type, t.dims) for t in manifest.inputs] == [("x", "TYPE_FP32", (8,)), ("y", "TYPE_FP32", (4,))]
+    assert manifest.max_batch_size == 5
+    # sha256 (read by the generated model.py) lists every other file of the version directory.
+    files = sorted(p.name for p in version_dir.iterdir() if p.name != "manifest.json")
+    assert sorted(manifest.sha256) == files
+    for name in files:
+        assert manifest.sha256[name] == hashlib.sha256((version_dir / name).read_bytes()).hexdigest()
+
+
+def test_the_entry_model_manifest_is_of_kind_entry_without_backend_or_graph_spec(repository):
+    manifest = read_manifest(repository / NAME / "1")
+
+    assert manifest.kind == "entry"
+    assert manifest.backend is None and manifest.precision is None and manifest.graph is None
+    assert {t.name for t in manifest.inputs} == {"x", "y"}
+    assert model_kind(repository / NAME) == "entry"
+    assert model_kind(repository / f"{NAME}.graph_1") == "graph"
+
+
+def test_a_manifest_round_trips_through_to_dict_and_from_dict(repository):
+    manifest = read_manifest(repository / f"{NAME}.graph_1" / "1")
+
+    assert ModelManifest.from_dict(json.loads(manifest.to_json())) == manifest
+
+
+def test_a_format_0_manifest_reads_with_kind_none_and_the_kind_comes_from_the_files(repository):
+    for model in (NAME, f"{NAME}.graph_0"):
+        path = repository / model / "1" / "manifest.json"
+        old = json.loads(path.read_text())
+        path.write_text(json.dumps({key: old[key] for key in ("source", "versions", "sha256", "model", "version")}))
+
+    manifest = read_manifest(repository / NAME / "1")
+
+    assert manifest.format_version == 0 and manifest.kind is None and manifest.inputs == []
+    assert model_kind(repository / NAME) == "entry"  # the routes parameter in its config
+    assert model_kind(repository / f"{NAME}.graph_0") == "graph"  # its io.json
+
+
+def test_a_directory_without_manifest_has_no_kind(tmp_path):
+    (tmp_path / "foreign" / "1").mkdir(parents=True)
+    (tmp_path / "foreign" / "config.pbtxt").write_text('name: "foreign"\n')
+
+    assert model_kind(tmp_path / "foreign") is None
+    assert model_kind(tmp_path / "absent") is None
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"model": "m", "version": 1}, "KeyError: 'sha256'"),
+        ({"model": "m", "version": 1, "sha256": []}, "'sha256' is list, expected a dict"),
+        ({"model": "m", "version": 1, "sha256": {}, "kind": "router"}, "'kind' is 'router', expected one of"),
+    ],
+)
+def test_a_malformed_manifest_raises_manifest_error_naming_the_field(data, message):
+    with pytest.raises(ManifestError, match=message):
+        ModelManifest.from_dict(data)
+
+
+def test_a_missing_manifest_raises_manifest_error_saying_to_export_again(tmp_path):
+    with pytest.raises(ManifestError, match=r"manifest.json: missing; export the model again"):
+        read_manifest(tmp_path)
+
+
+def test_an_unknown_kind_is_refused_when_building_a_manifest(tmp_path):
+    with pytest.raises(ManifestError, match=r"^kind: expected one of \['graph', 'entry', 'step', 'ensemble'\], got 'router'"):
+        build_manifest(tmp_path, model="m", version=1, kind="router", source="test")
+
+
+def test_the_device_of_a_cpu_backend_is_cpu_and_a_cuda_one_records_cuda_facts():
+    assert device_info("cpu") == DeviceInfo("cpu")
+    cuda = device_info("cuda:0")
+    assert cuda.is_cuda and cuda.device == "cuda:0"
+    assert cuda.cuda_version == torch.version.cuda
+    if torch.cuda.is_available():
+        assert cuda.gpu_name == torch.cuda.get_device_name(0)
+        assert cuda.compute_capability == "{}.{}".format(*torch.cuda.get_device_capability(0))
+    else:
+        assert cuda.gpu_name is None and cuda.compute_capability is None
+
+
+def test_a_half_precision_backend_option_is_the_manifest_precision(tmp_path):
+    (tmp_path / "model.py").write_text("")
+    manifest = build_manifest(tmp_path, model="m", version=1, kind="graph", source="test",
+                              backend={"name": "aoti", "options": {"precision": "fp16"}, "device": "cpu"})
+
+    assert manifest.precision == "fp16" and manifest.backend == "aoti"
+    assert list(manifest.sha256) == ["model.py"]
