@@ -391,10 +391,13 @@ def refuse_kind_collision(repository: Path, name: str, kind: str) -> None:
     existing = model_kind(model_dir)
     if existing == kind:
         return
-    what = f"a {existing} model" if existing else "a model without an aitune_triton manifest (written by hand or another tool)"
+    def a(kind: str) -> str:
+        return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} model"
+
+    what = a(existing) if existing else "a model without an aitune_triton manifest (written by hand or another tool)"
     if not model_dir.is_dir():
         what = "a file"
     raise ExportError(
-        f"{name}: {model_dir} already holds {what}; this export would write a {kind} model there. "
+        f"{name}: {model_dir} already holds {what}; this export would write {a(kind)} there. "
         f"Export under another name (--name / Module name), or remove {model_dir} first."
     )
