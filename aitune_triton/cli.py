@@ -51,8 +51,10 @@ def main() -> None:
 @click.option("--entry-instance-count", default=4, show_default=True, type=int,
               help="Instances of the entry (router) model: how many requests through it run at once.")
 @click.option("--quiet", is_flag=True, help="Print only the result, no progress lines.")
+@click.option("--dry-run", is_flag=True, help="Print the planned tree (files with sizes) and every config.pbtxt; "
+              "write nothing.")
 def export(checkpoint: Path, repository: Path, name: str | None, instance_count: int, instance_kind: str,
-           max_queue_delay_microseconds: int, entry_instance_count: int, quiet: bool) -> None:
+           max_queue_delay_microseconds: int, entry_instance_count: int, quiet: bool, dry_run: bool) -> None:
     """Export CHECKPOINT (written by aitune_triton.save) to a Triton model repository.
 
     Writes one Python-backend graph model per tuned graph spec and an entry model named after
@@ -70,10 +72,18 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
         options = TritonModelOptions(
             instance_count, instance_kind, max_queue_delay_microseconds, entry_instance_count=entry_instance_count
         )
-        result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet)
+        if dry_run:
+            plan = export_checkpoint(checkpoint, repository, name=name, options=options, dry_run=True)
+        else:
+            result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet)
     except AITuneTritonError as error:
         message = str(error).replace(LEAVE_OUT_NAME, "Drop --name.")
         raise click.ClickException(message) from error
+    if dry_run:
+        console.print(plan.tree(), markup=False)
+        for planned in plan.models:
+            console.print(f"\n# {planned.name}/config.pbtxt\n{planned.config_text}", markup=False)
+        return
     table = Table(title=f"Exported to {result.repository}")
     table.add_column("model")
     table.add_column("version", justify="right")
@@ -143,6 +153,57 @@ def serve(repository: Path, http_port: int | None, grpc_port: int | None, metric
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+@main.command()
+@click.argument("repository", type=click.Path(path_type=Path))
+@click.option("--load", is_flag=True, help="Also load every model in an embedded tritonserver and report READY or "
+              "the server's reason.")
+@click.option("--timeout-s", default=180.0, show_default=True, type=float,
+              help="With --load: seconds to wait for the server and for each model load.")
+def check(repository: Path, load: bool, timeout_s: float) -> None:
+    """Check REPOSITORY before serving it: every config.pbtxt against the ModelConfig schema, each
+    version's files against its manifest.json (missing, extra, SHA-256), config tensors against the
+    manifest's IO mapping, artifacts against this machine (GPU, TensorRT), entry model routes
+    against the graph model versions present.
+
+    Prints a table per model (OK / WARN / ERROR); exits with status 1 when any finding is an ERROR.
+    """
+    from aitune_triton.triton.check import check_repository, report_tables
+
+    try:
+        report = check_repository(repository, load=load, timeout_s=timeout_s, show_progress=load)
+    except AITuneTritonError as error:
+        raise _fail(error) from error
+    for table in report_tables(report):
+        console.print(table)
+    errors = sum(1 for _ in report.findings("ERROR"))
+    if errors:
+        raise click.ClickException(f"{errors} error(s) in {report.repository}.")
+    console.print(f"{report.repository}: no errors ({sum(1 for _ in report.findings('WARN'))} warning(s)).")
+
+
+@main.command("analyze-config")
+@click.argument("repository", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output_dir", default=None, type=click.Path(path_type=Path),
+              help="Directory to write one ENTRY_MODEL.model_analyzer.yaml per entry model into.")
+def analyze_config(repository: Path, output_dir: Path | None) -> None:
+    """Write Triton Model Analyzer configs for REPOSITORY's entry models and print the equivalent
+    perf_analyzer command lines (input shapes: the largest recorded; BLS composing models: the
+    graph models each entry model routes to).
+    """
+    from aitune_triton.triton.analyze import analyze_config as analyze
+
+    try:
+        configs = analyze(repository, output_dir)
+    except AITuneTritonError as error:
+        raise _fail(error) from error
+    for config in configs:
+        where = f" -> {config.path}" if config.path else ""
+        console.print(f"# {config.entry_model} (shapes of {config.graph_model}){where}", markup=False)
+        if config.path is None:
+            console.print(config.yaml(), markup=False)
+        console.print(config.perf_analyzer_command, markup=False)
 
 
 @main.command()

@@ -39,7 +39,7 @@ def test_the_group_help_lists_every_command_and_option(runner):
     result = runner.invoke(main, ["--help"])
 
     assert result.exit_code == 0
-    for word in ("export", "serve", "inspect", "describe", "--version", "--help", "-h"):
+    for word in ("export", "serve", "inspect", "describe", "check", "analyze-config", "--version", "--help", "-h"):
         assert word in result.output
     assert runner.invoke(main, ["-h"]).output == result.output
 
@@ -49,7 +49,7 @@ def test_the_group_help_lists_every_command_and_option(runner):
     [
         (
             "export",
-            {"-o", "--output", "--name", "--instance-count", "--instance-kind", "--max-queue-delay-microseconds", "--entry-instance-count", "--quiet", "--help"},
+            {"-o", "--output", "--name", "--instance-count", "--instance-kind", "--max-queue-delay-microseconds", "--entry-instance-count", "--quiet", "--dry-run", "--help"},
         ),
         (
             "serve",
@@ -57,6 +57,8 @@ def test_the_group_help_lists_every_command_and_option(runner):
         ),
         ("inspect", {"--help"}),
         ("describe", {"--json", "--help"}),
+        ("check", {"--load", "--timeout-s", "--help"}),
+        ("analyze-config", {"-o", "--output", "--help"}),
     ],
 )
 def test_each_command_help_mentions_every_option_it_takes(runner, command, expected):
@@ -67,7 +69,8 @@ def test_each_command_help_mentions_every_option_it_takes(runner, command, expec
     # And every option the command really has is in that list.
     declared = {opt for param in main.commands[command].params for opt in getattr(param, "opts", []) if opt.startswith("-")}
     assert declared | {"--help"} <= expected
-    argument = {"export": "CHECKPOINT", "serve": "REPOSITORY", "inspect": "CHECKPOINT", "describe": "CHECKPOINT"}[command]
+    argument = {"export": "CHECKPOINT", "serve": "REPOSITORY", "inspect": "CHECKPOINT", "describe": "CHECKPOINT",
+                "check": "REPOSITORY", "analyze-config": "REPOSITORY"}[command]
     assert argument in result.output
 
 

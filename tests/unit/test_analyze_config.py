@@ -1,0 +1,113 @@
+"""analyze_config / `aitune-triton analyze-config`: Model Analyzer YAML and perf_analyzer command lines from a real export."""
+
+from __future__ import annotations
+
+import shlex
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from repo_helpers import fast_onnxruntime, tuned_two_spec_net
+
+import aitune_triton
+from aitune_triton.cli import main
+from aitune_triton.errors import InvalidArgumentError
+from aitune_triton.triton.analyze import analyze_config
+from aitune_triton.triton.exporter import export
+
+NAME = "test_analyze_net"
+TOKENS = "test_analyze_tokens"
+
+
+class TokenNet(torch.nn.Module):
+    """Token ids (int64) of a dynamic length into an embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(20, 4)
+
+    def forward(self, ids: torch.Tensor):
+        return self.embedding(ids).sum(1)
+
+
+def _parse(text: str):
+    """The YAML parsed with PyYAML when installed, else as the JSON analyze_config writes then."""
+    try:
+        import yaml
+    except ImportError:
+        return json.loads(text)
+    return yaml.safe_load(text)
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    """NAME (graph_0: x [1..5, 8], y [1..5, 4]; graph_1: x) and TOKENS (ids [1..3, 2..7]) in one repository."""
+    root = tmp_path_factory.mktemp("analyze")
+    export(tuned_two_spec_net(NAME, root), root / "repo", show_progress=False)
+    tokens = aitune_triton.Module(TokenNet().eval(), name=TOKENS, strategy=fast_onnxruntime(), cache_dir=root / "cache")
+    with torch.no_grad():
+        for batch, length in ((1, 2), (3, 7), (2, 5)):
+            tokens(torch.randint(0, 20, (batch, length)))
+    tokens.tune()
+    export(tokens, root / "repo", show_progress=False)
+    return root / "repo"
+
+
+def test_the_yaml_parses_and_holds_the_largest_shapes_and_the_composing_models(repository, tmp_path):
+    configs = analyze_config(repository, tmp_path / "ma")
+
+    assert [c.entry_model for c in configs] == [NAME, TOKENS]
+    config = configs[0]
+    assert config.path == tmp_path / "ma" / f"{NAME}.model_analyzer.yaml"
+    loaded = _parse(config.path.read_text())
+    assert loaded == {
+        "model_repository": str(repository),
+        "profile_models": {NAME: {"perf_analyzer_flags": {"shape": ["x:5,8", "y:5,4"]}, "cpu_only": True}},
+        "bls_composing_models": f"{NAME}.graph_0,{NAME}.graph_1",
+    }
+    assert config.graph_model == f"{NAME}.graph_0"  # the graph spec with the most inputs
+
+
+def test_integer_inputs_get_zero_input_data_and_their_dynamic_axes_the_largest_size(repository):
+    config = {c.entry_model: c for c in analyze_config(repository)}[TOKENS]
+
+    flags = _parse(config.yaml())["profile_models"][TOKENS]["perf_analyzer_flags"]
+    assert flags == {"shape": ["ids:3,7"], "input-data": "zero"}
+
+
+def test_the_perf_analyzer_command_names_the_model_shapes_and_pinned_composing_versions(repository):
+    config = analyze_config(repository)[0]
+
+    assert shlex.split(config.perf_analyzer_command) == [
+        "perf_analyzer", "-m", NAME, "--shape", "x:5,8", "--shape", "y:5,4",
+        f"--bls-composing-models={NAME}.graph_0:1,{NAME}.graph_1:1",
+    ]
+
+
+def test_the_command_prints_one_perf_analyzer_line_per_entry_model_and_writes_the_files(repository, tmp_path):
+    result = CliRunner(env={"COLUMNS": "240"}).invoke(main, ["analyze-config", str(repository), "-o", str(tmp_path / "out")])
+
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("perf_analyzer ")]
+    assert [shlex.split(line)[2] for line in lines] == [NAME, TOKENS]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{NAME}.model_analyzer.yaml", f"{TOKENS}.model_analyzer.yaml"]
+
+
+def test_without_output_the_command_prints_the_yaml(repository):
+    result = CliRunner(env={"COLUMNS": "240"}).invoke(main, ["analyze-config", str(repository)])
+
+    assert result.exit_code == 0, result.output
+    assert "bls_composing_models" in result.output and f"{NAME}.graph_0,{NAME}.graph_1" in result.output
+    assert "model_repository" in result.output
+
+
+def test_a_repository_without_entry_models_is_refused_naming_the_argument(tmp_path):
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "config.pbtxt").write_text('name: "m"\n')
+
+    with pytest.raises(InvalidArgumentError, match=r"^repository: .* holds no entry model"):
+        analyze_config(tmp_path)
+    result = CliRunner().invoke(main, ["analyze-config", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "Error: repository: " in result.output and "is not a directory" in result.output
