@@ -297,7 +297,9 @@ def _load_models(repository: Path, checks: list[ModelCheck], timeout_s: float, s
                 try:
                     client.load_model(check.name)
                 except InferenceServerException as error:
-                    check.add(ERROR, f"load: the server refused it: {error.message()}")
+                    # The server's reason; a Python-backend traceback ("At: ...") is left in the log.
+                    reason = str(error.message()).split("\n\nAt:\n", 1)[0].strip()
+                    check.add(ERROR, f"load: the server refused it: {reason}")
                     continue
                 if client.is_model_ready(check.name):
                     check.add(OK, "load: READY")
@@ -320,8 +322,9 @@ def check_repository(
         show_progress: With ``load``: print the server's start progress to stderr.
 
     Returns:
-        The :class:`CheckReport`; ``report.ok`` is False when any finding is an ERROR. Models
-        without findings get one ``OK`` finding.
+        The :class:`CheckReport`; ``report.ok`` is False when any finding is an ERROR. A model
+        whose files pass gets an ``OK`` finding, and with ``load`` a ``load: READY`` (OK) or
+        ``load: the server refused it: <the server's reason>`` (ERROR) one.
 
     Raises:
         InvalidArgumentError: ``path`` is not a directory or holds no model directory.
@@ -334,11 +337,11 @@ def check_repository(
     if not model_dirs:
         raise InvalidArgumentError(f"path: {repository} holds no model directory; export a model into it first.")
     checks = [_check_model(repository, model_dir) for model_dir in model_dirs]
-    if load:
-        _load_models(repository, checks, timeout_s, show_progress)
     for check in checks:
         if not check.findings:
             check.add(OK, "files, config.pbtxt and manifest agree" if check.kind else "config.pbtxt parses")
+    if load:
+        _load_models(repository, checks, timeout_s, show_progress)
     return CheckReport(repository, checks, loaded=load)
 
 

@@ -1,0 +1,58 @@
+"""`check --load`: a real tritonserver loads every model of a real export and says READY or why not."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from repo_helpers import tuned_two_spec_net
+from triton_helpers import require_tritonserver
+
+from aitune_triton.cli import main
+from aitune_triton.triton.check import ERROR, OK, check_repository
+from aitune_triton.triton.exporter import export
+
+pytestmark = pytest.mark.triton
+
+NAME = "test_check_load_net"
+MODELS = [NAME, f"{NAME}.graph_0", f"{NAME}.graph_1"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    require_tritonserver()
+    root = tmp_path_factory.mktemp("check_load")
+    export(tuned_two_spec_net(NAME, root), root / "pristine", show_progress=False)
+    return root / "pristine"
+
+
+def test_loading_a_good_export_reports_every_model_ready(exported):
+    report = check_repository(exported, load=True, timeout_s=120)
+
+    assert report.ok and report.loaded
+    for model in MODELS:
+        assert [(f.severity, f.message) for f in report.model(model).findings] == [
+            (OK, "files, config.pbtxt and manifest agree"), (OK, "load: READY")
+        ]
+
+
+def test_loading_a_corrupted_artifact_reports_the_servers_own_reason(exported, tmp_path):
+    repository = shutil.copytree(exported, tmp_path / "repo")
+    artifact = repository / f"{NAME}.graph_1" / "1" / "model.onnx"
+    data = bytearray(artifact.read_bytes())
+    data[-10] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+
+    result = CliRunner(env={"COLUMNS": "400"}).invoke(main, ["check", str(repository), "--load", "--timeout-s", "120"])
+
+    assert result.exit_code == 1, result.output
+    report = check_repository(repository)  # the same static findings, as the table showed them
+    assert [f.message.split(":")[0] for f in report.model(f"{NAME}.graph_1").findings if f.severity == ERROR] == ["model.onnx"]
+    text = re.sub(r"[\s│]+", " ", result.output)  # table cells unwrapped
+    # The server's reason: the load failed in the generated model.py's own SHA-256 check.
+    assert f"load: the server refused it: load failed for model '{NAME}.graph_1'" in text
+    assert "SHA-256 mismatch, expected" in text and "(manifest.json)" in text
+    assert text.count("load: READY") == 2  # the entry model and graph_0 still load
+    assert f"{NAME}.graph_1 (graph): ERROR" in text and f"{NAME} (entry): OK" in text
