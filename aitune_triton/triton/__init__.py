@@ -1,12 +1,29 @@
 """The Triton layer: IO mapping, model configurations, repository export, server and client.
 
 ``TritonServer`` is importable from here (``aitune_triton.triton.TritonServer``); ``export`` and
-``RemoteModule`` too, and from the package root.
+``RemoteModule`` too, and from the package root; the repository tools ``check_repository`` and
+``analyze_config`` from here.
 """
 
+from aitune_triton.triton.analyze import AnalyzerConfig, analyze_config
+from aitune_triton.triton.check import CheckReport, check_repository
 from aitune_triton.triton.client import RemoteModule
 from aitune_triton.triton.config import TritonModelOptions
+from aitune_triton.triton.dry_run import ExportPlan
 from aitune_triton.triton.exporter import ExportResult, export
+from aitune_triton.triton.manifest import ModelManifest
 from aitune_triton.triton.server import TritonServer
 
-__all__ = ["ExportResult", "RemoteModule", "TritonModelOptions", "TritonServer", "export"]
+__all__ = [
+    "AnalyzerConfig",
+    "CheckReport",
+    "ExportPlan",
+    "ExportResult",
+    "ModelManifest",
+    "RemoteModule",
+    "TritonModelOptions",
+    "TritonServer",
+    "analyze_config",
+    "check_repository",
+    "export",
+]

@@ -162,10 +162,13 @@ def _next_version(model_dir: Path) -> int:
 
 def _write_manifest(version_dir: Path, source: str, extra: dict[str, Any], **fields: Any) -> None:
     """Write ``version_dir/manifest.json`` (:mod:`aitune_triton.triton.manifest`); ``extra`` holds
-    ``model``, ``version`` and optionally ``kind`` (default ``"graph"``); ``fields`` go to
+    ``model``, ``version``, optionally ``kind`` (default ``"graph"``) and any fields of the kind's
+    own (kept as top-level fields); ``fields`` go to
     :func:`~aitune_triton.triton.manifest.build_manifest` (``config``, ``backend``, ``graph``)."""
+    own = {key: value for key, value in extra.items() if key not in ("model", "version", "kind")}
     build_manifest(
-        version_dir, model=extra["model"], version=extra["version"], kind=extra.get("kind", "graph"), source=source, **fields
+        version_dir, model=extra["model"], version=extra["version"], kind=extra.get("kind", "graph"), source=source,
+        extra=own, **fields,
     ).write(version_dir)
 
 

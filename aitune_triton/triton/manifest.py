@@ -179,6 +179,7 @@ class ModelManifest:
         sha256: File name -> hex SHA-256 of every file of the version directory but this one.
             Generated ``model.py`` files read this field.
         format_version: :data:`MANIFEST_FORMAT` of the writer (0: an older export).
+        extra: Any other top-level fields (a kind's own data, say), kept as they are.
     """
 
     model: str
@@ -196,10 +197,12 @@ class ModelManifest:
     max_batch_size: int = 0
     graph: dict[str, Any] | None = None
     format_version: int = MANIFEST_FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form (what ``manifest.json`` holds)."""
         return {
+            **self.extra,
             "format_version": self.format_version,
             "model": self.model,
             "version": self.version,
@@ -252,6 +255,7 @@ class ModelManifest:
                 max_batch_size=int(data.get("max_batch_size", 0)),
                 graph=data.get("graph"),
                 format_version=int(data.get("format_version", 0)),
+                extra={key: value for key, value in data.items() if key not in _FIELDS},
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ManifestError(f"manifest: {type(error).__name__}: {error}; export the model again.") from None
@@ -261,6 +265,9 @@ class ModelManifest:
         path = version_dir / MANIFEST_FILE
         path.write_text(self.to_json())
         return path
+
+
+_FIELDS = frozenset(ModelManifest.__dataclass_fields__) - {"extra"}
 
 
 def build_manifest(
@@ -274,6 +281,7 @@ def build_manifest(
     backend: dict[str, Any] | None = None,
     graph: dict[str, Any] | None = None,
     sha256: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> ModelManifest:
     """The manifest of a model version about to be published.
 
@@ -289,6 +297,7 @@ def build_manifest(
             ``options["precision"]`` (default ``"fp32"``) and device.
         graph: The graph spec description (``GraphSpec.to_dict()``).
         sha256: File name -> digest, instead of hashing ``version_dir``.
+        extra: More top-level fields for the manifest (kept by :meth:`ModelManifest.from_dict`).
 
     Raises:
         ManifestError: ``kind`` is not one of :data:`KINDS`, or neither ``version_dir`` nor
@@ -316,6 +325,7 @@ def build_manifest(
         outputs=outputs,
         max_batch_size=config.max_batch_size if config is not None else 0,
         graph=graph,
+        extra=dict(extra or {}),
     )
 
 

@@ -140,3 +140,14 @@ def test_a_half_precision_backend_option_is_the_manifest_precision(tmp_path):
 
     assert manifest.precision == "fp16" and manifest.backend == "aoti"
     assert list(manifest.sha256) == ["model.py"]
+
+
+def test_fields_of_a_kind_of_its_own_survive_the_round_trip(tmp_path):
+    (tmp_path / "model.py").write_text("")
+    manifest = build_manifest(tmp_path, model="m", version=3, kind="ensemble", source="test", extra={"steps": ["a", "b"]})
+
+    manifest.write(tmp_path)
+    again = read_manifest(tmp_path)
+
+    assert again == manifest
+    assert json.loads((tmp_path / "manifest.json").read_text())["steps"] == ["a", "b"]
