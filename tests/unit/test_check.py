@@ -150,6 +150,29 @@ def test_a_tensorrt_plan_built_with_another_tensorrt_version_is_an_error(reposit
     assert any(m.startswith("TensorRT plan built with TensorRT 0.0.1; this machine has") for m in _messages(report, GRAPH, ERROR))
 
 
+def test_an_aoti_package_built_with_another_torch_is_a_warning(repository):
+    path = repository / GRAPH / "1" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    _edit_manifest(repository, backend="aoti", versions={**manifest["versions"], "torch": "2.0.0"})
+
+    report = check_repository(repository)
+
+    assert report.ok
+    [message] = _messages(report, GRAPH, WARN)
+    assert message.startswith(f"aoti package built with torch 2.0.0; torch here is {torch.__version__}.")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compares with this machine's GPU")
+def test_an_aoti_model_tuned_on_a_gpu_of_another_compute_capability_is_an_error(repository):
+    _edit_manifest(repository, backend="aoti", device={"device": "cuda:0", "gpu_name": "Old GPU", "compute_capability": "1.0",
+                                                       "cuda_version": torch.version.cuda})
+
+    report = check_repository(repository)
+
+    assert any("compute capability 1.0" in m and "tune again on this GPU" in m for m in _messages(report, GRAPH, ERROR))
+
+
 def test_a_manifest_that_is_not_json_is_an_error(repository):
     (repository / GRAPH / "1" / "manifest.json").write_text("{not json")
 
