@@ -9,8 +9,8 @@ For every model directory of the repository:
 * the latest version's manifest IO mapping (names, dtypes, dims, ``max_batch_size``) matches
   ``config.pbtxt`` (Triton serves a configuration against the latest version's files);
 * the artifact fits this machine: tuned on a GPU of another compute capability, or a TensorRT
-  plan for another TensorRT version, is an error; a CUDA model on a machine without CUDA is a
-  warning; an AOTInductor package of another torch version is a warning;
+  plan for another TensorRT version, is an error; a CUDA model (or KIND_GPU instances) on a
+  machine without CUDA is a warning; an AOTInductor package of another torch version is a warning;
 * an entry model's routes point at graph model versions that exist and whose ``io.json`` is the
   IO mapping the routes hold.
 
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from aitune_triton.errors import InvalidArgumentError
 from aitune_triton.triton.config import ROUTES_PARAMETER, read_model_config
@@ -275,6 +276,12 @@ def _check_model(repository: Path, model_dir: Path) -> ModelCheck:
                 check.add(ERROR, f"config.pbtxt: {problem}; the served model.py expects the manifest's. Export again.",
                           versions[-1])
         _check_environment(check, latest_manifest, versions[-1])
+    if config is not None and any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in config.instance_group):
+        import torch
+
+        if not torch.cuda.is_available() and not (latest_manifest is not None and latest_manifest.device.is_cuda):
+            check.add(WARN, "config.pbtxt: KIND_GPU instances, but this machine has no CUDA: a server here cannot "
+                            "create them. Export with --instance-kind cpu to serve it here.")
     if config is not None and ROUTES_PARAMETER in config.parameters:
         _check_routes(check, repository, config)
     return check

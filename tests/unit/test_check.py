@@ -142,6 +142,20 @@ def test_a_model_tuned_on_a_gpu_is_a_warning_on_a_machine_without_cuda(repositor
     assert message.startswith("tuned on cuda:0 (NVIDIA H100 80GB HBM3, compute capability 9.0), but this machine has no CUDA")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="KIND_GPU instances can be created here")
+def test_gpu_instances_on_a_machine_without_cuda_are_a_warning(repository):
+    config = repository / GRAPH / "config.pbtxt"
+    config.write_text(config.read_text().replace("kind: KIND_CPU", "kind: KIND_GPU", 1))
+
+    report = check_repository(repository)
+
+    assert report.ok
+    assert _messages(report, GRAPH, WARN) == [
+        "config.pbtxt: KIND_GPU instances, but this machine has no CUDA: a server here cannot create them. "
+        "Export with --instance-kind cpu to serve it here."
+    ]
+
+
 def test_a_tensorrt_plan_built_with_another_tensorrt_version_is_an_error(repository):
     _edit_manifest(repository, backend="tensorrt", device={"device": "cpu", "tensorrt_version": "0.0.1"})
 
