@@ -51,8 +51,8 @@ from aitune_triton.triton.config import (
     router_model_config,
     write_model_config,
 )
-from aitune_triton.triton.io import ModelIO
 from aitune_triton.triton.dry_run import ExportPlan, build_plan
+from aitune_triton.triton.io import ModelIO
 from aitune_triton.triton.manifest import build_manifest, refuse_kind_collision
 
 __all__ = ["ExportPlan", "ExportResult", "export", "exportable_backends", "templates_dir"]
