@@ -50,9 +50,13 @@ def main() -> None:
               help="Dynamic batcher queue delay for models that batch (max_batch_size > 0).")
 @click.option("--entry-instance-count", default=4, show_default=True, type=int,
               help="Instances of the entry (router) model: how many requests through it run at once.")
+@click.option("--target", default="python", show_default=True, type=click.Choice(["python", "native"]),
+              help="python: every graph model is a Python-backend model. native: graph models whose backend declares a "
+                   "Triton backend of its own (onnxruntime: onnxruntime_onnx, aoti: torch_aoti) are served by it; the "
+                   "others stay Python-backend models (the reason is printed).")
 @click.option("--quiet", is_flag=True, help="Print only the result, no progress lines.")
 def export(checkpoint: Path, repository: Path, name: str | None, instance_count: int, instance_kind: str,
-           max_queue_delay_microseconds: int, entry_instance_count: int, quiet: bool) -> None:
+           max_queue_delay_microseconds: int, entry_instance_count: int, target: str, quiet: bool) -> None:
     """Export CHECKPOINT (written by aitune_triton.save) to a Triton model repository.
 
     Writes one Python-backend graph model per tuned graph spec and an entry model named after
@@ -70,16 +74,22 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
         options = TritonModelOptions(
             instance_count, instance_kind, max_queue_delay_microseconds, entry_instance_count=entry_instance_count
         )
-        result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet)
+        result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet, target=target)
     except AITuneTritonError as error:
         message = str(error).replace(LEAVE_OUT_NAME, "Drop --name.")
         raise click.ClickException(message) from error
     table = Table(title=f"Exported to {result.repository}")
     table.add_column("model")
     table.add_column("version", justify="right")
+    native = target == "native"
+    if native:
+        table.add_column("served by")
     for model, version in result.versions.items():
-        table.add_row(model + ("  (entry)" if model in result.entry_models.values() else ""), str(version))
+        row = [model + ("  (entry)" if model in result.entry_models.values() else ""), str(version)]
+        table.add_row(*row, *([result.targets.get(model, "python")] if native else []))
     console.print(table)
+    for model, reason in result.python_reasons.items():
+        console.print(f"{model} stays a Python-backend model: {reason}", markup=False)
 
 
 @main.command()

@@ -31,7 +31,7 @@ import collections
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from aitune_triton.triton.config import (
     write_model_config,
 )
 from aitune_triton.triton.io import ModelIO
+from aitune_triton.triton.native import ExportTarget, plan_native
 
 __all__ = ["ExportResult", "export", "exportable_backends", "templates_dir"]
 
@@ -76,12 +77,17 @@ class ExportResult:
             RemoteModule.
         graph_models: Names of the graph models, of every module.
         versions: Model name -> version directory written.
+        targets: Graph model name -> ``"native"`` (served by a Triton backend of its own) or
+            ``"python"`` (a generated Python-backend model).
+        python_reasons: Graph model name -> why it stayed a Python-backend model in a native export.
     """
 
     repository: Path
     entry_models: dict[str, str]
     graph_models: list[str]
     versions: dict[str, int]
+    targets: dict[str, str] = field(default_factory=dict)
+    python_reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def entry_model(self) -> str:
@@ -171,6 +177,7 @@ def export(
     name: str | None = None,
     options: TritonModelOptions | None = None,
     show_progress: bool = True,
+    target: ExportTarget | str = ExportTarget.PYTHON,
 ) -> ExportResult:
     """Write a tuned module as Triton models: one graph model per graph spec plus an entry model.
 
@@ -186,6 +193,12 @@ def export(
             Only for a checkpoint holding one module.
         options: Instance group and dynamic batching options.
         show_progress: Print progress lines to stderr.
+        target: ``"python"`` (:attr:`ExportTarget.PYTHON`): every graph model is a Python-backend
+            model. ``"native"``: a graph spec whose backend declares a Triton backend of its own
+            (``triton_native``: ONNX Runtime, AOTInductor) is served by it, with the artifact's
+            tensor names; the others stay Python-backend models, with the reason in the progress
+            lines, :attr:`ExportResult.python_reasons` and their manifest (see
+            :mod:`aitune_triton.triton.native`).
 
     Returns:
         What was written (:class:`ExportResult`).
@@ -196,9 +209,11 @@ def export(
             graph specs. Nothing is written.
         CheckpointError: the checkpoint is missing or fails verification. Nothing is written.
         InvalidNameError: ``name`` is not a valid model name (``/``, leading ``.``...).
+        InvalidArgumentError: ``target`` is not ``"python"`` or ``"native"``.
         ExportError: also when ``repository`` is an existing file, when ``name`` is given for a
             checkpoint of several modules, or when two exported modules would share a model name.
     """
+    target = ExportTarget.parse(target)
     entries, source = _descriptions(module_or_checkpoint)
     if name is not None and len(entries) > 1:
         raise ExportError(
@@ -216,7 +231,7 @@ def export(
             entry_name = validate_model_name(name, "name")
         else:
             entry_name = validate_model_name(description["name"], f"module name at '{path}'" if path else "module name")
-        planned = _plan(description, entry_name, options, repository)
+        planned = _plan(description, entry_name, options, repository, target)
         graph_models += planned[:-1]
         entry_models[path] = planned[-1]
     models = graph_models + list(entry_models.values())  # graph models first, the entry models last
@@ -242,6 +257,8 @@ def export(
         {path: model.name for path, model in entry_models.items()},
         [m.name for m in graph_models],
         {m.name: m.version for m in models},
+        {m.name: m.manifest["target"] for m in graph_models},
+        {m.name: m.manifest["reason"] for m in graph_models if "reason" in m.manifest},
     )
 
 
@@ -253,6 +270,8 @@ class _PlannedModel:
     files: dict[str, str]  # file name -> text
     artifact: Path | None
     summary: str
+    artifact_name: str | None = None  # file name in the version directory; default the artifact's own
+    manifest: dict[str, Any] = field(default_factory=dict)  # more manifest.json fields
 
     def write(self, model_dir: Path, source: str) -> None:
         version_dir = model_dir / str(self.version)
@@ -262,12 +281,14 @@ class _PlannedModel:
         if self.artifact is not None:
             if not self.artifact.is_file():
                 raise ExportError(f"{self.name}: artifact {self.artifact} does not exist (was the tuning cache cleared?).")
-            shutil.copyfile(self.artifact, version_dir / self.artifact.name)
-        _write_manifest(version_dir, source, {"model": self.name, "version": self.version})
+            shutil.copyfile(self.artifact, version_dir / (self.artifact_name or self.artifact.name))
+        _write_manifest(version_dir, source, {"model": self.name, "version": self.version, **self.manifest})
         write_model_config(self.config, model_dir / "config.pbtxt")
 
 
-def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, repository: Path) -> list[_PlannedModel]:
+def _plan(
+    description: dict[str, Any], name: str, options: TritonModelOptions, repository: Path, target: ExportTarget = ExportTarget.PYTHON
+) -> list[_PlannedModel]:
     """Build every configuration and file in memory, so that invalid input fails before writing.
 
     The entry model's routes pin each graph model's version: if an interrupted export left newer
@@ -291,6 +312,25 @@ def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, r
             )
         model_name = f"{name}.{graph['name']}"
         io = ModelIO.from_graph(model_name, graph, backend, _next_version(repository / model_name))
+        manifest: dict[str, Any] = {"target": ExportTarget.PYTHON.value}
+        if target is ExportTarget.NATIVE:
+            native = plan_native(io, graph, backend, options)
+            if native.model is not None:
+                ios.append(native.model.io)
+                planned.append(
+                    _PlannedModel(
+                        name=io.model_name,
+                        version=io.version,
+                        config=native.model.config,
+                        files={"io.json": native.model.io.to_json() + "\n"},
+                        artifact=Path(backend["artifacts"]["model"]),
+                        summary=f"{backend['name']}, native {native.model.target.label}, max_batch_size {io.max_batch_size}",
+                        artifact_name=native.model.target.default_model_filename,
+                        manifest=native.model.manifest,
+                    )
+                )
+                continue
+            manifest["reason"] = native.reason
         ios.append(io)
         model_py = environment.get_template("graph_model.py.j2").render(
             version=aitune_version(), module_name=name, graph=graph["name"], artifact=io.artifact, runtime=runtime,
@@ -303,7 +343,9 @@ def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, r
                 config=graph_model_config(io, options, backend.get("device", "cpu")),
                 files={"model.py": model_py, "io.json": io.to_json() + "\n", CONTRACT_FILE: contract_source},
                 artifact=Path(backend["artifacts"]["model"]),
-                summary=f"{backend['name']}, max_batch_size {io.max_batch_size}",
+                summary=f"{backend['name']}, max_batch_size {io.max_batch_size}"
+                + (f", Python backend: {manifest['reason']}" if "reason" in manifest else ""),
+                manifest=manifest,
             )
         )
     routes = {
