@@ -62,7 +62,9 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
     Writes one Python-backend graph model per tuned graph spec and an entry model named after
     the module; a checkpoint of a model or pipeline holding several wrapped submodules gives each
     its own entry and graph models, named after its stored name. Each export adds a new version
-    directory, existing versions are never rewritten.
+    directory, existing versions are never rewritten. With --target native, graph models whose
+    backend declares a Triton backend of its own are served by it (the table says which), the
+    others stay Python-backend models and a line says why.
     Exits with status 1 and an "Error:" line (nothing written) when the checkpoint is missing or
     fails verification, a name is invalid, or a graph spec cannot be served.
     """

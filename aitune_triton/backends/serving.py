@@ -10,6 +10,9 @@ backend matches config tensors to the ONNX graph's input and output names, and i
 backend, which does not name tensors, takes ``INPUT__<i>`` / ``OUTPUT__<i>`` in argument order
 (Triton PyTorch backend docs, "Naming convention"). The platform names and default file names
 below are the ones Triton's core knows (model configuration docs, "Platform and backend").
+``torch_aoti`` needs a Triton whose core knows that platform: the tritonserver 2.51 of
+nvidia-pytriton 0.7.0 refuses the model when it polls the repository ("unexpected 'platform' and
+'backend' pair"), while the entry model and the other models still load.
 """
 
 from __future__ import annotations

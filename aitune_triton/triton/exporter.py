@@ -17,6 +17,11 @@ stored Module name::
         1/model.py  1/io.json  1/model.pt2  1/manifest.json
         1/aitune_triton_contract.py  the input check model.py runs (a copy of aitune_triton/contract.py)
 
+With ``target="native"`` (:class:`~aitune_triton.triton.native.ExportTarget`), a graph model whose
+backend declares a Triton backend of its own (``Backend.triton_native``) is a model of that backend
+instead (``platform: "onnxruntime_onnx"`` + ``model.onnx``, ``platform: "torch_aoti"`` +
+``model.pt2``), with the artifact's own tensor names; see :mod:`aitune_triton.triton.native`.
+
 Writes never overwrite: each export adds a new version directory to each model (``2/``, ``3/``...)
 and replaces ``config.pbtxt`` atomically. Everything is built in a temporary directory next to
 the repository first and renamed into place, graph models before the entry model, so a failed

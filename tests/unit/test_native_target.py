@@ -296,3 +296,33 @@ def test_a_gpu_only_target_with_cpu_instances_is_refused_naming_instance_kind(or
     assert not (tmp_path / "repo").exists()
     result = export(module, tmp_path / "repo", target="native", show_progress=False)
     assert [g.kind for g in _config(result, f"{ORT_MODULE}.graph_0").instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+
+
+def test_a_graph_spec_whose_backend_declares_no_native_target_stays_a_python_backend_model(ort, tmp_path, monkeypatch):
+    """As eager and inductor do; here ONNX Runtime's declaration is taken away for the export."""
+    module, _, _ = ort
+    monkeypatch.setattr(OnnxRuntimeBackend, "triton_native", None)
+
+    result = export(module, tmp_path / "repo", target="native", show_progress=False)
+
+    reason = "backend 'onnxruntime' declares no Triton backend of its own (triton_native is None)"
+    assert result.targets == {model: "python" for model in result.graph_models}
+    assert result.python_reasons == {model: reason for model in result.graph_models}
+    for model in result.graph_models:
+        assert _config(result, model).backend == "python"
+        assert json.loads((result.repository / model / "1" / "manifest.json").read_text())["reason"] == reason
+    assert all("served_names" not in graph for graph in _routes(result, ORT_MODULE)["graphs"])
+
+
+def test_the_command_line_says_why_a_graph_model_stays_a_python_backend_model(ort, tmp_path, monkeypatch):
+    _, checkpoint, _ = ort
+    monkeypatch.setattr(OnnxRuntimeBackend, "triton_native", None)
+
+    result = CliRunner(env={"COLUMNS": "240"}).invoke(main, ["export", str(checkpoint), "-o", str(tmp_path / "repo"), "--target", "native", "--quiet"])
+
+    assert result.exit_code == 0, result.output
+    for graph in ("graph_0", "graph_1"):
+        assert (
+            f"{ORT_MODULE}.{graph} stays a Python-backend model: backend 'onnxruntime' declares no Triton backend of its own"
+            in result.output
+        )
