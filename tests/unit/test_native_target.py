@@ -160,6 +160,29 @@ def test_the_onnx_graph_inputs_and_outputs_are_the_config_inputs_and_outputs_nam
         assert onnx_outputs == [(t.name, mc.DataType.Name(t.data_type)) for t in config.output]
 
 
+def _full_shape(config: mc.ModelConfig, tensor) -> list[int]:
+    """The shape the model sees: the batch axis (-1) when the model batches, then reshape or dims."""
+    own = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
+    return ([-1] if config.max_batch_size > 0 else []) + own
+
+
+def test_the_onnx_graph_shapes_fit_the_config_shapes_axis_by_axis(ort):
+    """Where both fix an axis the sizes are equal; a dynamic axis (-1, or a symbol in ONNX) may meet either."""
+    _, _, result = ort
+
+    for model in result.graph_models:
+        config = _config(result, model)
+        graph = onnx.load(str(result.repository / model / "1" / "model.onnx")).graph
+        initializers = {i.name for i in graph.initializer}
+        values = [v for v in graph.input if v.name not in initializers] + list(graph.output)
+        for value, tensor in zip(values, list(config.input) + list(config.output)):
+            onnx_shape = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+            declared = _full_shape(config, tensor)
+            assert len(onnx_shape) == len(declared), (value.name, onnx_shape, declared)
+            assert all(a == b or -1 in (a, b) for a, b in zip(onnx_shape, declared)), (value.name, onnx_shape, declared)
+            assert onnx_shape[0] == -1  # the batch axis stays dynamic in the artifact
+
+
 def test_the_native_dims_and_batching_are_the_python_backend_models(ort, tmp_path):
     module, _, native = ort
     python = export(module, tmp_path / "repo", show_progress=False)
@@ -250,14 +273,14 @@ def test_the_aoti_package_takes_and_returns_what_its_config_declares(aoti):
     (model,) = result.graph_models
     config = _config(result, model)
     runner = torch._inductor.aoti_load_package(str(result.repository / model / "1" / "model.pt2"))
-    numpy_dtype = {"TYPE_FP32": torch.float32, "TYPE_INT64": torch.int64}
+    torch_dtype = {"TYPE_FP32": torch.float32, "TYPE_INT64": torch.int64}
 
-    inputs = [torch.randn(2, *t.dims).to(numpy_dtype[mc.DataType.Name(t.data_type)]) for t in config.input]
+    inputs = [torch.randn(2, *t.dims).to(torch_dtype[mc.DataType.Name(t.data_type)]) for t in config.input]
     outputs = runner(*inputs)
 
     assert len(outputs) == len(config.output)
     for output, declared in zip(outputs, config.output):
-        assert output.dtype == numpy_dtype[mc.DataType.Name(declared.data_type)]
+        assert output.dtype == torch_dtype[mc.DataType.Name(declared.data_type)]
         assert tuple(output.shape) == (2, *(declared.reshape.shape if declared.HasField("reshape") else declared.dims))
 
 
