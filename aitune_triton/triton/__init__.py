@@ -7,6 +7,7 @@
 from aitune_triton.triton.client import RemoteModule
 from aitune_triton.triton.config import TritonModelOptions
 from aitune_triton.triton.exporter import ExportResult, export
+from aitune_triton.triton.native import ExportTarget
 from aitune_triton.triton.server import TritonServer
 
-__all__ = ["ExportResult", "RemoteModule", "TritonModelOptions", "TritonServer", "export"]
+__all__ = ["ExportResult", "ExportTarget", "RemoteModule", "TritonModelOptions", "TritonServer", "export"]
