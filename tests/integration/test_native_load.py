@@ -163,7 +163,9 @@ def test_the_entry_model_refuses_a_batch_above_the_native_models_range_before_fo
 
 
 def test_the_entry_model_forwards_a_request_in_range_to_the_native_model_it_routes_to(native):
-    """The request passes the contract check and reaches graph_0 (onnxruntime_onnx), which is not loaded here."""
+    """The request passes the contract check, its tensors are renamed to the ONNX graph's (input_0, input_1), and
+    it reaches graph_0 (onnxruntime_onnx), which is not loaded here: a failure in the entry model would be its
+    own INTERNAL error instead."""
     _, _, client, _ = native
     inputs = []
     for name, shape in (("x", [3, 8]), ("y", [3, 4])):
