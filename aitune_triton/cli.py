@@ -50,17 +50,23 @@ def main() -> None:
               help="Dynamic batcher queue delay for models that batch (max_batch_size > 0).")
 @click.option("--entry-instance-count", default=4, show_default=True, type=int,
               help="Instances of the entry (router) model: how many requests through it run at once.")
+@click.option("--target", default="python", show_default=True, type=click.Choice(["python", "native"]),
+              help="python: every graph model is a Python-backend model. native: graph models whose backend declares a "
+                   "Triton backend of its own (onnxruntime: onnxruntime_onnx, aoti: torch_aoti) are served by it; the "
+                   "others stay Python-backend models (the reason is printed).")
 @click.option("--quiet", is_flag=True, help="Print only the result, no progress lines.")
 @click.option("--dry-run", is_flag=True, help="Print the planned tree (files with sizes) and every config.pbtxt; "
               "write nothing.")
 def export(checkpoint: Path, repository: Path, name: str | None, instance_count: int, instance_kind: str,
-           max_queue_delay_microseconds: int, entry_instance_count: int, quiet: bool, dry_run: bool) -> None:
+           max_queue_delay_microseconds: int, entry_instance_count: int, target: str, quiet: bool, dry_run: bool) -> None:
     """Export CHECKPOINT (written by aitune_triton.save) to a Triton model repository.
 
     Writes one Python-backend graph model per tuned graph spec and an entry model named after
     the module; a checkpoint of a model or pipeline holding several wrapped submodules gives each
     its own entry and graph models, named after its stored name. Each export adds a new version
-    directory, existing versions are never rewritten.
+    directory, existing versions are never rewritten. With --target native, graph models whose
+    backend declares a Triton backend of its own are served by it (the table says which), the
+    others stay Python-backend models and a line says why.
     Exits with status 1 and an "Error:" line (nothing written) when the checkpoint is missing or
     fails verification, a name is invalid, or a graph spec cannot be served.
     """
@@ -73,9 +79,9 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
             instance_count, instance_kind, max_queue_delay_microseconds, entry_instance_count=entry_instance_count
         )
         if dry_run:
-            plan = export_checkpoint(checkpoint, repository, name=name, options=options, dry_run=True)
+            plan = export_checkpoint(checkpoint, repository, name=name, options=options, dry_run=True, target=target)
         else:
-            result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet)
+            result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet, target=target)
     except AITuneTritonError as error:
         message = str(error).replace(LEAVE_OUT_NAME, "Drop --name.")
         raise click.ClickException(message) from error
@@ -87,9 +93,15 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
     table = Table(title=f"Exported to {result.repository}")
     table.add_column("model")
     table.add_column("version", justify="right")
+    native = target == "native"
+    if native:
+        table.add_column("served by")
     for model, version in result.versions.items():
-        table.add_row(model + ("  (entry)" if model in result.entry_models.values() else ""), str(version))
+        row = [model + ("  (entry)" if model in result.entry_models.values() else ""), str(version)]
+        table.add_row(*row, *([result.targets.get(model, "python")] if native else []))
     console.print(table)
+    for model, reason in result.python_reasons.items():
+        console.print(f"{model} stays a Python-backend model: {reason}", markup=False)
 
 
 @main.command()

@@ -12,6 +12,7 @@ from aitune_triton.backends.base import (
 from aitune_triton.backends.eager import EagerBackend
 from aitune_triton.backends.inductor import InductorBackend
 from aitune_triton.backends.onnxruntime import OnnxRuntimeBackend
+from aitune_triton.backends.serving import NativeTarget
 
 for _backend in (EagerBackend, OnnxRuntimeBackend, AOTInductorBackend, InductorBackend):
     register_backend(_backend)
@@ -23,6 +24,7 @@ __all__ = [
     "EagerBackend",
     "InductorBackend",
     "LoadContext",
+    "NativeTarget",
     "OnnxRuntimeBackend",
     "backend_names",
     "get_backend_class",

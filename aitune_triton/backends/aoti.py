@@ -9,6 +9,7 @@ import torch
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
 from aitune_triton.backends.flat import index_ranges, input_axes, quiet_export
 from aitune_triton.backends.precision import exported_at, half_precision_reason
+from aitune_triton.backends.serving import TORCH_AOTI_TARGET
 from aitune_triton.errors import BackendBuildError, BackendUnavailableError, InvalidArgumentError
 from aitune_triton.spec import CallStructure
 
@@ -41,6 +42,7 @@ class AOTInductorBackend(Backend):
 
     name = "aoti"
     triton_runtime = "aoti"
+    triton_native = TORCH_AOTI_TARGET
     artifact_names = {"model": "model.pt2"}
 
     def __init__(self, freezing: bool = False, precision: str = "fp32") -> None:

@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
+from aitune_triton.backends.serving import NativeTarget
 from aitune_triton.contract import IndexRange, InputContract
 from aitune_triton.errors import BackendUnavailableError, DuplicateBackendError, ModuleStateError, UnknownBackendError
 from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec
@@ -98,6 +99,9 @@ class Backend(abc.ABC):
     #: (``__init__(path, gpu, device_id, options)``, ``run(arrays)``, ``close()``), or None when the
     #: backend has no artifact Triton can load (eager).
     triton_runtime: ClassVar[str | None] = None
+    #: The Triton backend that loads this backend's artifact itself (``export(..., target="native")``),
+    #: or None when only a generated Python-backend model serves it (see :mod:`aitune_triton.backends.serving`).
+    triton_native: ClassVar[NativeTarget | None] = None
 
     def __init__(self, **options: Any):
         self.options = dict(options)

@@ -20,6 +20,7 @@ import torch
 
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
 from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, index_ranges, input_axes, quiet_export
+from aitune_triton.backends.serving import ONNX_RUNTIME_TARGET
 from aitune_triton.errors import BackendBuildError, BackendUnavailableError, InvalidArgumentError
 from aitune_triton.spec import CallStructure, GraphSpec
 
@@ -127,6 +128,7 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     triton_runtime = "onnxruntime"
+    triton_native = ONNX_RUNTIME_TARGET
     artifact_names = {"model": "model.onnx"}
 
     def __init__(

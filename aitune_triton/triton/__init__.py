@@ -12,6 +12,7 @@ from aitune_triton.triton.config import TritonModelOptions
 from aitune_triton.triton.dry_run import ExportPlan
 from aitune_triton.triton.exporter import ExportResult, export
 from aitune_triton.triton.manifest import ModelManifest
+from aitune_triton.triton.native import ExportTarget
 from aitune_triton.triton.server import TritonServer
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "CheckReport",
     "ExportPlan",
     "ExportResult",
+    "ExportTarget",
     "ModelManifest",
     "RemoteModule",
     "TritonModelOptions",

@@ -239,10 +239,12 @@ class RemoteModule:
         for tensor_io, tensor in zip(io.inputs, call.flat.tensors):
             array = np.ascontiguousarray(tensor.detach().cpu().numpy())
             array = array.reshape(io.wire_shape(tensor_io, array.shape))
-            infer_input = self._module.InferInput(tensor_io.name, list(array.shape), tensor_io.client_datatype)
+            # A graph model served by a Triton backend of its own names tensors as its artifact does.
+            name = io.served_names.get(tensor_io.name, tensor_io.name)
+            infer_input = self._module.InferInput(name, list(array.shape), tensor_io.client_datatype)
             infer_input.set_data_from_numpy(array)
             inputs.append(infer_input)
-        outputs = [self._module.InferRequestedOutput(t.name) for t in io.outputs]
+        outputs = [self._module.InferRequestedOutput(io.served_names.get(t.name, t.name)) for t in io.outputs]
         try:
             if self.protocol == "grpc":
                 result = self._client.infer(
@@ -254,7 +256,7 @@ class RemoteModule:
             raise _remote_error(error, f"{io.model_name} ({self.protocol}://{self.url})", self.timeout_s) from error
         tensors = []
         for tensor_io in io.outputs:
-            array = np.array(result.as_numpy(tensor_io.name), copy=True)
+            array = np.array(result.as_numpy(io.served_names.get(tensor_io.name, tensor_io.name)), copy=True)
             if tensor_io.carried_as_column:  # the trailing axis of size 1 exists on the wire only
                 array = array.reshape(array.shape[:-1])
             tensors.append(torch.from_numpy(array))

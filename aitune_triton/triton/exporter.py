@@ -17,6 +17,11 @@ stored Module name::
         1/model.py  1/io.json  1/model.pt2  1/manifest.json
         1/aitune_triton_contract.py  the input check model.py runs (a copy of aitune_triton/contract.py)
 
+With ``target="native"`` (:class:`~aitune_triton.triton.native.ExportTarget`), a graph model whose
+backend declares a Triton backend of its own (``Backend.triton_native``) is a model of that backend
+instead (``platform: "onnxruntime_onnx"`` + ``model.onnx``, ``platform: "torch_aoti"`` +
+``model.pt2``), with the artifact's own tensor names; see :mod:`aitune_triton.triton.native`.
+
 Writes never overwrite: each export adds a new version directory to each model (``2/``, ``3/``...)
 and replaces ``config.pbtxt`` atomically. Everything is built in a temporary directory next to
 the repository first and renamed into place, graph models before the entry model, so a failed
@@ -30,7 +35,7 @@ from __future__ import annotations
 import collections
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -54,6 +59,7 @@ from aitune_triton.triton.config import (
 from aitune_triton.triton.dry_run import ExportPlan, build_plan
 from aitune_triton.triton.io import ModelIO
 from aitune_triton.triton.manifest import build_manifest, refuse_kind_collision
+from aitune_triton.triton.native import ExportTarget, plan_native
 
 __all__ = ["ExportPlan", "ExportResult", "export", "exportable_backends", "templates_dir"]
 
@@ -77,12 +83,17 @@ class ExportResult:
             RemoteModule.
         graph_models: Names of the graph models, of every module.
         versions: Model name -> version directory written.
+        targets: Graph model name -> ``"native"`` (served by a Triton backend of its own) or
+            ``"python"`` (a generated Python-backend model).
+        python_reasons: Graph model name -> why it stayed a Python-backend model in a native export.
     """
 
     repository: Path
     entry_models: dict[str, str]
     graph_models: list[str]
     versions: dict[str, int]
+    targets: dict[str, str] = field(default_factory=dict)
+    python_reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def entry_model(self) -> str:
@@ -176,6 +187,7 @@ def _write_manifest(version_dir: Path, source: str, extra: dict[str, Any], **fie
 def export(
     module_or_checkpoint: Module | str | os.PathLike, repository: str | os.PathLike, name: str | None = ...,
     options: TritonModelOptions | None = ..., show_progress: bool = ..., dry_run: Literal[False] = ...,
+    target: ExportTarget | str = ...,
 ) -> ExportResult: ...
 
 
@@ -183,6 +195,7 @@ def export(
 def export(
     module_or_checkpoint: Module | str | os.PathLike, repository: str | os.PathLike, name: str | None = ...,
     options: TritonModelOptions | None = ..., show_progress: bool = ..., *, dry_run: Literal[True],
+    target: ExportTarget | str = ...,
 ) -> ExportPlan: ...
 
 
@@ -193,6 +206,7 @@ def export(
     options: TritonModelOptions | None = None,
     show_progress: bool = True,
     dry_run: bool = False,
+    target: ExportTarget | str = ExportTarget.PYTHON,
 ) -> ExportResult | ExportPlan:
     """Write a tuned module as Triton models: one graph model per graph spec plus an entry model.
 
@@ -210,6 +224,12 @@ def export(
         show_progress: Print progress lines to stderr.
         dry_run: Plan only: build every configuration and file in memory, write nothing (the
             repository is not even created) and return the :class:`ExportPlan`.
+        target: ``"python"`` (:attr:`ExportTarget.PYTHON`): every graph model is a Python-backend
+            model. ``"native"``: a graph spec whose backend declares a Triton backend of its own
+            (``triton_native``: ONNX Runtime, AOTInductor) is served by it, with the artifact's
+            tensor names; the others stay Python-backend models, with the reason in the progress
+            lines, :attr:`ExportResult.python_reasons` and their manifest (see
+            :mod:`aitune_triton.triton.native`).
 
     Returns:
         What was written (:class:`ExportResult`); with ``dry_run``, what would be
@@ -221,11 +241,13 @@ def export(
             graph specs. Nothing is written.
         CheckpointError: the checkpoint is missing or fails verification. Nothing is written.
         InvalidNameError: ``name`` is not a valid model name (``/``, leading ``.``...).
+        InvalidArgumentError: ``target`` is not ``"python"`` or ``"native"``.
         ExportError: also when ``repository`` is an existing file, when ``name`` is given for a
             checkpoint of several modules, when two exported modules would share a model name, or
             when a model name is taken in ``repository`` by a model of another kind (an entry
             model over a graph model, or over a model without an aitune_triton manifest).
     """
+    target = ExportTarget.parse(target)
     entries, source = _descriptions(module_or_checkpoint)
     if name is not None and len(entries) > 1:
         raise ExportError(
@@ -243,7 +265,7 @@ def export(
             entry_name = validate_model_name(name, "name")
         else:
             entry_name = validate_model_name(description["name"], f"module name at '{path}'" if path else "module name")
-        planned = _plan(description, entry_name, options, repository)
+        planned = _plan(description, entry_name, options, repository, target)
         graph_models += planned[:-1]
         entry_models[path] = planned[-1]
     models = graph_models + list(entry_models.values())  # graph models first, the entry models last
@@ -273,6 +295,8 @@ def export(
         {path: model.name for path, model in entry_models.items()},
         [m.name for m in graph_models],
         {m.name: m.version for m in models},
+        {m.name: m.manifest["target"] for m in graph_models},
+        {m.name: m.manifest["reason"] for m in graph_models if "reason" in m.manifest},
     )
 
 
@@ -287,6 +311,8 @@ class _PlannedModel:
     kind: str = "graph"
     backend: dict[str, Any] | None = None  # Backend.to_dict() of a graph model
     graph: dict[str, Any] | None = None  # GraphSpec.to_dict() of a graph model
+    artifact_name: str | None = None  # file name in the version directory; default the artifact's own
+    manifest: dict[str, Any] = field(default_factory=dict)  # more manifest.json fields
 
     def write(self, model_dir: Path, source: str) -> None:
         version_dir = model_dir / str(self.version)
@@ -296,13 +322,15 @@ class _PlannedModel:
         if self.artifact is not None:
             if not self.artifact.is_file():
                 raise ExportError(f"{self.name}: artifact {self.artifact} does not exist (was the tuning cache cleared?).")
-            shutil.copyfile(self.artifact, version_dir / self.artifact.name)
-        _write_manifest(version_dir, source, {"model": self.name, "version": self.version, "kind": self.kind},
+            shutil.copyfile(self.artifact, version_dir / (self.artifact_name or self.artifact.name))
+        _write_manifest(version_dir, source, {"model": self.name, "version": self.version, "kind": self.kind, **self.manifest},
                         config=self.config, backend=self.backend, graph=self.graph)
         write_model_config(self.config, model_dir / "config.pbtxt")
 
 
-def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, repository: Path) -> list[_PlannedModel]:
+def _plan(
+    description: dict[str, Any], name: str, options: TritonModelOptions, repository: Path, target: ExportTarget = ExportTarget.PYTHON
+) -> list[_PlannedModel]:
     """Build every configuration and file in memory, so that invalid input fails before writing.
 
     The entry model's routes pin each graph model's version: if an interrupted export left newer
@@ -326,6 +354,27 @@ def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, r
             )
         model_name = f"{name}.{graph['name']}"
         io = ModelIO.from_graph(model_name, graph, backend, _next_version(repository / model_name))
+        manifest: dict[str, Any] = {"target": ExportTarget.PYTHON.value}
+        if target is ExportTarget.NATIVE:
+            native = plan_native(io, graph, backend, options)
+            if native.model is not None:
+                ios.append(native.model.io)
+                planned.append(
+                    _PlannedModel(
+                        name=io.model_name,
+                        version=io.version,
+                        config=native.model.config,
+                        files={"io.json": native.model.io.to_json() + "\n"},
+                        artifact=Path(backend["artifacts"]["model"]),
+                        summary=f"{backend['name']}, native {native.model.target.label}, max_batch_size {io.max_batch_size}",
+                        artifact_name=native.model.target.default_model_filename,
+                        manifest=native.model.manifest,
+                        backend=backend,
+                        graph=graph,
+                    )
+                )
+                continue
+            manifest["reason"] = native.reason
         ios.append(io)
         model_py = environment.get_template("graph_model.py.j2").render(
             version=aitune_version(), module_name=name, graph=graph["name"], artifact=io.artifact, runtime=runtime,
@@ -338,7 +387,9 @@ def _plan(description: dict[str, Any], name: str, options: TritonModelOptions, r
                 config=graph_model_config(io, options, backend.get("device", "cpu")),
                 files={"model.py": model_py, "io.json": io.to_json() + "\n", CONTRACT_FILE: contract_source},
                 artifact=Path(backend["artifacts"]["model"]),
-                summary=f"{backend['name']}, max_batch_size {io.max_batch_size}",
+                summary=f"{backend['name']}, max_batch_size {io.max_batch_size}"
+                + (f", Python backend: {manifest['reason']}" if "reason" in manifest else ""),
+                manifest=manifest,
                 backend=backend,
                 graph=graph,
             )

@@ -146,6 +146,10 @@ class ModelIO:
             None when unknown.
         preferred_batch_size: The measured batch size the dynamic batcher should aim for (the
             graph spec's ``preferred_batch_size``), or None.
+        served_names: Tensor name here -> the name the graph model itself uses, for a graph model
+            served by one of Triton's own backends (its artifact's tensor names, see
+            :mod:`aitune_triton.triton.native`); empty (and left out of :meth:`to_dict`) when the
+            graph model uses :attr:`TensorIO.name`.
     """
 
     model_name: str
@@ -165,6 +169,7 @@ class ModelIO:
     input_axes: list[list[int | str]] | None = None
     index_ranges: list[list[dict[str, Any]]] | None = None
     preferred_batch_size: int | None = None
+    served_names: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_graph(cls, model_name: str, graph: dict[str, Any], backend: dict[str, Any], version: int = 1) -> "ModelIO":
@@ -244,6 +249,8 @@ class ModelIO:
         data = asdict(self)
         data["inputs"] = [t.to_dict() for t in self.inputs]
         data["outputs"] = [t.to_dict() for t in self.outputs]
+        if not self.served_names:
+            del data["served_names"]
         return data
 
     def to_json(self) -> str:
