@@ -228,3 +228,17 @@ def test_a_checkpoint_written_in_the_current_format_reads_into_typed_description
 
     assert all(Path(g.backend.artifact()).is_file() for g in description.graphs)
     assert all(Path(g.backend.artifact()).is_relative_to(tuned[1]) for g in description.graphs)
+
+
+def test_a_checkpoint_whose_description_has_a_newer_format_version_is_refused(tuned, tmp_path):
+    copied = tmp_path / "checkpoint"
+    import shutil
+
+    shutil.copytree(tuned[1], copied)
+    manifest = json.loads((copied / MANIFEST_NAME).read_text())
+    manifest["modules"][0]["module"]["format_version"] = STATE_DICT_FORMAT_VERSION + 1
+    (copied / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+    with pytest.raises(CheckpointError, match="holds an invalid module description") as raised:
+        aitune_triton.load(tuned[0].module, copied)
+    assert "newer than this aitune_triton reads" in str(raised.value)
