@@ -527,7 +527,8 @@ class Module(wrapt.ObjectProxy):
         Called directly (no destination, no prefix) it returns the tuned description:
         ``{"type": "aitune_triton.Module", "format_version", "name", "module_class", "signature",
         "strict", "graphs": [...]}`` with, per graph spec, the spec, the backend description
-        (absolute artifact paths) and the tuning report.
+        (absolute artifact paths) and the tuning report. ``TunedDescription.from_dict`` (in
+        :mod:`aitune_triton.module.description`) checks it and reads it as typed fields.
 
         Called by a parent's ``state_dict()`` (``torch.nn.Module.state_dict(destination, prefix,
         keep_vars)`` convention) it adds the wrapped module's own entries under ``prefix`` as usual
