@@ -48,12 +48,13 @@ from aitune_triton.errors import (
     InvalidStateDictError,
     ModuleStateError,
 )
+from aitune_triton.module.description import TunedDescription
 from aitune_triton.module.routing import live_wrapper_of, own_forward
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.wrapper import Module
 from aitune_triton.spec import ForwardSignature
 
-__all__ = ["MANIFEST_NAME", "load", "read_checkpoint", "save", "wrapped_submodules"]
+__all__ = ["MANIFEST_NAME", "StoredModule", "load", "read_checkpoint", "read_checkpoint_modules", "save", "wrapped_submodules"]
 
 MANIFEST_NAME = "manifest.json"
 CHECKPOINT_FORMAT = "aitune_triton.checkpoint"
@@ -172,15 +173,18 @@ def save(obj: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
     staging = make_staging_dir(path.parent)
     try:
         files: dict[str, dict[str, Any]] = {}
+        stored: list[tuple[str, TunedDescription]] = []
         for attribute_path, description in entries:
-            folder = "" if not attribute_path else f"{SUBMODULES_DIR}/{description['name']}/"
-            files.update(_copy_artifacts(description, staging, folder))
+            folder = "" if not attribute_path else f"{SUBMODULES_DIR}/{description.name}/"
+            copied, copied_files = _copy_artifacts(description, staging, folder)
+            stored.append((attribute_path, copied))
+            files.update(copied_files)
         manifest = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_FORMAT_VERSION,
             "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": library_versions(),
-            "modules": [{"path": attribute_path, "module": description} for attribute_path, description in entries],
+            "modules": [{"path": attribute_path, "module": description.to_dict()} for attribute_path, description in stored],
             "files": files,
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -191,10 +195,10 @@ def save(obj: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
-def _descriptions_to_save(obj: Any) -> list[tuple[str, dict[str, Any]]]:
+def _descriptions_to_save(obj: Any) -> list[tuple[str, TunedDescription]]:
     if isinstance(obj, Module):
         if obj.state is not ModuleState.TUNED:
-            return [("", obj.to_dict())]  # raises ModuleStateError, as it always did
+            obj.to_dict()  # raises ModuleStateError, as it always did
     found = wrapped_submodules(obj)
     if not found:
         raise InvalidArgumentError(_no_wrapped_submodule_message(obj))
@@ -206,30 +210,46 @@ def _descriptions_to_save(obj: Any) -> list[tuple[str, dict[str, Any]]]:
             "(module.tune(), or aitune_triton.tune(pipeline, dataset)), or leave one out by putting its original "
             "module back into the parent (model.encoder = model.encoder.module)."
         )
-    return [(p, m.to_dict()) for p, m in found]
+    return [(p, TunedDescription.from_dict(m.to_dict())) for p, m in found]
 
 
-def _copy_artifacts(description: dict[str, Any], staging: Path, folder: str) -> dict[str, dict[str, Any]]:
-    """Copy artifacts into ``staging / folder`` and rewrite their paths in ``description`` as relative ones."""
+def _copy_artifacts(
+    description: TunedDescription, staging: Path, folder: str
+) -> tuple[TunedDescription, dict[str, dict[str, Any]]]:
+    """Copy artifacts into ``staging / folder``; the description with their paths made relative
+    ones, and the manifest's file entries."""
     files: dict[str, dict[str, Any]] = {}
-    for entry in description["graphs"]:
-        artifacts = entry["backend"]["artifacts"]
-        for role, source in list(artifacts.items()):
-            relative = f"{folder}{entry['graph']['name']}/{Path(source).name}"
+    relatives: dict[tuple[int, str], str] = {}
+    for index, entry in enumerate(description.graphs):
+        for role, source in entry.backend.artifacts.items():
+            relative = f"{folder}{entry.name}/{Path(source).name}"
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             if not Path(source).is_file():
                 raise CheckpointError(
-                    f"{description['name']}.{entry['graph']['name']}: artifact {source} of backend "
-                    f"{entry['backend']['name']!r} no longer exists (was the tuning cache cleared?). Tune again, then save."
+                    f"{description.name}.{entry.name}: artifact {source} of backend "
+                    f"{entry.backend.name!r} no longer exists (was the tuning cache cleared?). Tune again, then save."
                 )
             shutil.copyfile(source, target)
             files[relative] = {"sha256": sha256_file(target), "size_bytes": target.stat().st_size}
-            artifacts[role] = relative
-    return files
+            relatives[(index, role)] = relative
+    return description.with_artifacts(relatives), files
 
 
 # ------------------------------------------------------------------------------------------- read
+@dataclass(frozen=True)
+class StoredModule:
+    """One module of a checkpoint.
+
+    Attributes:
+        path: Attribute path in the saved object (``""`` for a Module saved on its own).
+        description: Its tuned description, artifact paths absolute.
+    """
+
+    path: str
+    description: TunedDescription
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and verify a checkpoint without loading any artifact.
 
@@ -238,13 +258,22 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         current format: ``"modules"`` is a list of ``{"path": attribute path, "module":
         description}`` (a version-1 checkpoint gives one entry at path ``""``). When the checkpoint
         holds one Module saved on its own (one entry at path ``""``), ``"module"`` is that
-        description too.
+        description too. :func:`read_checkpoint_modules` gives the descriptions typed.
 
     Raises:
         CheckpointError: ``path`` is not a checkpoint directory, the manifest is unreadable or of
-            another format or version, a module description is invalid, two entries share an
-            attribute path or a name, or an artifact is missing, truncated or modified (size or
-            SHA-256 differs from the manifest).
+            another format or version, a module description is invalid (the message says what is
+            wrong in it), two entries share an attribute path or a name, or an artifact is
+            missing, truncated or modified (size or SHA-256 differs from the manifest).
+    """
+    return read_checkpoint_modules(path)[0]
+
+
+def read_checkpoint_modules(path: str | os.PathLike) -> tuple[dict[str, Any], list[StoredModule]]:
+    """:func:`read_checkpoint`'s manifest, and its modules as typed descriptions (checked once).
+
+    Raises:
+        CheckpointError: see :func:`read_checkpoint`.
     """
     path = Path(path).absolute()
     manifest_path = path / MANIFEST_NAME
@@ -266,38 +295,43 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     manifest = copy.deepcopy(manifest)
     if manifest["format_version"] == 1:
         manifest["modules"] = [{"path": "", "module": manifest.pop("module", None)}]
-    _check_entries(manifest.get("modules"), manifest_path)
+    modules = _check_entries(manifest.get("modules"), manifest_path)
     _verify_files(path, manifest.get("files", {}))
-    for entry in manifest["modules"]:
-        for graph in entry["module"]["graphs"]:
-            artifacts = graph["backend"]["artifacts"]
-            for role, relative in artifacts.items():
+    for index, stored in enumerate(modules):
+        absolute: dict[tuple[int, str], str] = {}
+        for graph_index, graph in enumerate(stored.description.graphs):
+            for role, relative in graph.backend.artifacts.items():
                 if relative not in manifest.get("files", {}):
                     raise CheckpointError(f"checkpoint: artifact {relative!r} is not listed in the manifest's files.")
-                artifacts[role] = str(path / relative)
+                absolute[(graph_index, role)] = str(path / relative)
+        modules[index] = StoredModule(stored.path, stored.description.with_artifacts(absolute))
+    manifest["modules"] = [{"path": stored.path, "module": stored.description.to_dict()} for stored in modules]
     if len(manifest["modules"]) == 1 and manifest["modules"][0]["path"] == "":
         manifest["module"] = manifest["modules"][0]["module"]
-    return manifest
+    return manifest, modules
 
 
-def _check_entries(entries: Any, manifest_path: Path) -> None:
+def _check_entries(entries: Any, manifest_path: Path) -> list[StoredModule]:
     if not isinstance(entries, list) or not entries:
         raise CheckpointError(f"checkpoint: {manifest_path} holds no module descriptions (was it edited?).")
-    paths: set[str] = set()
-    names: set[str] = set()
+    modules: list[StoredModule] = []
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             raise CheckpointError(f"checkpoint: {manifest_path} holds a module entry without an attribute path (was it edited?).")
         where = f" at '{entry['path']}'" if entry["path"] else ""
-        if not Module.is_state_dict_valid(entry.get("module")):
-            raise CheckpointError(f"checkpoint: {manifest_path} holds an invalid module description{where} (was it edited?).")
-        if entry["path"] in paths or entry["module"]["name"] in names:
+        try:
+            description = TunedDescription.from_dict(entry.get("module"))
+        except InvalidStateDictError as error:
+            raise CheckpointError(
+                f"checkpoint: {manifest_path} holds an invalid module description{where} (was it edited?): {error}"
+            ) from None
+        if any(entry["path"] == m.path or description.name == m.description.name for m in modules):
             raise CheckpointError(
                 f"checkpoint: {manifest_path} holds two modules at path '{entry['path']}' or named "
-                f"'{entry['module']['name']}' (was it edited?)."
+                f"'{description.name}' (was it edited?)."
             )
-        paths.add(entry["path"])
-        names.add(entry["module"]["name"])
+        modules.append(StoredModule(entry["path"], description))
+    return modules
 
 
 def _verify_files(path: Path, files: dict[str, dict[str, Any]]) -> None:
@@ -370,11 +404,10 @@ def load(
     A failed load changes nothing in ``obj``: every submodule loaded before the failure is put
     back untuned, and no wrapper made for a bare submodule keeps routing or recording its calls.
     """
-    manifest = read_checkpoint(path)
-    entries = manifest["modules"]
-    devices = _devices(entries, device, device_map)
+    manifest, entries = read_checkpoint_modules(path)
+    devices = _devices([entry.path for entry in entries], device, device_map)
     if "module" in manifest:  # one Module saved on its own
-        description = manifest["module"]
+        description = entries[0].description
         if isinstance(obj, Module):
             obj.load_tuned(description, devices[""])
             return obj
@@ -382,9 +415,9 @@ def load(
     if name is not None:
         raise InvalidArgumentError(
             f"name: applies to a checkpoint of one Module saved on its own; {path} holds {len(entries)} wrapped "
-            f"submodules, which keep their stored names ({', '.join(e['module']['name'] for e in entries)}). Pass name=None."
+            f"submodules, which keep their stored names ({', '.join(e.description.name for e in entries)}). Pass name=None."
         )
-    plans = [_plan_load(obj, entry["path"], entry["module"], devices[entry["path"]]) for entry in entries]
+    plans = [_plan_load(obj, entry.path, entry.description, devices[entry.path]) for entry in entries]
     problems = [plan.problem for plan in plans if plan.problem is not None]
     if problems:
         kind = problems[0][0]
@@ -396,15 +429,12 @@ def load(
     return root if root is not None else obj
 
 
-def _devices(
-    entries: list[dict[str, Any]], device: Any, device_map: Mapping[str, Any] | None
-) -> dict[str, torch.device | None]:
+def _devices(stored: list[str], device: Any, device_map: Mapping[str, Any] | None) -> dict[str, torch.device | None]:
     if isinstance(device, Mapping):
         raise ArgumentTypeError(
             "device: expected one device (a str or torch.device) or None, got a dict. Pass per-submodule devices as "
             "device_map={'encoder': 'cuda:0', ...}."
         )
-    stored = [entry["path"] for entry in entries]
     if device_map is not None and not isinstance(device_map, Mapping):
         raise ArgumentTypeError(f"device_map: expected a dict of attribute path -> device, got {type(device_map).__name__}")
     unknown = sorted(set(device_map or {}) - set(stored))
@@ -425,7 +455,7 @@ def _devices(
 @dataclass
 class _LoadPlan:
     path: str
-    description: dict[str, Any]
+    description: TunedDescription
     device: torch.device | None
     target: torch.nn.Module | None = None
     problem: tuple[type[AITuneTritonError], str] | None = None
@@ -434,17 +464,17 @@ class _LoadPlan:
     state_before: ModuleState | None = None
 
 
-def _plan_load(obj: Any, path: str, description: dict[str, Any], device: torch.device | None) -> _LoadPlan:
+def _plan_load(obj: Any, path: str, description: TunedDescription, device: torch.device | None) -> _LoadPlan:
     """Find and check one stored submodule in ``obj`` without changing anything."""
     plan = _LoadPlan(path, description, device)
     where = f"'{path}'" if path else f"the {type(obj).__name__} itself"
     try:
         target = _resolve(obj, path)
     except AttributeError as error:
-        plan.problem = (CheckpointError, f"{where} (Module '{description['name']}') is not in it ({error})")
+        plan.problem = (CheckpointError, f"{where} (Module '{description.name}') is not in it ({error})")
         return plan
     plan.target = target
-    stored = ForwardSignature.from_dict(description["signature"])
+    stored = description.forward_signature
     if isinstance(target, Module):
         if target.state is ModuleState.TUNED:
             plan.problem = (ModuleStateError, f"{where} is the Module '{target.name}', which is already tuned (reset it "
@@ -460,7 +490,7 @@ def _plan_load(obj: Any, path: str, description: dict[str, Any], device: torch.d
         signature = ForwardSignature.from_callable(own_forward(target))
     if signature != stored:
         plan.problem = (InvalidStateDictError, f"{where} ({type(target).__name__}) has a forward taking "
-                        f"{signature.describe()}, but Module '{description['name']}' was tuned for one taking "
+                        f"{signature.describe()}, but Module '{description.name}' was tuned for one taking "
                         f"{stored.describe()}; build the object the checkpoint was saved from")
     return plan
 

@@ -227,24 +227,24 @@ def inspect(checkpoint: Path) -> None:
     attribute path. Exits with status 1 and an "Error:" line when CHECKPOINT is missing or fails
     verification.
     """
-    from aitune_triton.checkpoint import read_checkpoint
+    from aitune_triton.checkpoint import read_checkpoint_modules
 
     try:
-        manifest = read_checkpoint(checkpoint)
+        manifest, modules = read_checkpoint_modules(checkpoint)
     except AITuneTritonError as error:
         raise _fail(error) from error
-    for stored in manifest["modules"]:
-        module = stored["module"]
-        where = f"{stored['path']}: " if stored["path"] else ""
-        table = Table(title=f"{where}{module['name']} ({module['module_class']})")
+    for stored in modules:
+        module = stored.description
+        where = f"{stored.path}: " if stored.path else ""
+        table = Table(title=f"{where}{module.name} ({module.module_class})")
         for column in ("graph spec", "inputs", "constants", "backend", "max batch"):
             table.add_column(column)
-        for entry in module["graphs"]:
-            graph = entry["graph"]
-            inputs = ", ".join(f"{t['path']} {t['dtype']} {t['min_shape']}..{t['max_shape']}" for t in graph["inputs"])
-            constants = ", ".join(f"{path}={value}" for path, value in graph.get("constants", {}).items()) or "-"
-            batch = graph.get("dims", {}).get("batch")
-            table.add_row(graph["name"], inputs, constants, entry["backend"]["name"], str(batch[1]) if batch else "-")
+        for entry in module.graphs:
+            graph = entry.graph
+            inputs = ", ".join(f"{t.path} {t.dtype} {list(t.min_shape)}..{list(t.max_shape)}" for t in graph.inputs)
+            constants = ", ".join(f"{path}={value}" for path, value in graph.constants.items()) or "-"
+            batch = graph.batch_size_range
+            table.add_row(graph.name, inputs, constants, entry.backend.name, str(batch[1]) if batch else "-")
         console.print(table)
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items() if v))
 
@@ -260,29 +260,29 @@ def describe(checkpoint: Path, as_json: bool) -> None:
     """
     import json
 
-    from aitune_triton.checkpoint import read_checkpoint
-    from aitune_triton.strategies.report import GraphTuneReport, report_table
+    from aitune_triton.checkpoint import read_checkpoint_modules
+    from aitune_triton.strategies.report import report_table
 
     try:
-        manifest = read_checkpoint(checkpoint)
+        _, modules = read_checkpoint_modules(checkpoint)
     except AITuneTritonError as error:
         raise _fail(error) from error
     found: list[dict] = []
-    for stored in manifest["modules"]:
-        module = stored["module"]
-        where = f"{stored['path']}: " if stored["path"] else ""
-        for entry in module["graphs"]:
-            if not entry.get("report"):
-                note = f"{where}'{module['name']}' {entry['graph']['name']}: no tuning report stored"
+    for stored in modules:
+        module = stored.description
+        where = f"{stored.path}: " if stored.path else ""
+        for entry in module.graphs:
+            report = entry.tune_report()
+            if report is None:
+                note = f"{where}'{module.name}' {entry.name}: no tuning report stored"
                 if as_json:  # stdout holds the JSON alone, so it parses
                     click.echo(note, err=True)
                 else:
                     console.print(note, markup=False)
                 continue
-            report = GraphTuneReport.from_dict(entry["report"])
-            found.append({"path": stored["path"], "module": module["name"], "report": report.to_dict()})
+            found.append({"path": stored.path, "module": module.name, "report": report.to_dict()})
             if not as_json:
-                console.print(report_table(report, title=f"{where}'{module['name']}' {report.graph}: {report.strategy}"))
+                console.print(report_table(report, title=f"{where}'{module.name}' {report.graph}: {report.strategy}"))
     if as_json:
         click.echo(json.dumps(found, indent=2))
 

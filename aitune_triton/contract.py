@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-__all__ = ["IndexRange", "InputContract"]
+__all__ = ["IndexRange", "InputContract", "ShapeProblem"]
 
 #: How many offending values a message lists.
 _SHOWN_VALUES = 5
@@ -76,6 +76,33 @@ def _min_max(array: Any) -> tuple[int, int]:
     return int(array.min()), int(array.max())
 
 
+@dataclass(frozen=True)
+class ShapeProblem:
+    """One way a shape breaks an :class:`InputContract` (what :meth:`InputContract.shape_problems` finds).
+
+    Attributes:
+        kind: ``"range"`` (the size is outside ``low..high``), ``"fixed"`` (the axis must have size
+            ``expected``) or ``"tie"`` (the axis shares its symbol with the axis ``tied`` names,
+            whose size differs).
+        input: Position of the input.
+        axis: The axis.
+        size: Its size in the call.
+        low: ``"range"``: the smallest size accepted.
+        high: ``"range"``: the largest size accepted.
+        expected: ``"fixed"``: the one size accepted.
+        tied: ``"tie"``: ``(input position, axis, size)`` of the first axis with the same symbol.
+    """
+
+    kind: str
+    input: int
+    axis: int
+    size: int
+    low: int = 0
+    high: int = 0
+    expected: int = 0
+    tied: tuple[int, int, int] = (0, 0, 0)
+
+
 @dataclass
 class InputContract:
     """What one artifact accepts, per input in the artifact's input order.
@@ -83,8 +110,9 @@ class InputContract:
     Attributes:
         names: Input names used in messages (leaf paths in process, tensor names when served).
         ranges: Per input, per axis, the ``(min, max)`` size accepted; None: not checked.
-        axes: Per input, per axis, the size ``torch.export`` fixed or the symbol of its size;
-            None: no such contract (eager, or a description written before it was recorded).
+        axes: Per input, per axis, the size ``torch.export`` fixed or the symbol of its size
+            (None for an axis with neither); None: no such contract (eager, or a description
+            written before it was recorded).
         index_ranges: Per input, the value ranges its elements must lie in (empty for inputs that
             index nothing); None: not known.
         batch_axes: Per input, its batch axis or None; with ``max_batch_size`` > 0 a batch outside
@@ -94,7 +122,7 @@ class InputContract:
 
     names: list[str]
     ranges: list[list[tuple[int, int]]] | None = None
-    axes: list[list[int | str]] | None = None
+    axes: Sequence[Sequence[int | str | None]] | None = None
     index_ranges: list[list[IndexRange]] | None = None
     batch_axes: list[int | None] | None = None
     max_batch_size: int = 0
@@ -134,31 +162,53 @@ class InputContract:
         Args:
             shapes: Per input, its shape (module shape, in the artifact's input order).
         """
+        return [self.describe(problem) for problem in self.shape_problems(shapes)]
+
+    def shape_problems(self, shapes: Sequence[Sequence[int]]) -> list["ShapeProblem"]:
+        """The one shape check: every axis outside its range, every axis off its fixed size (not
+        said again for an axis already outside its range) and every axis whose size differs from
+        the first axis sharing its symbol; ranges first, then fixed sizes and ties in input order.
+
+        Args:
+            shapes: Per input, its shape (module shape, in the artifact's input order; axes past
+                the contract's rank are not checked).
+        """
         found = []
-        reported: set[tuple[str, int]] = set()
-        batch_axes = self.batch_axes or [None] * len(self.names)
-        for name, axis_ranges, shape, batch_axis in zip(self.names, self.ranges or [], shapes, batch_axes):
+        reported: set[tuple[int, int]] = set()
+        for position, (axis_ranges, shape) in enumerate(zip(self.ranges or [], shapes)):
             for axis, ((low, high), size) in enumerate(zip(axis_ranges, shape)):
                 if not low <= size <= high:
-                    batch = axis == batch_axis and self.max_batch_size > 0
-                    hint = f" (the batch axis: max_batch_size {self.max_batch_size})" if batch else ""
-                    found.append(f"{name} axis {axis}: size {size} outside {low}..{high}{hint}")
-                    reported.add((name, axis))
-        first: dict[str, tuple[str, int, int]] = {}
-        for name, tensor_axes, shape in zip(self.names, self.axes or [], shapes):
+                    found.append(ShapeProblem("range", position, axis, size, low=low, high=high))
+                    reported.add((position, axis))
+        first: dict[str, tuple[int, int, int]] = {}
+        for position, (tensor_axes, shape) in enumerate(zip(self.axes or [], shapes)):
             for axis, (expected, size) in enumerate(zip(tensor_axes, shape)):
+                if expected is None:
+                    continue
                 if isinstance(expected, int):
-                    if size != expected and (name, axis) not in reported:  # said once per axis
-                        found.append(f"{name} axis {axis}: size {size}, but the artifact was built for size {expected} only")
+                    if size != expected and (position, axis) not in reported:  # said once per axis
+                        found.append(ShapeProblem("fixed", position, axis, size, expected=expected))
                 elif expected not in first:
-                    first[expected] = (name, axis, size)
+                    first[expected] = (position, axis, size)
                 elif first[expected][2] != size:
-                    other, other_axis, other_size = first[expected]
-                    found.append(
-                        f"{name} axis {axis}: size {size} differs from {other} axis {other_axis} (size {other_size}); "
-                        "the exported model needs them equal"
-                    )
+                    found.append(ShapeProblem("tie", position, axis, size, tied=first[expected]))
         return found
+
+    def describe(self, problem: "ShapeProblem") -> str:
+        """The line :meth:`shape_violations` gives for ``problem``."""
+        name = self.names[problem.input]
+        if problem.kind == "range":
+            batch_axes = self.batch_axes or [None] * len(self.names)
+            batch = problem.axis == batch_axes[problem.input] and self.max_batch_size > 0
+            hint = f" (the batch axis: max_batch_size {self.max_batch_size})" if batch else ""
+            return f"{name} axis {problem.axis}: size {problem.size} outside {problem.low}..{problem.high}{hint}"
+        if problem.kind == "fixed":
+            return f"{name} axis {problem.axis}: size {problem.size}, but the artifact was built for size {problem.expected} only"
+        other, other_axis, other_size = problem.tied
+        return (
+            f"{name} axis {problem.axis}: size {problem.size} differs from {self.names[other]} axis {other_axis} (size "
+            f"{other_size}); the exported model needs them equal"
+        )
 
     def value_violations(self, arrays: Sequence[Any]) -> list[str]:
         """One line per index-valued input holding values outside the range its indexing op accepts.

@@ -40,6 +40,23 @@ class InvalidStateDictError(InvalidArgumentError):
     ``Invalid dictionary format`` and names the missing key or wrong type)."""
 
 
+class MalformedDictError(InvalidStateDictError):
+    """A stored graph spec, tensor spec or other description part is malformed. The message is
+    ``Invalid dictionary format for WHERE: PROBLEM. ...``; ``where`` and ``problem`` hold its parts,
+    so that an enclosing description can name the field path (``graphs[0].graph``) itself."""
+
+    def __init__(self, where: str, problem: str):
+        super().__init__(
+            f"Invalid dictionary format for {where}: {problem}. Pass the dict that to_dict() wrote (a checkpoint's "
+            "manifest.json, say), unmodified."
+        )
+        self.where = where
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # pickles with both parts (a worker process raises it)
+        return type(self), (self.where, self.problem)
+
+
 class StrategyCountError(AITuneTritonError, RuntimeError):
     """Fewer per-graph-spec strategies were given than graph specs were captured."""
 

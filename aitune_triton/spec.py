@@ -43,6 +43,7 @@ __all__ = [
     "StoredCall",
     "TensorSpec",
     "axis_range",
+    "check_graph_dict",
     "dtype_from_name",
     "dtype_name",
     "flatten_call",
@@ -1015,12 +1016,9 @@ class TensorSpec:
 
 
 def _invalid(where: str, problem: str) -> NoReturn:
-    from aitune_triton.errors import InvalidStateDictError
+    from aitune_triton.errors import MalformedDictError
 
-    raise InvalidStateDictError(
-        f"Invalid dictionary format for {where}: {problem}. Pass the dict that to_dict() wrote (a checkpoint's "
-        "manifest.json, say), unmodified."
-    )
+    raise MalformedDictError(where, problem)
 
 
 def _require_dict(where: str, data: Any, required: Sequence[str], optional: Sequence[str] | None = None) -> None:
@@ -1067,6 +1065,47 @@ def output_leaf_paths(template: Sequence[Any], tensor_paths: Sequence[str]) -> l
     tensor slots, ``output_leaf_<i>`` for its constants."""
     paths = iter(tensor_paths)
     return [next(paths, f"output_leaf_{i}") if leaf is None else f"output_leaf_{i}" for i, leaf in enumerate(template)]
+
+
+def check_graph_dict(data: Any) -> None:
+    """Refuse ``data`` unless it has the structure of :meth:`GraphSpec.to_dict` output, its tensors'
+    included; the output structure's container types are not imported (:meth:`GraphSpec.from_dict`
+    does that).
+
+    Raises:
+        MalformedDictError: (an InvalidStateDictError, a ValueError) the message starts with
+            ``Invalid dictionary format`` and names the missing key or wrong value.
+    """
+    where = "GraphSpec"
+    _require_dict(
+        where, data, required=("name", "key", "description", "inputs", "outputs", "output_treespec", "output_template")
+    )
+    where = f"GraphSpec {data.get('name')!r}"
+    for key in ("name", "key", "description", "output_treespec"):
+        _require_type(where, key, data[key], str, "a string")
+    for key in ("inputs", "outputs", "output_template"):
+        _require_type(where, key, data[key], list, "a list")
+    _require_type(where, "output_paths", data.get("output_paths", []), list, "a list")
+    _require_type(where, "num_calls", data.get("num_calls", 0), int, "an integer")
+    _require_type(where, "constants", data.get("constants", {}), dict, "a dict")
+    dims = data.get("dims", {})
+    _require_type(where, "dims", dims, dict, "a dict {name: [min, max]}")
+    for name, bounds in dims.items():
+        if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or not all(
+            isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in bounds
+        ):
+            _invalid(where, f"'dims'[{name!r}] must be [min, max] (non-negative integers), got {_clip(bounds)}")
+    if not (data.get("batch_independent") is None or isinstance(data["batch_independent"], bool)):
+        _invalid(where, f"'batch_independent' must be true, false or null, got {data['batch_independent']!r}")
+    preferred = data.get("preferred_batch_size")
+    if preferred is not None and (not isinstance(preferred, int) or isinstance(preferred, bool) or preferred < 1):
+        _invalid(where, f"'preferred_batch_size' must be a positive integer or null, got {_clip(preferred)}")
+    try:
+        json.loads(data["output_treespec"])
+    except ValueError:
+        _invalid(where, f"'output_treespec' must be the JSON text treespec_to_json() writes, got {_clip(data['output_treespec'])}")
+    for tensor in [*data["inputs"], *data["outputs"]]:
+        TensorSpec.from_dict(tensor)
 
 
 @dataclass
@@ -1176,34 +1215,7 @@ class GraphSpec:
             UnknownOutputTypeError: (a RecordingError) the stored output structure names a
                 container type that no importable module defines.
         """
-        where = "GraphSpec"
-        _require_dict(
-            where, data, required=("name", "key", "description", "inputs", "outputs", "output_treespec", "output_template")
-        )
-        where = f"GraphSpec {data.get('name')!r}"
-        for key in ("name", "key", "description", "output_treespec"):
-            _require_type(where, key, data[key], str, "a string")
-        for key in ("inputs", "outputs", "output_template"):
-            _require_type(where, key, data[key], list, "a list")
-        _require_type(where, "output_paths", data.get("output_paths", []), list, "a list")
-        _require_type(where, "num_calls", data.get("num_calls", 0), int, "an integer")
-        _require_type(where, "constants", data.get("constants", {}), dict, "a dict")
-        dims = data.get("dims", {})
-        _require_type(where, "dims", dims, dict, "a dict {name: [min, max]}")
-        for name, bounds in dims.items():
-            if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or not all(
-                isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in bounds
-            ):
-                _invalid(where, f"'dims'[{name!r}] must be [min, max] (non-negative integers), got {_clip(bounds)}")
-        if not (data.get("batch_independent") is None or isinstance(data["batch_independent"], bool)):
-            _invalid(where, f"'batch_independent' must be true, false or null, got {data['batch_independent']!r}")
-        preferred = data.get("preferred_batch_size")
-        if preferred is not None and (not isinstance(preferred, int) or isinstance(preferred, bool) or preferred < 1):
-            _invalid(where, f"'preferred_batch_size' must be a positive integer or null, got {_clip(preferred)}")
-        try:
-            json.loads(data["output_treespec"])
-        except ValueError:
-            _invalid(where, f"'output_treespec' must be the JSON text treespec_to_json() writes, got {_clip(data['output_treespec'])}")
+        check_graph_dict(data)
         return cls(
             name=data["name"],
             key=data["key"],

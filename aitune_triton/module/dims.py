@@ -19,9 +19,11 @@ parameter that takes the input (a keyword argument that ``**kwargs`` gathers is
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, Union
 
+from aitune_triton.contract import InputContract
 from aitune_triton.errors import ArgumentTypeError, InvalidArgumentError, RecordingError
 
 __all__ = [
@@ -367,6 +369,11 @@ def check_declared_parameters(
 def check_declared(paths: list[str], shapes: list[tuple[int, ...]], declared: Mapping[str, Mapping[int, DimDecl]]) -> None:
     """Check one call's tensor input shapes against the declared dims.
 
+    The ranges, fixed sizes and shared names are checked by the one shape check of
+    :meth:`aitune_triton.contract.InputContract.shape_problems` (a declared name is the symbol of
+    the axes it ties); the rank checks are this function's own. The first problem found, input by
+    input, is raised with advice for the declaration.
+
     Args:
         paths: Tensor input leaf paths of the call.
         shapes: Their shapes.
@@ -378,41 +385,61 @@ def check_declared(paths: list[str], shapes: list[tuple[int, ...]], declared: Ma
             outside the declared range, or axes declared with one name have different sizes.
     """
     full_rank = declared.full_rank if isinstance(declared, DeclaredShapes) else {}
-    sizes_by_name: dict[str, tuple[str, int, int]] = {}
-    for path, shape in zip(paths, shapes):
+    # (input position, phase, declared axis order, check) -> message; the smallest key is the problem
+    # met first checking input by input: its rank, its fixed sizes, then each declared axis.
+    problems: dict[tuple[int, int, int, int], str] = {}
+    ranges: list[list[tuple[int, int]]] = []
+    axes: list[list[int | str | None]] = []
+    for position, (path, shape) in enumerate(zip(paths, shapes)):
         entries = full_rank.get(path)
-        if entries is not None:
-            if len(shape) != len(entries):
-                raise RecordingError(
-                    f"dynamic_shapes[{path!r}]: declared with rank {len(entries)} {_describe(entries)}, but this call "
-                    f"passes a tensor of rank {len(shape)} (shape {list(shape)}). Declare one entry per axis of the tensor, "
-                    "or change the call."
-                )
-            for axis, size in enumerate(entries):
-                if isinstance(size, int) and not isinstance(size, bool) and shape[axis] != size:
-                    raise RecordingError(
-                        f"dynamic_shapes[{path!r}]: axis {axis} is declared with the fixed size {size}, but has size "
-                        f"{shape[axis]} in this call (shape {list(shape)}). Declare a DynamicDim (or None) for that axis, "
-                        "or change the call."
-                    )
+        order = {axis: index for index, axis in enumerate(declared.get(path, {}))}
+        if entries is not None and len(shape) != len(entries):
+            problems[(position, 0, 0, 0)] = (
+                f"dynamic_shapes[{path!r}]: declared with rank {len(entries)} {_describe(entries)}, but this call "
+                f"passes a tensor of rank {len(shape)} (shape {list(shape)}). Declare one entry per axis of the tensor, "
+                "or change the call."
+            )
+        tensor_ranges: list[tuple[int, int]] = [(0, sys.maxsize)] * len(shape)
+        tensor_axes: list[int | str | None] = [None] * len(shape)
+        for axis, size in enumerate(entries if entries is not None and len(entries) == len(shape) else ()):
+            if isinstance(size, int) and not isinstance(size, bool):
+                tensor_axes[axis] = size
         for axis, decl in declared.get(path, {}).items():
             if axis >= len(shape):
-                raise RecordingError(
+                problems[(position, 2, order[axis], 0)] = (
                     f"dynamic_shapes[{path!r}]: axis {axis} is declared, but this call passes a tensor of rank "
                     f"{len(shape)} (shape {list(shape)}). Declare an axis below {len(shape)}."
                 )
-            if not decl.min <= shape[axis] <= decl.max:
-                raise RecordingError(
-                    f"dynamic_shapes[{path!r}]: axis {axis} ({decl.name}) has size {shape[axis]} in this call, outside "
-                    f"the declared range {decl.min}..{decl.max}. Widen the declared range or change the call."
-                )
-            other = sizes_by_name.setdefault(decl.name, (path, axis, shape[axis]))
-            if other[2] != shape[axis]:
-                raise RecordingError(
-                    f"dynamic_shapes: {path!r} axis {axis} and {other[0]!r} axis {other[1]} share the dimension "
-                    f"{decl.name!r} but have sizes {shape[axis]} and {other[2]} in this call. Give them different names "
-                    "or pass equal sizes."
-                )
+                continue
+            tensor_ranges[axis] = (decl.min, decl.max)
+            tensor_axes[axis] = decl.name
+        ranges.append(tensor_ranges)
+        axes.append(tensor_axes)
+    for problem in InputContract(names=list(paths), ranges=ranges, axes=axes).shape_problems(shapes):
+        path, shape, axis = paths[problem.input], shapes[problem.input], problem.axis
+        if problem.kind == "fixed":
+            problems[(problem.input, 1, axis, 0)] = (
+                f"dynamic_shapes[{path!r}]: axis {axis} is declared with the fixed size {problem.expected}, but has size "
+                f"{problem.size} in this call (shape {list(shape)}). Declare a DynamicDim (or None) for that axis, "
+                "or change the call."
+            )
+            continue
+        decl = declared[path][axis]
+        declared_at = list(declared[path]).index(axis)
+        if problem.kind == "range":
+            problems[(problem.input, 2, declared_at, 1)] = (
+                f"dynamic_shapes[{path!r}]: axis {axis} ({decl.name}) has size {problem.size} in this call, outside "
+                f"the declared range {decl.min}..{decl.max}. Widen the declared range or change the call."
+            )
+        else:
+            other, other_axis, other_size = problem.tied
+            problems[(problem.input, 2, declared_at, 2)] = (
+                f"dynamic_shapes: {path!r} axis {axis} and {paths[other]!r} axis {other_axis} share the dimension "
+                f"{decl.name!r} but have sizes {problem.size} and {other_size} in this call. Give them different names "
+                "or pass equal sizes."
+            )
+    if problems:
+        raise RecordingError(problems[min(problems)])
 
 
 def _describe(entries: Sequence[AxisDecl]) -> str:

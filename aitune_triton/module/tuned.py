@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from aitune_triton.backends import Backend, LoadContext
 from aitune_triton.contract import INDEX_HINT, InputContract
 from aitune_triton.errors import ArgumentTypeError, GraphSpecMismatchError, IndexOutOfRangeError, ModuleStateError
 from aitune_triton.spec import CallLayouts, CallStructure, ForwardSignature, GraphSpec, rebuild_output
+from aitune_triton.module.description import TunedGraphDescription
 from aitune_triton.module.state import ModuleState
 from aitune_triton.strategies import GraphTuneReport
 
@@ -155,31 +156,31 @@ class TunedModule:
         cls,
         name: str,
         signature: ForwardSignature,
-        data: list[dict[str, Any]],
+        data: Sequence[TunedGraphDescription],
         module: torch.nn.Module,
         device: torch.device | None = None,
         strict: bool = True,
         fallback: str | None = None,
         forward: Callable[..., Any] | None = None,
     ) -> "TunedModule":
-        """Rebuild from :meth:`to_dict`; ``device`` overrides the stored device of each backend.
+        """Rebuild from a checked description's graphs (``TunedDescription.graphs``); ``device``
+        overrides the stored device of each backend.
 
         Args:
             forward: The module's own forward without hooks (for the eager backend).
         """
         graphs = []
         for entry in data:
-            spec = GraphSpec.from_dict(entry["graph"])
-            described = entry["backend"]
+            spec = entry.graph.to_spec()
+            described = entry.backend
             context = LoadContext(
                 module=module,
                 graph=spec,
-                device=torch.device(device) if device is not None else torch.device(described.get("device", "cpu")),
-                artifacts={role: Path(path) for role, path in described.get("artifacts", {}).items()},
+                device=torch.device(device) if device is not None else torch.device(described.device or "cpu"),
+                artifacts={role: Path(path) for role, path in described.artifacts.items()},
                 forward=forward,
             )
-            report = GraphTuneReport.from_dict(entry["report"]) if entry.get("report") else None
-            graphs.append(TunedGraph(spec, Backend.from_dict(described, context), report))
+            graphs.append(TunedGraph(spec, Backend.from_dict(described.to_dict(), context), entry.tune_report()))
         return cls(name, signature, graphs, strict, fallback)
 
     @property

@@ -26,7 +26,14 @@ from aitune_triton.errors import (
     NoSamplesError,
     RecordingError,
 )
-from aitune_triton.module.description import STATE_DICT_FORMAT_VERSION, STATE_DICT_KEY, STATE_DICT_TYPE, state_dict_problem
+from aitune_triton.module.description import (
+    INVALID_STATE_DICT,
+    STATE_DICT_FORMAT_VERSION,
+    STATE_DICT_KEY,
+    STATE_DICT_TYPE,
+    TunedDescription,
+    state_dict_problem,
+)
 from aitune_triton.module.dims import DimDecl, check_declared_parameters, validate_dynamic_shapes
 from aitune_triton.module.passthrough import PassthroughState
 from aitune_triton.module.recording import Recorder, RecordingState
@@ -44,10 +51,6 @@ from aitune_triton.strategies import TuneStrategy
 __all__ = ["Module", "STATE_DICT_KEY", "STATE_DICT_TYPE", "default_cache_dir"]
 
 _OFFLOAD_TARGETS = (None, "cpu", "meta")
-_INVALID_STATE_DICT = (
-    "Invalid dictionary format: expected the output of Module.to_dict() (a dict with 'type': "
-    f"'{STATE_DICT_TYPE}', 'name', 'signature' and 'graphs'). Pass what to_dict()/state_dict() returned."
-)
 
 
 def default_cache_dir() -> Path:
@@ -524,7 +527,8 @@ class Module(wrapt.ObjectProxy):
         Called directly (no destination, no prefix) it returns the tuned description:
         ``{"type": "aitune_triton.Module", "format_version", "name", "module_class", "signature",
         "strict", "graphs": [...]}`` with, per graph spec, the spec, the backend description
-        (absolute artifact paths) and the tuning report.
+        (absolute artifact paths) and the tuning report. ``TunedDescription.from_dict`` (in
+        :mod:`aitune_triton.module.description`) checks it and reads it as typed fields.
 
         Called by a parent's ``state_dict()`` (``torch.nn.Module.state_dict(destination, prefix,
         keep_vars)`` convention) it adds the wrapped module's own entries under ``prefix`` as usual
@@ -564,7 +568,7 @@ class Module(wrapt.ObjectProxy):
     def from_dict(
         cls,
         module: torch.nn.Module,
-        state_dict: Mapping[str, Any],
+        state_dict: Mapping[str, Any] | TunedDescription,
         device: str | torch.device | None = None,
         name: str | None = None,
     ) -> "Module":
@@ -572,7 +576,8 @@ class Module(wrapt.ObjectProxy):
 
         Args:
             module: The original ``torch.nn.Module``.
-            state_dict: Output of :meth:`to_dict` (artifact paths must still exist).
+            state_dict: Output of :meth:`to_dict`, or it read as a :class:`TunedDescription`
+                (artifact paths must still exist).
             device: Device to run on; default the device each backend was tuned for.
             name: Name of the new Module; default the stored name, with ``_2``, ``_3``...
                 appended (and a warning) when another live Module holds it.
@@ -590,18 +595,16 @@ class Module(wrapt.ObjectProxy):
         After a failed load ``module`` is as it was: no wrapper made here routes or records its
         calls, and a live Module that wrapped it before still does.
         """
-        problem = state_dict_problem(state_dict)
-        if problem:
-            raise InvalidStateDictError(f"{_INVALID_STATE_DICT} ({problem})")
+        description = _described(state_dict)
         previous = live_wrapper_of(module)
         if name is None:
-            stored = sanitize_name(state_dict["name"])
+            stored = sanitize_name(description.name)
             name = stored if previous is not None and previous.name == stored else unique_default_name(stored)
             if name != stored:
                 warnings.warn(f"Module '{stored}' is alive, so this one is named '{name}'.", stacklevel=2)
-        wrapped = cls(module, name=name, strict=state_dict.get("strict", True))
+        wrapped = cls(module, name=name, strict=description.strict)
         try:
-            wrapped.load_tuned(state_dict, device)
+            wrapped.load_tuned(description, device)
         except BaseException:
             # A failed load changes nothing: the new wrapper must not keep routing the module (a kept
             # traceback holds it), and an older wrapper of the same name that it retired is put back.
@@ -611,7 +614,7 @@ class Module(wrapt.ObjectProxy):
             raise
         return wrapped
 
-    def load_tuned(self, state_dict: Mapping[str, Any], device: str | torch.device | None = None) -> None:
+    def load_tuned(self, state_dict: Mapping[str, Any] | TunedDescription, device: str | torch.device | None = None) -> None:
         """Switch this Module to ``TUNED`` with the backends described by ``state_dict``.
 
         Raises:
@@ -619,12 +622,10 @@ class Module(wrapt.ObjectProxy):
                 forward signature.
             ModuleStateError: the module is already tuned.
         """
-        problem = state_dict_problem(state_dict)
-        if problem:
-            raise InvalidStateDictError(f"{_INVALID_STATE_DICT} ({problem})")
+        description = _described(state_dict)
         if isinstance(self._self_handler, TunedModule):
             raise ModuleStateError("Module is already tuned. Use enable_recording(force=True) to reset it first.")
-        signature = ForwardSignature.from_dict(state_dict["signature"])
+        signature = description.forward_signature
         if signature != self._self_signature:
             raise InvalidStateDictError(
                 f"state_dict: recorded for a module whose forward takes {signature.describe()}, but this module's "
@@ -634,18 +635,27 @@ class Module(wrapt.ObjectProxy):
             tuned = TunedModule.from_dict(
                 self._self_name,
                 signature,
-                state_dict["graphs"],
+                description.graphs,
                 self.__wrapped__,
                 torch.device(device) if device is not None else None,
-                state_dict.get("strict", True),
+                description.strict,
                 self._self_fallback,
                 self._self_forward,
             )
         except (KeyError, TypeError, ValueError) as error:
             if isinstance(error, AITuneTritonError):
                 raise
-            raise InvalidStateDictError(f"{_INVALID_STATE_DICT} ({type(error).__name__}: {error})") from error
+            raise InvalidStateDictError(f"{INVALID_STATE_DICT} ({type(error).__name__}: {error})") from error
         self._self_handler = tuned
+
+
+def _described(state_dict: Mapping[str, Any] | TunedDescription) -> TunedDescription:
+    """``state_dict`` checked and read (:meth:`TunedDescription.from_dict`); a description already read passes.
+
+    Raises:
+        InvalidStateDictError: not the output of :meth:`Module.to_dict`.
+    """
+    return state_dict if isinstance(state_dict, TunedDescription) else TunedDescription.from_dict(state_dict)
 
 
 def _returning_wrapper(method_name: str) -> Callable[..., Any]:

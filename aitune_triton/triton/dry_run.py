@@ -15,6 +15,7 @@ from typing import Any, Protocol, Sequence
 
 from aitune_triton._versions import sha256_file
 from aitune_triton.errors import ExportError
+from aitune_triton.module.description import BackendDescription, GraphDescription
 from aitune_triton.triton.config import model_config_text
 from aitune_triton.triton.manifest import MANIFEST_FILE, build_manifest
 
@@ -28,8 +29,8 @@ class _Planned(Protocol):
     files: dict[str, str]
     artifact: Path | None
     kind: str
-    backend: dict[str, Any] | None
-    graph: dict[str, Any] | None
+    backend: BackendDescription | None
+    graph: GraphDescription | None
 
 
 @dataclass(frozen=True)

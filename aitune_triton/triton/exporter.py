@@ -46,8 +46,9 @@ from aitune_triton._atomic import make_staging_dir
 from aitune_triton._progress import progress
 from aitune_triton._versions import aitune_version
 from aitune_triton.backends import backend_names, get_backend_class
-from aitune_triton.checkpoint import read_checkpoint
+from aitune_triton.checkpoint import read_checkpoint_modules
 from aitune_triton.errors import ExportError, UnknownBackendError
+from aitune_triton.module.description import BackendDescription, GraphDescription, TunedDescription
 from aitune_triton.module.wrapper import Module
 from aitune_triton.names import validate_model_name
 from aitune_triton.triton.config import (
@@ -148,7 +149,7 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def _descriptions(module_or_checkpoint: Module | str | os.PathLike) -> tuple[list[tuple[str, dict[str, Any]]], str]:
+def _descriptions(module_or_checkpoint: Module | str | os.PathLike) -> tuple[list[tuple[str, TunedDescription]], str]:
     """``(attribute path, module description)`` pairs to export, and where they come from."""
     if isinstance(module_or_checkpoint, Module):
         if module_or_checkpoint.state.name != "TUNED":
@@ -156,10 +157,11 @@ def _descriptions(module_or_checkpoint: Module | str | os.PathLike) -> tuple[lis
                 f"module: '{module_or_checkpoint.name}' is not tuned (state: {module_or_checkpoint.state.name}). "
                 "Record calls and call tune() before exporting."
             )
-        return [("", module_or_checkpoint.to_dict())], f"module '{module_or_checkpoint.name}'"
+        described = TunedDescription.from_dict(module_or_checkpoint.to_dict())
+        return [("", described)], f"module '{module_or_checkpoint.name}'"
     if isinstance(module_or_checkpoint, (str, os.PathLike)):
-        entries = read_checkpoint(module_or_checkpoint)["modules"]
-        return [(e["path"], e["module"]) for e in entries], f"checkpoint {Path(module_or_checkpoint).absolute()}"
+        _, entries = read_checkpoint_modules(module_or_checkpoint)
+        return [(e.path, e.description) for e in entries], f"checkpoint {Path(module_or_checkpoint).absolute()}"
     raise ExportError(
         f"module_or_checkpoint: expected a tuned aitune_triton.Module or a checkpoint directory, "
         f"got {type(module_or_checkpoint).__name__}"
@@ -264,7 +266,7 @@ def export(
         if name is not None:
             entry_name = validate_model_name(name, "name")
         else:
-            entry_name = validate_model_name(description["name"], f"module name at '{path}'" if path else "module name")
+            entry_name = validate_model_name(description.name, f"module name at '{path}'" if path else "module name")
         planned = _plan(description, entry_name, options, repository, target)
         graph_models += planned[:-1]
         entry_models[path] = planned[-1]
@@ -309,8 +311,8 @@ class _PlannedModel:
     artifact: Path | None
     summary: str
     kind: str = "graph"
-    backend: dict[str, Any] | None = None  # Backend.to_dict() of a graph model
-    graph: dict[str, Any] | None = None  # GraphSpec.to_dict() of a graph model
+    backend: BackendDescription | None = None  # a graph model's backend
+    graph: GraphDescription | None = None  # a graph model's graph spec
     artifact_name: str | None = None  # file name in the version directory; default the artifact's own
     manifest: dict[str, Any] = field(default_factory=dict)  # more manifest.json fields
 
@@ -329,7 +331,7 @@ class _PlannedModel:
 
 
 def _plan(
-    description: dict[str, Any], name: str, options: TritonModelOptions, repository: Path, target: ExportTarget = ExportTarget.PYTHON
+    description: TunedDescription, name: str, options: TritonModelOptions, repository: Path, target: ExportTarget = ExportTarget.PYTHON
 ) -> list[_PlannedModel]:
     """Build every configuration and file in memory, so that invalid input fails before writing.
 
@@ -341,19 +343,19 @@ def _plan(
     planned: list[_PlannedModel] = []
     ios: list[ModelIO] = []
     contract_source = Path(contract.__file__).read_text()
-    for entry in description["graphs"]:
-        graph, backend = entry["graph"], entry["backend"]
-        runtime = _triton_runtime(backend["name"])
+    for entry in description.graphs:
+        graph, backend = entry.graph, entry.backend
+        runtime = _triton_runtime(backend.name)
         if runtime is None:
-            decision = (entry.get("report") or {}).get("decision")
+            decision = entry.decision
             raise ExportError(
-                f"{graph['name']}: backend {backend['name']!r} has no artifact Triton can load (exportable: "
+                f"{graph.name}: backend {backend.name!r} has no artifact Triton can load (exportable: "
                 f"{exportable_backends()})." + (f" Tuning kept it: {decision}." if decision else "") + " Tune this graph "
                 "spec with OneBackendStrategy('onnxruntime'), OneBackendStrategy('aoti') or OneBackendStrategy('inductor') "
                 "(no speed gate), or with a strategy whose candidates leave out 'eager' and speed_margin=None."
             )
-        model_name = f"{name}.{graph['name']}"
-        io = ModelIO.from_graph(model_name, graph, backend, _next_version(repository / model_name))
+        model_name = f"{name}.{graph.name}"
+        io = ModelIO.from_graph(model_name, entry, version=_next_version(repository / model_name))
         manifest: dict[str, Any] = {"target": ExportTarget.PYTHON.value}
         if target is ExportTarget.NATIVE:
             native = plan_native(io, graph, backend, options)
@@ -365,8 +367,8 @@ def _plan(
                         version=io.version,
                         config=native.model.config,
                         files={"io.json": native.model.io.to_json() + "\n"},
-                        artifact=Path(backend["artifacts"]["model"]),
-                        summary=f"{backend['name']}, native {native.model.target.label}, max_batch_size {io.max_batch_size}",
+                        artifact=backend.artifact(),
+                        summary=f"{backend.name}, native {native.model.target.label}, max_batch_size {io.max_batch_size}",
                         artifact_name=native.model.target.default_model_filename,
                         manifest=native.model.manifest,
                         backend=backend,
@@ -377,17 +379,17 @@ def _plan(
             manifest["reason"] = native.reason
         ios.append(io)
         model_py = environment.get_template("graph_model.py.j2").render(
-            version=aitune_version(), module_name=name, graph=graph["name"], artifact=io.artifact, runtime=runtime,
-            runtime_options=backend.get("options", {}), contract_file=CONTRACT_FILE,
+            version=aitune_version(), module_name=name, graph=graph.name, artifact=io.artifact, runtime=runtime,
+            runtime_options=backend.options, contract_file=CONTRACT_FILE,
         )
         planned.append(
             _PlannedModel(
                 name=io.model_name,
                 version=io.version,
-                config=graph_model_config(io, options, backend.get("device", "cpu")),
+                config=graph_model_config(io, options, backend.device or "cpu"),
                 files={"model.py": model_py, "io.json": io.to_json() + "\n", CONTRACT_FILE: contract_source},
-                artifact=Path(backend["artifacts"]["model"]),
-                summary=f"{backend['name']}, max_batch_size {io.max_batch_size}"
+                artifact=backend.artifact(),
+                summary=f"{backend.name}, max_batch_size {io.max_batch_size}"
                 + (f", Python backend: {manifest['reason']}" if "reason" in manifest else ""),
                 manifest=manifest,
                 backend=backend,
@@ -396,8 +398,8 @@ def _plan(
         )
     routes = {
         "module": name,
-        "signature": description["signature"],
-        "strict": description.get("strict", True),
+        "signature": description.signature,
+        "strict": description.strict,
         "graphs": [io.to_dict() for io in ios],
     }
     router_py = environment.get_template("router_model.py.j2").render(

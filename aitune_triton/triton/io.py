@@ -22,11 +22,12 @@ import re
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Mapping
 
 from aitune_triton.contract import InputContract
 from aitune_triton.errors import ExportError
-from aitune_triton.spec import TensorSpec, axis_range, output_leaf_paths
+from aitune_triton.module.description import TunedGraphDescription
+from aitune_triton.spec import TensorSpec
 
 __all__ = ["ModelIO", "TensorIO", "TORCH_TO_TRITON_DTYPE", "triton_dtype"]
 
@@ -172,56 +173,70 @@ class ModelIO:
     served_names: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_graph(cls, model_name: str, graph: dict[str, Any], backend: dict[str, Any], version: int = 1) -> "ModelIO":
-        """Build the mapping of a graph spec description (``GraphSpec.to_dict()``) and its backend.
+    def from_graph(
+        cls,
+        model_name: str,
+        graph: TunedGraphDescription | Mapping[str, Any],
+        backend: Mapping[str, Any] | None = None,
+        version: int = 1,
+    ) -> "ModelIO":
+        """Build the mapping of a tuned graph spec (an entry of ``TunedDescription.graphs``).
 
         The model batches (``max_batch_size`` = the largest batch size) when every input and
         output has its batch axis at dim 0 and tuning did not find the outputs depending on other
         samples of the batch (``batch_independent`` is not False).
 
+        Args:
+            model_name: Triton model name.
+            graph: The tuned graph spec; or, with ``backend``, a graph spec description dict
+                (``GraphSpec.to_dict()``), read as such an entry.
+            backend: With a graph spec dict: its backend description (``Backend.to_dict()``).
+            version: The model version this mapping describes.
+
         Raises:
             ExportError: a tensor dtype cannot be served.
+            InvalidStateDictError: ``graph`` / ``backend`` dicts are malformed.
         """
-        inputs = [TensorSpec.from_dict(t) for t in graph["inputs"]]
-        outputs = [TensorSpec.from_dict(t) for t in graph["outputs"]]
-        batching = (
-            bool(inputs)
-            and all(t.batch_axis == 0 for t in inputs + outputs)
-            and graph.get("batch_independent") is not False
+        entry = graph if isinstance(graph, TunedGraphDescription) else TunedGraphDescription.from_dict(
+            {"graph": graph, "backend": backend, "report": None}, "graph"
         )
-        max_batch_size = graph["dims"]["batch"][1] if batching else 0
+        spec, described = entry.graph, entry.backend
+        inputs, outputs = list(spec.inputs), list(spec.outputs)
+        batching = bool(inputs) and all(t.batch_axis == 0 for t in inputs + outputs) and spec.batch_independent is not False
+        batch = spec.batch_size_range
+        max_batch_size = batch[1] if batching and batch is not None else 0
         names = _unique_names([t.path for t in inputs + outputs])
 
-        def tensor(spec: TensorSpec, name: str) -> TensorIO:
-            dims = [-1 if dim_name else size for dim_name, size in zip(spec.dim_names, spec.max_shape)]
+        def tensor(tensor_spec: TensorSpec, name: str) -> TensorIO:
+            dims = [-1 if dim_name else size for dim_name, size in zip(tensor_spec.dim_names, tensor_spec.max_shape)]
             return TensorIO(
                 name=name,
-                path=spec.path,
-                dtype=spec.dtype,
-                data_type=triton_dtype(spec.dtype, spec.path),
+                path=tensor_spec.path,
+                dtype=tensor_spec.dtype,
+                data_type=triton_dtype(tensor_spec.dtype, tensor_spec.path),
                 dims=tuple(dims[1:] if batching else dims),
-                batch_axis=spec.batch_axis,
-                ranges=tuple(axis_range(spec, axis, graph["dims"]) for axis in range(spec.rank)),
+                batch_axis=tensor_spec.batch_axis,
+                ranges=tuple(spec.axis_range(tensor_spec, axis) for axis in range(tensor_spec.rank)),
             )
 
         return cls(
             model_name=model_name,
-            graph=graph["name"],
-            key=graph["key"],
-            description=graph["description"],
-            backend=backend["name"],
-            artifact=Path(backend["artifacts"]["model"]).name,
+            graph=spec.name,
+            key=spec.key,
+            description=spec.description,
+            backend=described.name,
+            artifact=described.artifact().name,
             max_batch_size=max_batch_size,
             inputs=[tensor(s, n) for s, n in zip(inputs, names)],
             outputs=[tensor(s, n) for s, n in zip(outputs, names[len(inputs) :])],
-            output_treespec=graph["output_treespec"],
-            output_template=list(graph["output_template"]),
-            output_paths=list(graph.get("output_paths") or output_leaf_paths(graph["output_template"], [t.path for t in outputs])),
-            constants=dict(graph.get("constants", {})),
+            output_treespec=spec.output_treespec,
+            output_template=spec.output_template,
+            output_paths=spec.output_paths,
+            constants=spec.constants,
             version=version,
-            input_axes=backend.get("input_axes"),
-            index_ranges=backend.get("index_ranges"),
-            preferred_batch_size=graph.get("preferred_batch_size") if batching else None,
+            input_axes=described.input_axes,
+            index_ranges=described.index_ranges,
+            preferred_batch_size=spec.preferred_batch_size if batching else None,
         )
 
     @cached_property

@@ -25,6 +25,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from aitune_triton._versions import aitune_version, library_versions, sha256_file
 from aitune_triton.errors import AITuneTritonError
+from aitune_triton.module.description import BackendDescription, GraphDescription
 from aitune_triton.triton.config import ROUTES_PARAMETER, read_model_config
 
 __all__ = [
@@ -278,8 +279,8 @@ def build_manifest(
     kind: str,
     source: str,
     config: mc.ModelConfig | None = None,
-    backend: dict[str, Any] | None = None,
-    graph: dict[str, Any] | None = None,
+    backend: BackendDescription | None = None,
+    graph: GraphDescription | None = None,
     sha256: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> ModelManifest:
@@ -293,9 +294,9 @@ def build_manifest(
         kind: One of :data:`KINDS`.
         source: What was exported.
         config: The model's configuration; gives the IO mapping and ``max_batch_size``.
-        backend: The backend description (``Backend.to_dict()``) of a graph model: name,
-            ``options["precision"]`` (default ``"fp32"``) and device.
-        graph: The graph spec description (``GraphSpec.to_dict()``).
+        backend: A graph model's backend, as the tuned description holds it: name, precision
+            (default ``"fp32"``) and device.
+        graph: A graph model's graph spec, as the tuned description holds it.
         sha256: File name -> digest, instead of hashing ``version_dir``.
         extra: More top-level fields for the manifest (kept by :meth:`ModelManifest.from_dict`).
 
@@ -318,13 +319,13 @@ def build_manifest(
         sha256=dict(sha256),
         tool_version=aitune_version(),
         versions=library_versions(),
-        device=device_info(str(backend.get("device", "cpu"))) if backend else DeviceInfo(),
-        backend=backend["name"] if backend else None,
-        precision=str((backend.get("options") or {}).get("precision", "fp32")) if backend else None,
+        device=device_info(backend.device or "cpu") if backend else DeviceInfo(),
+        backend=backend.name if backend else None,
+        precision=(backend.precision or "fp32") if backend else None,
         inputs=inputs,
         outputs=outputs,
         max_batch_size=config.max_batch_size if config is not None else 0,
-        graph=graph,
+        graph=graph.to_dict() if graph is not None else None,
         extra=dict(extra or {}),
     )
 

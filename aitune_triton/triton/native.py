@@ -27,6 +27,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from aitune_triton.backends import get_backend_class
 from aitune_triton.backends.serving import NativeSignature, NativeTarget
 from aitune_triton.errors import ExportError, InvalidArgumentError, UnknownBackendError
+from aitune_triton.module.description import BackendDescription, GraphDescription
 from aitune_triton.triton.config import TritonModelOptions, graph_model_config
 from aitune_triton.triton.io import TORCH_TO_TRITON_DTYPE, ModelIO
 
@@ -116,13 +117,13 @@ def _stays(reason: str) -> NativePlan:
     return NativePlan(None, reason)
 
 
-def plan_native(io: ModelIO, graph: dict[str, Any], backend: dict[str, Any], options: TritonModelOptions) -> NativePlan:
+def plan_native(io: ModelIO, graph: GraphDescription, backend: BackendDescription, options: TritonModelOptions) -> NativePlan:
     """Plan the graph model of ``io`` for the Triton backend its backend declares.
 
     Args:
         io: The graph model's IO mapping (:meth:`ModelIO.from_graph`), names as the entry model uses them.
-        graph: The graph spec description (``GraphSpec.to_dict()``).
-        backend: The backend description (``Backend.to_dict()``): ``name``, ``device``, ``artifacts["model"]``.
+        graph: The graph spec, as the tuned description holds it.
+        backend: The chosen backend, as the tuned description holds it (name, device, artifact).
         options: The export's model options.
 
     Returns:
@@ -135,9 +136,9 @@ def plan_native(io: ModelIO, graph: dict[str, Any], backend: dict[str, Any], opt
         ExportError: the artifact cannot be read, or the target needs GPU instances and
             ``options.instance_kind`` is ``"cpu"``.
     """
-    target = native_target(backend["name"])
+    target = native_target(backend.name)
     if target is None:
-        return _stays(f"backend {backend['name']!r} declares no Triton backend of its own (triton_native is None)")
+        return _stays(f"backend {backend.name!r} declares no Triton backend of its own (triton_native is None)")
     if io.max_batch_size == 0:
         scalars = [t.name for t in io.inputs + io.outputs if not t.dims]
         if scalars:
@@ -145,14 +146,14 @@ def plan_native(io: ModelIO, graph: dict[str, Any], backend: dict[str, Any], opt
                 f"0-d tensors {scalars} in a model that does not batch are declared as dims [1], which only the "
                 "generated model.py converts"
             )
-    artifact = Path(backend["artifacts"]["model"])
+    artifact = backend.artifact()
     if not artifact.is_file():
         raise ExportError(f"{io.model_name}: artifact {artifact} does not exist (was the tuning cache cleared?).")
-    signature = target.signature(artifact, graph)
+    signature = target.signature(artifact, graph.to_dict())
     problem = _mismatch(io, signature)
     if problem:
         return _stays(f"the artifact's own signature does not match the graph spec: {problem}")
-    device = backend.get("device", "cpu")
+    device = backend.device or "cpu"
     gpu = target.requires_gpu or signature.device == "cuda"
     if gpu and options.instance_kind == "cpu":
         raise ExportError(

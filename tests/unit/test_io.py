@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,8 @@ from nets import TwoInputNet
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aitune_triton import Module, OneBackendStrategy
-from aitune_triton.errors import ExportError
+from aitune_triton.errors import ExportError, InvalidStateDictError
+from aitune_triton.module.description import TunedGraphDescription
 from aitune_triton.triton.io import TORCH_TO_TRITON_DTYPE, ModelIO, TensorIO, triton_dtype
 
 _TRITON_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -254,3 +256,19 @@ def test_to_dict_and_from_dict_round_trip_through_json(graphs, key):
     assert again == io
     assert all(isinstance(t, TensorIO) and isinstance(t.dims, tuple) for t in again.inputs + again.outputs)
     assert again.to_dict() == io.to_dict()
+
+
+def test_the_mapping_of_a_typed_graph_entry_is_the_one_of_its_dicts(graphs):
+    entry = graphs["two_input"][0]
+
+    typed = ModelIO.from_graph("m.graph_0", TunedGraphDescription.from_dict(entry, "graphs[0]"), version=3)
+
+    assert typed == ModelIO.from_graph("m.graph_0", entry["graph"], entry["backend"], 3)
+    assert typed.version == 3 and typed.artifact == Path(entry["backend"]["artifacts"]["model"]).name
+
+
+def test_a_graph_dict_with_a_malformed_backend_is_refused_naming_the_field(graphs):
+    entry = graphs["two_input"][0]
+
+    with pytest.raises(InvalidStateDictError, match=r"\(graph\.backend\.artifacts is not a dict\)"):
+        ModelIO.from_graph("m.graph_0", entry["graph"], {**entry["backend"], "artifacts": "model.onnx"})

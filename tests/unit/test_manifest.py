@@ -11,6 +11,7 @@ from repo_helpers import tuned_two_spec_net
 
 from aitune_triton.triton.config import read_model_config
 from aitune_triton.triton.exporter import export
+from aitune_triton.module.description import BackendDescription
 from aitune_triton.triton.manifest import (
     MANIFEST_FORMAT,
     DeviceInfo,
@@ -136,7 +137,7 @@ def test_the_device_of_a_cpu_backend_is_cpu_and_a_cuda_one_records_cuda_facts():
 def test_a_half_precision_backend_option_is_the_manifest_precision(tmp_path):
     (tmp_path / "model.py").write_text("")
     manifest = build_manifest(tmp_path, model="m", version=1, kind="graph", source="test",
-                              backend={"name": "aoti", "options": {"precision": "fp16"}, "device": "cpu"})
+                              backend=BackendDescription("aoti", options={"precision": "fp16"}, device="cpu"))
 
     assert manifest.precision == "fp16" and manifest.backend == "aoti"
     assert list(manifest.sha256) == ["model.py"]
