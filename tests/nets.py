@@ -20,6 +20,14 @@ class TwoInputNet(torch.nn.Module):
         return {"hidden": [hidden, hidden.sum(-1)], "logits": hidden[:, :3]}
 
 
+def record_two_input_calls(module, generator: torch.Generator) -> None:
+    """Call a wrapped TwoInputNet with and without ``y`` at batch sizes 1, 3 and 5 (two graph
+    specs), drawing the inputs from ``generator``."""
+    for batch in (1, 3, 5):
+        module(torch.randn(batch, 8, generator=generator), torch.randn(batch, 4, generator=generator))
+        module(torch.randn(batch, 8, generator=generator))
+
+
 
 def record_two_specs(module: torch.nn.Module, batches: tuple[int, ...] = (1, 3, 5)) -> None:
     """Record a TwoInputNet wrapper with two graph specs, ``(x, y)`` and ``(x,)``, at ``batches``."""

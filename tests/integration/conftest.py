@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from nets import TwoInputNet
+from nets import TwoInputNet, record_two_input_calls
 from nets import eager as eager_copy
 
 import aitune_triton
@@ -127,9 +127,7 @@ def served(tmp_path_factory):
             strategies=[OneBackendStrategy("onnxruntime"), OneBackendStrategy("aoti")],
         )
         generator = torch.Generator().manual_seed(1)
-        for batch in (1, 3, 5):
-            module(torch.randn(batch, 8, generator=generator), torch.randn(batch, 4, generator=generator))
-            module(torch.randn(batch, 8, generator=generator))
+        record_two_input_calls(module, generator)
         module.tune()
         assert [g.backend.name for g in module.tuned_graphs] == ["onnxruntime", "aoti"]
         checkpoint = aitune_triton.save(module, root / "checkpoint")

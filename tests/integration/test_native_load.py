@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.http as httpclient
-from nets import TwoInputNet
+from nets import TwoInputNet, record_two_input_calls
 from nets import eager as eager_copy
 from tritonclient.utils import InferenceServerException
 
@@ -54,9 +54,7 @@ def native(tmp_path_factory):
         cache_dir=root / "cache",
     )
     generator = torch.Generator().manual_seed(1)
-    for batch in (1, 3, 5):
-        module(torch.randn(batch, 8, generator=generator), torch.randn(batch, 4, generator=generator))
-        module(torch.randn(batch, 8, generator=generator))
+    record_two_input_calls(module, generator)
     module.tune()
     assert [g.backend.name for g in module.tuned_graphs] == ["onnxruntime", "aoti"]
     checkpoint = aitune_triton.save(module, root / "checkpoint")
