@@ -43,6 +43,8 @@ class AOTInductorBackend(Backend):
     name = "aoti"
     triton_runtime = "aoti"
     triton_native = TORCH_AOTI_TARGET
+    gpu_architecture_bound = True  # compiled C++/CUDA kernels
+    torch_version_bound = True  # the package is loaded by the torch ABI that built it
     artifact_names = {"model": "model.pt2"}
 
     def __init__(self, freezing: bool = False, precision: str = "fp32") -> None:

@@ -102,6 +102,11 @@ class Backend(abc.ABC):
     #: The Triton backend that loads this backend's artifact itself (``export(..., target="native")``),
     #: or None when only a generated Python-backend model serves it (see :mod:`aitune_triton.backends.serving`).
     triton_native: ClassVar[NativeTarget | None] = None
+    #: Whether the artifact holds kernels compiled for the GPU architecture it was built on (a
+    #: CUDA build then runs only on GPUs of that compute capability); read by ``aitune-triton check``.
+    gpu_architecture_bound: ClassVar[bool] = False
+    #: Whether the artifact may load only in the torch version that built it; read by ``aitune-triton check``.
+    torch_version_bound: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         self.options = dict(options)

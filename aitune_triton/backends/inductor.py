@@ -158,6 +158,7 @@ class InductorBackend(Backend):
 
     name = "inductor"
     triton_runtime = "inductor"
+    gpu_architecture_bound = True  # Triton/C++ kernels compiled for the build machine
     artifact_names = {"model": "program.pt2"}
     ahead_of_time = True
 

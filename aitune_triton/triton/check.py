@@ -46,10 +46,22 @@ __all__ = ["OK", "WARN", "ERROR", "CheckReport", "Finding", "ModelCheck", "check
 
 OK, WARN, ERROR = "OK", "WARN", "ERROR"
 _RANK = {OK: 0, WARN: 1, ERROR: 2}
-#: Backends whose artifact holds kernels compiled for one GPU architecture.
-_ARCH_SPECIFIC = ("aoti", "inductor", "tensorrt", "torch_tensorrt")
-#: Backends whose artifact is tied to the torch version that built it.
-_TORCH_BOUND = ("aoti",)
+
+
+def _bindings(backend: str) -> tuple[bool, bool]:
+    """``(gpu_architecture_bound, torch_version_bound)`` as the backend class declares them.
+
+    A backend not registered in this installation (written by a newer aitune_triton, say) counts
+    as bound to its GPU architecture, so a mismatch is an error rather than a silent pass.
+    """
+    from aitune_triton.backends import get_backend_class
+    from aitune_triton.errors import UnknownBackendError
+
+    try:
+        backend_class = get_backend_class(backend)
+    except UnknownBackendError:
+        return True, False
+    return backend_class.gpu_architecture_bound, backend_class.torch_version_bound
 
 
 @dataclass(frozen=True)
@@ -162,11 +174,13 @@ def _check_files(check: ModelCheck, version_dir: Path, manifest: ModelManifest, 
         check.add(WARN, f"{name}: not listed in manifest.json (added after export?); remove it or export again.", version)
 
 
-def _check_environment(check: ModelCheck, manifest: ModelManifest, version: int) -> None:
+def _check_environment(check: ModelCheck, manifest: ModelManifest, version: int, platform: str = "") -> None:
+    """Artifacts against this machine; ``platform`` is the config's (``tensorrt_plan`` for a TensorRT plan)."""
     import torch
 
     device = manifest.device
     backend = manifest.backend or ""
+    architecture_bound, torch_bound = _bindings(backend) if backend else (False, False)
     if device.is_cuda:
         tuned = f"tuned on {device.device}" + (f" ({device.gpu_name}, compute capability {device.compute_capability})"
                                               if device.gpu_name else "")
@@ -178,19 +192,19 @@ def _check_environment(check: ModelCheck, manifest: ModelManifest, version: int)
             major, minor = torch.cuda.get_device_capability(0)
             here = f"{major}.{minor}"
             if device.compute_capability and device.compute_capability != here:
-                severity = ERROR if backend in _ARCH_SPECIFIC else WARN
+                severity = ERROR if architecture_bound else WARN
                 check.add(severity, f"{tuned}; this machine's GPU ({torch.cuda.get_device_name(0)}) has compute "
                                     f"capability {here}. {backend} artifacts hold kernels for the GPU they were built "
                                     "on: tune again on this GPU.", version)
             if device.cuda_version and torch.version.cuda and device.cuda_version.split(".")[0] != torch.version.cuda.split(".")[0]:
                 check.add(WARN, f"tuned with CUDA {device.cuda_version}; torch here uses CUDA {torch.version.cuda}.", version)
-    if "tensorrt" in backend and device.tensorrt_version:
+    if platform == "tensorrt_plan" and device.tensorrt_version:
         installed = tensorrt_version()
         if installed != device.tensorrt_version:
             check.add(ERROR, f"TensorRT plan built with TensorRT {device.tensorrt_version}; this machine has "
                              f"{installed or 'no TensorRT'}. A plan runs only on the TensorRT version that built it: "
                              "tune again here.", version)
-    if backend in _TORCH_BOUND:
+    if torch_bound:
         built = manifest.versions.get("torch")
         if built and built != torch.__version__:
             check.add(WARN, f"{backend} package built with torch {built}; torch here is {torch.__version__}. "
@@ -275,7 +289,7 @@ def _check_model(repository: Path, model_dir: Path) -> ModelCheck:
             for problem in problems:
                 check.add(ERROR, f"config.pbtxt: {problem}; the served model.py expects the manifest's. Export again.",
                           versions[-1])
-        _check_environment(check, latest_manifest, versions[-1])
+        _check_environment(check, latest_manifest, versions[-1], config.platform if config is not None else "")
     if config is not None and any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in config.instance_group):
         import torch
 

@@ -351,7 +351,7 @@ def _plan(
             raise ExportError(
                 f"{graph.name}: backend {backend.name!r} has no artifact Triton can load (exportable: "
                 f"{exportable_backends()})." + (f" Tuning kept it: {decision}." if decision else "") + " Tune this graph "
-                "spec with OneBackendStrategy('onnxruntime'), OneBackendStrategy('aoti') or OneBackendStrategy('inductor') "
+                f"spec with {' or '.join(f'OneBackendStrategy({n!r})' for n in exportable_backends())} "
                 "(no speed gate), or with a strategy whose candidates leave out 'eager' and speed_margin=None."
             )
         model_name = f"{name}.{graph.name}"

@@ -158,6 +158,8 @@ def test_gpu_instances_on_a_machine_without_cuda_are_a_warning(repository):
 
 def test_a_tensorrt_plan_built_with_another_tensorrt_version_is_an_error(repository):
     _edit_manifest(repository, backend="tensorrt", device={"device": "cpu", "tensorrt_version": "0.0.1"})
+    config = repository / GRAPH / "config.pbtxt"
+    config.write_text(config.read_text().replace('backend: "python"', 'platform: "tensorrt_plan"', 1))
 
     report = check_repository(repository)
 
@@ -231,3 +233,12 @@ def test_the_check_command_exits_0_on_a_fresh_export(repository):
 
     assert result.exit_code == 0, result.output
     assert "no errors (0 warning(s))" in result.output
+
+
+def test_what_an_artifact_is_bound_to_is_declared_by_its_backend_class():
+    from aitune_triton.backends import get_backend_class
+
+    bindings = {name: (get_backend_class(name).gpu_architecture_bound, get_backend_class(name).torch_version_bound)
+                for name in ("aoti", "inductor", "onnxruntime", "eager")}
+
+    assert bindings == {"aoti": (True, True), "inductor": (True, False), "onnxruntime": (False, False), "eager": (False, False)}
