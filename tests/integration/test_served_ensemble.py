@@ -26,6 +26,7 @@ pytestmark = pytest.mark.triton
 NAME = "ens_two_input_net"
 ENSEMBLE = "ens_text"
 BAD_OUTPUT_ENSEMBLE = "ens_bad_output"
+POST_ONLY_ENSEMBLE = "ens_post_only"
 SENTENCES = ["hello world", "h\u00e9llo, caf\u00e9", "a", "The cat sat on the mat."]
 
 
@@ -41,6 +42,9 @@ def ensemble(tmp_path_factory):
     # The same module under another entry name, with a postprocess step that returns float64 for a TYPE_FP32 output.
     export(module, repository, name=f"{NAME}_b", show_progress=False, preprocess=text_steps.featurize,
            postprocess=text_steps.wrong_dtype, ensemble_name=BAD_OUTPUT_ENSEMBLE)
+    # A postprocess step alone: the ensemble's inputs are the entry model's (optional) inputs.
+    export(module, repository, name=f"{NAME}_c", show_progress=False, postprocess=text_steps.softmax,
+           ensemble_name=POST_ONLY_ENSEMBLE)
     with TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=180) as server:
         yield server, module.module  # the wrapped net itself; its eager copy is below
 
@@ -132,5 +136,30 @@ def test_a_step_output_of_another_dtype_than_declared_is_an_error_not_a_cast(ens
         with pytest.raises(InferenceServerException, match=r"output 'probs' has dtype float64, declared TYPE_FP32"):
             client.infer(BAD_OUTPUT_ENSEMBLE, [text])
         assert client.is_model_ready(BAD_OUTPUT_ENSEMBLE)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_postprocess_only_ensemble_takes_the_module_inputs_of_either_graph_spec(ensemble, protocol):
+    import copy
+
+    server, module = ensemble
+    eager = copy.deepcopy(module)
+    library = grpcclient if protocol == "grpc" else httpclient
+    client = library.InferenceServerClient(server.grpc_url if protocol == "grpc" else server.http_url)
+    generator = torch.Generator().manual_seed(3)
+    try:
+        for arguments in ({"x": torch.randn(3, 8, generator=generator)},
+                          {"x": torch.randn(2, 8, generator=generator), "y": torch.randn(2, 4, generator=generator)}):
+            inputs = []
+            for name, value in arguments.items():
+                tensor = library.InferInput(name, list(value.shape), "FP32")
+                tensor.set_data_from_numpy(value.numpy())
+                inputs.append(tensor)
+            served = client.infer(POST_ONLY_ENSEMBLE, inputs).as_numpy("probs")
+            with torch.no_grad():
+                expected = text_steps.softmax.function(logits=eager(**arguments)["logits"].numpy())["probs"]
+            np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
     finally:
         client.close()
