@@ -119,12 +119,19 @@ def test_export_writes_step_and_ensemble_models_that_a_dry_run_plans_exactly(tun
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [f"{NAME}.preprocess", NAME, f"{NAME}.postprocess"]
     compile((step_dir / "model.py").read_text(), "model.py", "exec")
     report = aitune_triton.triton.check_repository(repository)
-    assert not list(report.findings("ERROR")), [f.message for f in report.findings("ERROR")]
+    assert not list(report.findings("ERROR")), [f.message for _, f in report.findings("ERROR")]
     # A second export adds version 2 of each and pins it.
     export(module, repository, show_progress=False, preprocess=text_steps.featurize, postprocess=text_steps.classify,
            ensemble_name="text_net")
     pinned = read_model_config(repository / "text_net" / "config.pbtxt").ensemble_scheduling.step
     assert [s.model_version for s in pinned] == [2, 2, 2]
+    # check finds a pinned step version that is gone.
+    import shutil
+
+    shutil.rmtree(repository / f"{NAME}.postprocess" / "2")
+    report = aitune_triton.triton.check_repository(repository)
+    assert [(model, f.message) for model, f in report.findings("ERROR") if "ensemble" in f.message] == [
+        ("text_net", f"ensemble: step model '{NAME}.postprocess' has no version 2 (the ensemble pins it); export again.")]
 
 
 def test_a_step_that_does_not_fit_the_module_writes_nothing(tuned, tmp_path):
