@@ -54,11 +54,19 @@ def main() -> None:
               help="python: every graph model is a Python-backend model. native: graph models whose backend declares a "
                    "Triton backend of its own (onnxruntime: onnxruntime_onnx, aoti: torch_aoti) are served by it; the "
                    "others stay Python-backend models (the reason is printed).")
+@click.option("--preprocess", default=None, metavar="MODULE:FUNCTION",
+              help="A step (declared with aitune_triton.triton.steps.step) run before the module, as the model "
+                   "NAME.preprocess; with it or --postprocess an ensemble model wires step -> module -> step. MODULE is "
+                   "imported from the current directory or the installed packages.")
+@click.option("--postprocess", default=None, metavar="MODULE:FUNCTION",
+              help="A step run after the module, taking its outputs (and the preprocess step's) by name.")
+@click.option("--ensemble-name", default=None, help="Name of the ensemble model [default: NAME_ensemble].")
 @click.option("--quiet", is_flag=True, help="Print only the result, no progress lines.")
 @click.option("--dry-run", is_flag=True, help="Print the planned tree (files with sizes) and every config.pbtxt; "
               "write nothing.")
 def export(checkpoint: Path, repository: Path, name: str | None, instance_count: int, instance_kind: str,
-           max_queue_delay_microseconds: int, entry_instance_count: int, target: str, quiet: bool, dry_run: bool) -> None:
+           max_queue_delay_microseconds: int, entry_instance_count: int, target: str, preprocess: str | None,
+           postprocess: str | None, ensemble_name: str | None, quiet: bool, dry_run: bool) -> None:
     """Export CHECKPOINT (written by aitune_triton.save) to a Triton model repository.
 
     Writes one Python-backend graph model per tuned graph spec and an entry model named after
@@ -66,22 +74,31 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
     its own entry and graph models, named after its stored name. Each export adds a new version
     directory, existing versions are never rewritten. With --target native, graph models whose
     backend declares a Triton backend of its own are served by it (the table says which), the
-    others stay Python-backend models and a line says why.
+    others stay Python-backend models and a line says why. --preprocess / --postprocess add step
+    models and an ensemble (NAME_ensemble, or --ensemble-name) that clients send raw data to.
     Exits with status 1 and an "Error:" line (nothing written) when the checkpoint is missing or
-    fails verification, a name is invalid, or a graph spec cannot be served.
+    fails verification, a name is invalid, a graph spec cannot be served, or a step cannot be
+    resolved or does not fit the module's tensors.
     """
     from aitune_triton.triton.config import TritonModelOptions
     from aitune_triton.triton.exporter import LEAVE_OUT_NAME
     from aitune_triton.triton.exporter import export as export_checkpoint
 
+    import sys
+
+    if "" not in sys.path and "." not in sys.path:  # MODULE:FUNCTION from the current directory, as `python -m` finds it
+        sys.path.insert(0, "")
     try:
         options = TritonModelOptions(
             instance_count, instance_kind, max_queue_delay_microseconds, entry_instance_count=entry_instance_count
         )
         if dry_run:
-            plan = export_checkpoint(checkpoint, repository, name=name, options=options, dry_run=True, target=target)
+            plan = export_checkpoint(checkpoint, repository, name=name, options=options, dry_run=True, target=target,
+                                     preprocess=preprocess, postprocess=postprocess, ensemble_name=ensemble_name)
         else:
-            result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet, target=target)
+            result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet,
+                                       target=target, preprocess=preprocess, postprocess=postprocess,
+                                       ensemble_name=ensemble_name)
     except AITuneTritonError as error:
         message = str(error).replace(LEAVE_OUT_NAME, "Drop --name.")
         raise click.ClickException(message) from error
@@ -97,7 +114,9 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
     if native:
         table.add_column("served by")
     for model, version in result.versions.items():
-        row = [model + ("  (entry)" if model in result.entry_models.values() else ""), str(version)]
+        role = ("  (entry)" if model in result.entry_models.values() else "  (ensemble)" if model == result.ensemble_model
+                else "  (step)" if model in result.step_models else "")
+        row = [model + role, str(version)]
         table.add_row(*row, *([result.targets.get(model, "python")] if native else []))
     console.print(table)
     for model, reason in result.python_reasons.items():

@@ -8,8 +8,11 @@ on CPU with the default strategy (every candidate measured, the fastest kept; th
 is printed), saves a checkpoint, exports it with the CLI, serves it with the Triton server embedded in
 the ``nvidia-pytriton`` wheel, sends sentences it never saw (other batch sizes and lengths, from a
 4-token "Hi." to a ~100-token sentence and a batch of 32) in process and over gRPC and HTTP, and
-prints a table. Exits 1 when any embedding differs from eager by more than 1e-4 or any request
-fails.
+prints a table. It also exports the ensemble ``minilm_text`` (the steps of
+``examples/minilm_text.py``: tokenizer -> tuned transformer -> mean pooling), sends it raw sentences
+(BYTES) over HTTP and compares the embeddings with the same pipeline in process. Exits 1 when any
+embedding differs from eager (or, for ``minilm_text``, from the in-process pipeline) by more than
+1e-4 or any request fails.
 
 Run with ``make demo`` (or ``python examples/minilm.py --help``).
 """
@@ -35,7 +38,11 @@ import aitune_triton  # noqa: E402
 from aitune_triton.strategies.validation import measure_latency_ms  # noqa: E402
 from aitune_triton.triton import TritonServer  # noqa: E402
 
+import minilm_text  # noqa: E402  (beside this file: the pre/post steps of the minilm_text ensemble)
+
 TOLERANCE = 1e-4
+#: The ensemble of the steps in examples/minilm_text.py around the tuned transformer: sentences in, embeddings out.
+TEXT_MODEL = "minilm_text"
 
 # The ranges a user serves, declared instead of hoping the recording covered them: a batch of 1 up
 # to 32 sentences, each 1 to 128 tokens (``[CLS]`` and ``[SEP]`` included; longer text is cut by the
@@ -180,6 +187,42 @@ def accepted_sizes(spec: aitune_triton.GraphSpec, tensor) -> str:
     return "[" + ", ".join(f"{low}..{high}" if low != high else str(low) for low, high in ranges) + "]"
 
 
+def check_text_ensemble(server: TritonServer, module: aitune_triton.Module, failures: list[str]) -> list[tuple[int, float, float]]:
+    """Send raw sentences (BYTES) to the ``minilm_text`` ensemble over HTTP with tritonclient and
+    compare its embeddings with the same pipeline in process (tokenize -> tuned module -> mean pool).
+
+    Returns ``(sentences, served ms, max abs diff)`` per batch; a failed request is added to
+    ``failures`` and counts as an infinite diff.
+    """
+    import time
+
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server.http_url)
+    rows = []
+    try:
+        for sentences in (UNSEEN_BATCHES[0], UNSEEN_BATCHES[1], UNSEEN_BATCHES[4], UNSEEN_BATCHES[-1]):
+            text = np.array(sentences, dtype=object)
+            tokens = minilm_text.tokenize(text=text)
+            hidden = module(**{name: torch.from_numpy(array) for name, array in tokens.items()}).last_hidden_state
+            expected = minilm_text.mean_pool(last_hidden_state=hidden.numpy(), attention_mask=tokens["attention_mask"])
+            request = httpclient.InferInput("text", [len(sentences)], "BYTES")
+            request.set_data_from_numpy(np.array([s.encode() for s in sentences], dtype=object))
+            try:
+                start = time.perf_counter()
+                served = client.infer(TEXT_MODEL, [request]).as_numpy("embeddings")
+                latency = (time.perf_counter() - start) * 1e3
+            except Exception as error:  # tritonclient raises InferenceServerException and socket errors
+                failures.append(f"{TEXT_MODEL} {len(sentences)} sentences: {error}")
+                rows.append((len(sentences), float("nan"), float("inf")))
+                continue
+            rows.append((len(sentences), latency, float(np.abs(served - expected["embeddings"]).max())))
+    finally:
+        client.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/minilm"), help="checkpoint directory")
@@ -222,9 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"Removing the previous demo export: {', '.join(p.name for p in previous)}")
         for path in previous:
             shutil.rmtree(path)
-    export = [sys.executable, "-m", "aitune_triton", "export", str(args.checkpoint), "-o", str(args.repository)]
-    console.print("$ " + " ".join(export))
-    subprocess.run(export, check=True)
+    export = [sys.executable, "-m", "aitune_triton", "export", str(args.checkpoint), "-o", str(args.repository),
+              "--preprocess", "minilm_text:tokenize", "--postprocess", "minilm_text:mean_pool", "--ensemble-name", TEXT_MODEL]
+    examples = str(Path(__file__).resolve().parent)  # where the CLI imports minilm_text from
+    console.print(f"$ PYTHONPATH={examples} " + " ".join(export))
+    subprocess.run(export, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+        [examples, *filter(None, [os.environ.get("PYTHONPATH")])])})
 
     rows, failures, worst = [], [], 0.0
     with TritonServer(args.repository) as server, torch.no_grad():
@@ -252,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             row["diff"] = max(diffs.values())
             worst = max(worst, row["diff"])
             rows.append(row)
+        text_rows = check_text_ensemble(server, module, failures)
 
     graphs = Table(title="Graph specs")
     for column in ("graph spec", "inputs: recorded min..max shape", "accepted sizes per axis", "backend", "eager ms", "backend ms"):
@@ -279,6 +326,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['diff']:.2e}",
         )
     console.print(table)
+    text_table = Table(title=f"Raw sentences (BYTES) to the ensemble '{TEXT_MODEL}' over HTTP vs tokenize -> tuned -> pool in process")
+    for column in ("sentences", "served ms", "max abs diff"):
+        text_table.add_column(column, justify="right")
+    for count, latency, diff in text_rows:
+        text_table.add_row(str(count), f"{latency:.1f}", f"{diff:.2e}")
+        worst = max(worst, diff)
+    console.print(text_table)
     for failure in failures:
         console.print(f"[red]request failed[/red]: {failure}")
     if failures or worst > TOLERANCE:

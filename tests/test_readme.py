@@ -28,5 +28,8 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert (tmp_path / "checkpoints" / "readme_net" / "manifest.json").is_file()
     # the AITune-style block: a pipeline's two wrapped submodules, saved together and exported
     assert (tmp_path / "checkpoints" / "readme_pipe" / "manifest.json").is_file()
+    # the ensemble block: step models and the ensemble around readme_net's checkpoint
+    for model in ("readme_text", "readme_text_net.preprocess", "readme_text_net.postprocess"):
+        assert (tmp_path / "model_repository" / model / "config.pbtxt").is_file()
     for entry_model in ("readme_encoder", "readme_decoder"):
         assert (tmp_path / "model_repository" / entry_model / "config.pbtxt").is_file()

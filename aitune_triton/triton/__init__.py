@@ -2,7 +2,8 @@
 
 ``TritonServer`` is importable from here (``aitune_triton.triton.TritonServer``); ``export`` and
 ``RemoteModule`` too, and from the package root; the repository tools ``check_repository`` and
-``analyze_config`` from here.
+``analyze_config`` from here, and the step declarations (``Step``, ``StepTensor``, ``step``,
+``resolve_step``) for ``export(..., preprocess=..., postprocess=...)``.
 """
 
 from aitune_triton.triton.analyze import AnalyzerConfig, analyze_config
@@ -14,6 +15,7 @@ from aitune_triton.triton.exporter import ExportResult, export
 from aitune_triton.triton.manifest import ModelManifest
 from aitune_triton.triton.native import ExportTarget
 from aitune_triton.triton.server import TritonServer
+from aitune_triton.triton.steps import Step, StepTensor, resolve_step, step
 
 __all__ = [
     "AnalyzerConfig",
@@ -23,9 +25,13 @@ __all__ = [
     "ExportTarget",
     "ModelManifest",
     "RemoteModule",
+    "Step",
+    "StepTensor",
     "TritonModelOptions",
     "TritonServer",
     "analyze_config",
     "check_repository",
     "export",
+    "resolve_step",
+    "step",
 ]

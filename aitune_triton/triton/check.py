@@ -242,6 +242,19 @@ def _check_routes(check: ModelCheck, repository: Path, config: Any) -> None:
                             "its config serves); export the module again.")
 
 
+def _check_ensemble(check: ModelCheck, repository: Path, config: Any) -> None:
+    """Each model an ensemble calls exists with the version it pins (-1: the latest)."""
+    for step in config.ensemble_scheduling.step:
+        name, version = step.model_name, step.model_version
+        if not (repository / name).is_dir():
+            check.add(ERROR, f"ensemble: step model {name!r} does not exist in the repository; export again.")
+        elif version != -1 and not (repository / name / str(version)).is_dir():
+            check.add(ERROR, f"ensemble: step model {name!r} has no version {version} (the ensemble pins it); export again.")
+        elif version != -1 and latest_version(repository / name) != version:
+            check.add(WARN, f"ensemble pins {name!r} version {version}, but its latest version is "
+                            f"{latest_version(repository / name)} (the one its config serves); export again.")
+
+
 def _check_model(repository: Path, model_dir: Path) -> ModelCheck:
     check = ModelCheck(model_dir.name, model_kind(model_dir))
     config = None
@@ -298,6 +311,8 @@ def _check_model(repository: Path, model_dir: Path) -> ModelCheck:
                             "create them. Export with --instance-kind cpu to serve it here.")
     if config is not None and ROUTES_PARAMETER in config.parameters:
         _check_routes(check, repository, config)
+    if config is not None and config.platform == "ensemble":
+        _check_ensemble(check, repository, config)
     return check
 
 

@@ -53,7 +53,8 @@ class PlannedModelVersion:
     Attributes:
         name: Triton model name.
         version: The version directory it would get.
-        kind: ``"graph"`` or ``"entry"`` (see :data:`~aitune_triton.triton.manifest.KINDS`).
+        kind: ``"graph"``, ``"entry"``, ``"step"`` or ``"ensemble"`` (see
+            :data:`~aitune_triton.triton.manifest.KINDS`).
         exists: Whether the model directory exists already (the export adds a version to it).
         config_text: The ``config.pbtxt`` it would write (replacing the existing one).
         files: Files of the version directory, and ``config.pbtxt``.
@@ -74,7 +75,8 @@ class ExportPlan:
     Attributes:
         repository: The model repository (absolute; not created by a dry run).
         source: What would be exported.
-        models: The model versions, graph models first, entry models last (the publishing order).
+        models: The model versions in publishing order: graph models, entry models, then step
+            models and the ensemble.
     """
 
     repository: Path

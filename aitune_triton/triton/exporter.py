@@ -33,6 +33,7 @@ versions it was exported with.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -51,16 +52,20 @@ from aitune_triton.errors import ExportError, UnknownBackendError
 from aitune_triton.module.description import BackendDescription, GraphDescription, TunedDescription
 from aitune_triton.module.wrapper import Module
 from aitune_triton.names import validate_model_name
+from aitune_triton.triton import step_runtime
 from aitune_triton.triton.config import (
+    ROUTES_PARAMETER,
     TritonModelOptions,
     graph_model_config,
     router_model_config,
     write_model_config,
 )
 from aitune_triton.triton.dry_run import ExportPlan, build_plan
+from aitune_triton.triton.ensemble import Stage, ensemble_model_config, step_model_config
 from aitune_triton.triton.io import ModelIO
 from aitune_triton.triton.manifest import build_manifest, refuse_kind_collision
 from aitune_triton.triton.native import ExportTarget, plan_native
+from aitune_triton.triton.steps import Step, resolve_step
 
 __all__ = ["ExportPlan", "ExportResult", "export", "exportable_backends", "templates_dir"]
 
@@ -87,6 +92,8 @@ class ExportResult:
         targets: Graph model name -> ``"native"`` (served by a Triton backend of its own) or
             ``"python"`` (a generated Python-backend model).
         python_reasons: Graph model name -> why it stayed a Python-backend model in a native export.
+        ensemble_model: Name of the ensemble model (pre/post steps around the entry model), or None.
+        step_models: Names of the step models (preprocess first).
     """
 
     repository: Path
@@ -95,6 +102,8 @@ class ExportResult:
     versions: dict[str, int]
     targets: dict[str, str] = field(default_factory=dict)
     python_reasons: dict[str, str] = field(default_factory=dict)
+    ensemble_model: str | None = None
+    step_models: list[str] = field(default_factory=list)
 
     @property
     def entry_model(self) -> str:
@@ -189,7 +198,8 @@ def _write_manifest(version_dir: Path, source: str, extra: dict[str, Any], **fie
 def export(
     module_or_checkpoint: Module | str | os.PathLike, repository: str | os.PathLike, name: str | None = ...,
     options: TritonModelOptions | None = ..., show_progress: bool = ..., dry_run: Literal[False] = ...,
-    target: ExportTarget | str = ...,
+    target: ExportTarget | str = ..., preprocess: Step | str | None = ..., postprocess: Step | str | None = ...,
+    ensemble_name: str | None = ...,
 ) -> ExportResult: ...
 
 
@@ -197,7 +207,8 @@ def export(
 def export(
     module_or_checkpoint: Module | str | os.PathLike, repository: str | os.PathLike, name: str | None = ...,
     options: TritonModelOptions | None = ..., show_progress: bool = ..., *, dry_run: Literal[True],
-    target: ExportTarget | str = ...,
+    target: ExportTarget | str = ..., preprocess: Step | str | None = ..., postprocess: Step | str | None = ...,
+    ensemble_name: str | None = ...,
 ) -> ExportPlan: ...
 
 
@@ -209,6 +220,9 @@ def export(
     show_progress: bool = True,
     dry_run: bool = False,
     target: ExportTarget | str = ExportTarget.PYTHON,
+    preprocess: Step | str | None = None,
+    postprocess: Step | str | None = None,
+    ensemble_name: str | None = None,
 ) -> ExportResult | ExportPlan:
     """Write a tuned module as Triton models: one graph model per graph spec plus an entry model.
 
@@ -232,6 +246,15 @@ def export(
             tensor names; the others stay Python-backend models, with the reason in the progress
             lines, :attr:`ExportResult.python_reasons` and their manifest (see
             :mod:`aitune_triton.triton.native`).
+        preprocess: A :class:`~aitune_triton.triton.steps.Step` (or its ``"module:function"``) run
+            before the module: its outputs must be exactly one graph spec's inputs (names, dtypes,
+            ranks). Written as the Python-backend step model ``<name>.preprocess``; with it or
+            ``postprocess``, an ensemble model wires step -> entry model -> step (see
+            :mod:`aitune_triton.triton.ensemble`). Only for an export of one module.
+        postprocess: A step run after the module, taking any of the module's outputs, the
+            preprocess step's outputs and the ensemble's inputs by name; written as
+            ``<name>.postprocess``.
+        ensemble_name: Name of the ensemble model; default ``<name>_ensemble``. Needs a step.
 
     Returns:
         What was written (:class:`ExportResult`); with ``dry_run``, what would be
@@ -243,7 +266,11 @@ def export(
             graph specs. Nothing is written.
         CheckpointError: the checkpoint is missing or fails verification. Nothing is written.
         InvalidNameError: ``name`` is not a valid model name (``/``, leading ``.``...).
-        InvalidArgumentError: ``target`` is not ``"python"`` or ``"native"``.
+        InvalidArgumentError: ``target`` is not ``"python"`` or ``"native"``, or a step reference
+            cannot be resolved (:func:`~aitune_triton.triton.steps.resolve_step`).
+        ExportError: a step's tensors do not fit the stage before it (the message names the
+            tensor, both sides and what to do), steps are given for a checkpoint of several
+            modules, or ``ensemble_name`` without a step.
         ExportError: also when ``repository`` is an existing file, when ``name`` is given for a
             checkpoint of several modules, when two exported modules would share a model name, or
             when a model name is taken in ``repository`` by a model of another kind (an entry
@@ -271,6 +298,8 @@ def export(
         graph_models += planned[:-1]
         entry_models[path] = planned[-1]
     models = graph_models + list(entry_models.values())  # graph models first, the entry models last
+    ensemble = _plan_steps(entries, entry_models, preprocess, postprocess, ensemble_name, options, repository, source)
+    models += ensemble  # steps, then the ensemble: published after the models it calls
     clashing = sorted(model for model, count in collections.Counter(m.name for m in models).items() if count > 1)
     if clashing:
         raise ExportError(f"{source}: two exported modules would both write the models {clashing}; rename one Module.")
@@ -299,6 +328,8 @@ def export(
         {m.name: m.version for m in models},
         {m.name: m.manifest["target"] for m in graph_models},
         {m.name: m.manifest["reason"] for m in graph_models if "reason" in m.manifest},
+        ensemble_model=ensemble[-1].name if ensemble else None,
+        step_models=[m.name for m in ensemble if m.kind == "step"],
     )
 
 
@@ -427,3 +458,58 @@ def _publish(staged_model: Path, target_model: Path, version: int) -> None:
         raise ExportError(f"{target_version} appeared while exporting; versions are never overwritten. Export again.")
     (staged_model / str(version)).rename(target_version)
     os.replace(staged_model / "config.pbtxt", target_model / "config.pbtxt")
+
+
+#: File names in a step model's version directory: the shipped runtime and the user's module copy.
+STEP_RUNTIME_FILE = "aitune_triton_step_runtime.py"
+STEP_MODULE_FILE = "step_module.py"
+
+
+def _plan_steps(
+    entries: list[tuple[str, TunedDescription]], entry_models: dict[str, _PlannedModel], preprocess: Step | str | None,
+    postprocess: Step | str | None, ensemble_name: str | None, options: TritonModelOptions, repository: Path, source: str,
+) -> list[_PlannedModel]:
+    """The step models and the ensemble around the one entry model (nothing without a step)."""
+    if preprocess is None and postprocess is None:
+        if ensemble_name is not None:
+            raise ExportError("ensemble_name: names the ensemble around pre/post steps; pass preprocess or postprocess too.")
+        return []
+    if len(entries) != 1:
+        raise ExportError(
+            f"preprocess/postprocess: wrap the steps around one module; {source} holds {len(entries)} wrapped "
+            "submodules. Export the submodule's own checkpoint."
+        )
+    entry = next(iter(entry_models.values()))
+    name = validate_model_name(ensemble_name, "ensemble_name") if ensemble_name is not None else f"{entry.name}_ensemble"
+    routes = json.loads(entry.config.parameters[ROUTES_PARAMETER].string_value)
+    input_sets = [frozenset(t["name"] for t in graph["inputs"]) for graph in routes["graphs"]]
+    stages = [Stage.from_config(entry.config, entry.version, f"entry model '{entry.name}'", input_sets)]
+    planned: list[_PlannedModel] = []
+    runtime_source = Path(step_runtime.__file__).read_text()
+    for role, given in (("preprocess", preprocess), ("postprocess", postprocess)):
+        if given is None:
+            continue
+        declared = resolve_step(given, role)
+        model_name = f"{entry.name}.{role}"
+        version = _next_version(repository / model_name)
+        stage = Stage.from_step(declared, model_name, version, role)
+        stages.insert(0, stage) if role == "preprocess" else stages.append(stage)
+        module_file = declared.source_file()
+        model_py = _environment().get_template("step_model.py.j2").render(
+            version=aitune_version(), role=role, step_name=declared.name, function=declared.reference,
+            module_file=STEP_MODULE_FILE, runtime_file=STEP_RUNTIME_FILE,
+        )
+        description = {**declared.to_dict(), "role": role, "source_file": str(module_file)}
+        planned.append(_PlannedModel(
+            name=model_name, version=version, config=step_model_config(model_name, declared, options.instance_count),
+            files={"model.py": model_py, "step.json": json.dumps(description, indent=2) + "\n",
+                   STEP_RUNTIME_FILE: runtime_source, STEP_MODULE_FILE: module_file.read_text()},
+            artifact=None, summary=f"{role} step {declared.reference}", kind="step",
+            manifest={"step": description},
+        ))
+    config = ensemble_model_config(name, stages)
+    planned.append(_PlannedModel(
+        name=name, version=_next_version(repository / name), config=config, files={}, artifact=None,
+        summary="ensemble: " + " -> ".join(stage.model_name for stage in stages), kind="ensemble",
+    ))
+    return planned

@@ -49,7 +49,8 @@ MANIFEST_FILE = "manifest.json"
 #: Format of the manifests written now (0: the fields of older exports only).
 MANIFEST_FORMAT = 1
 #: Model kinds: ``graph`` (runs one graph spec's artifact), ``entry`` (BLS router in front of the
-#: graph models); ``step`` and ``ensemble`` are reserved for pipeline steps and Triton ensembles.
+#: graph models), ``step`` (a pre/post-processing function, :mod:`aitune_triton.triton.steps`) and
+#: ``ensemble`` (a Triton ensemble wiring steps around an entry model).
 KINDS = ("graph", "entry", "step", "ensemble")
 
 
