@@ -54,11 +54,16 @@ def main() -> None:
               help="python: every graph model is a Python-backend model. native: graph models whose backend declares a "
                    "Triton backend of its own (onnxruntime: onnxruntime_onnx, aoti: torch_aoti) are served by it; the "
                    "others stay Python-backend models (the reason is printed).")
+@click.option("--router/--no-router", default=None,
+              help="--router: always an entry (router) model in front of NAME.graph_N graph models. --no-router: a module "
+                   "with one graph spec is one model NAME, called without a BLS hop. Default: no router for one graph "
+                   "spec with --target python, a router otherwise.")
 @click.option("--quiet", is_flag=True, help="Print only the result, no progress lines.")
 @click.option("--dry-run", is_flag=True, help="Print the planned tree (files with sizes) and every config.pbtxt; "
               "write nothing.")
 def export(checkpoint: Path, repository: Path, name: str | None, instance_count: int, instance_kind: str,
-           max_queue_delay_microseconds: int, entry_instance_count: int, target: str, quiet: bool, dry_run: bool) -> None:
+           max_queue_delay_microseconds: int, entry_instance_count: int, target: str, router: bool | None, quiet: bool,
+           dry_run: bool) -> None:
     """Export CHECKPOINT (written by aitune_triton.save) to a Triton model repository.
 
     Writes one Python-backend graph model per tuned graph spec and an entry model named after
@@ -79,9 +84,11 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
             instance_count, instance_kind, max_queue_delay_microseconds, entry_instance_count=entry_instance_count
         )
         if dry_run:
-            plan = export_checkpoint(checkpoint, repository, name=name, options=options, dry_run=True, target=target)
+            plan = export_checkpoint(checkpoint, repository, name=name, options=options, dry_run=True, target=target,
+                                     router=router)
         else:
-            result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet, target=target)
+            result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet, target=target,
+                                       router=router)
     except AITuneTritonError as error:
         message = str(error).replace(LEAVE_OUT_NAME, "Drop --name.")
         raise click.ClickException(message) from error

@@ -47,7 +47,7 @@ from aitune_triton._progress import progress
 from aitune_triton._versions import aitune_version
 from aitune_triton.backends import backend_names, get_backend_class
 from aitune_triton.checkpoint import read_checkpoint_modules
-from aitune_triton.errors import ExportError, UnknownBackendError
+from aitune_triton.errors import ExportError, InvalidArgumentError, UnknownBackendError
 from aitune_triton.module.description import BackendDescription, GraphDescription, TunedDescription
 from aitune_triton.module.wrapper import Module
 from aitune_triton.names import validate_model_name
@@ -55,6 +55,7 @@ from aitune_triton.triton.config import (
     TritonModelOptions,
     graph_model_config,
     router_model_config,
+    set_routes_parameter,
     write_model_config,
 )
 from aitune_triton.triton.dry_run import ExportPlan, build_plan
@@ -189,7 +190,7 @@ def _write_manifest(version_dir: Path, source: str, extra: dict[str, Any], **fie
 def export(
     module_or_checkpoint: Module | str | os.PathLike, repository: str | os.PathLike, name: str | None = ...,
     options: TritonModelOptions | None = ..., show_progress: bool = ..., dry_run: Literal[False] = ...,
-    target: ExportTarget | str = ...,
+    target: ExportTarget | str = ..., router: bool | None = ...
 ) -> ExportResult: ...
 
 
@@ -197,7 +198,7 @@ def export(
 def export(
     module_or_checkpoint: Module | str | os.PathLike, repository: str | os.PathLike, name: str | None = ...,
     options: TritonModelOptions | None = ..., show_progress: bool = ..., *, dry_run: Literal[True],
-    target: ExportTarget | str = ...,
+    target: ExportTarget | str = ..., router: bool | None = ...,
 ) -> ExportPlan: ...
 
 
@@ -209,6 +210,7 @@ def export(
     show_progress: bool = True,
     dry_run: bool = False,
     target: ExportTarget | str = ExportTarget.PYTHON,
+    router: bool | None = None,
 ) -> ExportResult | ExportPlan:
     """Write a tuned module as Triton models: one graph model per graph spec plus an entry model.
 
@@ -232,6 +234,13 @@ def export(
             tensor names; the others stay Python-backend models, with the reason in the progress
             lines, :attr:`ExportResult.python_reasons` and their manifest (see
             :mod:`aitune_triton.triton.native`).
+        router: None (default): a module with one graph spec exported with ``target="python"``
+            is ONE model named ``<name>``, the graph model itself (it checks its own input
+            contract), which a raw client calls without a BLS hop; otherwise an entry (router)
+            model in front of ``<name>.<graph>`` graph models. True: always the router. False:
+            never (refused for several graph specs or ``target="native"``, whose native graph
+            models check nothing themselves). The single model carries the same
+            ``aitune_triton.routes`` parameter as an entry model, so RemoteModule works on both.
 
     Returns:
         What was written (:class:`ExportResult`); with ``dry_run``, what would be
@@ -243,13 +252,17 @@ def export(
             graph specs. Nothing is written.
         CheckpointError: the checkpoint is missing or fails verification. Nothing is written.
         InvalidNameError: ``name`` is not a valid model name (``/``, leading ``.``...).
-        InvalidArgumentError: ``target`` is not ``"python"`` or ``"native"``.
+        InvalidArgumentError: ``target`` is not ``"python"`` or ``"native"``; ``router`` is not
+            None/True/False, or is False for a module with several graph specs or with
+            ``target="native"``.
         ExportError: also when ``repository`` is an existing file, when ``name`` is given for a
             checkpoint of several modules, when two exported modules would share a model name, or
             when a model name is taken in ``repository`` by a model of another kind (an entry
             model over a graph model, or over a model without an aitune_triton manifest).
     """
     target = ExportTarget.parse(target)
+    if router is not None and not isinstance(router, bool):
+        raise InvalidArgumentError(f"router: expected None (automatic), True or False, got {router!r}")
     entries, source = _descriptions(module_or_checkpoint)
     if name is not None and len(entries) > 1:
         raise ExportError(
@@ -267,10 +280,11 @@ def export(
             entry_name = validate_model_name(name, "name")
         else:
             entry_name = validate_model_name(description.name, f"module name at '{path}'" if path else "module name")
-        planned = _plan(description, entry_name, options, repository, target)
+        planned = _plan(description, entry_name, options, repository, target, _use_router(description, target, router))
         graph_models += planned[:-1]
         entry_models[path] = planned[-1]
     models = graph_models + list(entry_models.values())  # graph models first, the entry models last
+    served = [m for m in models if m.backend is not None]  # models that run a graph spec (a direct entry model too)
     clashing = sorted(model for model, count in collections.Counter(m.name for m in models).items() if count > 1)
     if clashing:
         raise ExportError(f"{source}: two exported modules would both write the models {clashing}; rename one Module.")
@@ -295,11 +309,33 @@ def export(
     return ExportResult(
         repository,
         {path: model.name for path, model in entry_models.items()},
-        [m.name for m in graph_models],
+        [m.name for m in served],
         {m.name: m.version for m in models},
-        {m.name: m.manifest["target"] for m in graph_models},
-        {m.name: m.manifest["reason"] for m in graph_models if "reason" in m.manifest},
+        {m.name: m.manifest["target"] for m in served},
+        {m.name: m.manifest["reason"] for m in served if "reason" in m.manifest},
     )
+
+
+def _use_router(description: TunedDescription, target: ExportTarget, router: bool | None) -> bool:
+    """Whether ``description`` gets an entry (router) model in front of its graph models.
+
+    Raises:
+        InvalidArgumentError: ``router`` is False where a router is needed.
+    """
+    graphs = len(description.graphs)
+    if router is None:
+        return graphs != 1 or target is not ExportTarget.PYTHON
+    if not router and graphs != 1:
+        raise InvalidArgumentError(
+            f"router: False needs a module with one graph spec; '{description.name}' has {graphs}, which the entry "
+            "model routes between. Pass router=None or True."
+        )
+    if not router and target is not ExportTarget.PYTHON:
+        raise InvalidArgumentError(
+            "router: False needs target='python'; a native graph model does not check its input contract itself, so "
+            "the entry model in front of it does. Pass router=None or True."
+        )
+    return router
 
 
 @dataclass
@@ -331,9 +367,13 @@ class _PlannedModel:
 
 
 def _plan(
-    description: TunedDescription, name: str, options: TritonModelOptions, repository: Path, target: ExportTarget = ExportTarget.PYTHON
+    description: TunedDescription, name: str, options: TritonModelOptions, repository: Path,
+    target: ExportTarget = ExportTarget.PYTHON, router: bool = True,
 ) -> list[_PlannedModel]:
     """Build every configuration and file in memory, so that invalid input fails before writing.
+
+    The last model is the module's entry model. Without ``router`` (one graph spec, target python)
+    it is the only one: the graph model named ``name``, with the routes parameter of an entry model.
 
     The entry model's routes pin each graph model's version: if an interrupted export left newer
     graph models behind an older entry model, requests fail loudly instead of reaching a graph
@@ -354,7 +394,7 @@ def _plan(
                 "spec with OneBackendStrategy('onnxruntime'), OneBackendStrategy('aoti') or OneBackendStrategy('inductor') "
                 "(no speed gate), or with a strategy whose candidates leave out 'eager' and speed_margin=None."
             )
-        model_name = f"{name}.{graph.name}"
+        model_name = f"{name}.{graph.name}" if router else name
         io = ModelIO.from_graph(model_name, entry, version=_next_version(repository / model_name))
         manifest: dict[str, Any] = {"target": ExportTarget.PYTHON.value}
         if target is ExportTarget.NATIVE:
@@ -402,6 +442,13 @@ def _plan(
         "strict": description.strict,
         "graphs": [io.to_dict() for io in ios],
     }
+    if not router:  # the graph model is the entry model: RemoteModule reads its routes there
+        direct = planned[0]
+        set_routes_parameter(direct.config, routes)
+        direct.kind = "entry"
+        direct.manifest["router"] = False
+        direct.summary = f"entry model running {description.graphs[0].graph.name} itself (no router), {direct.summary}"
+        return planned
     router_py = environment.get_template("router_model.py.j2").render(
         version=aitune_version(), module_name=name, graph_models=[io.model_name for io in ios], contract_file=CONTRACT_FILE
     )
