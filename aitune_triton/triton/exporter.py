@@ -17,6 +17,11 @@ stored Module name::
         1/model.py  1/io.json  1/model.pt2  1/manifest.json
         1/aitune_triton_contract.py  the input check model.py runs (a copy of aitune_triton/contract.py)
 
+A module with one graph spec exported with ``target="python"`` (``router=None``, the default, or
+``router=False``) is ONE model named ``<name>``: the graph model itself (it checks its own input
+contract), with the entry model's routes parameter, so a raw client calls it without a BLS hop
+and RemoteModule reads it as it reads a router. ``router=True`` keeps the router layout above.
+
 With ``target="native"`` (:class:`~aitune_triton.triton.native.ExportTarget`), a graph model whose
 backend declares a Triton backend of its own (``Backend.triton_native``) is a model of that backend
 instead (``platform: "onnxruntime_onnx"`` + ``model.onnx``, ``platform: "torch_aoti"`` +

@@ -49,7 +49,7 @@ def test_the_group_help_lists_every_command_and_option(runner):
     [
         (
             "export",
-            {"-o", "--output", "--name", "--instance-count", "--instance-kind", "--max-queue-delay-microseconds", "--entry-instance-count", "--target", "--quiet", "--dry-run", "--help"},
+            {"-o", "--output", "--name", "--instance-count", "--instance-kind", "--max-queue-delay-microseconds", "--entry-instance-count", "--target", "--router", "--no-router", "--quiet", "--dry-run", "--help"},
         ),
         (
             "serve",
