@@ -23,7 +23,7 @@ import pb_utils_standin as pb_utils
 import pytest
 import torch
 from google.protobuf import json_format
-from nets import tuned_two_input_net
+from nets import Bf16BoolNet, PerSampleNet, tuned_two_input_net
 
 import aitune_triton
 from aitune_triton import Module, OneBackendStrategy
@@ -40,30 +40,6 @@ class TokenFeatureNet(torch.nn.Module):
     def forward(self, ids: torch.Tensor, features: torch.Tensor):
         hidden = self.embedding(ids) + features
         return {"hidden": hidden, "pooled": hidden.mean(1)}
-
-
-class PerSampleNet(torch.nn.Module):
-    """Per-sample vectors in and out: ``lengths`` (B,) int64 and ``scale`` (B,) float32."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor, scale: torch.Tensor):
-        hidden = self.linear(x) * scale[:, None]
-        return {"total": hidden.sum(-1), "doubled": lengths * 2}
-
-
-class Bf16BoolNet(torch.nn.Module):
-    """Computes in bfloat16; a bool input selects, a bool output says where the result is positive."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 3).to(torch.bfloat16)
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor):
-        y = self.linear(x)
-        return {"y": y, "positive": y > 0, "kept": torch.where(keep, y, torch.zeros_like(y))}
 
 
 @pytest.fixture(autouse=True)
