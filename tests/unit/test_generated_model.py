@@ -27,6 +27,7 @@ from nets import Bf16BoolNet, PerSampleNet, tuned_two_input_net
 
 import aitune_triton
 from aitune_triton import Module, OneBackendStrategy
+from aitune_triton.triton.check import check_repository
 from aitune_triton.triton.config import read_model_config
 
 
@@ -120,6 +121,8 @@ def test_a_single_graph_spec_is_one_model_that_checks_its_own_inputs(token_repos
     routes = json.loads(config.parameters["aitune_triton.routes"].string_value)
     assert [graph["model_name"] for graph in routes["graphs"]] == ["token_net"]
     assert "pb_utils.InferenceRequest(" not in (result.repository / "token_net" / "1" / "model.py").read_text()
+    report = check_repository(result.repository)
+    assert report.ok and report.model("token_net").kind == "entry", list(report.findings())
 
 
 def test_the_direct_model_answers_good_requests_like_eager_and_each_bad_one_with_its_own_error(token_repository):
