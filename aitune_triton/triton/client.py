@@ -99,7 +99,9 @@ class RemoteModule:
     On creation it reads the entry model's configuration (parameter ``aitune_triton.routes``:
     the forward signature and each graph model's version and IO mapping). Each call is bound and
     flattened exactly as in-process, matched to its graph spec, and sent straight to that version
-    of that graph model (one hop, no router); the answer is rebuilt into the module's output
+    of that graph model (one hop, no router; for a module with one graph spec exported without a
+    router, the entry model is that graph model). bfloat16 tensors travel as
+    ``ml_dtypes.bfloat16`` arrays (tritonclient's "BF16"), bool as numpy bool; the answer is rebuilt into the module's output
     structure of CPU tensors: tuples, lists, dicts, and the containers the module returned
     (``transformers`` ModelOutputs and caches, dataclasses). The caller need not import the
     module's packages: the module that defines each container type named in the IO mapping is
