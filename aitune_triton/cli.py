@@ -76,7 +76,7 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
     fails verification, a name is invalid, or a graph spec cannot be served.
     """
     from aitune_triton.triton.config import TritonModelOptions
-    from aitune_triton.triton.exporter import LEAVE_OUT_NAME
+    from aitune_triton.triton.exporter import KEEP_ROUTER, LEAVE_OUT_NAME
     from aitune_triton.triton.exporter import export as export_checkpoint
 
     try:
@@ -90,7 +90,7 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
             result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet, target=target,
                                        router=router)
     except AITuneTritonError as error:
-        message = str(error).replace(LEAVE_OUT_NAME, "Drop --name.")
+        message = str(error).replace(LEAVE_OUT_NAME, "Drop --name.").replace(KEEP_ROUTER, "Drop --no-router.")
         raise click.ClickException(message) from error
     if dry_run:
         console.print(plan.tree(), markup=False)

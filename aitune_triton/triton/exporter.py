@@ -77,6 +77,8 @@ CONTRACT_FILE = "aitune_triton_contract.py"
 #: What an error about ``name`` for a checkpoint of several modules says to do; the command line
 #: says to drop ``--name`` instead.
 LEAVE_OUT_NAME = "Pass name=None."
+#: What an error about ``router=False`` says to do; the command line says it with its options.
+KEEP_ROUTER = "Pass router=None or True."
 
 
 @dataclass
@@ -333,12 +335,12 @@ def _use_router(description: TunedDescription, target: ExportTarget, router: boo
     if not router and graphs != 1:
         raise InvalidArgumentError(
             f"router: False needs a module with one graph spec; '{description.name}' has {graphs}, which the entry "
-            "model routes between. Pass router=None or True."
+            f"model routes between. {KEEP_ROUTER}"
         )
     if not router and target is not ExportTarget.PYTHON:
         raise InvalidArgumentError(
             "router: False needs target='python'; a native graph model does not check its input contract itself, so "
-            "the entry model in front of it does. Pass router=None or True."
+            f"the entry model in front of it does. {KEEP_ROUTER}"
         )
     return router
 
