@@ -1,7 +1,7 @@
 """Served layout and dtypes, in a real tritonserver of its own.
 
-* ``served_bf16_net`` (Bf16BoolNet, AOTInductor): bfloat16 and bool inputs and outputs, exported
-  with one graph spec and no router.
+* ``served_bf16_net`` (Bf16BoolNet, AOTInductor) and ``served_bf16_inductor`` (the same net,
+  torch.compile): bfloat16 and bool inputs and outputs, exported with one graph spec and no router.
 * ``served_per_sample`` (PerSampleNet, ONNX Runtime): ``(B,)`` inputs and outputs, no router;
   ``served_per_sample_routed``: the same module behind a router (``router=True``).
 
@@ -11,6 +11,7 @@ and through raw tritonclient requests.
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from aitune_triton.triton.server import TritonServer
 pytestmark = pytest.mark.triton
 
 BF16_MODEL = "served_bf16_net"
+BF16_INDUCTOR_MODEL = "served_bf16_inductor"
 PER_SAMPLE_MODEL = "served_per_sample"
 ROUTED_MODEL = "served_per_sample_routed"
 
@@ -62,6 +64,12 @@ def layout_served(tmp_path_factory):
                        torch.rand(batch, generator=generator) + 0.5)
     bf16.tune()
     per_sample.tune()
+    inductor = Module(copy.deepcopy(bf16_net), name=BF16_INDUCTOR_MODEL, strategy=OneBackendStrategy("inductor"), cache_dir=root / "cache")
+    with torch.no_grad():
+        for batch in (1, 3, 8):
+            inductor(torch.randn(batch, 4, generator=generator).to(torch.bfloat16), torch.rand(batch, 3, generator=generator) > 0.5)
+    inductor.tune()
+    aitune_triton.export(inductor, repository, show_progress=False)
     aitune_triton.export(bf16, repository, show_progress=False)
     aitune_triton.export(per_sample, repository, show_progress=False)
     aitune_triton.export(per_sample, repository, name=ROUTED_MODEL, show_progress=False, router=True)
@@ -71,7 +79,7 @@ def layout_served(tmp_path_factory):
         yield LayoutServed(eager_copy(bf16_net), eager_copy(per_sample_net), repository, server)
     finally:
         server.stop()
-        del bf16, per_sample
+        del bf16, per_sample, inductor
 
 
 def _url(server: TritonServer, protocol: str) -> str:
@@ -91,7 +99,7 @@ def _input(protocol: str, name: str, array: np.ndarray, datatype: str):
 
 def test_one_graph_spec_is_exported_as_one_model_and_the_router_only_on_request(layout_served):
     names = sorted(p.name for p in layout_served.repository.iterdir())
-    assert names == [BF16_MODEL, PER_SAMPLE_MODEL, ROUTED_MODEL, f"{ROUTED_MODEL}.graph_0"]
+    assert names == [BF16_INDUCTOR_MODEL, BF16_MODEL, PER_SAMPLE_MODEL, ROUTED_MODEL, f"{ROUTED_MODEL}.graph_0"]
     config = read_model_config(layout_served.repository / PER_SAMPLE_MODEL / "config.pbtxt")
     assert config.max_batch_size == 8 and config.HasField("dynamic_batching")
     for tensor in [*config.input, *config.output]:
@@ -99,9 +107,10 @@ def test_one_graph_spec_is_exported_as_one_model_and_the_router_only_on_request(
             assert list(tensor.dims) == [1] and tensor.HasField("reshape") and list(tensor.reshape.shape) == []
 
 
+@pytest.mark.parametrize("model", [BF16_MODEL, BF16_INDUCTOR_MODEL])
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_bf16_and_bool_outputs_through_remote_module_match_eager_per_leaf(layout_served, protocol):
-    with RemoteModule(_url(layout_served.server, protocol), BF16_MODEL, protocol=protocol) as remote:
+def test_bf16_and_bool_outputs_through_remote_module_match_eager_per_leaf(layout_served, protocol, model):
+    with RemoteModule(_url(layout_served.server, protocol), model, protocol=protocol) as remote:
         for batch in (1, 5, 8):
             generator = torch.Generator().manual_seed(batch)
             x = torch.randn(batch, 4, generator=generator).to(torch.bfloat16)
