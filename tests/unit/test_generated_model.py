@@ -242,15 +242,62 @@ def test_per_sample_vectors_are_dims_1_reshaped_to_scalars_and_batch_in_the_dire
             torch.testing.assert_close(got["doubled"], expected["doubled"])
 
 
-def test_bf16_and_bool_tensors_are_declared_as_such_and_bf16_moves_through_dlpack(tmp_path):
+@pytest.fixture(scope="module")
+def bf16_module(tmp_path_factory):
+    """Bf16BoolNet tuned with AOTInductor on CPU, and its eager copy."""
+    root = tmp_path_factory.mktemp("bf16")
     torch.manual_seed(0)
     net = Bf16BoolNet().eval()
     eager = copy.deepcopy(net)
-    module = Module(net, name="bf16_net", strategy=OneBackendStrategy("aoti"), cache_dir=tmp_path / "cache")
+    module = Module(net, name="bf16_net", strategy=OneBackendStrategy("aoti"), cache_dir=root / "cache")
     with torch.no_grad():
         for batch in (1, 3, 5):
             module(torch.randn(batch, 4).to(torch.bfloat16), torch.rand(batch, 3) > 0.5)
     module.tune()
+    return module, eager
+
+
+class AotiStandIn:
+    """Stands in for Triton's PyTorch backend serving a native ``torch_aoti`` model (which the
+    embedded server lacks): INPUT__<i> in, OUTPUT__<i> out, tensors through DLPack, the real package run."""
+
+    def __init__(self, package: Path) -> None:
+        self.runner = torch._inductor.aoti_load_package(str(package))
+
+    def execute(self, requests):
+        responses = []
+        for request_ in requests:
+            inputs = sorted(request_.inputs(), key=lambda t: int(t.name().rsplit("__", 1)[1]))
+            with torch.inference_mode():
+                results = self.runner(*[torch.utils.dlpack.from_dlpack(t.to_dlpack()) for t in inputs])
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor.from_dlpack(f"OUTPUT__{i}", torch.utils.dlpack.to_dlpack(r.contiguous())) for i, r in enumerate(results)
+            ]))
+        return responses
+
+
+def test_the_router_renames_bf16_tensors_for_a_native_model_through_dlpack(bf16_module, tmp_path):
+    module, eager = bf16_module
+    result = aitune_triton.export(module, tmp_path / "repository", show_progress=False, target="native")
+    assert result.targets == {"bf16_net.graph_0": "native"}
+    pb_utils.register_model("bf16_net.graph_0", AotiStandIn(result.repository / "bf16_net.graph_0" / "1" / "model.pt2"), {})
+    router = load_model(result.repository, "bf16_net")
+    x = torch.randn(3, 4).to(torch.bfloat16)
+    keep = torch.tensor([[True, False, True]] * 3)
+    import asyncio
+
+    (response,) = asyncio.run(router.execute([request(x=x, keep=keep.numpy())]))
+
+    got = outputs(response)
+    with torch.no_grad():
+        expected = eager(x, keep)
+    assert got["y"].dtype == torch.bfloat16
+    torch.testing.assert_close(got["y"], expected["y"], atol=1e-2, rtol=1e-2)
+    assert torch.equal(got["positive"], expected["positive"])
+
+
+def test_bf16_and_bool_tensors_are_declared_as_such_and_bf16_moves_through_dlpack(bf16_module, tmp_path):
+    module, eager = bf16_module
     result = aitune_triton.export(module, tmp_path / "repository", show_progress=False)
     config = read_model_config(result.repository / "bf16_net" / "config.pbtxt")
     types = {t.name: type(t).DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_number[t.data_type].name
