@@ -88,9 +88,10 @@ class ExportResult:
     Attributes:
         repository: The model repository.
         entry_models: Attribute path of each exported module in the saved object (``""`` for a
-            Module exported on its own) -> name of its entry (router) model; pass that name to
-            RemoteModule.
-        graph_models: Names of the graph models, of every module.
+            Module exported on its own) -> name of its entry model (a router, or the module's one
+            graph model exported without a router); pass that name to RemoteModule.
+        graph_models: Names of the models that run a graph spec, of every module (a module
+            exported without a router: its entry model).
         versions: Model name -> version directory written.
         targets: Graph model name -> ``"native"`` (served by a Triton backend of its own) or
             ``"python"`` (a generated Python-backend model).
