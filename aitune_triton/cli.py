@@ -61,12 +61,16 @@ def main() -> None:
 @click.option("--postprocess", default=None, metavar="MODULE:FUNCTION",
               help="A step run after the module, taking its outputs (and the preprocess step's) by name.")
 @click.option("--ensemble-name", default=None, help="Name of the ensemble model [default: NAME_ensemble].")
+@click.option("--router/--no-router", default=None,
+              help="--router: always an entry (router) model in front of NAME.graph_N graph models. --no-router: a module "
+                   "with one graph spec is one model NAME, called without a BLS hop. Default: no router for one graph "
+                   "spec with --target python, a router otherwise.")
 @click.option("--quiet", is_flag=True, help="Print only the result, no progress lines.")
 @click.option("--dry-run", is_flag=True, help="Print the planned tree (files with sizes) and every config.pbtxt; "
               "write nothing.")
 def export(checkpoint: Path, repository: Path, name: str | None, instance_count: int, instance_kind: str,
            max_queue_delay_microseconds: int, entry_instance_count: int, target: str, preprocess: str | None,
-           postprocess: str | None, ensemble_name: str | None, quiet: bool, dry_run: bool) -> None:
+           postprocess: str | None, ensemble_name: str | None, router: bool | None, quiet: bool, dry_run: bool) -> None:
     """Export CHECKPOINT (written by aitune_triton.save) to a Triton model repository.
 
     Writes one Python-backend graph model per tuned graph spec and an entry model named after
@@ -81,7 +85,7 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
     resolved or does not fit the module's tensors.
     """
     from aitune_triton.triton.config import TritonModelOptions
-    from aitune_triton.triton.exporter import LEAVE_OUT_NAME
+    from aitune_triton.triton.exporter import KEEP_ROUTER, LEAVE_OUT_NAME
     from aitune_triton.triton.exporter import export as export_checkpoint
 
     import sys
@@ -94,13 +98,14 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
         )
         if dry_run:
             plan = export_checkpoint(checkpoint, repository, name=name, options=options, dry_run=True, target=target,
-                                     preprocess=preprocess, postprocess=postprocess, ensemble_name=ensemble_name)
+                                     preprocess=preprocess, postprocess=postprocess, ensemble_name=ensemble_name,
+                                     router=router)
         else:
             result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet,
                                        target=target, preprocess=preprocess, postprocess=postprocess,
-                                       ensemble_name=ensemble_name)
+                                       ensemble_name=ensemble_name, router=router)
     except AITuneTritonError as error:
-        message = str(error).replace(LEAVE_OUT_NAME, "Drop --name.")
+        message = str(error).replace(LEAVE_OUT_NAME, "Drop --name.").replace(KEEP_ROUTER, "Drop --no-router.")
         raise click.ClickException(message) from error
     if dry_run:
         console.print(plan.tree(), markup=False)

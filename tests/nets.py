@@ -74,6 +74,30 @@ class Centered(torch.nn.Module):
         return x - x.mean(dim=0, keepdim=True)
 
 
+class PerSampleNet(torch.nn.Module):
+    """Per-sample vectors in and out: ``lengths`` (B,) int64 and ``scale`` (B,) float32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, scale: torch.Tensor):
+        hidden = self.linear(x) * scale[:, None]
+        return {"total": hidden.sum(-1), "doubled": lengths * 2}
+
+
+class Bf16BoolNet(torch.nn.Module):
+    """Computes in bfloat16; a bool input selects, a bool output says where the result is positive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3).to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor):
+        y = self.linear(x)
+        return {"y": y, "positive": y > 0, "kept": torch.where(keep, y, torch.zeros_like(y))}
+
+
 def eager(module: torch.nn.Module) -> torch.nn.Module:
     """An eager reference for a module, wrapped or not: a deep copy of the torch module, of its
     original class. While a wrapper lives, every call of the module itself goes through the

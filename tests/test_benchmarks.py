@@ -55,3 +55,21 @@ def test_tuning_benchmark_names_what_is_available_when_asked_for_an_unknown_vari
     )  # fmt: skip
     assert done.returncode == 2
     assert "tensorrt-fp4" in done.stderr and "expected names among" in done.stderr and "onnxruntime" in done.stderr
+
+
+@pytest.mark.triton
+def test_entry_overhead_benchmark_serves_both_layouts_and_reports_every_number(tmp_path):
+    report_path = tmp_path / "entry.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "entry_overhead.py"), "--rounds", "1", "--requests", "4", "--blocks", "2",
+         "--json", str(report_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    report = json.loads(report_path.read_text())
+    assert report["requests_per_round_per_model"] == 4
+    assert set(report["median_latency_ms_per_round"]) == {"entry_direct", "entry_routed"}
+    for key in ("direct_ms", "router_ms", "ratio_router_over_direct", "overhead_ms"):
+        assert set(report[key]) == {"min", "median", "max"}
+    assert report["direct_ms"]["min"] > 0 and report["router_ms"]["min"] > 0

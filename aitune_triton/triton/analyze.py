@@ -15,7 +15,9 @@ colon).
 The entry model routes a request by the inputs present, and perf_analyzer sends every input the
 configuration declares (Triton's optional inputs are not left out), so the shapes are those of the
 graph spec with the most inputs: the profile exercises that graph model. The others can be
-profiled directly (``perf_analyzer -m NAME.graph_N``).
+profiled directly (``perf_analyzer -m NAME.graph_N``). A module with one graph spec exported
+without a router is its own entry model: no composing models, and per-sample shapes (perf_analyzer
+``--shape`` leaves out the batch axis of a model with ``max_batch_size > 0``).
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class AnalyzerConfig:
             args += ["--shape", f"{name}:{','.join(str(d) for d in shape)}"]
         if self.config["profile_models"][self.entry_model]["perf_analyzer_flags"].get("input-data") == "zero":
             args += ["--input-data", "zero"]
-        args.append(f"--bls-composing-models={','.join(self.composing_models)}")
+        if self.composing_models:  # a single-graph module exported without a router calls no other model
+            args.append(f"--bls-composing-models={','.join(self.composing_models)}")
         return args
 
     @property
@@ -114,7 +117,11 @@ def _profile(repository: Path, entry: str, routes: dict[str, Any]) -> AnalyzerCo
         raise InvalidArgumentError(f"{entry}: its routes list no graph model; export the module again.")
     chosen = max(ios, key=lambda io: len(io.inputs))  # the first of the widest
     shapes = {t.name: list(ModelIO.wire_shape(t, tuple(high for _, high in t.ranges))) for t in chosen.inputs}
-    composing = [f"{io.model_name}:{io.version}" for io in ios]
+    direct = [io.model_name for io in ios] == [entry]  # the entry model runs its one graph spec itself
+    if direct and chosen.max_batch_size > 0:
+        # perf_analyzer's --shape leaves out the batch axis of a batching model (its -b sets the batch).
+        shapes = {name: shape[1:] for name, shape in shapes.items()}
+    composing = [] if direct else [f"{io.model_name}:{io.version}" for io in ios]
     flags: dict[str, Any] = {"shape": [f"{name}:{','.join(str(d) for d in shape)}" for name, shape in shapes.items()]}
     if any(t.data_type in _INTEGER_TYPES for t in chosen.inputs):
         flags["input-data"] = "zero"
@@ -124,8 +131,9 @@ def _profile(repository: Path, entry: str, routes: dict[str, Any]) -> AnalyzerCo
     config = {
         "model_repository": str(repository),
         "profile_models": {entry: profile},
-        "bls_composing_models": ",".join(io.model_name for io in ios),
     }
+    if not direct:
+        config["bls_composing_models"] = ",".join(io.model_name for io in ios)
     return AnalyzerConfig(entry, chosen.model_name, shapes, composing, config)
 
 

@@ -75,13 +75,33 @@ def _remote_error(error: Exception, where: str, timeout_s: float) -> RemoteInfer
     return RemoteInferenceError(f"{where}: {detail}")
 
 
+def _wire_array(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor`` as the numpy array tritonclient sends: bfloat16 as ``ml_dtypes.bfloat16`` (the
+    dtype tritonclient maps to "BF16"; numpy has none), the same 16-bit values, no rounding."""
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return np.ascontiguousarray(tensor.numpy())
+
+
+def _torch_tensor(array: np.ndarray, dtype: str) -> torch.Tensor:
+    """A received array as a torch tensor; a "BF16" output (``ml_dtypes.bfloat16``) back to ``torch.bfloat16``."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
 class RemoteModule:
     """A module served by Triton, called like the original module.
 
     On creation it reads the entry model's configuration (parameter ``aitune_triton.routes``:
     the forward signature and each graph model's version and IO mapping). Each call is bound and
     flattened exactly as in-process, matched to its graph spec, and sent straight to that version
-    of that graph model (one hop, no router); the answer is rebuilt into the module's output
+    of that graph model (one hop, no router; for a module with one graph spec exported without a
+    router, the entry model is that graph model). bfloat16 tensors travel as
+    ``ml_dtypes.bfloat16`` arrays (tritonclient's "BF16"), bool as numpy bool; the answer is rebuilt into the module's output
     structure of CPU tensors: tuples, lists, dicts, and the containers the module returned
     (``transformers`` ModelOutputs and caches, dataclasses). The caller need not import the
     module's packages: the module that defines each container type named in the IO mapping is
@@ -237,7 +257,7 @@ class RemoteModule:
         self._check_shapes(io, call.flat.tensors)
         inputs = []
         for tensor_io, tensor in zip(io.inputs, call.flat.tensors):
-            array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+            array = _wire_array(tensor)
             array = array.reshape(io.wire_shape(tensor_io, array.shape))
             # A graph model served by a Triton backend of its own names tensors as its artifact does.
             name = io.served_names.get(tensor_io.name, tensor_io.name)
@@ -259,7 +279,7 @@ class RemoteModule:
             array = np.array(result.as_numpy(io.served_names.get(tensor_io.name, tensor_io.name)), copy=True)
             if tensor_io.carried_as_column:  # the trailing axis of size 1 exists on the wire only
                 array = array.reshape(array.shape[:-1])
-            tensors.append(torch.from_numpy(array))
+            tensors.append(_torch_tensor(array, tensor_io.dtype))
         treespec = self._treespec(io)
         if treespec is not None:
             try:

@@ -27,6 +27,7 @@ __all__ = [
     "model_config_text",
     "read_model_config",
     "router_model_config",
+    "set_routes_parameter",
     "write_model_config",
 ]
 
@@ -161,8 +162,15 @@ def router_model_config(name: str, ios: Sequence[ModelIO], routes: dict[str, Any
     config.output.extend(_tensor_message(mc.ModelOutput, *tensor, False) for tensor in _union(ios, "outputs"))
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=options.entry_instance_count)
     config.version_policy.latest.num_versions = 1
-    _parameter(config, ROUTES_PARAMETER, json.dumps(routes))
+    set_routes_parameter(config, routes)
     return config
+
+
+def set_routes_parameter(config: mc.ModelConfig, routes: dict[str, Any]) -> None:
+    """Store ``routes`` (signature and every graph model's IO mapping) as the
+    ``aitune_triton.routes`` parameter: what makes ``config``'s model an entry model that
+    RemoteModule can read (a router, or a module's only graph model exported without one)."""
+    _parameter(config, ROUTES_PARAMETER, json.dumps(routes))
 
 
 def model_config_text(config: mc.ModelConfig) -> str:

@@ -17,6 +17,11 @@ stored Module name::
         1/model.py  1/io.json  1/model.pt2  1/manifest.json
         1/aitune_triton_contract.py  the input check model.py runs (a copy of aitune_triton/contract.py)
 
+A module with one graph spec exported with ``target="python"`` (``router=None``, the default, or
+``router=False``) is ONE model named ``<name>``: the graph model itself (it checks its own input
+contract), with the entry model's routes parameter, so a raw client calls it without a BLS hop
+and RemoteModule reads it as it reads a router. ``router=True`` keeps the router layout above.
+
 With ``target="native"`` (:class:`~aitune_triton.triton.native.ExportTarget`), a graph model whose
 backend declares a Triton backend of its own (``Backend.triton_native``) is a model of that backend
 instead (``platform: "onnxruntime_onnx"`` + ``model.onnx``, ``platform: "torch_aoti"`` +
@@ -48,7 +53,7 @@ from aitune_triton._progress import progress
 from aitune_triton._versions import aitune_version
 from aitune_triton.backends import backend_names, get_backend_class
 from aitune_triton.checkpoint import read_checkpoint_modules
-from aitune_triton.errors import ExportError, UnknownBackendError
+from aitune_triton.errors import ExportError, InvalidArgumentError, UnknownBackendError
 from aitune_triton.module.description import BackendDescription, GraphDescription, TunedDescription
 from aitune_triton.module.wrapper import Module
 from aitune_triton.names import validate_model_name
@@ -58,6 +63,7 @@ from aitune_triton.triton.config import (
     TritonModelOptions,
     graph_model_config,
     router_model_config,
+    set_routes_parameter,
     write_model_config,
 )
 from aitune_triton.triton.dry_run import ExportPlan, build_plan
@@ -76,6 +82,8 @@ CONTRACT_FILE = "aitune_triton_contract.py"
 #: What an error about ``name`` for a checkpoint of several modules says to do; the command line
 #: says to drop ``--name`` instead.
 LEAVE_OUT_NAME = "Pass name=None."
+#: What an error about ``router=False`` says to do; the command line says it with its options.
+KEEP_ROUTER = "Pass router=None or True."
 
 
 @dataclass
@@ -85,9 +93,10 @@ class ExportResult:
     Attributes:
         repository: The model repository.
         entry_models: Attribute path of each exported module in the saved object (``""`` for a
-            Module exported on its own) -> name of its entry (router) model; pass that name to
-            RemoteModule.
-        graph_models: Names of the graph models, of every module.
+            Module exported on its own) -> name of its entry model (a router, or the module's one
+            graph model exported without a router); pass that name to RemoteModule.
+        graph_models: Names of the models that run a graph spec, of every module (a module
+            exported without a router: its entry model).
         versions: Model name -> version directory written.
         targets: Graph model name -> ``"native"`` (served by a Triton backend of its own) or
             ``"python"`` (a generated Python-backend model).
@@ -199,7 +208,7 @@ def export(
     module_or_checkpoint: Module | str | os.PathLike, repository: str | os.PathLike, name: str | None = ...,
     options: TritonModelOptions | None = ..., show_progress: bool = ..., dry_run: Literal[False] = ...,
     target: ExportTarget | str = ..., preprocess: Step | str | None = ..., postprocess: Step | str | None = ...,
-    ensemble_name: str | None = ...,
+    ensemble_name: str | None = ..., router: bool | None = ...,
 ) -> ExportResult: ...
 
 
@@ -208,7 +217,7 @@ def export(
     module_or_checkpoint: Module | str | os.PathLike, repository: str | os.PathLike, name: str | None = ...,
     options: TritonModelOptions | None = ..., show_progress: bool = ..., *, dry_run: Literal[True],
     target: ExportTarget | str = ..., preprocess: Step | str | None = ..., postprocess: Step | str | None = ...,
-    ensemble_name: str | None = ...,
+    ensemble_name: str | None = ..., router: bool | None = ...,
 ) -> ExportPlan: ...
 
 
@@ -223,6 +232,7 @@ def export(
     preprocess: Step | str | None = None,
     postprocess: Step | str | None = None,
     ensemble_name: str | None = None,
+    router: bool | None = None,
 ) -> ExportResult | ExportPlan:
     """Write a tuned module as Triton models: one graph model per graph spec plus an entry model.
 
@@ -246,6 +256,13 @@ def export(
             tensor names; the others stay Python-backend models, with the reason in the progress
             lines, :attr:`ExportResult.python_reasons` and their manifest (see
             :mod:`aitune_triton.triton.native`).
+        router: None (default): a module with one graph spec exported with ``target="python"``
+            is ONE model named ``<name>``, the graph model itself (it checks its own input
+            contract), which a raw client calls without a BLS hop; otherwise an entry (router)
+            model in front of ``<name>.<graph>`` graph models. True: always the router. False:
+            never (refused for several graph specs or ``target="native"``, whose native graph
+            models check nothing themselves). The single model carries the same
+            ``aitune_triton.routes`` parameter as an entry model, so RemoteModule works on both.
         preprocess: A :class:`~aitune_triton.triton.steps.Step` (or its ``"module:function"``) run
             before the module: its outputs must be exactly one graph spec's inputs (names, dtypes,
             ranks). Written as the Python-backend step model ``<name>.preprocess``; with it or
@@ -266,8 +283,10 @@ def export(
             graph specs. Nothing is written.
         CheckpointError: the checkpoint is missing or fails verification. Nothing is written.
         InvalidNameError: ``name`` is not a valid model name (``/``, leading ``.``...).
-        InvalidArgumentError: ``target`` is not ``"python"`` or ``"native"``, or a step reference
-            cannot be resolved (:func:`~aitune_triton.triton.steps.resolve_step`).
+        InvalidArgumentError: ``target`` is not ``"python"`` or ``"native"``; ``router`` is not
+            None/True/False, or is False for a module with several graph specs or with
+            ``target="native"``; or a step reference cannot be resolved
+            (:func:`~aitune_triton.triton.steps.resolve_step`).
         ExportError: a step's tensors do not fit the stage before it (the message names the
             tensor, both sides and what to do), steps are given for a checkpoint of several
             modules, or ``ensemble_name`` without a step.
@@ -277,6 +296,8 @@ def export(
             model over a graph model, or over a model without an aitune_triton manifest).
     """
     target = ExportTarget.parse(target)
+    if router is not None and not isinstance(router, bool):
+        raise InvalidArgumentError(f"router: expected None (automatic), True or False, got {router!r}")
     entries, source = _descriptions(module_or_checkpoint)
     if name is not None and len(entries) > 1:
         raise ExportError(
@@ -294,10 +315,11 @@ def export(
             entry_name = validate_model_name(name, "name")
         else:
             entry_name = validate_model_name(description.name, f"module name at '{path}'" if path else "module name")
-        planned = _plan(description, entry_name, options, repository, target)
+        planned = _plan(description, entry_name, options, repository, target, _use_router(description, target, router))
         graph_models += planned[:-1]
         entry_models[path] = planned[-1]
     models = graph_models + list(entry_models.values())  # graph models first, the entry models last
+    served = [m for m in models if m.backend is not None]  # models that run a graph spec (a direct entry model too)
     ensemble = _plan_steps(entries, entry_models, preprocess, postprocess, ensemble_name, options, repository, source)
     models += ensemble  # steps, then the ensemble: published after the models it calls
     clashing = sorted(model for model, count in collections.Counter(m.name for m in models).items() if count > 1)
@@ -324,13 +346,35 @@ def export(
     return ExportResult(
         repository,
         {path: model.name for path, model in entry_models.items()},
-        [m.name for m in graph_models],
+        [m.name for m in served],
         {m.name: m.version for m in models},
-        {m.name: m.manifest["target"] for m in graph_models},
-        {m.name: m.manifest["reason"] for m in graph_models if "reason" in m.manifest},
+        {m.name: m.manifest["target"] for m in served},
+        {m.name: m.manifest["reason"] for m in served if "reason" in m.manifest},
         ensemble_model=ensemble[-1].name if ensemble else None,
         step_models=[m.name for m in ensemble if m.kind == "step"],
     )
+
+
+def _use_router(description: TunedDescription, target: ExportTarget, router: bool | None) -> bool:
+    """Whether ``description`` gets an entry (router) model in front of its graph models.
+
+    Raises:
+        InvalidArgumentError: ``router`` is False where a router is needed.
+    """
+    graphs = len(description.graphs)
+    if router is None:
+        return graphs != 1 or target is not ExportTarget.PYTHON
+    if not router and graphs != 1:
+        raise InvalidArgumentError(
+            f"router: False needs a module with one graph spec; '{description.name}' has {graphs}, which the entry "
+            f"model routes between. {KEEP_ROUTER}"
+        )
+    if not router and target is not ExportTarget.PYTHON:
+        raise InvalidArgumentError(
+            "router: False needs target='python'; a native graph model does not check its input contract itself, so "
+            f"the entry model in front of it does. {KEEP_ROUTER}"
+        )
+    return router
 
 
 @dataclass
@@ -362,9 +406,13 @@ class _PlannedModel:
 
 
 def _plan(
-    description: TunedDescription, name: str, options: TritonModelOptions, repository: Path, target: ExportTarget = ExportTarget.PYTHON
+    description: TunedDescription, name: str, options: TritonModelOptions, repository: Path,
+    target: ExportTarget = ExportTarget.PYTHON, router: bool = True,
 ) -> list[_PlannedModel]:
     """Build every configuration and file in memory, so that invalid input fails before writing.
+
+    The last model is the module's entry model. Without ``router`` (one graph spec, target python)
+    it is the only one: the graph model named ``name``, with the routes parameter of an entry model.
 
     The entry model's routes pin each graph model's version: if an interrupted export left newer
     graph models behind an older entry model, requests fail loudly instead of reaching a graph
@@ -385,7 +433,7 @@ def _plan(
                 f"spec with {' or '.join(f'OneBackendStrategy({n!r})' for n in exportable_backends())} "
                 "(no speed gate), or with a strategy whose candidates leave out 'eager' and speed_margin=None."
             )
-        model_name = f"{name}.{graph.name}"
+        model_name = f"{name}.{graph.name}" if router else name
         io = ModelIO.from_graph(model_name, entry, version=_next_version(repository / model_name))
         manifest: dict[str, Any] = {"target": ExportTarget.PYTHON.value}
         if target is ExportTarget.NATIVE:
@@ -433,6 +481,13 @@ def _plan(
         "strict": description.strict,
         "graphs": [io.to_dict() for io in ios],
     }
+    if not router:  # the graph model is the entry model: RemoteModule reads its routes there
+        direct = planned[0]
+        set_routes_parameter(direct.config, routes)
+        direct.kind = "entry"
+        direct.manifest["router"] = False
+        direct.summary = f"entry model running {description.graphs[0].graph.name} itself (no router), {direct.summary}"
+        return planned
     router_py = environment.get_template("router_model.py.j2").render(
         version=aitune_version(), module_name=name, graph_models=[io.model_name for io in ios], contract_file=CONTRACT_FILE
     )

@@ -42,6 +42,9 @@ TORCH_TO_TRITON_DTYPE = {
     "float16": "TYPE_FP16",
     "float32": "TYPE_FP32",
     "float64": "TYPE_FP64",
+    # numpy has no bfloat16: generated models move it through DLPack into torch, RemoteModule
+    # sends and reads it as ml_dtypes.bfloat16 (what tritonclient takes for "BF16").
+    "bfloat16": "TYPE_BF16",
 }
 
 
@@ -49,8 +52,8 @@ def triton_dtype(dtype: str, path: str = "") -> str:
     """Triton config data type (``TYPE_FP32``) for a torch dtype name.
 
     Raises:
-        ExportError: the dtype has no numpy counterpart the Python backend can carry (bfloat16,
-            complex, float8...).
+        ExportError: the dtype has no Triton data type a Python-backend model can carry
+            (complex, float8...).
     """
     try:
         return TORCH_TO_TRITON_DTYPE[dtype]

@@ -145,7 +145,8 @@ def served(tmp_path_factory):
         for batch, length in ((1, 4), (3, 7), (2, 9)):
             tied(torch.randint(0, 50, (batch, length), generator=generator), torch.randn(batch, length, 6, generator=generator))
         tied.tune()
-        aitune_triton.export(tied, repository, show_progress=False)
+        # router=True for the single-graph modules here: tests call their entry and graph models by name.
+        aitune_triton.export(tied, repository, show_progress=False, router=True)
         extra[TIED_MODEL] = (eager_copy(tied_net), tied)
         for name, eager, shapes in (
             (SCALAR_MODEL, ScalarNet().eval(), [(2, 3), (2, 5), (2, 4)]),
@@ -155,7 +156,7 @@ def served(tmp_path_factory):
             for shape in shapes:
                 other(torch.randn(*shape, generator=generator))
             other.tune()
-            aitune_triton.export(other, repository, show_progress=False)
+            aitune_triton.export(other, repository, show_progress=False, router=True)
             extra[name] = (eager_copy(eager), other)
         # Two graph specs with the same tensors, told apart only by a constant argument.
         scaled_net = TwoInputNet().eval()
@@ -179,7 +180,7 @@ def served(tmp_path_factory):
             wide(torch.randn(batch, 64, generator=generator))
         for name, eager, other in ((ORT_TORCHSCRIPT_MODEL, token_net, token), (ORT_INT8_MODEL, wide_net, wide)):
             other.tune()
-            aitune_triton.export(other, repository, show_progress=False)
+            aitune_triton.export(other, repository, show_progress=False, router=True)
             extra[name] = (eager_copy(eager), other)
         server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=180)
         server.start()

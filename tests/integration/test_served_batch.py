@@ -52,7 +52,7 @@ def batch_served(tmp_path_factory):
             for _ in range(3):
                 module(torch.randn(4, features, generator=generator))
         module.tune()
-        aitune_triton.export(module, repository, show_progress=False)
+        aitune_triton.export(module, repository, show_progress=False, router=True)  # the tests name its graph model
         modules.append(module)
     server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=180)
     server.start()

@@ -57,7 +57,7 @@ def index_server(tmp_path_factory):
             for batch, length in ((1, 4), (8, 256)):
                 module(torch.randint(0, 50, (batch, length)), torch.randint(0, 49, (batch, length)))
         module.tune()
-        aitune_triton.export(module, root / "repository", show_progress=False)
+        aitune_triton.export(module, root / "repository", show_progress=False, router=True)  # the tests name its graph model
         with TritonServer(root / "repository", log_path=root / "tritonserver.log", show_progress=False, timeout_s=180) as server:
             yield eager(net), server
     finally:

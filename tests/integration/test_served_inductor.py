@@ -80,7 +80,7 @@ def served_inductor(tmp_path_factory):
     loaded = Module(_net(), name=MODEL)  # a fresh module, as in another process
     aitune_triton.load(loaded, checkpoint)
     repository = root / "model_repository"
-    aitune_triton.export(loaded, repository, show_progress=False)
+    aitune_triton.export(loaded, repository, show_progress=False, router=True)  # the tests name its graph model
     server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=300)
     server.start()
     try:

@@ -74,7 +74,17 @@ def test_integer_inputs_get_zero_input_data_and_their_dynamic_axes_the_largest_s
     config = {c.entry_model: c for c in analyze_config(repository)}[TOKENS]
 
     flags = _parse(config.yaml())["profile_models"][TOKENS]["perf_analyzer_flags"]
-    assert flags == {"shape": ["ids:3,7"], "input-data": "zero"}
+    # One graph spec, no router: TOKENS batches itself, and perf_analyzer's --shape leaves the batch axis out.
+    assert flags == {"shape": ["ids:7"], "input-data": "zero"}
+
+
+def test_a_single_graph_model_without_a_router_has_no_composing_models(repository):
+    config = {c.entry_model: c for c in analyze_config(repository)}[TOKENS]
+
+    assert config.graph_model == TOKENS and config.composing_models == []
+    assert "bls_composing_models" not in config.config
+    assert not any(arg.startswith("--bls-composing-models") for arg in config.perf_analyzer_args)
+    assert config.perf_analyzer_args[:3] == ["perf_analyzer", "-m", TOKENS]
 
 
 def test_the_perf_analyzer_command_names_the_model_shapes_and_pinned_composing_versions(repository):

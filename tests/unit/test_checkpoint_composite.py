@@ -458,7 +458,7 @@ def test_exporting_a_two_submodule_checkpoint_writes_each_entry_model_with_its_g
     _, path = saved_net
     repository = tmp_path / "repo"
 
-    result = aitune_triton.export(path, repository, show_progress=False)
+    result = aitune_triton.export(path, repository, show_progress=False, router=True)
 
     assert result.entry_models == {"encoder": "composite_net_encoder", "head": "composite_net_head"}
     assert result.graph_models == ["composite_net_encoder.graph_0", "composite_net_head.graph_0"]
@@ -487,7 +487,9 @@ def test_the_cli_inspects_and_exports_a_two_submodule_checkpoint(saved_pipeline,
     assert exported.exit_code == 0, exported.output
     assert "composite_pipe_text_encoder  (entry)" in exported.output
     assert "composite_pipe_unet_head  (entry)" in exported.output
-    assert (tmp_path / "repo" / "composite_pipe_unet_head.graph_0" / "config.pbtxt").is_file()
+    # One graph spec each: each submodule is one model, without a router in front of it.
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["composite_pipe_text_encoder", "composite_pipe_unet_head"]
+    assert (tmp_path / "repo" / "composite_pipe_unet_head" / "1" / "model.onnx").is_file()
 
 
 def test_the_cli_export_of_a_two_submodule_checkpoint_with_name_says_to_drop_the_option_and_writes_nothing(
@@ -512,6 +514,8 @@ def test_a_single_module_checkpoint_exports_as_before_with_its_entry_model(tmp_p
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
 
     result = aitune_triton.export(path, tmp_path / "repo", show_progress=False)
+    routed = aitune_triton.export(path, tmp_path / "routed", show_progress=False, router=True)
 
     assert result.entry_models == {"": unique_name} and result.entry_model == unique_name
-    assert result.graph_models == [f"{unique_name}.graph_0"]
+    assert result.graph_models == [unique_name]  # one graph spec: the entry model runs it itself
+    assert routed.entry_model == unique_name and routed.graph_models == [f"{unique_name}.graph_0"]

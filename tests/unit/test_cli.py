@@ -49,7 +49,7 @@ def test_the_group_help_lists_every_command_and_option(runner):
     [
         (
             "export",
-            {"-o", "--output", "--name", "--instance-count", "--instance-kind", "--max-queue-delay-microseconds", "--entry-instance-count", "--target", "--quiet", "--dry-run", "--help",
+            {"-o", "--output", "--name", "--instance-count", "--instance-kind", "--max-queue-delay-microseconds", "--entry-instance-count", "--target", "--router", "--no-router", "--quiet", "--dry-run", "--help",
              "--preprocess", "--postprocess", "--ensemble-name"},
         ),
         (
@@ -131,6 +131,7 @@ def test_export_of_a_missing_path_exits_1_with_an_error_line_and_writes_nothing(
     [
         (["--name", "a/b"], "Error: name: expected a Triton model name"),
         (["--instance-count", "0"], "Error: instance_count: expected an integer >= 1, got 0"),
+        (["--no-router"], "Error: router: False needs a module with one graph spec; 'test_cli_two_input_net' has 2, which the entry model routes between. Drop --no-router."),
     ],
 )
 def test_export_with_a_bad_option_value_exits_1_naming_it(runner, checkpoint, tmp_path, extra, message):

@@ -195,7 +195,7 @@ def test_index_ranges_survive_save_and_load_and_are_written_into_io_json(tuned_t
     with pytest.raises(IndexOutOfRangeError, match=r"token_type_ids: values must be in 0\.\.1 .*got 7"):
         loaded(torch.zeros(1, 3, dtype=torch.long), torch.tensor([[0, 7, 1]]))
     aitune_triton.export(checkpoint, tmp_path / "repository", show_progress=False)
-    io = json.loads((tmp_path / "repository" / f"{module.name}.graph_0" / "1" / "io.json").read_text())
+    io = json.loads((tmp_path / "repository" / module.name / "1" / "io.json").read_text())
     assert io["index_ranges"] == expected
 
 

@@ -89,7 +89,8 @@ def test_every_generated_model_py_is_valid_python_for_its_runtime(tuned, tmp_pat
         assert "def execute(self, requests)" in source
     graph_source = (repository / GRAPH_MODELS[0] / "1" / "model.py").read_text()
     assert "import onnxruntime" in graph_source
-    assert "import torch" not in graph_source
+    # ONNX Runtime models load without torch: torch is imported only where a bfloat16 tensor needs DLPack.
+    assert not [line for line in graph_source.splitlines() if line.startswith(("import torch", "from torch"))]
     assert 'ARTIFACT = "model.onnx"' in graph_source
     router_source = (repository / MODULE_NAME / "1" / "model.py").read_text()
     assert "pb_utils.InferenceRequest(" in router_source

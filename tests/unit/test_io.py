@@ -223,24 +223,35 @@ def test_wire_shape_adds_a_trailing_1_only_to_tensors_without_dims_of_their_own(
     assert not_batching.wire_shape(total, (2,)) == (2,)
 
 
-def test_a_bfloat16_tensor_is_rejected_with_an_export_error_naming_the_tensor(graphs):
-    # No backend on this machine produces a bfloat16 artifact (ONNX Runtime fails to build one),
-    # so the real description is changed in this one field.
+def test_a_dtype_without_a_triton_type_is_rejected_with_an_export_error_naming_the_tensor(graphs):
+    # The real description is changed in this one field: no backend here builds a complex artifact.
     entry = copy.deepcopy(graphs["two_input"][0])
-    entry["graph"]["outputs"][2]["dtype"] = "bfloat16"
+    entry["graph"]["outputs"][2]["dtype"] = "complex64"
 
     with pytest.raises(ExportError) as raised:
         ModelIO.from_graph("m.graph_0", entry["graph"], entry["backend"])
 
     message = str(raised.value)
     assert "'logits'" in message
-    assert "bfloat16" in message
-    assert "float32" in message  # the supported dtypes are listed
+    assert "complex64" in message
+    assert "float32" in message and "bfloat16" in message  # the supported dtypes are listed
 
 
-def test_triton_dtype_rejects_bfloat16_and_maps_every_supported_dtype_to_a_real_config_type():
-    with pytest.raises(ExportError, match="bfloat16"):
-        triton_dtype("bfloat16", "x")
+def test_bfloat16_and_bool_tensors_are_declared_with_their_own_triton_types(graphs):
+    entry = copy.deepcopy(graphs["two_input"][0])
+    entry["graph"]["inputs"][0]["dtype"] = "bfloat16"
+    entry["graph"]["outputs"][2]["dtype"] = "bool"
+
+    io = ModelIO.from_graph("m.graph_0", entry["graph"], entry["backend"])
+
+    assert (io.inputs[0].data_type, io.inputs[0].client_datatype) == ("TYPE_BF16", "BF16")
+    assert (io.outputs[2].data_type, io.outputs[2].client_datatype) == ("TYPE_BOOL", "BOOL")
+
+
+def test_triton_dtype_rejects_complex_and_maps_every_supported_dtype_to_a_real_config_type():
+    with pytest.raises(ExportError, match="complex64"):
+        triton_dtype("complex64", "x")
+    assert triton_dtype("bfloat16") == "TYPE_BF16"
     for torch_name, triton_name in TORCH_TO_TRITON_DTYPE.items():
         assert triton_dtype(torch_name) == triton_name
         assert isinstance(getattr(torch, torch_name), torch.dtype)
