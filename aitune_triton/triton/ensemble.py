@@ -16,8 +16,9 @@ ensemble's outputs are the post step's outputs (the entry model's without a post
 
 The entry model routes each request to the graph model whose inputs are exactly the ones present
 (its inputs are ``optional``), so the tensors reaching it must be exactly one graph spec's inputs.
-All stages have ``max_batch_size: 0`` with full dims, like the entry model; the graph models behind
-it batch requests themselves. The ensemble calls the entry model rather than a graph model
+The steps and the ensemble have ``max_batch_size: 0`` with full dims; the graph models batch
+requests themselves. The ensemble calls the entry model, which is the graph model itself for a
+module with one graph spec exported without a router, rather than a graph model behind a router
 directly, so a request still gets the entry model's input-contract check (sizes, token ids past an
 embedding table answered with INVALID_ARG before they reach a compiled artifact) and every graph
 spec stays reachable; the price is one BLS hop (benchmarks/text_ensemble.py measures the ensemble
@@ -79,10 +80,18 @@ class Stage:
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig, version: int, label: str, input_sets: Sequence[frozenset[str]] = ()) -> "Stage":
-        """The stage of a model whose configuration has ``max_batch_size: 0`` (the entry model)."""
+        """The stage of the model the ensemble calls: an entry (router) model, or the one graph model of a
+        module exported without a router.
+
+        The ensemble itself has ``max_batch_size: 0``, so it sees full shapes: a model that batches
+        (``max_batch_size > 0``) gets its batch axis (``-1``) put in front of its configured dims, as
+        Triton does when it checks an ensemble's tensors against a batching model.
+        """
+        batch = (-1,) if config.max_batch_size > 0 else ()
 
         def tensors(messages: Sequence[mc.ModelInput] | Sequence[mc.ModelOutput]) -> tuple[StageTensor, ...]:
-            return tuple(StageTensor(m.name, mc.DataType.Name(m.data_type), tuple(m.dims), bool(getattr(m, "optional", False)))
+            return tuple(StageTensor(m.name, mc.DataType.Name(m.data_type), batch + tuple(m.dims),
+                                     bool(getattr(m, "optional", False)))
                          for m in messages)
 
         return cls(config.name, version, label, tensors(config.input), tensors(config.output), tuple(input_sets))

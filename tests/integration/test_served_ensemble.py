@@ -14,10 +14,12 @@ import text_steps
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from repo_helpers import tuned_two_spec_net
+from nets import TwoInputNet
+from repo_helpers import fast_onnxruntime, tuned_two_spec_net
 from triton_helpers import require_tritonserver
 from tritonclient.utils import InferenceServerException
 
+import aitune_triton
 from aitune_triton.triton.exporter import export
 from aitune_triton.triton.server import TritonServer
 
@@ -27,6 +29,7 @@ NAME = "ens_two_input_net"
 ENSEMBLE = "ens_text"
 BAD_OUTPUT_ENSEMBLE = "ens_bad_output"
 POST_ONLY_ENSEMBLE = "ens_post_only"
+SINGLE_ENSEMBLE = "ens_single_text"
 SENTENCES = ["hello world", "h\u00e9llo, caf\u00e9", "a", "The cat sat on the mat."]
 
 
@@ -45,6 +48,17 @@ def ensemble(tmp_path_factory):
     # A postprocess step alone: the ensemble's inputs are the entry model's (optional) inputs.
     export(module, repository, name=f"{NAME}_c", show_progress=False, postprocess=text_steps.softmax,
            ensemble_name=POST_ONLY_ENSEMBLE)
+    # A module with one graph spec is one model without a router; the ensemble calls that model, which batches.
+    torch.manual_seed(0)
+    single = aitune_triton.Module(TwoInputNet().eval(), name=f"{NAME}_single", strategy=fast_onnxruntime(),
+                                  cache_dir=root / "cache")
+    with torch.no_grad():
+        for batch in (1, 3, 5):
+            single(torch.randn(batch, 8))
+    single.tune()
+    single_result = export(single, repository, show_progress=False, preprocess=text_steps.featurize,
+                           postprocess=text_steps.classify, ensemble_name=SINGLE_ENSEMBLE)
+    assert single_result.graph_models == [f"{NAME}_single"]  # no router, no .graph_0
     with TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=180) as server:
         yield server, module.module  # the wrapped net itself; its eager copy is below
 
@@ -163,3 +177,12 @@ def test_a_postprocess_only_ensemble_takes_the_module_inputs_of_either_graph_spe
             np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_an_ensemble_around_a_single_graph_model_without_a_router_answers_like_eager(ensemble, protocol):
+    server, module = ensemble
+
+    served = infer(server, protocol, SINGLE_ENSEMBLE, SENTENCES)
+
+    compare(served, eager_pipeline(module, SENTENCES))  # TwoInputNet(seed 0) is the same net as the two-spec one
