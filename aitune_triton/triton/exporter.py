@@ -47,7 +47,7 @@ from aitune_triton._progress import progress
 from aitune_triton._versions import aitune_version
 from aitune_triton.backends import backend_names, get_backend_class
 from aitune_triton.checkpoint import read_checkpoint_modules
-from aitune_triton.errors import ExportError, UnknownBackendError
+from aitune_triton.errors import ExportError, InvalidOptionError, UnknownBackendError
 from aitune_triton.module.description import BackendDescription, GraphDescription, TunedDescription
 from aitune_triton.module.wrapper import Module
 from aitune_triton.names import validate_model_name
@@ -61,6 +61,7 @@ from aitune_triton.triton.dry_run import ExportPlan, build_plan
 from aitune_triton.triton.io import ModelIO
 from aitune_triton.triton.manifest import build_manifest, refuse_kind_collision
 from aitune_triton.triton.native import ExportTarget, plan_native
+from aitune_triton.triton.options import check_int
 
 __all__ = ["ExportPlan", "ExportResult", "export", "exportable_backends", "templates_dir"]
 
@@ -168,7 +169,15 @@ def _descriptions(module_or_checkpoint: Module | str | os.PathLike) -> tuple[lis
     )
 
 
-def _next_version(model_dir: Path) -> int:
+def _next_version(model_dir: Path, version: int | None = None) -> int:
+    """``version`` when given (refused when that version directory exists), else the next free one."""
+    if version is not None:
+        if (model_dir / str(version)).exists():
+            raise InvalidOptionError(
+                f"version: expected a version that {model_dir.name} does not have yet, got {version} ({model_dir / str(version)} "
+                "exists); versions are never overwritten. Pass another version, or none for the next one."
+            )
+        return version
     versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
     return max(versions, default=0) + 1
 
@@ -189,7 +198,7 @@ def _write_manifest(version_dir: Path, source: str, extra: dict[str, Any], **fie
 def export(
     module_or_checkpoint: Module | str | os.PathLike, repository: str | os.PathLike, name: str | None = ...,
     options: TritonModelOptions | None = ..., show_progress: bool = ..., dry_run: Literal[False] = ...,
-    target: ExportTarget | str = ...,
+    target: ExportTarget | str = ..., version: int | None = ...,
 ) -> ExportResult: ...
 
 
@@ -197,7 +206,7 @@ def export(
 def export(
     module_or_checkpoint: Module | str | os.PathLike, repository: str | os.PathLike, name: str | None = ...,
     options: TritonModelOptions | None = ..., show_progress: bool = ..., *, dry_run: Literal[True],
-    target: ExportTarget | str = ...,
+    target: ExportTarget | str = ..., version: int | None = ...,
 ) -> ExportPlan: ...
 
 
@@ -209,6 +218,7 @@ def export(
     show_progress: bool = True,
     dry_run: bool = False,
     target: ExportTarget | str = ExportTarget.PYTHON,
+    version: int | None = None,
 ) -> ExportResult | ExportPlan:
     """Write a tuned module as Triton models: one graph model per graph spec plus an entry model.
 
@@ -232,6 +242,11 @@ def export(
             tensor names; the others stay Python-backend models, with the reason in the progress
             lines, :attr:`ExportResult.python_reasons` and their manifest (see
             :mod:`aitune_triton.triton.native`).
+        version: Version directory to write in every exported model (an integer >= 1 none of them
+            has yet); None: each model's next version. A server started with
+            ``--model-control-mode=poll`` picks a new version up by itself; with ``explicit`` (the
+            :class:`~aitune_triton.triton.server.TritonServer` default) load the models again
+            (``load_model``). Which versions are served is ``options.version_policy``.
 
     Returns:
         What was written (:class:`ExportResult`); with ``dry_run``, what would be
@@ -244,6 +259,8 @@ def export(
         CheckpointError: the checkpoint is missing or fails verification. Nothing is written.
         InvalidNameError: ``name`` is not a valid model name (``/``, leading ``.``...).
         InvalidArgumentError: ``target`` is not ``"python"`` or ``"native"``.
+        InvalidOptionError: (an ExportError) ``version`` is not an integer >= 1 or a model has it
+            already, or ``options.instance_groups`` names no exported graph model.
         ExportError: also when ``repository`` is an existing file, when ``name`` is given for a
             checkpoint of several modules, when two exported modules would share a model name, or
             when a model name is taken in ``repository`` by a model of another kind (an entry
@@ -257,6 +274,8 @@ def export(
             f"({', '.join(repr(p) for p, _ in entries)}), exported under their stored names. {LEAVE_OUT_NAME}"
         )
     options = options or TritonModelOptions()
+    if version is not None:
+        check_int("version", version, 1, "Pass None for each model's next version.")
     repository = Path(repository).absolute()
     if repository.exists() and not repository.is_dir():
         raise ExportError(f"repository: {repository} is a file; pass a directory (it is created when missing).")
@@ -267,7 +286,7 @@ def export(
             entry_name = validate_model_name(name, "name")
         else:
             entry_name = validate_model_name(description.name, f"module name at '{path}'" if path else "module name")
-        planned = _plan(description, entry_name, options, repository, target)
+        planned = _plan(description, entry_name, options, repository, target, version)
         graph_models += planned[:-1]
         entry_models[path] = planned[-1]
     models = graph_models + list(entry_models.values())  # graph models first, the entry models last
@@ -276,6 +295,12 @@ def export(
         raise ExportError(f"{source}: two exported modules would both write the models {clashing}; rename one Module.")
     for model in models:
         refuse_kind_collision(repository, model.name, model.kind)
+    unknown = options.unknown_groups([m.name for m in graph_models])
+    if unknown:
+        raise InvalidOptionError(
+            f"instance_groups: expected graph names or graph model names of this export "
+            f"({', '.join(m.name for m in graph_models)}), got {unknown}. Fix the keys or drop them."
+        )
     if dry_run:
         return build_plan(repository, source, models)
     title = ", ".join(m.name for m in entry_models.values())
@@ -331,7 +356,8 @@ class _PlannedModel:
 
 
 def _plan(
-    description: TunedDescription, name: str, options: TritonModelOptions, repository: Path, target: ExportTarget = ExportTarget.PYTHON
+    description: TunedDescription, name: str, options: TritonModelOptions, repository: Path,
+    target: ExportTarget = ExportTarget.PYTHON, version: int | None = None,
 ) -> list[_PlannedModel]:
     """Build every configuration and file in memory, so that invalid input fails before writing.
 
@@ -355,7 +381,7 @@ def _plan(
                 "(no speed gate), or with a strategy whose candidates leave out 'eager' and speed_margin=None."
             )
         model_name = f"{name}.{graph.name}"
-        io = ModelIO.from_graph(model_name, entry, version=_next_version(repository / model_name))
+        io = ModelIO.from_graph(model_name, entry, version=_next_version(repository / model_name, version))
         manifest: dict[str, Any] = {"target": ExportTarget.PYTHON.value}
         if target is ExportTarget.NATIVE:
             native = plan_native(io, graph, backend, options)
@@ -408,7 +434,7 @@ def _plan(
     planned.append(
         _PlannedModel(
             name=name,
-            version=_next_version(repository / name),
+            version=_next_version(repository / name, version),
             config=router_model_config(name, ios, routes, options),
             files={"model.py": router_py, CONTRACT_FILE: contract_source},
             artifact=None,
