@@ -82,6 +82,7 @@ class TritonModelOptions:
         warmup: Write ``model_warmup`` from the recorded calls at the smallest and largest shape
             of each graph spec (inputs as raw files under the model's ``warmup/`` directory).
         tensorrt: Options of models served by Triton's TensorRT backend (:class:`TensorRTOptimization`).
+        gpus: GPU indices of the default group's ``KIND_GPU`` instances; empty: every GPU.
 
     Raises:
         InvalidOptionError: (an ExportError and InvalidArgumentError) a field has a value Triton cannot take.
@@ -100,12 +101,13 @@ class TritonModelOptions:
     response_cache: bool = False
     warmup: bool = False
     tensorrt: TensorRTOptimization = field(default_factory=TensorRTOptimization)
+    gpus: Sequence[int] = ()
     default_group: InstanceGroup = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_int("entry_instance_count", self.entry_instance_count, 1)
         # Validates instance_count and instance_kind (their field names are in the messages).
-        self.default_group = InstanceGroup(self.instance_kind, self.instance_count)
+        self.default_group = InstanceGroup(self.instance_kind, self.instance_count, self.gpus)
         if self.dynamic_batching is None:
             self.dynamic_batching = DynamicBatching(
                 preferred_batch_size=self.preferred_batch_size,
