@@ -33,6 +33,7 @@ versions it was exported with.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -62,12 +63,17 @@ from aitune_triton.triton.io import ModelIO
 from aitune_triton.triton.manifest import build_manifest, refuse_kind_collision
 from aitune_triton.triton.native import ExportTarget, plan_native
 from aitune_triton.triton.options import check_int
+from aitune_triton.triton.warmup import WARMUP_DIR, add_warmup
 
 __all__ = ["ExportPlan", "ExportResult", "export", "exportable_backends", "templates_dir"]
 
 #: File name of the copy of :mod:`aitune_triton.contract` beside each graph model's ``model.py``
 #: (the served environment may not have aitune_triton installed).
 CONTRACT_FILE = "aitune_triton_contract.py"
+
+#: File of an entry model version's own routes (the graph model versions it was exported with): all
+#: versions of a model share one config.pbtxt, whose routes parameter is the newest export's.
+ROUTES_FILE = "routes.json"
 
 #: What an error about ``name`` for a checkpoint of several modules says to do; the command line
 #: says to drop ``--name`` instead.
@@ -340,6 +346,7 @@ class _PlannedModel:
     graph: GraphDescription | None = None  # a graph model's graph spec
     artifact_name: str | None = None  # file name in the version directory; default the artifact's own
     manifest: dict[str, Any] = field(default_factory=dict)  # more manifest.json fields
+    warmup_files: dict[str, bytes] = field(default_factory=dict)  # file name under warmup/ -> raw input bytes
 
     def write(self, model_dir: Path, source: str) -> None:
         version_dir = model_dir / str(self.version)
@@ -352,6 +359,10 @@ class _PlannedModel:
             shutil.copyfile(self.artifact, version_dir / (self.artifact_name or self.artifact.name))
         _write_manifest(version_dir, source, {"model": self.name, "version": self.version, "kind": self.kind, **self.manifest},
                         config=self.config, backend=self.backend, graph=self.graph)
+        if self.warmup_files:
+            (model_dir / WARMUP_DIR).mkdir()
+            for file_name, data in self.warmup_files.items():
+                (model_dir / WARMUP_DIR / file_name).write_bytes(data)
         write_model_config(self.config, model_dir / "config.pbtxt")
 
 
@@ -387,6 +398,7 @@ def _plan(
             native = plan_native(io, graph, backend, options)
             if native.model is not None:
                 ios.append(native.model.io)
+                warmup = add_warmup(native.model.config, native.model.io, backend, io.version) if options.warmup else {}
                 planned.append(
                     _PlannedModel(
                         name=io.model_name,
@@ -399,6 +411,7 @@ def _plan(
                         manifest=native.model.manifest,
                         backend=backend,
                         graph=graph,
+                        warmup_files=warmup,
                     )
                 )
                 continue
@@ -408,11 +421,12 @@ def _plan(
             version=aitune_version(), module_name=name, graph=graph.name, artifact=io.artifact, runtime=runtime,
             runtime_options=backend.options, contract_file=CONTRACT_FILE,
         )
+        config = graph_model_config(io, options, backend.device or "cpu")
         planned.append(
             _PlannedModel(
                 name=io.model_name,
                 version=io.version,
-                config=graph_model_config(io, options, backend.device or "cpu"),
+                config=config,
                 files={"model.py": model_py, "io.json": io.to_json() + "\n", CONTRACT_FILE: contract_source},
                 artifact=backend.artifact(),
                 summary=f"{backend.name}, max_batch_size {io.max_batch_size}"
@@ -420,6 +434,7 @@ def _plan(
                 manifest=manifest,
                 backend=backend,
                 graph=graph,
+                warmup_files=add_warmup(config, io, backend, io.version) if options.warmup else {},
             )
         )
     routes = {
@@ -436,7 +451,7 @@ def _plan(
             name=name,
             version=_next_version(repository / name, version),
             config=router_model_config(name, ios, routes, options),
-            files={"model.py": router_py, CONTRACT_FILE: contract_source},
+            files={"model.py": router_py, CONTRACT_FILE: contract_source, ROUTES_FILE: json.dumps(routes) + "\n"},
             artifact=None,
             summary=f"entry model routing to {len(ios)} graph model(s)",
             kind="entry",
@@ -452,4 +467,11 @@ def _publish(staged_model: Path, target_model: Path, version: int) -> None:
     if target_version.exists():
         raise ExportError(f"{target_version} appeared while exporting; versions are never overwritten. Export again.")
     (staged_model / str(version)).rename(target_version)
+    staged_warmup = staged_model / WARMUP_DIR
+    if staged_warmup.is_dir():  # the warmup inputs the new config.pbtxt names, before it
+        (target_model / WARMUP_DIR).mkdir(exist_ok=True)
+        for staged_file in sorted(staged_warmup.iterdir()):
+            if (target_model / WARMUP_DIR / staged_file.name).exists():
+                raise ExportError(f"{target_model / WARMUP_DIR / staged_file.name} exists; warmup files are never overwritten.")
+            staged_file.rename(target_model / WARMUP_DIR / staged_file.name)
     os.replace(staged_model / "config.pbtxt", target_model / "config.pbtxt")
