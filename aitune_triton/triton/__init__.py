@@ -2,7 +2,8 @@
 
 ``TritonServer`` is importable from here (``aitune_triton.triton.TritonServer``); ``export`` and
 ``RemoteModule`` too, and from the package root; the repository tools ``check_repository`` and
-``analyze_config`` from here.
+``analyze_config`` from here; the deployment options (``TritonModelOptions`` and the typed
+parts it composes: ``DynamicBatching``, ``InstanceGroup``, ``VersionPolicy``...) too.
 """
 
 from aitune_triton.triton.analyze import AnalyzerConfig, analyze_config
@@ -13,18 +14,34 @@ from aitune_triton.triton.dry_run import ExportPlan
 from aitune_triton.triton.exporter import ExportResult, export
 from aitune_triton.triton.manifest import ModelManifest
 from aitune_triton.triton.native import ExportTarget
+from aitune_triton.triton.options import (
+    DynamicBatching,
+    InstanceGroup,
+    InstanceKind,
+    QueuePolicy,
+    TensorRTOptimization,
+    TimeoutAction,
+    VersionPolicy,
+)
 from aitune_triton.triton.server import TritonServer
 
 __all__ = [
     "AnalyzerConfig",
     "CheckReport",
+    "DynamicBatching",
     "ExportPlan",
     "ExportResult",
     "ExportTarget",
+    "InstanceGroup",
+    "InstanceKind",
     "ModelManifest",
+    "QueuePolicy",
     "RemoteModule",
+    "TensorRTOptimization",
+    "TimeoutAction",
     "TritonModelOptions",
     "TritonServer",
+    "VersionPolicy",
     "analyze_config",
     "check_repository",
     "export",

@@ -47,9 +47,12 @@ __all__ = [
 #: Config parameter holding the intra-op threads of each instance, read by the generated model.py.
 THREADS_PARAMETER = "aitune_triton.intra_op_threads"
 
-#: Intra-op threads per instance: measured on this project's 2-core machines with one core kept
-#: busy by another process (``benchmarks/served_threads.py``), 2 threads per instance gave
-#: 0.67-1.04x the requests/s of 1 thread with ONNX Runtime and 0.29-0.30x with AOTInductor.
+#: Intra-op threads per instance, from ``benchmarks/served_threads.py`` on this project's 2-core
+#: machines with another process keeping one core busy (one instance, 2 gRPC clients, batch 8 of a
+#: 256-1024-256 MLP, 5 s x 3 rounds side by side): 2 threads vs 1 gave 0.57-1.46x the requests/s
+#: with ONNX Runtime (1 thread: 675/791/1596 req/s min/median/max) and 0.06-0.16x with
+#: AOTInductor (1 thread: 386/614/909 req/s; 2 threads: 40/50/63). An earlier run here gave
+#: 0.67-1.04x and 0.29-0.30x. One thread never collapses; two can.
 DEFAULT_INTRA_OP_THREADS = 1
 
 
