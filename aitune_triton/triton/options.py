@@ -162,8 +162,9 @@ class DynamicBatching:
         default_queue_policy: The queue policy; None: Triton's (no timeout, unbounded).
 
     Raises:
-        InvalidOptionError: a field has a value Triton cannot take, or ``default_priority_level``
-            is outside ``1..priority_levels``.
+        InvalidOptionError: a field has a value Triton cannot take, ``default_priority_level``
+            is outside ``1..priority_levels``, or ``preserve_ordering`` comes with more than one
+            priority level (Triton refuses to load that).
     """
 
     preferred_batch_size: Sequence[int] = ()
@@ -187,6 +188,11 @@ class DynamicBatching:
         if not self.priority_levels and self.default_priority_level:
             raise _fail("default_priority_level", "0 without priority_levels", self.default_priority_level,
                         "Set priority_levels too.")
+        if self.preserve_ordering and self.priority_levels > 1:
+            # Triton refuses to load such a model ("Only one priority level is allowed when
+            # 'preserve_ordering' is true"; measured with the embedded 2.51 server).
+            raise _fail("priority_levels", "0 or 1 with preserve_ordering", self.priority_levels,
+                        "Drop preserve_ordering or the priority levels.")
         if self.default_queue_policy is not None and not isinstance(self.default_queue_policy, QueuePolicy):
             raise _fail("default_queue_policy", "a QueuePolicy or None", self.default_queue_policy)
 

@@ -45,7 +45,7 @@ def test_every_dynamic_batching_field_round_trips(tmp_path):
     batching = DynamicBatching(
         preferred_batch_size=(2, 4, 16),
         max_queue_delay_microseconds=2500,
-        preserve_ordering=True,
+        preserve_ordering=False,
         priority_levels=3,
         default_priority_level=2,
         default_queue_policy=QueuePolicy(TimeoutAction.DELAY, 50_000, True, 64),
@@ -55,7 +55,9 @@ def test_every_dynamic_batching_field_round_trips(tmp_path):
 
     assert list(parsed.preferred_batch_size) == [2, 4]  # 16 is above max_batch_size 8
     assert parsed.max_queue_delay_microseconds == 2500
-    assert parsed.preserve_ordering is True
+    assert parsed.preserve_ordering is False
+    ordered = DynamicBatching(preserve_ordering=True, priority_levels=1, default_priority_level=1)
+    assert _round_trip(graph_model_config(_io(), TritonModelOptions(dynamic_batching=ordered)), tmp_path).dynamic_batching.preserve_ordering
     assert (parsed.priority_levels, parsed.default_priority_level) == (3, 2)
     policy = parsed.default_queue_policy
     assert policy.timeout_action == mc.ModelQueuePolicy.DELAY
@@ -173,6 +175,7 @@ def test_tensorrt_optimization_writes_cuda_graphs_and_profiles(tmp_path):
         (lambda: DynamicBatching(priority_levels=-2), "priority_levels", "-2"),
         (lambda: DynamicBatching(priority_levels=2, default_priority_level=3), "default_priority_level", "3"),
         (lambda: DynamicBatching(default_priority_level=1), "default_priority_level", "1"),
+        (lambda: DynamicBatching(preserve_ordering=True, priority_levels=2, default_priority_level=1), "priority_levels", "2"),
         (lambda: DynamicBatching(default_queue_policy={"max_queue_size": 2}), "default_queue_policy", "max_queue_size"),
         (lambda: QueuePolicy(timeout_action="DROP"), "default_queue_policy.timeout_action", "'DROP'"),
         (lambda: QueuePolicy(default_timeout_microseconds=1.5), "default_queue_policy.default_timeout_microseconds", "1.5"),
