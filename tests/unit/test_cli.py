@@ -234,7 +234,7 @@ def test_every_deployment_flag_reaches_the_written_configs(runner, checkpoint, t
         "export", str(checkpoint), "-o", str(repository), "--name", "flags", "--quiet", "--version", "7",
         "--instance-kind", "cpu", "--instance-count", "2", "--instance-group", "graph_1=cpu:3",
         "--intra-op-threads", "2", "--preferred-batch-size", "2", "--preferred-batch-size", "4",
-        "--max-queue-delay-microseconds", "300", "--preserve-ordering", "--priority-levels", "2",
+        "--max-queue-delay-microseconds", "300", "--priority-levels", "2",
         "--default-priority-level", "1", "--queue-timeout-action", "DELAY", "--queue-timeout-microseconds", "9000",
         "--allow-timeout-override", "--max-queue-size", "16", "--version-policy", "latest:2", "--parameter", "team=search",
         "--response-cache",
@@ -247,7 +247,7 @@ def test_every_deployment_flag_reaches_the_written_configs(runner, checkpoint, t
     assert [(g.kind, g.count) for g in graph_1.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 3)]
     batching = graph_0.dynamic_batching
     assert list(batching.preferred_batch_size) == [2, 4] and batching.max_queue_delay_microseconds == 300
-    assert batching.preserve_ordering and (batching.priority_levels, batching.default_priority_level) == (2, 1)
+    assert not batching.preserve_ordering and (batching.priority_levels, batching.default_priority_level) == (2, 1)
     policy = batching.default_queue_policy
     assert (policy.timeout_action, policy.default_timeout_microseconds, policy.allow_timeout_override, policy.max_queue_size) == (
         mc.ModelQueuePolicy.DELAY, 9000, True, 16)
@@ -258,6 +258,9 @@ def test_every_deployment_flag_reaches_the_written_configs(runner, checkpoint, t
     for config in (graph_0, graph_1, entry):
         assert config.version_policy.latest.num_versions == 2
     assert sorted(p.name for p in (repository / "flags").iterdir() if p.is_dir()) == ["7"]
+    ordered = runner.invoke(main, ["export", str(checkpoint), "-o", str(tmp_path / "ordered"), "--quiet", "--preserve-ordering"])
+    assert ordered.exit_code == 0, ordered.output
+    assert read_model_config(tmp_path / "ordered" / f"{MODULE_NAME}.graph_0" / "config.pbtxt").dynamic_batching.preserve_ordering
     again = runner.invoke(main, ["export", str(checkpoint), "-o", str(repository), "--name", "flags", "--version", "7"])
     assert again.exit_code == 1 and "Error: version: expected a version that" in again.output
     assert "versions are never overwritten" in again.output
