@@ -88,7 +88,9 @@ def _ints(field_name: str, values: Any, minimum: int, todo: str = "") -> tuple[i
 
 def _enum(enum_type: type[enum.Enum], field_name: str, value: Any) -> Any:
     try:
-        return enum_type(value.lower() if isinstance(value, str) and enum_type is InstanceKind else value)
+        if isinstance(value, str):  # either case: "cpu" / "CPU", "reject" / "REJECT"
+            value = value.lower() if enum_type is InstanceKind else value.upper()
+        return enum_type(value)
     except ValueError:
         names = ", ".join(repr(member.value) for member in enum_type)
         raise _fail(field_name, f"one of {names}", value) from None

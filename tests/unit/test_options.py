@@ -104,6 +104,11 @@ def test_instance_groups_are_per_graph_model_with_a_global_default(tmp_path):
     assert options.unknown_groups(["net.graph_0", "net.graph_1"]) == ["net.graph_2"]
 
 
+def test_enum_fields_take_either_case():
+    assert InstanceGroup("CPU").kind is InstanceKind.CPU
+    assert QueuePolicy("delay").timeout_action is TimeoutAction.DELAY
+
+
 def test_auto_instances_follow_the_tuning_device():
     auto = InstanceGroup()
 
