@@ -237,7 +237,7 @@ def test_every_deployment_flag_reaches_the_written_configs(runner, checkpoint, t
         "--max-queue-delay-microseconds", "300", "--priority-levels", "2",
         "--default-priority-level", "1", "--queue-timeout-action", "DELAY", "--queue-timeout-microseconds", "9000",
         "--allow-timeout-override", "--max-queue-size", "16", "--version-policy", "latest:2", "--parameter", "team=search",
-        "--response-cache",
+        "--response-cache", "--warmup",
     ])
 
     assert result.exit_code == 0, result.output
@@ -254,6 +254,8 @@ def test_every_deployment_flag_reaches_the_written_configs(runner, checkpoint, t
     assert graph_0.parameters["aitune_triton.intra_op_threads"].string_value == "2"
     assert graph_0.parameters["team"].string_value == "search"
     assert graph_0.response_cache.enable
+    assert [w.batch_size for w in graph_0.model_warmup] == [1, 5]  # the smallest and largest recorded call
+    assert (repository / "flags.graph_0" / "warmup" / graph_0.model_warmup[0].inputs["x"].input_data_file).is_file()
     entry = read_model_config(repository / "flags" / "config.pbtxt")
     for config in (graph_0, graph_1, entry):
         assert config.version_policy.latest.num_versions == 2

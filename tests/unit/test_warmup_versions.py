@@ -142,3 +142,23 @@ def test_the_generated_model_py_applies_the_configured_threads_before_loading_th
         assert namespace["runtime_options"]({"parameters": {}}) == namespace["RUNTIME_OPTIONS"]  # no parameter: the stored options
     finally:
         torch.set_num_threads(before)
+
+
+def test_native_models_name_their_warmup_inputs_as_the_artifact_does_and_check_finds_no_error(tuned, tmp_path):
+    from aitune_triton.triton.check import check_repository
+
+    repository = tmp_path / "repo"
+    plan = export(tuned[0], repository, options=TritonModelOptions(warmup=True), target="native", show_progress=False, dry_run=True)
+    assert not repository.exists() and plan.models  # planning builds the warmup entries and writes nothing
+    export(tuned[0], repository, options=TritonModelOptions(warmup=True), target="native", show_progress=False)
+
+    config = read_model_config(repository / f"{NAME}.graph_0" / "config.pbtxt")
+    assert config.platform == "onnxruntime_onnx"
+    names = [tensor.name for tensor in config.input]
+    assert len(config.model_warmup) == 2
+    for warmup in config.model_warmup:
+        assert sorted(warmup.inputs) == sorted(names)
+        for name in names:
+            assert (repository / f"{NAME}.graph_0" / "warmup" / warmup.inputs[name].input_data_file).is_file()
+    report = check_repository(repository)
+    assert [finding for _, finding in report.findings("ERROR")] == []
