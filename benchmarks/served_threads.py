@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -80,6 +81,14 @@ def requests_per_s(url: str, model: str, clients: int, seconds: float, batch: in
 
 
 def main() -> int:
+    root = Path(tempfile.mkdtemp(prefix="served_threads_"))
+    try:
+        return run(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(root: Path) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -88,8 +97,6 @@ def main() -> int:
     parser.add_argument("--backends", default="onnxruntime,aoti")
     parser.add_argument("--json", type=Path, default=None, help="Also write the numbers here.")
     args = parser.parse_args()
-
-    root = Path(tempfile.mkdtemp(prefix="served_threads_"))
     strategies = {
         "onnxruntime": OneBackendStrategy(OnnxRuntimeBackend(graph_optimization_level="all", intra_op_num_threads=1)),
         "aoti": OneBackendStrategy("aoti"),
