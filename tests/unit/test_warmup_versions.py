@@ -150,6 +150,7 @@ def test_native_models_name_their_warmup_inputs_as_the_artifact_does_and_check_f
     repository = tmp_path / "repo"
     plan = export(tuned[0], repository, options=TritonModelOptions(warmup=True), target="native", show_progress=False, dry_run=True)
     assert not repository.exists() and plan.models  # planning builds the warmup entries and writes nothing
+    assert f"{NAME}.graph_0/warmup/1_warmup_max_" in "\n".join(f.path for m in plan.models for f in m.files)
     export(tuned[0], repository, options=TritonModelOptions(warmup=True), target="native", show_progress=False)
 
     config = read_model_config(repository / f"{NAME}.graph_0" / "config.pbtxt")
