@@ -6,6 +6,7 @@ import signal
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -42,12 +43,43 @@ def main() -> None:
               help="Model repository directory to write into (created when missing).")
 @click.option("--name", default=None, help="Entry model name; default the module's name. Graph models are NAME.graph_N. "
               "Only for a checkpoint of one module.")
+@click.option("--version", "version", default=None, type=int,
+              help="Version directory to write in every model (one none of them has) [default: each model's next].")
 @click.option("--instance-count", default=1, show_default=True, type=int,
               help="Model instances per device (instance_group count); each is a separate process.")
 @click.option("--instance-kind", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"]),
               help="KIND_CPU or KIND_GPU instances; auto picks GPU when the backend was tuned on CUDA.")
+@click.option("--gpus", default=None, help="GPU indices of KIND_GPU instances, comma-separated [default: every GPU].")
+@click.option("--instance-group", "instance_groups", multiple=True, metavar="GRAPH=KIND:COUNT[:GPUS]",
+              help="Instances of one graph model (graph_0 or NAME.graph_0), e.g. graph_1=cpu:2 or graph_0=gpu:1:0,1; "
+                   "repeatable. The others get --instance-kind x --instance-count.")
+@click.option("--intra-op-threads", default=str(1), show_default=True,
+              help="Intra-op threads of torch / ONNX Runtime per graph model instance (keep instances x threads <= "
+                   "cores); 'auto': the runtime's own default.")
 @click.option("--max-queue-delay-microseconds", default=100, show_default=True, type=int,
               help="Dynamic batcher queue delay for models that batch (max_batch_size > 0).")
+@click.option("--preferred-batch-size", multiple=True, type=int,
+              help="Batch size the dynamic batcher aims for; repeatable [default: the size the tuning measured].")
+@click.option("--preserve-ordering", is_flag=True, help="Dynamic batcher: responses in the order requests came.")
+@click.option("--priority-levels", default=0, show_default=True, type=int, help="Dynamic batcher priority levels.")
+@click.option("--default-priority-level", default=0, show_default=True, type=int,
+              help="Priority level of a request that names none (1..--priority-levels).")
+@click.option("--queue-timeout-action", default=None, type=click.Choice(["REJECT", "DELAY"]),
+              help="Queue policy: what happens to a request past its timeout [default: REJECT].")
+@click.option("--queue-timeout-microseconds", default=None, type=int, help="Queue policy: request timeout (0: none).")
+@click.option("--allow-timeout-override", is_flag=True, help="Queue policy: a request's own timeout may replace it.")
+@click.option("--max-queue-size", default=None, type=int, help="Queue policy: queued requests before rejecting (0: unbounded).")
+@click.option("--version-policy", default="latest:1", show_default=True,
+              help="Versions served: latest:N, all or specific:V1,V2 (graph and entry models).")
+@click.option("--parameter", "parameters", multiple=True, metavar="KEY=VALUE",
+              help="Free config parameter of every graph model; repeatable.")
+@click.option("--response-cache", is_flag=True, help="Enable Triton's response cache for graph models "
+              "(start the server with a cache: --cache-config local,size=...).")
+@click.option("--warmup", is_flag=True, help="Write model_warmup from the recorded calls at the smallest and largest "
+              "shape of each graph spec (inputs under each model's warmup/).")
+@click.option("--tensorrt-cuda-graphs", is_flag=True, help="TensorRT models: capture CUDA graphs.")
+@click.option("--tensorrt-profile", "tensorrt_profiles", multiple=True, type=int,
+              help="TensorRT models: optimization profile index per instance; repeatable.")
 @click.option("--entry-instance-count", default=4, show_default=True, type=int,
               help="Instances of the entry (router) model: how many requests through it run at once.")
 @click.option("--target", default="python", show_default=True, type=click.Choice(["python", "native"]),
@@ -68,9 +100,15 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="Print only the result, no progress lines.")
 @click.option("--dry-run", is_flag=True, help="Print the planned tree (files with sizes) and every config.pbtxt; "
               "write nothing.")
-def export(checkpoint: Path, repository: Path, name: str | None, instance_count: int, instance_kind: str,
-           max_queue_delay_microseconds: int, entry_instance_count: int, target: str, preprocess: str | None,
-           postprocess: str | None, ensemble_name: str | None, router: bool | None, quiet: bool, dry_run: bool) -> None:
+def export(checkpoint: Path, repository: Path, name: str | None, version: int | None, instance_count: int,
+           instance_kind: str, gpus: str | None, instance_groups: tuple[str, ...], intra_op_threads: str,
+           max_queue_delay_microseconds: int, preferred_batch_size: tuple[int, ...], preserve_ordering: bool,
+           priority_levels: int, default_priority_level: int, queue_timeout_action: str | None,
+           queue_timeout_microseconds: int | None, allow_timeout_override: bool, max_queue_size: int | None,
+           version_policy: str, parameters: tuple[str, ...], response_cache: bool, warmup: bool,
+           tensorrt_cuda_graphs: bool, tensorrt_profiles: tuple[int, ...], entry_instance_count: int, target: str,
+           preprocess: str | None, postprocess: str | None, ensemble_name: str | None, router: bool | None,
+           quiet: bool, dry_run: bool) -> None:
     """Export CHECKPOINT (written by aitune_triton.save) to a Triton model repository.
 
     Writes one Python-backend graph model per tuned graph spec and an entry model named after
@@ -81,10 +119,9 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
     others stay Python-backend models and a line says why. --preprocess / --postprocess add step
     models and an ensemble (NAME_ensemble, or --ensemble-name) that clients send raw data to.
     Exits with status 1 and an "Error:" line (nothing written) when the checkpoint is missing or
-    fails verification, a name is invalid, a graph spec cannot be served, or a step cannot be
-    resolved or does not fit the module's tensors.
+    fails verification, a name is invalid, an option value cannot be used, a graph spec cannot be
+    served, or a step cannot be resolved or does not fit the module's tensors.
     """
-    from aitune_triton.triton.config import TritonModelOptions
     from aitune_triton.triton.exporter import KEEP_ROUTER, LEAVE_OUT_NAME
     from aitune_triton.triton.exporter import export as export_checkpoint
 
@@ -93,17 +130,20 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
     if "" not in sys.path and "." not in sys.path:  # MODULE:FUNCTION from the current directory, as `python -m` finds it
         sys.path.insert(0, "")
     try:
-        options = TritonModelOptions(
-            instance_count, instance_kind, max_queue_delay_microseconds, entry_instance_count=entry_instance_count
+        options = _export_options(
+            instance_count, instance_kind, gpus, instance_groups, intra_op_threads, max_queue_delay_microseconds,
+            preferred_batch_size, preserve_ordering, priority_levels, default_priority_level, queue_timeout_action,
+            queue_timeout_microseconds, allow_timeout_override, max_queue_size, version_policy, parameters,
+            response_cache, warmup, tensorrt_cuda_graphs, tensorrt_profiles, entry_instance_count,
         )
         if dry_run:
             plan = export_checkpoint(checkpoint, repository, name=name, options=options, dry_run=True, target=target,
                                      preprocess=preprocess, postprocess=postprocess, ensemble_name=ensemble_name,
-                                     router=router)
+                                     router=router, version=version)
         else:
             result = export_checkpoint(checkpoint, repository, name=name, options=options, show_progress=not quiet,
                                        target=target, preprocess=preprocess, postprocess=postprocess,
-                                       ensemble_name=ensemble_name, router=router)
+                                       ensemble_name=ensemble_name, router=router, version=version)
     except AITuneTritonError as error:
         message = str(error).replace(LEAVE_OUT_NAME, "Drop --name.").replace(KEEP_ROUTER, "Drop --no-router.")
         raise click.ClickException(message) from error
@@ -126,6 +166,75 @@ def export(checkpoint: Path, repository: Path, name: str | None, instance_count:
     console.print(table)
     for model, reason in result.python_reasons.items():
         console.print(f"{model} stays a Python-backend model: {reason}", markup=False)
+
+
+def _ints(option: str, text: str) -> tuple[int, ...]:
+    from aitune_triton.errors import InvalidOptionError
+
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InvalidOptionError(f"{option}: expected comma-separated integers, got {text!r}.") from None
+
+
+def _export_options(instance_count: int, instance_kind: str, gpus: str | None, instance_groups: tuple[str, ...],
+                    intra_op_threads: str, max_queue_delay_microseconds: int, preferred_batch_size: tuple[int, ...],
+                    preserve_ordering: bool, priority_levels: int, default_priority_level: int,
+                    queue_timeout_action: str | None, queue_timeout_microseconds: int | None,
+                    allow_timeout_override: bool, max_queue_size: int | None, version_policy: str,
+                    parameters: tuple[str, ...], response_cache: bool, warmup: bool, tensorrt_cuda_graphs: bool,
+                    tensorrt_profiles: tuple[int, ...], entry_instance_count: int) -> Any:
+    """The export flags as one :class:`TritonModelOptions` (the typed options validate every value)."""
+    from aitune_triton.errors import InvalidOptionError
+    from aitune_triton.triton.config import TritonModelOptions
+    from aitune_triton.triton.options import (
+        DynamicBatching, InstanceGroup, QueuePolicy, TensorRTOptimization, VersionPolicy,
+    )
+
+    groups = {}
+    for text in instance_groups:
+        graph, equals, spec = text.partition("=")
+        parts = spec.split(":")
+        if not equals or not graph or len(parts) not in (2, 3):
+            raise InvalidOptionError(f"--instance-group: expected GRAPH=KIND:COUNT[:GPUS] (graph_1=cpu:2), got {text!r}.")
+        try:
+            count = int(parts[1])
+        except ValueError:
+            raise InvalidOptionError(f"--instance-group: expected an integer COUNT in GRAPH=KIND:COUNT, got {text!r}.") from None
+        groups[graph] = InstanceGroup(parts[0], count, _ints("--instance-group", parts[2]) if len(parts) == 3 else ())
+    free = {}
+    for text in parameters:
+        key, equals, value = text.partition("=")
+        if not equals or not key:
+            raise InvalidOptionError(f"--parameter: expected KEY=VALUE, got {text!r}.")
+        free[key] = value
+    if intra_op_threads == "auto":
+        threads: int | None = None
+    else:
+        try:
+            threads = int(intra_op_threads)
+        except ValueError:
+            raise InvalidOptionError(f"--intra-op-threads: expected an integer >= 1 or 'auto', got {intra_op_threads!r}.") from None
+    queue_flags = (queue_timeout_action, queue_timeout_microseconds, max_queue_size)
+    queue = None
+    if any(flag is not None for flag in queue_flags) or allow_timeout_override:
+        queue = QueuePolicy(queue_timeout_action or "REJECT", queue_timeout_microseconds or 0, allow_timeout_override,
+                            max_queue_size or 0)
+    return TritonModelOptions(
+        instance_count=instance_count,
+        instance_kind=instance_kind,
+        entry_instance_count=entry_instance_count,
+        dynamic_batching=DynamicBatching(preferred_batch_size, max_queue_delay_microseconds, preserve_ordering,
+                                         priority_levels, default_priority_level, queue),
+        instance_groups=groups,
+        intra_op_threads=threads,
+        version_policy=VersionPolicy.parse(version_policy),
+        parameters=free,
+        response_cache=response_cache,
+        warmup=warmup,
+        tensorrt=TensorRTOptimization(tensorrt_cuda_graphs, tensorrt_profiles),
+        gpus=_ints("--gpus", gpus) if gpus else (),
+    )
 
 
 @main.command()

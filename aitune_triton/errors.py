@@ -128,6 +128,11 @@ class ExportError(AITuneTritonError, ValueError):
     """A module or checkpoint cannot be exported to a Triton model repository."""
 
 
+class InvalidOptionError(InvalidArgumentError, ExportError):
+    """A deployment option (``aitune_triton.triton.options``, ``TritonModelOptions``) has a value
+    Triton cannot take; the message names the field, what was expected, what was given and what to do."""
+
+
 class TritonServerError(AITuneTritonError, RuntimeError):
     """The Triton server could not be found, started, or failed to load a model.
 

@@ -287,6 +287,33 @@ def decide_batch_axis(
     return f"batch fixed at {size} (one batch size recorded): {check.reason}"
 
 
+#: Artifact roles of the recorded calls kept as warmup inputs (the smallest and the largest).
+WARMUP_ROLES = ("warmup_min", "warmup_max")
+
+
+def write_warmup_samples(samples: Sequence[CallStructure], directory: Path) -> dict[str, Path]:
+    """Write the tensor inputs of the recorded calls with the fewest and the most elements.
+
+    Each file is ``torch.save({"tensors": [...]})`` of the call's tensor leaves in flattening
+    order (the graph model's input order), on CPU; ``torch.load(weights_only=True)`` reads it back
+    without running code. The exporter writes them as ``model_warmup`` inputs.
+
+    Returns:
+        Artifact role (:data:`WARMUP_ROLES`) -> file; empty without samples.
+    """
+    if not samples:
+        return {}
+    sizes = [sum(t.numel() for t in sample.flat.tensors) for sample in samples]
+    chosen = {"warmup_min": samples[sizes.index(min(sizes))], "warmup_max": samples[sizes.index(max(sizes))]}
+    directory.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for role, sample in chosen.items():
+        path = directory / f"{role}.pt"
+        torch.save({"tensors": [t.detach().cpu().contiguous() for t in sample.flat.tensors]}, path)
+        written[role] = path
+    return written
+
+
 def tune_graphs(
     module: torch.nn.Module,
     forward: Callable[..., Any],
@@ -340,6 +367,8 @@ def tune_graphs(
                     + ("" if getattr(strategy, "speed_margin", None) is None else ", or pass speed_margin=None to keep the fastest candidate even when slower than eager")
                     + "."
                 )
+            if backend.artifacts:  # a backend with an artifact can be served: keep warmup inputs with it
+                backend.artifacts.update(write_warmup_samples(samples, workdir / graph.name))
             tuned.append(TunedGraph(graph, backend, report))
     except BaseException:
         for entry in tuned:

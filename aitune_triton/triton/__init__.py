@@ -2,8 +2,10 @@
 
 ``TritonServer`` is importable from here (``aitune_triton.triton.TritonServer``); ``export`` and
 ``RemoteModule`` too, and from the package root; the repository tools ``check_repository`` and
-``analyze_config`` from here, and the step declarations (``Step``, ``StepTensor``, ``step``,
-``resolve_step``) for ``export(..., preprocess=..., postprocess=...)``.
+``analyze_config`` from here; the deployment options (``TritonModelOptions`` and the typed
+parts it composes: ``DynamicBatching``, ``InstanceGroup``, ``VersionPolicy``...) too, and the step
+declarations (``Step``, ``StepTensor``, ``step``, ``resolve_step``) for
+``export(..., preprocess=..., postprocess=...)``.
 """
 
 from aitune_triton.triton.analyze import AnalyzerConfig, analyze_config
@@ -14,21 +16,37 @@ from aitune_triton.triton.dry_run import ExportPlan
 from aitune_triton.triton.exporter import ExportResult, export
 from aitune_triton.triton.manifest import ModelManifest
 from aitune_triton.triton.native import ExportTarget
+from aitune_triton.triton.options import (
+    DynamicBatching,
+    InstanceGroup,
+    InstanceKind,
+    QueuePolicy,
+    TensorRTOptimization,
+    TimeoutAction,
+    VersionPolicy,
+)
 from aitune_triton.triton.server import TritonServer
 from aitune_triton.triton.steps import Step, StepTensor, resolve_step, step
 
 __all__ = [
     "AnalyzerConfig",
     "CheckReport",
+    "DynamicBatching",
     "ExportPlan",
     "ExportResult",
     "ExportTarget",
+    "InstanceGroup",
+    "InstanceKind",
     "ModelManifest",
+    "QueuePolicy",
     "RemoteModule",
     "Step",
     "StepTensor",
+    "TensorRTOptimization",
+    "TimeoutAction",
     "TritonModelOptions",
     "TritonServer",
+    "VersionPolicy",
     "analyze_config",
     "check_repository",
     "export",

@@ -12,16 +12,27 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from aitune_triton.errors import ExportError
+from aitune_triton.errors import ExportError, InvalidOptionError
 from aitune_triton.triton.io import ModelIO
+from aitune_triton.triton.options import (
+    DEFAULT_INTRA_OP_THREADS,
+    THREADS_PARAMETER,
+    DynamicBatching,
+    InstanceGroup,
+    TensorRTOptimization,
+    VersionPolicy,
+    check_int,
+    check_parameters,
+)
 
 __all__ = [
     "ROUTES_PARAMETER",
+    "THREADS_PARAMETER",
     "TritonModelOptions",
     "graph_model_config",
     "model_config_text",
@@ -37,21 +48,45 @@ ROUTES_PARAMETER = "aitune_triton.routes"
 
 @dataclass
 class TritonModelOptions:
-    """Deployment options for exported models.
+    """Deployment options for exported models: the one options object :func:`aitune_triton.export`
+    takes (the CLI builds it from its flags). Defaults and their sources are listed in
+    :mod:`aitune_triton.triton.options`.
 
     Attributes:
-        instance_count: Model instances per device (``instance_group.count``); each Python-backend
-            instance is a separate process.
-        instance_kind: ``"cpu"``, ``"gpu"`` or ``"auto"`` (GPU when the backend was tuned on CUDA).
-            A CPU-only server loads only ``KIND_CPU`` instances.
+        instance_count: Model instances per device (``instance_group.count``) of every graph model
+            without an entry in ``instance_groups``; each Python-backend instance is a separate
+            process.
+        instance_kind: ``"cpu"``, ``"gpu"`` or ``"auto"`` (GPU when the backend was tuned on CUDA)
+            of those graph models. A CPU-only server loads only ``KIND_CPU`` instances.
         max_queue_delay_microseconds: How long the dynamic batcher may hold a request to form a
-            larger batch (models with ``max_batch_size > 0`` only).
+            larger batch (models with ``max_batch_size > 0`` only). Shorthand for
+            ``dynamic_batching``; ignored when that is given.
         preferred_batch_size: Batch sizes the dynamic batcher aims for; empty: the size measured
-            by the tuning's batch size sweep when there was one, else Triton decides.
+            by the tuning's batch size sweep when there was one, else Triton decides. Shorthand
+            for ``dynamic_batching``; ignored when that is given.
         entry_instance_count: Instances of the entry (router) model. A Python model instance runs
             one ``execute()`` at a time and the router gets one request per call, so this bounds
             how many requests through the entry model reach the graph models together (and can
             be batched there). Router instances only forward tensors (no torch import).
+        dynamic_batching: Every dynamic batcher field (:class:`DynamicBatching`); None: built
+            from the two shorthand fields above.
+        instance_groups: Graph name (``"graph_0"``) or graph model name (``"net.graph_0"``) ->
+            its own :class:`InstanceGroup`; the others get ``instance_kind`` x ``instance_count``.
+        intra_op_threads: Intra-op threads of torch / ONNX Runtime in each graph model instance
+            (config parameter ``aitune_triton.intra_op_threads``, applied by the generated
+            ``model.py`` before the artifact is loaded); None: the runtime's own default (all
+            cores per instance). Keep instances x threads <= cores.
+        version_policy: Versions served (:class:`VersionPolicy`) of every exported model.
+        parameters: Free ``parameters`` (str -> str) added to every graph model's configuration.
+        response_cache: Turn Triton's response cache on for graph models (the server needs a
+            cache: ``--cache-config local,size=...``).
+        warmup: Write ``model_warmup`` from the recorded calls at the smallest and largest shape
+            of each graph spec (inputs as raw files under the model's ``warmup/`` directory).
+        tensorrt: Options of models served by Triton's TensorRT backend (:class:`TensorRTOptimization`).
+        gpus: GPU indices of the default group's ``KIND_GPU`` instances; empty: every GPU.
+
+    Raises:
+        InvalidOptionError: (an ExportError and InvalidArgumentError) a field has a value Triton cannot take.
     """
 
     instance_count: int = 1
@@ -59,28 +94,62 @@ class TritonModelOptions:
     max_queue_delay_microseconds: int = 100
     preferred_batch_size: Sequence[int] = field(default_factory=tuple)
     entry_instance_count: int = 4
+    dynamic_batching: DynamicBatching | None = None
+    instance_groups: Mapping[str, InstanceGroup] = field(default_factory=dict)
+    intra_op_threads: int | None = DEFAULT_INTRA_OP_THREADS
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    response_cache: bool = False
+    warmup: bool = False
+    tensorrt: TensorRTOptimization = field(default_factory=TensorRTOptimization)
+    gpus: Sequence[int] = ()
+    default_group: InstanceGroup = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for argument in ("instance_count", "entry_instance_count"):
-            value = getattr(self, argument)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ExportError(f"{argument}: expected an integer >= 1, got {value!r}")
-        if self.instance_kind not in ("auto", "cpu", "gpu"):
-            raise ExportError(f"instance_kind: expected 'auto', 'cpu' or 'gpu', got {self.instance_kind!r}")
-        if not isinstance(self.max_queue_delay_microseconds, int) or self.max_queue_delay_microseconds < 0:
-            raise ExportError(
-                f"max_queue_delay_microseconds: expected an integer >= 0, got {self.max_queue_delay_microseconds!r}"
+        check_int("entry_instance_count", self.entry_instance_count, 1)
+        # Validates instance_count and instance_kind (their field names are in the messages).
+        self.default_group = InstanceGroup(self.instance_kind, self.instance_count, self.gpus)
+        if self.dynamic_batching is None:
+            self.dynamic_batching = DynamicBatching(
+                preferred_batch_size=self.preferred_batch_size,
+                max_queue_delay_microseconds=self.max_queue_delay_microseconds,
             )
+        elif not isinstance(self.dynamic_batching, DynamicBatching):
+            raise InvalidOptionError(f"dynamic_batching: expected a DynamicBatching or None, got {self.dynamic_batching!r}.")
+        self.preferred_batch_size = tuple(self.dynamic_batching.preferred_batch_size)
+        self.max_queue_delay_microseconds = self.dynamic_batching.max_queue_delay_microseconds
+        if not isinstance(self.instance_groups, Mapping) or not all(
+            isinstance(key, str) and isinstance(value, InstanceGroup) for key, value in self.instance_groups.items()
+        ):
+            raise InvalidOptionError(
+                f"instance_groups: expected a mapping of graph (or graph model) name -> InstanceGroup, got {self.instance_groups!r}."
+            )
+        self.instance_groups = dict(self.instance_groups)
+        if self.intra_op_threads is not None:
+            check_int("intra_op_threads", self.intra_op_threads, 1, "Pass None for the runtime's own default.")
+        if not isinstance(self.version_policy, VersionPolicy):
+            raise InvalidOptionError(f"version_policy: expected a VersionPolicy, got {self.version_policy!r}.")
+        self.parameters = check_parameters(self.parameters)
+        for flag in ("response_cache", "warmup"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InvalidOptionError(f"{flag}: expected True or False, got {getattr(self, flag)!r}.")
+        if not isinstance(self.tensorrt, TensorRTOptimization):
+            raise InvalidOptionError(f"tensorrt: expected a TensorRTOptimization, got {self.tensorrt!r}.")
 
-        sizes = list(self.preferred_batch_size)
-        if any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in sizes):
-            raise ExportError(f"preferred_batch_size: expected positive integers, got {sizes!r}")
-        self.preferred_batch_size = tuple(sizes)
+    def group_for(self, model_name: str) -> InstanceGroup:
+        """The instance group of a graph model (``net.graph_0``): its own entry in
+        ``instance_groups`` (by model name, then by graph name), else the default one."""
+        graph = model_name.rpartition(".")[2]
+        return self.instance_groups.get(model_name) or self.instance_groups.get(graph) or self.default_group
+
+    def unknown_groups(self, model_names: Sequence[str]) -> list[str]:
+        """Keys of ``instance_groups`` that name none of ``model_names`` (nor their graph names)."""
+        known = set(model_names) | {name.rpartition(".")[2] for name in model_names}
+        return sorted(key for key in self.instance_groups if key not in known)
 
     def kind_for(self, device: str) -> int:
-        """``KIND_CPU`` or ``KIND_GPU`` for a backend tuned on ``device`` (``"cpu"``, ``"cuda:0"``)."""
-        gpu = self.instance_kind == "gpu" or (self.instance_kind == "auto" and device.startswith("cuda"))
-        return mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+        """``KIND_CPU`` or ``KIND_GPU`` of the default group for a backend tuned on ``device`` (``"cpu"``, ``"cuda:0"``)."""
+        return mc.ModelInstanceGroup.KIND_GPU if self.default_group.is_gpu(device) else mc.ModelInstanceGroup.KIND_CPU
 
 
 def _tensor_message(message_type: type, name: str, data_type: str, dims: Sequence[int], batching: bool, **fields: Any) -> Any:
@@ -103,20 +172,26 @@ def _parameter(config: mc.ModelConfig, key: str, value: str) -> None:
 def graph_model_config(io: ModelIO, options: TritonModelOptions, device: str = "cpu") -> mc.ModelConfig:
     """Configuration of a Python-backend model that runs one graph spec's artifact.
 
-    ``dynamic_batching`` is on when ``io.max_batch_size > 0``. The IO mapping itself is in the
+    ``dynamic_batching`` is on when ``io.max_batch_size > 0``. The instance group is the model's
+    own (:meth:`TritonModelOptions.group_for`); version policy, free parameters, intra-op threads
+    (parameter ``aitune_triton.intra_op_threads``) and the response cache come from ``options``. The IO mapping itself is in the
     version directory's ``io.json`` (read by ``model.py``) and in the entry model's parameters.
     """
     config = mc.ModelConfig(name=io.model_name, backend="python", max_batch_size=io.max_batch_size)
     batching = io.max_batch_size > 0
     config.input.extend(_tensor_message(mc.ModelInput, t.name, t.data_type, t.dims, batching) for t in io.inputs)
     config.output.extend(_tensor_message(mc.ModelOutput, t.name, t.data_type, t.dims, batching) for t in io.outputs)
-    config.instance_group.add(kind=options.kind_for(device), count=options.instance_count)
-    if io.max_batch_size > 0:
-        config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_microseconds
+    config.instance_group.append(options.group_for(io.model_name).message(device))
+    if io.max_batch_size > 0 and options.dynamic_batching is not None:
         # The options' sizes when given, else the size the batch sweep measured for this graph spec.
-        preferred = list(options.preferred_batch_size) or ([io.preferred_batch_size] if io.preferred_batch_size else [])
-        config.dynamic_batching.preferred_batch_size.extend([size for size in preferred if size <= io.max_batch_size])
-    config.version_policy.latest.num_versions = 1
+        options.dynamic_batching.apply(config, io.preferred_batch_size)
+    options.version_policy.apply(config)
+    for key, value in options.parameters.items():
+        _parameter(config, key, value)
+    if options.intra_op_threads is not None:
+        _parameter(config, THREADS_PARAMETER, str(options.intra_op_threads))
+    if options.response_cache:
+        config.response_cache.enable = True
     return config
 
 
@@ -161,7 +236,7 @@ def router_model_config(name: str, ios: Sequence[ModelIO], routes: dict[str, Any
     config.input.extend(_tensor_message(mc.ModelInput, *tensor, False, optional=True) for tensor in _union(ios, "inputs"))
     config.output.extend(_tensor_message(mc.ModelOutput, *tensor, False) for tensor in _union(ios, "outputs"))
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=options.entry_instance_count)
-    config.version_policy.latest.num_versions = 1
+    options.version_policy.apply(config)
     set_routes_parameter(config, routes)
     return config
 

@@ -31,6 +31,7 @@ class _Planned(Protocol):
     kind: str
     backend: BackendDescription | None
     graph: GraphDescription | None
+    warmup_files: dict[str, bytes]
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ def build_plan(repository: Path, source: str, models: Sequence[_Planned]) -> Exp
         config_text = model_config_text(model.config)
         files = [PlannedFile(f"{model.name}/{model.version}/{name}", size) for name, size in sorted(sizes.items())]
         files.append(PlannedFile(f"{model.name}/config.pbtxt", len(config_text.encode())))
+        files += [PlannedFile(f"{model.name}/warmup/{name}", len(data)) for name, data in sorted(model.warmup_files.items())]
         planned.append(PlannedModelVersion(model.name, model.version, model.kind, (repository / model.name).is_dir(),
                                            config_text, tuple(files)))
     return ExportPlan(repository, source, tuple(planned))

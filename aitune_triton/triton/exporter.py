@@ -53,7 +53,7 @@ from aitune_triton._progress import progress
 from aitune_triton._versions import aitune_version
 from aitune_triton.backends import backend_names, get_backend_class
 from aitune_triton.checkpoint import read_checkpoint_modules
-from aitune_triton.errors import ExportError, InvalidArgumentError, UnknownBackendError
+from aitune_triton.errors import ExportError, InvalidArgumentError, InvalidOptionError, UnknownBackendError
 from aitune_triton.module.description import BackendDescription, GraphDescription, TunedDescription
 from aitune_triton.module.wrapper import Module
 from aitune_triton.names import validate_model_name
@@ -71,6 +71,8 @@ from aitune_triton.triton.ensemble import Stage, ensemble_model_config, step_mod
 from aitune_triton.triton.io import ModelIO
 from aitune_triton.triton.manifest import build_manifest, refuse_kind_collision
 from aitune_triton.triton.native import ExportTarget, plan_native
+from aitune_triton.triton.options import check_int
+from aitune_triton.triton.warmup import WARMUP_DIR, add_warmup
 from aitune_triton.triton.steps import Step, resolve_step
 
 __all__ = ["ExportPlan", "ExportResult", "export", "exportable_backends", "templates_dir"]
@@ -78,6 +80,10 @@ __all__ = ["ExportPlan", "ExportResult", "export", "exportable_backends", "templ
 #: File name of the copy of :mod:`aitune_triton.contract` beside each graph model's ``model.py``
 #: (the served environment may not have aitune_triton installed).
 CONTRACT_FILE = "aitune_triton_contract.py"
+
+#: File of an entry model version's own routes (the graph model versions it was exported with): all
+#: versions of a model share one config.pbtxt, whose routes parameter is the newest export's.
+ROUTES_FILE = "routes.json"
 
 #: What an error about ``name`` for a checkpoint of several modules says to do; the command line
 #: says to drop ``--name`` instead.
@@ -186,7 +192,15 @@ def _descriptions(module_or_checkpoint: Module | str | os.PathLike) -> tuple[lis
     )
 
 
-def _next_version(model_dir: Path) -> int:
+def _next_version(model_dir: Path, version: int | None = None) -> int:
+    """``version`` when given (refused when that version directory exists), else the next free one."""
+    if version is not None:
+        if (model_dir / str(version)).exists():
+            raise InvalidOptionError(
+                f"version: expected a version that {model_dir.name} does not have yet, got {version} ({model_dir / str(version)} "
+                "exists); versions are never overwritten. Pass another version, or none for the next one."
+            )
+        return version
     versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
     return max(versions, default=0) + 1
 
@@ -208,7 +222,7 @@ def export(
     module_or_checkpoint: Module | str | os.PathLike, repository: str | os.PathLike, name: str | None = ...,
     options: TritonModelOptions | None = ..., show_progress: bool = ..., dry_run: Literal[False] = ...,
     target: ExportTarget | str = ..., preprocess: Step | str | None = ..., postprocess: Step | str | None = ...,
-    ensemble_name: str | None = ..., router: bool | None = ...,
+    ensemble_name: str | None = ..., router: bool | None = ..., version: int | None = ...,
 ) -> ExportResult: ...
 
 
@@ -217,7 +231,7 @@ def export(
     module_or_checkpoint: Module | str | os.PathLike, repository: str | os.PathLike, name: str | None = ...,
     options: TritonModelOptions | None = ..., show_progress: bool = ..., *, dry_run: Literal[True],
     target: ExportTarget | str = ..., preprocess: Step | str | None = ..., postprocess: Step | str | None = ...,
-    ensemble_name: str | None = ..., router: bool | None = ...,
+    ensemble_name: str | None = ..., router: bool | None = ..., version: int | None = ...,
 ) -> ExportPlan: ...
 
 
@@ -233,6 +247,7 @@ def export(
     postprocess: Step | str | None = None,
     ensemble_name: str | None = None,
     router: bool | None = None,
+    version: int | None = None,
 ) -> ExportResult | ExportPlan:
     """Write a tuned module as Triton models: one graph model per graph spec plus an entry model.
 
@@ -272,6 +287,11 @@ def export(
             preprocess step's outputs and the ensemble's inputs by name; written as
             ``<name>.postprocess``.
         ensemble_name: Name of the ensemble model; default ``<name>_ensemble``. Needs a step.
+        version: Version directory to write in every exported model (an integer >= 1 none of them
+            has yet); None: each model's next version. A server started with
+            ``--model-control-mode=poll`` picks a new version up by itself; with ``explicit`` (the
+            :class:`~aitune_triton.triton.server.TritonServer` default) load the models again
+            (``load_model``). Which versions are served is ``options.version_policy``.
 
     Returns:
         What was written (:class:`ExportResult`); with ``dry_run``, what would be
@@ -290,6 +310,8 @@ def export(
         ExportError: a step's tensors do not fit the stage before it (the message names the
             tensor, both sides and what to do), steps are given for a checkpoint of several
             modules, or ``ensemble_name`` without a step.
+        InvalidOptionError: (an ExportError) ``version`` is not an integer >= 1 or a model has it
+            already, or ``options.instance_groups`` names no exported graph model.
         ExportError: also when ``repository`` is an existing file, when ``name`` is given for a
             checkpoint of several modules, when two exported modules would share a model name, or
             when a model name is taken in ``repository`` by a model of another kind (an entry
@@ -305,6 +327,8 @@ def export(
             f"({', '.join(repr(p) for p, _ in entries)}), exported under their stored names. {LEAVE_OUT_NAME}"
         )
     options = options or TritonModelOptions()
+    if version is not None:
+        check_int("version", version, 1, "Pass None for each model's next version.")
     repository = Path(repository).absolute()
     if repository.exists() and not repository.is_dir():
         raise ExportError(f"repository: {repository} is a file; pass a directory (it is created when missing).")
@@ -315,18 +339,26 @@ def export(
             entry_name = validate_model_name(name, "name")
         else:
             entry_name = validate_model_name(description.name, f"module name at '{path}'" if path else "module name")
-        planned = _plan(description, entry_name, options, repository, target, _use_router(description, target, router))
+        planned = _plan(description, entry_name, options, repository, target, _use_router(description, target, router),
+                        version)
         graph_models += planned[:-1]
         entry_models[path] = planned[-1]
     models = graph_models + list(entry_models.values())  # graph models first, the entry models last
     served = [m for m in models if m.backend is not None]  # models that run a graph spec (a direct entry model too)
-    ensemble = _plan_steps(entries, entry_models, preprocess, postprocess, ensemble_name, options, repository, source)
+    ensemble = _plan_steps(entries, entry_models, preprocess, postprocess, ensemble_name, options, repository, source,
+                           version)
     models += ensemble  # steps, then the ensemble: published after the models it calls
     clashing = sorted(model for model, count in collections.Counter(m.name for m in models).items() if count > 1)
     if clashing:
         raise ExportError(f"{source}: two exported modules would both write the models {clashing}; rename one Module.")
     for model in models:
         refuse_kind_collision(repository, model.name, model.kind)
+    unknown = options.unknown_groups([m.name for m in graph_models])
+    if unknown:
+        raise InvalidOptionError(
+            f"instance_groups: expected graph names or graph model names of this export "
+            f"({', '.join(m.name for m in graph_models)}), got {unknown}. Fix the keys or drop them."
+        )
     if dry_run:
         return build_plan(repository, source, models)
     title = ", ".join(m.name for m in entry_models.values())
@@ -390,6 +422,7 @@ class _PlannedModel:
     graph: GraphDescription | None = None  # a graph model's graph spec
     artifact_name: str | None = None  # file name in the version directory; default the artifact's own
     manifest: dict[str, Any] = field(default_factory=dict)  # more manifest.json fields
+    warmup_files: dict[str, bytes] = field(default_factory=dict)  # file name under warmup/ -> raw input bytes
 
     def write(self, model_dir: Path, source: str) -> None:
         version_dir = model_dir / str(self.version)
@@ -402,12 +435,16 @@ class _PlannedModel:
             shutil.copyfile(self.artifact, version_dir / (self.artifact_name or self.artifact.name))
         _write_manifest(version_dir, source, {"model": self.name, "version": self.version, "kind": self.kind, **self.manifest},
                         config=self.config, backend=self.backend, graph=self.graph)
+        if self.warmup_files:
+            (model_dir / WARMUP_DIR).mkdir()
+            for file_name, data in self.warmup_files.items():
+                (model_dir / WARMUP_DIR / file_name).write_bytes(data)
         write_model_config(self.config, model_dir / "config.pbtxt")
 
 
 def _plan(
     description: TunedDescription, name: str, options: TritonModelOptions, repository: Path,
-    target: ExportTarget = ExportTarget.PYTHON, router: bool = True,
+    target: ExportTarget = ExportTarget.PYTHON, router: bool = True, version: int | None = None,
 ) -> list[_PlannedModel]:
     """Build every configuration and file in memory, so that invalid input fails before writing.
 
@@ -434,12 +471,13 @@ def _plan(
                 "(no speed gate), or with a strategy whose candidates leave out 'eager' and speed_margin=None."
             )
         model_name = f"{name}.{graph.name}" if router else name
-        io = ModelIO.from_graph(model_name, entry, version=_next_version(repository / model_name))
+        io = ModelIO.from_graph(model_name, entry, version=_next_version(repository / model_name, version))
         manifest: dict[str, Any] = {"target": ExportTarget.PYTHON.value}
         if target is ExportTarget.NATIVE:
             native = plan_native(io, graph, backend, options)
             if native.model is not None:
                 ios.append(native.model.io)
+                warmup = add_warmup(native.model.config, native.model.io, backend, io.version) if options.warmup else {}
                 planned.append(
                     _PlannedModel(
                         name=io.model_name,
@@ -452,6 +490,7 @@ def _plan(
                         manifest=native.model.manifest,
                         backend=backend,
                         graph=graph,
+                        warmup_files=warmup,
                     )
                 )
                 continue
@@ -461,11 +500,12 @@ def _plan(
             version=aitune_version(), module_name=name, graph=graph.name, artifact=io.artifact, runtime=runtime,
             runtime_options=backend.options, contract_file=CONTRACT_FILE,
         )
+        config = graph_model_config(io, options, backend.device or "cpu")
         planned.append(
             _PlannedModel(
                 name=io.model_name,
                 version=io.version,
-                config=graph_model_config(io, options, backend.device or "cpu"),
+                config=config,
                 files={"model.py": model_py, "io.json": io.to_json() + "\n", CONTRACT_FILE: contract_source},
                 artifact=backend.artifact(),
                 summary=f"{backend.name}, max_batch_size {io.max_batch_size}"
@@ -473,6 +513,7 @@ def _plan(
                 manifest=manifest,
                 backend=backend,
                 graph=graph,
+                warmup_files=add_warmup(config, io, backend, io.version) if options.warmup else {},
             )
         )
     routes = {
@@ -494,9 +535,9 @@ def _plan(
     planned.append(
         _PlannedModel(
             name=name,
-            version=_next_version(repository / name),
+            version=_next_version(repository / name, version),
             config=router_model_config(name, ios, routes, options),
-            files={"model.py": router_py, CONTRACT_FILE: contract_source},
+            files={"model.py": router_py, CONTRACT_FILE: contract_source, ROUTES_FILE: json.dumps(routes) + "\n"},
             artifact=None,
             summary=f"entry model routing to {len(ios)} graph model(s)",
             kind="entry",
@@ -512,6 +553,13 @@ def _publish(staged_model: Path, target_model: Path, version: int) -> None:
     if target_version.exists():
         raise ExportError(f"{target_version} appeared while exporting; versions are never overwritten. Export again.")
     (staged_model / str(version)).rename(target_version)
+    staged_warmup = staged_model / WARMUP_DIR
+    if staged_warmup.is_dir():  # the warmup inputs the new config.pbtxt names, before it
+        (target_model / WARMUP_DIR).mkdir(exist_ok=True)
+        for staged_file in sorted(staged_warmup.iterdir()):
+            if (target_model / WARMUP_DIR / staged_file.name).exists():
+                raise ExportError(f"{target_model / WARMUP_DIR / staged_file.name} exists; warmup files are never overwritten.")
+            staged_file.rename(target_model / WARMUP_DIR / staged_file.name)
     os.replace(staged_model / "config.pbtxt", target_model / "config.pbtxt")
 
 
@@ -523,8 +571,11 @@ STEP_MODULE_FILE = "step_module.py"
 def _plan_steps(
     entries: list[tuple[str, TunedDescription]], entry_models: dict[str, _PlannedModel], preprocess: Step | str | None,
     postprocess: Step | str | None, ensemble_name: str | None, options: TritonModelOptions, repository: Path, source: str,
+    version: int | None = None,
 ) -> list[_PlannedModel]:
-    """The step models and the ensemble around the one entry model (nothing without a step)."""
+    """The step models and the ensemble around the one entry model (nothing without a step), at
+    ``version`` when given."""
+    requested_version = version
     if preprocess is None and postprocess is None:
         if ensemble_name is not None:
             raise ExportError("ensemble_name: names the ensemble around pre/post steps; pass preprocess or postprocess too.")
@@ -546,7 +597,7 @@ def _plan_steps(
             continue
         declared = resolve_step(given, role)
         model_name = f"{entry.name}.{role}"
-        version = _next_version(repository / model_name)
+        version = _next_version(repository / model_name, requested_version)
         stage = Stage.from_step(declared, model_name, version, role)
         stages.insert(0, stage) if role == "preprocess" else stages.append(stage)
         module_file = declared.source_file()
@@ -564,7 +615,7 @@ def _plan_steps(
         ))
     config = ensemble_model_config(name, stages)
     planned.append(_PlannedModel(
-        name=name, version=_next_version(repository / name), config=config, files={}, artifact=None,
+        name=name, version=_next_version(repository / name, requested_version), config=config, files={}, artifact=None,
         summary="ensemble: " + " -> ".join(stage.model_name for stage in stages), kind="ensemble",
     ))
     return planned

@@ -29,6 +29,7 @@ from aitune_triton.backends.serving import NativeSignature, NativeTarget
 from aitune_triton.errors import ExportError, InvalidArgumentError, UnknownBackendError
 from aitune_triton.module.description import BackendDescription, GraphDescription
 from aitune_triton.triton.config import TritonModelOptions, graph_model_config
+from aitune_triton.triton.options import InstanceKind
 from aitune_triton.triton.io import TORCH_TO_TRITON_DTYPE, ModelIO
 
 __all__ = ["ExportTarget", "NativeModel", "NativePlan", "native_model_config", "native_target", "plan_native"]
@@ -155,7 +156,7 @@ def plan_native(io: ModelIO, graph: GraphDescription, backend: BackendDescriptio
         return _stays(f"the artifact's own signature does not match the graph spec: {problem}")
     device = backend.device or "cpu"
     gpu = target.requires_gpu or signature.device == "cuda"
-    if gpu and options.instance_kind == "cpu":
+    if gpu and options.group_for(io.model_name).kind is InstanceKind.CPU:
         raise ExportError(
             f"instance_kind: {io.model_name} is served by {target.label}, which runs this artifact on GPU only, "
             "but 'cpu' was given. Pass instance_kind='gpu' or 'auto', or export with target='python'."
@@ -220,4 +221,6 @@ def native_model_config(
             group.kind = mc.ModelInstanceGroup.KIND_GPU
         if target.profiles is not None:
             group.profile.extend(target.profiles(artifact))
+    if config.platform == "tensorrt_plan":
+        options.tensorrt.apply(config)
     return config

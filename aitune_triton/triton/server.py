@@ -230,6 +230,12 @@ def _children(pid: int) -> list[int]:
 
 def _stub_model(pid: int) -> str | None:
     """The model a Python-backend stub process runs (its ``model.py`` is ``<model>/<version>/model.py``), or None."""
+    found = _stub_model_version(pid)
+    return found[0] if found else None
+
+
+def _stub_model_version(pid: int) -> tuple[str, str] | None:
+    """``(model, version)`` a Python-backend stub process runs, read from its command line, or None."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             arguments = handle.read().decode(errors="replace").split("\0")
@@ -237,7 +243,8 @@ def _stub_model(pid: int) -> str | None:
         return None
     if len(arguments) < 2 or not arguments[0].endswith("triton_python_backend_stub"):
         return None
-    return Path(arguments[1]).parent.parent.name
+    version_dir = Path(arguments[1]).parent
+    return version_dir.parent.name, version_dir.name
 
 
 def _is_dead(pid: int) -> bool:
@@ -306,6 +313,8 @@ class StubWatchdog:
         self.reloads: list[tuple[str, int, float]] = []
         self._handled: set[int] = set()
         self._models: dict[int, str] = {}  # stub pid -> model, read while the stub is alive
+        self._stub_versions: dict[int, tuple[str, int]] = {}  # stub pid -> (version, order it was seen in)
+        self._seen = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -377,16 +386,34 @@ class StubWatchdog:
             # Dead: a zombie, or already reaped by the server (no longer its child).
             if pid not in self._handled and (pid not in children or _is_dead(pid)):
                 self._handled.add(pid)
+                if self._replaced(pid, model, children):
+                    self._log(f"stub process {pid} of model {model!r} ended with a reload of its version; not a crash")
+                    continue
                 found.append((model, pid))
         return found
+
+    def _replaced(self, pid: int, model: str, children: set[int]) -> bool:
+        """Whether a stub that ended was replaced by a reload: a live stub of the same model and
+        version started after it. Triton 2.51 never restarts a crashed stub, so only a (version)
+        reload starts such a stub; its old stubs exit once the new ones are loaded."""
+        version, order = self._stub_versions.get(pid, ("", -1))
+        if not version:
+            return False
+        return any(
+            other in children and not _is_dead(other) and self._models.get(other) == model
+            and self._stub_versions.get(other, ("", -1))[0] == version and self._stub_versions[other][1] > order
+            for other in self._models
+        )
 
     def _learn(self) -> set[int]:
         """Record the model of every new stub process (while it is alive); return the server's children."""
         children = set(_children(self.pid))
-        for pid in children - self._handled - set(self._models):
-            model = _stub_model(pid)
-            if model is not None:
-                self._models[pid] = model
+        for pid in sorted(children - self._handled - set(self._models)):
+            found = _stub_model_version(pid)
+            if found is not None:
+                self._models[pid] = found[0]
+                self._stub_versions[pid] = (found[1], self._seen)
+                self._seen += 1
             elif _is_dead(pid):
                 self._handled.add(pid)
                 self._log(f"process {pid} of the server died before it was seen; its model is unknown, none is reloaded")
@@ -398,9 +425,11 @@ class StubWatchdog:
         replace its dead stub, so every attempt unloads first until an unload went through."""
         started = time.monotonic()
         _, attempts, _, unloaded = self._retry.pop(model, (pid, 0, 0.0, False))
+        version = self._stub_versions.get(pid, ("", 0))[0]
         try:
             if not unloaded:
-                if attempts == 0 and not client.is_model_ready(model):  # unloaded on purpose, or loading
+                # Not ready: unloaded on purpose (a version the policy no longer serves), or loading.
+                if attempts == 0 and not (client.is_model_ready(model, version) if version.isdigit() else client.is_model_ready(model)):
                     return
                 if attempts == 0:
                     self._log(f"stub process {pid} of model {model!r} died; reloading the model")

@@ -188,7 +188,7 @@ def test_inductor_backend_to_dict_from_dict_round_trip(tuned):
 
     assert data["name"] == "inductor" and data["device"] == "cpu"
     assert data["options"] == {"mode": None, "dynamic": None, "fullgraph": True, "freezing": None, "precision": "fp32"}
-    assert list(data["artifacts"]) == ["model"] and Path(data["artifacts"]["model"]).name == "program.pt2"
+    assert list(data["artifacts"]) == ["model", "warmup_min", "warmup_max"] and Path(data["artifacts"]["model"]).name == "program.pt2"
     batch, length = data["input_axes"][0]
     assert isinstance(batch, str) and isinstance(length, str) and data["input_axes"][1] == [batch, length, 8]
     assert data["index_ranges"][0] == [{"op": "aten.embedding", "size": 30, "negative": False}]

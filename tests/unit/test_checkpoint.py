@@ -82,7 +82,8 @@ def _tree(path: Path) -> dict[str, bytes]:
 def test_save_writes_a_manifest_and_one_folder_per_graph_spec(saved):
     _, _, path, _ = saved
 
-    assert sorted(_tree(path)) == ["graph_0/model.onnx", "graph_1/model.onnx", MANIFEST_NAME]
+    # Each graph spec: its artifact and its recorded warmup inputs (smallest and largest call).
+    assert sorted(_tree(path)) == ["graph_0/model.onnx", "graph_0/warmup_max.pt", "graph_0/warmup_min.pt", "graph_1/model.onnx", "graph_1/warmup_max.pt", "graph_1/warmup_min.pt", MANIFEST_NAME]
 
 
 def test_save_load_round_trip_gives_the_same_outputs_without_retuning(saved, unique_name, tmp_path):
@@ -154,7 +155,7 @@ def test_manifest_records_library_versions_and_artifact_hashes(saved):
     assert versions["onnxruntime"] == metadata.version("onnxruntime")
     assert versions["numpy"] == metadata.version("numpy")
     assert versions["python"].count(".") == 2
-    assert sorted(manifest["files"]) == ["graph_0/model.onnx", "graph_1/model.onnx"]
+    assert sorted(manifest["files"]) == ["graph_0/model.onnx", "graph_0/warmup_max.pt", "graph_0/warmup_min.pt", "graph_1/model.onnx", "graph_1/warmup_max.pt", "graph_1/warmup_min.pt"]
     for relative, entry in manifest["files"].items():
         data = (path / relative).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
@@ -163,8 +164,8 @@ def test_manifest_records_library_versions_and_artifact_hashes(saved):
     description = stored["module"]
     assert description["name"] == "test_checkpoint_shared"
     assert [g["backend"]["artifacts"] for g in description["graphs"]] == [
-        {"model": "graph_0/model.onnx"},
-        {"model": "graph_1/model.onnx"},
+        {"model": "graph_0/model.onnx", "warmup_min": "graph_0/warmup_min.pt", "warmup_max": "graph_0/warmup_max.pt"},
+        {"model": "graph_1/model.onnx", "warmup_min": "graph_1/warmup_min.pt", "warmup_max": "graph_1/warmup_max.pt"},
     ]
     # the artifact is a copy of the one tuning wrote
     original = module.tuned_graphs[0].backend.artifacts["model"]

@@ -181,7 +181,11 @@ def test_a_parent_with_two_wrapped_children_saves_one_manifest_with_each_under_i
     assert _files(path) == [
         MANIFEST_NAME,
         "modules/composite_net_encoder/graph_0/model.onnx",
+        "modules/composite_net_encoder/graph_0/warmup_max.pt",
+        "modules/composite_net_encoder/graph_0/warmup_min.pt",
         "modules/composite_net_head/graph_0/model.onnx",
+        "modules/composite_net_head/graph_0/warmup_max.pt",
+        "modules/composite_net_head/graph_0/warmup_min.pt",
     ]
     assert sorted(manifest["files"]) == _files(path)[1:]
     assert "module" not in read_checkpoint(path)  # only a Module saved on its own has one

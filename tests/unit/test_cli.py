@@ -50,7 +50,10 @@ def test_the_group_help_lists_every_command_and_option(runner):
         (
             "export",
             {"-o", "--output", "--name", "--instance-count", "--instance-kind", "--max-queue-delay-microseconds", "--entry-instance-count", "--target", "--router", "--no-router", "--quiet", "--dry-run", "--help",
-             "--preprocess", "--postprocess", "--ensemble-name"},
+             "--version", "--gpus", "--instance-group", "--intra-op-threads", "--preferred-batch-size", "--preserve-ordering",
+             "--priority-levels", "--default-priority-level", "--queue-timeout-action", "--queue-timeout-microseconds",
+             "--allow-timeout-override", "--max-queue-size", "--version-policy", "--parameter", "--response-cache", "--warmup",
+             "--tensorrt-cuda-graphs", "--tensorrt-profile", "--preprocess", "--postprocess", "--ensemble-name"},
         ),
         (
             "serve",
@@ -132,6 +135,17 @@ def test_export_of_a_missing_path_exits_1_with_an_error_line_and_writes_nothing(
         (["--name", "a/b"], "Error: name: expected a Triton model name"),
         (["--instance-count", "0"], "Error: instance_count: expected an integer >= 1, got 0"),
         (["--no-router"], "Error: router: False needs a module with one graph spec; 'test_cli_two_input_net' has 2, which the entry model routes between. Drop --no-router."),
+        (["--instance-group", "graph_0"], "Error: --instance-group: expected GRAPH=KIND:COUNT[:GPUS]"),
+        (["--instance-group", "graph_0=tpu:1"], "Error: instance_kind: expected one of 'auto', 'cpu', 'gpu', got 'tpu'"),
+        (["--instance-group", "graph_9=cpu:1"], "Error: instance_groups: expected graph names or graph model names"),
+        (["--intra-op-threads", "many"], "Error: --intra-op-threads: expected an integer >= 1 or 'auto', got 'many'"),
+        (["--intra-op-threads", "0"], "Error: intra_op_threads: expected an integer >= 1, got 0"),
+        (["--priority-levels", "2", "--default-priority-level", "5"], "Error: default_priority_level: expected a level in 1..2"),
+        (["--max-queue-size", "-1"], "Error: default_queue_policy.max_queue_size: expected an integer >= 0, got -1"),
+        (["--version-policy", "newest"], "Error: version_policy: expected 'latest:N', 'all' or 'specific:V1,V2', got 'newest'"),
+        (["--parameter", "novalue"], "Error: --parameter: expected KEY=VALUE, got 'novalue'"),
+        (["--gpus", "a,b"], "Error: --gpus: expected comma-separated integers, got 'a,b'"),
+        (["--version", "0"], "Error: version: expected an integer >= 1, got 0"),
     ],
 )
 def test_export_with_a_bad_option_value_exits_1_naming_it(runner, checkpoint, tmp_path, extra, message):
@@ -211,3 +225,45 @@ def test_serve_on_a_non_loopback_host_warns_before_starting_and_reports_a_server
     assert result.exit_code == 1
     assert "Warning: host: tritonserver will listen on 0.0.0.0 (every interface)" in result.stderr
     assert "Error: tritonserver exited with code 1 before it was ready" in result.stderr
+
+
+def test_every_deployment_flag_reaches_the_written_configs(runner, checkpoint, tmp_path):
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    repository = tmp_path / "repo"
+    result = runner.invoke(main, [
+        "export", str(checkpoint), "-o", str(repository), "--name", "flags", "--quiet", "--version", "7",
+        "--instance-kind", "cpu", "--instance-count", "2", "--instance-group", "graph_1=cpu:3",
+        "--intra-op-threads", "2", "--preferred-batch-size", "2", "--preferred-batch-size", "4",
+        "--max-queue-delay-microseconds", "300", "--priority-levels", "2",
+        "--default-priority-level", "1", "--queue-timeout-action", "DELAY", "--queue-timeout-microseconds", "9000",
+        "--allow-timeout-override", "--max-queue-size", "16", "--version-policy", "latest:2", "--parameter", "team=search",
+        "--response-cache", "--warmup",
+    ])
+
+    assert result.exit_code == 0, result.output
+    graph_0 = read_model_config(repository / "flags.graph_0" / "config.pbtxt")
+    graph_1 = read_model_config(repository / "flags.graph_1" / "config.pbtxt")
+    assert [(g.kind, g.count) for g in graph_0.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
+    assert [(g.kind, g.count) for g in graph_1.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 3)]
+    batching = graph_0.dynamic_batching
+    assert list(batching.preferred_batch_size) == [2, 4] and batching.max_queue_delay_microseconds == 300
+    assert not batching.preserve_ordering and (batching.priority_levels, batching.default_priority_level) == (2, 1)
+    policy = batching.default_queue_policy
+    assert (policy.timeout_action, policy.default_timeout_microseconds, policy.allow_timeout_override, policy.max_queue_size) == (
+        mc.ModelQueuePolicy.DELAY, 9000, True, 16)
+    assert graph_0.parameters["aitune_triton.intra_op_threads"].string_value == "2"
+    assert graph_0.parameters["team"].string_value == "search"
+    assert graph_0.response_cache.enable
+    assert [w.batch_size for w in graph_0.model_warmup] == [1, 5]  # the smallest and largest recorded call
+    assert (repository / "flags.graph_0" / "warmup" / graph_0.model_warmup[0].inputs["x"].input_data_file).is_file()
+    entry = read_model_config(repository / "flags" / "config.pbtxt")
+    for config in (graph_0, graph_1, entry):
+        assert config.version_policy.latest.num_versions == 2
+    assert sorted(p.name for p in (repository / "flags").iterdir() if p.is_dir()) == ["7"]
+    ordered = runner.invoke(main, ["export", str(checkpoint), "-o", str(tmp_path / "ordered"), "--quiet", "--preserve-ordering"])
+    assert ordered.exit_code == 0, ordered.output
+    assert read_model_config(tmp_path / "ordered" / f"{MODULE_NAME}.graph_0" / "config.pbtxt").dynamic_batching.preserve_ordering
+    again = runner.invoke(main, ["export", str(checkpoint), "-o", str(repository), "--name", "flags", "--version", "7"])
+    assert again.exit_code == 1 and "Error: version: expected a version that" in again.output
+    assert "versions are never overwritten" in again.output

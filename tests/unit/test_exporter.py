@@ -74,6 +74,7 @@ def test_export_writes_an_entry_model_and_one_graph_model_per_graph_spec(tuned, 
         "aitune_triton_contract.py",
         "manifest.json",
         "model.py",
+        "routes.json",
     ]
 
 
@@ -137,7 +138,7 @@ def test_manifest_sha256_matches_the_copied_artifact_and_the_tuned_one(tuned, tm
         assert manifest["source"] == f"module '{MODULE_NAME}'"
         assert manifest["versions"]["torch"] == torch.__version__
     entry_manifest = json.loads((repository / MODULE_NAME / "1" / "manifest.json").read_text())
-    assert sorted(entry_manifest["sha256"]) == ["aitune_triton_contract.py", "model.py"]
+    assert sorted(entry_manifest["sha256"]) == ["aitune_triton_contract.py", "model.py", "routes.json"]
 
 
 def test_a_second_export_adds_version_2_and_leaves_version_1_byte_identical(tuned, tmp_path):

@@ -934,7 +934,7 @@ def test_save_and_load_round_trip_two_graph_specs_on_onnxruntime_and_eager(two_i
 
     assert manifest["versions"]["torch"] == torch.__version__
     assert manifest["versions"]["onnxruntime"] is not None and "aitune-triton" in manifest["versions"]
-    assert sorted(manifest["files"]) == ["graph_0/model.onnx"]
+    assert sorted(manifest["files"]) == ["graph_0/model.onnx", "graph_0/warmup_max.pt", "graph_0/warmup_min.pt"]
     assert len(manifest["files"]["graph_0/model.onnx"]["sha256"]) == 64
     assert loaded.state is ModuleState.TUNED and loaded.name == unique_name
     assert _chosen(loaded) == ["onnxruntime", "eager"]

@@ -95,3 +95,67 @@ def test_a_reload_gives_up_after_max_attempts_and_says_to_restart_the_server():
 
     assert "m" not in watchdog._retry and watchdog.reloads == []
     assert "failed 2 times" in lines[-1] and "restart the server" in lines[-1]
+
+
+def _stand_in_stub(tmp_path, model: str, version: int):
+    """A child process whose command line reads as a Python-backend stub's (``<stub> <model>/<version>/model.py``)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / model / str(version) / "model.py"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text("import time\ntime.sleep(120)\n")
+    return subprocess.Popen([str(tmp_path / "triton_python_backend_stub"), str(script)], executable=sys.executable)
+
+
+def _wait_dead(process) -> None:
+    import time
+
+    from aitune_triton.triton.server import _is_dead
+
+    process.kill()
+    deadline = time.monotonic() + 10
+    while not _is_dead(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_stubs_that_end_because_their_version_was_reloaded_are_not_crashes(tmp_path):
+    lines: list[str] = []
+    watchdog = StubWatchdog(os.getpid(), "127.0.0.1:1", log=lines.append)
+    old = _stand_in_stub(tmp_path, "m", 1)
+    other_version = _stand_in_stub(tmp_path, "m", 2)
+    processes = [old, other_version]
+    try:
+        watchdog._learn()
+        assert watchdog._models.get(old.pid) == "m"
+        new = _stand_in_stub(tmp_path, "m", 1)  # the reload's stub of the same version, started later
+        processes.append(new)
+        watchdog._learn()
+        _wait_dead(old)
+
+        assert watchdog.dead_stubs() == []  # replaced by a reload: nothing to reload
+        assert any("reload of its version" in line for line in lines)
+
+        _wait_dead(new)  # the newest stub of version 1 dying is a crash
+        assert watchdog.dead_stubs() == [("m", new.pid)]
+        _wait_dead(other_version)  # no later stub of version 2 exists: a crash
+        assert watchdog.dead_stubs() == [("m", other_version.pid)]
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def test_a_dead_stub_of_a_version_that_is_no_longer_ready_is_not_reloaded():
+    watchdog = StubWatchdog(os.getpid(), "127.0.0.1:1", control_token="secret")
+    watchdog._models[321], watchdog._stub_versions[321] = "m", ("1", 0)
+
+    class OldVersionGone(FlakyClient):
+        def is_model_ready(self, model: str, version: str = "") -> bool:
+            self._step("ready", version)
+            return version != "1"  # version 2 serves; version 1 was unloaded by the version policy
+
+    client = OldVersionGone()
+    watchdog._reload(client, "m", 321)
+
+    assert client.calls == [("ready", "1")] and watchdog.reloads == []

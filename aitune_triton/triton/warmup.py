@@ -1,0 +1,87 @@
+"""``model_warmup`` of graph models, built from the recorded calls kept with each tuned backend.
+
+Tuning keeps the tensor inputs of the recorded calls with the fewest and the most elements as
+artifacts ``warmup_min`` / ``warmup_max`` of the chosen backend (so a checkpoint carries them,
+hashed like the other artifacts). Exporting with ``TritonModelOptions(warmup=True)`` writes each
+input of those calls as a raw file under the model directory's ``warmup/`` folder and lists them
+in ``model_warmup``: Triton runs them on every instance before the model is READY (Triton model
+configuration docs, "Model Warmup": ``input_data_file`` is read from ``<model>/warmup/`` as raw
+row-major bytes, with ``dims`` leaving the batch axis out; a sample of ``batch_size`` B is run as
+B requests of one sample each, so the file holds one sample, the first of the recorded batch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tritonclient.grpc import model_config_pb2 as mc
+
+from aitune_triton.errors import ExportError
+from aitune_triton.module.description import BackendDescription
+from aitune_triton.module.tuning import WARMUP_ROLES
+from aitune_triton.triton.io import ModelIO
+
+__all__ = ["WARMUP_DIR", "WARMUP_ROLES", "add_warmup"]
+
+#: Folder of warmup input files in a model directory (fixed by Triton).
+WARMUP_DIR = "warmup"
+
+
+def _raw(tensor: torch.Tensor) -> bytes:
+    """Little-endian, row-major bytes of a tensor (as Triton reads ``input_data_file``)."""
+    array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def add_warmup(config: mc.ModelConfig, io: ModelIO, backend: BackendDescription, version: int) -> dict[str, bytes]:
+    """Add ``model_warmup`` entries to a graph model's ``config``; return the files they read.
+
+    Args:
+        config: The graph model's configuration (Python-backend or native; its inputs are in
+            ``io.inputs`` order).
+        io: The graph model's IO mapping.
+        backend: The tuned backend, with its ``warmup_min`` / ``warmup_max`` artifacts.
+        version: The version exported; it prefixes the file names, so that the files of older
+            versions stay as they were.
+
+    Returns:
+        File name under ``warmup/`` -> raw bytes.
+
+    Raises:
+        ExportError: the backend has no recorded warmup inputs (tuned by an older aitune_triton),
+            or they do not fit the graph model's inputs.
+    """
+    missing = [role for role in WARMUP_ROLES if role not in backend.artifacts]
+    if missing:
+        raise ExportError(
+            f"warmup: {io.model_name} has no recorded warmup inputs ({', '.join(missing)} missing from its backend's "
+            "artifacts; it was tuned by an older aitune_triton). Tune and save it again, or export without warmup."
+        )
+    files: dict[str, bytes] = {}
+    seen: set[tuple[tuple[int, ...], ...]] = set()
+    for role in WARMUP_ROLES:
+        path = Path(backend.artifacts[role])
+        if not path.is_file():
+            raise ExportError(f"warmup: {io.model_name}: {path} does not exist (was the tuning cache cleared?).")
+        tensors: list[Any] = torch.load(path, weights_only=True)["tensors"]  # tensors only: no code runs
+        if len(tensors) != len(io.inputs):
+            raise ExportError(f"warmup: {path} holds {len(tensors)} tensors, {io.model_name} takes {len(io.inputs)} inputs.")
+        shapes = tuple(tuple(t.shape) for t in tensors)
+        if shapes in seen:  # the smallest call is the largest: one entry
+            continue
+        seen.add(shapes)
+        batching = io.max_batch_size > 0
+        batch_size = int(tensors[0].shape[0]) if batching else 1
+        warmup = config.model_warmup.add(name=f"{role}_{'x'.join(map(str, shapes[0])) or 'scalar'}", batch_size=batch_size, count=1)
+        for message, tensor_io, tensor in zip(config.input, io.inputs, tensors):
+            sample = tensor[0] if batching else tensor
+            dims = list(sample.shape) or [1]  # a tensor without dims of its own is declared as dims [1]
+            file_name = f"{version}_{role}_{message.name}"
+            files[file_name] = _raw(sample.to(getattr(torch, tensor_io.dtype)))
+            warmup.inputs[message.name].CopyFrom(
+                mc.ModelWarmup.Input(data_type=message.data_type, dims=dims, input_data_file=file_name)
+            )
+    return files
