@@ -107,9 +107,9 @@ def run(root: Path) -> int:
         module = tuned(f"threads_{backend}", strategies[backend], root / "cache")
         for threads in (1, 2):
             name = f"threads_{backend}_t{threads}"
-            aitune_triton.export(module, repository, name=name, options=TritonModelOptions(intra_op_threads=threads),
-                                 show_progress=False)
-            variants.append((backend, threads, f"{name}.graph_0"))
+            result = aitune_triton.export(module, repository, name=name, options=TritonModelOptions(intra_op_threads=threads),
+                                          show_progress=False)
+            variants.append((backend, threads, result.graph_models[0]))  # the one graph model, called directly
         del module
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # keeps one core busy
     results: dict[str, list[float]] = {model: [] for _, _, model in variants}
@@ -126,7 +126,7 @@ def run(root: Path) -> int:
                                "seconds": args.seconds, "rounds": args.rounds, "backends": {}}
     print(f"\n{os.cpu_count()} cores, one kept busy; {args.clients} clients, batch {args.batch}, {args.seconds} s x {args.rounds} rounds")
     for backend in args.backends.split(","):
-        one, two = (results[f"threads_{backend}_t{t}.graph_0"] for t in (1, 2))
+        one, two = (results[model] for b, _, model in sorted(variants, key=lambda v: v[1]) if b == backend)
         ratios = [b / a for a, b in zip(one, two)]
         entry = {
             "threads_1_req_s": {"min": min(one), "median": statistics.median(one), "max": max(one)},
