@@ -31,8 +31,15 @@ WARMUP_DIR = "warmup"
 
 
 def _raw(tensor: torch.Tensor) -> bytes:
-    """Little-endian, row-major bytes of a tensor (as Triton reads ``input_data_file``)."""
-    array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+    """Little-endian, row-major bytes of a tensor (as Triton reads ``input_data_file``).
+
+    bfloat16 has no numpy dtype: its 2-byte bit patterns are written as int16 (TYPE_BF16 is those
+    bits, as the KServe protocol's binary data carries them).
+    """
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.int16)
+    array = np.ascontiguousarray(tensor.numpy())
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 

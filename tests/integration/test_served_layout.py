@@ -25,10 +25,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from nets import Bf16BoolNet, PerSampleNet
 from nets import eager as eager_copy
+from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 import aitune_triton
 from aitune_triton import Module, OneBackendStrategy, RemoteModule
+from aitune_triton.triton import TritonModelOptions
 from aitune_triton.triton.config import read_model_config
 from aitune_triton.triton.server import TritonServer
 
@@ -70,7 +72,7 @@ def layout_served(tmp_path_factory):
             inductor(torch.randn(batch, 4, generator=generator).to(torch.bfloat16), torch.rand(batch, 3, generator=generator) > 0.5)
     inductor.tune()
     aitune_triton.export(inductor, repository, show_progress=False)
-    aitune_triton.export(bf16, repository, show_progress=False)
+    aitune_triton.export(bf16, repository, show_progress=False, options=TritonModelOptions(warmup=True))  # bf16 + bool warmup
     aitune_triton.export(per_sample, repository, show_progress=False)
     aitune_triton.export(per_sample, repository, name=ROUTED_MODEL, show_progress=False, router=True)
     server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=180)
@@ -105,6 +107,18 @@ def test_one_graph_spec_is_exported_as_one_model_and_the_router_only_on_request(
     for tensor in [*config.input, *config.output]:
         if tensor.name != "x":  # (B,) tensors: dims [1] reshaped to []
             assert list(tensor.dims) == [1] and tensor.HasField("reshape") and list(tensor.reshape.shape) == []
+
+
+def test_a_bf16_and_bool_model_warms_up_from_its_recorded_calls_before_it_is_ready(layout_served):
+    config = read_model_config(layout_served.repository / BF16_MODEL / "config.pbtxt")
+    warmup_types = {mc.DataType.Name(t.data_type) for w in config.model_warmup for t in w.inputs.values()}
+    assert len(config.model_warmup) == 2 and warmup_types == {"TYPE_BF16", "TYPE_BOOL"}
+    for warmup in config.model_warmup:
+        for tensor in warmup.inputs.values():
+            size = (layout_served.repository / BF16_MODEL / "warmup" / tensor.input_data_file).stat().st_size
+            assert size == (2 if tensor.data_type == mc.TYPE_BF16 else 1) * int(np.prod(list(tensor.dims)))
+    with httpclient.InferenceServerClient(layout_served.server.http_url) as client:
+        assert client.is_model_ready(BF16_MODEL)  # Triton ran the warmup requests while loading it
 
 
 @pytest.mark.parametrize("model", [BF16_MODEL, BF16_INDUCTOR_MODEL])
