@@ -136,15 +136,15 @@ class TritonModelOptions:
         if not isinstance(self.tensorrt, TensorRTOptimization):
             raise InvalidOptionError(f"tensorrt: expected a TensorRTOptimization, got {self.tensorrt!r}.")
 
-    def group_for(self, model_name: str) -> InstanceGroup:
-        """The instance group of a graph model (``net.graph_0``): its own entry in
-        ``instance_groups`` (by model name, then by graph name), else the default one."""
-        graph = model_name.rpartition(".")[2]
+    def group_for(self, model_name: str, graph: str) -> InstanceGroup:
+        """The instance group of the model ``model_name`` serving the graph spec ``graph``
+        (``net.graph_0`` / ``graph_0``, or ``net`` / ``graph_0`` for a module exported as one model):
+        its own entry in ``instance_groups`` (by model name, then by graph name), else the default one."""
         return self.instance_groups.get(model_name) or self.instance_groups.get(graph) or self.default_group
 
-    def unknown_groups(self, model_names: Sequence[str]) -> list[str]:
-        """Keys of ``instance_groups`` that name none of ``model_names`` (nor their graph names)."""
-        known = set(model_names) | {name.rpartition(".")[2] for name in model_names}
+    def unknown_groups(self, served: Sequence[tuple[str, str]]) -> list[str]:
+        """Keys of ``instance_groups`` that name none of the ``(model name, graph name)`` pairs served."""
+        known = {name for pair in served for name in pair}
         return sorted(key for key in self.instance_groups if key not in known)
 
     def kind_for(self, device: str) -> int:
@@ -181,7 +181,7 @@ def graph_model_config(io: ModelIO, options: TritonModelOptions, device: str = "
     batching = io.max_batch_size > 0
     config.input.extend(_tensor_message(mc.ModelInput, t.name, t.data_type, t.dims, batching) for t in io.inputs)
     config.output.extend(_tensor_message(mc.ModelOutput, t.name, t.data_type, t.dims, batching) for t in io.outputs)
-    config.instance_group.append(options.group_for(io.model_name).message(device))
+    config.instance_group.append(options.group_for(io.model_name, io.graph).message(device))
     if io.max_batch_size > 0 and options.dynamic_batching is not None:
         # The options' sizes when given, else the size the batch sweep measured for this graph spec.
         options.dynamic_batching.apply(config, io.preferred_batch_size)

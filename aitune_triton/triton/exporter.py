@@ -353,11 +353,12 @@ def export(
         raise ExportError(f"{source}: two exported modules would both write the models {clashing}; rename one Module.")
     for model in models:
         refuse_kind_collision(repository, model.name, model.kind)
-    unknown = options.unknown_groups([m.name for m in graph_models])
+    pairs = [(m.name, m.graph.name) for m in served if m.graph is not None]
+    unknown = options.unknown_groups(pairs)
     if unknown:
         raise InvalidOptionError(
             f"instance_groups: expected graph names or graph model names of this export "
-            f"({', '.join(m.name for m in graph_models)}), got {unknown}. Fix the keys or drop them."
+            f"({', '.join(sorted({n for pair in pairs for n in pair}))}), got {unknown}. Fix the keys or drop them."
         )
     if dry_run:
         return build_plan(repository, source, models)

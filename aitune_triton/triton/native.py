@@ -156,7 +156,7 @@ def plan_native(io: ModelIO, graph: GraphDescription, backend: BackendDescriptio
         return _stays(f"the artifact's own signature does not match the graph spec: {problem}")
     device = backend.device or "cpu"
     gpu = target.requires_gpu or signature.device == "cuda"
-    if gpu and options.group_for(io.model_name).kind is InstanceKind.CPU:
+    if gpu and options.group_for(io.model_name, io.graph).kind is InstanceKind.CPU:
         raise ExportError(
             f"instance_kind: {io.model_name} is served by {target.label}, which runs this artifact on GPU only, "
             "but 'cpu' was given. Pass instance_kind='gpu' or 'auto', or export with target='python'."

@@ -4,7 +4,13 @@ validation error names the field, what was expected and what was given."""
 from __future__ import annotations
 
 import pytest
+import torch
+from google.protobuf import text_format
+from nets import TwoInputNet
+from repo_helpers import fast_onnxruntime
 from tritonclient.grpc import model_config_pb2 as mc
+
+import aitune_triton
 
 from aitune_triton.errors import ExportError, InvalidArgumentError, InvalidOptionError
 from aitune_triton.triton.config import (
@@ -101,7 +107,26 @@ def test_instance_groups_are_per_graph_model_with_a_global_default(tmp_path):
     assert groups["net.graph_0"] == [mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=2)]
     assert groups["net.graph_1"] == [mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=3, gpus=[0, 1])]
     assert groups["net.graph_2"] == [mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=4)]
-    assert options.unknown_groups(["net.graph_0", "net.graph_1"]) == ["net.graph_2"]
+    assert options.unknown_groups([("net.graph_0", "graph_0"), ("net.graph_1", "graph_1")]) == ["net.graph_2"]
+
+
+def test_a_module_exported_as_one_model_takes_its_instance_group_by_graph_or_model_name(tmp_path, unique_name):
+    torch.manual_seed(0)
+    module = aitune_triton.Module(TwoInputNet().eval(), name=unique_name, strategy=fast_onnxruntime(), cache_dir=tmp_path / "cache")
+    with torch.no_grad():
+        for batch in (1, 3):
+            module(torch.randn(batch, 8))
+    module.tune()
+
+    for key in ("graph_0", unique_name):
+        options = TritonModelOptions(instance_groups={key: InstanceGroup("cpu", count=2)})
+        plan = aitune_triton.export(module, tmp_path / "repo", options=options, dry_run=True)
+        (model,) = plan.models
+        assert model.name == unique_name  # one model, no router
+        config = text_format.Parse(model.config_text, mc.ModelConfig())
+        assert list(config.instance_group) == [mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=2)]
+    with pytest.raises(InvalidOptionError, match=rf"expected graph names or graph model names of this export \(graph_0, {unique_name}\), got \['graph_1'\]"):
+        aitune_triton.export(module, tmp_path / "repo", options=TritonModelOptions(instance_groups={"graph_1": InstanceGroup()}), dry_run=True)
 
 
 def test_enum_fields_take_either_case():
