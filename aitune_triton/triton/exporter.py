@@ -607,14 +607,17 @@ def _plan_steps(
             module_file=STEP_MODULE_FILE, runtime_file=STEP_RUNTIME_FILE,
         )
         description = {**declared.to_dict(), "role": role, "source_file": str(module_file)}
+        step_config = step_model_config(model_name, declared, options.instance_count)
+        options.version_policy.apply(step_config)  # old ensemble versions pin old step versions
         planned.append(_PlannedModel(
-            name=model_name, version=version, config=step_model_config(model_name, declared, options.instance_count),
+            name=model_name, version=version, config=step_config,
             files={"model.py": model_py, "step.json": json.dumps(description, indent=2) + "\n",
                    STEP_RUNTIME_FILE: runtime_source, STEP_MODULE_FILE: module_file.read_text()},
             artifact=None, summary=f"{role} step {declared.reference}", kind="step",
             manifest={"step": description},
         ))
     config = ensemble_model_config(name, stages)
+    options.version_policy.apply(config)
     planned.append(_PlannedModel(
         name=name, version=_next_version(repository / name, requested_version), config=config, files={}, artifact=None,
         summary="ensemble: " + " -> ".join(stage.model_name for stage in stages), kind="ensemble",

@@ -293,7 +293,7 @@ class VersionPolicy:
                 return cls(specific=tuple(int(part) for part in rest.split(",")))
         except ValueError:
             pass
-        raise _fail("version_policy", "'latest:N', 'all' or 'specific:V1,V2'", text)
+        raise _fail("version_policy", "'latest:N' (N >= 1), 'all' or 'specific:V1,V2' (versions >= 1)", text)
 
     def apply(self, config: mc.ModelConfig) -> None:
         """Fill ``config.version_policy``."""

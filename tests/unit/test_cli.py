@@ -142,7 +142,7 @@ def test_export_of_a_missing_path_exits_1_with_an_error_line_and_writes_nothing(
         (["--intra-op-threads", "0"], "Error: intra_op_threads: expected an integer >= 1, got 0"),
         (["--priority-levels", "2", "--default-priority-level", "5"], "Error: default_priority_level: expected a level in 1..2"),
         (["--max-queue-size", "-1"], "Error: default_queue_policy.max_queue_size: expected an integer >= 0, got -1"),
-        (["--version-policy", "newest"], "Error: version_policy: expected 'latest:N', 'all' or 'specific:V1,V2', got 'newest'"),
+        (["--version-policy", "newest"], "Error: version_policy: expected 'latest:N' (N >= 1), 'all' or 'specific:V1,V2' (versions >= 1), got 'newest'"),
         (["--parameter", "novalue"], "Error: --parameter: expected KEY=VALUE, got 'novalue'"),
         (["--gpus", "a,b"], "Error: --gpus: expected comma-separated integers, got 'a,b'"),
         (["--version", "0"], "Error: version: expected an integer >= 1, got 0"),

@@ -171,3 +171,16 @@ def test_the_cli_dry_run_shows_the_step_and_ensemble_models(tuned, tmp_path):
     assert not (tmp_path / "repo").exists()
     bad = CliRunner().invoke(main, ["export", str(checkpoint), "-o", str(tmp_path / "repo"), "--preprocess", "text_steps:nope"])
     assert bad.exit_code == 1 and "Error: preprocess: module 'text_steps'" in bad.output and "has no 'nope'" in bad.output
+
+
+def test_steps_and_the_ensemble_follow_the_version_policy_with_the_requested_version(tuned, tmp_path):
+    from aitune_triton.triton import TritonModelOptions, VersionPolicy
+
+    module, _ = tuned
+    options = TritonModelOptions(version_policy=VersionPolicy(all=True))
+    plan = export(module, tmp_path / "repo", dry_run=True, preprocess=text_steps.featurize, options=options, version=3)
+
+    configs = {m.name: text_format.Parse(m.config_text, mc.ModelConfig()) for m in plan.models}
+    assert {name: m.version for name, m in zip(configs, plan.models)} == {name: 3 for name in configs}
+    for name in (f"{NAME}.preprocess", f"{NAME}_ensemble"):
+        assert configs[name].version_policy.WhichOneof("policy_choice") == "all", name

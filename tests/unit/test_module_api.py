@@ -1,7 +1,7 @@
-"""Issue 3: the Module API, complete. One test (or more) per behaviour of the issue, named as a sentence.
+"""The Module API, complete: one test (or more) per behaviour of ``aitune_triton.Module``, named as a sentence.
 
 Behaviours already covered exactly by tests/unit/test_wrapper.py, test_checkpoint.py or
-test_recording.py are not repeated here (see the issue 3 report for the mapping).
+test_recording.py are not repeated here.
 """
 
 from __future__ import annotations
