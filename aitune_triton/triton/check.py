@@ -255,6 +255,33 @@ def _check_ensemble(check: ModelCheck, repository: Path, config: Any) -> None:
                             f"{latest_version(repository / name)} (the one its config serves); export again.")
 
 
+def _check_warmup(check: ModelCheck, model_dir: Path, config: Any) -> None:
+    """Each ``model_warmup`` input file exists under ``warmup/`` with the byte size its dims and
+    data type give; Triton fails the whole model load otherwise (model configuration docs, "Model
+    Warmup": ``input_data_file`` is read from the model directory's ``warmup/`` folder)."""
+    import numpy as np
+    from tritonclient.utils import triton_to_np_dtype
+
+    for warmup in config.model_warmup:
+        for name, tensor in warmup.inputs.items():
+            if tensor.WhichOneof("input_data_type") != "input_data_file":
+                continue
+            path = model_dir / "warmup" / tensor.input_data_file
+            label = f"model_warmup {warmup.name!r}: input {name!r}"
+            if not path.is_file():
+                check.add(ERROR, f"{label}: {path.relative_to(model_dir)} is missing; Triton fails the load without it. "
+                                 "Export the model again.")
+                continue
+            type_name = mc.DataType.Name(tensor.data_type)[len("TYPE_"):]
+            if type_name == "STRING":
+                continue
+            item_bytes = 2 if type_name == "BF16" else np.dtype(triton_to_np_dtype(type_name)).itemsize
+            expected = item_bytes * int(np.prod(list(tensor.dims), dtype=np.int64))
+            if path.stat().st_size != expected:
+                check.add(ERROR, f"{label}: {path.relative_to(model_dir)} holds {path.stat().st_size} bytes, dims "
+                                 f"{list(tensor.dims)} of {type_name} need {expected}. Export the model again.")
+
+
 def _check_model(repository: Path, model_dir: Path) -> ModelCheck:
     check = ModelCheck(model_dir.name, model_kind(model_dir))
     config = None
@@ -271,6 +298,7 @@ def _check_model(repository: Path, model_dir: Path) -> ModelCheck:
             if config.name and config.name != model_dir.name:
                 check.add(ERROR, f"config.pbtxt: name {config.name!r} differs from the directory name "
                                  f"{model_dir.name!r}; Triton requires them equal.")
+            _check_warmup(check, model_dir, config)
     versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         check.add(ERROR, "no version directory (1/, 2/...); Triton has nothing to load. Export the model again.")

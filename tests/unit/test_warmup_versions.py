@@ -163,3 +163,21 @@ def test_native_models_name_their_warmup_inputs_as_the_artifact_does_and_check_f
             assert (repository / f"{NAME}.graph_0" / "warmup" / warmup.inputs[name].input_data_file).is_file()
     report = check_repository(repository)
     assert [finding for _, finding in report.findings("ERROR")] == []
+
+
+def test_check_reports_a_missing_or_truncated_warmup_file_that_would_fail_the_load(tuned, tmp_path):
+    from aitune_triton.triton.check import check_repository
+
+    repository = tmp_path / "repo"
+    export(tuned[0], repository, options=TritonModelOptions(warmup=True), show_progress=False)
+    warmup_dir = repository / f"{NAME}.graph_0" / "warmup"
+    missing, truncated = sorted(warmup_dir.iterdir())[:2]
+    missing.unlink()
+    truncated.write_bytes(truncated.read_bytes()[:-4])
+
+    messages = [f.message for model, f in check_repository(repository).findings("ERROR") if model == f"{NAME}.graph_0"]
+
+    assert len(messages) == 2
+    assert any(m.endswith(f"warmup/{missing.name} is missing; Triton fails the load without it. Export the model again.")
+               for m in messages)
+    assert any(f"warmup/{truncated.name} holds" in m and "need" in m for m in messages)
