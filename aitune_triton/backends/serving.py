@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from aitune_triton.errors import ExportError, InvalidArgumentError
 
 __all__ = [
+    "NativeSettings",
     "NativeSignature",
     "NativeTarget",
     "NativeTensor",
@@ -74,6 +75,25 @@ ProfileReader = Callable[[Path], Sequence[str]]
 
 
 @dataclass(frozen=True)
+class NativeSettings:
+    """Config fields through which a Triton backend applies a backend's tuned session options.
+
+    Attributes:
+        parameters: Config ``parameters`` the Triton backend reads (``intra_op_thread_count``).
+        graph_optimization_level: ``optimization.graph.level``, or None to leave the Triton
+            backend's default.
+    """
+
+    parameters: dict[str, str] = field(default_factory=dict)
+    graph_optimization_level: int | None = None
+
+
+#: ``settings(backend options, intra-op threads per instance)`` -> :class:`NativeSettings`. The
+#: threads are the export's ``intra_op_threads``; None: keep what the backend's options say.
+SettingsWriter = Callable[[dict[str, Any], "int | None"], NativeSettings]
+
+
+@dataclass(frozen=True)
 class NativeTarget:
     """A Triton backend that loads a backend's artifact itself, with no generated ``model.py``.
 
@@ -87,6 +107,10 @@ class NativeTarget:
         requires_gpu: Instances must be ``KIND_GPU`` whatever the export options say (TensorRT plans).
         profiles: Optimization profiles each instance uses (``instance_group.profile``, TensorRT),
             read from the artifact; None: the Triton backend's default.
+        settings: How the backend's tuned options and the export's intra-op threads become the
+            Triton backend's own config fields (:data:`SettingsWriter`); None: none apply.
+        takes_tensorrt_options: Whether the export's TensorRT options (CUDA graphs, profile
+            indices) go into this model's ``optimization`` (TensorRT plans).
 
     Raises:
         InvalidArgumentError: neither ``platform`` nor ``backend`` is given, or
@@ -97,7 +121,7 @@ class NativeTarget:
         triton_native = NativeTarget(
             default_model_filename="model.plan", signature=read_plan_signature,
             platform="tensorrt_plan", backend="tensorrt", requires_gpu=True,
-            profiles=lambda plan: ["0"],
+            profiles=lambda plan: ["0"], takes_tensorrt_options=True,
         )
     """
 
@@ -107,6 +131,8 @@ class NativeTarget:
     backend: str | None = None
     requires_gpu: bool = False
     profiles: ProfileReader | None = None
+    settings: SettingsWriter | None = None
+    takes_tensorrt_options: bool = False
 
     def __post_init__(self) -> None:
         if not self.platform and not self.backend:
@@ -207,9 +233,31 @@ def aoti_signature(artifact: Path, graph: dict[str, Any]) -> NativeSignature:
     )
 
 
+#: ``graph_optimization_level`` option -> ``optimization.graph.level`` of Triton's ONNX Runtime
+#: backend (its README, "Model Config Options": -1 basic, 1 basic and extended, 2 disabled,
+#: unset all).
+_ONNX_RUNTIME_GRAPH_LEVELS: dict[str, int | None] = {"disable": 2, "basic": -1, "extended": 1, "all": None}
+
+
+def onnxruntime_settings(options: dict[str, Any], threads: int | None) -> NativeSettings:
+    """The ONNX Runtime session options that were measured and checked against eager, as Triton's
+    ONNX Runtime backend reads them: ``intra_op_thread_count`` and ``optimization.graph.level``."""
+    count = threads if threads is not None else options.get("intra_op_num_threads")
+    level = _ONNX_RUNTIME_GRAPH_LEVELS.get(str(options.get("graph_optimization_level") or "all"))
+    return NativeSettings({"intra_op_thread_count": str(count)} if count else {}, level)
+
+
+def torch_settings(options: dict[str, Any], threads: int | None) -> NativeSettings:
+    """Intra-op threads as Triton's PyTorch backend reads them (``INTRA_OP_THREAD_COUNT``; its README
+    notes that the first model to set it sets it for the whole backend)."""
+    return NativeSettings({"INTRA_OP_THREAD_COUNT": str(threads)} if threads else {})
+
+
 #: Triton's ONNX Runtime backend (``platform: "onnxruntime_onnx"``, ``model.onnx``).
 ONNX_RUNTIME_TARGET = NativeTarget(
-    default_model_filename="model.onnx", signature=onnx_signature, platform="onnxruntime_onnx", backend="onnxruntime"
+    default_model_filename="model.onnx", signature=onnx_signature, platform="onnxruntime_onnx", backend="onnxruntime",
+    settings=onnxruntime_settings,
 )
 #: Triton's PyTorch backend for AOTInductor packages (``platform: "torch_aoti"``, ``model.pt2``).
-TORCH_AOTI_TARGET = NativeTarget(default_model_filename="model.pt2", signature=aoti_signature, platform="torch_aoti", backend="pytorch")
+TORCH_AOTI_TARGET = NativeTarget(default_model_filename="model.pt2", signature=aoti_signature, platform="torch_aoti",
+                                 backend="pytorch", settings=torch_settings)

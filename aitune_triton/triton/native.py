@@ -29,7 +29,7 @@ from aitune_triton.backends.serving import NativeSignature, NativeTarget
 from aitune_triton.errors import ExportError, InvalidArgumentError, UnknownBackendError
 from aitune_triton.module.description import BackendDescription, GraphDescription
 from aitune_triton.triton.config import TritonModelOptions, graph_model_config
-from aitune_triton.triton.options import InstanceKind
+from aitune_triton.triton.options import THREADS_PARAMETER, InstanceKind
 from aitune_triton.triton.io import TORCH_TO_TRITON_DTYPE, ModelIO
 
 __all__ = ["ExportTarget", "NativeModel", "NativePlan", "native_model_config", "native_target", "plan_native"]
@@ -167,7 +167,7 @@ def plan_native(io: ModelIO, graph: GraphDescription, backend: BackendDescriptio
         artifact=target.default_model_filename,
         served_names={name: own for name, own in served.items() if own != name},
     )
-    config = native_model_config(native_io, target, signature, options, device, gpu, artifact)
+    config = native_model_config(native_io, target, signature, options, device, gpu, artifact, backend.options)
     return NativePlan(NativeModel(native_io, config, target, signature))
 
 
@@ -192,6 +192,7 @@ def native_model_config(
     device: str,
     gpu: bool,
     artifact: Path,
+    backend_options: dict[str, Any] | None = None,
 ) -> mc.ModelConfig:
     """Configuration of a graph model served by ``target``.
 
@@ -208,6 +209,9 @@ def native_model_config(
         device: The device the backend was tuned on (``"cpu"``, ``"cuda:0"``).
         gpu: Whether the instances must be ``KIND_GPU``.
         artifact: The artifact file (``target.profiles`` reads it).
+        backend_options: The tuned backend's options (``target.settings`` turns them, with
+            ``options.intra_op_threads``, into the Triton backend's own fields, replacing the
+            ``aitune_triton.intra_op_threads`` parameter that only a generated ``model.py`` reads).
     """
     config = graph_model_config(io, options, device)
     config.backend = target.backend or ""
@@ -221,6 +225,14 @@ def native_model_config(
             group.kind = mc.ModelInstanceGroup.KIND_GPU
         if target.profiles is not None:
             group.profile.extend(target.profiles(artifact))
-    if config.platform == "tensorrt_plan":
+    if THREADS_PARAMETER in config.parameters:
+        del config.parameters[THREADS_PARAMETER]
+    if target.settings is not None:
+        settings = target.settings(dict(backend_options or {}), options.intra_op_threads)
+        for key, value in settings.parameters.items():
+            config.parameters[key].string_value = value
+        if settings.graph_optimization_level is not None:
+            config.optimization.graph.level = settings.graph_optimization_level
+    if target.takes_tensorrt_options:
         options.tensorrt.apply(config)
     return config

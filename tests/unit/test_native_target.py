@@ -24,6 +24,7 @@ from aitune_triton.triton.config import ROUTES_PARAMETER, TritonModelOptions, re
 from aitune_triton.triton.exporter import export
 from aitune_triton.triton.io import ModelIO
 from aitune_triton.triton.native import ExportTarget, native_model_config
+from aitune_triton.triton.options import THREADS_PARAMETER, TensorRTOptimization
 
 ORT_MODULE = "native_two_input_net"
 AOTI_MODULE = "native_independent_net"
@@ -110,15 +111,18 @@ def test_a_tensorrt_plan_target_gets_gpu_instances_and_its_optimization_profiles
     artifact = Path(entry["backend"]["artifacts"]["model"])
     plan = NativeTarget(
         default_model_filename="model.plan", signature=onnx_signature, platform="tensorrt_plan", backend="tensorrt",
-        requires_gpu=True, profiles=lambda path: ["0", "1"] if path == artifact else [],
+        requires_gpu=True, profiles=lambda path: ["0", "1"] if path == artifact else [], takes_tensorrt_options=True,
     )
     io = ModelIO.from_graph(f"{ORT_MODULE}.graph_0", entry["graph"], entry["backend"])
     signature = plan.signature(artifact, entry["graph"])
+    options = TritonModelOptions(tensorrt=TensorRTOptimization(cuda_graphs=True))
 
-    config = native_model_config(io, plan, signature, TritonModelOptions(), "cpu", plan.requires_gpu, artifact)
+    config = native_model_config(io, plan, signature, options, "cpu", plan.requires_gpu, artifact)
 
     assert (config.platform, config.backend, config.default_model_filename) == ("tensorrt_plan", "tensorrt", "model.plan")
     assert [(g.kind, list(g.profile)) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, ["0", "1"])]
+    assert config.optimization.cuda.graphs
+    assert THREADS_PARAMETER not in config.parameters  # only a generated model.py reads it
     assert text_format.Parse(text_format.MessageToString(config), mc.ModelConfig()) == config
 
 
@@ -349,3 +353,34 @@ def test_the_command_line_says_why_a_graph_model_stays_a_python_backend_model(or
             f"{ORT_MODULE}.{graph} stays a Python-backend model: backend 'onnxruntime' declares no Triton backend of its own"
             in result.output
         )
+
+
+@pytest.mark.parametrize(
+    ("threads", "tuned", "parameters", "level"),
+    [
+        (1, {"intra_op_num_threads": 2, "graph_optimization_level": "basic"}, {"intra_op_thread_count": "1"}, -1),
+        (None, {"intra_op_num_threads": 2, "graph_optimization_level": "disable"}, {"intra_op_thread_count": "2"}, 2),
+        (None, {"graph_optimization_level": "extended"}, {}, 1),
+        (3, {"graph_optimization_level": "all"}, {"intra_op_thread_count": "3"}, 0),
+    ],
+)
+def test_a_native_onnxruntime_model_gets_the_tuned_session_options_as_its_triton_backend_reads_them(ort, threads, tuned, parameters, level):
+    module, _, _ = ort
+    entry = module.to_dict()["graphs"][0]
+    artifact = Path(entry["backend"]["artifacts"]["model"])
+    target = get_backend_class("onnxruntime").triton_native
+    io = ModelIO.from_graph(f"{ORT_MODULE}.graph_0", entry["graph"], entry["backend"])
+
+    config = native_model_config(io, target, target.signature(artifact, entry["graph"]), TritonModelOptions(intra_op_threads=threads),
+                                 "cpu", False, artifact, tuned)
+
+    assert {k: v.string_value for k, v in config.parameters.items()} == parameters
+    assert config.optimization.graph.level == level  # 0: unset, ONNX Runtime's default (all)
+    assert not config.optimization.HasField("cuda")  # TensorRT options stay out of other platforms
+
+
+def test_a_native_aoti_model_gets_its_threads_as_the_pytorch_backend_reads_them(aoti):
+    _, result = aoti
+    config = _config(result, f"{AOTI_MODULE}.graph_0")
+
+    assert {k: v.string_value for k, v in config.parameters.items()} == {"INTRA_OP_THREAD_COUNT": "1"}
