@@ -7,7 +7,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["aitune_version", "library_versions", "sha256_file"]
+__all__ = ["aitune_version", "build_environment", "library_versions", "sha256_file", "tensorrt_version"]
 
 _PACKAGES = ("aitune-triton", "torch", "onnx", "onnxscript", "onnxruntime", "tritonclient", "nvidia-pytriton", "numpy")
 
@@ -38,3 +38,36 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
         for chunk in iter(lambda: handle.read(chunk_bytes), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def tensorrt_version() -> str | None:
+    """Installed ``tensorrt`` (or ``tensorrt-cu12``...) version, without importing it; None when absent."""
+    for package in ("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs"):
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def build_environment(device: str) -> dict[str, str | None]:
+    """What an artifact built on ``device`` (``"cpu"``, ``"cuda:0"``) here is bound to.
+
+    Returns:
+        ``device``; ``torch`` (the version building it); and for a CUDA device ``gpu_name`` and
+        ``compute_capability`` (``"9.0"``) from ``torch.cuda`` when CUDA is available (the
+        device's index, else 0), ``cuda_version`` (``torch.version.cuda``) and
+        ``tensorrt_version`` (the installed package); None where unknown.
+    """
+    import torch
+
+    facts: dict[str, str | None] = {"device": device, "torch": str(torch.__version__), "gpu_name": None,
+                                    "compute_capability": None, "cuda_version": None, "tensorrt_version": None}
+    if device.startswith("cuda"):
+        if torch.cuda.is_available():
+            index = int(device.split(":", 1)[1]) if ":" in device else 0
+            index = index if index < torch.cuda.device_count() else 0
+            major, minor = torch.cuda.get_device_capability(index)
+            facts.update(gpu_name=torch.cuda.get_device_name(index), compute_capability=f"{major}.{minor}")
+        facts.update(cuda_version=torch.version.cuda, tensorrt_version=tensorrt_version())
+    return facts

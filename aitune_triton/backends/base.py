@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
+from aitune_triton._versions import build_environment
 from aitune_triton.backends.serving import NativeTarget
 from aitune_triton.contract import IndexRange, InputContract
 from aitune_triton.errors import BackendUnavailableError, DuplicateBackendError, ModuleStateError, UnknownBackendError
@@ -116,6 +117,8 @@ class Backend(abc.ABC):
         self.input_axes: list[list[int | str]] | None = None
         # Per input: the value ranges of the indexing ops it reaches (IndexRange dicts; None: none known).
         self.index_ranges: list[list[dict[str, Any]]] | None = None
+        # What the artifact was built with and on (set by build; kept through to_dict/from_dict).
+        self.built_on: dict[str, str | None] | None = None
         self._active = False
 
     @classmethod
@@ -139,6 +142,7 @@ class Backend(abc.ABC):
             raise BackendUnavailableError(f"{self.name}: {reason}")
         self.device = context.device
         self.artifacts = {role: context.workdir / file for role, file in self.artifact_names.items()}
+        self.built_on = build_environment(str(context.device))
         self._build(context)
         self.activate()
 
@@ -201,8 +205,9 @@ class Backend(abc.ABC):
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible description: name, options, device, absolute artifact paths, and the
-        artifact's input axes (``input_axes``) and index value ranges (``index_ranges``) when it has them."""
+        """JSON-compatible description: name, options, device, absolute artifact paths, the
+        artifact's input axes (``input_axes``) and index value ranges (``index_ranges``) when it has
+        them, and what it was built with and on (``built_on``: torch version, GPU, CUDA, TensorRT)."""
         data: dict[str, Any] = {
             "name": self.name,
             "options": dict(self.options),
@@ -213,6 +218,8 @@ class Backend(abc.ABC):
             data["input_axes"] = self.input_axes
         if self.index_ranges is not None:
             data["index_ranges"] = self.index_ranges
+        if self.built_on is not None:
+            data["built_on"] = dict(self.built_on)
         return data
 
     @classmethod
@@ -230,6 +237,7 @@ class Backend(abc.ABC):
         backend.artifacts = dict(context.artifacts)
         backend.input_axes = data.get("input_axes")
         backend.index_ranges = data.get("index_ranges")
+        backend.built_on = data.get("built_on")
         backend._restore(context)
         backend.activate()
         return backend

@@ -54,7 +54,7 @@ INVALID_STATE_DICT = (
 
 _TOP_KEYS = ("type", "format_version", "name", "module_class", "signature", "strict", "graphs")
 _ENTRY_KEYS = ("graph", "backend", "report")
-_BACKEND_KEYS = ("name", "options", "device", "artifacts", "input_axes", "index_ranges")
+_BACKEND_KEYS = ("name", "options", "device", "artifacts", "input_axes", "index_ranges", "built_on")
 
 
 class _Problem(Exception):
@@ -203,6 +203,9 @@ class BackendDescription:
             sharing a symbol must be equal); None when the backend has no exported program.
         index_ranges: Per input, the value ranges of the indexing ops it reaches
             (:class:`~aitune_triton.contract.IndexRange` dicts); None when unknown.
+        built_on: What the artifact was built with and on (torch version, GPU name, compute
+            capability, CUDA, TensorRT: ``aitune_triton._versions.build_environment``); None when
+            not stored (tuned by an older aitune_triton).
         extra: Stored keys this release does not know, kept for :meth:`to_dict`.
     """
 
@@ -212,6 +215,7 @@ class BackendDescription:
     device: str | None = None
     input_axes: list[list[int | str]] | None = None
     index_ranges: list[list[dict[str, Any]]] | None = None
+    built_on: dict[str, str | None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -242,6 +246,11 @@ class BackendDescription:
             isinstance(ranges, list) and all(isinstance(per, list) and all(isinstance(r, Mapping) for r in per) for per in ranges)
         ):
             _problem(f"{where}.index_ranges is not a list (per input) of lists of index range dicts, got {_kind(ranges)}")
+        built_on = data.get("built_on")
+        if built_on is not None and not (
+            isinstance(built_on, Mapping) and all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in built_on.items())
+        ):
+            _problem(f"{where}.built_on is not a dict of name -> version string or null, got {_kind(built_on)}")
         return cls(
             name=data["name"],
             options=copy.deepcopy(dict(options)),
@@ -249,6 +258,7 @@ class BackendDescription:
             device=device,
             input_axes=copy.deepcopy(axes),
             index_ranges=copy.deepcopy(ranges),
+            built_on=dict(built_on) if built_on is not None else None,
             extra=_extra(data, _BACKEND_KEYS),
         )
 
@@ -280,6 +290,8 @@ class BackendDescription:
             data["input_axes"] = copy.deepcopy(self.input_axes)
         if self.index_ranges is not None:
             data["index_ranges"] = copy.deepcopy(self.index_ranges)
+        if self.built_on is not None:
+            data["built_on"] = dict(self.built_on)
         data.update(copy.deepcopy(self.extra))
         return data
 

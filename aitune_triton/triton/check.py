@@ -205,7 +205,7 @@ def _check_environment(check: ModelCheck, manifest: ModelManifest, version: int,
                              f"{installed or 'no TensorRT'}. A plan runs only on the TensorRT version that built it: "
                              "tune again here.", version)
     if torch_bound:
-        built = manifest.versions.get("torch")
+        built = device.torch_version or manifest.versions.get("torch")
         if built and built != torch.__version__:
             check.add(WARN, f"{backend} package built with torch {built}; torch here is {torch.__version__}. "
                             "AOTInductor packages may not load in another torch version: tune again.", version)

@@ -23,7 +23,7 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from aitune_triton._versions import aitune_version, library_versions, sha256_file
+from aitune_triton._versions import aitune_version, build_environment, library_versions, sha256_file, tensorrt_version
 from aitune_triton.errors import AITuneTritonError
 from aitune_triton.module.description import BackendDescription, GraphDescription
 from aitune_triton.triton.config import ROUTES_PARAMETER, read_model_config
@@ -93,7 +93,8 @@ def tensors_of(config: mc.ModelConfig) -> tuple[list[TensorManifest], list[Tenso
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """Where an artifact was tuned, as far as the exporting machine could tell.
+    """Where an artifact was built: what its backend recorded at build time, or, for descriptions
+    tuned before backends recorded it, as far as the exporting machine could tell.
 
     Attributes:
         device: The backend's device (``"cpu"``, ``"cuda:0"``).
@@ -102,6 +103,7 @@ class DeviceInfo:
         compute_capability: ``"major.minor"`` of that GPU (``"9.0"``), or None.
         cuda_version: CUDA version torch was built with (``torch.version.cuda``), or None.
         tensorrt_version: Installed ``tensorrt`` package version, or None.
+        torch_version: The torch version that built the artifact, or None (not recorded).
     """
 
     device: str = "cpu"
@@ -109,6 +111,7 @@ class DeviceInfo:
     compute_capability: str | None = None
     cuda_version: str | None = None
     tensorrt_version: str | None = None
+    torch_version: str | None = None
 
     @property
     def is_cuda(self) -> bool:
@@ -124,40 +127,19 @@ class DeviceInfo:
         """Rebuild from :meth:`to_dict` (a plain device string or None is accepted too)."""
         if data is None or isinstance(data, str):
             return cls(device=data or "cpu")
-        return cls(**{key: data.get(key) for key in ("gpu_name", "compute_capability", "cuda_version", "tensorrt_version")},
+        return cls(**{key: data.get(key) for key in ("gpu_name", "compute_capability", "cuda_version", "tensorrt_version",
+                                                     "torch_version")},
                    device=str(data.get("device", "cpu")))
 
 
-def tensorrt_version() -> str | None:
-    """Installed ``tensorrt`` (or ``tensorrt-cu12``...) version, without importing it; None when absent."""
-    for package in ("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs"):
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def device_info(device: str = "cpu") -> DeviceInfo:
-    """Describe ``device`` (a backend's stored device) with this machine's CUDA facts.
-
-    For a CUDA device, the GPU name and compute capability come from ``torch.cuda`` when CUDA is
-    available here (the device index of ``device``, else 0), the CUDA version from
-    ``torch.version.cuda``; the TensorRT version from the installed package. A CPU device gets
-    ``DeviceInfo("cpu")``.
+def device_info(device: str = "cpu", built_on: dict[str, Any] | None = None) -> DeviceInfo:
+    """Describe where an artifact was built: from ``built_on`` (what its backend recorded when it
+    was built, :func:`aitune_triton._versions.build_environment`), else from this machine's CUDA
+    facts for ``device`` (descriptions tuned before backends recorded it).
     """
-    if not device.startswith("cuda"):
-        return DeviceInfo(device=device)
-    import torch
-
-    gpu_name = capability = None
-    if torch.cuda.is_available():
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        index = index if index < torch.cuda.device_count() else 0
-        gpu_name = torch.cuda.get_device_name(index)
-        major, minor = torch.cuda.get_device_capability(index)
-        capability = f"{major}.{minor}"
-    return DeviceInfo(device, gpu_name, capability, torch.version.cuda, tensorrt_version())
+    facts = dict(built_on) if built_on else build_environment(device)
+    return DeviceInfo(str(facts.get("device") or device), facts.get("gpu_name"), facts.get("compute_capability"),
+                      facts.get("cuda_version"), facts.get("tensorrt_version"), facts.get("torch"))
 
 
 @dataclass
@@ -320,7 +302,7 @@ def build_manifest(
         sha256=dict(sha256),
         tool_version=aitune_version(),
         versions=library_versions(),
-        device=device_info(backend.device or "cpu") if backend else DeviceInfo(),
+        device=device_info(backend.device or "cpu", backend.built_on) if backend else DeviceInfo(),
         backend=backend.name if backend else None,
         precision=(backend.precision or "fp32") if backend else None,
         inputs=inputs,

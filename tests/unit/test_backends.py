@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from aitune_triton._versions import build_environment
 from aitune_triton.backends import (
     AOTInductorBackend,
     Backend,
@@ -123,7 +124,7 @@ def test_eager_backend_built_by_one_backend_strategy_runs_the_module(tmp_path):
     x = torch.randn(7, 6)
     for got, want in zip(_infer(backend, context, x, bias=0.5), _eager(net, x, bias=0.5)):
         assert torch.equal(got, want)
-    assert backend.to_dict() == {"name": "eager", "options": {}, "device": "cpu", "artifacts": {}}
+    assert backend.to_dict() == {"name": "eager", "options": {}, "device": "cpu", "artifacts": {}, "built_on": build_environment("cpu")}
 
 
 # ------------------------------------------------------------------------------- onnxruntime
@@ -170,6 +171,7 @@ def test_onnxruntime_backend_to_dict_from_dict_round_trip(onnx_built):
         "artifacts": {"model": str(backend.artifacts["model"])},
         "input_axes": [[data["input_axes"][0][0], 6]],  # batch axis: a symbol; feature axis fixed at 6
         "index_ranges": [[]],  # a float input indexes nothing
+        "built_on": build_environment("cpu"),  # torch version and device facts at build
     }
     assert isinstance(data["input_axes"][0][0], str)
     restored = Backend.from_dict(
@@ -178,6 +180,7 @@ def test_onnxruntime_backend_to_dict_from_dict_round_trip(onnx_built):
     )
 
     assert isinstance(restored, OnnxRuntimeBackend) and restored is not backend and restored.active
+    assert restored.to_dict()["built_on"] == data["built_on"]  # kept, not re-read on this machine
     x = torch.randn(3, 6)
     for g, w in zip(_infer(restored, context, x), _eager(net, x)):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)

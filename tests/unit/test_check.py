@@ -169,7 +169,7 @@ def test_a_tensorrt_plan_built_with_another_tensorrt_version_is_an_error(reposit
 def test_an_aoti_package_built_with_another_torch_is_a_warning(repository):
     path = repository / GRAPH / "1" / "manifest.json"
     manifest = json.loads(path.read_text())
-    _edit_manifest(repository, backend="aoti", versions={**manifest["versions"], "torch": "2.0.0"})
+    _edit_manifest(repository, backend="aoti", device={**manifest["device"], "torch_version": "2.0.0"})
 
     report = check_repository(repository)
 

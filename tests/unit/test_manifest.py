@@ -7,8 +7,11 @@ import json
 
 import pytest
 import torch
+
+import aitune_triton
 from repo_helpers import tuned_two_spec_net
 
+from aitune_triton.checkpoint import read_checkpoint_modules
 from aitune_triton.triton.config import read_model_config
 from aitune_triton.triton.exporter import export
 from aitune_triton.module.description import BackendDescription
@@ -48,7 +51,7 @@ def test_a_graph_model_manifest_holds_kind_device_backend_precision_io_mapping_g
     assert (manifest.model, manifest.version, manifest.kind) == (f"{NAME}.graph_0", 1, "graph")
     assert manifest.source == f"module '{NAME}'"
     assert manifest.backend == "onnxruntime" and manifest.precision == "fp32"
-    assert manifest.device == DeviceInfo("cpu")
+    assert manifest.device == DeviceInfo("cpu", torch_version=torch.__version__)  # recorded when the backend was built
     assert manifest.versions["torch"] == torch.__version__
     assert manifest.graph == description["graph"]
     inputs, outputs = tensors_of(read_model_config(repository / f"{NAME}.graph_0" / "config.pbtxt"))
@@ -123,7 +126,7 @@ def test_an_unknown_kind_is_refused_when_building_a_manifest(tmp_path):
 
 
 def test_the_device_of_a_cpu_backend_is_cpu_and_a_cuda_one_records_cuda_facts():
-    assert device_info("cpu") == DeviceInfo("cpu")
+    assert device_info("cpu") == DeviceInfo("cpu", torch_version=torch.__version__)
     cuda = device_info("cuda:0")
     assert cuda.is_cuda and cuda.device == "cuda:0"
     assert cuda.cuda_version == torch.version.cuda
@@ -152,3 +155,25 @@ def test_fields_of_a_kind_of_its_own_survive_the_round_trip(tmp_path):
 
     assert again == manifest
     assert json.loads((tmp_path / "manifest.json").read_text())["steps"] == ["a", "b"]
+
+
+def test_the_manifest_describes_the_machine_the_artifact_was_built_on_not_the_exporting_one(tuned, tmp_path):
+    built_on = {"device": "cuda:0", "torch": "2.99.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
+                "cuda_version": "12.8", "tensorrt_version": "10.9.0"}
+    backend = BackendDescription("aoti", options={}, artifacts={}, device="cuda:0", built_on=built_on)
+
+    manifest = build_manifest(None, model="m", version=1, kind="graph", source="test", backend=backend, sha256={})
+
+    assert manifest.device == DeviceInfo("cuda:0", "NVIDIA H100 80GB HBM3", "9.0", "12.8", "10.9.0", "2.99.0")
+    assert ModelManifest.from_dict(manifest.to_dict()).device == manifest.device
+
+
+def test_a_tuned_backend_records_what_it_was_built_with_and_a_checkpoint_keeps_it(tuned, tmp_path):
+    module = tuned
+    described = [g["backend"]["built_on"] for g in module.to_dict()["graphs"]]
+
+    assert described and all(b == {"device": "cpu", "torch": torch.__version__, "gpu_name": None, "compute_capability": None,
+                                    "cuda_version": None, "tensorrt_version": None} for b in described)
+    checkpoint = aitune_triton.save(module, tmp_path / "checkpoint")
+    _, (stored,) = read_checkpoint_modules(checkpoint)
+    assert [g.backend.built_on for g in stored.description.graphs] == described
