@@ -20,8 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +30,9 @@ from aitune_triton import OneBackendStrategy
 from aitune_triton.backends import OnnxRuntimeBackend
 from aitune_triton.triton import TritonServer
 from aitune_triton.triton.config import TritonModelOptions
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _load import throughput  # noqa: E402  (beside this file)
 
 
 class MLP(torch.nn.Module):
@@ -57,27 +58,15 @@ def tuned(name: str, strategy: OneBackendStrategy, cache: Path) -> aitune_triton
 def requests_per_s(url: str, model: str, clients: int, seconds: float, batch: int) -> float:
     import tritonclient.grpc as grpcclient
 
-    counts = [0] * clients
     data = np.random.default_rng(0).standard_normal((batch, 256), dtype=np.float32)
-    deadline = time.perf_counter() + seconds
 
-    def worker(index: int) -> None:
+    def make_caller():
         client = grpcclient.InferenceServerClient(url)
         item = grpcclient.InferInput("x", list(data.shape), "FP32")
         item.set_data_from_numpy(data)
-        client.infer(model, [item])  # one warm request
-        while time.perf_counter() < deadline:
-            client.infer(model, [item])
-            counts[index] += 1
-        client.close()
+        return lambda: client.infer(model, [item])
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(counts) / (time.perf_counter() - start)
+    return throughput(make_caller, clients, seconds, [{}])
 
 
 def main() -> int:

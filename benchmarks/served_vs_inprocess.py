@@ -19,8 +19,6 @@ import argparse
 import copy
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import torch
@@ -32,28 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import aitune_triton  # noqa: E402
 from aitune_triton.strategies.validation import measure_latency_ms  # noqa: E402
 from aitune_triton.triton import TritonServer  # noqa: E402
+from _load import throughput  # noqa: E402  (beside this file)
 from minilm import SENTENCES, load_model  # noqa: E402
-
-
-def throughput(make_caller, clients: int, seconds: float, inputs: list[dict]) -> float:
-    """Requests per second with ``clients`` threads, each with its own caller, for ``seconds``."""
-    counts = [0] * clients
-    deadline = time.perf_counter() + seconds
-
-    def worker(index: int) -> None:
-        call = make_caller()
-        call(**inputs[0])
-        while time.perf_counter() < deadline:
-            call(**inputs[counts[index] % len(inputs)])
-            counts[index] += 1
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(counts) / (time.perf_counter() - start)
 
 
 def main() -> int:
