@@ -250,9 +250,27 @@ def _check_ensemble(check: ModelCheck, repository: Path, config: Any) -> None:
             check.add(ERROR, f"ensemble: step model {name!r} does not exist in the repository; export again.")
         elif version != -1 and not (repository / name / str(version)).is_dir():
             check.add(ERROR, f"ensemble: step model {name!r} has no version {version} (the ensemble pins it); export again.")
-        elif version != -1 and latest_version(repository / name) != version:
-            check.add(WARN, f"ensemble pins {name!r} version {version}, but its latest version is "
-                            f"{latest_version(repository / name)} (the one its config serves); export again.")
+        elif version != -1 and version not in (served := _served_versions(repository / name)):
+            check.add(ERROR, f"ensemble pins {name!r} version {version}, but that model's version_policy serves "
+                             f"only {sorted(served)}, so Triton fails to load the ensemble. Export the ensemble again "
+                             "(an export pins the newest versions), or export the module with a version policy "
+                             "that keeps the pinned one (version_policy=VersionPolicy(all=True), --version-policy all).")
+
+
+def _served_versions(model_dir: Path) -> set[int]:
+    """The versions of ``model_dir`` its config's ``version_policy`` serves (Triton's default: the latest one)."""
+    present = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    try:
+        policy = read_model_config(model_dir / "config.pbtxt").version_policy
+    except (OSError, text_format.ParseError):
+        return set(present[-1:])
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return set(present)
+    if choice == "specific":
+        return set(present) & set(policy.specific.versions)
+    count = policy.latest.num_versions if choice == "latest" else 1
+    return set(present[-max(count, 1):])
 
 
 def _check_warmup(check: ModelCheck, model_dir: Path, config: Any) -> None:

@@ -184,3 +184,21 @@ def test_steps_and_the_ensemble_follow_the_version_policy_with_the_requested_ver
     assert {name: m.version for name, m in zip(configs, plan.models)} == {name: 3 for name in configs}
     for name in (f"{NAME}.preprocess", f"{NAME}_ensemble"):
         assert configs[name].version_policy.WhichOneof("policy_choice") == "all", name
+
+
+def test_check_reports_an_ensemble_pinning_a_version_its_model_no_longer_serves(tuned, tmp_path):
+    from aitune_triton.triton import TritonModelOptions, VersionPolicy, check_repository
+
+    module, _ = tuned
+    for policy, errors in ((None, 1), (VersionPolicy(all=True), 0)):
+        repository = tmp_path / f"repo_{errors}"
+        options = TritonModelOptions(version_policy=policy) if policy else TritonModelOptions()
+        export(module, repository, show_progress=False, preprocess=text_steps.featurize, postprocess=text_steps.classify,
+               ensemble_name="pinned", options=options)
+        export(module, repository, show_progress=False, options=options)  # version 2 of the module's models only
+
+        found = [f.message for model, f in check_repository(repository).findings("ERROR") if model == "pinned"]
+
+        assert len(found) == errors, found
+        if errors:
+            assert found[0].startswith(f"ensemble pins '{NAME}' version 1, but that model's version_policy serves only [2]")
