@@ -86,18 +86,24 @@ def infer(server, protocol, model, sentences, encoded=None):
         client.close()
 
 
-def compare(served, reference):
-    assert served["label"].tolist() == [label.encode() for label in reference["label"]]
-    np.testing.assert_allclose(served["probs"], reference["probs"], rtol=1e-5, atol=1e-5)
-    assert served["probs"].dtype == np.float32 and served["score"].dtype == np.float64
-    np.testing.assert_allclose(served["score"], reference["score"], rtol=1e-5, atol=1e-5)
+def mismatches(served, reference) -> list[str]:
+    """Every way the served outputs differ from the eager pipeline's, per output (empty: they agree)."""
+    found = []
+    if served["label"].tolist() != [label.encode() for label in reference["label"]]:
+        found.append(f"label: served {served['label'].tolist()}, eager {reference['label']}")
+    for name, dtype in (("probs", np.float32), ("score", np.float64)):
+        if served[name].dtype != dtype:
+            found.append(f"{name}: served dtype {served[name].dtype}, expected {np.dtype(dtype)}")
+        if served[name].shape != np.shape(reference[name]) or not np.allclose(served[name], reference[name], rtol=1e-5, atol=1e-5):
+            found.append(f"{name}: served {served[name]!r}, eager {reference[name]!r}")
+    return found
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_sentences_sent_as_bytes_come_back_as_the_eager_pipeline_outputs(ensemble, protocol):
     server, module = ensemble
     for sentences in (SENTENCES, SENTENCES[:1], SENTENCES[1:4] + ["x"]):
-        compare(infer(server, protocol, ENSEMBLE, sentences), eager_pipeline(module, sentences))
+        assert mismatches(infer(server, protocol, ENSEMBLE, sentences), eager_pipeline(module, sentences)) == []
 
 
 def test_plain_http_json_reaches_the_ensemble_and_gets_the_eager_outputs(ensemble):
@@ -115,7 +121,7 @@ def test_plain_http_json_reaches_the_ensemble_and_gets_the_eager_outputs(ensembl
         "probs": np.array(outputs["probs"]["data"], dtype=np.float32).reshape(outputs["probs"]["shape"]),
         "score": np.array(outputs["score"]["data"], dtype=np.float64),
     }
-    compare(served, reference)
+    assert mismatches(served, reference) == []
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -129,7 +135,7 @@ def test_a_step_function_that_raises_answers_an_error_and_the_ensemble_serves_th
         assert client.is_model_ready(ENSEMBLE) and client.is_model_ready(f"{NAME}.preprocess")
     finally:
         client.close()
-    compare(infer(server, protocol, ENSEMBLE, SENTENCES[:2]), eager_pipeline(module, SENTENCES[:2]))
+    assert mismatches(infer(server, protocol, ENSEMBLE, SENTENCES[:2]), eager_pipeline(module, SENTENCES[:2])) == []
 
 
 def test_text_that_is_not_utf8_is_refused_as_a_client_error(ensemble):
@@ -138,7 +144,7 @@ def test_text_that_is_not_utf8_is_refused_as_a_client_error(ensemble):
         infer(server, "http", ENSEMBLE, ["x"], encoded=[b"\xff\xfe"])
     assert "input 'text' item [0] is not valid UTF-8" in raised.value.message()
     assert raised.value.status() == "400"
-    compare(infer(server, "http", ENSEMBLE, ["x"]), eager_pipeline(module, ["x"]))
+    assert mismatches(infer(server, "http", ENSEMBLE, ["x"]), eager_pipeline(module, ["x"])) == []
 
 
 def test_a_step_output_of_another_dtype_than_declared_is_an_error_not_a_cast(ensemble):
@@ -185,4 +191,4 @@ def test_an_ensemble_around_a_single_graph_model_without_a_router_answers_like_e
 
     served = infer(server, protocol, SINGLE_ENSEMBLE, SENTENCES)
 
-    compare(served, eager_pipeline(module, SENTENCES))  # TwoInputNet(seed 0) is the same net as the two-spec one
+    assert mismatches(served, eager_pipeline(module, SENTENCES)) == []  # TwoInputNet(seed 0) is the same net as the two-spec one
