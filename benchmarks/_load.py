@@ -82,6 +82,7 @@ def closed_loop(
     seconds: float | None = None,
     requests: int | None = None,
     check: Callable[[int, Any], bool] | None = None,
+    close_callers: bool = False,
     join_timeout_s: float = 600.0,
 ) -> LoadResult:
     """Closed-loop load: ``clients`` threads, each with its own caller, send the next request as
@@ -101,6 +102,8 @@ def closed_loop(
         requests: Number of requests to send.
         check: ``check(i, answer)`` is True when request ``i``'s answer is right; a False adds
             ``i`` to ``wrong``.
+        close_callers: Call each caller's ``close()`` when its thread is done (a ``RemoteModule``
+            made per client releases its connections).
         join_timeout_s: How long to wait for the threads after the load; a thread still running
             then leaves its request counted as lost.
 
@@ -149,6 +152,8 @@ def closed_loop(
                 result.latencies_ms.append(latency_ms)
                 if not right:
                     result.wrong.append(index)
+        if close_callers:
+            call.close()  # type: ignore[attr-defined]
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
     for thread in threads:

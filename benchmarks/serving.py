@@ -87,7 +87,7 @@ def best_in_process(measure: Callable[[int], float], higher_is_better: bool) -> 
 
 
 def served_load(url: str, requests: list, clients: int, seconds: float) -> Any:
-    return closed_loop(lambda: aitune_triton.RemoteModule(url, ENTRY), requests, clients, seconds=seconds)
+    return closed_loop(lambda: aitune_triton.RemoteModule(url, ENTRY), requests, clients, seconds=seconds, close_callers=True)
 
 
 def sweep(url: str, kinds: dict[str, list], concurrency: list[int], seconds: float) -> dict[str, list[dict]]:
@@ -151,10 +151,10 @@ def bounded_load(url: str, requests: list, expected: list, total: int, clients: 
     def right(index: int, answer: Any) -> bool:
         return traffic.max_abs_diff(answer, expected[index % len(expected)]) <= TOLERANCE
 
-    load = closed_loop(lambda: aitune_triton.RemoteModule(url, ENTRY), requests, clients, requests=total, check=right)
+    load = closed_loop(lambda: aitune_triton.RemoteModule(url, ENTRY), requests, clients, requests=total, check=right, close_callers=True)
     report = traffic.summary(load, traffic.batch_sizes(requests))
     report.update(requests=total, sent=load.sent, wrong=len(load.wrong), p99_over_p50=report["p99_ms"] / report["p50_ms"],
-                  batch_sizes="1..8", tokens=f"{min(int(r['input_ids'].shape[1]) for r in requests)}.."
+                  batch_sizes=f"{min(traffic.batch_sizes(requests))}..{max(traffic.batch_sizes(requests))}", tokens=f"{min(int(r['input_ids'].shape[1]) for r in requests)}.."
                   f"{max(int(r['input_ids'].shape[1]) for r in requests)}", tolerance=TOLERANCE)
     return report
 

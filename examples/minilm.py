@@ -239,7 +239,7 @@ def served_vs_in_process(server: TritonServer, module: aitune_triton.Module, tok
     singles = traffic.singles(tokenizer, sentences)
     one_caller = max((traffic.in_process_load(module, singles, seconds / 2, threads) for threads in (1, 2)), key=lambda load: load.per_s())
     ceiling = max(len(sentences) / traffic.in_process_pass_s(module, traffic.sorted_batches(tokenizer, sentences, 8), t) for t in (1, 2))
-    served = closed_loop(lambda: aitune_triton.RemoteModule(server.grpc_url, "minilm"), singles, 16, seconds=seconds)
+    served = closed_loop(lambda: aitune_triton.RemoteModule(server.grpc_url, "minilm"), singles, 16, seconds=seconds, close_callers=True)
     failures.extend(f"served load: {error}" for _, error in served.errors[:3])
     return [
         (f"in process, 1 caller, batch 1 ({len(sentences)} sentences, unpadded)", one_caller.per_s(), one_caller.percentile_ms(50)),

@@ -42,6 +42,7 @@ def test_mixed_length_load_at_c8_loses_nothing_and_every_answer_equals_its_own_e
         CLIENTS,
         requests=REQUESTS,
         check=lambda index, answer: max_abs_diff(answer, expected[index % len(expected)]) <= 1e-4,
+        close_callers=True,
     )
 
     assert load.errors == []
