@@ -223,6 +223,31 @@ def check_text_ensemble(server: TritonServer, module: aitune_triton.Module, fail
     return rows
 
 
+def served_vs_in_process(server: TritonServer, module: aitune_triton.Module, tokenizer, seconds: float, failures: list[str]) -> list[tuple]:
+    """A short look at throughput on variable-length traffic (``benchmarks/serving.py`` measures it
+    fully): single real sentences of 6..51 tokens, unpadded, sent by one in-process caller (batch 1,
+    the faster of 1 and 2 torch threads), by 16 concurrent gRPC clients to the served model, and the
+    in-process ceiling on the same sentences (sorted by length, batches of 8, each padded to its longest).
+
+    Returns ``(what, sentences/s, p50 ms or nan)`` rows; a failed served request is added to ``failures``.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import _traffic as traffic  # benchmarks/_traffic.py: the sentence set and the measurements
+    from _load import closed_loop
+
+    sentences = traffic.sentence_set(tokenizer, SENTENCES)
+    singles = traffic.singles(tokenizer, sentences)
+    one_caller = max((traffic.in_process_load(module, singles, seconds / 2, threads) for threads in (1, 2)), key=lambda load: load.per_s())
+    ceiling = max(len(sentences) / traffic.in_process_pass_s(module, traffic.sorted_batches(tokenizer, sentences, 8), t) for t in (1, 2))
+    served = closed_loop(lambda: aitune_triton.RemoteModule(server.grpc_url, "minilm"), singles, 16, seconds=seconds, close_callers=True)
+    failures.extend(f"served load: {error}" for _, error in served.errors[:3])
+    return [
+        (f"in process, 1 caller, batch 1 ({len(sentences)} sentences, unpadded)", one_caller.per_s(), one_caller.percentile_ms(50)),
+        ("in process ceiling: sorted by length, batches of 8", ceiling, float("nan")),
+        ("served gRPC, 16 concurrent clients, 1 sentence each", served.per_s(), served.percentile_ms(50)),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/minilm"), help="checkpoint directory")
@@ -230,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default=None,
                         help="candidate backends, comma separated (MinLatencyStrategy); default: the default strategy's")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch (median reported)")
+    parser.add_argument("--throughput-seconds", type=float, default=1.5,
+                        help="duration of the served vs in-process throughput look at the end, s (0 skips it)")
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 120), soft_wrap=True)
 
@@ -299,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             worst = max(worst, row["diff"])
             rows.append(row)
         text_rows = check_text_ensemble(server, module, failures)
+        throughput_rows = served_vs_in_process(server, module, tokenizer, args.throughput_seconds, failures) if args.throughput_seconds > 0 else []
 
     graphs = Table(title="Graph specs")
     for column in ("graph spec", "inputs: recorded min..max shape", "accepted sizes per axis", "backend", "eager ms", "backend ms"):
@@ -333,6 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         text_table.add_row(str(count), f"{latency:.1f}", f"{diff:.2e}")
         worst = max(worst, diff)
     console.print(text_table)
+    if throughput_rows:
+        throughput = Table(title="Variable-length traffic: served vs in process (a short look; benchmarks/serving.py measures it)")
+        for column in ("who sends the sentences", "sentences/s", "p50 ms", "vs in process b1"):
+            throughput.add_column(column, justify="right")
+        for what, rate, p50 in throughput_rows:
+            throughput.add_row(what, f"{rate:.0f}", "" if p50 != p50 else f"{p50:.1f}", f"{rate / throughput_rows[0][1]:.2f}x")
+        console.print(throughput)
     for failure in failures:
         console.print(f"[red]request failed[/red]: {failure}")
     if failures or worst > TOLERANCE:

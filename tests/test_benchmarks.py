@@ -73,3 +73,13 @@ def test_entry_overhead_benchmark_serves_both_layouts_and_reports_every_number(t
     for key in ("direct_ms", "router_ms", "ratio_router_over_direct", "overhead_ms"):
         assert set(report[key]) == {"min", "median", "max"}
     assert report["direct_ms"]["min"] > 0 and report["router_ms"]["min"] > 0
+
+
+def test_serving_benchmark_names_the_bad_option_before_loading_anything(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "serving.py"), "--concurrency", "1,four", "--json", str(tmp_path / "s.json")],
+        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--concurrency" in done.stderr and "'1,four'" in done.stderr and "positive integers" in done.stderr
+    assert not (tmp_path / "s.json").exists()
