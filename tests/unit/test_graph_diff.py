@@ -14,13 +14,13 @@ from aitune_triton.spec import ForwardSignature, flatten_call
 class DecoderLike(torch.nn.Module):
     """The hidden arguments a Hugging Face decoder's generate() passes: a mask, a position tensor, flags."""
 
-    def forward(self, input_ids, attention_mask=None, cache_position=None, use_cache=True, output_attentions=False):
+    def forward(self, input_ids, attention_mask=None, cache_position=None, use_cache=True, output_attentions=False, temperature=1.0):
         hidden = input_ids.float().unsqueeze(-1)
         if attention_mask is not None:
             hidden = hidden * attention_mask.unsqueeze(-1)
         if cache_position is not None:
             hidden = hidden + cache_position.float().view(1, -1, 1)
-        return hidden * (2.0 if use_cache else 1.0)
+        return hidden * (2.0 if use_cache else 1.0) / temperature
 
 
 def _call(module: torch.nn.Module, *args, **kwargs):
@@ -68,10 +68,14 @@ def test_a_tuned_module_names_the_constant_that_differs(unique_name):
     net = DecoderLike().eval()
     module = Module(net, name=unique_name, strategy=OneBackendStrategy("eager"))
     with torch.no_grad():
-        module(torch.ones(2, 4, dtype=torch.int64), attention_mask=torch.ones(2, 4, dtype=torch.int64), use_cache=True)
+        module(torch.ones(2, 4, dtype=torch.int64), attention_mask=torch.ones(2, 4, dtype=torch.int64), temperature=0.5)
     module.tune()
+    ids, mask = torch.ones(2, 4, dtype=torch.int64), torch.ones(2, 4, dtype=torch.int64)
 
     with pytest.raises(GraphSpecMismatchError) as raised:
-        module(torch.ones(2, 4, dtype=torch.int64), attention_mask=torch.ones(2, 4, dtype=torch.int64), use_cache=False)
+        module(ids, attention_mask=mask, temperature=0.7)
+    assert "    - temperature: constant 0.7 differs, expected 0.5\n" in str(raised.value)
 
-    assert "    - use_cache: constant false differs, expected true\n" in str(raised.value)
+    with pytest.raises(GraphSpecMismatchError) as raised:  # a value other than its default is an argument of its own
+        module(ids, attention_mask=mask, temperature=0.5, use_cache=False)
+    assert "    - extra argument use_cache (const(false))\n" in str(raised.value)
