@@ -10,6 +10,7 @@ declarations (``Step``, ``StepTensor``, ``step``, ``resolve_step``) for
 
 from aitune_triton.triton.analyze import AnalyzerConfig, analyze_config
 from aitune_triton.triton.check import CheckReport, check_repository
+from aitune_triton.triton.aio_client import AsyncRemoteModule
 from aitune_triton.triton.client import RemoteModule
 from aitune_triton.triton.config import TritonModelOptions
 from aitune_triton.triton.dry_run import ExportPlan
@@ -40,6 +41,7 @@ __all__ = [
     "ModelManifest",
     "QueuePolicy",
     "RemoteModule",
+    "AsyncRemoteModule",
     "Step",
     "StepTensor",
     "TensorRTOptimization",

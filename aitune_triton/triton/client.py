@@ -106,7 +106,11 @@ class RemoteModule:
         self._local = threading.local()
         self._clients: list[Any] = []
         self._clients_lock = threading.Lock()
-        self._routes = RemoteRoutes(model_name, self._read_routes(), output_structure)
+        try:
+            self._routes = RemoteRoutes(model_name, self._read_routes(), output_structure)
+        except BaseException:
+            self.close()
+            raise
         self.signature = self._routes.signature
         self.strict = self._routes.strict
         self.graphs = self._routes.graphs

@@ -159,7 +159,9 @@ def unknown_model_error(model_name: str, where: str, index: list[dict[str, Any]]
     else:
         names = sorted({entry.get("name", "") for entry in index if entry.get("name")})
         ready = {entry.get("name") for entry in index if str(entry.get("state", "")).upper() == "READY"}
-        have = ", ".join(f"{name}{'' if name in ready else ' (not ready)'}" for name in names) or "none"
+        # A graph model "module.graph_0" is listed under its module: callers pass the module's name.
+        steps = {name for name in names if "." in name and name.rsplit(".", 1)[0] in names}
+        have = ", ".join(f"{name}{'' if name in ready else ' (not ready)'}" for name in names if name not in steps) or "none"
     return RemoteInferenceError(
         f"{where}: the server has no model {model_name!r}. Models on the server: {have}. Pass the exported "
         "module's name (the entry model, what export printed)."
