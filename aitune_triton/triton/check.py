@@ -29,6 +29,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aitune_triton.errors import InvalidArgumentError
+from aitune_triton.triton.repository_layout import checkpoint_error, is_checkpoint
 from aitune_triton.triton.config import ROUTES_PARAMETER, read_model_config
 from aitune_triton.triton.manifest import (
     MANIFEST_FILE,
@@ -409,12 +410,15 @@ def check_repository(
         ``load: the server refused it: <the server's reason>`` (ERROR) one.
 
     Raises:
-        InvalidArgumentError: ``path`` is not a directory or holds no model directory.
+        InvalidArgumentError: ``path`` is not a directory, is a checkpoint (the message says to
+            export it first), or holds no model directory.
         TritonServerError: with ``load``, the server could not start.
     """
     repository = Path(path).absolute()
     if not repository.is_dir():
         raise InvalidArgumentError(f"path: {repository} is not a directory; pass a model repository directory.")
+    if is_checkpoint(repository):
+        raise checkpoint_error(repository, "path")
     model_dirs = sorted(p for p in repository.iterdir() if p.is_dir())
     if not model_dirs:
         raise InvalidArgumentError(f"path: {repository} holds no model directory; export a model into it first.")
