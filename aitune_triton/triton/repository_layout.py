@@ -19,13 +19,14 @@ from pathlib import Path
 
 from aitune_triton.errors import ExportError, InvalidArgumentError
 
-__all__ = ["checkpoint_error", "is_checkpoint", "non_model_entries", "refuse_non_repository"]
+__all__ = ["checkpoint_error", "is_checkpoint", "is_model_dir", "non_model_entries", "refuse_non_repository"]
 
 _CHECKPOINT_FORMAT = "aitune_triton.checkpoint"  # aitune_triton.checkpoint.CHECKPOINT_FORMAT, without importing torch
 _SHOWN = 8
 
 
-def _is_model_dir(path: Path) -> bool:
+def is_model_dir(path: Path) -> bool:
+    """Whether ``path`` holds ``config.pbtxt`` or a version directory with an aitune_triton manifest."""
     if (path / "config.pbtxt").is_file():
         return True
     return any(version.is_dir() and version.name.isdigit() and (version / "manifest.json").is_file() for version in path.iterdir())
@@ -49,7 +50,7 @@ def non_model_entries(repository: str | Path) -> list[str]:
     found = []
     for entry in sorted(root.iterdir()):
         if entry.is_dir():
-            if entry.name.startswith(".") or not _is_model_dir(entry):
+            if entry.name.startswith(".") or not is_model_dir(entry):
                 found.append(f"{entry.name}/")
         elif not (entry.name.startswith(".") or entry.name.upper().startswith("README")):
             found.append(entry.name)
