@@ -128,13 +128,13 @@ class AsyncRemoteModule:
                 return await asyncio.wait_for(send(self._get_client(), left_s), left_s)
             except Exception as raw:  # tritonclient's, aiohttp's and asyncio's errors: see remote_error
                 error = remote_error(raw, where, self.timeout_s)
+                if isinstance(error, RemoteUnavailableError) and self.protocol == "grpc":
+                    await self._drop_client()  # a new channel connects at once; the old one may be in its reconnect backoff
                 wait_s = self.retry.wait_s(attempt)
                 if not isinstance(error, RemoteUnavailableError) or attempt >= self.retry.retries or (
                     time.monotonic() + wait_s >= deadline
                 ):
                     raise given_up(error, attempt + 1, time.monotonic() - start) from raw
-            if self.protocol == "grpc":  # a new channel connects at once; the old one may be in its reconnect backoff
-                await self._drop_client()
             await asyncio.sleep(wait_s)
             attempt += 1
 

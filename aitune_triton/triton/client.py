@@ -153,12 +153,13 @@ class RemoteModule:
                 return send(self._client, max(deadline - time.monotonic(), 0.001))
             except Exception as raw:  # tritonclient's, socket and geventhttpclient errors: see remote_error
                 error = remote_error(raw, where, self.timeout_s)
+                if isinstance(error, RemoteUnavailableError):  # the next request (a retry or the next call) on a new channel
+                    self._drop_client()
                 wait_s = self.retry.wait_s(attempt)
                 if not isinstance(error, RemoteUnavailableError) or attempt >= self.retry.retries or (
                     time.monotonic() + wait_s >= deadline
                 ):
                     raise given_up(error, attempt + 1, time.monotonic() - start) from raw
-            self._drop_client()
             time.sleep(wait_s)
             attempt += 1
 
