@@ -259,6 +259,7 @@ def test_a_failure_while_writing_leaves_no_model_directory_and_no_staging_direct
     repository = tmp_path / "repo"
     repository.mkdir()
     (repository / "other_model").mkdir()
+    (repository / "other_model" / "config.pbtxt").write_text('name: "other_model"\n')  # a model: the repository is one
 
     with pytest.raises(ExportError, match=rf"{unique_name}.graph_1: artifact .* does not exist"):
         export(module, repository, show_progress=False)
