@@ -1,7 +1,7 @@
 """The Triton layer: IO mapping, model configurations, repository export, server and client.
 
 ``TritonServer`` is importable from here (``aitune_triton.triton.TritonServer``); ``export`` and
-``RemoteModule`` too, and from the package root; the repository tools ``check_repository`` and
+``RemoteModule`` and ``AsyncRemoteModule`` too, and from the package root; the repository tools ``check_repository`` and
 ``analyze_config`` from here; the deployment options (``TritonModelOptions`` and the typed
 parts it composes: ``DynamicBatching``, ``InstanceGroup``, ``VersionPolicy``...) too, and the step
 declarations (``Step``, ``StepTensor``, ``step``, ``resolve_step``) for
