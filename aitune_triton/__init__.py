@@ -44,6 +44,7 @@ __all__ = [
     "OnnxRuntimeBackend",
     "Profiler",
     "RemoteModule",
+    "AsyncRemoteModule",
     "TuneStrategy",
     "export",
     "load",
@@ -63,4 +64,8 @@ def __getattr__(name: str) -> Any:
         from aitune_triton.triton.client import RemoteModule
 
         return RemoteModule
+    if name == "AsyncRemoteModule":
+        from aitune_triton.triton.aio_client import AsyncRemoteModule
+
+        return AsyncRemoteModule
     raise AttributeError(f"module 'aitune_triton' has no attribute {name!r}")

@@ -351,10 +351,27 @@ def analyze_config(repository: Path, output_dir: Path | None) -> None:
         console.print(config.perf_analyzer_command, markup=False)
 
 
+def _left_out(signature: list[dict], description: str) -> str:
+    """The forward parameters a graph spec's calls did not pass (or passed at their default), as
+    ``name=default``: a call matches the graph spec only when it leaves them out too."""
+    from aitune_triton.graph_diff import describe_leaves
+
+    passed = {path.split(".", 1)[0] for path in describe_leaves(description)}
+    left = [
+        f"{p['name']}={p.get('default_json') or '...'}" if p.get("has_default") else p["name"]
+        for p in signature
+        if p["name"] not in passed and p["kind"] not in ("VAR_POSITIONAL", "VAR_KEYWORD")
+    ]
+    return ", ".join(left) or "-"
+
+
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 def inspect(checkpoint: Path) -> None:
-    """Show the graph specs, chosen backends and library versions of CHECKPOINT.
+    """Show the graph specs, chosen backends and library versions of CHECKPOINT: per graph spec
+    every tensor argument (dtype, shape range), every constant argument, and the forward
+    parameters its calls left out (a call must pass the same arguments and constants to match;
+    GraphSpecMismatchError names what differs).
 
     A checkpoint of several wrapped submodules shows one table per submodule, titled with its
     attribute path. Exits with status 1 and an "Error:" line when CHECKPOINT is missing or fails
@@ -370,14 +387,15 @@ def inspect(checkpoint: Path) -> None:
         module = stored.description
         where = f"{stored.path}: " if stored.path else ""
         table = Table(title=f"{where}{module.name} ({module.module_class})")
-        for column in ("graph spec", "inputs", "constants", "backend", "max batch"):
+        for column in ("graph spec", "inputs", "constants", "left out", "backend", "max batch"):
             table.add_column(column)
         for entry in module.graphs:
             graph = entry.graph
             inputs = ", ".join(f"{t.path} {t.dtype} {list(t.min_shape)}..{list(t.max_shape)}" for t in graph.inputs)
             constants = ", ".join(f"{path}={value}" for path, value in graph.constants.items()) or "-"
             batch = graph.batch_size_range
-            table.add_row(graph.name, inputs, constants, entry.backend.name, str(batch[1]) if batch else "-")
+            table.add_row(graph.name, inputs, constants, _left_out(module.signature, graph.description),
+                          entry.backend.name, str(batch[1]) if batch else "-")
         console.print(table)
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items() if v))
 

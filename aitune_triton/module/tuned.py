@@ -14,6 +14,7 @@ from aitune_triton._warnings import warn
 from aitune_triton.backends import Backend, LoadContext
 from aitune_triton.contract import INDEX_HINT, InputContract
 from aitune_triton.errors import ArgumentTypeError, GraphSpecMismatchError, IndexOutOfRangeError, ModuleStateError
+from aitune_triton.graph_diff import mismatch_message
 from aitune_triton.spec import CallLayouts, CallStructure, ForwardSignature, GraphSpec, rebuild_output
 from aitune_triton.module.description import TunedGraphDescription
 from aitune_triton.module.state import ModuleState
@@ -117,9 +118,14 @@ class TunedModule:
                 f"(fallback='eager'). Known graph specs:\n{known}",
             )
             return forward(*call.args, **call.kwargs)
+        message = mismatch_message(
+            f"Module '{self.name}': the call matches no tuned graph spec.",
+            call,
+            [(g.spec.name, g.spec.description) for g in self.graphs],
+            strict=self.strict,
+        )
         raise GraphSpecMismatchError(
-            f"Module '{self.name}': the call ({call.describe()}) matches no tuned graph spec. Known graph specs:\n"
-            f"{known}\nTo serve it too, re-record every input structure you need (enable_recording(force=True) "
+            f"{message}\nTo serve it too, re-record every input structure you need (enable_recording(force=True) "
             "starts a new recording), then tune again; or create the Module with fallback='eager'."
         )
 

@@ -1,7 +1,7 @@
 """The Triton layer: IO mapping, model configurations, repository export, server and client.
 
 ``TritonServer`` is importable from here (``aitune_triton.triton.TritonServer``); ``export`` and
-``RemoteModule`` too, and from the package root; the repository tools ``check_repository`` and
+``RemoteModule`` and ``AsyncRemoteModule`` too, and from the package root; the repository tools ``check_repository`` and
 ``analyze_config`` from here; the deployment options (``TritonModelOptions`` and the typed
 parts it composes: ``DynamicBatching``, ``InstanceGroup``, ``VersionPolicy``...) too, and the step
 declarations (``Step``, ``StepTensor``, ``step``, ``resolve_step``) for
@@ -10,6 +10,7 @@ declarations (``Step``, ``StepTensor``, ``step``, ``resolve_step``) for
 
 from aitune_triton.triton.analyze import AnalyzerConfig, analyze_config
 from aitune_triton.triton.check import CheckReport, check_repository
+from aitune_triton.triton.aio_client import AsyncRemoteModule
 from aitune_triton.triton.client import RemoteModule
 from aitune_triton.triton.config import TritonModelOptions
 from aitune_triton.triton.dry_run import ExportPlan
@@ -40,6 +41,7 @@ __all__ = [
     "ModelManifest",
     "QueuePolicy",
     "RemoteModule",
+    "AsyncRemoteModule",
     "Step",
     "StepTensor",
     "TensorRTOptimization",

@@ -29,6 +29,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aitune_triton.errors import InvalidArgumentError
+from aitune_triton.triton.repository_layout import checkpoint_error, is_checkpoint, is_model_dir
 from aitune_triton.triton.config import ROUTES_PARAMETER, read_model_config
 from aitune_triton.triton.manifest import (
     MANIFEST_FILE,
@@ -304,6 +305,10 @@ def _check_model(repository: Path, model_dir: Path) -> ModelCheck:
     check = ModelCheck(model_dir.name, model_kind(model_dir))
     config = None
     config_path = model_dir / "config.pbtxt"
+    if not is_model_dir(model_dir) and not any(p.is_dir() and p.name.isdigit() for p in model_dir.iterdir()):
+        check.add(ERROR, "not a model directory (no config.pbtxt, no version directory): Triton fails to start on a "
+                         "repository holding it. Move it out of the model repository.")
+        return check
     if not config_path.is_file():
         check.add(ERROR, "config.pbtxt: missing; Triton needs one per model (the server runs with "
                          "--disable-auto-complete-config). Export the model again.")
@@ -409,12 +414,15 @@ def check_repository(
         ``load: the server refused it: <the server's reason>`` (ERROR) one.
 
     Raises:
-        InvalidArgumentError: ``path`` is not a directory or holds no model directory.
+        InvalidArgumentError: ``path`` is not a directory, is a checkpoint (the message says to
+            export it first), or holds no model directory.
         TritonServerError: with ``load``, the server could not start.
     """
     repository = Path(path).absolute()
     if not repository.is_dir():
         raise InvalidArgumentError(f"path: {repository} is not a directory; pass a model repository directory.")
+    if is_checkpoint(repository):
+        raise checkpoint_error(repository, "path")
     model_dirs = sorted(p for p in repository.iterdir() if p.is_dir())
     if not model_dirs:
         raise InvalidArgumentError(f"path: {repository} holds no model directory; export a model into it first.")

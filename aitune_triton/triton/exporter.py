@@ -58,6 +58,7 @@ from aitune_triton.module.description import BackendDescription, GraphDescriptio
 from aitune_triton.module.wrapper import Module
 from aitune_triton.names import validate_model_name
 from aitune_triton.triton import step_runtime
+from aitune_triton.triton.repository_layout import refuse_non_repository
 from aitune_triton.triton.config import (
     ROUTES_PARAMETER,
     TritonModelOptions,
@@ -312,7 +313,9 @@ def export(
             modules, or ``ensemble_name`` without a step.
         InvalidOptionError: (an ExportError) ``version`` is not an integer >= 1 or a model has it
             already, or ``options.instance_groups`` names no exported graph model.
-        ExportError: also when ``repository`` is an existing file, when ``name`` is given for a
+        ExportError: also when ``repository`` is an existing file, a checkpoint, or a directory
+            holding other entries than model directories, README and hidden files (``photos/``,
+            ``notes.txt``: Triton would refuse to start; the message names them), when ``name`` is given for a
             checkpoint of several modules, when two exported modules would share a model name, or
             when a model name is taken in ``repository`` by a model of another kind (an entry
             model over a graph model, or over a model without an aitune_triton manifest).
@@ -332,6 +335,7 @@ def export(
     repository = Path(repository).absolute()
     if repository.exists() and not repository.is_dir():
         raise ExportError(f"repository: {repository} is a file; pass a directory (it is created when missing).")
+    refuse_non_repository(repository)
     graph_models: list[_PlannedModel] = []
     entry_models: dict[str, _PlannedModel] = {}
     for path, description in entries:

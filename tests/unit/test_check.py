@@ -210,6 +210,20 @@ def test_a_model_directory_without_manifest_is_a_warning_not_an_error(repository
     assert _messages(report, "hand_written", WARN) == ["no manifest.json: not exported by aitune_triton; its files cannot be verified."]
 
 
+def test_a_directory_that_is_not_a_model_is_one_error_saying_to_move_it_out(repository):
+    (repository / "photos").mkdir()
+    (repository / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+
+    report = check_repository(repository)
+
+    assert not report.ok
+    assert _messages(report, "photos", ERROR) == [
+        "not a model directory (no config.pbtxt, no version directory): Triton fails to start on a repository holding "
+        "it. Move it out of the model repository."
+    ]
+    assert report.model(NAME).status == OK
+
+
 def test_checking_a_path_that_is_not_a_directory_raises_naming_path(tmp_path):
     with pytest.raises(InvalidArgumentError, match=r"^path: .*missing is not a directory"):
         check_repository(tmp_path / "missing")

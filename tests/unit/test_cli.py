@@ -168,12 +168,36 @@ def test_inspect_prints_each_graph_spec_with_inputs_backend_and_max_batch(runner
 
     assert result.exit_code == 0, result.output
     assert "nets.TwoInputNet" in result.output and MODULE_NAME in result.output
-    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in result.output.splitlines() if line.count("│") == 6]
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in result.output.splitlines() if line.count("│") == 7]
     assert rows == [
-        ["graph_0", "x float32 [1, 8]..[5, 8], y float32 [1, 4]..[5, 4]", "-", "onnxruntime", "5"],
-        ["graph_1", "x float32 [1, 8]..[5, 8]", "-", "onnxruntime", "5"],
+        ["graph_0", "x float32 [1, 8]..[5, 8], y float32 [1, 4]..[5, 4]", "-", "scale=1.0", "onnxruntime", "5"],
+        ["graph_1", "x float32 [1, 8]..[5, 8]", "-", "y=null, scale=1.0", "onnxruntime", "5"],
     ]
     assert f"torch {torch.__version__}" in result.output
+
+
+def test_check_of_a_checkpoint_exits_1_saying_it_is_a_checkpoint_and_to_export_it(runner, checkpoint):
+    result = runner.invoke(main, ["check", str(checkpoint)])
+
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: path: {checkpoint.absolute()} is an aitune_triton checkpoint")
+    assert f"aitune-triton export {checkpoint.absolute()} -o model_repository/" in " ".join(result.output.split())
+
+
+def test_export_into_a_directory_that_is_not_a_model_repository_exits_1_naming_its_entries(runner, checkpoint, tmp_path):
+    target = tmp_path / "home"
+    (target / "photos").mkdir(parents=True)
+    (target / "src").mkdir()
+    (target / "notes.txt").write_text("mine\n")
+    (target / "README.md").write_text("# allowed\n")
+
+    result = runner.invoke(main, ["export", str(checkpoint), "-o", str(target)])
+
+    assert result.exit_code == 1
+    message = " ".join(result.output.split())
+    assert f"Error: repository: {target} is not a model repository: it holds notes.txt, photos/, src/," in message
+    assert sorted(p.name for p in target.iterdir()) == ["README.md", "notes.txt", "photos", "src"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]  # no staging directory either
 
 
 def test_inspect_of_a_missing_checkpoint_exits_1_with_an_error_line(runner, tmp_path):

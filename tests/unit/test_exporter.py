@@ -259,6 +259,7 @@ def test_a_failure_while_writing_leaves_no_model_directory_and_no_staging_direct
     repository = tmp_path / "repo"
     repository.mkdir()
     (repository / "other_model").mkdir()
+    (repository / "other_model" / "config.pbtxt").write_text('name: "other_model"\n')  # a model: the repository is one
 
     with pytest.raises(ExportError, match=rf"{unique_name}.graph_1: artifact .* does not exist"):
         export(module, repository, show_progress=False)
@@ -357,3 +358,25 @@ def test_a_graph_the_speed_gate_kept_on_eager_raises_saying_so_and_how_to_export
     assert message.startswith("graph_0: backend 'eager' has no artifact Triton can load")
     assert "speed gate" in message and "OneBackendStrategy('inductor')" in message and "speed_margin=None" in message
     assert not (tmp_path / "repo").exists()
+
+
+def test_export_into_a_directory_holding_other_things_than_models_is_refused_before_writing(tuned, tmp_path):
+    _, checkpoint = tuned
+    repository = tmp_path / "repository"
+    export(checkpoint, repository, show_progress=False)  # a model repository: models, a README, hidden files
+    (repository / "README.md").write_text("# models\n")
+    (repository / ".gitignore").write_text("*\n")
+    export(checkpoint, repository, show_progress=False)
+    (repository / "photos").mkdir()
+    (repository / "notes.txt").write_text("mine\n")
+    before = _snapshot(repository)
+
+    with pytest.raises(ExportError) as raised:
+        export(checkpoint, repository, show_progress=False)
+
+    assert f"repository: {repository} is not a model repository: it holds notes.txt, photos/, which Triton" in str(raised.value)
+    assert "move those entries out" in str(raised.value)
+    assert _snapshot(repository) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repository"]  # no staging directory beside it
+    with pytest.raises(ExportError, match="is an aitune_triton checkpoint .* Export it first"):
+        export(checkpoint, checkpoint, show_progress=False)

@@ -519,9 +519,12 @@ def test_a_call_matching_no_graph_spec_raises_graph_spec_mismatch_error(two_inpu
         module(torch.randn(2, 8), torch.randn(2, 4))
     message = str(info.value)
     assert message.startswith(
-        f"Module '{unique_name}': the call (x: tensor(float32, rank=2), y: tensor(float32, rank=2)) matches no tuned graph spec."
+        f"Module '{unique_name}': the call matches no tuned graph spec.\n"
+        "  call: x: tensor(float32, rank=2), y: tensor(float32, rank=2)\n"
+        "  differences from graph_0 (closest):\n"
+        "    - extra argument y (tensor(float32, rank=2))\n"
     )
-    assert "Known graph specs:\n  graph_0: x: tensor(float32, rank=2)\n" in message
+    assert "graph specs:\n    graph_0: x: tensor(float32, rank=2)\n" in message
 
     with pytest.raises(GraphSpecMismatchError, match=r"x: tensor\(float64, rank=2\)"):
         module(torch.randn(2, 8, dtype=torch.float64))
