@@ -275,8 +275,9 @@ def check_padding_eager(
         return PaddingCheck(False, reason) if reason else None
     checked = 0
     how = "padding"
+    chosen = _checked_calls(calls, layout)
     try:
-        for call in _checked_calls(calls, layout):
+        for call in chosen:
             length = request_length(layout, call.flat.tensors)
             expected = _run(forward, call)
             for target in sorted({min(length + 1, layout.max_length), layout.max_length} - {length}):
@@ -293,7 +294,9 @@ def check_padding_eager(
         return PaddingCheck(False, f"the module's forward on {how} raised {type(error).__name__}: {str(error)[:200]}", layout)
     if not checked:
         return PaddingCheck(False, f"every recorded call already has the largest length {layout.max_length}", layout)
-    return PaddingCheck(True, f"{checked} padded recorded calls gave eager's outputs", layout)
+    return PaddingCheck(
+        True, f"{len(chosen)} recorded calls, padded by 1 and to {layout.max_length} ({checked} runs), gave eager's outputs", layout
+    )
 
 
 def padded_copies(layout: PaddingLayout, calls: Sequence[CallStructure], signature: ForwardSignature) -> list[CallStructure]:
