@@ -57,6 +57,11 @@ def _calls(lengths, seed=1):
     ]
 
 
+def _eager(module):
+    """The wrapped net as a plain eager module (a copy runs its own forward, not the tuned backend)."""
+    return copy.deepcopy(module.module)
+
+
 def _close(actual, expected):
     for key in expected:
         assert actual[key].shape == expected[key].shape, key
@@ -128,9 +133,10 @@ def test_export_sets_allow_ragged_batch_and_io_json_fields_only_where_padding_he
 def test_padded_calls_give_each_call_its_eager_outputs_on_every_leaf(masked):
     calls = _calls((4, 12, 3, 7, 9, 5))
     outputs = padded_calls(masked, calls, max_batch_size=4)
+    eager = _eager(masked)
     with torch.no_grad():
         for call, output in zip(calls, outputs):
-            _close(output, masked.module(**call))
+            _close(output, eager(**call))
     assert padded_calls(masked, []) == []
 
 
@@ -138,16 +144,18 @@ def test_padded_calls_run_a_call_padding_cannot_take_alone_and_accept_positional
     calls = _calls((4, 6))
     calls[1]["attention_mask"][0, 4:] = 0  # its pad positions hold data (ids != 0): it runs alone
     positional = [(c["input_ids"], c["attention_mask"]) for c in calls]
+    eager = _eager(masked)
     with torch.no_grad():
         for call, output in zip(calls, padded_calls(masked, positional, max_tokens=8)):
-            _close(output, masked.module(**call))
+            _close(output, eager(**call))
 
 
 def test_padded_calls_of_a_refused_graph_spec_run_one_by_one_with_eager_results(leaky):
     calls = _calls((3, 11))
+    eager = _eager(leaky)
     with torch.no_grad():
         for call, output in zip(calls, padded_calls(leaky, calls)):
-            _close(output, leaky.module(**call))
+            _close(output, eager(**call))
 
 
 @pytest.mark.parametrize(
@@ -207,15 +215,15 @@ def _recorded(pad_values, tmp_path):
 )
 def test_a_float_input_is_padded_only_with_a_declared_value_and_only_where_it_changes_nothing(pad_values, held, text, tmp_path):
     module, graph, calls = _recorded(pad_values, tmp_path)
-    check = check_padding_eager(module.module.forward, module.signature, graph, calls, module._self_pad_values)
+    check = check_padding_eager(_eager(module).forward, module.signature, graph, calls, module._self_pad_values)
     assert check is not None and check.held is held and text in check.reason, check
 
 
 def test_the_tuned_backend_is_checked_on_a_padded_batch_against_each_calls_eager_outputs(masked):
     """check_padded_backend() with a leaky net's forward standing for the tuned backend: refused."""
-    torch.manual_seed(0)
+    eager = _eager(masked)
     leaky_net = LeakyMeanNet().eval()
-    leaky_net.load_state_dict(masked.module.state_dict())
+    leaky_net.load_state_dict(eager.state_dict())
     graph = masked.tuned_graphs[0].spec
     layout = PaddingCheck.from_dict(graph.padding).layout
     calls = [flatten_call(masked.signature, (), call) for call in _calls((3, 6, 9))]
@@ -223,9 +231,9 @@ def test_the_tuned_backend_is_checked_on_a_padded_batch_against_each_calls_eager
     def leaky_infer(call):
         return flatten_output(leaky_net(*call.args, **call.kwargs)).tensors
 
-    def masked_infer(call):
-        return flatten_output(masked.module(*call.args, **call.kwargs)).tensors
+    def masked_infer(call):  # the tuned ONNX Runtime backend, through the tuned module
+        return flatten_output(masked(*call.args, **call.kwargs)).tensors
 
-    problem = check_padded_backend(leaky_infer, masked.module.forward, masked.signature, graph, calls, layout)
+    problem = check_padded_backend(leaky_infer, eager.forward, masked.signature, graph, calls, layout)
     assert problem is not None and "3 recorded calls of lengths [3, 6, 9] padded into one batch: pooled" in problem
-    assert check_padded_backend(masked_infer, masked.module.forward, masked.signature, graph, calls, layout) is None
+    assert check_padded_backend(masked_infer, eager.forward, masked.signature, graph, calls, layout) is None
