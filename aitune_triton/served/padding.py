@@ -24,11 +24,20 @@ Flow for one ``execute()`` (or one list of calls)::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["PaddingLayout", "cut_outputs", "pad_request", "pad_run", "plan_runs", "request_length", "request_problem"]
+__all__ = [
+    "PaddingLayout",
+    "cut_outputs",
+    "pad_request",
+    "pad_run",
+    "plan_runs",
+    "request_length",
+    "request_problem",
+    "run_padded",
+]
 
 #: An array of one input: a numpy array or a torch tensor (bfloat16 only travels as a tensor).
 Array = Any
@@ -334,3 +343,56 @@ def cut_outputs(
         result.append(own)
         start += count
     return result
+
+
+def run_padded(
+    layout: PaddingLayout,
+    requests: Sequence[Sequence[Array]],
+    run: Callable[[list[Array]], Sequence[Array]],
+    max_batch_size: int,
+    max_tokens: int | None = None,
+) -> list[list[Array] | str | Exception]:
+    """Serve the requests of one ``execute()``: check each, pad them into runs, cut each its outputs.
+
+    A request :func:`request_problem` refuses gets its message (answer INVALID_ARGUMENT) and is
+    left out of every run, so it never fails the others. When a padded run raises, each of its
+    requests is run again alone (padded to nothing), so one request that breaks the artifact fails
+    alone; its exception is its result.
+
+    Args:
+        layout: The graph model's padding layout (``io.json``'s ``padding``).
+        requests: Per request, its inputs in the artifact's input order, batch axis 0.
+        run: Runs the artifact on joined inputs; returns its outputs in the artifact's output order.
+        max_batch_size: Most rows per run (the model's ``max_batch_size``).
+        max_tokens: Most ``rows x padded length`` per run; None: no limit.
+
+    Returns:
+        Per request, in order: its outputs (a list, in the artifact's output order), or the
+        message of why it was refused (a str), or the exception its own run raised.
+    """
+    results: list[list[Array] | str | Exception] = [""] * len(requests)
+    accepted: list[int] = []
+    for index, arrays in enumerate(requests):
+        problem = request_problem(layout, arrays)
+        if problem is None:
+            accepted.append(index)
+        else:
+            results[index] = problem
+    sizes = [(int(requests[i][0].shape[0]), request_length(layout, requests[i])) for i in accepted]
+    for planned in plan_runs(sizes, max_batch_size, max_tokens):
+        members = [accepted[j] for j in planned]
+        try:
+            outputs = run(pad_run(layout, [requests[i] for i in members]))
+            own = cut_outputs(layout, outputs, [sizes[j][0] for j in planned], [sizes[j][1] for j in planned])
+        except Exception as error:
+            if len(members) == 1:
+                results[members[0]] = error
+            for index in members if len(members) > 1 else []:
+                try:  # alone, unpadded: only the request that breaks the artifact fails
+                    results[index] = list(run(list(requests[index])))
+                except Exception as alone:
+                    results[index] = alone
+            continue
+        for index, outputs_of_request in zip(members, own):
+            results[index] = outputs_of_request
+    return results

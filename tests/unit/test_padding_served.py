@@ -14,7 +14,16 @@ import pytest
 import torch
 
 import aitune_triton.served.padding as served_padding
-from aitune_triton.served.padding import PaddingLayout, cut_outputs, pad_request, pad_run, plan_runs, request_length, request_problem
+from aitune_triton.served.padding import (
+    PaddingLayout,
+    cut_outputs,
+    pad_request,
+    pad_run,
+    plan_runs,
+    request_length,
+    request_problem,
+    run_padded,
+)
 
 LAYOUT = PaddingLayout(
     dim="seq",
@@ -149,3 +158,34 @@ def test_cut_outputs_gives_each_request_its_rows_and_its_own_length():
     assert own[1][0].tolist() == states[1:3, :4].tolist() and own[1][1].tolist() == pooled[1:3].tolist()
     tensor_own = cut_outputs(LAYOUT, [torch.from_numpy(states), torch.from_numpy(pooled)], rows=[1, 2], lengths=[2, 4])
     assert tuple(tensor_own[0][0].shape) == (1, 2, 2)
+
+
+def _masked_states(inputs):
+    """A numpy model on LAYOUT's inputs: per-token states (ids x mask x scale) and their masked sum."""
+    ids, mask, scale = inputs
+    if (ids == 99).any():
+        raise RuntimeError("id 99 breaks this model")
+    states = (ids * mask)[..., None] * scale[:, None, :]
+    return [states, states.sum(1)]
+
+
+def test_run_padded_answers_each_request_as_alone_and_isolates_refused_and_failing_requests():
+    requests = [_request(n, rows=r, start=10 * i + 1) for i, (n, r) in enumerate([(3, 1), (6, 2), (2, 1), (5, 1), (4, 1)])]
+    requests[2][1] = requests[2][1] * 2  # a mask holding 2s: refused
+    requests[3][0][0, 0] = 99  # breaks the model: fails alone, after its run failed
+    calls = []
+
+    def run(inputs):
+        calls.append([a.shape for a in inputs])
+        return _masked_states(inputs)
+
+    results = run_padded(LAYOUT, requests, run, max_batch_size=4)
+    assert "input 'attention_mask' is a mask but holds values other than 0 and 1" in results[2]
+    assert isinstance(results[3], RuntimeError)
+    for index in (0, 1, 4):
+        expected = _masked_states(requests[index])
+        assert [a.shape for a in results[index]] == [a.shape for a in expected]
+        assert all(np.array_equal(a, b) for a, b in zip(results[index], expected))
+    # Lengths 3, 4, 5 (one row each) padded to 5 in one run; it failed on the 99, so each ran alone;
+    # the 2-row request of length 6 would make 5 rows: its own run.
+    assert calls == [[(3, 5), (3, 5), (3, 1)], [(1, 3)] * 2 + [(1, 1)], [(1, 4)] * 2 + [(1, 1)], [(1, 5)] * 2 + [(1, 1)], [(2, 6)] * 2 + [(2, 1)]]
