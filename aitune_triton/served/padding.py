@@ -8,17 +8,17 @@ invariance* check of :mod:`aitune_triton.module.padding`); the outcome is a :cla
 
 The same functions serve the graph model inside Triton (this file is copied beside ``model.py``
 and runs without aitune_triton installed: it imports only numpy, and torch lazily for tensors
-numpy cannot hold, such as bfloat16) and :func:`aitune_triton.module.padding.padded_calls` in
+numpy cannot hold, such as bfloat16) and :func:`aitune_triton.module.padded_calls.padded_calls` in
 process. Every tensor here has its batch axis at 0: a request is ``rows`` samples.
 
-Flow for one ``execute()`` (or one list of calls)::
+A graph model's ``execute()`` needs one call, :func:`run_padded`::
 
-    problem = request_problem(layout, arrays)          # per request: None or INVALID_ARGUMENT text
-    runs = plan_runs([(rows, length), ...], max_batch_size, layout.max_length)
-    for run in runs:
-        joined = pad_run(layout, [requests[i] for i in run])
-        outputs = artifact(*joined)
-        per_request = cut_outputs(layout, outputs, rows_of_run, lengths_of_run)
+    layout = PaddingLayout.from_dict(io["padding"])     # io.json, where tuning's check held
+    results = run_padded(layout, [inputs of each request], run_artifact, max_batch_size)
+    # per request: its outputs, or a str (answer INVALID_ARGUMENT), or the exception its run raised
+
+which checks each request (:func:`request_problem`), groups them (:func:`plan_runs`), pads each
+run (:func:`pad_run`) and cuts each request's outputs back (:func:`cut_outputs`).
 """
 
 from __future__ import annotations
