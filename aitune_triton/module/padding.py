@@ -11,9 +11,10 @@ and the served graph model pads with :mod:`aitune_triton.served.padding`.
 Pad values, per input on the padded axis, in this order:
 
 1. declared: ``Module(..., pad_values={"input_ids": tokenizer.pad_token_id, "attention_mask": 0})``;
-2. proposed 0 for a *mask*: an input whose recorded values are all 0 or 1;
-3. proposed 0 for an integer input (token ids) when another input on the axis is a mask: the mask
-   is what should hide the pad positions, and the check proves whether it does;
+2. proposed 0 for an input whose recorded values are all 0 or 1 (an attention mask, token type ids);
+3. proposed 0 for an integer input (token ids) when another input on the axis is an *attention
+   mask* (each recorded row 1...1 0...0, starting with 1): the mask is what should hide the pad
+   positions, and the check proves whether it does;
 4. none: padding is not checked, and the report says which input needs a declared pad value.
 
 A proposal is never trusted: the check pads with exactly these values, and only where the outputs
@@ -133,8 +134,19 @@ def validate_pad_values(pad_values: Mapping[Any, Any] | None, parameters: Sequen
     return result
 
 
-def _is_mask(tensors: Sequence[torch.Tensor]) -> bool:
-    return all(t.numel() > 0 and bool(((t == 0) | (t == 1)).all()) for t in tensors) and bool(tensors)
+def _is_binary(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every recorded value is 0 or 1 (an attention mask, token type ids of one segment)."""
+    return bool(tensors) and all(t.numel() > 0 and bool(((t == 0) | (t == 1)).all()) for t in tensors)
+
+
+def _is_attention_mask(tensors: Sequence[torch.Tensor], axis: int) -> bool:
+    """Whether every recorded row along ``axis`` reads 1...1 0...0 with at least one 1: a mask whose
+    zeros mark padding at the end (token type ids, 0...0 1...1 or all 0, are not)."""
+    for tensor in tensors:
+        rows = tensor.movedim(axis, -1).reshape(-1, tensor.shape[axis])
+        if rows.shape[-1] == 0 or not bool((rows[:, 0] == 1).all()) or not bool((rows[:, 1:] <= rows[:, :-1]).all()):
+            return False
+    return _is_binary(tensors)
 
 
 def _dim_axis(names: Sequence[str | None], dim: str) -> list[int]:
@@ -173,17 +185,16 @@ def padding_layout(
         if len(axes) > 1:
             return None, f"output {spec.path!r} follows {dim!r} on several axes {axes}"
         output_axes.append(axes[0] if axes else None)
-    masks = [
-        axis is not None and _is_mask([call.flat.tensors[index] for call in calls])
-        for index, axis in enumerate(input_axes)
-    ]
+    recorded = [[call.flat.tensors[index] for call in calls] for index in range(len(graph.inputs))]
+    binary = [axis is not None and _is_binary(recorded[index]) for index, axis in enumerate(input_axes)]
+    masks = [axis is not None and binary[index] and _is_attention_mask(recorded[index], axis) for index, axis in enumerate(input_axes)]
     values: list[int | float | None] = []
     for index, (spec, axis) in enumerate(zip(graph.inputs, input_axes)):
         if axis is None:
             values.append(None)
         elif spec.path in pad_values:
             values.append(pad_values[spec.path])
-        elif masks[index] or (any(masks) and not spec.dtype.startswith(("float", "bfloat", "complex"))):
+        elif binary[index] or (any(masks) and not spec.dtype.startswith(("float", "bfloat", "complex"))):
             values.append(0)
         else:
             return None, (

@@ -56,9 +56,9 @@ class PaddingLayout:
         input_names: Name of each input, in the artifact's input order (for messages).
         input_axes: Per input, the padded axis, or None for an input without that dimension.
         pad_values: Per input, the value written at pad positions (None where not padded).
-        masks: Per input, whether it is a 0/1 mask: its values must be 0 or 1, and where it is 0
-            (the request's own pad positions) every other padded input of the same shape must
-            hold its pad value.
+        masks: Per input, whether it is an attention mask (tuning saw every row read 1...1 0...0):
+            a request's values must be 0 or 1, and where it is 0 (the request's own pad positions)
+            every other padded input of the same shape must hold its pad value.
         output_names: Name of each output, in the artifact's output order.
         output_axes: Per output, the axis whose length follows the padded dimension (cut back to
             each request's own length), or None for an output that does not follow it.

@@ -237,3 +237,39 @@ def test_the_tuned_backend_is_checked_on_a_padded_batch_against_each_calls_eager
     problem = check_padded_backend(leaky_infer, eager.forward, masked.signature, graph, calls, layout)
     assert problem is not None and "3 recorded calls of lengths [3, 6, 9] padded into one batch: pooled" in problem
     assert check_padded_backend(masked_infer, eager.forward, masked.signature, graph, calls, layout) is None
+
+
+class _TypedNet(MaskedMeanNet):
+    """MaskedMeanNet with BERT's third input, token type ids (all 0 for one segment)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.types = torch.nn.Embedding(2, 8)
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        mask = attention_mask.unsqueeze(-1).to(torch.float32)
+        states = torch.tanh(self.proj(self.embed(input_ids) + self.types(token_type_ids))) * mask
+        return {"states": states, "pooled": states.sum(1) / mask.sum(1).clamp(min=1.0)}
+
+
+def test_token_type_ids_get_0_proposed_but_only_the_attention_mask_marks_pad_positions(tmp_path):
+    from aitune_triton.module.padding import padding_layout
+    from aitune_triton.served.padding import request_problem
+
+    module = Module(_TypedNet().eval(), name="padding_typed", cache_dir=tmp_path)
+    module.enable_recording()
+    recorded = []
+    with torch.no_grad():
+        for length in (3, 6, 4):
+            call = {
+                "input_ids": torch.randint(1, 32, (1, length)),
+                "attention_mask": torch.ones(1, length, dtype=torch.int64),
+                "token_type_ids": torch.zeros(1, length, dtype=torch.int64),
+            }
+            module(**call)
+            recorded.append(flatten_call(module.signature, (), call))
+    layout, reason = padding_layout(module.graph_specs[0], recorded, {})
+    assert reason == "" and layout.pad_values == (0, 0, 0) and layout.masks == (False, True, False)
+    assert request_problem(layout, [t.numpy() for t in recorded[0].flat.tensors]) is None
+    check = check_padding_eager(_eager(module).forward, module.signature, module.graph_specs[0], recorded, {})
+    assert check.held, check.reason
