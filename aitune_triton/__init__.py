@@ -9,6 +9,7 @@ from aitune_triton.backends import AOTInductorBackend, Backend, EagerBackend, In
 from aitune_triton.checkpoint import load, save
 from aitune_triton.errors import AITuneTritonError
 from aitune_triton.module.dims import BatchDim, DynamicDim
+from aitune_triton.module.padded_calls import padded_calls
 from aitune_triton.spec import GraphSpec
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.wrapper import Module
@@ -48,6 +49,7 @@ __all__ = [
     "TuneStrategy",
     "export",
     "load",
+    "padded_calls",
     "register_backend",
     "save",
     "tune",

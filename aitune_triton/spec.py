@@ -1100,6 +1100,12 @@ def check_graph_dict(data: Any) -> None:
     preferred = data.get("preferred_batch_size")
     if preferred is not None and (not isinstance(preferred, int) or isinstance(preferred, bool) or preferred < 1):
         _invalid(where, f"'preferred_batch_size' must be a positive integer or null, got {_clip(preferred)}")
+    padding = data.get("padding")
+    if padding is not None and not (
+        isinstance(padding, dict) and isinstance(padding.get("held"), bool) and isinstance(padding.get("reason"), str)
+        and (padding.get("layout") is None or isinstance(padding.get("layout"), dict))
+    ):
+        _invalid(where, f"'padding' must be null or {{'held': bool, 'reason': str, 'layout': dict or null}}, got {_clip(padding)}")
     try:
         json.loads(data["output_treespec"])
     except ValueError:
@@ -1134,6 +1140,9 @@ class GraphSpec:
         preferred_batch_size: The batch size where the kept backend's throughput stopped growing,
             measured by a batch size sweep (``find_max_batch_size``); Triton's dynamic batcher
             aims for it. None when not measured.
+        padding: The padding invariance check (``PaddingCheck.to_dict()`` of
+            :mod:`aitune_triton.module.padding`: ``held``, ``reason``, ``layout``); None when the
+            graph spec has no dynamic axis besides the batch, or was tuned before it was checked.
     """
 
     name: str
@@ -1149,6 +1158,7 @@ class GraphSpec:
     constants: dict[str, str] = field(default_factory=dict)
     batch_independent: bool | None = None
     preferred_batch_size: int | None = None
+    padding: dict[str, Any] | None = None
 
     def axis_range(self, spec: TensorSpec, axis: int) -> tuple[int, int]:
         """``(min, max)`` size the artifacts of this graph spec accept on ``spec``'s ``axis``."""
@@ -1202,6 +1212,7 @@ class GraphSpec:
             "constants": dict(self.constants),
             "batch_independent": self.batch_independent,
             "preferred_batch_size": self.preferred_batch_size,
+            "padding": copy.deepcopy(self.padding),
         }
 
     @classmethod
@@ -1230,4 +1241,5 @@ class GraphSpec:
             constants=dict(data.get("constants", {})),
             batch_independent=data.get("batch_independent"),
             preferred_batch_size=data.get("preferred_batch_size"),
+            padding=copy.deepcopy(data.get("padding")),
         )

@@ -105,3 +105,37 @@ def eager(module: torch.nn.Module) -> torch.nn.Module:
     from aitune_triton import Module
 
     return copy.deepcopy(module.module if isinstance(module, Module) else module)
+
+
+class MaskedMeanNet(torch.nn.Module):
+    """Token ids and a 0/1 attention mask in, per-token states and their masked mean out: padding
+    the sequence (ids with any value, mask with 0) changes no valid output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(32, 8)
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        mask = attention_mask.unsqueeze(-1).to(torch.float32)
+        states = torch.tanh(self.proj(self.embed(input_ids))) * mask
+        pooled = states.sum(1) / mask.sum(1).clamp(min=1.0)
+        return {"states": states, "pooled": pooled}
+
+
+class LeakyMeanNet(MaskedMeanNet):
+    """Like MaskedMeanNet but its mean ignores the mask: padding changes ``pooled``."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        mask = attention_mask.unsqueeze(-1).to(torch.float32)
+        states = torch.tanh(self.proj(self.embed(input_ids))) * mask
+        return {"states": states, "pooled": states.mean(1)}
+
+
+def record_token_calls(module, lengths=(3, 5, 7, 9, 12), batch: int = 1, seed: int = 0) -> None:
+    """Call a wrapped MaskedMeanNet-like module once per length (token ids 1..31, mask all ones)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for length in lengths:
+            ids = torch.randint(1, 32, (batch, length), generator=generator)
+            module(ids, torch.ones(batch, length, dtype=torch.int64))

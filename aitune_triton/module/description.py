@@ -170,6 +170,13 @@ class GraphDescription:
         value = self.data.get("preferred_batch_size")
         return None if value is None else int(value)
 
+    @property
+    def padding(self) -> dict[str, Any] | None:
+        """The padding invariance check (``PaddingCheck.to_dict()``: ``held``, ``reason``,
+        ``layout``), or None: no dynamic axis besides the batch, or tuned before it was checked."""
+        value = self.data.get("padding")
+        return None if value is None else copy.deepcopy(dict(value))
+
     def axis_range(self, spec: TensorSpec, axis: int) -> tuple[int, int]:
         """``(min, max)`` size the graph spec's artifacts accept on ``spec``'s ``axis``."""
         return axis_range(spec, axis, self.dims)

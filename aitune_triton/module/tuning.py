@@ -13,6 +13,7 @@ from aitune_triton._warnings import warn
 from aitune_triton.backends import EagerBackend
 from aitune_triton.errors import InvalidArgumentError, StrategyCountError, TuningError
 from aitune_triton.module.dims import BatchDim
+from aitune_triton.module.padding import check_padding_eager, padded_copies, settle_padding
 from aitune_triton.module.recording import Recorder
 from aitune_triton.module.samples import Sample
 from aitune_triton.spec import (
@@ -323,8 +324,15 @@ def tune_graphs(
     device: torch.device,
     workdir: Path,
     log: Callable[[str], None],
+    pad_values: Mapping[str, int | float] | None = None,
 ) -> list[TunedGraph]:
     """Run each graph spec's strategy on its recorded samples; artifacts go under ``workdir/<graph>``.
+
+    A graph spec with a dynamic axis besides the batch is checked for padding invariance
+    (:mod:`aitune_triton.module.padding`, with ``pad_values`` by leaf path) before its batch axis
+    is decided (a held check lets calls of different lengths, padded, be joined for the batch
+    independence check) and again on the tuned backend; the outcome is ``GraphSpec.padding``
+    and the report's ``padding`` line.
 
     Raises:
         RecordingError: a graph spec's calls returned inconsistent output structures.
@@ -337,7 +345,12 @@ def tune_graphs(
             samples: list[CallStructure] = [_on_device(signature, s, device, recorder.strict) for s in recorder.samples(graph)]
             example = _on_device(signature, recorder.largest_sample(graph), device, recorder.strict)
             declared = _declares_batch(recorder, graph)
-            batch_note = decide_batch_axis(forward, signature, graph, samples, declared)
+            atol, rtol = getattr(strategy, "atol", 1e-4), getattr(strategy, "rtol", 1e-4)
+            padding = check_padding_eager(forward, signature, graph, samples, pad_values or {}, atol, rtol)
+            batch_calls = samples
+            if padding is not None and padding.held and padding.layout is not None:
+                batch_calls = [*samples, *padded_copies(padding.layout, samples, signature)]
+            batch_note = decide_batch_axis(forward, signature, graph, batch_calls, declared)
             log(f"{graph.name}: {batch_note}")
             context = TuneContext(
                 module, signature, graph, samples, example, workdir / graph.name, device, log, forward, batch_declared=declared
@@ -358,6 +371,11 @@ def tune_graphs(
                 log(f"{graph.name}: {batch_note}; tuning again")
                 backend, report = strategy.tune(context)
             report.batch = batch_note
+            if padding is not None:
+                padding = settle_padding(padding, graph, backend.infer, forward, signature, samples, atol, rtol)
+                graph.padding = padding.to_dict()
+                report.padding = padding.describe()
+                log(f"{graph.name}: {report.padding}")
             log(f"{graph.name}: chose {backend.name}")
             if backend.name == EagerBackend.name:
                 warn(

@@ -35,6 +35,7 @@ from aitune_triton.module.description import (
     state_dict_problem,
 )
 from aitune_triton.module.dims import DimDecl, check_declared_parameters, validate_dynamic_shapes
+from aitune_triton.module.padding import validate_pad_values
 from aitune_triton.module.passthrough import PassthroughState
 from aitune_triton.module.recording import Recorder, RecordingState
 from aitune_triton.module.samples import SampleStore
@@ -132,11 +133,16 @@ class Module(wrapt.ObjectProxy):
             ``"cpu"``; None (default) leaves them. Not done with ``fallback="eager"`` or
             ``strict=False``, which may run the module's own forward.
         cache_dir: Where tuning writes artifacts and recorded calls (default :func:`default_cache_dir`).
+        pad_values: Pad value per tensor input on a dynamic axis besides the batch, by leaf path
+            as in ``dynamic_shapes``: ``{"input_ids": tokenizer.pad_token_id, "attention_mask": 0}``.
+            Tuning pads recorded calls with them and keeps padded batching (several requests of
+            different lengths served as one batch) only where no output changed; 0/1 masks, and
+            integer inputs beside a mask, get 0 proposed (see :mod:`aitune_triton.module.padding`).
 
     Raises:
         ArgumentTypeError: (a TypeError) ``module`` is not a ``torch.nn.Module`` (or is a wrapper).
         InvalidNameError: (a ValueError) ``name`` is empty, only dots, or used by another live Module.
-        InvalidArgumentError: (a ValueError) ``fallback``, ``offload`` or ``dynamic_shapes`` is
+        InvalidArgumentError: (a ValueError) ``fallback``, ``offload``, ``pad_values`` or ``dynamic_shapes`` is
             invalid (also a path whose first part is no parameter of the forward), or ``module``
             is wrapped by a live Module of another name. Wrapping it again
             under the same name (re-running a notebook cell) retires the older wrapper instead.
@@ -160,6 +166,7 @@ class Module(wrapt.ObjectProxy):
         dynamic_shapes: Mapping[Any, Any] | None = None,
         offload: str | None = None,
         cache_dir: str | os.PathLike | None = None,
+        pad_values: Mapping[Any, Any] | None = None,
     ):
         if not isinstance(module, torch.nn.Module) or isinstance(module, Module):
             raise ArgumentTypeError(
@@ -178,6 +185,7 @@ class Module(wrapt.ObjectProxy):
             next((p.name for p in signature.parameters if p.kind == "VAR_KEYWORD"), None),
             signature.describe(),
         )
+        pad_values = validate_pad_values(pad_values, [p.name for p in signature.parameters])
         SampleStore(max_samples)  # validates max_samples now, not at the first call
         previous = live_wrapper_of(module)
         if name is None:
@@ -206,6 +214,7 @@ class Module(wrapt.ObjectProxy):
         self._self_offload = offload
         self._self_offloaded_from: torch.device | None = None
         self._self_cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._self_pad_values = pad_values
         self._self_forward = forward
         self._self_signature = signature
         # Created on the first recorded call; removed with the wrapper.
@@ -474,7 +483,15 @@ class Module(wrapt.ObjectProxy):
         try:
             with progress(f"Tuning '{self._self_name}'") as log:
                 tuned = tune_graphs(
-                    self.__wrapped__, self._self_forward, self._self_signature, self._self_recorder, plan, device, workdir, log
+                    self.__wrapped__,
+                    self._self_forward,
+                    self._self_signature,
+                    self._self_recorder,
+                    plan,
+                    device,
+                    workdir,
+                    log,
+                    pad_values=self._self_pad_values,
                 )
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -84,6 +84,9 @@ class GraphTuneReport:
         decision: Why the chosen backend was kept (the rule, the speed gate).
         max_batch_size: The measured batch size where the chosen backend's throughput stopped
             growing (Triton's preferred batch size), when searched.
+        padding: Whether requests of different lengths may be padded into one batch, with what,
+            and why (the padding invariance check); empty when the graph spec has no dynamic
+            axis besides the batch, or in reports written before it was checked.
     """
 
     graph: str
@@ -95,6 +98,7 @@ class GraphTuneReport:
     eager: CandidateReport | None = None
     decision: str = ""
     max_batch_size: int | None = None
+    padding: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form."""
@@ -163,6 +167,8 @@ def report_table(report: GraphTuneReport, title: str = "") -> Table:
             escape(result),
         )
     if report.decision:
-        table.caption = escape(report.decision + (f"; {report.batch}" if report.batch else ""))
+        table.caption = escape(
+            report.decision + (f"; {report.batch}" if report.batch else "") + (f"; {report.padding}" if report.padding else "")
+        )
         table.caption_justify = "left"
     return table

@@ -172,14 +172,21 @@ def _parameter(config: mc.ModelConfig, key: str, value: str) -> None:
 def graph_model_config(io: ModelIO, options: TritonModelOptions, device: str = "cpu") -> mc.ModelConfig:
     """Configuration of a Python-backend model that runs one graph spec's artifact.
 
-    ``dynamic_batching`` is on when ``io.max_batch_size > 0``. The instance group is the model's
+    ``dynamic_batching`` is on when ``io.max_batch_size > 0``; the inputs the model pads
+    (:attr:`ModelIO.padding`, where tuning's padding invariance check held) get
+    ``allow_ragged_batch: true``, so that the dynamic batcher joins requests of different lengths
+    into one ``execute()``. The instance group is the model's
     own (:meth:`TritonModelOptions.group_for`); version policy, free parameters, intra-op threads
     (parameter ``aitune_triton.intra_op_threads``) and the response cache come from ``options``. The IO mapping itself is in the
     version directory's ``io.json`` (read by ``model.py``) and in the entry model's parameters.
     """
     config = mc.ModelConfig(name=io.model_name, backend="python", max_batch_size=io.max_batch_size)
     batching = io.max_batch_size > 0
-    config.input.extend(_tensor_message(mc.ModelInput, t.name, t.data_type, t.dims, batching) for t in io.inputs)
+    ragged = set(io.ragged_inputs) if batching else set()
+    config.input.extend(
+        _tensor_message(mc.ModelInput, t.name, t.data_type, t.dims, batching, **({"allow_ragged_batch": True} if t.name in ragged else {}))
+        for t in io.inputs
+    )
     config.output.extend(_tensor_message(mc.ModelOutput, t.name, t.data_type, t.dims, batching) for t in io.outputs)
     config.instance_group.append(options.group_for(io.model_name, io.graph).message(device))
     if io.max_batch_size > 0 and options.dynamic_batching is not None:

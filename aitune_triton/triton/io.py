@@ -27,6 +27,7 @@ from typing import Any, Mapping
 from aitune_triton.contract import InputContract
 from aitune_triton.errors import ExportError
 from aitune_triton.module.description import TunedGraphDescription
+from aitune_triton.served.padding import PaddingLayout
 from aitune_triton.spec import TensorSpec
 
 __all__ = ["ModelIO", "TensorIO", "TORCH_TO_TRITON_DTYPE", "triton_dtype"]
@@ -112,6 +113,20 @@ class TensorIO:
         return cls(**{**data, "dims": tuple(data["dims"]), "ranges": tuple(tuple(r) for r in data.get("ranges", ()))})
 
 
+def _served_padding(padding: Mapping[str, Any] | None, inputs: list[str], outputs: list[str]) -> dict[str, Any] | None:
+    """The held padding layout of a graph spec with its inputs and outputs named by tensor name, or None."""
+    if not padding or not padding.get("held") or not padding.get("layout"):
+        return None
+    layout = PaddingLayout.from_dict(padding["layout"]).to_dict()
+    if len(layout["input_names"]) != len(inputs) or len(layout["output_names"]) != len(outputs):
+        raise ExportError(
+            f"padding layout names {len(layout['input_names'])} inputs and {len(layout['output_names'])} outputs, but the "
+            f"graph spec has {len(inputs)} and {len(outputs)}; tune the module again"
+        )
+    layout["input_names"], layout["output_names"] = list(inputs), list(outputs)
+    return layout
+
+
 def _unique_names(paths: list[str]) -> list[str]:
     names: list[str] = []
     for path in paths:
@@ -154,6 +169,11 @@ class ModelIO:
             served by one of Triton's own backends (its artifact's tensor names, see
             :mod:`aitune_triton.triton.native`); empty (and left out of :meth:`to_dict`) when the
             graph model uses :attr:`TensorIO.name`.
+        padding: Where the model pads variable-length requests into one batch: the
+            :class:`~aitune_triton.served.padding.PaddingLayout` dict (per input the padded axis,
+            pad value and whether it is a mask, per output the axis cut back to each request's
+            length, all named by tensor name), set only when tuning's padding invariance check
+            held and the model batches; None (left out of :meth:`to_dict`) otherwise.
     """
 
     model_name: str
@@ -174,6 +194,7 @@ class ModelIO:
     index_ranges: list[list[dict[str, Any]]] | None = None
     preferred_batch_size: int | None = None
     served_names: dict[str, str] = field(default_factory=dict)
+    padding: dict[str, Any] | None = None
 
     @classmethod
     def from_graph(
@@ -187,7 +208,8 @@ class ModelIO:
 
         The model batches (``max_batch_size`` = the largest batch size) when every input and
         output has its batch axis at dim 0 and tuning did not find the outputs depending on other
-        samples of the batch (``batch_independent`` is not False).
+        samples of the batch (``batch_independent`` is not False). A batching model whose padding
+        invariance check held (``padding["held"]``) gets :attr:`padding`, with tensor names.
 
         Args:
             model_name: Triton model name.
@@ -240,7 +262,15 @@ class ModelIO:
             input_axes=described.input_axes,
             index_ranges=described.index_ranges,
             preferred_batch_size=spec.preferred_batch_size if batching else None,
+            padding=_served_padding(spec.padding, names[: len(inputs)], names[len(inputs) :]) if max_batch_size > 0 else None,
         )
+
+    @property
+    def ragged_inputs(self) -> list[str]:
+        """Names of the inputs the model pads (``allow_ragged_batch`` in its configuration)."""
+        if self.padding is None:
+            return []
+        return [name for name, axis in zip(self.padding["input_names"], self.padding["input_axes"]) if axis is not None]
 
     @cached_property
     def contract(self) -> InputContract:
@@ -269,6 +299,8 @@ class ModelIO:
         data["outputs"] = [t.to_dict() for t in self.outputs]
         if not self.served_names:
             del data["served_names"]
+        if self.padding is None:
+            del data["padding"]
         return data
 
     def to_json(self) -> str:

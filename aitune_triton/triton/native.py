@@ -166,6 +166,7 @@ def plan_native(io: ModelIO, graph: GraphDescription, backend: BackendDescriptio
         io,
         artifact=target.default_model_filename,
         served_names={name: own for name, own in served.items() if own != name},
+        padding=None,  # only the generated model.py pads requests; Triton's own backends would not cut outputs back
     )
     config = native_model_config(native_io, target, signature, options, device, gpu, artifact, backend.options)
     return NativePlan(NativeModel(native_io, config, target, signature))

@@ -1,0 +1,397 @@
+"""Padding invariance: may requests of different lengths be padded into one batch?
+
+A graph spec with one dynamic axis besides the batch (a sentence's tokens, named ``seq`` or the
+recorder's ``dim1``) can serve variable-length requests as one batch only if padding that axis
+changes no valid output. Tuning checks it on the recorded calls (:func:`check_padding_eager`,
+then :func:`check_padded_backend` on the tuned backend) and stores a :class:`PaddingCheck` in the
+graph spec (``GraphSpec.padding``); the exporter turns a held check into ``allow_ragged_batch``
+and the served graph model pads with :mod:`aitune_triton.served.padding`.
+:func:`padded_calls` does the same padding in process for a list of calls.
+
+Pad values, per input on the padded axis, in this order:
+
+1. declared: ``Module(..., pad_values={"input_ids": tokenizer.pad_token_id, "attention_mask": 0})``;
+2. proposed 0 for an input whose recorded values are all 0 or 1 (an attention mask, token type ids);
+3. proposed 0 for an integer input (token ids) when another input on the axis is an *attention
+   mask* (each recorded row 1...1 0...0, starting with 1): the mask is what should hide the pad
+   positions, and the check proves whether it does;
+4. none: padding is not checked, and the report says which input needs a declared pad value.
+
+A proposal is never trusted: the check pads with exactly these values, and only where the outputs
+stay equal to eager is padding used, with exactly these values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from aitune_triton.errors import InvalidArgumentError
+from aitune_triton.served.padding import PaddingLayout, cut_outputs, pad_request, pad_run, request_length
+from aitune_triton.spec import CallStructure, FlatTree, ForwardSignature, GraphSpec, flatten_call, flatten_output, same_value
+from aitune_triton.strategies.validation import compare_outputs
+
+__all__ = [
+    "PaddingCheck",
+    "check_padded_backend",
+    "check_padding_eager",
+    "padded_copies",
+    "padding_layout",
+    "settle_padding",
+    "validate_pad_values",
+]
+
+#: Recorded calls checked per graph spec (each one padded twice, run eagerly).
+MAX_CHECKED_CALLS = 8
+
+
+@dataclass(frozen=True)
+class PaddingCheck:
+    """The outcome of the padding invariance check of one graph spec.
+
+    Attributes:
+        held: Whether padding changed no valid output (eager, and the tuned backend on a padded batch).
+        reason: One line: what was checked and what it showed, or why it was not checked.
+        layout: The padded axis per input, the pad values and the output axes cut back; None when
+            the graph spec has no layout to check (no single dynamic axis, a missing pad value).
+    """
+
+    held: bool
+    reason: str
+    layout: PaddingLayout | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form (``GraphSpec.padding``)."""
+        return {"held": self.held, "reason": self.reason, "layout": None if self.layout is None else self.layout.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PaddingCheck":
+        """Rebuild from :meth:`to_dict`.
+
+        Raises:
+            ValueError: ``data`` is not such a dict.
+        """
+        if not isinstance(data, Mapping) or not isinstance(data.get("held"), bool) or not isinstance(data.get("reason"), str):
+            raise ValueError(f"padding: expected {{'held': bool, 'reason': str, 'layout': dict or null}}, got {data!r}")
+        layout = data.get("layout")
+        return cls(data["held"], data["reason"], None if layout is None else PaddingLayout.from_dict(layout))
+
+    def describe(self) -> str:
+        """The line the tuning report shows."""
+        if self.layout is None:
+            return f"padding not used: {self.reason}"
+        pads = ", ".join(
+            f"{name}={value!r}" for name, value, axis in zip(self.layout.input_names, self.layout.pad_values, self.layout.input_axes)
+            if axis is not None
+        )
+        cut = [name for name, axis in zip(self.layout.output_names, self.layout.output_axes) if axis is not None]
+        what = f"axis {self.layout.dim!r} padded with {pads}; outputs cut back: {', '.join(cut) or 'none'}"
+        return f"padding {'used' if self.held else 'not used'} ({what}): {self.reason}"
+
+
+def validate_pad_values(pad_values: Mapping[Any, Any] | None, parameters: Sequence[str]) -> dict[str, int | float]:
+    """Check a ``pad_values`` declaration and key it by dotted leaf path.
+
+    Args:
+        pad_values: ``{input path: pad value}``; a path is dotted (``"inputs.ids"``) or a tuple of
+            its parts, as in ``dynamic_shapes``; a value is an int, float or bool. None: nothing declared.
+        parameters: The forward's parameter names (a path starts with one of them).
+
+    Returns:
+        ``{dotted path: value}``.
+
+    Raises:
+        InvalidArgumentError: (a ValueError) not a mapping, a key that is no leaf path or starts with no
+            parameter name, or a value that is not a number.
+    """
+    if pad_values is None:
+        return {}
+    if not isinstance(pad_values, Mapping):
+        raise InvalidArgumentError(
+            f"pad_values: expected a mapping {{input path: pad value}} (e.g. {{'input_ids': 0, 'attention_mask': 0}}), "
+            f"got {type(pad_values).__name__}"
+        )
+    result: dict[str, int | float] = {}
+    for key, value in pad_values.items():
+        if isinstance(key, tuple) and key and all(isinstance(p, (str, int)) and not isinstance(p, bool) for p in key):
+            path = ".".join(str(p) for p in key)
+        elif isinstance(key, str) and key:
+            path = key
+        else:
+            raise InvalidArgumentError(f"pad_values: expected each key to be an input leaf path ('input_ids', ('inputs', 'ids')), got {key!r}")
+        if path.split(".", 1)[0] not in parameters:
+            raise InvalidArgumentError(
+                f"pad_values: {path!r} names no parameter of the forward; expected a path starting with one of {list(parameters)}"
+            )
+        if not isinstance(value, (int, float)):
+            raise InvalidArgumentError(
+                f"pad_values[{path!r}]: expected a number (the value written at pad positions, e.g. the tokenizer's "
+                f"pad_token_id), got {value!r}"
+            )
+        result[path] = int(value) if isinstance(value, bool) else value
+    return result
+
+
+def _is_binary(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every recorded value is 0 or 1 (an attention mask, token type ids of one segment)."""
+    return bool(tensors) and all(t.numel() > 0 and bool(((t == 0) | (t == 1)).all()) for t in tensors)
+
+
+def _is_attention_mask(tensors: Sequence[torch.Tensor], axis: int) -> bool:
+    """Whether every recorded row along ``axis`` reads 1...1 0...0 with at least one 1: a mask whose
+    zeros mark padding at the end (token type ids, 0...0 1...1 or all 0, are not)."""
+    for tensor in tensors:
+        rows = tensor.movedim(axis, -1).reshape(-1, tensor.shape[axis])
+        if rows.shape[-1] == 0 or not bool((rows[:, 0] == 1).all()) or not bool((rows[:, 1:] <= rows[:, :-1]).all()):
+            return False
+    return _is_binary(tensors)
+
+
+def _dim_axis(names: Sequence[str | None], dim: str) -> list[int]:
+    return [axis for axis, name in enumerate(names) if name == dim]
+
+
+def padding_layout(
+    graph: GraphSpec, calls: Sequence[CallStructure], pad_values: Mapping[str, int | float]
+) -> tuple[PaddingLayout | None, str]:
+    """The padding layout of ``graph``, or None and why there is none.
+
+    Needs: a batch axis at 0 on every input and output, exactly one other dynamic dimension, on
+    at most one axis of each tensor, and a pad value for every input that has it.
+
+    Returns:
+        ``(layout, "")`` or ``(None, reason)``; the reason is empty when the graph spec has no
+        dynamic axis besides the batch (nothing to pad, nothing to report).
+    """
+    dims = sorted({n for spec in graph.inputs for n in spec.dim_names if n is not None and n != "batch"})
+    if not dims:
+        return None, ""
+    if len(dims) > 1:
+        return None, f"several dynamic axes besides the batch ({', '.join(dims)}); padding handles one"
+    dim = dims[0]
+    if "batch" not in graph.dims or any(spec.batch_axis != 0 for spec in graph.inputs + graph.outputs):
+        return None, "not every input and output has the batch axis at 0, so requests cannot be joined"
+    input_axes: list[int | None] = []
+    for spec in graph.inputs:
+        axes = _dim_axis(spec.dim_names, dim)
+        if len(axes) > 1:
+            return None, f"input {spec.path!r} has {dim!r} on several axes {axes}"
+        input_axes.append(axes[0] if axes else None)
+    output_axes: list[int | None] = []
+    for spec in graph.outputs:
+        axes = _dim_axis(spec.dim_names, dim)
+        if len(axes) > 1:
+            return None, f"output {spec.path!r} follows {dim!r} on several axes {axes}"
+        output_axes.append(axes[0] if axes else None)
+    recorded = [[call.flat.tensors[index] for call in calls] for index in range(len(graph.inputs))]
+    binary = [axis is not None and _is_binary(recorded[index]) for index, axis in enumerate(input_axes)]
+    masks = [axis is not None and binary[index] and _is_attention_mask(recorded[index], axis) for index, axis in enumerate(input_axes)]
+    values: list[int | float | None] = []
+    for index, (spec, axis) in enumerate(zip(graph.inputs, input_axes)):
+        if axis is None:
+            values.append(None)
+        elif spec.path in pad_values:
+            values.append(pad_values[spec.path])
+        elif binary[index] or (any(masks) and not spec.dtype.startswith(("float", "bfloat", "complex"))):
+            values.append(0)
+        else:
+            return None, (
+                f"no pad value for input {spec.path!r} ({spec.dtype}, not a 0/1 mask); declare it with "
+                f"Module(..., pad_values={{{spec.path!r}: ...}}) (e.g. the tokenizer's pad_token_id)"
+            )
+    low, high = graph.dims[dim]
+    layout = PaddingLayout(
+        dim=dim,
+        min_length=low,
+        max_length=high,
+        input_names=tuple(spec.path for spec in graph.inputs),
+        input_axes=tuple(input_axes),
+        pad_values=tuple(values),
+        masks=tuple(masks),
+        output_names=tuple(spec.path for spec in graph.outputs),
+        output_axes=tuple(output_axes),
+    )
+    return layout, ""
+
+
+def _as_call(signature: ForwardSignature, template: CallStructure, tensors: Sequence[torch.Tensor]) -> CallStructure:
+    args, kwargs = template.with_tensors(signature, tensors)
+    return flatten_call(signature, args, kwargs)
+
+
+def _run(forward: Callable[..., Any], call: CallStructure) -> FlatTree:
+    with torch.no_grad():
+        return flatten_output(forward(*call.args, **call.kwargs))
+
+
+def _mismatch(
+    expected: FlatTree, treespec: Any, leaves: Sequence[Any], tensors: Sequence[torch.Tensor], graph: GraphSpec, how: str, atol: float, rtol: float
+) -> str | None:
+    """Why a padded run's own outputs differ from eager on the unpadded call (every leaf), or None."""
+    if treespec is not None and treespec != expected.treespec:
+        return f"{how} gave another output structure"
+    for path, value, got in zip(expected.paths, expected.leaves, leaves):
+        if not isinstance(value, torch.Tensor) and not same_value(value, got):
+            return f"{how}: non-tensor output {path!r} is {got!r}, eager {value!r}"
+    found, _ = compare_outputs(expected.tensors, list(tensors), [s.path for s in graph.outputs], atol, rtol)
+    return f"{how}: {found[0]}" if found else None
+
+
+def _checked_calls(calls: Sequence[CallStructure], layout: PaddingLayout) -> list[CallStructure]:
+    """Up to :data:`MAX_CHECKED_CALLS` calls, of as many different lengths as there are."""
+    by_length: dict[int, list[CallStructure]] = {}
+    for call in calls:
+        by_length.setdefault(request_length(layout, call.flat.tensors), []).append(call)
+    chosen: list[CallStructure] = []
+    while len(chosen) < min(MAX_CHECKED_CALLS, len(calls)):
+        for group in by_length.values():
+            if group and len(chosen) < MAX_CHECKED_CALLS:
+                chosen.append(group.pop(0))
+    return chosen
+
+
+def check_padding_eager(
+    forward: Callable[..., Any],
+    signature: ForwardSignature,
+    graph: GraphSpec,
+    calls: Sequence[CallStructure],
+    pad_values: Mapping[str, int | float],
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+) -> PaddingCheck | None:
+    """Pad recorded calls and compare their outputs, cut back, with eager on the calls as recorded.
+
+    Each checked call (up to :data:`MAX_CHECKED_CALLS`, of different lengths) is padded by one
+    position and to the graph spec's largest length; the module's own forward on the padded call,
+    cut back to the call's length on the output axes that follow the padded one, must equal its
+    forward on the call itself on every output leaf: ``|padded - eager| <= atol + rtol * |eager|``.
+
+    Args:
+        forward: The module's own forward.
+        signature: Its forward signature.
+        graph: The graph spec (its dims, batch axes and dim names).
+        calls: Recorded calls of ``graph``, flattened, on the tuning device.
+        pad_values: Declared pad values by leaf path (:func:`validate_pad_values`).
+        atol: Absolute tolerance (the eager check's).
+        rtol: Relative tolerance.
+
+    Returns:
+        None when the graph spec has no dynamic axis besides the batch; else the check (not held
+        with the reason when there is no layout, a padded call differs or the forward raises).
+    """
+    layout, reason = padding_layout(graph, calls, pad_values)
+    if layout is None:
+        return PaddingCheck(False, reason) if reason else None
+    checked = 0
+    how = "padding"
+    chosen = _checked_calls(calls, layout)
+    try:
+        for call in chosen:
+            length = request_length(layout, call.flat.tensors)
+            expected = _run(forward, call)
+            for target in sorted({min(length + 1, layout.max_length), layout.max_length} - {length}):
+                how = f"a recorded call of length {length} padded to {target}"
+                grown = pad_request(layout, call.flat.tensors, target)
+                padded = _run(forward, _as_call(signature, call, grown))
+                rows = int(call.flat.tensors[0].shape[0])
+                own = cut_outputs(layout, padded.tensors, [rows], [length])[0]
+                problem = _mismatch(expected, padded.treespec, padded.leaves, own, graph, how, atol, rtol)
+                if problem:
+                    return PaddingCheck(False, f"{problem}; padding would change results", layout)
+                checked += 1
+    except Exception as error:  # the module refuses a padded length: padding is not free
+        return PaddingCheck(False, f"the module's forward on {how} raised {type(error).__name__}: {str(error)[:200]}", layout)
+    if not checked:
+        return PaddingCheck(False, f"every recorded call already has the largest length {layout.max_length}", layout)
+    return PaddingCheck(
+        True, f"{len(chosen)} recorded calls, padded by 1 and to {layout.max_length} ({checked} runs), gave eager's outputs", layout
+    )
+
+
+def padded_copies(layout: PaddingLayout, calls: Sequence[CallStructure], signature: ForwardSignature) -> list[CallStructure]:
+    """Every call padded to the longest recorded length: calls of equal shapes, which the batch
+    independence check can join where the recorded calls (all of batch 1, say) had none."""
+    longest = max(request_length(layout, call.flat.tensors) for call in calls)
+    return [_as_call(signature, call, pad_request(layout, call.flat.tensors, longest)) for call in calls]
+
+
+def check_padded_backend(
+    infer: Callable[[CallStructure], Sequence[torch.Tensor]],
+    forward: Callable[..., Any],
+    signature: ForwardSignature,
+    graph: GraphSpec,
+    calls: Sequence[CallStructure],
+    layout: PaddingLayout,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+) -> str | None:
+    """Run the tuned backend on one padded batch of recorded calls of different lengths.
+
+    Calls are joined while their rows fit the graph spec's batch range (a lone call is padded to
+    the largest length), padded to the longest, run once through ``infer``, cut back per call and
+    compared with eager on each call alone, every output leaf.
+
+    Returns:
+        None when every call got eager's outputs, else one line saying which did not.
+    """
+    high = graph.dims.get("batch", (1, 1))[1]
+    group: list[CallStructure] = []
+    rows = 0
+    for call in _checked_calls(calls, layout):
+        count = int(call.flat.tensors[0].shape[0])
+        if rows + count <= high:
+            group.append(call)
+            rows += count
+    if not group:
+        return None
+    lengths = [request_length(layout, call.flat.tensors) for call in group]
+    requests = [call.flat.tensors for call in group]
+    if len(group) == 1:
+        requests = [pad_request(layout, group[0].flat.tensors, layout.max_length)]
+    how = f"the tuned backend on {len(group)} recorded calls of lengths {sorted(lengths)} padded into one batch"
+    try:
+        with torch.no_grad():
+            joined = _as_call(signature, group[0], pad_run(layout, requests))
+            outputs = list(infer(joined))
+            own = cut_outputs(layout, outputs, [int(c.flat.tensors[0].shape[0]) for c in group], lengths)
+            for call, tensors in zip(group, own):
+                expected = _run(forward, call)
+                problem = _mismatch(expected, None, expected.leaves, tensors, graph, how, atol, rtol)
+                if problem:
+                    return problem
+    except Exception as error:
+        return f"{how} raised {type(error).__name__}: {str(error)[:200]}"
+    return None
+
+
+def settle_padding(
+    check: PaddingCheck,
+    graph: GraphSpec,
+    infer: Callable[[CallStructure], Sequence[torch.Tensor]],
+    forward: Callable[..., Any],
+    signature: ForwardSignature,
+    calls: Sequence[CallStructure],
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+) -> PaddingCheck:
+    """The final padding outcome of a tuned graph spec, from the eager check and the tuned backend.
+
+    Padding held on eager is kept only when requests may be joined (a batch axis kept, not found
+    dependent on other samples) and the tuned backend (``infer``), run on a padded batch of recorded
+    calls of different lengths, gave each call eager's outputs (:func:`check_padded_backend`).
+    """
+    if not check.held or check.layout is None:
+        return check
+    layout = check.layout
+    if "batch" not in graph.dims or any(spec.batch_axis != 0 for spec in graph.inputs + graph.outputs):
+        return PaddingCheck(False, f"{check.reason}, but the batch size is fixed, so requests are not joined", layout)
+    if graph.batch_independent is False:
+        return PaddingCheck(False, f"{check.reason}, but outputs depend on other samples of the batch", layout)
+    problem = check_padded_backend(infer, forward, signature, graph, calls, layout, atol, rtol)
+    if problem:
+        return PaddingCheck(False, f"{check.reason}, but {problem}", layout)
+    high = graph.dims["batch"][1]
+    note = "" if high >= 2 else f"; the batch range is 1..{high}, so nothing is joined: declare BatchDim(1, N) to join requests"
+    return PaddingCheck(True, f"{check.reason}, and the tuned backend on a padded batch too{note}", layout)

@@ -1,0 +1,398 @@
+"""Padded batching of variable-length requests: one graph spec's padded axis, checked, planned, padded and cut.
+
+Requests whose inputs differ in length along one dynamic axis (a sentence's tokens) are joined
+into one batch by padding each to the longest with a pad value per input; each request then gets
+its own rows of the outputs back, cut to its own length on the output axes that follow the padded
+one. Tuning uses this only where it proved padding changes no valid output (the *padding
+invariance* check of :mod:`aitune_triton.module.padding`); the outcome is a :class:`PaddingLayout`.
+
+The same functions serve the graph model inside Triton (this file is copied beside ``model.py``
+and runs without aitune_triton installed: it imports only numpy, and torch lazily for tensors
+numpy cannot hold, such as bfloat16) and :func:`aitune_triton.module.padded_calls.padded_calls` in
+process. Every tensor here has its batch axis at 0: a request is ``rows`` samples.
+
+A graph model's ``execute()`` needs one call, :func:`run_padded`::
+
+    layout = PaddingLayout.from_dict(io["padding"])     # io.json, where tuning's check held
+    results = run_padded(layout, [inputs of each request], run_artifact, max_batch_size)
+    # per request: its outputs, or a str (answer INVALID_ARGUMENT), or the exception its run raised
+
+which checks each request (:func:`request_problem`), groups them (:func:`plan_runs`), pads each
+run (:func:`pad_run`) and cuts each request's outputs back (:func:`cut_outputs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "PaddingLayout",
+    "cut_outputs",
+    "pad_request",
+    "pad_run",
+    "plan_runs",
+    "request_length",
+    "request_problem",
+    "run_padded",
+]
+
+#: An array of one input: a numpy array or a torch tensor (bfloat16 only travels as a tensor).
+Array = Any
+
+
+@dataclass(frozen=True)
+class PaddingLayout:
+    """Where a graph spec is padded: the padded axis per input, its pad value, the output axes cut back.
+
+    Axes are axes of the full (module) shape, the batch axis at 0.
+
+    Attributes:
+        dim: Name of the padded dimension (the graph spec's dynamic dim tying the inputs' axes).
+        min_length: Smallest length a request may have on that dimension.
+        max_length: Largest length the artifact accepts (and pads to at most).
+        input_names: Name of each input, in the artifact's input order (for messages).
+        input_axes: Per input, the padded axis, or None for an input without that dimension.
+        pad_values: Per input, the value written at pad positions (None where not padded).
+        masks: Per input, whether it is an attention mask (tuning saw every row read 1...1 0...0):
+            a request's values must be 0 or 1, and where it is 0 (the request's own pad positions)
+            every other padded input of the same shape must hold its pad value.
+        output_names: Name of each output, in the artifact's output order.
+        output_axes: Per output, the axis whose length follows the padded dimension (cut back to
+            each request's own length), or None for an output that does not follow it.
+    """
+
+    dim: str
+    min_length: int
+    max_length: int
+    input_names: tuple[str, ...]
+    input_axes: tuple[int | None, ...]
+    pad_values: tuple[float | int | None, ...]
+    masks: tuple[bool, ...]
+    output_names: tuple[str, ...]
+    output_axes: tuple[int | None, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form (``io.json``'s ``padding``, a graph spec's padding layout)."""
+        return {
+            "dim": self.dim,
+            "min_length": self.min_length,
+            "max_length": self.max_length,
+            "input_names": list(self.input_names),
+            "input_axes": list(self.input_axes),
+            "pad_values": list(self.pad_values),
+            "masks": list(self.masks),
+            "output_names": list(self.output_names),
+            "output_axes": list(self.output_axes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PaddingLayout":
+        """Rebuild from :meth:`to_dict`.
+
+        Raises:
+            ValueError: a key is missing, the per-input lists differ in length, or a value has the wrong type.
+        """
+        keys = ("dim", "min_length", "max_length", "input_names", "input_axes", "pad_values", "masks", "output_names", "output_axes")
+        if not isinstance(data, Mapping) or any(key not in data for key in keys):
+            raise ValueError(f"padding layout: expected a dict with the keys {list(keys)}, got {data!r}")
+        per_input = [data[key] for key in ("input_names", "input_axes", "pad_values", "masks")]
+        per_output = [data[key] for key in ("output_names", "output_axes")]
+        if not all(isinstance(v, list) for v in per_input + per_output) or len({len(v) for v in per_input}) != 1 or len(
+            {len(v) for v in per_output}
+        ) != 1:
+            raise ValueError(f"padding layout: expected per-input and per-output lists of equal lengths, got {data!r}")
+        axes = list(data["input_axes"]) + list(data["output_axes"])
+        if not all(a is None or (isinstance(a, int) and not isinstance(a, bool) and a >= 1) for a in axes):
+            raise ValueError(f"padding layout: expected axes >= 1 (the batch axis is 0) or null, got {axes}")
+        if not all(isinstance(data[key], int) and not isinstance(data[key], bool) for key in ("min_length", "max_length")):
+            raise ValueError(f"padding layout: expected integer min_length and max_length, got {data!r}")
+        return cls(
+            dim=str(data["dim"]),
+            min_length=int(data["min_length"]),
+            max_length=int(data["max_length"]),
+            input_names=tuple(str(n) for n in data["input_names"]),
+            input_axes=tuple(data["input_axes"]),
+            pad_values=tuple(data["pad_values"]),
+            masks=tuple(bool(m) for m in data["masks"]),
+            output_names=tuple(str(n) for n in data["output_names"]),
+            output_axes=tuple(data["output_axes"]),
+        )
+
+    @property
+    def padded_inputs(self) -> list[int]:
+        """Indices of the inputs that have the padded dimension."""
+        return [i for i, axis in enumerate(self.input_axes) if axis is not None]
+
+
+def _is_torch(array: Array) -> bool:
+    return not isinstance(array, np.ndarray) and type(array).__module__.startswith("torch")
+
+
+def request_length(layout: PaddingLayout, arrays: Sequence[Array]) -> int:
+    """A request's length on the padded dimension (that of its first padded input)."""
+    first = layout.padded_inputs[0]
+    return int(arrays[first].shape[layout.input_axes[first]])
+
+
+def _all_in(array: Array, values: tuple[int, ...]) -> bool:
+    if _is_torch(array):
+        import torch
+
+        return bool(torch.isin(array, torch.tensor(values, dtype=array.dtype, device=array.device)).all())
+    return bool(np.isin(np.asarray(array), values).all())
+
+
+def _pads_hold_data(array: Array, mask: Array, pad_value: float | int) -> bool:
+    """Whether ``array`` holds anything but ``pad_value`` where ``mask`` (same shape) is 0."""
+    if _is_torch(array) or _is_torch(mask):
+        import torch
+
+        tensor, mask_tensor = torch.as_tensor(array), torch.as_tensor(mask)
+        return bool((tensor[mask_tensor == 0] != pad_value).any())
+    return bool((np.asarray(array)[np.asarray(mask) == 0] != pad_value).any())
+
+
+def request_problem(layout: PaddingLayout, arrays: Sequence[Array]) -> str | None:
+    """Why one request cannot join a padded batch, or None when it can.
+
+    Checked, each message naming the input (an INVALID_ARGUMENT answer for that request alone):
+
+    * every input has the rank and the batch size (axis 0) of the first;
+    * the padded inputs agree on their length along the padded dimension;
+    * that length is within ``min_length..max_length``;
+    * a mask input (``layout.masks``) holds only 0 and 1;
+    * *pad positions hold no data*: where a mask is 0 (the request's own pad positions), every
+      other padded input of the mask's shape holds its pad value. Tuning proved only that pad
+      values there change no valid output, so other contents are refused rather than trusted.
+
+    Args:
+        layout: The graph spec's padding layout.
+        arrays: The request's inputs in the artifact's input order (numpy arrays or torch
+            tensors), batch axis 0.
+
+    Returns:
+        One line naming the input and what is wrong, or None.
+    """
+    names = layout.input_names
+    if len(arrays) != len(names):
+        return f"expected {len(names)} inputs ({', '.join(names)}), got {len(arrays)}"
+    rows = int(arrays[0].shape[0]) if len(arrays[0].shape) else None
+    for name, array in zip(names, arrays):
+        if not len(array.shape) or int(array.shape[0]) != rows:
+            return f"input '{name}' has shape {list(array.shape)}, but '{names[0]}' has {rows} rows on the batch axis 0"
+    length = None
+    first = ""
+    for index in layout.padded_inputs:
+        axis, name, array = layout.input_axes[index], names[index], arrays[index]
+        assert axis is not None  # padded_inputs lists only inputs with an axis
+        if len(array.shape) <= axis:
+            return f"input '{name}' has rank {len(array.shape)}, but it is padded along axis {axis} ({layout.dim})"
+        size = int(array.shape[axis])
+        if length is None:
+            length, first = size, name
+            if not layout.min_length <= size <= layout.max_length:
+                return (
+                    f"input '{name}' has length {size} on axis {axis} ({layout.dim}), outside "
+                    f"{layout.min_length}..{layout.max_length} that the model accepts"
+                )
+        elif size != length:
+            return (
+                f"input '{name}' has length {size} on axis {axis} ({layout.dim}), but '{first}' has {length}; "
+                f"inputs sharing {layout.dim!r} must have equal lengths"
+            )
+    for index, is_mask in enumerate(layout.masks):
+        if not is_mask:
+            continue
+        mask = arrays[index]
+        if not _all_in(mask, (0, 1)):
+            return f"input '{names[index]}' is a mask but holds values other than 0 and 1"
+        for other in layout.padded_inputs:
+            value = layout.pad_values[other]
+            if other == index or layout.masks[other] or value is None or tuple(arrays[other].shape) != tuple(mask.shape):
+                continue
+            if _pads_hold_data(arrays[other], mask, value):
+                return (
+                    f"input '{names[other]}' holds data at pad positions (where '{names[index]}' is 0); "
+                    f"expected its pad value {value!r} there"
+                )
+    return None
+
+
+def plan_runs(sizes: Sequence[tuple[int, int]], max_batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Group requests into padded runs; none is refused.
+
+    Requests are taken in order of length (stable), so that each run pads little, and a run is
+    closed when one more request would exceed ``max_batch_size`` rows or ``max_tokens`` padded
+    positions (rows x longest length). A request that alone exceeds a limit runs alone.
+
+    Args:
+        sizes: Per request ``(rows, length)``: its batch size and its length on the padded dimension.
+        max_batch_size: Most rows per run (Triton's ``max_batch_size``), at least 1.
+        max_tokens: Most ``rows x length`` per run; None: no limit besides the rows.
+
+    Returns:
+        Runs, each a list of request indices (ascending length); every index exactly once.
+
+    Raises:
+        ValueError: ``max_batch_size`` < 1 or ``max_tokens`` < 1.
+    """
+    if max_batch_size < 1 or (max_tokens is not None and max_tokens < 1):
+        raise ValueError(f"plan_runs: expected max_batch_size >= 1 and max_tokens >= 1 or None, got {max_batch_size}, {max_tokens}")
+    runs: list[list[int]] = []
+    rows_in_run = longest = 0
+    for index in sorted(range(len(sizes)), key=lambda i: sizes[i][1]):
+        rows, length = sizes[index]
+        fits = runs and rows_in_run + rows <= max_batch_size and (
+            max_tokens is None or (rows_in_run + rows) * max(longest, length) <= max_tokens
+        )
+        if fits:
+            runs[-1].append(index)
+            rows_in_run, longest = rows_in_run + rows, max(longest, length)
+        else:
+            runs.append([index])
+            rows_in_run, longest = rows, length
+    return runs
+
+
+def _padded(array: Array, axis: int, length: int, value: float | int) -> Array:
+    size = int(array.shape[axis])
+    if size == length:
+        return array
+    shape = list(array.shape)
+    shape[axis] = length - size
+    if _is_torch(array):
+        import torch
+
+        return torch.cat([array, torch.full(shape, value, dtype=array.dtype, device=array.device)], dim=axis)
+    return np.concatenate([array, np.full(shape, value, dtype=array.dtype)], axis=axis)
+
+
+def _joined(arrays: Sequence[Array]) -> Array:
+    if len(arrays) == 1:
+        return arrays[0]
+    if _is_torch(arrays[0]):
+        import torch
+
+        return torch.cat(list(arrays), dim=0)
+    return np.concatenate(list(arrays), axis=0)
+
+
+def pad_request(layout: PaddingLayout, arrays: Sequence[Array], length: int) -> list[Array]:
+    """One request's inputs with its padded inputs padded to ``length`` with their pad values.
+
+    Args:
+        layout: The graph spec's padding layout.
+        arrays: The request's inputs in the artifact's input order.
+        length: The length to pad to (not below the request's own).
+
+    Returns:
+        The inputs; those without the padded dimension (and any already that long) unchanged.
+    """
+    result = []
+    for array, axis, value in zip(arrays, layout.input_axes, layout.pad_values):
+        result.append(array if axis is None else _padded(array, axis, length, 0 if value is None else value))
+    return result
+
+
+def pad_run(layout: PaddingLayout, requests: Sequence[Sequence[Array]]) -> list[Array]:
+    """Pad one run's requests to its longest length and join them along the batch axis.
+
+    Args:
+        layout: The graph spec's padding layout.
+        requests: Per request, its inputs in the artifact's input order (checked with
+            :func:`request_problem`).
+
+    Returns:
+        One array per input: the requests' rows in the order given, padded inputs padded with
+        their pad value to the longest request's length.
+    """
+    longest = max(request_length(layout, arrays) for arrays in requests)
+    padded = [pad_request(layout, arrays, longest) for arrays in requests]
+    return [_joined([arrays[index] for arrays in padded]) for index in range(len(layout.input_axes))]
+
+
+def cut_outputs(
+    layout: PaddingLayout, outputs: Sequence[Array], rows: Sequence[int], lengths: Sequence[int]
+) -> list[list[Array]]:
+    """Each request's own outputs from a padded run's outputs.
+
+    Args:
+        layout: The graph spec's padding layout.
+        outputs: The run's output arrays, in the artifact's output order, batch axis 0.
+        rows: Per request of the run (in :func:`pad_run` order), its number of rows.
+        lengths: Per request, its own length on the padded dimension.
+
+    Returns:
+        Per request, per output: its rows, cut to its own length on the output's axis that follows
+        the padded dimension (views where the array type allows).
+    """
+    result: list[list[Array]] = []
+    start = 0
+    for count, length in zip(rows, lengths):
+        own = []
+        for output, axis in zip(outputs, layout.output_axes):
+            part = output[start : start + count]
+            if axis is not None:
+                index: list[Any] = [slice(None)] * len(part.shape)
+                index[axis] = slice(0, length)
+                part = part[tuple(index)]
+            own.append(part)
+        result.append(own)
+        start += count
+    return result
+
+
+def run_padded(
+    layout: PaddingLayout,
+    requests: Sequence[Sequence[Array]],
+    run: Callable[[list[Array]], Sequence[Array]],
+    max_batch_size: int,
+    max_tokens: int | None = None,
+) -> list[list[Array] | str | Exception]:
+    """Serve the requests of one ``execute()``: check each, pad them into runs, cut each its outputs.
+
+    A request :func:`request_problem` refuses gets its message (answer INVALID_ARGUMENT) and is
+    left out of every run, so it never fails the others. When a padded run raises, each of its
+    requests is run again alone (padded to nothing), so one request that breaks the artifact fails
+    alone; its exception is its result.
+
+    Args:
+        layout: The graph model's padding layout (``io.json``'s ``padding``).
+        requests: Per request, its inputs in the artifact's input order, batch axis 0.
+        run: Runs the artifact on joined inputs; returns its outputs in the artifact's output order.
+        max_batch_size: Most rows per run (the model's ``max_batch_size``).
+        max_tokens: Most ``rows x padded length`` per run; None: no limit.
+
+    Returns:
+        Per request, in order: its outputs (a list, in the artifact's output order), or the
+        message of why it was refused (a str), or the exception its own run raised.
+    """
+    results: list[list[Array] | str | Exception] = [""] * len(requests)
+    accepted: list[int] = []
+    for index, arrays in enumerate(requests):
+        problem = request_problem(layout, arrays)
+        if problem is None:
+            accepted.append(index)
+        else:
+            results[index] = problem
+    sizes = [(int(requests[i][0].shape[0]), request_length(layout, requests[i])) for i in accepted]
+    for planned in plan_runs(sizes, max_batch_size, max_tokens):
+        members = [accepted[j] for j in planned]
+        try:
+            outputs = run(pad_run(layout, [requests[i] for i in members]))
+            own = cut_outputs(layout, outputs, [sizes[j][0] for j in planned], [sizes[j][1] for j in planned])
+        except Exception as error:
+            if len(members) == 1:
+                results[members[0]] = error
+            for index in members if len(members) > 1 else []:
+                try:  # alone, unpadded: only the request that breaks the artifact fails
+                    results[index] = list(run(list(requests[index])))
+                except Exception as alone:
+                    results[index] = alone
+            continue
+        for index, outputs_of_request in zip(members, own):
+            results[index] = outputs_of_request
+    return results
