@@ -9,6 +9,8 @@ from typing import Any, Sequence
 from rich.markup import escape
 from rich.table import Table
 
+from aitune_triton.strategies.layout import LayoutReport
+
 __all__ = ["CandidateReport", "GraphTuneReport", "report_table"]
 
 #: Shape labels of the latencies profiled per candidate, in report order.
@@ -84,6 +86,9 @@ class GraphTuneReport:
         decision: Why the chosen backend was kept (the rule, the speed gate).
         max_batch_size: The measured batch size where the chosen backend's throughput stopped
             growing (Triton's preferred batch size), when searched.
+        layout: The served layouts (instances x intra-op threads) and in-process threads measured
+            for the chosen backend, and the choice (:class:`~aitune_triton.strategies.layout.LayoutReport`);
+            None when the strategy did not measure them (``measure_layouts=False``) or in older reports.
     """
 
     graph: str
@@ -95,6 +100,7 @@ class GraphTuneReport:
     eager: CandidateReport | None = None
     decision: str = ""
     max_batch_size: int | None = None
+    layout: LayoutReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form."""
@@ -113,6 +119,8 @@ class GraphTuneReport:
         values["candidates"] = [candidate(c) for c in data.get("candidates", [])]
         if data.get("eager"):
             values["eager"] = candidate(data["eager"])
+        if data.get("layout"):
+            values["layout"] = LayoutReport.from_dict(data["layout"])
         return cls(**values)
 
 
@@ -163,6 +171,7 @@ def report_table(report: GraphTuneReport, title: str = "") -> Table:
             escape(result),
         )
     if report.decision:
-        table.caption = escape(report.decision + (f"; {report.batch}" if report.batch else ""))
+        layout = f"; {report.layout.summary()}" if report.layout else ""
+        table.caption = escape(report.decision + (f"; {report.batch}" if report.batch else "") + layout)
         table.caption_justify = "left"
     return table
