@@ -2,8 +2,8 @@
 threads each, and how many threads the tuned backend uses in process.
 
 A Triton Python-backend instance is its own process (a stub), so a layout ``I x T`` (``I``
-instances of ``T`` intra-op threads) is measured with ``I`` worker processes (multiprocessing
-``spawn``), each loading the kept backend's built artifact the way the backend loads it, with
+instances of ``T`` intra-op threads) is measured with ``I`` worker processes (fresh
+interpreters, :mod:`aitune_triton.strategies.layout_worker`), each loading the kept backend's built artifact the way the backend loads it, with
 ``T`` torch threads (and ``T`` ONNX Runtime session threads). Only layouts that fill the machine
 are measured (``I * T`` = the cores this process may use, ``I`` <= :data:`MAX_INSTANCES`): on 2
 cores ``1x2`` and ``2x1``.
@@ -34,10 +34,14 @@ count, which is per session already.
 from __future__ import annotations
 
 import io
-import multiprocessing
 import os
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -269,23 +273,35 @@ def _tensors(call: CallStructure) -> bytes:
 
 
 class _Workers:
-    """Worker processes (``spawn``), one per instance, each serving commands over a pipe."""
+    """Worker processes, one per instance, each serving commands over a socket pair.
+
+    Each is a fresh interpreter running ``python -m aitune_triton.strategies.layout_worker``, not a
+    ``multiprocessing`` child: ``spawn`` and ``forkserver`` import the caller's ``__main__`` again
+    in every child, which re-runs a script without a ``__main__`` guard (its recording and tuning
+    included), and ``fork`` copies a process whose torch thread pools are already running.
+    """
 
     def __init__(self, count: int, backend: Backend, graph: GraphSpec, calls: dict[str, bytes]):
-        from aitune_triton.strategies import layout_worker
+        import aitune_triton
 
-        context = multiprocessing.get_context("spawn")
-        self.pipes: list[Any] = []
-        self.processes: list[Any] = []
-        for _ in range(count):
-            parent, child = context.Pipe()
-            process = context.Process(
-                target=layout_worker.serve, args=(child, backend.to_dict(), graph.to_dict(), calls), daemon=True
-            )
-            process.start()
-            child.close()
-            self.pipes.append(parent)
-            self.processes.append(process)
+        package_root = str(Path(aitune_triton.__file__).resolve().parents[1])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+        self.pipes: list[Connection] = []
+        self.processes: list[subprocess.Popen] = []
+        try:
+            for _ in range(count):
+                mine, theirs = socket.socketpair()
+                with theirs:
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", "aitune_triton.strategies.layout_worker", str(theirs.fileno())],
+                        pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    )
+                self.processes.append(process)
+                self.pipes.append(Connection(mine.detach()))
+                self.pipes[-1].send((backend.to_dict(), graph.to_dict(), calls))
+        except BaseException:
+            self.close()
+            raise
 
     def ask(self, count: int, command: tuple, timeout_s: float) -> list[Any]:
         """Send ``command`` to the first ``count`` workers, then wait for every answer."""
@@ -297,8 +313,8 @@ class _Workers:
                 raise TimeoutError(f"layout worker {index} did not answer {command[0]!r} within {timeout_s:.0f} s")
             try:
                 status, value = pipe.recv()
-            except EOFError:
-                raise RuntimeError(f"layout worker {index} died (exit code {self.processes[index].exitcode})") from None
+            except (EOFError, OSError):
+                raise RuntimeError(f"layout worker {index} died (exit code {self.processes[index].poll()})") from None
             if status != "ok":
                 raise RuntimeError(f"layout worker {index}: {value}")
             answers.append(value)
@@ -311,10 +327,11 @@ class _Workers:
             except (OSError, ValueError):
                 pass
         for process in self.processes:
-            process.join(5)
-            if process.is_alive():
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
                 process.kill()
-                process.join(5)
+                process.wait(5)
         for pipe in self.pipes:
             pipe.close()
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 import copy
 import io
 import statistics
+import sys
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
-__all__ = ["serve"]
+__all__ = ["main", "serve"]
 
 
 class _Flat:
@@ -110,3 +112,18 @@ def _throughput(backend: Any, call: Any, start: float, seconds: float) -> tuple[
         finished += 1
         last = time.monotonic()
     return finished, last - start
+
+
+def main(argv: list[str]) -> None:
+    """Entry point (``python -m aitune_triton.strategies.layout_worker FD``): the first message on the
+    connection at file descriptor ``FD`` is ``(backend_data, graph_data, calls)`` (see :func:`serve`)."""
+    pipe = Connection(int(argv[0]))
+    try:
+        backend_data, graph_data, calls = pipe.recv()
+    except EOFError:
+        return
+    serve(pipe, backend_data, graph_data, calls)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

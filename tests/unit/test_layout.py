@@ -193,3 +193,40 @@ def test_a_tuned_call_runs_with_the_measured_threads_and_gives_the_callers_back(
     unmeasured = TunedModule("layout_threads_none", signature, [TunedGraph(graph, backend, GraphTuneReport(graph.name, "s", backend.name, 1.0, []))])
     unmeasured(net.forward, (x,), {})
     assert backend.seen[-1] == before
+
+
+# --------------------------------------------------------------------------------- the worker processes
+SCRIPT_WITHOUT_MAIN_GUARD = """
+import torch
+import aitune_triton
+print("script body ran", flush=True)
+module = aitune_triton.Module(torch.nn.Linear(4, 3).eval(), name="no_guard",
+                              strategy=aitune_triton.OneBackendStrategy("onnxruntime", measure_layouts=True, layout_seconds=0.1))
+with torch.no_grad():
+    for batch in (1, 2):
+        module(torch.randn(batch, 4))
+module.tune()
+import json
+print("layout", json.dumps(module.tuned_graphs[0].report.layout.to_dict()), flush=True)
+"""
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_layout_workers(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from aitune_triton.strategies.layout import available_cores
+
+    script = tmp_path / "tune_me.py"
+    script.write_text(SCRIPT_WITHOUT_MAIN_GUARD)
+    env = dict(os.environ, AITUNE_TRITON_CACHE_DIR=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("script body ran") == 1
+    (line,) = [text for text in done.stdout.splitlines() if text.startswith("layout ")]
+    layout = LayoutReport.from_dict(json.loads(line.removeprefix("layout ")))
+    if len(layouts_for(available_cores())) > 1:
+        assert layout.instances is not None, layout.reason
+        assert all(r.throughput and r.latency_ms for r in layout.layouts)
