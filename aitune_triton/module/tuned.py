@@ -47,6 +47,9 @@ class TunedGraph:
 class TunedModule:
     """Dispatches each call to the backend of the graph spec whose input structure it matches.
 
+    A backend whose report holds measured in-process threads (``layout.in_process_threads``) runs
+    under that torch thread count; the caller's ``torch.get_num_threads()`` is restored after the call.
+
     Args:
         name: Module name, for messages.
         signature: The module's forward signature.
