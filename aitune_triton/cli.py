@@ -45,17 +45,19 @@ def main() -> None:
               "Only for a checkpoint of one module.")
 @click.option("--version", "version", default=None, type=int,
               help="Version directory to write in every model (one none of them has) [default: each model's next].")
-@click.option("--instance-count", default=1, show_default=True, type=int,
-              help="Model instances per device (instance_group count); each is a separate process.")
+@click.option("--instance-count", default=None, type=int,
+              help="Model instances per device (instance_group count); each is a separate process "
+                   "[default: the count of the layout measured at tune time, else 1].")
 @click.option("--instance-kind", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"]),
               help="KIND_CPU or KIND_GPU instances; auto picks GPU when the backend was tuned on CUDA.")
 @click.option("--gpus", default=None, help="GPU indices of KIND_GPU instances, comma-separated [default: every GPU].")
 @click.option("--instance-group", "instance_groups", multiple=True, metavar="GRAPH=KIND:COUNT[:GPUS]",
               help="Instances of one graph model (graph_0 or NAME.graph_0), e.g. graph_1=cpu:2 or graph_0=gpu:1:0,1; "
                    "repeatable. The others get --instance-kind x --instance-count.")
-@click.option("--intra-op-threads", default=str(1), show_default=True,
+@click.option("--intra-op-threads", default="measured", show_default=True,
               help="Intra-op threads of torch / ONNX Runtime per graph model instance (keep instances x threads <= "
-                   "cores); 'auto': the runtime's own default.")
+                   "cores); 'auto': the runtime's own default; 'measured': the threads of the layout measured at tune "
+                   "time with the model's instance count, else 1.")
 @click.option("--max-queue-delay-microseconds", default=100, show_default=True, type=int,
               help="Dynamic batcher queue delay for models that batch (max_batch_size > 0).")
 @click.option("--preferred-batch-size", multiple=True, type=int,
@@ -100,7 +102,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="Print only the result, no progress lines.")
 @click.option("--dry-run", is_flag=True, help="Print the planned tree (files with sizes) and every config.pbtxt; "
               "write nothing.")
-def export(checkpoint: Path, repository: Path, name: str | None, version: int | None, instance_count: int,
+def export(checkpoint: Path, repository: Path, name: str | None, version: int | None, instance_count: int | None,
            instance_kind: str, gpus: str | None, instance_groups: tuple[str, ...], intra_op_threads: str,
            max_queue_delay_microseconds: int, preferred_batch_size: tuple[int, ...], preserve_ordering: bool,
            priority_levels: int, default_priority_level: int, queue_timeout_action: str | None,
@@ -177,7 +179,7 @@ def _ints(option: str, text: str) -> tuple[int, ...]:
         raise InvalidOptionError(f"{option}: expected comma-separated integers, got {text!r}.") from None
 
 
-def _export_options(instance_count: int, instance_kind: str, gpus: str | None, instance_groups: tuple[str, ...],
+def _export_options(instance_count: int | None, instance_kind: str, gpus: str | None, instance_groups: tuple[str, ...],
                     intra_op_threads: str, max_queue_delay_microseconds: int, preferred_batch_size: tuple[int, ...],
                     preserve_ordering: bool, priority_levels: int, default_priority_level: int,
                     queue_timeout_action: str | None, queue_timeout_microseconds: int | None,
@@ -208,13 +210,18 @@ def _export_options(instance_count: int, instance_kind: str, gpus: str | None, i
         if not equals or not key:
             raise InvalidOptionError(f"--parameter: expected KEY=VALUE, got {text!r}.")
         free[key] = value
+    threads: int | str | None
     if intra_op_threads == "auto":
-        threads: int | None = None
+        threads = None
+    elif intra_op_threads == "measured":
+        threads = intra_op_threads
     else:
         try:
             threads = int(intra_op_threads)
         except ValueError:
-            raise InvalidOptionError(f"--intra-op-threads: expected an integer >= 1 or 'auto', got {intra_op_threads!r}.") from None
+            raise InvalidOptionError(
+                f"--intra-op-threads: expected an integer >= 1, 'auto' or 'measured', got {intra_op_threads!r}."
+            ) from None
     queue_flags = (queue_timeout_action, queue_timeout_microseconds, max_queue_size)
     queue = None
     if any(flag is not None for flag in queue_flags) or allow_timeout_override:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from aitune_triton._threads import torch_threads
 from aitune_triton._warnings import warn
 from aitune_triton.backends import Backend, LoadContext
 from aitune_triton.contract import INDEX_HINT, InputContract
@@ -36,9 +37,19 @@ class TunedGraph:
         """What the backend's artifact accepts (see :meth:`Backend.input_contract`)."""
         return self.backend.input_contract(self.spec)
 
+    @property
+    def intra_op_threads(self) -> int | None:
+        """Torch intra-op threads the backend runs with in process (measured at tune time: the
+        report's ``layout.in_process_threads``), or None: the caller's own setting."""
+        layout = self.report.layout if self.report is not None else None
+        return layout.in_process_threads if layout is not None else None
+
 
 class TunedModule:
     """Dispatches each call to the backend of the graph spec whose input structure it matches.
+
+    A backend whose report holds measured in-process threads (``layout.in_process_threads``) runs
+    under that torch thread count; the caller's ``torch.get_num_threads()`` is restored after the call.
 
     Args:
         name: Module name, for messages.
@@ -91,7 +102,12 @@ class TunedModule:
             bad_values = graph.contract.value_violations(call.flat.tensors)
             if bad_values:  # eager raises IndexError here too; a compiled artifact may abort the process
                 raise IndexOutOfRangeError(f"Module '{self.name}' {graph.spec.name}: {'; '.join(bad_values)}.{INDEX_HINT}")
-        outputs = graph.backend.infer(call)
+        threads = graph.intra_op_threads
+        if threads is None:
+            outputs = graph.backend.infer(call)
+        else:  # the measured count for this backend; the caller's count comes back after the call
+            with torch_threads(threads):
+                outputs = graph.backend.infer(call)
         return rebuild_output(graph.spec.output_treespec, graph.spec.output_template, outputs)
 
     def _out_of_range(self, forward: Callable[..., Any], graph: TunedGraph, call: CallStructure, violations: list[str]) -> Any:

@@ -15,6 +15,7 @@ from aitune_triton.strategies.max_throughput import MaxThroughputStrategy
 from aitune_triton.strategies.min_latency import MinLatencyStrategy
 from aitune_triton.strategies.one_backend import OneBackendStrategy
 from aitune_triton.strategies.profiler import Profiler, Timing
+from aitune_triton.strategies.layout import LayoutReport, LayoutResult, choose_layout
 from aitune_triton.strategies.report import CandidateReport, GraphTuneReport, report_table
 
 
@@ -56,10 +57,11 @@ def default_strategy() -> TuneStrategy:
     CPU candidate (:func:`default_candidates`) is built, checked against eager and profiled on
     the recorded calls, and the one with the lowest latency at the typical recorded shape is kept
     when it is at least 1% faster than eager; otherwise (or when none matches eager) the graph
-    spec stays on eager. On a CUDA device the same backends build for CUDA (ONNX Runtime with its
+    spec stays on eager. Then the served layouts and in-process threads of the kept backend are
+    measured (``measure_layouts=True``, :mod:`aitune_triton.strategies.layout`). On a CUDA device the same backends build for CUDA (ONNX Runtime with its
     CUDA execution provider). Lower precisions are never chosen by default: they are opt-in.
     """
-    return MinLatencyStrategy([*default_candidates(), "eager"])
+    return MinLatencyStrategy([*default_candidates(), "eager"], measure_layouts=True)
 
 
 __all__ = [
@@ -70,6 +72,8 @@ __all__ = [
     "FirstWinsStrategy",
     "GraphTuneReport",
     "LatencyBudgetStrategy",
+    "LayoutReport",
+    "LayoutResult",
     "MaxThroughputStrategy",
     "MinLatencyStrategy",
     "OneBackendStrategy",
@@ -77,6 +81,7 @@ __all__ = [
     "Timing",
     "TuneContext",
     "TuneStrategy",
+    "choose_layout",
     "default_candidates",
     "default_strategy",
     "report_table",

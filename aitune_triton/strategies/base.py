@@ -19,6 +19,7 @@ from aitune_triton.backends import Backend, BuildContext, EagerBackend, get_back
 from aitune_triton.errors import ArgumentTypeError, BackendUnavailableError, InvalidArgumentError, OutputMismatchError, TuningError
 from aitune_triton.spec import CallStructure, FlatTree, ForwardSignature, GraphSpec, flatten_output, output_leaves
 from aitune_triton.strategies.batching import batch_axes, batch_of, batched_call
+from aitune_triton.strategies.layout import DEFAULT_LATENCY_TOLERANCE, measure_layout
 from aitune_triton.strategies.profiler import Profiler
 from aitune_triton.strategies.report import CandidateReport, GraphTuneReport
 from aitune_triton.strategies.validation import compare_outputs, raise_on_mismatch
@@ -180,11 +181,20 @@ class TuneStrategy(abc.ABC):
         batch_gain_threshold: Relative throughput gain under which the sweep stops (0.05: 5%).
         profiler: How candidates are timed; default :class:`Profiler()`.
         keep_artifacts: Keep the artifacts of candidates not chosen in the tuning cache.
+        measure_layouts: After the choice, measure the served layouts (instances x intra-op
+            threads) and the in-process threads of the kept backend and record them in the report
+            (:mod:`aitune_triton.strategies.layout`); the export then writes the chosen layout.
+            Adds about ``4 * layout_seconds`` per layout plus worker start-up per graph spec. On in
+            :func:`~aitune_triton.strategies.default_strategy`, off elsewhere by default.
+        layout_seconds: Throughput window per layout and round, in seconds.
+        layout_latency_tolerance: The layout rule's tolerance: the highest throughput among the
+            layouts within this fraction of the best single-stream latency (0.1: 10%).
 
     Raises:
         InvalidArgumentError: (a ValueError) a tolerance is negative, ``speed_margin`` or
             ``batch_gain_threshold`` is outside [0, 1), ``max_batch_size_limit`` is not a positive
-            integer, ``accuracy`` is not callable, or ``profiler`` is not a Profiler.
+            integer, ``accuracy`` is not callable, ``profiler`` is not a Profiler, or a layout
+            option has the wrong type or range.
     """
 
     #: Whether the speed gate applies (False for strategies that build one given backend).
@@ -203,6 +213,9 @@ class TuneStrategy(abc.ABC):
         batch_gain_threshold: float = 0.05,
         profiler: Profiler | None = None,
         keep_artifacts: bool = False,
+        measure_layouts: bool = False,
+        layout_seconds: float = 1.0,
+        layout_latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
     ):
         if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (atol, rtol)) or atol < 0 or rtol < 0:
             raise InvalidArgumentError(f"atol/rtol: expected non-negative tolerances, got atol={atol!r}, rtol={rtol!r}")
@@ -233,6 +246,14 @@ class TuneStrategy(abc.ABC):
         self.batch_gain_threshold = batch_gain_threshold
         self.profiler = profiler or Profiler()
         self.keep_artifacts = keep_artifacts
+        if not isinstance(measure_layouts, bool):
+            raise InvalidArgumentError(f"measure_layouts: expected True or False, got {measure_layouts!r}")
+        if not isinstance(layout_seconds, (int, float)) or isinstance(layout_seconds, bool) or not layout_seconds > 0:
+            raise InvalidArgumentError(f"layout_seconds: expected a positive number of seconds, got {layout_seconds!r}")
+        _check_fraction("layout_latency_tolerance", layout_latency_tolerance, allow_none=False)
+        self.measure_layouts = measure_layouts
+        self.layout_seconds = float(layout_seconds)
+        self.layout_latency_tolerance = layout_latency_tolerance
         #: Batch sizes to profile instead of powers of two (set by strategies that take them).
         self.batch_sizes: list[int] | None = None
 
@@ -386,9 +407,13 @@ class TuneStrategy(abc.ABC):
             low, high = graph.dims["batch"]
             decision += f"; batch sweep: preferred batch size {max_batch}, batch range {low}..{high}"
         context.log(f"{graph.name}: {decision}")
+        layout = measure_layout(
+            backend, graph, measure.shapes["typical"], (measure.batch(max_batch) if max_batch else None) or context.example,
+            seconds=self.layout_seconds, latency_tolerance=self.layout_latency_tolerance, log=context.log,
+        ) if self.measure_layouts else None
         return backend, GraphTuneReport(
             graph.name, self.describe(), _label(backend), eager.latencies_ms.get("typical", 0.0), reports,
-            eager=eager, decision=decision, max_batch_size=max_batch,
+            eager=eager, decision=decision, max_batch_size=max_batch, layout=layout,
         )
 
     def _evaluate(

@@ -9,6 +9,8 @@ from typing import Any, Sequence
 from rich.markup import escape
 from rich.table import Table
 
+from aitune_triton.strategies.layout import LayoutReport
+
 __all__ = ["CandidateReport", "GraphTuneReport", "report_table"]
 
 #: Shape labels of the latencies profiled per candidate, in report order.
@@ -87,6 +89,9 @@ class GraphTuneReport:
         padding: Whether requests of different lengths may be padded into one batch, with what,
             and why (the padding invariance check); empty when the graph spec has no dynamic
             axis besides the batch, or in reports written before it was checked.
+        layout: The served layouts (instances x intra-op threads) and in-process threads measured
+            for the chosen backend, and the choice (:class:`~aitune_triton.strategies.layout.LayoutReport`);
+            None when the strategy did not measure them (``measure_layouts=False``) or in older reports.
     """
 
     graph: str
@@ -99,6 +104,7 @@ class GraphTuneReport:
     decision: str = ""
     max_batch_size: int | None = None
     padding: str = ""
+    layout: LayoutReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form."""
@@ -117,6 +123,8 @@ class GraphTuneReport:
         values["candidates"] = [candidate(c) for c in data.get("candidates", [])]
         if data.get("eager"):
             values["eager"] = candidate(data["eager"])
+        if data.get("layout"):
+            values["layout"] = LayoutReport.from_dict(data["layout"])
         return cls(**values)
 
 
@@ -167,8 +175,8 @@ def report_table(report: GraphTuneReport, title: str = "") -> Table:
             escape(result),
         )
     if report.decision:
-        table.caption = escape(
-            report.decision + (f"; {report.batch}" if report.batch else "") + (f"; {report.padding}" if report.padding else "")
-        )
+        padding = f"; {report.padding}" if report.padding else ""
+        layout = f"; {report.layout.summary()}" if report.layout else ""
+        table.caption = escape(report.decision + (f"; {report.batch}" if report.batch else "") + padding + layout)
         table.caption_justify = "left"
     return table

@@ -7,6 +7,7 @@ is set), and :func:`write_model_config` serializes with ``google.protobuf.text_f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -18,9 +19,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aitune_triton.errors import ExportError, InvalidOptionError
+from aitune_triton.strategies.layout import LayoutReport
 from aitune_triton.triton.io import ModelIO
 from aitune_triton.triton.options import (
     DEFAULT_INTRA_OP_THREADS,
+    MEASURED,
     THREADS_PARAMETER,
     DynamicBatching,
     InstanceGroup,
@@ -31,6 +34,7 @@ from aitune_triton.triton.options import (
 )
 
 __all__ = [
+    "MEASURED",
     "ROUTES_PARAMETER",
     "THREADS_PARAMETER",
     "TritonModelOptions",
@@ -55,7 +59,8 @@ class TritonModelOptions:
     Attributes:
         instance_count: Model instances per device (``instance_group.count``) of every graph model
             without an entry in ``instance_groups``; each Python-backend instance is a separate
-            process.
+            process. None: the count of the layout measured at tune time for the graph spec
+            (:mod:`aitune_triton.strategies.layout`), else 1.
         instance_kind: ``"cpu"``, ``"gpu"`` or ``"auto"`` (GPU when the backend was tuned on CUDA)
             of those graph models. A CPU-only server loads only ``KIND_CPU`` instances.
         max_queue_delay_microseconds: How long the dynamic batcher may hold a request to form a
@@ -75,7 +80,9 @@ class TritonModelOptions:
         intra_op_threads: Intra-op threads of torch / ONNX Runtime in each graph model instance
             (config parameter ``aitune_triton.intra_op_threads``, applied by the generated
             ``model.py`` before the artifact is loaded); None: the runtime's own default (all
-            cores per instance). Keep instances x threads <= cores.
+            cores per instance); ``"measured"`` (:data:`MEASURED`, the default): the threads of the
+            measured layout with the graph model's instance count, else
+            ``DEFAULT_INTRA_OP_THREADS`` (1). Keep instances x threads <= cores.
         version_policy: Versions served (:class:`VersionPolicy`) of every exported model.
         parameters: Free ``parameters`` (str -> str) added to every graph model's configuration.
         response_cache: Turn Triton's response cache on for graph models (the server needs a
@@ -89,14 +96,14 @@ class TritonModelOptions:
         InvalidOptionError: (an ExportError and InvalidArgumentError) a field has a value Triton cannot take.
     """
 
-    instance_count: int = 1
+    instance_count: int | None = None
     instance_kind: str = "auto"
     max_queue_delay_microseconds: int = 100
     preferred_batch_size: Sequence[int] = field(default_factory=tuple)
     entry_instance_count: int = 4
     dynamic_batching: DynamicBatching | None = None
     instance_groups: Mapping[str, InstanceGroup] = field(default_factory=dict)
-    intra_op_threads: int | None = DEFAULT_INTRA_OP_THREADS
+    intra_op_threads: int | str | None = MEASURED
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     parameters: Mapping[str, str] = field(default_factory=dict)
     response_cache: bool = False
@@ -108,7 +115,8 @@ class TritonModelOptions:
     def __post_init__(self) -> None:
         check_int("entry_instance_count", self.entry_instance_count, 1)
         # Validates instance_count and instance_kind (their field names are in the messages).
-        self.default_group = InstanceGroup(self.instance_kind, self.instance_count, self.gpus)
+        count = 1 if self.instance_count is None else self.instance_count
+        self.default_group = InstanceGroup(self.instance_kind, count, self.gpus)
         if self.dynamic_batching is None:
             self.dynamic_batching = DynamicBatching(
                 preferred_batch_size=self.preferred_batch_size,
@@ -125,8 +133,9 @@ class TritonModelOptions:
                 f"instance_groups: expected a mapping of graph (or graph model) name -> InstanceGroup, got {self.instance_groups!r}."
             )
         self.instance_groups = dict(self.instance_groups)
-        if self.intra_op_threads is not None:
-            check_int("intra_op_threads", self.intra_op_threads, 1, "Pass None for the runtime's own default.")
+        if self.intra_op_threads is not None and self.intra_op_threads != MEASURED:
+            check_int("intra_op_threads", self.intra_op_threads, 1,
+                      f"Pass None for the runtime's own default, or {MEASURED!r} for the tuned layout's.")
         if not isinstance(self.version_policy, VersionPolicy):
             raise InvalidOptionError(f"version_policy: expected a VersionPolicy, got {self.version_policy!r}.")
         self.parameters = check_parameters(self.parameters)
@@ -141,6 +150,51 @@ class TritonModelOptions:
         (``net.graph_0`` / ``graph_0``, or ``net`` / ``graph_0`` for a module exported as one model):
         its own entry in ``instance_groups`` (by model name, then by graph name), else the default one."""
         return self.instance_groups.get(model_name) or self.instance_groups.get(graph) or self.default_group
+
+    @property
+    def threads(self) -> int | None:
+        """The intra-op threads written: ``intra_op_threads``, with :data:`MEASURED` (options not
+        resolved by :meth:`for_layout`, so nothing measured applies) as ``DEFAULT_INTRA_OP_THREADS``."""
+        value = self.intra_op_threads
+        return DEFAULT_INTRA_OP_THREADS if value == MEASURED or isinstance(value, str) else value
+
+    def for_layout(
+        self, model_name: str, graph: str, layout: LayoutReport | None, device: str = "cpu"
+    ) -> tuple["TritonModelOptions", dict[str, Any]]:
+        """These options for one graph model, with what they leave open taken from its measured layout.
+
+        The instance count is the model's own :class:`InstanceGroup` (``instance_groups``), else
+        ``instance_count``, else the measured layout's count (CPU instances only), else 1. The
+        threads are ``intra_op_threads`` unless it is :data:`MEASURED`; then those of the measured
+        layout with that instance count, else ``DEFAULT_INTRA_OP_THREADS``.
+
+        Args:
+            model_name: The graph model's name (``net.graph_0``).
+            graph: The graph spec's name (``graph_0``).
+            layout: The graph spec's measured layout (the tuning report's ``layout``), or None.
+            device: The device the backend was tuned on.
+
+        Returns:
+            Options with a concrete ``instance_count`` and ``intra_op_threads``, and what was written
+            with where each value came from (for the manifest's ``layout`` field).
+        """
+        own = self.instance_groups.get(model_name) or self.instance_groups.get(graph)
+        chosen = layout is not None and layout.instances is not None and not self.default_group.is_gpu(device)
+        if own is not None:
+            count, count_from = own.count, "instance_groups"
+        elif self.instance_count is not None:
+            count, count_from = self.instance_count, "instance_count"
+        elif chosen and layout is not None and layout.instances is not None:
+            count, count_from = layout.instances, "measured"
+        else:
+            count, count_from = 1, "default"
+        threads: int | str | None = self.intra_op_threads
+        threads_from = "intra_op_threads"
+        if threads == MEASURED:
+            result = layout.result(count) if chosen and layout is not None else None
+            threads, threads_from = (result.threads, "measured") if result is not None else (DEFAULT_INTRA_OP_THREADS, "default")
+        written = {"instances": count, "instances_from": count_from, "intra_op_threads": threads, "threads_from": threads_from}
+        return dataclasses.replace(self, instance_count=count, intra_op_threads=threads), written
 
     def unknown_groups(self, served: Sequence[tuple[str, str]]) -> list[str]:
         """Keys of ``instance_groups`` that name none of the ``(model name, graph name)`` pairs served."""
@@ -195,8 +249,8 @@ def graph_model_config(io: ModelIO, options: TritonModelOptions, device: str = "
     options.version_policy.apply(config)
     for key, value in options.parameters.items():
         _parameter(config, key, value)
-    if options.intra_op_threads is not None:
-        _parameter(config, THREADS_PARAMETER, str(options.intra_op_threads))
+    if options.threads is not None:
+        _parameter(config, THREADS_PARAMETER, str(options.threads))
     if options.response_cache:
         config.response_cache.enable = True
     return config

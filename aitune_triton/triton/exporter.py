@@ -57,6 +57,7 @@ from aitune_triton.errors import ExportError, InvalidArgumentError, InvalidOptio
 from aitune_triton.module.description import BackendDescription, GraphDescription, TunedDescription
 from aitune_triton.module.wrapper import Module
 from aitune_triton.names import validate_model_name
+from aitune_triton.strategies.layout import LayoutReport
 from aitune_triton.triton import step_runtime
 from aitune_triton.triton.repository_layout import refuse_non_repository
 from aitune_triton.triton.config import (
@@ -477,9 +478,14 @@ def _plan(
             )
         model_name = f"{name}.{graph.name}" if router else name
         io = ModelIO.from_graph(model_name, entry, version=_next_version(repository / model_name, version))
-        manifest: dict[str, Any] = {"target": ExportTarget.PYTHON.value}
+        layout = LayoutReport.from_dict(entry.report["layout"]) if entry.report and entry.report.get("layout") else None
+        graph_options, written = options.for_layout(model_name, graph.name, layout, backend.device or "cpu")
+        manifest: dict[str, Any] = {
+            "target": ExportTarget.PYTHON.value,
+            "layout": {"written": written, "measured": layout.to_dict() if layout else None},
+        }
         if target is ExportTarget.NATIVE:
-            native = plan_native(io, graph, backend, options)
+            native = plan_native(io, graph, backend, graph_options)
             if native.model is not None:
                 ios.append(native.model.io)
                 warmup = add_warmup(native.model.config, native.model.io, backend, io.version) if options.warmup else {}
@@ -492,7 +498,7 @@ def _plan(
                         artifact=backend.artifact(),
                         summary=f"{backend.name}, native {native.model.target.label}, max_batch_size {io.max_batch_size}",
                         artifact_name=native.model.target.default_model_filename,
-                        manifest=native.model.manifest,
+                        manifest={**native.model.manifest, "layout": manifest["layout"]},
                         backend=backend,
                         graph=graph,
                         warmup_files=warmup,
@@ -505,7 +511,7 @@ def _plan(
             version=aitune_version(), module_name=name, graph=graph.name, artifact=io.artifact, runtime=runtime,
             runtime_options=backend.options, contract_file=CONTRACT_FILE,
         )
-        config = graph_model_config(io, options, backend.device or "cpu")
+        config = graph_model_config(io, graph_options, backend.device or "cpu")
         planned.append(
             _PlannedModel(
                 name=io.model_name,
@@ -611,7 +617,7 @@ def _plan_steps(
             module_file=STEP_MODULE_FILE, runtime_file=STEP_RUNTIME_FILE,
         )
         description = {**declared.to_dict(), "role": role, "source_file": str(module_file)}
-        step_config = step_model_config(model_name, declared, options.instance_count)
+        step_config = step_model_config(model_name, declared, options.default_group.count)
         options.version_policy.apply(step_config)  # old ensemble versions pin old step versions
         planned.append(_PlannedModel(
             name=model_name, version=version, config=step_config,

@@ -229,7 +229,7 @@ def native_model_config(
     if THREADS_PARAMETER in config.parameters:
         del config.parameters[THREADS_PARAMETER]
     if target.settings is not None:
-        settings = target.settings(dict(backend_options or {}), options.intra_op_threads)
+        settings = target.settings(dict(backend_options or {}), options.threads)
         for key, value in settings.parameters.items():
             config.parameters[key].string_value = value
         if settings.graph_optimization_level is not None:

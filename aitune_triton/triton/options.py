@@ -13,8 +13,11 @@ option                            default      source
 ================================  ===========  ==============================================
 dynamic batching queue delay      100 us       kept from earlier exports (a short wait)
 preferred_batch_size              measured     the tuning's batch size sweep, else Triton's
-instance kind / count             auto / 1     GPU when tuned on CUDA; one process per model
-intra-op threads per instance     1            ``benchmarks/served_threads.py`` (see README)
+instance kind                     auto         GPU when tuned on CUDA
+instance count                    measured     the layout measured at tune time (strategies'
+                                               ``measure_layouts``), else 1 (one process)
+intra-op threads per instance     measured     the measured layout's threads, else 1: from
+                                               ``benchmarks/served_threads.py`` (see README)
 version_policy                    latest 1     Triton's own default
 response_cache                    off          Triton's own default (needs a cache at start)
 model_warmup                      off          opt-in: adds load time
@@ -34,6 +37,7 @@ from aitune_triton.errors import InvalidOptionError
 
 __all__ = [
     "DEFAULT_INTRA_OP_THREADS",
+    "MEASURED",
     "THREADS_PARAMETER",
     "DynamicBatching",
     "InstanceGroup",
@@ -54,6 +58,10 @@ THREADS_PARAMETER = "aitune_triton.intra_op_threads"
 #: AOTInductor (1 thread: 386/614/909 req/s; 2 threads: 40/50/63). An earlier run here gave
 #: 0.67-1.04x and 0.29-0.30x. One thread never collapses; two can.
 DEFAULT_INTRA_OP_THREADS = 1
+
+#: ``intra_op_threads`` value (the default) taking the threads of the layout measured at tune time
+#: (:mod:`aitune_triton.strategies.layout`); without a measurement, :data:`DEFAULT_INTRA_OP_THREADS`.
+MEASURED = "measured"
 
 
 def _fail(field_name: str, expected: str, got: Any, todo: str = "") -> InvalidOptionError:

@@ -1,8 +1,8 @@
 """One tuned, exported and served module for the whole integration session.
 
 TwoInputNet (tests/conftest.py) is recorded with two graph specs, ``(x, y)`` and ``(x,)``, at
-batch sizes 1, 3 and 5, tuned with ONNX Runtime (graph_0) and AOTInductor (graph_1) so that
-both runtimes are served, saved as a checkpoint, exported by the real command line in a
+batch sizes 1, 3 and 5, tuned with ONNX Runtime (graph_0) and AOTInductor (graph_1, with its
+served layout measured) so that both runtimes are served, saved as a checkpoint, exported by the real command line in a
 subprocess, and served by ONE TritonServer that is always stopped at the end of the session.
 """
 
@@ -124,7 +124,8 @@ def served(tmp_path_factory):
         module = Module(
             net,
             name=ENTRY_MODEL,
-            strategies=[OneBackendStrategy("onnxruntime"), OneBackendStrategy("aoti")],
+            # graph_1 measures its served layouts (short windows): the CLI export below writes them.
+            strategies=[OneBackendStrategy("onnxruntime"), OneBackendStrategy("aoti", measure_layouts=True, layout_seconds=0.25)],
         )
         generator = torch.Generator().manual_seed(1)
         record_two_input_calls(module, generator)

@@ -138,7 +138,7 @@ def test_export_of_a_missing_path_exits_1_with_an_error_line_and_writes_nothing(
         (["--instance-group", "graph_0"], "Error: --instance-group: expected GRAPH=KIND:COUNT[:GPUS]"),
         (["--instance-group", "graph_0=tpu:1"], "Error: instance_kind: expected one of 'auto', 'cpu', 'gpu', got 'tpu'"),
         (["--instance-group", "graph_9=cpu:1"], "Error: instance_groups: expected graph names or graph model names"),
-        (["--intra-op-threads", "many"], "Error: --intra-op-threads: expected an integer >= 1 or 'auto', got 'many'"),
+        (["--intra-op-threads", "many"], "Error: --intra-op-threads: expected an integer >= 1, 'auto' or 'measured', got 'many'"),
         (["--intra-op-threads", "0"], "Error: intra_op_threads: expected an integer >= 1, got 0"),
         (["--priority-levels", "2", "--default-priority-level", "5"], "Error: default_priority_level: expected a level in 1..2"),
         (["--max-queue-size", "-1"], "Error: default_queue_policy.max_queue_size: expected an integer >= 0, got -1"),
