@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any, Iterator, Sequence
 
 from .contract import InputContract
@@ -23,10 +24,15 @@ from .runtimes import runtime_module
 from .shipped import verify_file
 from .tensors import concatenate, dtype_name, host_value, output_tensor, split
 
-__all__ = ["THREADS_PARAMETER", "Accepted", "GraphModel", "runtime_options"]
+__all__ = ["STAGE_LOG_ENV", "THREADS_PARAMETER", "Accepted", "GraphModel", "runtime_options"]
 
 #: Config parameter with the intra-op threads of each instance (set by the exporter's options).
 THREADS_PARAMETER = "aitune_triton.intra_op_threads"
+#: Environment variable naming a file to which every ``execute()`` call appends one JSON line of
+#: its stage times in ms (``read``, ``plan``, ``run``, ``respond``, ``total``); unset (the
+#: default), nothing is timed. The server's stub processes inherit it from the server;
+#: ``benchmarks/served_breakdown.py`` sets it.
+STAGE_LOG_ENV = "AITUNE_TRITON_STAGE_LOG"
 
 #: An accepted request: its index in the ``execute()`` call and its input host values (artifact order).
 Accepted = tuple[int, list[Any]]
@@ -82,10 +88,13 @@ class GraphModel:
         self.scalar_inputs = [not self.batching and not tensor["dims"] for tensor in io["inputs"]]
         self.scalar_outputs = [not self.batching and not tensor["dims"] for tensor in io["outputs"]]
         path = verify_file(version_dir, artifact)
+        # The runtime module first: it imports torch, which runtime_options then gives the threads.
+        runtime_class = runtime_module(runtime).Runtime
         options = runtime_options(stored_options, json.loads(args["model_config"]))
         self.intra_op_threads = options.get("intra_op_num_threads")
         gpu = args["model_instance_kind"] == "GPU"
-        self.runtime = runtime_module(runtime).Runtime(path, gpu, int(args["model_instance_device_id"]), options)
+        self.runtime = runtime_class(path, gpu, int(args["model_instance_device_id"]), options)
+        self.stage_log = os.environ.get(STAGE_LOG_ENV) or None
 
     def run(self, values: Sequence[Any]) -> list[Any]:
         """Run the artifact on input host values (artifact input order); return output host values."""
@@ -146,6 +155,21 @@ class GraphModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """One response per request, in order; never raises."""
+        if self.stage_log is None:
+            return self._execute(requests, None)
+        marks = [("start", time.perf_counter_ns())]
+        responses = self._execute(requests, marks)
+        times = {name: (at - marks[index][1]) / 1e6 for index, (name, at) in enumerate(marks[1:])}
+        times["total"] = (marks[-1][1] - marks[0][1]) / 1e6
+        try:
+            with open(self.stage_log, "a") as handle:
+                handle.write(json.dumps({**times, "requests": len(requests)}) + "\n")
+        except OSError:
+            self.stage_log = None  # timing is for benchmarks: never fail a request over it
+        return responses
+
+    def _execute(self, requests: list[Any], marks: list[tuple[str, int]] | None) -> list[Any]:
+        """:meth:`execute`, appending ``(stage, perf_counter_ns)`` to ``marks`` when given."""
         responses: list[Any] = [None] * len(requests)
         accepted: list[Accepted] = []
         for index, request in enumerate(requests):
@@ -155,21 +179,39 @@ class GraphModel:
                 responses[index] = self.error(str(problem), self.pb_utils.TritonError.INVALID_ARG)
             except Exception as error:  # a request Triton let through that this model cannot read
                 responses[index] = self.error(f"{type(error).__name__}: {error}", self.pb_utils.TritonError.INVALID_ARG)
+        if marks is not None:
+            marks.append(("read", time.perf_counter_ns()))
         try:
             batches = self.plan_batches(accepted)
         except Exception as error:
             batches = []
             for index, _ in accepted:
                 responses[index] = self.error(f"{type(error).__name__}: {error}")
+        if marks is not None:
+            marks.append(("plan", time.perf_counter_ns()))
+        ran: list[tuple[list[Accepted], list[tuple[int, list[Any]]] | None]] = []
         for members in batches:
             try:
-                for index, outputs in self.run_batch(members):
+                ran.append((members, list(self.run_batch(members))))
+            except Exception as error:
+                ran.append((members, None))
+                for index, _ in members:
+                    responses[index] = self.error(f"{type(error).__name__}: {error}")
+        if marks is not None:
+            marks.append(("run", time.perf_counter_ns()))
+        for members, results in ran:
+            if results is None:
+                continue
+            try:
+                for index, outputs in results:
                     outputs = [value.reshape((1,)) if scalar else value for value, scalar in zip(outputs, self.scalar_outputs)]
                     tensors = [output_tensor(self.pb_utils, name, value) for name, value in zip(self.output_names, outputs)]
                     responses[index] = self.pb_utils.InferenceResponse(output_tensors=tensors)
             except Exception as error:
                 for index, _ in members:
                     responses[index] = self.error(f"{type(error).__name__}: {error}")
+        if marks is not None:
+            marks.append(("respond", time.perf_counter_ns()))
         return responses
 
     def finalize(self) -> None:

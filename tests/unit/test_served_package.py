@@ -6,6 +6,7 @@ import the installed aitune_triton)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -146,3 +147,33 @@ def test_the_generated_model_py_runs_its_copy_without_importing_aitune_triton(ex
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=version_dir)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_torch_runtime_gets_the_configured_threads_before_its_artifact_loads_in_a_fresh_process(exported):
+    """The stub's Python has not imported torch when GraphModel starts: the runtime module imports
+    it, and the instance's intra-op threads must reach torch before the artifact loads (here an
+    ONNX file handed to the aoti runtime, so the load itself fails after that point)."""
+    _, repository = exported
+    model_dir = repository / f"{NAME}.graph_0"
+    config = {"parameters": {"aitune_triton.intra_op_threads": {"string_value": "1"}}}
+    args = {**_args(model_dir), "model_config": json.dumps(config)}
+    script = textwrap.dedent(
+        f"""
+        import importlib.util, sys, types
+        spec = importlib.util.spec_from_file_location("shipped", {str(model_dir / "1" / PACKAGE_DIR / "shipped.py")!r})
+        shipped = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(shipped)
+        graph_model = shipped.load_package({str(model_dir / "1")!r}, {PACKAGE_DIR!r}, "graph_model")
+        assert "torch" not in sys.modules
+        try:
+            graph_model.GraphModel(types.ModuleType("pb_utils"), {args!r}, "aoti", "model.onnx", {{}})
+        except Exception:
+            pass
+        import torch
+        print(torch.get_num_threads())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "1"
