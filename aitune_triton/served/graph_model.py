@@ -19,6 +19,8 @@ import sys
 import time
 from typing import Any, Iterator, Sequence
 
+import numpy as np
+
 from .contract import InputContract
 from .runtimes import runtime_module
 from .shipped import verify_file
@@ -81,12 +83,15 @@ class GraphModel:
             io = json.load(handle)
         self.model_name = args["model_name"]
         self.inputs = [(tensor["name"], tensor["dtype"]) for tensor in io["inputs"]]
+        # Per input: the numpy dtype its arrays must have (None: bfloat16, which arrives as torch).
+        self._numpy_dtypes = [None if dtype == "bfloat16" else np.dtype(dtype) for _, dtype in self.inputs]
         self.contract = InputContract.from_io(io)
         self.output_names = [tensor["name"] for tensor in io["outputs"]]
         self.batching = io["max_batch_size"] > 0
         # A 0-d tensor of a model that does not batch travels as shape [1] (Triton needs a dim).
         self.scalar_inputs = [not self.batching and not tensor["dims"] for tensor in io["inputs"]]
         self.scalar_outputs = [not self.batching and not tensor["dims"] for tensor in io["outputs"]]
+        self._any_scalar_input, self._any_scalar_output = any(self.scalar_inputs), any(self.scalar_outputs)
         path = verify_file(version_dir, artifact)
         # The runtime module first: it imports torch, which runtime_options then gives the threads.
         runtime_class = runtime_module(runtime).Runtime
@@ -108,16 +113,19 @@ class GraphModel:
                 its input contract (the message names it).
         """
         values = []
+        get_input = self.pb_utils.get_input_tensor_by_name
         for name, dtype in self.inputs:
-            tensor = self.pb_utils.get_input_tensor_by_name(request, name)
+            tensor = get_input(request, name)
             if tensor is None:
                 raise ValueError(f"input {name!r} is missing")
             values.append(host_value(tensor, dtype))
-        wrong = [f"input {name!r} has dtype {dtype_name(value)}, expected {dtype}"
-                 for (name, dtype), value in zip(self.inputs, values) if dtype_name(value) != dtype]
-        if wrong:
+        if any(value.dtype != expected if expected is not None else dtype_name(value) != "bfloat16"
+               for value, expected in zip(values, self._numpy_dtypes)):
+            wrong = [f"input {name!r} has dtype {dtype_name(value)}, expected {dtype}"
+                     for (name, dtype), value in zip(self.inputs, values) if dtype_name(value) != dtype]
             raise ValueError("; ".join(wrong))
-        values = [value.reshape(()) if scalar else value for value, scalar in zip(values, self.scalar_inputs)]
+        if self._any_scalar_input:
+            values = [value.reshape(()) if scalar else value for value, scalar in zip(values, self.scalar_inputs)]
         # The compiled artifact does not check its inputs: a wrong size or index would read out of
         # bounds or abort this process.
         problems = self.contract.violations(values)
@@ -128,7 +136,7 @@ class GraphModel:
     def plan_batches(self, accepted: list[Accepted]) -> list[list[Accepted]]:
         """Group accepted requests into the batches that run: with batching, the requests whose
         per-sample shapes are equal (in arrival order), otherwise one batch per request."""
-        if not self.batching:
+        if not self.batching or len(accepted) == 1:
             return [[member] for member in accepted]
         groups: dict[tuple[tuple[int, ...], ...], list[Accepted]] = {}
         for index, values in accepted:
@@ -204,7 +212,8 @@ class GraphModel:
                 continue
             try:
                 for index, outputs in results:
-                    outputs = [value.reshape((1,)) if scalar else value for value, scalar in zip(outputs, self.scalar_outputs)]
+                    if self._any_scalar_output:
+                        outputs = [value.reshape((1,)) if scalar else value for value, scalar in zip(outputs, self.scalar_outputs)]
                     tensors = [output_tensor(self.pb_utils, name, value) for name, value in zip(self.output_names, outputs)]
                     responses[index] = self.pb_utils.InferenceResponse(output_tensors=tensors)
             except Exception as error:

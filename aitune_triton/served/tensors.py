@@ -39,7 +39,7 @@ def host_value(tensor: Any, dtype: str) -> Any:
 def output_tensor(pb_utils: Any, name: str, value: Any) -> Any:
     """A ``pb_utils.Tensor`` named ``name`` from a numpy array, or through DLPack from a torch tensor (bfloat16)."""
     if isinstance(value, np.ndarray):
-        return pb_utils.Tensor(name, np.ascontiguousarray(value))
+        return pb_utils.Tensor(name, value if value.flags.c_contiguous else np.ascontiguousarray(value))
     import torch.utils.dlpack
 
     return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(value.contiguous()))

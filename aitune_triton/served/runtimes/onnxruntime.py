@@ -82,11 +82,15 @@ class Runtime:
         self.session: Any = load_session(path, options, instance_providers(gpu, device_id))
         # An exporter may drop an input the graph never reads; the others keep their input_<i> names.
         self.present = {node.name for node in self.session.get_inputs()}
+        self._feed_names: list[tuple[int, str]] | None = None  # (position, name) of the inputs the session takes
+        self._count = 0
 
     def run(self, values: Sequence[Any]) -> list[Any]:
         """Outputs (numpy arrays) of the session on ``values`` (numpy arrays in input order)."""
-        feed = {f"input_{i}": value for i, value in enumerate(values) if f"input_{i}" in self.present}
-        return list(self.session.run(None, feed))
+        if self._feed_names is None or len(values) != self._count:
+            self._count = len(values)
+            self._feed_names = [(i, f"input_{i}") for i in range(len(values)) if f"input_{i}" in self.present]
+        return list(self.session.run(None, {name: values[i] for i, name in self._feed_names}))
 
     def close(self) -> None:
         """Drop the session."""
