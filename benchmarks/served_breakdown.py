@@ -28,7 +28,8 @@ tuned with AOTInductor (freezing, as the demo's default strategy keeps it), serv
 intra-op thread per instance and called in process with one torch thread too.
 
 Usage: ``.venv/bin/python benchmarks/served_breakdown.py [--model small|minilm] [--rounds 3]
-[--requests 400] [--blocks 4] [--protocol grpc|http] [--json PATH]``.
+[--requests 400] [--blocks 4] [--protocol grpc|http] [--max-queue-delay-us 100] [--no-stage-log]
+[--json PATH]``.
 """
 
 from __future__ import annotations
@@ -139,17 +140,20 @@ def _stage_lines(path: Path, skip: int) -> list[dict[str, float]]:
     return [json.loads(line) for line in lines]
 
 
-def measure(rounds: int, requests: int, blocks: int, protocol: str, model: str = "small") -> dict[str, Any]:
+def measure(
+    rounds: int, requests: int, blocks: int, protocol: str, model: str = "small", queue_delay_us: int = 100, stage_log_on: bool = True
+) -> dict[str, Any]:
     """See the module docstring."""
     with tempfile.TemporaryDirectory(prefix="served_breakdown-") as tmp:
         root = Path(tmp)
         module, call = (_tuned_minilm if model == "minilm" else _tuned)(root / "cache")
-        options = TritonModelOptions(intra_op_threads=1)
+        options = TritonModelOptions(intra_op_threads=1, max_queue_delay_microseconds=queue_delay_us)
         aitune_triton.export(module, root / "repository", options=options, show_progress=False)
         if model == "minilm":
             torch.set_num_threads(1)  # in process with the served instance's one intra-op thread
         stage_log = root / "stages.jsonl"
-        os.environ[STAGE_LOG_ENV] = str(stage_log)  # the server's stub processes inherit it
+        if stage_log_on:
+            os.environ[STAGE_LOG_ENV] = str(stage_log)  # the server's stub processes inherit it
         try:
             with TritonServer(root / "repository", log_path=root / "tritonserver.log", show_progress=False, timeout_s=180) as server:
                 remote = aitune_triton.RemoteModule(server.grpc_url if protocol == "grpc" else server.http_url, NAME, protocol=protocol)
@@ -206,6 +210,7 @@ def measure(rounds: int, requests: int, blocks: int, protocol: str, model: str =
         derived["stub_hop_ms"] = [infer - execute for infer, execute in zip(per_round["server_compute_infer_ms"], per_round["execute_total_ms"])]
     return {
         "model": model,
+        "max_queue_delay_microseconds": queue_delay_us,
         "torch_threads_in_process": torch.get_num_threads(),
         "protocol": protocol,
         "rounds": rounds,
@@ -224,11 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=4, help="alternating blocks per round")
     parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     parser.add_argument("--model", choices=["small", "minilm"], default="small")
+    parser.add_argument("--max-queue-delay-us", type=int, default=100, help="the dynamic batcher's max_queue_delay_microseconds")
+    parser.add_argument("--no-stage-log", action="store_true", help="leave execute() untimed (its log costs a file write per call)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.requests < args.blocks or args.blocks < 1:
         parser.error("--rounds and --blocks must be >= 1 and --requests >= --blocks")
-    report = measure(args.rounds, args.requests, args.blocks, args.protocol, args.model)
+    report = measure(args.rounds, args.requests, args.blocks, args.protocol, args.model, args.max_queue_delay_us, not args.no_stage_log)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     for name, spread in report["stages"].items():
