@@ -11,6 +11,7 @@ from aitune_triton.backends.flat import index_ranges, input_axes, quiet_export
 from aitune_triton.backends.precision import exported_at, half_precision_reason
 from aitune_triton.backends.serving import TORCH_AOTI_TARGET
 from aitune_triton.errors import BackendBuildError, BackendUnavailableError, InvalidArgumentError
+from aitune_triton.served.runtimes.aoti import load_package
 from aitune_triton.spec import CallStructure
 
 __all__ = ["AOTInductorBackend"]
@@ -94,7 +95,7 @@ class AOTInductorBackend(Backend):
                 raise BackendBuildError(f"aoti: AOTInductor compilation failed: {type(error).__name__}: {error}") from error
 
     def _load(self) -> None:
-        self._runner = torch._inductor.aoti_load_package(str(self.artifacts["model"]))
+        self._runner = load_package(str(self.artifacts["model"]))
 
     def _unload(self) -> None:
         self._runner = None

@@ -96,7 +96,7 @@ class Backend(abc.ABC):
     #: Whether the backend runs without the module's weights (its artifact holds its own copy).
     ahead_of_time: ClassVar[bool] = True
     #: The Python-backend runtime that serves this backend's artifact in a generated ``model.py``:
-    #: the name of a template fragment ``templates/runtimes/<name>.py.j2`` defining ``Runtime``
+    #: the name of a module ``aitune_triton/served/runtimes/<name>.py`` defining ``Runtime``
     #: (``__init__(path, gpu, device_id, options)``, ``run(arrays)``, ``close()``), or None when the
     #: backend has no artifact Triton can load (eager).
     triton_runtime: ClassVar[str | None] = None

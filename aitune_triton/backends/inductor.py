@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import io
-import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
-from torch.export.passes import move_to_device_pass
-from torch.fx.experimental import _config as fx_config
 
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
 from aitune_triton.backends.flat import index_ranges, input_axes, quiet_export
 from aitune_triton.backends.precision import HALF_PRECISIONS, exported_at, half_precision_reason
 from aitune_triton.errors import BackendBuildError, BackendUnavailableError, CheckpointError, InvalidArgumentError
+from aitune_triton.served.runtimes import inductor as runtime
+from aitune_triton.served.runtimes.inductor import compile_options, warmup_inputs
 from aitune_triton.spec import CallStructure
 
 __all__ = ["InductorBackend", "MODES", "PRECISIONS", "check_program_archive", "compile_options", "warmup_inputs"]
@@ -28,14 +24,9 @@ PRECISIONS = HALF_PRECISIONS
 
 
 def check_program_archive(path: str | Path) -> None:
-    """Refuse a ``torch.export.save`` archive whose loading would unpickle anything but tensors.
-
-    ``torch.export.load`` reads weights and constants from raw payloads, except entries marked
-    ``use_pickle`` (tensor subclasses) and legacy ``.pt`` payloads, which it unpickles with
-    ``weights_only=False``, and constants that are not tensors (script and opaque objects, read
-    with ``pickle``); sample inputs are unpickled with ``weights_only=True`` and, when that fails,
-    again without it. This check refuses the first three and loads the sample inputs with
-    ``weights_only=True`` itself, so the fallback never runs.
+    """Refuse a ``torch.export.save`` archive whose loading would unpickle anything but tensors
+    (:func:`aitune_triton.served.runtimes.inductor.check_program_archive`, the check the served
+    model runs).
 
     Args:
         path: The ``.pt2`` archive.
@@ -44,76 +35,9 @@ def check_program_archive(path: str | Path) -> None:
         CheckpointError: the file is not a zip archive, or holds a payload that needs pickle.
     """
     try:
-        archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"inductor: {path} is not a torch.export archive ({error}); re-tune to rebuild it.") from None
-    with archive:
-        for name in archive.namelist():
-            folder = name.split("/")
-            if len(folder) >= 3 and folder[-3:-1] in (["data", "weights"], ["data", "constants"]) and name.endswith(".pt"):
-                raise CheckpointError(f"inductor: {path} holds the legacy pickled payload {name}; re-export it with this version.")
-            if name.endswith("_config.json") and "/data/" in f"/{name}":
-                config = json.loads(archive.read(name)).get("config", {})
-                pickled = sorted(
-                    key
-                    for key, entry in config.items()
-                    if entry.get("use_pickle") or ("constants" in name and not str(entry.get("path_name", "")).startswith("tensor_"))
-                )
-                if pickled:
-                    raise CheckpointError(
-                        f"inductor: {path} stores {pickled} as pickles (tensor subclasses, script or opaque objects), which "
-                        "torch.export.load would unpickle without weights_only; this backend loads plain tensors only."
-                    )
-            if "/data/sample_inputs/" in f"/{name}" and archive.getinfo(name).file_size > 0:  # empty: none saved
-                try:
-                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
-                except Exception as error:
-                    raise CheckpointError(
-                        f"inductor: {path}: {name} does not load with weights_only=True ({type(error).__name__}); refusing it."
-                    ) from None
-
-
-def compile_options(mode: str | None, freezing: bool) -> dict[str, Any]:
-    """The Inductor config ``torch.compile(options=...)`` gets: ``mode``'s settings plus ``freezing``.
-
-    ``torch.compile`` takes either ``mode`` or ``options``; the mode's settings
-    (``torch._inductor.list_mode_options``) are merged here so both apply.
-    """
-    options = dict(torch._inductor.list_mode_options(mode or "default")) if mode not in (None, "default") else {}
-    options["freezing"] = bool(freezing)
-    return options
-
-
-def warmup_inputs(program: torch.export.ExportedProgram, device: torch.device) -> tuple[list[torch.Tensor], list[list[int]]]:
-    """Zero tensors that fit ``program``'s inputs, and per input its dynamic axes.
-
-    Each dynamic axis gets the smallest size of its range that is at least 2 (a size of 1 would
-    make ``torch.compile`` specialise); axes that share a symbol get the same size. Zeros are valid
-    rows of any embedding table.
-    """
-    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
-    sizes: dict[Any, int] = {}
-    for symbol, bounds in program.range_constraints.items():
-        low = int(bounds.lower)
-        try:
-            high = int(bounds.upper)
-        except (TypeError, ValueError, OverflowError):  # unbounded (int_oo)
-            high = max(low, 2)
-        sizes[symbol] = min(max(low, 2), high)
-    tensors, dynamic = [], []
-    for name in program.graph_signature.user_inputs:
-        value = placeholders[name].meta["val"]
-        shape, axes = [], []
-        for axis, size in enumerate(value.shape):
-            if isinstance(size, torch.SymInt):
-                expr = size.node.expr
-                shape.append(int(expr.xreplace({s: sizes.get(s, 2) for s in expr.free_symbols})))
-                axes.append(axis)
-            else:
-                shape.append(int(size))
-        tensors.append(torch.zeros(shape, dtype=value.dtype, device=device))
-        dynamic.append(axes)
-    return tensors, dynamic
+        runtime.check_program_archive(str(path))
+    except runtime.ProgramArchiveError as error:
+        raise CheckpointError(str(error)) from None
 
 
 class InductorBackend(Backend):
@@ -222,25 +146,10 @@ class InductorBackend(Backend):
     def _load(self) -> None:
         path = self.artifacts["model"]
         check_program_archive(path)
-        program = torch.export.load(str(path))
-        if any(t.device != self.device for t in pytree.tree_leaves((program.state_dict, program.constants)) if isinstance(t, torch.Tensor)):
-            program = move_to_device_pass(program, self.device)
-        freezing = bool(self.options.get("freezing"))
-        compiled = torch.compile(
-            program.module(),
-            backend="inductor",
-            dynamic=self.options.get("dynamic"),
-            fullgraph=self.options.get("fullgraph", True),
-            options=compile_options(self.options.get("mode"), freezing),
-        )
-        tensors, dynamic = warmup_inputs(program, self.device)
-        if self.options.get("dynamic") is not False:
-            for tensor, axes in zip(tensors, dynamic):
-                for axis in axes:
-                    torch._dynamo.mark_dynamic(tensor, axis)
+        program = runtime.load_program(str(path), self.device)
         try:
-            with fx_config.patch(backed_size_oblivious=True), torch.no_grad(), quiet_export():  # type: ignore[attr-defined]
-                compiled(*tensors)
+            with quiet_export():
+                compiled = runtime.compile_program(program, self.device, self.options)
         except Exception as error:
             raise BackendBuildError(f"inductor: torch.compile of the exported program failed: {type(error).__name__}: {error}") from error
         self._program, self._compiled = program, compiled

@@ -2,7 +2,17 @@
 
 The session options (graph optimization level, intra-op threads) are measured at build when not
 given, stored in the backend's options and applied the same way by the served model
-(``templates/runtimes/onnxruntime.py.j2``).
+(:mod:`aitune_triton.served.runtimes.onnxruntime`: :func:`session_options` and
+:func:`load_session` are that module's, shared by both).
+
+:func:`session_options` (``inter_op_num_threads=1``, ``session.intra_op.allow_spinning="0"``):
+measured on MiniLM-L6 (dynamo export, every optimization; 2 shared, busy cores; per variant the
+median of 40 runs at 8 x 128 tokens and 400 at 1 x 16, 4 rotated rounds; two runs), spinning on /
+off: with 2 threads off was faster in both runs (938 / 438 and 635 / 419 ms at 8 x 128, 37.7 /
+11.8 and 26.1 / 8.5 ms at 1 x 16); with 1 thread (no worker threads) the differences were noise
+(396 / 511 and 300 / 314 ms, 16.2 / 13.6 and 15.5 / 14.6 ms). A third run on a quieter machine
+(TorchScript export, 8 x 128, median of 20) showed no cost either: 150 / 148 ms with 2 threads,
+276 / 260 ms with 1.
 """
 
 from __future__ import annotations
@@ -22,17 +32,11 @@ from aitune_triton.backends.base import Backend, BuildContext, LoadContext
 from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, index_ranges, input_axes, quiet_export
 from aitune_triton.backends.serving import ONNX_RUNTIME_TARGET
 from aitune_triton.errors import BackendBuildError, BackendUnavailableError, InvalidArgumentError
+from aitune_triton.served.runtimes.onnxruntime import GRAPH_OPTIMIZATION_LEVELS, load_session, session_options
 from aitune_triton.spec import CallStructure, GraphSpec
 
 __all__ = ["OnnxRuntimeBackend", "GRAPH_OPTIMIZATION_LEVELS", "EXPORTERS", "PRECISIONS", "session_options"]
 
-#: Option value -> ``onnxruntime.GraphOptimizationLevel`` member name.
-GRAPH_OPTIMIZATION_LEVELS = {
-    "disable": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
 #: Exporter option value -> what it runs.
 EXPORTERS = {"dynamo": "torch.onnx.export(dynamo=True)", "torchscript": "torch.onnx.export(dynamo=False)"}
 #: Precisions this backend builds: fp32 anywhere, fp16 on CUDA, int8 (dynamic quantization) on CPU.
@@ -44,43 +48,6 @@ MEASURE_ROUNDS = 3
 #: Timed runs per setting and round are chosen so that one setting takes about this long per round.
 MEASURE_SECONDS_PER_SETTING = 0.25
 MEASURE_MAX_RUNS = 20
-
-
-def session_options(options: dict[str, Any]) -> Any:
-    """The ``onnxruntime.SessionOptions`` for a backend's stored options.
-
-    ``graph_optimization_level`` and ``intra_op_num_threads`` are applied when present (ONNX
-    Runtime's defaults otherwise: every optimization, one thread per physical core). Always:
-    ``inter_op_num_threads=1`` (the session runs nodes sequentially, so it needs no inter-op pool)
-    and ``session.intra_op.allow_spinning="0"``: idle worker threads sleep instead of spinning,
-    so they do not take the cores from whatever runs next (another model instance, the eager
-    check). Measured on MiniLM-L6 (dynamo export, every optimization; 2 shared, busy cores; per
-    variant the median of 40 runs at 8 x 128 tokens and 400 at 1 x 16, 4 rotated rounds; two
-    runs), spinning on / off: with 2 threads off was faster in both runs (938 / 438 and 635 / 419
-    ms at 8 x 128, 37.7 / 11.8 and 26.1 / 8.5 ms at 1 x 16); with 1 thread (no worker threads)
-    the differences were noise (396 / 511 and 300 / 314 ms, 16.2 / 13.6 and 15.5 / 14.6 ms). A
-    third run on a quieter machine (TorchScript export, 8 x 128, median of 20) showed no cost
-    either: 150 / 148 ms with 2 threads, 276 / 260 ms with 1.
-    ``templates/runtimes/onnxruntime.py.j2`` builds the same options for the served model.
-
-    Args:
-        options: The backend's options (``OnnxRuntimeBackend.options`` / ``to_dict()["options"]``).
-
-    Returns:
-        An ``onnxruntime.SessionOptions``.
-    """
-    import onnxruntime
-
-    result = onnxruntime.SessionOptions()
-    level = options.get("graph_optimization_level")
-    if level is not None:
-        result.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, GRAPH_OPTIMIZATION_LEVELS[level])
-    threads = options.get("intra_op_num_threads")
-    if threads is not None:
-        result.intra_op_num_threads = int(threads)
-    result.inter_op_num_threads = 1
-    result.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return result
 
 
 class OnnxRuntimeBackend(Backend):
@@ -288,8 +255,6 @@ class OnnxRuntimeBackend(Backend):
 
     def _measure(self, path: Path, feed: dict[str, np.ndarray], log: Callable[[str], None]) -> dict[str, Any]:
         """Time every setting not given on ``feed``; return the fastest one's options."""
-        import onnxruntime
-
         levels = [self.options["graph_optimization_level"]] if "graph_optimization_level" in self.options else list(MEASURED_LEVELS)
         if "intra_op_num_threads" in self.options:
             threads = [self.options["intra_op_num_threads"]]
@@ -298,9 +263,7 @@ class OnnxRuntimeBackend(Backend):
         settings = [{"graph_optimization_level": level, "intra_op_num_threads": count} for level in levels for count in threads]
         sessions = []
         for setting in settings:
-            session = onnxruntime.InferenceSession(
-                str(path), sess_options=session_options({**self.options, **setting}), providers=self._providers()
-            )
+            session = load_session(str(path), {**self.options, **setting}, self._providers())
             session_feed = {name: array for name, array in feed.items() if name in {i.name for i in session.get_inputs()}}
             start = time.perf_counter()
             session.run(None, session_feed)  # warm-up: first-run allocations
@@ -339,11 +302,7 @@ class OnnxRuntimeBackend(Backend):
         return ["CPUExecutionProvider"]
 
     def _load(self) -> None:
-        import onnxruntime
-
-        self._session = onnxruntime.InferenceSession(
-            str(self.artifacts["model"]), sess_options=session_options(self.options), providers=self._providers()
-        )
+        self._session = load_session(str(self.artifacts["model"]), self.options, self._providers())
         # An exporter may drop an input the graph never reads; the others keep their input_<i> names.
         self._present = {node.name for node in self._session.get_inputs()}
 

@@ -41,6 +41,7 @@ from aitune_triton.triton.manifest import (
     read_manifest,
     tensors_of,
     tensorrt_version,
+    version_files,
 )
 
 __all__ = ["OK", "WARN", "ERROR", "CheckReport", "Finding", "ModelCheck", "check_repository"]
@@ -161,7 +162,7 @@ def _tensors_problems(side: str, expected: list[TensorManifest], actual: list[Te
 def _check_files(check: ModelCheck, version_dir: Path, manifest: ModelManifest, version: int) -> None:
     from aitune_triton._versions import sha256_file
 
-    present = {p.name for p in version_dir.iterdir() if p.is_file() and p.name != MANIFEST_FILE}
+    present = set(version_files(version_dir))
     for name, expected in sorted(manifest.sha256.items()):
         path = version_dir / name
         if not path.is_file():

@@ -15,7 +15,11 @@ stored Module name::
       minilm.graph_0/              graph model
         config.pbtxt
         1/model.py  1/io.json  1/model.pt2  1/manifest.json
-        1/aitune_triton_contract.py  the input check model.py runs (a copy of aitune_triton/contract.py)
+        1/aitune_triton_served/      what model.py runs (a copy of the aitune_triton.served package)
+
+Each generated ``model.py`` is a short shim: it names what to run (the runtime, the artifact, the
+backend's options), checks the copy of :mod:`aitune_triton.served` beside it against
+``manifest.json`` and delegates to it, so a served model needs no aitune_triton install.
 
 A module with one graph spec exported with ``target="python"`` (``router=None``, the default, or
 ``router=False``) is ONE model named ``<name>``: the graph model itself (it checks its own input
@@ -47,7 +51,7 @@ from typing import Any, Literal, overload
 
 import jinja2
 
-from aitune_triton import contract
+from aitune_triton import served
 from aitune_triton._atomic import make_staging_dir
 from aitune_triton._progress import progress
 from aitune_triton._versions import aitune_version
@@ -58,7 +62,6 @@ from aitune_triton.module.description import BackendDescription, GraphDescriptio
 from aitune_triton.module.wrapper import Module
 from aitune_triton.names import validate_model_name
 from aitune_triton.strategies.layout import LayoutReport
-from aitune_triton.triton import step_runtime
 from aitune_triton.triton.repository_layout import refuse_non_repository
 from aitune_triton.triton.config import (
     ROUTES_PARAMETER,
@@ -79,13 +82,22 @@ from aitune_triton.triton.steps import Step, resolve_step
 
 __all__ = ["ExportPlan", "ExportResult", "export", "exportable_backends", "templates_dir"]
 
-#: File name of the copy of :mod:`aitune_triton.contract` beside each graph model's ``model.py``
-#: (the served environment may not have aitune_triton installed).
-CONTRACT_FILE = "aitune_triton_contract.py"
+#: Directory of the copy of :mod:`aitune_triton.served` beside each generated ``model.py`` (the
+#: served environment may not have aitune_triton installed).
+PACKAGE_DIR = served.PACKAGE_DIR
 
 #: File of an entry model version's own routes (the graph model versions it was exported with): all
 #: versions of a model share one config.pbtxt, whose routes parameter is the newest export's.
 ROUTES_FILE = "routes.json"
+
+
+def served_files() -> dict[str, str]:
+    """The files of :mod:`aitune_triton.served` as they are copied into a version directory:
+    ``aitune_triton_served/<path>`` -> source text, every ``.py`` file of the package."""
+    root = Path(served.__file__).resolve().parent
+    return {f"{PACKAGE_DIR}/{path.relative_to(root).as_posix()}": path.read_text()
+            for path in sorted(root.rglob("*.py")) if "__pycache__" not in path.parts}
+
 
 #: What an error about ``name`` for a checkpoint of several modules says to do; the command line
 #: says to drop ``--name`` instead.
@@ -143,7 +155,7 @@ def exportable_backends() -> list[str]:
 
 
 def _triton_runtime(backend: str) -> str | None:
-    """The Python-backend runtime fragment of ``backend`` (None: nothing Triton can load)."""
+    """The served runtime module of ``backend`` (``aitune_triton/served/runtimes/<name>.py``; None: nothing Triton can load)."""
     try:
         return get_backend_class(backend).triton_runtime
     except UnknownBackendError:
@@ -434,6 +446,7 @@ class _PlannedModel:
         version_dir = model_dir / str(self.version)
         version_dir.mkdir(parents=True)
         for file_name, text in self.files.items():
+            (version_dir / file_name).parent.mkdir(parents=True, exist_ok=True)
             (version_dir / file_name).write_text(text)
         if self.artifact is not None:
             if not self.artifact.is_file():
@@ -464,7 +477,7 @@ def _plan(
     environment = _environment()
     planned: list[_PlannedModel] = []
     ios: list[ModelIO] = []
-    contract_source = Path(contract.__file__).read_text()
+    package = served_files()
     for entry in description.graphs:
         graph, backend = entry.graph, entry.backend
         runtime = _triton_runtime(backend.name)
@@ -509,7 +522,7 @@ def _plan(
         ios.append(io)
         model_py = environment.get_template("graph_model.py.j2").render(
             version=aitune_version(), module_name=name, graph=graph.name, artifact=io.artifact, runtime=runtime,
-            runtime_options=backend.options, contract_file=CONTRACT_FILE,
+            runtime_options=backend.options, package_dir=PACKAGE_DIR,
         )
         config = graph_model_config(io, graph_options, backend.device or "cpu")
         planned.append(
@@ -517,7 +530,7 @@ def _plan(
                 name=io.model_name,
                 version=io.version,
                 config=config,
-                files={"model.py": model_py, "io.json": io.to_json() + "\n", CONTRACT_FILE: contract_source},
+                files={"model.py": model_py, "io.json": io.to_json() + "\n", **package},
                 artifact=backend.artifact(),
                 summary=f"{backend.name}, max_batch_size {io.max_batch_size}"
                 + (f", Python backend: {manifest['reason']}" if "reason" in manifest else ""),
@@ -541,14 +554,14 @@ def _plan(
         direct.summary = f"entry model running {description.graphs[0].graph.name} itself (no router), {direct.summary}"
         return planned
     router_py = environment.get_template("router_model.py.j2").render(
-        version=aitune_version(), module_name=name, graph_models=[io.model_name for io in ios], contract_file=CONTRACT_FILE
+        version=aitune_version(), module_name=name, graph_models=[io.model_name for io in ios], package_dir=PACKAGE_DIR
     )
     planned.append(
         _PlannedModel(
             name=name,
             version=_next_version(repository / name, version),
             config=router_model_config(name, ios, routes, options),
-            files={"model.py": router_py, CONTRACT_FILE: contract_source, ROUTES_FILE: json.dumps(routes) + "\n"},
+            files={"model.py": router_py, ROUTES_FILE: json.dumps(routes) + "\n", **package},
             artifact=None,
             summary=f"entry model routing to {len(ios)} graph model(s)",
             kind="entry",
@@ -574,8 +587,7 @@ def _publish(staged_model: Path, target_model: Path, version: int) -> None:
     os.replace(staged_model / "config.pbtxt", target_model / "config.pbtxt")
 
 
-#: File names in a step model's version directory: the shipped runtime and the user's module copy.
-STEP_RUNTIME_FILE = "aitune_triton_step_runtime.py"
+#: File name of the user's module copy in a step model's version directory.
 STEP_MODULE_FILE = "step_module.py"
 
 
@@ -602,7 +614,7 @@ def _plan_steps(
     input_sets = [frozenset(t["name"] for t in graph["inputs"]) for graph in routes["graphs"]]
     stages = [Stage.from_config(entry.config, entry.version, f"entry model '{entry.name}'", input_sets)]
     planned: list[_PlannedModel] = []
-    runtime_source = Path(step_runtime.__file__).read_text()
+    package = served_files()
     for role, given in (("preprocess", preprocess), ("postprocess", postprocess)):
         if given is None:
             continue
@@ -614,7 +626,7 @@ def _plan_steps(
         module_file = declared.source_file()
         model_py = _environment().get_template("step_model.py.j2").render(
             version=aitune_version(), role=role, step_name=declared.name, function=declared.reference,
-            module_file=STEP_MODULE_FILE, runtime_file=STEP_RUNTIME_FILE,
+            module_file=STEP_MODULE_FILE, package_dir=PACKAGE_DIR,
         )
         description = {**declared.to_dict(), "role": role, "source_file": str(module_file)}
         step_config = step_model_config(model_name, declared, options.default_group.count)
@@ -622,7 +634,7 @@ def _plan_steps(
         planned.append(_PlannedModel(
             name=model_name, version=version, config=step_config,
             files={"model.py": model_py, "step.json": json.dumps(description, indent=2) + "\n",
-                   STEP_RUNTIME_FILE: runtime_source, STEP_MODULE_FILE: module_file.read_text()},
+                   STEP_MODULE_FILE: module_file.read_text(), **package},
             artifact=None, summary=f"{role} step {declared.reference}", kind="step",
             manifest={"step": description},
         ))

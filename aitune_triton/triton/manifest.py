@@ -37,6 +37,7 @@ __all__ = [
     "ModelManifest",
     "TensorManifest",
     "build_manifest",
+    "version_files",
     "device_info",
     "latest_version",
     "model_kind",
@@ -254,6 +255,16 @@ class ModelManifest:
 _FIELDS = frozenset(ModelManifest.__dataclass_fields__) - {"extra"}
 
 
+def version_files(version_dir: Path) -> list[str]:
+    """Every file of a version directory but ``manifest.json``, as ``/``-separated paths relative
+    to it (the served package copy is a subdirectory), sorted; ``__pycache__`` is left out."""
+    return sorted(
+        path.relative_to(version_dir).as_posix()
+        for path in version_dir.rglob("*")
+        if path.is_file() and path.name != MANIFEST_FILE and "__pycache__" not in path.relative_to(version_dir).parts
+    )
+
+
 def build_manifest(
     version_dir: Path | None,
     *,
@@ -292,7 +303,7 @@ def build_manifest(
     if sha256 is None:
         if version_dir is None:
             raise ManifestError("build_manifest: pass version_dir or sha256")
-        sha256 = {p.name: sha256_file(p) for p in sorted(version_dir.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+        sha256 = {name: sha256_file(version_dir / name) for name in version_files(version_dir)}
     inputs, outputs = tensors_of(config) if config is not None else ([], [])
     return ModelManifest(
         model=model,

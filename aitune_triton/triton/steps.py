@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from aitune_triton.errors import InvalidArgumentError
 from aitune_triton.names import validate_model_name
-from aitune_triton.triton.step_runtime import TRITON_TO_NUMPY
+from aitune_triton.served.step_runtime import TRITON_TO_NUMPY
 
 __all__ = ["DATA_TYPES", "Step", "StepTensor", "as_step_tensor", "resolve_step", "step"]
 

@@ -95,7 +95,9 @@ def test_inductor_export_serves_its_program_with_the_inductor_runtime(served_ind
 
     assert (version / "program.pt2").is_file()
     model_py = (version / "model.py").read_text()
-    assert "torch.export.load(path)" in model_py and "torch.compile(" in model_py and 'ARTIFACT = "program.pt2"' in model_py
+    assert 'RUNTIME = "inductor"' in model_py and 'ARTIFACT = "program.pt2"' in model_py
+    runtime = (version / "aitune_triton_served" / "runtimes" / "inductor.py").read_text()
+    assert "torch.export.load(" in runtime and "torch.compile(" in runtime
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

@@ -300,20 +300,16 @@ def test_aoti_with_freezing_matches_eager_inside_the_recorded_range(tmp_path):
         module.deactivate()
 
 
-def test_the_served_runtime_fragment_moves_a_program_with_the_pass_it_imports_itself(tuned):
+def test_the_served_runtime_moves_a_program_with_the_pass_it_imports_itself(tuned):
     """``torch.export.passes`` is not loaded by ``import torch``: a GPU instance of the served model
     moved its program with ``torch.export.passes.move_to_device_pass`` and died of AttributeError."""
-    import jinja2
-
-    templates = Path(__file__).resolve().parents[2] / "templates"
-    fragment = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates))).get_template("runtimes/inductor.py.j2").render()
-    served: dict = {"json": json}
-    exec(compile(fragment, "inductor.py.j2", "exec"), served)
+    from aitune_triton.served.runtimes import inductor as served
 
     program = torch.export.load(str(tuned.module.tuned_graphs[0].backend.artifacts["model"]))
-    moved = served["_move_to_device_pass"](program, torch.device("cpu"))
+    moved = served.move_to_device_pass(program, torch.device("cpu"))
     assert all(t.device.type == "cpu" for t in moved.state_dict.values())
-    assert "torch.export.passes.move_to_device_pass(" not in fragment
+    source = Path(served.__file__).read_text()
+    assert "from torch.export.passes import move_to_device_pass" in source
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

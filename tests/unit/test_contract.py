@@ -126,7 +126,7 @@ def test_the_contract_module_runs_with_the_standard_library_only_as_model_py_loa
     # model.py loads the copy beside it by path; the served environment may lack aitune_triton,
     # torch and numpy. -I -S: no site-packages, no PYTHONPATH.
     copied = tmp_path / "aitune_triton_contract.py"
-    copied.write_text((REPOSITORY_ROOT / "aitune_triton" / "contract.py").read_text())
+    copied.write_text((REPOSITORY_ROOT / "aitune_triton" / "served" / "contract.py").read_text())
     script = textwrap.dedent(
         f"""
         import importlib.util, sys

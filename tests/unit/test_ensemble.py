@@ -110,7 +110,7 @@ def test_export_writes_step_and_ensemble_models_that_a_dry_run_plans_exactly(tun
     assert result.step_models == [f"{NAME}.preprocess", f"{NAME}.postprocess"]
     step_dir = repository / f"{NAME}.preprocess" / "1"
     assert sorted(p.name for p in step_dir.iterdir()) == [
-        "aitune_triton_step_runtime.py", "manifest.json", "model.py", "step.json", "step_module.py"]
+        "aitune_triton_served", "manifest.json", "model.py", "step.json", "step_module.py"]
     assert (step_dir / "step_module.py").read_text() == text_steps.featurize.source_file().read_text()
     assert json.loads((step_dir / "step.json").read_text())["function"] == "text_steps:featurize"
     assert read_manifest(step_dir).kind == "step"

@@ -24,6 +24,11 @@ from aitune_triton.triton.io import ModelIO
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_NAME = "test_exporter_two_input_net"
 GRAPH_MODELS = [f"{MODULE_NAME}.graph_0", f"{MODULE_NAME}.graph_1"]
+#: The served package's files, as a version directory lists them (aitune_triton_served/...).
+SERVED_FILES = [
+    f"aitune_triton_served/{path.relative_to(REPO_ROOT / 'aitune_triton' / 'served').as_posix()}"
+    for path in (REPO_ROOT / "aitune_triton" / "served").rglob("*.py")
+]
 
 
 
@@ -64,14 +69,14 @@ def test_export_writes_an_entry_model_and_one_graph_model_per_graph_spec(tuned, 
     for graph_model in GRAPH_MODELS:
         assert sorted(p.name for p in (repository / graph_model).iterdir()) == ["1", "config.pbtxt"]
         assert sorted(p.name for p in (repository / graph_model / "1").iterdir()) == [
-            "aitune_triton_contract.py",
+            "aitune_triton_served",
             "io.json",
             "manifest.json",
             "model.onnx",
             "model.py",
         ]
     assert sorted(p.name for p in (repository / MODULE_NAME / "1").iterdir()) == [
-        "aitune_triton_contract.py",
+        "aitune_triton_served",
         "manifest.json",
         "model.py",
         "routes.json",
@@ -88,13 +93,18 @@ def test_every_generated_model_py_is_valid_python_for_its_runtime(tuned, tmp_pat
         compile(source, str(repository / model / "1" / "model.py"), "exec")
         assert "class TritonPythonModel" in source
         assert "def execute(self, requests)" in source
-    graph_source = (repository / GRAPH_MODELS[0] / "1" / "model.py").read_text()
-    assert "import onnxruntime" in graph_source
+    graph_dir = repository / GRAPH_MODELS[0] / "1"
+    graph_source = (graph_dir / "model.py").read_text()
+    assert 'RUNTIME = "onnxruntime"' in graph_source and 'ARTIFACT = "model.onnx"' in graph_source
+    assert "import onnxruntime" in (graph_dir / "aitune_triton_served" / "runtimes" / "onnxruntime.py").read_text()
     # ONNX Runtime models load without torch: torch is imported only where a bfloat16 tensor needs DLPack.
-    assert not [line for line in graph_source.splitlines() if line.startswith(("import torch", "from torch"))]
-    assert 'ARTIFACT = "model.onnx"' in graph_source
-    router_source = (repository / MODULE_NAME / "1" / "model.py").read_text()
-    assert "pb_utils.InferenceRequest(" in router_source
+    for name in ("model.py", "aitune_triton_served/graph_model.py", "aitune_triton_served/tensors.py",
+                 "aitune_triton_served/runtimes/onnxruntime.py", "aitune_triton_served/contract.py"):
+        source = (graph_dir / name).read_text()
+        assert not [line for line in source.splitlines() if line.startswith(("import torch", "from torch"))], name
+    router_dir = repository / MODULE_NAME / "1"
+    assert "pb_utils.InferenceRequest(" in (router_dir / "aitune_triton_served" / "router.py").read_text()
+    assert "router.Router(pb_utils, args)" in (router_dir / "model.py").read_text()
 
 
 def test_the_entry_config_routes_match_the_io_json_of_each_graph_model(tuned, tmp_path):
@@ -131,14 +141,17 @@ def test_manifest_sha256_matches_the_copied_artifact_and_the_tuned_one(tuned, tm
         source_artifact = Path(module.to_dict()["graphs"][index]["backend"]["artifacts"]["model"])
         assert manifest["model"] == graph_model
         assert manifest["version"] == 1
-        assert sorted(manifest["sha256"]) == ["aitune_triton_contract.py", "io.json", "model.onnx", "model.py"]
+        assert sorted(name for name in manifest["sha256"] if "/" not in name) == ["io.json", "model.onnx", "model.py"]
+        assert sorted(name for name in manifest["sha256"] if "/" in name) == sorted(SERVED_FILES)
         assert manifest["sha256"]["model.onnx"] == _sha256(version_dir / "model.onnx") == _sha256(source_artifact)
         assert manifest["sha256"]["model.py"] == _sha256(version_dir / "model.py")
         assert manifest["sha256"]["io.json"] == _sha256(version_dir / "io.json")
         assert manifest["source"] == f"module '{MODULE_NAME}'"
         assert manifest["versions"]["torch"] == torch.__version__
     entry_manifest = json.loads((repository / MODULE_NAME / "1" / "manifest.json").read_text())
-    assert sorted(entry_manifest["sha256"]) == ["aitune_triton_contract.py", "model.py", "routes.json"]
+    assert sorted(entry_manifest["sha256"]) == sorted(["model.py", "routes.json", *SERVED_FILES])
+    for name in SERVED_FILES:  # the served package copied as it is in this source tree
+        assert entry_manifest["sha256"][name] == _sha256(REPO_ROOT / "aitune_triton" / "served" / name.split("/", 1)[1])
 
 
 def test_a_second_export_adds_version_2_and_leaves_version_1_byte_identical(tuned, tmp_path):
@@ -302,6 +315,8 @@ def test_the_wheel_ships_the_templates_and_the_installed_exporter_finds_them(tmp
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         assert {"aitune_triton/templates/graph_model.py.j2", "aitune_triton/templates/router_model.py.j2"} <= names
+        # The served package that every model version gets a copy of.
+        assert {f"aitune_triton/served/{name.split('/', 1)[1]}" for name in SERVED_FILES} <= names
         for template in ("graph_model.py.j2", "router_model.py.j2"):
             shipped = archive.read(f"aitune_triton/templates/{template}")
             assert shipped == (REPO_ROOT / "templates" / template).read_bytes()
@@ -313,7 +328,7 @@ def test_the_wheel_ships_the_templates_and_the_installed_exporter_finds_them(tmp
             sys.executable,
             "-c",
             "import aitune_triton.triton.exporter as e; print(e.__file__); print(e.templates_dir()); "
-            "e._environment().get_template('graph_model.py.j2')",
+            "e._environment().get_template('graph_model.py.j2'); print(sorted(e.served_files()) == sorted(%r))" % SERVED_FILES,
         ],
         capture_output=True,
         text=True,
@@ -322,7 +337,8 @@ def test_the_wheel_ships_the_templates_and_the_installed_exporter_finds_them(tmp
         env={**os.environ, "PYTHONPATH": str(tmp_path / "installed")},
     )
     assert probe.returncode == 0, probe.stderr
-    module_file, templates = probe.stdout.strip().splitlines()[-2:]
+    module_file, templates, same_served_files = probe.stdout.strip().splitlines()[-3:]
+    assert same_served_files == "True"
     assert Path(module_file).is_relative_to(tmp_path / "installed")
     assert Path(templates) == tmp_path / "installed" / "aitune_triton" / "templates"
 

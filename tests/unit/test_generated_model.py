@@ -164,7 +164,7 @@ def test_an_exception_in_the_runtime_fails_only_its_group_and_execute_returns(to
     def broken(arrays):
         raise RuntimeError("the runtime failed")
 
-    monkeypatch.setattr(model, "run", broken)
+    monkeypatch.setattr(model.served, "run", broken)
     responses = model.execute([request(ids=np.array([[1, 2]]), features=np.zeros((1, 2, 6), np.float32))])
 
     assert "RuntimeError: the runtime failed" in error(responses[0]).message()

@@ -58,8 +58,10 @@ def test_a_graph_model_manifest_holds_kind_device_backend_precision_io_mapping_g
     assert manifest.inputs == inputs and manifest.outputs == outputs
     assert [(t.name, t.data_type, t.dims) for t in manifest.inputs] == [("x", "TYPE_FP32", (8,)), ("y", "TYPE_FP32", (4,))]
     assert manifest.max_batch_size == 5
-    # sha256 (read by the generated model.py) lists every other file of the version directory.
-    files = sorted(p.name for p in version_dir.iterdir() if p.name != "manifest.json")
+    # sha256 (read by the generated model.py) lists every other file of the version directory,
+    # those of the served package copy by their path under it.
+    files = sorted(p.relative_to(version_dir).as_posix() for p in version_dir.rglob("*") if p.is_file() and p.name != "manifest.json")
+    assert "aitune_triton_served/graph_model.py" in files
     assert sorted(manifest.sha256) == files
     for name in files:
         assert manifest.sha256[name] == hashlib.sha256((version_dir / name).read_bytes()).hexdigest()

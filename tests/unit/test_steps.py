@@ -7,7 +7,7 @@ import pytest
 import text_steps
 
 from aitune_triton.errors import InvalidArgumentError
-from aitune_triton.triton.step_runtime import StepOutputError, StepRequestError, StepRuntime, load_step_function
+from aitune_triton.served.step_runtime import StepOutputError, StepRequestError, StepRuntime, load_step_function
 from aitune_triton.triton.steps import Step, StepTensor, resolve_step, step
 
 

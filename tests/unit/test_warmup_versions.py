@@ -123,23 +123,22 @@ def test_warmup_without_recorded_inputs_says_to_tune_again(tuned):
         add_warmup(mc.ModelConfig(), io, backend, 1)
 
 
-def test_the_generated_model_py_applies_the_configured_threads_before_loading_the_artifact(tuned, tmp_path, monkeypatch):
-    import sys
-    import types
+def test_the_generated_model_py_applies_the_configured_threads_before_loading_the_artifact(tuned, tmp_path):
+    from aitune_triton.served.graph_model import runtime_options
+    from aitune_triton.served.runtimes.onnxruntime import session_options
 
     export(tuned[0], tmp_path / "repo", options=TritonModelOptions(intra_op_threads=2), show_progress=False)
     source = (tmp_path / "repo" / f"{NAME}.graph_0" / "1" / "model.py").read_text()
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
-    namespace: dict = {"__name__": "generated_model"}
-    exec(compile(source, "model.py", "exec"), namespace)
+    namespace: dict = {}
+    exec(source[source.index("RUNTIME_OPTIONS = "):].split("\n", 1)[0], {"json": json}, namespace)
     config = {"parameters": {"aitune_triton.intra_op_threads": {"string_value": "2"}}}  # args["model_config"], parsed
     before = torch.get_num_threads()
     try:
-        options = namespace["runtime_options"](config)
+        options = runtime_options(namespace["RUNTIME_OPTIONS"], config)
         assert options["intra_op_num_threads"] == 2  # ONNX Runtime's session option
         assert torch.get_num_threads() == 2  # torch, already imported here, as in an AOTInductor model.py
-        assert namespace["session_options"](options).intra_op_num_threads == 2
-        assert namespace["runtime_options"]({"parameters": {}}) == namespace["RUNTIME_OPTIONS"]  # no parameter: the stored options
+        assert session_options(options).intra_op_num_threads == 2
+        assert runtime_options(namespace["RUNTIME_OPTIONS"], {"parameters": {}}) == namespace["RUNTIME_OPTIONS"]  # no parameter: the stored options
     finally:
         torch.set_num_threads(before)
 

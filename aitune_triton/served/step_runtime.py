@@ -1,6 +1,6 @@
 """What a served step model runs around the user's function: input conversion and output checks.
 
-This file is copied beside every generated step ``model.py`` (as ``aitune_triton_step_runtime.py``)
+This module is part of :mod:`aitune_triton.served`, copied beside every generated step ``model.py``
 and imported from there, so it needs only numpy and the standard library: the server's Python need
 not have aitune_triton installed for this part. :mod:`aitune_triton.triton.steps` uses the same
 dtype table and checks, so the declaration and the served check are one implementation.
