@@ -3,9 +3,11 @@
 One graph spec's artifact, run by its backend's runtime (:mod:`.runtimes`). Inputs and outputs
 are described in ``io.json`` next to ``model.py``. Each request is read, its dtypes checked and
 then checked against the artifact's input contract (shape ranges, tied and fixed axes, the value
-ranges of index inputs such as token ids) before it runs. :meth:`GraphModel.plan_batches` groups
-the accepted requests of one ``execute()`` call: requests with equal per-sample shapes are
-concatenated along the batch axis and run as one batch. Every problem with one request (a missing
+ranges of index inputs such as token ids) before it runs. :meth:`GraphModel.run_accepted` runs
+the accepted requests of one ``execute()`` call: where tuning proved padding changes no result
+(``io.json``'s ``padding``), requests of different lengths are padded to the longest and run as
+one batch (:mod:`.padding`), each request getting its own slice back; otherwise requests with
+equal per-sample shapes are concatenated along the batch axis and run as one batch. Every problem with one request (a missing
 input, a dtype or shape the artifact does not take, a bad token id) answers that request with
 INVALID_ARG; a runtime failure answers the requests of its batch with INTERNAL; ``execute()``
 itself never raises.
@@ -22,6 +24,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .contract import InputContract
+from .padding import PaddingLayout, run_padded
 from .runtimes import runtime_module
 from .shipped import verify_file
 from .tensors import concatenate, dtype_name, host_value, output_tensor, split
@@ -31,13 +34,16 @@ __all__ = ["STAGE_LOG_ENV", "THREADS_PARAMETER", "Accepted", "GraphModel", "runt
 #: Config parameter with the intra-op threads of each instance (set by the exporter's options).
 THREADS_PARAMETER = "aitune_triton.intra_op_threads"
 #: Environment variable naming a file to which every ``execute()`` call appends one JSON line of
-#: its stage times in ms (``read``, ``plan``, ``run``, ``respond``, ``total``); unset (the
+#: its stage times in ms (``read``, ``run`` (planning included), ``respond``, ``total``); unset (the
 #: default), nothing is timed. The server's stub processes inherit it from the server;
 #: ``benchmarks/served_breakdown.py`` sets it.
 STAGE_LOG_ENV = "AITUNE_TRITON_STAGE_LOG"
 
 #: An accepted request: its index in the ``execute()`` call and its input host values (artifact order).
 Accepted = tuple[int, list[Any]]
+#: What one request's run gave: its output host values, the message of why padding refused it
+#: (answered INVALID_ARG), or the exception its run raised (answered INTERNAL).
+Outcome = tuple[int, "list[Any] | str | Exception"]
 
 
 def runtime_options(stored: dict[str, Any], model_config: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +94,10 @@ class GraphModel:
         self.contract = InputContract.from_io(io)
         self.output_names = [tensor["name"] for tensor in io["outputs"]]
         self.batching = io["max_batch_size"] > 0
+        self.max_batch_size = int(io["max_batch_size"])
+        # Set only where tuning proved padding changes no result (io.json's "padding"): requests of
+        # different lengths are then padded into one batch instead of grouped by shape.
+        self.padding = PaddingLayout.from_dict(io["padding"]) if self.batching and io.get("padding") else None
         # A 0-d tensor of a model that does not batch travels as shape [1] (Triton needs a dim).
         self.scalar_inputs = [not self.batching and not tensor["dims"] for tensor in io["inputs"]]
         self.scalar_outputs = [not self.batching and not tensor["dims"] for tensor in io["outputs"]]
@@ -156,6 +166,26 @@ class GraphModel:
         for member, (index, _) in enumerate(members):
             yield index, [parts[member] for parts in pieces]
 
+    def run_accepted(self, accepted: list[Accepted]) -> list[Outcome]:
+        """Run the accepted requests of one ``execute()`` call; one outcome per request.
+
+        With a padding layout, :func:`.padding.run_padded` pads requests of different lengths into
+        runs of at most ``max_batch_size`` rows, answers a request it refuses (a mask that is not
+        0/1, data at its pad positions) with its message and reruns alone each request of a run
+        that failed, so one bad request never fails the others. Otherwise requests of equal
+        per-sample shapes run together (:meth:`plan_batches`); a failed batch fails its requests.
+        """
+        if self.padding is not None:
+            results = run_padded(self.padding, [values for _, values in accepted], self.run, self.max_batch_size)
+            return [(index, result) for (index, _), result in zip(accepted, results)]
+        outcomes: list[Outcome] = []
+        for members in self.plan_batches(accepted):
+            try:
+                outcomes.extend(self.run_batch(members))
+            except Exception as error:
+                outcomes.extend((index, error) for index, _ in members)
+        return outcomes
+
     def error(self, message: str, code: Any = None) -> Any:
         """An error response naming this model; ``code`` a ``TritonError`` code (default INTERNAL)."""
         error = self.pb_utils.TritonError
@@ -190,38 +220,30 @@ class GraphModel:
         if marks is not None:
             marks.append(("read", time.perf_counter_ns()))
         try:
-            batches = self.plan_batches(accepted)
-        except Exception as error:
-            batches = []
-            for index, _ in accepted:
-                responses[index] = self.error(f"{type(error).__name__}: {error}")
-        if marks is not None:
-            marks.append(("plan", time.perf_counter_ns()))
-        ran: list[tuple[list[Accepted], list[tuple[int, list[Any]]] | None]] = []
-        for members in batches:
-            try:
-                ran.append((members, list(self.run_batch(members))))
-            except Exception as error:
-                ran.append((members, None))
-                for index, _ in members:
-                    responses[index] = self.error(f"{type(error).__name__}: {error}")
+            outcomes = self.run_accepted(accepted)
+        except Exception as error:  # planning itself failed: every accepted request gets the error
+            outcomes = [(index, error) for index, _ in accepted]
         if marks is not None:
             marks.append(("run", time.perf_counter_ns()))
-        for members, results in ran:
-            if results is None:
-                continue
-            try:
-                for index, outputs in results:
-                    if self._any_scalar_output:
-                        outputs = [value.reshape((1,)) if scalar else value for value, scalar in zip(outputs, self.scalar_outputs)]
-                    tensors = [output_tensor(self.pb_utils, name, value) for name, value in zip(self.output_names, outputs)]
-                    responses[index] = self.pb_utils.InferenceResponse(output_tensors=tensors)
-            except Exception as error:
-                for index, _ in members:
-                    responses[index] = self.error(f"{type(error).__name__}: {error}")
+        for index, outcome in outcomes:
+            responses[index] = self.respond(outcome)
         if marks is not None:
             marks.append(("respond", time.perf_counter_ns()))
         return responses
+
+    def respond(self, outcome: "list[Any] | str | Exception") -> Any:
+        """The response for one request's outcome (see :data:`Outcome`); never raises."""
+        if isinstance(outcome, str):
+            return self.error(outcome, self.pb_utils.TritonError.INVALID_ARG)
+        if isinstance(outcome, Exception):
+            return self.error(f"{type(outcome).__name__}: {outcome}")
+        try:
+            if self._any_scalar_output:
+                outcome = [value.reshape((1,)) if scalar else value for value, scalar in zip(outcome, self.scalar_outputs)]
+            tensors = [output_tensor(self.pb_utils, name, value) for name, value in zip(self.output_names, outcome)]
+            return self.pb_utils.InferenceResponse(output_tensors=tensors)
+        except Exception as error:
+            return self.error(f"{type(error).__name__}: {error}")
 
     def finalize(self) -> None:
         """Release the runtime."""

@@ -1,15 +1,11 @@
 """Padded batching, served: the session's TokenNet (ids + 0/1 mask, ONNX Runtime) passed the padding
 invariance check, so its graph model takes requests of different lengths in one batch.
-
-The last test needs the generated graph model to pad with ``aitune_triton/served/padding.py``
-(``run_padded``); it is skipped until a served module or the graph model template calls it.
 """
 
 from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,14 +18,7 @@ from aitune_triton.triton.config import read_model_config
 
 pytestmark = pytest.mark.triton
 
-ROOT = Path(__file__).resolve().parents[2]
 GRAPH_MODEL = f"{ORT_TORCHSCRIPT_MODEL}.graph_0"
-#: Whether the served graph model pads (calls run_padded); until it does, the padding tests below are skipped.
-GRAPH_MODEL_PADS = any(
-    "run_padded" in path.read_text()
-    for path in [*(ROOT / "aitune_triton" / "served").glob("*.py"), ROOT / "templates" / "graph_model.py.j2"]
-    if path.is_file() and path.name != "padding.py"
-)
 
 
 def _io(served, model: str) -> dict:
@@ -88,7 +77,6 @@ def test_concurrent_requests_of_different_lengths_each_get_their_eager_outputs(s
             np.testing.assert_allclose(answer[1], want["pooled"][0].numpy(), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.skipif(not GRAPH_MODEL_PADS, reason="the generated graph model does not pad yet (it will call served/padding.py run_padded)")
 def test_one_bad_request_in_a_padded_batch_gets_invalid_argument_and_the_others_their_eager_outputs(served):
     eager, _ = served.extra[ORT_TORCHSCRIPT_MODEL]
     requests = [_request(length, seed) for seed, length in enumerate((4, 9, 5, 7, 6, 8))]

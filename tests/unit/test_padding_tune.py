@@ -273,3 +273,74 @@ def test_token_type_ids_get_0_proposed_but_only_the_attention_mask_marks_pad_pos
     assert request_problem(layout, [t.numpy() for t in recorded[0].flat.tensors]) is None
     check = check_padding_eager(_eager(module).forward, module.signature, module.graph_specs[0], recorded, {})
     assert check.held, check.reason
+
+
+def _graph_model(module, root):
+    """The exported single-graph model of ``module``, run directly by the served GraphModel class
+    against the pb_utils stand-in, with every artifact run recorded (the rows and length it got)."""
+    import json
+
+    import pb_utils_standin as pb_utils
+
+    from aitune_triton.served.graph_model import GraphModel
+    from aitune_triton.triton.exporter import export
+
+    export(module, root, show_progress=False)
+    args = {"model_repository": str(root / module.name), "model_version": "1", "model_name": module.name,
+            "model_config": json.dumps({}), "model_instance_kind": "CPU", "model_instance_device_id": "0"}
+    graph = GraphModel(pb_utils, args, "onnxruntime", "model.onnx", {})
+    runs: list[tuple[int, ...]] = []
+    run = graph.run
+
+    def recorded(values):
+        runs.append(tuple(values[0].shape))
+        return run(values)
+
+    graph.run = recorded
+    return graph, runs
+
+
+def _served_request(call):
+    import pb_utils_standin as pb_utils
+
+    tensors = [pb_utils.Tensor(name, value.numpy()) for name, value in call.items()]
+    return pb_utils.InferenceRequest(model_name="", inputs=tensors, requested_output_names=[])
+
+
+def test_the_served_graph_model_pads_requests_of_different_lengths_into_one_run_and_refuses_bad_ones_alone(masked, tmp_path):
+    import pb_utils_standin as pb_utils
+
+    graph, runs = _graph_model(masked, tmp_path / "repo")
+    calls = _calls((4, 12, 3, 7, 9, 5))
+    not_a_mask = {"input_ids": calls[0]["input_ids"], "attention_mask": calls[0]["attention_mask"] * 2}
+    data_in_pads = {"input_ids": calls[1]["input_ids"], "attention_mask": calls[1]["attention_mask"].clone()}
+    data_in_pads["attention_mask"][0, -3:] = 0  # its last 3 positions are pads, yet their ids are not the pad id 0
+    responses = graph.execute([_served_request(call) for call in [*calls[:3], not_a_mask, *calls[3:], data_in_pads]])
+
+    assert runs == [(6, 12)]  # six lengths, one run padded to the longest
+    refused = {3: "attention_mask", 7: "input_ids"}
+    for index, name in refused.items():
+        error = responses[index].error()
+        assert error.code() == pb_utils.TritonError.INVALID_ARG and repr(name) in error.message(), error.message()
+    answered = [response for index, response in enumerate(responses) if index not in refused]
+    eager = _eager(masked)
+    with torch.no_grad():
+        for call, response in zip(calls, answered):
+            assert response.error() is None
+            got = {tensor.name(): torch.from_numpy(tensor.as_numpy()) for tensor in response.output_tensors()}
+            _close(got, eager(**call))
+    graph.finalize()
+
+
+def test_the_served_graph_model_of_a_refused_graph_spec_runs_each_length_on_its_own(leaky, tmp_path):
+    graph, runs = _graph_model(leaky, tmp_path / "repo")
+    calls = _calls((4, 12, 4, 7))
+    responses = graph.execute([_served_request(call) for call in calls])
+
+    assert sorted(runs) == [(1, 7), (1, 12), (2, 4)]  # equal shapes still join; nothing is padded
+    eager = _eager(leaky)
+    with torch.no_grad():
+        for call, response in zip(calls, responses):
+            got = {tensor.name(): torch.from_numpy(tensor.as_numpy()) for tensor in response.output_tensors()}
+            _close(got, eager(**call))
+    graph.finalize()
