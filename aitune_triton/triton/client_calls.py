@@ -23,7 +23,7 @@ from aitune_triton.errors import (
     UnknownOutputTypeError,
 )
 from aitune_triton.graph_diff import mismatch_message
-from aitune_triton.spec import ForwardSignature, flat_output, flatten_call, rebuild_output, treespec_from_json
+from aitune_triton.spec import CallLayouts, ForwardSignature, flat_output, rebuild_output, treespec_from_json
 from aitune_triton.triton.client_transport import torch_tensor, wire_array
 from aitune_triton.triton.config import ROUTES_PARAMETER
 from aitune_triton.triton.io import ModelIO
@@ -88,6 +88,9 @@ class RemoteRoutes:
         self.graphs = [ModelIO.from_dict(graph) for graph in routes["graphs"]]
         self._by_key = {io.key: io for io in self.graphs}
         self._treespecs: dict[str, Any] = {}
+        # A call shaped like an earlier one reuses its bound layout (no signature binding, key
+        # paths or JSON key per call): the biggest client cost of a small served call.
+        self._layouts = CallLayouts(self.signature, self.strict)
 
     def prepare(self, args: tuple, kwargs: dict) -> PreparedCall:
         """Bind, flatten and match a call, check it against the artifact's contract and build its
@@ -102,7 +105,7 @@ class RemoteRoutes:
                 outside the exported ranges.
             IndexOutOfRangeError: an index-valued input holds a value its indexing op refuses.
         """
-        call = flatten_call(self.signature, args, kwargs, self.strict)
+        call = self._layouts.flatten(args, kwargs)
         if any(isinstance(leaf, np.ndarray) for leaf in call.flat.leaves):
             raise ArgumentTypeError("RemoteModule: pass torch tensors, as to the module itself; got a numpy array.")
         io = self._by_key.get(call.key)
