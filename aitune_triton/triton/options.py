@@ -17,7 +17,7 @@ instance kind / count             auto / 1     GPU when tuned on CUDA; one proce
 intra-op threads per instance     1            ``benchmarks/served_threads.py`` (see README)
 version_policy                    latest 1     Triton's own default
 response_cache                    off          Triton's own default (needs a cache at start)
-model_warmup                      off          opt-in: adds load time
+model_warmup                      on           recorded calls; load time for first-request time
 TensorRT cuda graphs              off          Triton's own default
 ================================  ===========  ==============================================
 """
