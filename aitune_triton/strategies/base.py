@@ -418,6 +418,7 @@ class TuneStrategy(abc.ABC):
         graph, label = context.graph, _label(backend)
         low, recorded_max = original["batch"]
         context.log(f"{graph.name}: {label}: batch size sweep up to {limit}")
+        sweep = BatchSweep(label)
         try:
             with torch.no_grad():
                 sweep, largest = sweep_batch_sizes(
@@ -429,7 +430,8 @@ class TuneStrategy(abc.ABC):
                     self._check_batched(backend, context, largest)
         except Exception as error:  # a mismatch at the largest size, or a failure on the recorded range
             first_lines = "; ".join(line.strip() for line in _reason(error).splitlines()[:2])
-            sweep = BatchSweep(label, stop_reason=f"the recorded batch range stays: {first_lines[:300]}")
+            sweep.stop_reason = f"the recorded batch range stays: {first_lines[:300]}"  # the timings stay in the record
+            sweep.preferred_batch_size = None
         return sweep
 
     def _limit_name(self, context: TuneContext, limit: int) -> str:

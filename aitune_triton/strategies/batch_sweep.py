@@ -117,7 +117,8 @@ def sweep_batch_sizes(
         except Exception as error:
             if size <= recorded_max:
                 raise
-            record.stop_reason = f"batch {size} failed ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})"
+            first_line = (str(error).splitlines() or [""])[0][:200]
+            record.stop_reason = f"batch {size} failed ({type(error).__name__}: {first_line})"
             log(f"{backend}: {record.stop_reason}")
             break
         record.latencies_ms[str(size)] = ms

@@ -352,6 +352,7 @@ def test_a_kept_candidate_wrong_at_the_largest_swept_batch_keeps_the_recorded_ra
     assert context.graph.dims == {"batch": (1, 2)} and context.graph.preferred_batch_size is None
     assert report.batch_sweep is not None and report.batch_sweep.max_batch_size is None
     assert "the recorded batch range stays" in report.batch_sweep.stop_reason and "batch of 8" in report.batch_sweep.stop_reason
+    assert list(report.batch_sweep.latencies_ms) == ["1", "2", "4", "8"]  # what was timed stays in the report
 
 
 def test_a_failed_tune_leaves_the_recorded_batch_range(tmp_path):
