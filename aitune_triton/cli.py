@@ -77,8 +77,11 @@ def main() -> None:
               help="Free config parameter of every graph model; repeatable.")
 @click.option("--response-cache", is_flag=True, help="Enable Triton's response cache for graph models "
               "(start the server with a cache: --cache-config local,size=...).")
-@click.option("--warmup", is_flag=True, help="Write model_warmup from the recorded calls at the smallest and largest "
-              "shape of each graph spec (inputs under each model's warmup/).")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="Write model_warmup from the recorded calls at the smallest and largest shape of each graph spec "
+              "(inputs under each model's warmup/): Triton runs them on every instance before a model is ready, so the "
+              "first requests do not pay for warming up (or, for inductor, for the recorded shapes' compilation). "
+              "--no-warmup skips it (faster load).")
 @click.option("--tensorrt-cuda-graphs", is_flag=True, help="TensorRT models: capture CUDA graphs.")
 @click.option("--tensorrt-profile", "tensorrt_profiles", multiple=True, type=int,
               help="TensorRT models: optimization profile index per instance; repeatable.")

@@ -12,8 +12,11 @@ from aitune_triton.backends import OnnxRuntimeBackend
 
 
 def fast_onnxruntime() -> aitune_triton.OneBackendStrategy:
-    """ONNX Runtime with its session options given, so the build does not measure them (seconds, not tens)."""
-    return aitune_triton.OneBackendStrategy(OnnxRuntimeBackend(graph_optimization_level="basic", intra_op_num_threads=1))
+    """ONNX Runtime with its session options given, so the build does not measure them (seconds, not tens),
+    and without the batch size sweep: the repository tools' tests check shapes at the recorded range."""
+    return aitune_triton.OneBackendStrategy(
+        OnnxRuntimeBackend(graph_optimization_level="basic", intra_op_num_threads=1), find_max_batch_size=False
+    )
 
 
 def tuned_two_spec_net(name: str, root: Path) -> aitune_triton.Module:

@@ -275,8 +275,8 @@ def decide_batch_axis(
     varied = any(spec.min_shape[axis] != spec.max_shape[axis] for spec, axis in batched)
     if check.independent and high < 2:
         return (
-            f"batch axis {low}..{high}: {check.reason}; declare BatchDim(1, N) in dynamic_shapes (or record larger "
-            "batches) to accept batches above 1"
+            f"batch axis {low}..{high}: {check.reason}; the batch size sweep widens it (find_max_batch_size), or "
+            "declare BatchDim(1, N) in dynamic_shapes (or record larger batches) to accept batches above 1"
         )
     if check.independent:
         return f"batch axis {low}..{high}, requests may be joined: {check.reason}"

@@ -18,10 +18,11 @@ from aitune_triton._warnings import warn
 from aitune_triton.backends import Backend, BuildContext, EagerBackend, get_backend_class
 from aitune_triton.errors import ArgumentTypeError, BackendUnavailableError, InvalidArgumentError, OutputMismatchError, TuningError
 from aitune_triton.spec import CallStructure, FlatTree, ForwardSignature, GraphSpec, flatten_output, output_leaves
+from aitune_triton.strategies.batch_sweep import settled_dims, short_profiler, sweep_batch_sizes, sweep_sizes, widened_dims
 from aitune_triton.strategies.batching import batch_axes, batch_of, batched_call
 from aitune_triton.strategies.layout import DEFAULT_LATENCY_TOLERANCE, measure_layout
 from aitune_triton.strategies.profiler import Profiler
-from aitune_triton.strategies.report import CandidateReport, GraphTuneReport
+from aitune_triton.strategies.report import BatchSweep, CandidateReport, GraphTuneReport
 from aitune_triton.strategies.validation import compare_outputs, raise_on_mismatch
 
 __all__ = [
@@ -172,10 +173,18 @@ class TuneStrategy(abc.ABC):
         accuracy: Accuracy metric for lower-precision candidates (see :data:`AccuracyMetric`),
             e.g. ``lambda eager, tuned: float(torch.cosine_similarity(eager, tuned, dim=-1).min())``.
         min_accuracy: The score ``accuracy`` must reach on every sample, when it returns a number.
-        find_max_batch_size: Sweep batch sizes 1, 2, 4, ... (batches built from recorded samples,
-            batch-independent graph specs only) until throughput grows by less than
-            ``batch_gain_threshold`` or memory runs out; the chosen candidate's best size becomes
-            the graph spec's preferred batch size, and its batch range reaches it.
+        find_max_batch_size: On by default, for graph specs whose batch axis proved independent
+            (see :func:`~aitune_triton.strategies.batching.batch_axes`): every candidate is built
+            for a batch range widened to the sweep limit, then batch sizes 1, 2, 4, ... (batches
+            built from recorded samples) are timed until throughput grows by less than
+            ``batch_gain_threshold``, memory runs out (caught) or the limit is reached, and the
+            largest size run is compared with eager. The best size becomes the graph spec's
+            preferred batch size and its batch range (Triton's ``max_batch_size``) reaches it,
+            never below the recorded range; a declared ``BatchDim`` max bounds the sweep and stays
+            the range. Only the kept candidate is swept (with a short profiler: at most 10 runs
+            and 0.5 s per size), except by strategies that select on throughput
+            (:attr:`sweeps_every_candidate`). The report's ``batch_sweep`` holds the outcome.
+            False keeps the recorded batch range.
         max_batch_size_limit: Largest batch size the sweep tries (a declared ``BatchDim`` max
             caps it further).
         batch_gain_threshold: Relative throughput gain under which the sweep stops (0.05: 5%).
@@ -199,6 +208,9 @@ class TuneStrategy(abc.ABC):
 
     #: Whether the speed gate applies (False for strategies that build one given backend).
     gated: ClassVar[bool] = True
+    #: Whether every candidate's batch size sweep is needed by the selection rule (throughput
+    #: strategies); otherwise only the kept candidate is swept, after selection.
+    sweeps_every_candidate: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -208,7 +220,7 @@ class TuneStrategy(abc.ABC):
         speed_margin: float | None = 0.01,
         accuracy: AccuracyMetric | None = None,
         min_accuracy: float | None = None,
-        find_max_batch_size: bool = False,
+        find_max_batch_size: bool = True,
         max_batch_size_limit: int = 64,
         batch_gain_threshold: float = 0.05,
         profiler: Profiler | None = None,
@@ -334,9 +346,10 @@ class TuneStrategy(abc.ABC):
         graph = context.graph
         original_dims = dict(graph.dims)
         sweep_limit = self._widen_batch_range(context)
+        every = sweep_limit is not None and (self.sweeps_every_candidate or self.batch_sizes is not None)
         with torch.no_grad():
             references = [flatten_output(context.run(*call.args, **call.kwargs)) for call in context.samples]
-        measure = _Measurements(context, sweep_limit, self.find_max_batch_size, self.batch_sizes)
+        measure = _Measurements(context, original_dims, sweep_limit if every else None, self.find_max_batch_size, self.batch_sizes)
         context.log(f"{graph.name}: profiling eager")
         eager = CandidateReport(EagerBackend.name, "reference")
         with torch.no_grad():
@@ -402,7 +415,12 @@ class TuneStrategy(abc.ABC):
         for candidate, _, workdir in built:
             if candidate is not backend:
                 self._release(candidate, workdir)
-        max_batch = self._settle_batch_range(context, original_dims, chosen_report)
+        sweep = chosen_report.batch_sweep
+        if sweep_limit is not None and not every and backend.name != EagerBackend.name:
+            sweep = self._sweep_kept(backend, context, measure, original_dims, sweep_limit)
+            chosen_report.batch_sweep, chosen_report.max_batch_size = sweep, sweep.preferred_batch_size
+            chosen_report.batch_latencies_ms.update(sweep.latencies_ms)
+        max_batch = self._settle_batch_range(context, original_dims, chosen_report, sweep)
         if max_batch is not None:
             low, high = graph.dims["batch"]
             decision += f"; batch sweep: preferred batch size {max_batch}, batch range {low}..{high}"
@@ -413,8 +431,36 @@ class TuneStrategy(abc.ABC):
         ) if self.measure_layouts else None
         return backend, GraphTuneReport(
             graph.name, self.describe(), _label(backend), eager.latencies_ms.get("typical", 0.0), reports,
-            eager=eager, decision=decision, max_batch_size=max_batch, layout=layout,
+            eager=eager, decision=decision, max_batch_size=max_batch, layout=layout, batch_sweep=sweep,
         )
+
+    def _sweep_kept(
+        self, backend: Backend, context: TuneContext, measure: "_Measurements", original: dict[str, tuple[int, int]], limit: int
+    ) -> BatchSweep:
+        """Sweep the kept candidate's batch sizes up to ``limit`` and compare the largest size run
+        with eager; a mismatch there keeps nothing (the recorded range stays). Never raises on a
+        backend failure: the kept candidate already passed on the recorded calls."""
+        graph, label = context.graph, _label(backend)
+        low, recorded_max = original["batch"]
+        context.log(f"{graph.name}: {label}: batch size sweep up to {limit}")
+        sweep = BatchSweep(label)
+        try:
+            with torch.no_grad():
+                sweep, largest = sweep_batch_sizes(
+                    label, backend.infer, measure.batch, sweep_sizes(low, limit), profiler=short_profiler(self.profiler),
+                    device=context.device, gain_threshold=self.batch_gain_threshold, recorded_max=recorded_max,
+                    limit_name=self._limit_name(context, limit), log=lambda line: context.log(f"{graph.name}: {line}"),
+                )
+                if largest is not None:
+                    self._check_batched(backend, context, largest)
+        except Exception as error:  # a mismatch at the largest size, or a failure on the recorded range
+            first_lines = "; ".join(line.strip() for line in _reason(error).splitlines()[:2])
+            sweep.stop_reason = f"the recorded batch range stays: {first_lines[:300]}"  # the timings stay in the record
+            sweep.preferred_batch_size = None
+        return sweep
+
+    def _limit_name(self, context: TuneContext, limit: int) -> str:
+        return f"the declared BatchDim max {limit}" if context.batch_declared else f"max_batch_size_limit {limit}"
 
     def _evaluate(
         self, backend: Backend, context: TuneContext, references: Sequence[FlatTree], measure: "_Measurements", workdir: Path
@@ -560,6 +606,17 @@ class TuneStrategy(abc.ABC):
         if not measure.batch_sizes:  # no batches to build: the typical call's own batch
             report.batch_latencies_ms = {str(batch_of(context.graph, measure.shapes["typical"])): report.latencies_ms["typical"]}
             return
+        if measure.searching:
+            sweep, largest = sweep_batch_sizes(
+                report.backend, infer, measure.batch, measure.batch_sizes, profiler=self.profiler, device=context.device,
+                gain_threshold=self.batch_gain_threshold, recorded_max=measure.recorded_max,
+                limit_name=self._limit_name(context, measure.batch_sizes[-1]), log=lambda line: context.log(f"{context.graph.name}: {line}"),
+            )
+            report.batch_latencies_ms.update(sweep.latencies_ms)
+            report.batch_sweep, report.max_batch_size = sweep, sweep.preferred_batch_size
+            if check is not None and largest is not None:
+                check(largest)
+            return
         best_rate, best_size, last_ok = 0.0, None, None
         for size in measure.batch_sizes:
             batch = measure.batch(size)
@@ -574,41 +631,45 @@ class TuneStrategy(abc.ABC):
             report.batch_latencies_ms[str(size)] = ms
             last_ok = call
             rate = size * 1000.0 / ms
-            if measure.searching:
-                if best_size is not None and rate < best_rate * (1.0 + self.batch_gain_threshold):
-                    break
-                best_rate, best_size = max(best_rate, rate), size
-            elif measure.explicit and rate > best_rate:  # given sizes: all profiled, the fastest kept
+            if measure.explicit and rate > best_rate:  # given sizes: all profiled, the fastest kept
                 best_rate, best_size = rate, size
-        if (measure.searching or measure.explicit) and best_size is not None:
+        if measure.explicit and best_size is not None:
             report.max_batch_size = best_size
             if check is not None and last_ok is not None:
                 check(last_ok)
 
     # --------------------------------------------------------------------------- batch range
     def _widen_batch_range(self, context: TuneContext) -> int | None:
-        """With ``find_max_batch_size``, raise the graph spec's batch range to the sweep limit (not
-        past a declared BatchDim's max) so that every candidate is built for it; return the limit."""
+        """With ``find_max_batch_size`` (or given batch sizes), give the graph spec a new ``dims``
+        whose batch range reaches the sweep limit (not past a declared BatchDim's max) so that every
+        candidate is built for it; return the limit. The old dict is not changed: the caller keeps
+        it to restore or settle from."""
         graph = context.graph
         if not (self.find_max_batch_size or self.batch_sizes) or batch_axes(graph) is None:
             return None
-        low, high = graph.dims["batch"]
+        high = graph.dims["batch"][1]
         limit = high if context.batch_declared else max(high, self.max_batch_size_limit)
-        graph.dims["batch"] = (low, limit)
+        graph.dims = widened_dims(graph.dims, limit)
         return limit
 
-    def _settle_batch_range(self, context: TuneContext, original: dict[str, tuple[int, int]], chosen: CandidateReport) -> int | None:
+    def _settle_batch_range(
+        self, context: TuneContext, original: dict[str, tuple[int, int]], chosen: CandidateReport, sweep: BatchSweep | None
+    ) -> int | None:
         """After the sweep: the batch range reaches the chosen candidate's best size (never below the
-        recorded or declared range); without a measured size it goes back to what it was."""
+        recorded or declared range) and ``sweep`` records what was kept; without a measured size the
+        graph spec gets its recorded ``dims`` back. Returns the preferred batch size."""
         graph = context.graph
         best = self.best_batch_size(chosen)
         if best is None or "batch" not in original:
-            graph.dims = original
+            graph.dims = dict(original)
             graph.preferred_batch_size = None
+            if sweep is not None:
+                sweep.preferred_batch_size = sweep.max_batch_size = None
             return None
-        low, high = original["batch"]
-        graph.dims = {**original, "batch": (low, max(high, best))}
+        graph.dims = settled_dims(original, best)
         graph.preferred_batch_size = best
+        if sweep is not None:
+            sweep.preferred_batch_size, sweep.max_batch_size = best, graph.dims["batch"][1]
         return best
 
     # ------------------------------------------------------------------------------- helpers
@@ -658,7 +719,9 @@ class BackendListStrategy(TuneStrategy):
 class _Measurements:
     """The calls every candidate is profiled on: one per shape label, and batches per size."""
 
-    def __init__(self, context: TuneContext, sweep_limit: int | None, searching: bool, sizes: list[int] | None):
+    def __init__(
+        self, context: TuneContext, recorded: dict[str, tuple[int, int]], sweep_limit: int | None, searching: bool, sizes: list[int] | None
+    ):
         self.context = context
         samples = list(context.samples) or [context.example]
         ordered = sorted(samples, key=lambda call: sum(t.numel() for t in call.flat.tensors))
@@ -673,20 +736,15 @@ class _Measurements:
         self._batches: dict[int, CallStructure | None] = {}
         self.batch_sizes: list[int] = []
         graph = context.graph
+        self.recorded_max = recorded["batch"][1] if "batch" in recorded else 1
         if batch_axes(graph) is None:
             return
-        low, high = graph.dims["batch"]
+        low, high = recorded["batch"]
         limit = sweep_limit if sweep_limit is not None else high
         if sizes is not None:
             self.batch_sizes = [size for size in sizes if low <= size <= limit]
             return
-        size = 1
-        while size <= limit:
-            if size >= low:
-                self.batch_sizes.append(size)
-            size *= 2
-        if not self.searching and high not in self.batch_sizes and high >= low:
-            self.batch_sizes.append(high)
+        self.batch_sizes = sweep_sizes(low, limit)
 
     def batch(self, size: int) -> CallStructure | None:
         """A call of ``size`` rows with the typical shape's per-sample shapes (built once)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from aitune_triton.backends import Backend
 from aitune_triton.errors import InvalidArgumentError
@@ -29,6 +29,9 @@ class LatencyBudgetStrategy(BackendListStrategy):
         InvalidArgumentError: (a ValueError) ``backends`` is empty or ``latency_budget_ms`` is not
             a positive number.
     """
+
+    #: The rule compares throughput over batch sizes: every candidate is swept.
+    sweeps_every_candidate: ClassVar[bool] = True
 
     def __init__(
         self, backends: Sequence[str | Backend], latency_budget_ms: float, atol: float = 1e-4, rtol: float = 1e-4, **options: Any

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from aitune_triton.backends import Backend
 from aitune_triton.errors import InvalidArgumentError
@@ -15,10 +15,11 @@ class MaxThroughputStrategy(BackendListStrategy):
     """Evaluate every backend and keep the one with the highest throughput (samples per second)
     over the profiled batch sizes, if it beats eager's by the speed gate.
 
-    By default it searches the max batch size (``find_max_batch_size=True``): batch sizes 1, 2, 4,
-    ... built from recorded samples (graph specs whose samples proved independent along the batch
-    axis) until throughput grows by less than ``batch_gain_threshold``; the kept candidate's best
-    size becomes Triton's preferred batch size and the batch range reaches it.
+    Like every strategy it searches the max batch size (``find_max_batch_size=True``): batch sizes
+    1, 2, 4, ... built from recorded samples (graph specs whose samples proved independent along
+    the batch axis) until throughput grows by less than ``batch_gain_threshold``; the kept
+    candidate's best size becomes Triton's preferred batch size and the batch range reaches it.
+    Unlike the others, it sweeps every candidate (its rule compares their throughput).
 
     Args:
         backends: Registered names or configured Backend instances.
@@ -34,6 +35,9 @@ class MaxThroughputStrategy(BackendListStrategy):
         InvalidArgumentError: (a ValueError) ``backends`` is empty or ``batch_sizes`` holds
             something other than positive integers.
     """
+
+    #: The rule compares throughput over batch sizes: every candidate is swept.
+    sweeps_every_candidate: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -11,10 +11,60 @@ from rich.table import Table
 
 from aitune_triton.strategies.layout import LayoutReport
 
-__all__ = ["CandidateReport", "GraphTuneReport", "report_table"]
+__all__ = ["BatchSweep", "CandidateReport", "GraphTuneReport", "report_table"]
 
 #: Shape labels of the latencies profiled per candidate, in report order.
 SHAPES = ("smallest", "typical", "largest")
+
+
+@dataclass
+class BatchSweep:
+    """A batch size sweep: the sizes tried on one backend, where it stopped and what it kept.
+
+    Attributes:
+        backend: The backend swept (its label, ``onnxruntime`` or ``onnxruntime[int8]``).
+        latencies_ms: Batch size tried (as a string, JSON keys) -> median latency of one call at
+            that size, in milliseconds, in the order tried (batches built from recorded samples).
+        stop_reason: Why the sweep stopped: the throughput gain under ``batch_gain_threshold``,
+            out of memory, a failure at a size above the recorded range, the limit reached
+            (``max_batch_size_limit`` or a declared ``BatchDim`` max), or the largest size not
+            matching eager.
+        checked_batch_size: The largest size that ran, compared with eager (None: none ran).
+        preferred_batch_size: The size with the best throughput before it stopped growing
+            (Triton's ``dynamic_batching.preferred_batch_size``); None when the sweep kept nothing.
+        max_batch_size: The batch range's upper bound kept (Triton's ``max_batch_size``): the
+            preferred size, never below the recorded or declared range; None when the sweep kept
+            nothing and the recorded range stays.
+    """
+
+    backend: str
+    latencies_ms: dict[str, float] = field(default_factory=dict)
+    stop_reason: str = ""
+    checked_batch_size: int | None = None
+    preferred_batch_size: int | None = None
+    max_batch_size: int | None = None
+
+    @property
+    def throughput(self) -> dict[int, float]:
+        """Batch size -> samples per second."""
+        return {int(size): int(size) * 1000.0 / ms for size, ms in self.latencies_ms.items() if ms > 0}
+
+    def summary(self) -> str:
+        """One line: samples/s per size, why it stopped, what was kept."""
+        rates = ", ".join(f"{size}: {rate:.4g}/s" for size, rate in self.throughput.items())
+        kept = (
+            f"max_batch_size {self.max_batch_size}, preferred {self.preferred_batch_size}"
+            if self.max_batch_size is not None else "the recorded batch range stays"
+        )
+        return f"batch sweep of {self.backend} ({rates}): stopped: {self.stop_reason}; {kept}"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "BatchSweep | None":
+        """Rebuild from ``asdict`` output; None for None (reports written before sweeps were stored)."""
+        if not isinstance(data, dict):
+            return None
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
 
 
 @dataclass
@@ -39,6 +89,7 @@ class CandidateReport:
         accuracy: The accuracy metric's worst value over the samples (lower precision with a
             user metric), else None.
         max_batch_size: The batch size where throughput stopped growing, when searched.
+        batch_sweep: The batch size sweep of this candidate, when it was swept.
     """
 
     backend: str
@@ -53,6 +104,7 @@ class CandidateReport:
     batch_latencies_ms: dict[str, float] = field(default_factory=dict)
     accuracy: float | None = None
     max_batch_size: int | None = None
+    batch_sweep: BatchSweep | None = None
 
     @property
     def throughput(self) -> dict[int, float]:
@@ -92,6 +144,9 @@ class GraphTuneReport:
         layout: The served layouts (instances x intra-op threads) and in-process threads measured
             for the chosen backend, and the choice (:class:`~aitune_triton.strategies.layout.LayoutReport`);
             None when the strategy did not measure them (``measure_layouts=False``) or in older reports.
+        batch_sweep: The sweep that set the served batch range (sizes tried, throughput per size,
+            why it stopped, the max and preferred batch size kept); None when no sweep ran (the
+            batch axis not proved independent, ``find_max_batch_size=False``, or kept on eager).
     """
 
     graph: str
@@ -105,6 +160,7 @@ class GraphTuneReport:
     max_batch_size: int | None = None
     padding: str = ""
     layout: LayoutReport | None = None
+    batch_sweep: BatchSweep | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form."""
@@ -116,7 +172,9 @@ class GraphTuneReport:
         known = {f.name for f in dataclasses.fields(CandidateReport)}
 
         def candidate(entry: dict[str, Any]) -> CandidateReport:
-            return CandidateReport(**{k: v for k, v in entry.items() if k in known})
+            values = {k: v for k, v in entry.items() if k in known}
+            values["batch_sweep"] = BatchSweep.from_dict(entry.get("batch_sweep"))
+            return CandidateReport(**values)
 
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in fields}
@@ -125,6 +183,7 @@ class GraphTuneReport:
             values["eager"] = candidate(data["eager"])
         if data.get("layout"):
             values["layout"] = LayoutReport.from_dict(data["layout"])
+        values["batch_sweep"] = BatchSweep.from_dict(data.get("batch_sweep"))
         return cls(**values)
 
 
@@ -177,6 +236,7 @@ def report_table(report: GraphTuneReport, title: str = "") -> Table:
     if report.decision:
         padding = f"; {report.padding}" if report.padding else ""
         layout = f"; {report.layout.summary()}" if report.layout else ""
-        table.caption = escape(report.decision + (f"; {report.batch}" if report.batch else "") + padding + layout)
+        sweep = f"\n{report.batch_sweep.summary()}" if report.batch_sweep else ""
+        table.caption = escape(report.decision + (f"; {report.batch}" if report.batch else "") + padding + layout + sweep)
         table.caption_justify = "left"
     return table

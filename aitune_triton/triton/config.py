@@ -88,7 +88,11 @@ class TritonModelOptions:
         response_cache: Turn Triton's response cache on for graph models (the server needs a
             cache: ``--cache-config local,size=...``).
         warmup: Write ``model_warmup`` from the recorded calls at the smallest and largest shape
-            of each graph spec (inputs as raw files under the model's ``warmup/`` directory).
+            of each graph spec (inputs as raw files under the model's ``warmup/`` directory), so
+            that Triton runs them on every instance before the model is READY (an ``inductor``
+            model runs the recorded shapes through its compiled program then, not on its first
+            requests). On by default; it adds that time to each model's load. False writes no
+            ``model_warmup``.
         tensorrt: Options of models served by Triton's TensorRT backend (:class:`TensorRTOptimization`).
         gpus: GPU indices of the default group's ``KIND_GPU`` instances; empty: every GPU.
 
@@ -107,7 +111,7 @@ class TritonModelOptions:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     parameters: Mapping[str, str] = field(default_factory=dict)
     response_cache: bool = False
-    warmup: bool = False
+    warmup: bool = True
     tensorrt: TensorRTOptimization = field(default_factory=TensorRTOptimization)
     gpus: Sequence[int] = ()
     default_group: InstanceGroup = field(init=False, repr=False, compare=False)

@@ -77,7 +77,7 @@ from aitune_triton.triton.io import ModelIO
 from aitune_triton.triton.manifest import build_manifest, refuse_kind_collision
 from aitune_triton.triton.native import ExportTarget, plan_native
 from aitune_triton.triton.options import check_int
-from aitune_triton.triton.warmup import WARMUP_DIR, add_warmup
+from aitune_triton.triton.warmup import WARMUP_DIR, export_warmup
 from aitune_triton.triton.steps import Step, resolve_step
 
 __all__ = ["ExportPlan", "ExportResult", "export", "exportable_backends", "templates_dir"]
@@ -501,7 +501,7 @@ def _plan(
             native = plan_native(io, graph, backend, graph_options)
             if native.model is not None:
                 ios.append(native.model.io)
-                warmup = add_warmup(native.model.config, native.model.io, backend, io.version) if options.warmup else {}
+                warmup = export_warmup(native.model.config, native.model.io, backend, io.version, options.warmup)
                 planned.append(
                     _PlannedModel(
                         name=io.model_name,
@@ -537,7 +537,7 @@ def _plan(
                 manifest=manifest,
                 backend=backend,
                 graph=graph,
-                warmup_files=add_warmup(config, io, backend, io.version) if options.warmup else {},
+                warmup_files=export_warmup(config, io, backend, io.version, options.warmup),
             )
         )
     routes = {

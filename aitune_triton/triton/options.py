@@ -20,7 +20,7 @@ intra-op threads per instance     measured     the measured layout's threads, el
                                                ``benchmarks/served_threads.py`` (see README)
 version_policy                    latest 1     Triton's own default
 response_cache                    off          Triton's own default (needs a cache at start)
-model_warmup                      off          opt-in: adds load time
+model_warmup                      on           recorded calls; load time for first-request time
 TensorRT cuda graphs              off          Triton's own default
 ================================  ===========  ==============================================
 """

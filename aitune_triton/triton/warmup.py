@@ -2,7 +2,7 @@
 
 Tuning keeps the tensor inputs of the recorded calls with the fewest and the most elements as
 artifacts ``warmup_min`` / ``warmup_max`` of the chosen backend (so a checkpoint carries them,
-hashed like the other artifacts). Exporting with ``TritonModelOptions(warmup=True)`` writes each
+hashed like the other artifacts). Exporting (``TritonModelOptions(warmup=True)``, the default) writes each
 input of those calls as a raw file under the model directory's ``warmup/`` folder and lists them
 in ``model_warmup``: Triton runs them on every instance before the model is READY (Triton model
 configuration docs, "Model Warmup": ``input_data_file`` is read from ``<model>/warmup/`` as raw
@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
+from aitune_triton._warnings import warn
 from aitune_triton.errors import ExportError
 from aitune_triton.module.description import BackendDescription
 from aitune_triton.module.tuning import WARMUP_ROLES
 from aitune_triton.triton.io import ModelIO
 
-__all__ = ["WARMUP_DIR", "WARMUP_ROLES", "add_warmup"]
+__all__ = ["WARMUP_DIR", "WARMUP_ROLES", "add_warmup", "export_warmup"]
 
 #: Folder of warmup input files in a model directory (fixed by Triton).
 WARMUP_DIR = "warmup"
@@ -92,3 +93,24 @@ def add_warmup(config: mc.ModelConfig, io: ModelIO, backend: BackendDescription,
                 mc.ModelWarmup.Input(data_type=message.data_type, dims=dims, input_data_file=file_name)
             )
     return files
+
+
+def export_warmup(config: mc.ModelConfig, io: ModelIO, backend: BackendDescription, version: int, enabled: bool) -> dict[str, bytes]:
+    """:func:`add_warmup` as the exporter applies it: nothing when ``enabled`` is False, and for a
+    backend without recorded warmup inputs (tuned by an older aitune_triton) a warning and no
+    ``model_warmup`` (warmup is on by default, so such a checkpoint still exports).
+
+    Raises:
+        ExportError: the recorded warmup files are gone or do not fit (see :func:`add_warmup`).
+    """
+    if not enabled:
+        return {}
+    missing = [role for role in WARMUP_ROLES if role not in backend.artifacts]
+    if missing:
+        warn(
+            f"warmup: {io.model_name} has no recorded warmup inputs ({', '.join(missing)} missing; it was tuned by an "
+            "older aitune_triton): exported without model_warmup, so it compiles or warms up on its first requests. "
+            "Tune and save it again to warm it up at load, or pass warmup=False (--no-warmup) to silence this."
+        )
+        return {}
+    return add_warmup(config, io, backend, version)

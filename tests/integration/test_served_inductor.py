@@ -81,7 +81,9 @@ def served_inductor(tmp_path_factory):
     aitune_triton.load(loaded, checkpoint)
     repository = root / "model_repository"
     aitune_triton.export(loaded, repository, show_progress=False, router=True)  # the tests name its graph model
-    server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=300)
+    # Verbose: Triton logs the warmup samples it runs at load (a test checks they ran before READY).
+    server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=300,
+                          extra_args=["--log-verbose=1"])
     server.start()
     try:
         yield ServedInductor(reference, loaded, repository, server)
@@ -133,3 +135,24 @@ def test_raw_grpc_request_to_the_inductor_graph_model_answers_eager_values(serve
         expected = _leaves(served_inductor.reference(ids, mask))
     for name, want in expected.items():
         torch.testing.assert_close(torch.from_numpy(np.array(result.as_numpy(name))), want, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_the_inductor_model_runs_its_recorded_warmup_calls_at_load_before_it_is_ready(served_inductor):
+    from aitune_triton.triton.config import read_model_config
+
+    model = f"{MODEL}.graph_0"
+    config = read_model_config(served_inductor.repository / model / "config.pbtxt")
+    # Warmup is on by default: the smallest and largest recorded calls, as raw files beside the model.
+    assert [w.name.split("_x")[0].rsplit("_", 1)[0] for w in config.model_warmup] == ["warmup_min", "warmup_max"]
+    for warmup in config.model_warmup:
+        for tensor in warmup.inputs.values():
+            assert (served_inductor.repository / model / "warmup" / tensor.input_data_file).is_file()
+    # Triton's own log: the warmup samples ran through the model's execute() (the compiled program)
+    # on its instance before Triton logged the model as loaded, i.e. before any client request.
+    lines = served_inductor.server.log_path.read_text().splitlines()
+    loaded = next(i for i, line in enumerate(lines) if "successfully loaded" in line and f"'{model}'" in line)
+    names = [warmup.name for warmup in config.model_warmup]
+    ran = {name: f"model '{model}' instance {model}_0_0 is running warmup sample '{name}'" for name in names}
+    warmed = {name: [i for i, line in enumerate(lines) if text in line] for name, text in ran.items()}
+    assert all(warmed.values()), [line for line in lines if "warmup" in line.lower()][:10]
+    assert max(max(found) for found in warmed.values()) < loaded, {name: [lines[i] for i in found] for name, found in warmed.items()}

@@ -30,7 +30,8 @@ def _record(module: Module, batch: int, calls: int = 3, features: int = 8) -> No
 def test_a_graph_recorded_only_at_batch_4_runs_at_batch_1_and_3_equal_to_eager(unique_name, backend):
     torch.manual_seed(0)
     net = Net().eval()
-    module = Module(net, name=unique_name, strategy=OneBackendStrategy(backend))
+    # The recorded range, as served without the batch size sweep (tests/unit/test_batch_sweep.py covers it).
+    module = Module(net, name=unique_name, strategy=OneBackendStrategy(backend, find_max_batch_size=False))
     _record(module, batch=4)
 
     module.tune()
@@ -100,7 +101,7 @@ def test_a_module_that_fails_on_half_its_recorded_batch_keeps_that_batch_size(un
 def test_a_graph_recorded_only_at_batch_1_is_proved_independent_by_joining_recorded_calls(unique_name):
     torch.manual_seed(0)
     net = Net().eval()
-    module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime", find_max_batch_size=False))
     _record(module, batch=1, calls=3)
 
     module.tune()
@@ -144,7 +145,7 @@ def test_a_declared_batch_recorded_only_at_batch_1_is_exported_dynamic_and_runs_
 def test_the_decided_batch_axis_survives_a_state_dict_round_trip(unique_name):
     torch.manual_seed(0)
     net = Net().eval()
-    module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime"))
+    module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime", find_max_batch_size=False))
     _record(module, batch=4)
     module.tune()
     state = module.to_dict()

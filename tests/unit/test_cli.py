@@ -52,7 +52,7 @@ def test_the_group_help_lists_every_command_and_option(runner):
             {"-o", "--output", "--name", "--instance-count", "--instance-kind", "--max-queue-delay-microseconds", "--entry-instance-count", "--target", "--router", "--no-router", "--quiet", "--dry-run", "--help",
              "--version", "--gpus", "--instance-group", "--intra-op-threads", "--preferred-batch-size", "--preserve-ordering",
              "--priority-levels", "--default-priority-level", "--queue-timeout-action", "--queue-timeout-microseconds",
-             "--allow-timeout-override", "--max-queue-size", "--version-policy", "--parameter", "--response-cache", "--warmup",
+             "--allow-timeout-override", "--max-queue-size", "--version-policy", "--parameter", "--response-cache", "--warmup", "--no-warmup",
              "--tensorrt-cuda-graphs", "--tensorrt-profile", "--preprocess", "--postprocess", "--ensemble-name"},
         ),
         (
@@ -115,7 +115,8 @@ def test_export_options_reach_the_written_configs_and_a_second_export_is_version
     config = read_model_config(repository / "served_cli.graph_0" / "config.pbtxt")
     assert [(group.count, group.kind) for group in config.instance_group] == [(2, config.instance_group[0].KIND_CPU)]
     assert config.dynamic_batching.max_queue_delay_microseconds == 900
-    assert sorted(p.name for p in (repository / "served_cli.graph_0").iterdir()) == ["1", "2", "config.pbtxt"]
+    # warmup/: the recorded calls model_warmup runs at load (on by default)
+    assert sorted(p.name for p in (repository / "served_cli.graph_0").iterdir()) == ["1", "2", "config.pbtxt", "warmup"]
 
 
 def test_export_of_a_missing_path_exits_1_with_an_error_line_and_writes_nothing(runner, tmp_path):
@@ -249,6 +250,16 @@ def test_serve_on_a_non_loopback_host_warns_before_starting_and_reports_a_server
     assert result.exit_code == 1
     assert "Warning: host: tritonserver will listen on 0.0.0.0 (every interface)" in result.stderr
     assert "Error: tritonserver exited with code 1 before it was ready" in result.stderr
+
+
+def test_export_writes_warmup_by_default_and_no_warmup_skips_it(runner, checkpoint, tmp_path):
+    default = runner.invoke(main, ["export", str(checkpoint), "-o", str(tmp_path / "default"), "--name", "warm", "--quiet"])
+    skipped = runner.invoke(main, ["export", str(checkpoint), "-o", str(tmp_path / "skipped"), "--name", "warm", "--quiet", "--no-warmup"])
+
+    assert default.exit_code == 0 and skipped.exit_code == 0, default.output + skipped.output
+    assert [w.batch_size for w in read_model_config(tmp_path / "default" / "warm.graph_0" / "config.pbtxt").model_warmup] == [1, 5]
+    assert not read_model_config(tmp_path / "skipped" / "warm.graph_0" / "config.pbtxt").model_warmup
+    assert not (tmp_path / "skipped" / "warm.graph_0" / "warmup").exists()
 
 
 def test_every_deployment_flag_reaches_the_written_configs(runner, checkpoint, tmp_path):

@@ -67,7 +67,8 @@ def test_export_writes_an_entry_model_and_one_graph_model_per_graph_spec(tuned, 
     assert result.versions == {GRAPH_MODELS[0]: 1, GRAPH_MODELS[1]: 1, MODULE_NAME: 1}
     assert sorted(p.name for p in repository.iterdir()) == sorted([MODULE_NAME, *GRAPH_MODELS])
     for graph_model in GRAPH_MODELS:
-        assert sorted(p.name for p in (repository / graph_model).iterdir()) == ["1", "config.pbtxt"]
+        # warmup/: the recorded calls model_warmup runs at load (warmup is on by default)
+        assert sorted(p.name for p in (repository / graph_model).iterdir()) == ["1", "config.pbtxt", "warmup"]
         assert sorted(p.name for p in (repository / graph_model / "1").iterdir()) == [
             "aitune_triton_served",
             "io.json",
@@ -164,7 +165,8 @@ def test_a_second_export_adds_version_2_and_leaves_version_1_byte_identical(tune
 
     assert result.versions == {GRAPH_MODELS[0]: 2, GRAPH_MODELS[1]: 2, MODULE_NAME: 2}
     for model, files in version_1.items():
-        assert sorted(p.name for p in (repository / model).iterdir()) == ["1", "2", "config.pbtxt"]
+        warmup = [] if model == MODULE_NAME else ["warmup"]  # graph models: version-prefixed warmup files
+        assert sorted(p.name for p in (repository / model).iterdir()) == ["1", "2", "config.pbtxt", *warmup]
         assert _snapshot(repository / model / "1") == files
         assert read_model_config(repository / model / "config.pbtxt").name == model
     manifest = json.loads((repository / GRAPH_MODELS[0] / "2" / "manifest.json").read_text())

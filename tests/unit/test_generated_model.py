@@ -109,6 +109,7 @@ def token_repository(tmp_path_factory):
             module(torch.randint(0, 50, (batch, seq)), torch.randn(batch, seq, 6))
     module.tune()
     result = aitune_triton.export(module, root / "repository", show_progress=False)
+    assert module.tuned_graphs[0].spec.dims["batch"][1] >= 4  # recorded up to 4; the batch size sweep may widen it
     return result, eager
 
 
@@ -117,7 +118,8 @@ def test_a_single_graph_spec_is_one_model_that_checks_its_own_inputs(token_repos
     assert result.entry_model == "token_net" and result.graph_models == ["token_net"]
     assert sorted(p.name for p in result.repository.iterdir()) == ["token_net"]
     config = read_model_config(result.repository / "token_net" / "config.pbtxt")
-    assert config.max_batch_size == 4 and "aitune_triton.routes" in config.parameters
+    io = json.loads((result.repository / "token_net" / "1" / "io.json").read_text())
+    assert config.max_batch_size == io["max_batch_size"] >= 4 and "aitune_triton.routes" in config.parameters
     routes = json.loads(config.parameters["aitune_triton.routes"].string_value)
     assert [graph["model_name"] for graph in routes["graphs"]] == ["token_net"]
     assert "pb_utils.InferenceRequest(" not in (result.repository / "token_net" / "1" / "model.py").read_text()
@@ -221,7 +223,9 @@ def test_per_sample_vectors_are_dims_1_reshaped_to_scalars_and_batch_in_the_dire
     module.tune()
     result = aitune_triton.export(module, tmp_path / "repository", show_progress=False)
     config = read_model_config(result.repository / "per_sample" / "config.pbtxt")
-    assert config.max_batch_size == 5 and config.dynamic_batching.max_queue_delay_microseconds >= 0
+    # Recorded up to 5; the batch size sweep sets the served max (never below what was recorded).
+    assert config.max_batch_size == module.tuned_graphs[0].spec.dims["batch"][1] >= 5
+    assert config.dynamic_batching.max_queue_delay_microseconds >= 0
     for tensor in [*config.input, *config.output]:
         if tensor.name != "x":
             assert list(tensor.dims) == [1] and tensor.HasField("reshape") and list(tensor.reshape.shape) == [], tensor

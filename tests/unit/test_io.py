@@ -56,7 +56,8 @@ class _Colliding(torch.nn.Module):
 
 
 def _tuned_graphs(name, module, calls, cache_dir):
-    wrapped = Module(module.eval(), name=name, strategy=OneBackendStrategy("onnxruntime"), cache_dir=cache_dir)
+    # The recorded batch range: these tests check how recorded ranges map to Triton's (the sweep: test_batch_sweep.py).
+    wrapped = Module(module.eval(), name=name, strategy=OneBackendStrategy("onnxruntime", find_max_batch_size=False), cache_dir=cache_dir)
     for args in calls:
         wrapped(*args)
     wrapped.tune()

@@ -48,7 +48,9 @@ def ort(tmp_path_factory):
     """TwoInputNet tuned with ONNX Runtime for (x, y) and (x,), saved, and exported with target='native'."""
     root = tmp_path_factory.mktemp("native_ort")
     torch.manual_seed(0)
-    module = Module(TwoInputNet().eval(), name=ORT_MODULE, strategy=OneBackendStrategy(_ort()), cache_dir=root / "cache")
+    # The recorded batch range 1..5 (no sweep): the tests compare native configs with it.
+    module = Module(TwoInputNet().eval(), name=ORT_MODULE, strategy=OneBackendStrategy(_ort(), find_max_batch_size=False),
+                    cache_dir=root / "cache")
     record_two_specs(module)
     module.tune()
     checkpoint = aitune_triton.save(module, root / "checkpoint")
@@ -62,7 +64,8 @@ def aoti(tmp_path_factory):
     """IndependentNet tuned with AOTInductor (batch 1..3) and exported with target='native'."""
     root = tmp_path_factory.mktemp("native_aoti")
     torch.manual_seed(0)
-    module = Module(IndependentNet().eval(), name=AOTI_MODULE, strategy=OneBackendStrategy("aoti"), cache_dir=root / "cache")
+    module = Module(IndependentNet().eval(), name=AOTI_MODULE, strategy=OneBackendStrategy("aoti", find_max_batch_size=False),
+                    cache_dir=root / "cache")
     with torch.no_grad():
         for batch in (1, 3):
             module(torch.randn(batch, 8))

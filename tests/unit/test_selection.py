@@ -317,6 +317,52 @@ def test_a_graph_not_proved_batch_independent_is_not_swept(tmp_path):
     assert len(report.candidates[0].batch_latencies_ms) == 1  # only the typical call's own batch
 
 
+def test_the_kept_candidate_alone_is_swept_into_new_dims_leaving_the_recorded_dict_alone(tmp_path):
+    net = SleepyNet(fixed_ms=20, per_row_ms=0)
+    first, kept = sleepy(fixed_ms=6), sleepy(fixed_ms=2)  # 2 ms whatever the batch: throughput doubles per size
+    context = _context(tmp_path, net, batches=(1, 2))
+    recorded = context.graph.dims
+    strategy = MinLatencyStrategy([first, kept], speed_margin=None, profiler=FAST_PROFILER, max_batch_size_limit=8)
+    backend, report = strategy.tune(context)
+
+    assert backend.name == kept.name
+    assert recorded == {"batch": (1, 2)}  # never written in place: the graph spec got new dicts
+    assert context.graph.dims == {"batch": (1, 8)} and context.graph.preferred_batch_size == 8
+    assert report.batch_sweep is not None and list(report.batch_sweep.latencies_ms) == ["1", "2", "4", "8"]
+    assert report.batch_sweep.stop_reason == "reached max_batch_size_limit 8"
+    assert _by_name(report)[first.name].batch_sweep is None  # the candidate not kept was not swept
+    assert set(_by_name(report)[first.name].batch_latencies_ms) == {"1", "2"}  # only the recorded range
+
+
+def test_a_kept_candidate_wrong_at_the_largest_swept_batch_keeps_the_recorded_range(tmp_path):
+    class WrongOnBigBatches(SleepBackend):
+        def _infer(self, call):
+            outputs = super()._infer(call)
+            return [o + 1.0 for o in outputs] if call.flat.tensors[0].shape[0] > 2 else outputs
+
+    name = f"wrong_big_{next(_ids)}"
+    register_backend(type(name, (WrongOnBigBatches,), {"name": name}))
+    from aitune_triton.backends import get_backend_class
+
+    context = _context(tmp_path, SleepyNet(fixed_ms=20, per_row_ms=0), batches=(1, 2))
+    strategy = OneBackendStrategy(get_backend_class(name)(fixed_ms=2), profiler=FAST_PROFILER, max_batch_size_limit=8)
+    backend, report = strategy.tune(context)
+
+    assert backend.name == name  # it matched eager on every recorded call
+    assert context.graph.dims == {"batch": (1, 2)} and context.graph.preferred_batch_size is None
+    assert report.batch_sweep is not None and report.batch_sweep.max_batch_size is None
+    assert "the recorded batch range stays" in report.batch_sweep.stop_reason and "batch of 8" in report.batch_sweep.stop_reason
+    assert list(report.batch_sweep.latencies_ms) == ["1", "2", "4", "8"]  # what was timed stays in the report
+
+
+def test_a_failed_tune_leaves_the_recorded_batch_range(tmp_path):
+    context = _context(tmp_path, SleepyNet(fixed_ms=1, per_row_ms=0), batches=(1, 2))
+    with pytest.raises(TuningError):
+        OneBackendStrategy(sleepy(noise=1.0), profiler=FAST_PROFILER).tune(context)
+
+    assert context.graph.dims == {"batch": (1, 2)} and context.graph.preferred_batch_size is None
+
+
 # ---------------------------------------------------------------------------- accuracy gate
 def _cosine_at_least(threshold: float):
     def metric(eager, tuned) -> float:

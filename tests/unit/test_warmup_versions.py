@@ -4,6 +4,7 @@ the served side is tests/integration/test_served_deployment.py)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -68,12 +69,34 @@ def test_a_checkpoint_carries_the_warmup_inputs_hashed_like_artifacts(tuned):
     assert all("sha256" in manifest["files"][name] for name in manifest["files"])
 
 
-def test_without_the_option_no_warmup_is_written(tuned, tmp_path):
-    export(tuned[0], tmp_path / "repo", show_progress=False)
+def test_warmup_is_written_by_default_and_warmup_false_writes_none(tuned, tmp_path):
+    export(tuned[0], tmp_path / "default", show_progress=False)
+    export(tuned[0], tmp_path / "off", options=TritonModelOptions(warmup=False), show_progress=False)
+
+    default_dir = tmp_path / "default" / f"{NAME}.graph_0"
+    assert [w.batch_size for w in read_model_config(default_dir / "config.pbtxt").model_warmup] == [1, 5]
+    assert sorted(p.name for p in (default_dir / "warmup").iterdir()) == ["1_warmup_max_x", "1_warmup_max_y", "1_warmup_min_x", "1_warmup_min_y"]
+    off_dir = tmp_path / "off" / f"{NAME}.graph_0"
+    assert not read_model_config(off_dir / "config.pbtxt").model_warmup
+    assert not (off_dir / "warmup").exists()
+
+
+def test_a_checkpoint_without_recorded_warmup_inputs_exports_without_warmup_and_warns(tuned, tmp_path):
+    _, checkpoint = tuned
+    older = tmp_path / "older"
+    shutil.copytree(checkpoint, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    for stored in manifest["modules"]:  # as tuned before warmup inputs were kept
+        for entry in stored["module"]["graphs"]:
+            for role in ("warmup_min", "warmup_max"):
+                entry["backend"]["artifacts"].pop(role, None)
+    (older / "manifest.json").write_text(json.dumps(manifest))
+
+    with pytest.warns(UserWarning, match=r"warmup: test_warmup_net.graph_0 has no recorded warmup inputs .* exported without model_warmup"):
+        export(older, tmp_path / "repo", show_progress=False)
 
     model_dir = tmp_path / "repo" / f"{NAME}.graph_0"
-    assert not read_model_config(model_dir / "config.pbtxt").model_warmup
-    assert not (model_dir / "warmup").exists()
+    assert not read_model_config(model_dir / "config.pbtxt").model_warmup and not (model_dir / "warmup").exists()
 
 
 def test_an_explicit_version_is_written_and_a_new_export_keeps_old_warmup_files(tuned, tmp_path):

@@ -1,0 +1,136 @@
+"""The batch size sweep: how large a batch one backend serves best, measured on batches built from
+recorded samples.
+
+Every strategy runs it where a graph spec's batch axis proved independent (see
+:func:`~aitune_triton.strategies.batching.batch_axes`) unless ``find_max_batch_size=False``: the
+graph spec's batch range is widened to the sweep limit before the candidates are built (so
+AOTInductor and ONNX Runtime artifacts take the widened dynamic batch dimension), then batch sizes
+1, 2, 4, ... up to the limit are timed until throughput grows by less than the gain threshold,
+memory runs out or a size fails; the largest size run is compared with eager. The range is
+never changed in place: these helpers return new ``dims`` dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from aitune_triton.spec import CallStructure
+from aitune_triton.strategies.profiler import Profiler
+from aitune_triton.strategies.report import BatchSweep
+
+__all__ = ["short_profiler", "sweep_batch_sizes", "sweep_sizes", "widened_dims"]
+
+Dims = dict[str, tuple[int, int]]
+
+
+def widened_dims(dims: Dims, limit: int) -> Dims:
+    """A copy of ``dims`` whose batch range reaches ``limit`` (never narrowed)."""
+    low, high = dims["batch"]
+    return {**dims, "batch": (low, max(high, limit))}
+
+
+def settled_dims(dims: Dims, max_batch_size: int) -> Dims:
+    """A copy of the recorded ``dims`` whose batch range reaches ``max_batch_size`` (never narrowed)."""
+    low, high = dims["batch"]
+    return {**dims, "batch": (low, max(high, max_batch_size))}
+
+
+def sweep_sizes(low: int, limit: int) -> list[int]:
+    """Powers of two from ``low`` (or the first above it) up to ``limit``, and ``limit`` itself."""
+    sizes, size = [], 1
+    while size <= limit:
+        if size >= low:
+            sizes.append(size)
+        size *= 2
+    if limit >= low and limit not in sizes:
+        sizes.append(limit)
+    return sizes
+
+
+def short_profiler(profiler: Profiler) -> Profiler:
+    """``profiler`` with at most 3 stable runs, 10 runs and 0.5 s per size: the sweep of the kept
+    candidate times several sizes after every candidate was profiled, and only needs where the
+    throughput stops growing."""
+    min_runs = min(profiler.min_runs, 3)
+    return Profiler(
+        warmup_runs=profiler.warmup_runs,
+        min_runs=min_runs,
+        max_runs=max(min_runs, min(profiler.max_runs, 10)),
+        max_time_s=min(profiler.max_time_s, 0.5),
+        rtol=profiler.rtol,
+        min_sample_ms=profiler.min_sample_ms,
+    )
+
+
+def sweep_batch_sizes(
+    backend: str,
+    infer: Callable[[CallStructure], Any],
+    batch: Callable[[int], CallStructure | None],
+    sizes: Sequence[int],
+    *,
+    profiler: Profiler,
+    device: torch.device,
+    gain_threshold: float,
+    recorded_max: int,
+    limit_name: str,
+    log: Callable[[str], None],
+) -> tuple[BatchSweep, CallStructure | None]:
+    """Time ``infer`` at each of ``sizes`` until throughput stops growing.
+
+    A size whose throughput (samples per second) is under ``(1 + gain_threshold)`` times the best
+    so far stops the sweep, and so does running out of memory (``torch.OutOfMemoryError``,
+    ``MemoryError``: caught) or any error at a size above ``recorded_max`` (the artifact does not
+    take it; below, the error propagates: a candidate that fails on the recorded range failed).
+
+    Args:
+        backend: The backend's label, for the record and the log.
+        infer: Runs one call.
+        batch: Builds the call of a batch size from recorded samples (None: cannot).
+        sizes: Batch sizes to try, increasing.
+        profiler: Times each size.
+        device: Where ``infer`` runs.
+        gain_threshold: Relative throughput gain under which the sweep stops (0.05: 5%).
+        recorded_max: The largest batch size recorded or declared.
+        limit_name: What bounds ``sizes``, for the stop reason (``max_batch_size_limit 64``).
+        log: Receives one-line progress messages.
+
+    Returns:
+        The record (its ``preferred_batch_size`` is the best size; the caller settles the max after
+        comparing the largest size run with eager) and that largest call (None when none ran).
+    """
+    record = BatchSweep(backend)
+    best_rate, best_size, last_ok = 0.0, None, None
+    record.stop_reason = f"reached {limit_name}"
+    for size in sizes:
+        call = batch(size)
+        if call is None:
+            record.stop_reason = f"no batch of {size} could be built from the recorded samples"
+            break
+        try:
+            ms = profiler.time(lambda: infer(call), device).median_ms
+        except (torch.OutOfMemoryError, MemoryError) as error:
+            record.stop_reason = f"batch {size} ran out of memory ({type(error).__name__})"
+            log(f"{backend}: {record.stop_reason}")
+            break
+        except Exception as error:
+            if size <= recorded_max:
+                raise
+            first_line = (str(error).splitlines() or [""])[0][:200]
+            record.stop_reason = f"batch {size} failed ({type(error).__name__}: {first_line})"
+            log(f"{backend}: {record.stop_reason}")
+            break
+        record.latencies_ms[str(size)] = ms
+        last_ok = call
+        rate = size * 1000.0 / ms
+        if best_size is not None and rate < best_rate * (1.0 + gain_threshold):
+            record.stop_reason = (
+                f"batch {size} gave {rate:.4g} samples/s, under {1.0 + gain_threshold:g}x the {best_rate:.4g} of batch "
+                f"{best_size} (batch_gain_threshold={gain_threshold:g})"
+            )
+            break
+        best_rate, best_size = max(best_rate, rate), size
+    record.preferred_batch_size = best_size
+    record.checked_batch_size = None if last_ok is None else max(int(s) for s in record.latencies_ms)
+    return record, last_ok
