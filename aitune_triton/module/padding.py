@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from aitune_triton.errors import InvalidArgumentError
-from aitune_triton.served.padding import PaddingLayout, cut_outputs, pad_request, pad_run, request_length
+from aitune_triton.served.padding import PaddingLayout, cut_outputs, pad_request, pad_run, request_length, request_problem
 from aitune_triton.spec import CallStructure, FlatTree, ForwardSignature, GraphSpec, flatten_call, flatten_output, same_value
 from aitune_triton.strategies.validation import compare_outputs
 
@@ -195,7 +195,7 @@ def padding_layout(
         elif spec.path in pad_values:
             values.append(pad_values[spec.path])
         elif binary[index] or (any(masks) and not spec.dtype.startswith(("float", "bfloat", "complex"))):
-            values.append(0)
+            values.append(_recorded_pad_value(recorded, masks, index))
         else:
             return None, (
                 f"no pad value for input {spec.path!r} ({spec.dtype}, not a 0/1 mask); declare it with "
@@ -213,7 +213,27 @@ def padding_layout(
         output_names=tuple(spec.path for spec in graph.outputs),
         output_axes=tuple(output_axes),
     )
+    for number, call in enumerate(calls):  # the served model checks every request so: the recorded ones must pass
+        problem = request_problem(layout, call.flat.tensors)
+        if problem:
+            return None, (
+                f"recorded call {number} would be refused by the served padding checks ({problem}); declare the pad "
+                "value your tokenizer writes with Module(..., pad_values=...)"
+            )
     return layout, ""
+
+
+def _recorded_pad_value(recorded: Sequence[Sequence[torch.Tensor]], masks: Sequence[bool], index: int) -> int:
+    """The pad value proposed for input ``index``: the one value the recorded calls hold where an
+    attention mask of the same shape is 0 (a tokenizer's pad id), else 0."""
+    found: set[float] = set()
+    for mask_index, is_mask in enumerate(masks):
+        if not is_mask or mask_index == index:
+            continue
+        for tensor, mask in zip(recorded[index], recorded[mask_index]):
+            if tensor.shape == mask.shape:
+                found.update(float(value) for value in torch.unique(tensor[mask == 0]).tolist())
+    return int(found.pop()) if len(found) == 1 else 0
 
 
 def _as_call(signature: ForwardSignature, template: CallStructure, tensors: Sequence[torch.Tensor]) -> CallStructure:

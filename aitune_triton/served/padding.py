@@ -145,6 +145,13 @@ def _all_in(array: Array, values: tuple[int, ...]) -> bool:
     return bool(np.isin(np.asarray(array), values).all())
 
 
+def _every_row_has_a_one(mask: Array, axis: int) -> bool:
+    """Whether every row of ``mask`` along ``axis`` holds at least one 1."""
+    if _is_torch(mask):
+        return bool((mask == 1).any(dim=axis).all())
+    return bool((np.asarray(mask) == 1).any(axis=axis).all())
+
+
 def _pads_hold_data(array: Array, mask: Array, pad_value: float | int) -> bool:
     """Whether ``array`` holds anything but ``pad_value`` where ``mask`` (same shape) is 0."""
     if _is_torch(array) or _is_torch(mask):
@@ -208,7 +215,13 @@ def request_problem(layout: PaddingLayout, arrays: Sequence[Array]) -> str | Non
             continue
         mask = arrays[index]
         if not _all_in(mask, (0, 1)):
-            return f"input '{names[index]}' is a mask but holds values other than 0 and 1"
+            return f"input '{names[index]}' is a mask but holds values other than 0 and 1; send a 0/1 attention mask"
+        mask_axis = layout.input_axes[index]
+        if mask_axis is not None and len(mask.shape) > mask_axis and not _every_row_has_a_one(mask, mask_axis):
+            return (
+                f"input '{names[index]}' has a row of only 0s along axis {mask_axis} ({layout.dim}): a request with no "
+                "valid position has no defined result once padded with others; send at least one position with mask 1"
+            )
         for other in layout.padded_inputs:
             value = layout.pad_values[other]
             if other == index or layout.masks[other] or value is None or tuple(arrays[other].shape) != tuple(mask.shape):
@@ -216,7 +229,8 @@ def request_problem(layout: PaddingLayout, arrays: Sequence[Array]) -> str | Non
             if _pads_hold_data(arrays[other], mask, value):
                 return (
                     f"input '{names[other]}' holds data at pad positions (where '{names[index]}' is 0); "
-                    f"expected its pad value {value!r} there"
+                    f"expected its pad value {value!r} there, as the tuned model was checked with (pad with that value, "
+                    "the tokenizer's pad id)"
                 )
     return None
 

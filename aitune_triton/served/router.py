@@ -11,7 +11,7 @@ together, where the dynamic batcher can join them.
 
 Errors that the client causes (no graph model takes the inputs present, a size outside the
 exported range, a batch above max_batch_size, axes the artifact needs equal that differ, token ids
-past an embedding table) are answered with INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT), checked
+past an embedding table, a padded graph model's mask or pad positions) are answered with INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT), checked
 here with each graph model's input contract before the request travels: the error of a BLS
 response carries only its message (its code is INTERNAL whatever the graph model said), so a graph
 model's answer cannot tell the client's fault from the server's. Errors from the graph model are
@@ -30,6 +30,7 @@ import os
 from typing import Any, Callable
 
 from .contract import InputContract
+from .padding import PaddingLayout, request_problem
 from .tensors import host_value
 
 __all__ = ["ROUTES_FILE", "ROUTES_PARAMETER", "Router"]
@@ -70,6 +71,11 @@ class Router:
             self.routes.setdefault(frozenset(tensor["name"] for tensor in graph["inputs"]), []).append(graph)
         self.input_names = sorted({name for names in self.routes for name in names})
         self.contracts = {graph["model_name"]: InputContract.from_io(graph) for graph in routes["graphs"]}
+        # The padded graph models' own request checks (a 0/1 mask, pad values at pad positions), run
+        # here too: an INVALID_ARG from the graph model would come back through BLS as INTERNAL.
+        self.paddings = {
+            graph["model_name"]: PaddingLayout.from_dict(graph["padding"]) for graph in routes["graphs"] if graph.get("padding")
+        }
 
     async def execute(self, requests: list[Any]) -> list[Any]:
         """One response per request, in order; never raises."""
@@ -125,7 +131,12 @@ class Router:
         graph, why = self.choose(present)
         if graph is None:
             return self.error(why, pb_utils.TritonError.INVALID_ARG)
-        problems = self.contracts[graph["model_name"]].violations([host_value(present[t["name"]], t["dtype"]) for t in graph["inputs"]])
+        values = [host_value(present[t["name"]], t["dtype"]) for t in graph["inputs"]]
+        problems = self.contracts[graph["model_name"]].violations(values)
+        padding = self.paddings.get(graph["model_name"])
+        if not problems and padding is not None:
+            problem = request_problem(padding, values)
+            problems = [problem] if problem else []
         if problems:
             return self.error(f"{graph['model_name']}: {'; '.join(problems)}", pb_utils.TritonError.INVALID_ARG)
         column = graph["max_batch_size"] > 0  # tensors without dims travel as [batch, 1] to that graph model

@@ -48,7 +48,7 @@ def _request(length: int, seed: int, mask_value: float = 1.0) -> list[np.ndarray
     return [ids, np.full((1, length), mask_value, dtype=np.float32)]
 
 
-def _infer(url: str, arrays: list[np.ndarray]):
+def _infer(url: str, arrays: list[np.ndarray], model: str = GRAPH_MODEL):
     client = httpclient.InferenceServerClient(url)
     inputs = []
     for name, array, datatype in zip(("ids", "mask"), arrays, ("INT64", "FP32")):
@@ -56,7 +56,7 @@ def _infer(url: str, arrays: list[np.ndarray]):
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
     try:
-        result = client.infer(GRAPH_MODEL, inputs)
+        result = client.infer(model, inputs)
         return result.as_numpy("hidden"), result.as_numpy("pooled.0")
     except InferenceServerException as error:
         return error
@@ -91,3 +91,13 @@ def test_one_bad_request_in_a_padded_batch_gets_invalid_argument_and_the_others_
             assert not isinstance(answer, Exception), answer
             want = eager(torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1]))
             np.testing.assert_allclose(answer[0], want["hidden"].numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_the_entry_model_refuses_a_bad_mask_itself_with_invalid_argument(served):
+    """Through the router a graph model's own refusal would come back over BLS as INTERNAL (500): the
+    router runs the padding checks first and answers 400."""
+    answer = _infer(served.server.http_url, _request(5, 3, mask_value=2.0), model=ORT_TORCHSCRIPT_MODEL)
+    assert isinstance(answer, InferenceServerException), answer
+    assert answer.status() == "400" and "'mask' is a mask but holds values other than 0 and 1" in str(answer)
+    good = _infer(served.server.http_url, _request(5, 3), model=ORT_TORCHSCRIPT_MODEL)
+    assert not isinstance(good, Exception), good

@@ -189,3 +189,12 @@ def test_run_padded_answers_each_request_as_alone_and_isolates_refused_and_faili
     # Lengths 3, 4, 5 (one row each) padded to 5 in one run; it failed on the 99, so each ran alone;
     # the 2-row request of length 6 would make 5 rows: its own run.
     assert calls == [[(3, 5), (3, 5), (3, 1)], [(1, 3)] * 2 + [(1, 1)], [(1, 4)] * 2 + [(1, 1)], [(1, 5)] * 2 + [(1, 1)], [(2, 6)] * 2 + [(2, 1)]]
+
+
+def test_a_mask_row_of_only_zeros_is_refused_naming_the_mask():
+    ids, mask, scale = _request(5, rows=2)
+    mask[1] = 0
+    ids[1] = 7  # the pad value everywhere: the row is pads only
+    problem = request_problem(LAYOUT, [ids, mask, scale])
+    assert problem is not None and "input 'attention_mask' has a row of only 0s along axis 1" in problem
+    assert request_problem(LAYOUT, [torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(scale)]) == problem

@@ -344,3 +344,35 @@ def test_the_served_graph_model_of_a_refused_graph_spec_runs_each_length_on_its_
             got = {tensor.name(): torch.from_numpy(tensor.as_numpy()) for tensor in response.output_tensors()}
             _close(got, eager(**call))
     graph.finalize()
+
+
+def _recorded_with_pads(pad_fill, tmp_path):
+    """MaskedMeanNet recorded at batch 2 with the second row's last 2 positions masked, holding ``pad_fill``
+    there (a tokenizer's pad id), or random ids when ``pad_fill`` is None."""
+    module = Module(MaskedMeanNet().eval(), name="padding_recorded_pads", cache_dir=tmp_path)
+    module.enable_recording()
+    generator = torch.Generator().manual_seed(3)
+    calls = []
+    for n in (4, 6, 9):
+        ids = torch.randint(2, 32, (2, n), generator=generator)
+        mask = torch.ones(2, n, dtype=torch.int64)
+        mask[1, -2:] = 0
+        ids[1, -2:] = pad_fill if pad_fill is not None else torch.randint(2, 32, (2,), generator=generator)
+        with torch.no_grad():
+            module(ids, mask)
+        calls.append(flatten_call(module.signature, (ids, mask), {}))
+    return module, module.graph_specs[0], calls
+
+
+def test_the_pad_value_proposed_for_ids_beside_a_mask_is_the_one_the_recorded_calls_hold_at_pad_positions(tmp_path):
+    module, graph, calls = _recorded_with_pads(1, tmp_path)  # a RoBERTa-style pad id 1
+    check = check_padding_eager(_eager(module).forward, module.signature, graph, calls, {})
+    assert check is not None and check.held, check
+    assert check.layout.pad_values == (1, 0)
+
+
+def test_recorded_calls_holding_data_at_pad_positions_leave_padding_unused_and_say_what_to_declare(tmp_path):
+    module, graph, calls = _recorded_with_pads(None, tmp_path)
+    check = check_padding_eager(_eager(module).forward, module.signature, graph, calls, {})
+    assert check is not None and not check.held
+    assert "would be refused by the served padding checks" in check.reason and "pad_values" in check.reason
