@@ -113,7 +113,7 @@ def _run_graph(
     limit = high if max_batch_size is None else min(max_batch_size, high)
     rows = [int(call.flat.tensors[0].shape[0]) for _, call in members]
     lengths = [request_length(layout, call.flat.tensors) for _, call in members]
-    for run in plan_runs(list(zip(rows, lengths)), limit, max_tokens):
+    for run in plan_runs(list(zip(rows, lengths)), limit, max_tokens, layout.run_overhead_tokens):
         first = members[run[0]][1]
         joined = pad_run(layout, [members[i][1].flat.tensors for i in run])
         args, kwargs = first.with_tensors(module.signature, joined)

@@ -23,6 +23,9 @@ stay equal to eager is padding used, with exactly these values.
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -414,4 +417,52 @@ def settle_padding(
         return PaddingCheck(False, f"{check.reason}, but {problem}", layout)
     high = graph.dims["batch"][1]
     note = "" if high >= 2 else f"; the batch range is 1..{high}, so nothing is joined: declare BatchDim(1, N) to join requests"
+    overhead = run_overhead_tokens(infer, signature, calls, layout)
+    if overhead is not None:
+        layout = dataclasses.replace(layout, run_overhead_tokens=overhead)
+        note += f"; one run costs as much as {overhead:.0f} padded positions (requests are split into runs where that pads less)"
     return PaddingCheck(True, f"{check.reason}, and the tuned backend on a padded batch too{note}", layout)
+
+
+def run_overhead_tokens(
+    infer: Callable[[CallStructure], Sequence[torch.Tensor]],
+    signature: ForwardSignature,
+    calls: Sequence[CallStructure],
+    layout: PaddingLayout,
+    repeats: int = 5,
+) -> float | None:
+    """The fixed cost of one run of the tuned backend, in padded positions that cost as much.
+
+    Times (median of ``repeats``, after one warm-up) the shortest recorded call alone and the
+    checked recorded calls padded into one batch, fits ``time = a + b x rows x length`` through
+    the two and returns ``a / b`` (:func:`aitune_triton.served.padding.plan_runs` uses it to split
+    the requests of one ``execute()``). None when the two cannot tell (equal sizes, or the larger
+    one not slower: a noisy machine).
+    """
+    checked = _checked_calls(calls, layout)
+    if len(checked) < 2:
+        return None
+    sizes = [(int(c.flat.tensors[0].shape[0]), request_length(layout, c.flat.tensors)) for c in checked]
+    small = min(range(len(checked)), key=lambda i: sizes[i][0] * sizes[i][1])
+    big = _as_call(signature, checked[0], pad_run(layout, [c.flat.tensors for c in checked]))
+    small_positions = sizes[small][0] * sizes[small][1]
+    big_positions = sum(rows for rows, _ in sizes) * max(length for _, length in sizes)
+
+    def median_s(call: CallStructure) -> float:
+        times = []
+        with torch.no_grad():
+            infer(call)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                infer(call)
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    try:
+        small_s, big_s = median_s(checked[small]), median_s(big)
+    except Exception:  # the backend already ran both in the checks; timing must never fail a tune
+        return None
+    if big_positions <= small_positions or big_s <= small_s:
+        return None
+    per_position = (big_s - small_s) / (big_positions - small_positions)
+    return max(small_s - per_position * small_positions, 0.0) / per_position

@@ -62,6 +62,10 @@ class PaddingLayout:
         output_names: Name of each output, in the artifact's output order.
         output_axes: Per output, the axis whose length follows the padded dimension (cut back to
             each request's own length), or None for an output that does not follow it.
+        run_overhead_tokens: The fixed cost of one run of the tuned artifact, in padded positions
+            (rows x length) that cost as much, measured at tune time; :func:`plan_runs` then splits
+            the requests of one ``execute()`` into runs where that costs less than padding them
+            together. None (not measured, older exports): one run while the rows fit.
     """
 
     dim: str
@@ -73,6 +77,7 @@ class PaddingLayout:
     masks: tuple[bool, ...]
     output_names: tuple[str, ...]
     output_axes: tuple[int | None, ...]
+    run_overhead_tokens: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form (``io.json``'s ``padding``, a graph spec's padding layout)."""
@@ -86,6 +91,7 @@ class PaddingLayout:
             "masks": list(self.masks),
             "output_names": list(self.output_names),
             "output_axes": list(self.output_axes),
+            "run_overhead_tokens": self.run_overhead_tokens,
         }
 
     @classmethod
@@ -119,12 +125,22 @@ class PaddingLayout:
             masks=tuple(bool(m) for m in data["masks"]),
             output_names=tuple(str(n) for n in data["output_names"]),
             output_axes=tuple(data["output_axes"]),
+            run_overhead_tokens=_overhead(data.get("run_overhead_tokens")),
         )
 
     @property
     def padded_inputs(self) -> list[int]:
         """Indices of the inputs that have the padded dimension."""
         return [i for i, axis in enumerate(self.input_axes) if axis is not None]
+
+
+def _overhead(value: Any) -> float | None:
+    """``run_overhead_tokens`` read from a layout dict: a number >= 0, or None (absent, older layouts)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"padding layout: expected run_overhead_tokens >= 0 or null, got {value!r}")
+    return float(value)
 
 
 def _is_torch(array: Array) -> bool:
@@ -235,17 +251,28 @@ def request_problem(layout: PaddingLayout, arrays: Sequence[Array]) -> str | Non
     return None
 
 
-def plan_runs(sizes: Sequence[tuple[int, int]], max_batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+def plan_runs(
+    sizes: Sequence[tuple[int, int]],
+    max_batch_size: int,
+    max_tokens: int | None = None,
+    run_overhead_tokens: float | None = None,
+) -> list[list[int]]:
     """Group requests into padded runs; none is refused.
 
-    Requests are taken in order of length (stable), so that each run pads little, and a run is
-    closed when one more request would exceed ``max_batch_size`` rows or ``max_tokens`` padded
-    positions (rows x longest length). A request that alone exceeds a limit runs alone.
+    Requests are taken in order of length (stable), so that each run pads little. Without
+    ``run_overhead_tokens`` a run is closed when one more request would exceed ``max_batch_size``
+    rows or ``max_tokens`` padded positions (rows x longest length). With it, the runs are the
+    split of that order into consecutive groups within the same limits that costs least, a run
+    costing ``run_overhead_tokens + rows x its longest length`` (dynamic programming over the
+    requests of one call: a few short requests no longer pay for the longest one). A request that
+    alone exceeds a limit runs alone.
 
     Args:
         sizes: Per request ``(rows, length)``: its batch size and its length on the padded dimension.
         max_batch_size: Most rows per run (Triton's ``max_batch_size``), at least 1.
         max_tokens: Most ``rows x length`` per run; None: no limit besides the rows.
+        run_overhead_tokens: The fixed cost of one run in padded positions
+            (:attr:`PaddingLayout.run_overhead_tokens`); None: as few runs as the limits allow.
 
     Returns:
         Runs, each a list of request indices (ascending length); every index exactly once.
@@ -255,9 +282,12 @@ def plan_runs(sizes: Sequence[tuple[int, int]], max_batch_size: int, max_tokens:
     """
     if max_batch_size < 1 or (max_tokens is not None and max_tokens < 1):
         raise ValueError(f"plan_runs: expected max_batch_size >= 1 and max_tokens >= 1 or None, got {max_batch_size}, {max_tokens}")
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i][1])
+    if run_overhead_tokens is not None:
+        return _cheapest_runs([sizes[i] for i in order], order, max_batch_size, max_tokens, run_overhead_tokens)
     runs: list[list[int]] = []
     rows_in_run = longest = 0
-    for index in sorted(range(len(sizes)), key=lambda i: sizes[i][1]):
+    for index in order:
         rows, length = sizes[index]
         fits = runs and rows_in_run + rows <= max_batch_size and (
             max_tokens is None or (rows_in_run + rows) * max(longest, length) <= max_tokens
@@ -269,6 +299,32 @@ def plan_runs(sizes: Sequence[tuple[int, int]], max_batch_size: int, max_tokens:
             runs.append([index])
             rows_in_run, longest = rows, length
     return runs
+
+
+def _cheapest_runs(
+    ordered: Sequence[tuple[int, int]], order: Sequence[int], max_batch_size: int, max_tokens: int | None, overhead: float
+) -> list[list[int]]:
+    """The split of ``ordered`` (``(rows, length)`` by ascending length) into consecutive runs of
+    least total cost ``overhead + rows x longest`` each, within the limits (a lone request always fits)."""
+    count = len(ordered)
+    best = [0.0] + [float("inf")] * count
+    start_of = [0] * (count + 1)
+    for end in range(1, count + 1):
+        rows = 0
+        for start in range(end - 1, -1, -1):  # the run ordered[start:end]; its longest is ordered[end - 1]
+            rows += ordered[start][0]
+            padded = rows * ordered[end - 1][1]
+            if start < end - 1 and (rows > max_batch_size or (max_tokens is not None and padded > max_tokens)):
+                break
+            cost = best[start] + overhead + padded
+            if cost < best[end]:
+                best[end], start_of[end] = cost, start
+    runs: list[list[int]] = []
+    end = count
+    while end > 0:
+        runs.append(list(order[start_of[end] : end]))
+        end = start_of[end]
+    return runs[::-1]
 
 
 def _padded(array: Array, axis: int, length: int, value: float | int) -> Array:
@@ -393,7 +449,7 @@ def run_padded(
         else:
             results[index] = problem
     sizes = [(int(requests[i][0].shape[0]), request_length(layout, requests[i])) for i in accepted]
-    for planned in plan_runs(sizes, max_batch_size, max_tokens):
+    for planned in plan_runs(sizes, max_batch_size, max_tokens, layout.run_overhead_tokens):
         members = [accepted[j] for j in planned]
         try:
             outputs = run(pad_run(layout, [requests[i] for i in members]))

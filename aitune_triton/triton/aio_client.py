@@ -82,6 +82,10 @@ class AsyncRemoteModule:
         self._module = client_module
         self._aio = aio_module
         self._client: Any = None
+        # Clients replaced after UNAVAILABLE, closed by close(): closing one at once would cancel
+        # the other calls still in flight on it (split parts, concurrent calls), which then fail
+        # as cancelled instead of being retried.
+        self._retired: list[Any] = []
         self._routes: RemoteRoutes | None = None
         self._connecting: asyncio.Lock | None = None
 
@@ -112,11 +116,19 @@ class AsyncRemoteModule:
 
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
-        if client is not None:
-            try:
-                await client.close()
-            except Exception:  # closing a broken connection may raise; the client is dropped anyway
-                pass
+        for old in [*self._retired, client]:
+            if old is not None:
+                try:
+                    await old.close()
+                except Exception:  # closing a broken connection may raise; the client is dropped anyway
+                    pass
+        self._retired = []
+
+    def _retire(self, client: Any) -> None:
+        """Stop using ``client`` (UNAVAILABLE on it) unless another call already replaced it."""
+        if self._client is client:
+            self._client = None
+            self._retired.append(client)
 
     async def _with_retries(self, send: Callable[[Any, float], Awaitable[Any]], where: str, deadline: float) -> Any:
         """``await send(client, seconds left)``, retried with backoff while the server cannot be reached."""
@@ -124,12 +136,13 @@ class AsyncRemoteModule:
         attempt = 0
         while True:
             left_s = max(deadline - time.monotonic(), 0.001)
+            client = self._get_client()
             try:
-                return await asyncio.wait_for(send(self._get_client(), left_s), left_s)
+                return await asyncio.wait_for(send(client, left_s), left_s)
             except Exception as raw:  # tritonclient's, aiohttp's and asyncio's errors: see remote_error
                 error = remote_error(raw, where, self.timeout_s)
                 if isinstance(error, RemoteUnavailableError) and self.protocol == "grpc":
-                    await self._drop_client()  # a new channel connects at once; the old one may be in its reconnect backoff
+                    self._retire(client)  # a new channel connects at once; the old one may be in its reconnect backoff
                 wait_s = self.retry.wait_s(attempt)
                 if not isinstance(error, RemoteUnavailableError) or attempt >= self.retry.retries or (
                     time.monotonic() + wait_s >= deadline

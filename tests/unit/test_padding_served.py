@@ -198,3 +198,26 @@ def test_a_mask_row_of_only_zeros_is_refused_naming_the_mask():
     problem = request_problem(LAYOUT, [ids, mask, scale])
     assert problem is not None and "input 'attention_mask' has a row of only 0s along axis 1" in problem
     assert request_problem(LAYOUT, [torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(scale)]) == problem
+
+
+def test_with_a_run_overhead_the_plan_splits_where_padding_together_costs_more():
+    sizes = [(1, 50), (1, 6), (1, 7), (1, 8), (1, 48)]
+    assert plan_runs(sizes, 8) == [[1, 2, 3, 4, 0]]  # unmeasured: one run, padded to 50
+    # 5 x 50 = 250 positions in one run, against 2 runs: 3 x 8 + 2 x 50 = 124 plus one more overhead.
+    assert plan_runs(sizes, 8, run_overhead_tokens=30.0) == [[1, 2, 3], [4, 0]]
+    assert plan_runs(sizes, 8, run_overhead_tokens=1000.0) == [[1, 2, 3, 4, 0]]  # a run costs too much to split
+    assert plan_runs(sizes, 2, run_overhead_tokens=1000.0) == [[1, 2], [3], [4, 0]]  # the rows limit still holds (3 runs, least padding)
+    assert plan_runs(sizes, 8, max_tokens=60, run_overhead_tokens=1000.0) == [[1, 2, 3], [4], [0]]
+    assert plan_runs([], 8, run_overhead_tokens=5.0) == []
+
+
+def test_a_layout_keeps_its_run_overhead_and_refuses_a_negative_one():
+    import dataclasses
+
+    measured = dataclasses.replace(LAYOUT, run_overhead_tokens=42.5)
+    assert PaddingLayout.from_dict(measured.to_dict()).run_overhead_tokens == 42.5
+    older = LAYOUT.to_dict()
+    del older["run_overhead_tokens"]
+    assert PaddingLayout.from_dict(older).run_overhead_tokens is None
+    with pytest.raises(ValueError, match="run_overhead_tokens >= 0"):
+        PaddingLayout.from_dict({**LAYOUT.to_dict(), "run_overhead_tokens": -1})

@@ -310,7 +310,12 @@ def _served_request(call):
 def test_the_served_graph_model_pads_requests_of_different_lengths_into_one_run_and_refuses_bad_ones_alone(masked, tmp_path):
     import pb_utils_standin as pb_utils
 
+    import dataclasses
+
     graph, runs = _graph_model(masked, tmp_path / "repo")
+    assert graph.padding is not None
+    # The measured cost of a run decides splits (tested in test_padding_served); here one run is asked for.
+    graph.padding = dataclasses.replace(graph.padding, run_overhead_tokens=None)
     calls = _calls((4, 12, 3, 7, 9, 5))
     not_a_mask = {"input_ids": calls[0]["input_ids"], "attention_mask": calls[0]["attention_mask"] * 2}
     data_in_pads = {"input_ids": calls[1]["input_ids"], "attention_mask": calls[1]["attention_mask"].clone()}
@@ -376,3 +381,21 @@ def test_recorded_calls_holding_data_at_pad_positions_leave_padding_unused_and_s
     check = check_padding_eager(_eager(module).forward, module.signature, graph, calls, {})
     assert check is not None and not check.held
     assert "would be refused by the served padding checks" in check.reason and "pad_values" in check.reason
+
+
+def test_the_served_graph_model_splits_requests_into_runs_by_the_measured_cost_of_a_run(masked, tmp_path):
+    import dataclasses
+
+    graph, runs = _graph_model(masked, tmp_path / "repo")
+    assert graph.padding is not None
+    graph.padding = dataclasses.replace(graph.padding, run_overhead_tokens=4.0)
+    calls = _calls((3, 12, 4, 11))
+    responses = graph.execute([_served_request(call) for call in calls])
+
+    assert runs == [(2, 4), (2, 12)]  # 2 x 4 + 2 x 12 + 2 runs x 4 = 40 positions, against 4 x 12 + 4 = 52
+    eager = _eager(masked)
+    with torch.no_grad():
+        for call, response in zip(calls, responses):
+            got = {tensor.name(): torch.from_numpy(tensor.as_numpy()) for tensor in response.output_tensors()}
+            _close(got, eager(**call))
+    graph.finalize()
