@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
-from aitune_triton.errors import ArgumentTypeError, InvalidArgumentError
+from aitune_triton.errors import ArgumentTypeError, InvalidArgumentError, TuningError
 from aitune_triton.module.padding import PaddingCheck
 from aitune_triton.served.padding import PaddingLayout, cut_outputs, pad_run, plan_runs, request_length, request_problem
 from aitune_triton.spec import CallStructure, flatten_call, flatten_output, rebuild_output
@@ -108,7 +108,8 @@ def _run_graph(
     results: list[Any],
 ) -> None:
     layout = _layout(graph)
-    assert layout is not None  # members were grouped only where a layout exists
+    if layout is None:  # members are grouped only where a layout exists: a bug if reached
+        raise TuningError(f"{graph.spec.name}: padded_calls grouped calls of a graph spec without a padding layout")
     high = graph.spec.dims["batch"][1]
     limit = high if max_batch_size is None else min(max_batch_size, high)
     rows = [int(call.flat.tensors[0].shape[0]) for _, call in members]
