@@ -89,6 +89,7 @@ class Router:
             return self.error(f"{self.model_name}: {type(error).__name__}: {error}", self.pb_utils.TritonError.INTERNAL)
 
     def error(self, message: str, code: int) -> Any:
+        """An error response with ``message`` and the ``TritonError`` ``code`` (INVALID_ARG, INTERNAL)."""
         return self.pb_utils.InferenceResponse(error=self.pb_utils.TritonError(message, code))
 
     def renamed(self, tensor: Any, name: str, dtype: str) -> Any:

@@ -68,5 +68,6 @@ class StepModel:
             return self.failed(error)
 
     def failed(self, error: Exception) -> Any:
+        """An INTERNAL error response naming the step function and what it raised."""
         message = f"{self.model_name}: {self.runtime.reference} raised {type(error).__name__}: {error}"
         return self.pb_utils.InferenceResponse(error=self.pb_utils.TritonError(message, self.pb_utils.TritonError.INTERNAL))

@@ -321,6 +321,7 @@ class _Workers:
         return answers
 
     def close(self) -> None:
+        """Stop every worker process: each is asked to stop; one that has not exited within 5 s is killed."""
         for pipe in self.pipes:
             try:
                 pipe.send(("stop",))
