@@ -256,6 +256,39 @@ def _is_dead(pid: int) -> bool:
         return True
 
 
+def _start_ticks(pid: int) -> int | None:
+    """When ``pid`` started (``/proc/<pid>/stat`` field 22, clock ticks since boot), or None when it is gone.
+
+    Together with the pid it names one process: a pid the kernel reused belongs to a process with another start.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rpartition(")")[2].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _all_children(pid: int) -> list[int]:
+    """Child process ids of ``pid`` found by reading every process's parent in ``/proc``: slower than
+    :func:`_children`, but not subject to the per-thread ``children`` lists, which the kernel
+    documents as unreliable while the parent's threads fork or exit (a child moves to another
+    thread's list when the thread that started it exits)."""
+    found: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    if int(handle.read().rpartition(")")[2].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
 class StubWatchdog:
     """Reloads a model whose Python-backend stub process died, so that it does not stay "ready" but dead.
 
@@ -313,6 +346,7 @@ class StubWatchdog:
         self.reloads: list[tuple[str, int, float]] = []
         self._handled: set[int] = set()
         self._models: dict[int, str] = {}  # stub pid -> model, read while the stub is alive
+        self._started: dict[int, int] = {}  # stub pid -> its start time (see _start_ticks)
         self._stub_versions: dict[int, tuple[str, int]] = {}  # stub pid -> (version, order it was seen in)
         self._seen = 0
         self._stopping = threading.Event()
@@ -381,18 +415,26 @@ class StubWatchdog:
         stub that dies before the first look after its start is not seen.
         """
         found = []
-        children = self._learn()
-        for pid, model in self._models.items():
-            # Dead: a zombie, or already reaped by the server (no longer its child).
-            if pid not in self._handled and (pid not in children or _is_dead(pid)):
-                self._handled.add(pid)
-                if self._replaced(pid, model, children):
-                    self._log(f"stub process {pid} of model {model!r} ended with a reload of its version; not a crash")
-                    continue
-                found.append((model, pid))
+        self._learn()
+        # Dead: a zombie, gone, or its pid reused by another process. Not judged by the children
+        # lists, which can miss a live child for a moment (see _all_children).
+        ended = [pid for pid in self._models if pid not in self._handled and not self._alive(pid)]
+        if ended:
+            self._learn(every_child=True)  # a replacing stub the children lists missed must be known
+        for pid in ended:
+            model = self._models[pid]
+            self._handled.add(pid)
+            if self._replaced(pid, model):
+                self._log(f"stub process {pid} of model {model!r} ended with a reload of its version; not a crash")
+                continue
+            found.append((model, pid))
         return found
 
-    def _replaced(self, pid: int, model: str, children: set[int]) -> bool:
+    def _alive(self, pid: int) -> bool:
+        """Whether the stub process learned as ``pid`` still runs (not a zombie, its pid not reused)."""
+        return not _is_dead(pid) and _start_ticks(pid) == self._started.get(pid)
+
+    def _replaced(self, pid: int, model: str) -> bool:
         """Whether a stub that ended was replaced by a reload: a live stub of the same model and
         version started after it. Triton 2.51 never restarts a crashed stub, so only a (version)
         reload starts such a stub; its old stubs exit once the new ones are loaded."""
@@ -400,17 +442,20 @@ class StubWatchdog:
         if not version:
             return False
         return any(
-            other in children and not _is_dead(other) and self._models.get(other) == model
+            self._alive(other) and self._models.get(other) == model
             and self._stub_versions.get(other, ("", -1))[0] == version and self._stub_versions[other][1] > order
             for other in self._models
         )
 
-    def _learn(self) -> set[int]:
-        """Record the model of every new stub process (while it is alive); return the server's children."""
-        children = set(_children(self.pid))
+    def _learn(self, every_child: bool = False) -> set[int]:
+        """Record the model of every new stub process (while it is alive); return the server's children
+        (read from every process's parent when ``every_child``, see :func:`_all_children`)."""
+        children = set(_all_children(self.pid) if every_child else _children(self.pid))
         for pid in sorted(children - self._handled - set(self._models)):
+            started = _start_ticks(pid)
             found = _stub_model_version(pid)
-            if found is not None:
+            if found is not None and started is not None:
+                self._started[pid] = started
                 self._models[pid] = found[0]
                 self._stub_versions[pid] = (found[1], self._seen)
                 self._seen += 1

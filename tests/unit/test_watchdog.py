@@ -159,3 +159,43 @@ def test_a_dead_stub_of_a_version_that_is_no_longer_ready_is_not_reloaded():
     watchdog._reload(client, "m", 321)
 
     assert client.calls == [("ready", "1")] and watchdog.reloads == []
+
+
+def test_a_live_stub_missing_from_the_children_lists_is_not_taken_for_dead(tmp_path, monkeypatch):
+    """The per-thread ``children`` lists can miss a live child for a moment (a regression: CI saw a
+    version reload taken for a crash); liveness is read from the process itself, and a stub that
+    ended is judged against every child of the server."""
+    from aitune_triton.triton import server as server_module
+
+    lines: list[str] = []
+    watchdog = StubWatchdog(os.getpid(), "127.0.0.1:1", log=lines.append)
+    old = _stand_in_stub(tmp_path, "m", 1)
+    processes = [old]
+    try:
+        watchdog._learn()
+        new = _stand_in_stub(tmp_path, "m", 1)  # the reload's stub, not in the children lists yet
+        processes.append(new)
+        monkeypatch.setattr(server_module, "_children", lambda pid: [])
+
+        assert watchdog.dead_stubs() == []  # the old stub runs: not dead although no list names it
+        _wait_dead(old)
+        assert watchdog.dead_stubs() == []  # the replacing stub was found by reading every process
+        assert watchdog._models.get(new.pid) == "m"
+        assert any(f"stub process {old.pid}" in line and "reload of its version" in line for line in lines)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def test_a_learned_pid_reused_by_another_process_counts_as_ended(tmp_path):
+    watchdog = StubWatchdog(os.getpid(), "127.0.0.1:1")
+    stub = _stand_in_stub(tmp_path, "m", 1)
+    try:
+        watchdog._learn()
+        watchdog._started[stub.pid] -= 1  # as if the pid now named a process started later
+
+        assert watchdog.dead_stubs() == [("m", stub.pid)]
+    finally:
+        stub.kill()
+        stub.wait()
