@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from aitune_triton.triton.server import StubWatchdog
+from aitune_triton.triton.watchdog import StubWatchdog
 
 
 class FlakyClient:
@@ -111,11 +111,11 @@ def _stand_in_stub(tmp_path, model: str, version: int):
 def _wait_dead(process) -> None:
     import time
 
-    from aitune_triton.triton.server import _is_dead
+    from aitune_triton.triton.process import is_dead
 
     process.kill()
     deadline = time.monotonic() + 10
-    while not _is_dead(process.pid) and time.monotonic() < deadline:
+    while not is_dead(process.pid) and time.monotonic() < deadline:
         time.sleep(0.02)
 
 
@@ -165,7 +165,7 @@ def test_a_live_stub_missing_from_the_children_lists_is_not_taken_for_dead(tmp_p
     """The per-thread ``children`` lists can miss a live child for a moment (a regression: CI saw a
     version reload taken for a crash); liveness is read from the process itself, and a stub that
     ended is judged against every child of the server."""
-    from aitune_triton.triton import server as server_module
+    from aitune_triton.triton import process as process_module
 
     lines: list[str] = []
     watchdog = StubWatchdog(os.getpid(), "127.0.0.1:1", log=lines.append)
@@ -175,7 +175,7 @@ def test_a_live_stub_missing_from_the_children_lists_is_not_taken_for_dead(tmp_p
         watchdog._learn()
         new = _stand_in_stub(tmp_path, "m", 1)  # the reload's stub, not in the children lists yet
         processes.append(new)
-        monkeypatch.setattr(server_module, "_children", lambda pid: [])
+        monkeypatch.setattr(process_module, "children", lambda pid: [])
 
         assert watchdog.dead_stubs() == []  # the old stub runs: not dead although no list names it
         _wait_dead(old)
@@ -199,3 +199,11 @@ def test_a_learned_pid_reused_by_another_process_counts_as_ended(tmp_path):
     finally:
         stub.kill()
         stub.wait()
+
+
+def test_the_earlier_import_path_still_gives_the_watchdog_and_the_process_readers():
+    from aitune_triton.triton import process, server, watchdog
+
+    assert server.StubWatchdog is watchdog.StubWatchdog
+    assert (server._children, server._stub_model, server._is_dead) == (process.children, process.stub_model, process.is_dead)
+    assert (server.find_tritonserver, server.free_port) == (process.find_tritonserver, process.free_port)
