@@ -82,9 +82,6 @@ def main() -> None:
               "(inputs under each model's warmup/): Triton runs them on every instance before a model is ready, so the "
               "first requests do not pay for warming up (or, for inductor, for the recorded shapes' compilation). "
               "--no-warmup skips it (faster load).")
-@click.option("--tensorrt-cuda-graphs", is_flag=True, help="TensorRT models: capture CUDA graphs.")
-@click.option("--tensorrt-profile", "tensorrt_profiles", multiple=True, type=int,
-              help="TensorRT models: optimization profile index per instance; repeatable.")
 @click.option("--entry-instance-count", default=4, show_default=True, type=int,
               help="Instances of the entry (router) model: how many requests through it run at once.")
 @click.option("--target", default="python", show_default=True, type=click.Choice(["python", "native"]),
@@ -111,7 +108,7 @@ def export(checkpoint: Path, repository: Path, name: str | None, version: int | 
            priority_levels: int, default_priority_level: int, queue_timeout_action: str | None,
            queue_timeout_microseconds: int | None, allow_timeout_override: bool, max_queue_size: int | None,
            version_policy: str, parameters: tuple[str, ...], response_cache: bool, warmup: bool,
-           tensorrt_cuda_graphs: bool, tensorrt_profiles: tuple[int, ...], entry_instance_count: int, target: str,
+           entry_instance_count: int, target: str,
            preprocess: str | None, postprocess: str | None, ensemble_name: str | None, router: bool | None,
            quiet: bool, dry_run: bool) -> None:
     """Export CHECKPOINT (written by aitune_triton.save) to a Triton model repository.
@@ -139,7 +136,7 @@ def export(checkpoint: Path, repository: Path, name: str | None, version: int | 
             instance_count, instance_kind, gpus, instance_groups, intra_op_threads, max_queue_delay_microseconds,
             preferred_batch_size, preserve_ordering, priority_levels, default_priority_level, queue_timeout_action,
             queue_timeout_microseconds, allow_timeout_override, max_queue_size, version_policy, parameters,
-            response_cache, warmup, tensorrt_cuda_graphs, tensorrt_profiles, entry_instance_count,
+            response_cache, warmup, entry_instance_count,
         )
         if dry_run:
             plan = export_checkpoint(checkpoint, repository, name=name, options=options, dry_run=True, target=target,
@@ -187,13 +184,12 @@ def _export_options(instance_count: int | None, instance_kind: str, gpus: str | 
                     preserve_ordering: bool, priority_levels: int, default_priority_level: int,
                     queue_timeout_action: str | None, queue_timeout_microseconds: int | None,
                     allow_timeout_override: bool, max_queue_size: int | None, version_policy: str,
-                    parameters: tuple[str, ...], response_cache: bool, warmup: bool, tensorrt_cuda_graphs: bool,
-                    tensorrt_profiles: tuple[int, ...], entry_instance_count: int) -> Any:
+                    parameters: tuple[str, ...], response_cache: bool, warmup: bool, entry_instance_count: int) -> Any:
     """The export flags as one :class:`TritonModelOptions` (the typed options validate every value)."""
     from aitune_triton.errors import InvalidOptionError
     from aitune_triton.triton.config import TritonModelOptions
     from aitune_triton.triton.options import (
-        DynamicBatching, InstanceGroup, QueuePolicy, TensorRTOptimization, VersionPolicy,
+        DynamicBatching, InstanceGroup, QueuePolicy, VersionPolicy,
     )
 
     groups = {}
@@ -242,7 +238,6 @@ def _export_options(instance_count: int | None, instance_kind: str, gpus: str | 
         parameters=free,
         response_cache=response_cache,
         warmup=warmup,
-        tensorrt=TensorRTOptimization(tensorrt_cuda_graphs, tensorrt_profiles),
         gpus=_ints("--gpus", gpus) if gpus else (),
     )
 

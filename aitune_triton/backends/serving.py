@@ -109,8 +109,6 @@ class NativeTarget:
             read from the artifact; None: the Triton backend's default.
         settings: How the backend's tuned options and the export's intra-op threads become the
             Triton backend's own config fields (:data:`SettingsWriter`); None: none apply.
-        takes_tensorrt_options: Whether the export's TensorRT options (CUDA graphs, profile
-            indices) go into this model's ``optimization`` (TensorRT plans).
 
     Raises:
         InvalidArgumentError: neither ``platform`` nor ``backend`` is given, or
@@ -121,7 +119,7 @@ class NativeTarget:
         triton_native = NativeTarget(
             default_model_filename="model.plan", signature=read_plan_signature,
             platform="tensorrt_plan", backend="tensorrt", requires_gpu=True,
-            profiles=lambda plan: ["0"], takes_tensorrt_options=True,
+            profiles=lambda plan: ["0"],
         )
     """
 
@@ -132,7 +130,6 @@ class NativeTarget:
     requires_gpu: bool = False
     profiles: ProfileReader | None = None
     settings: SettingsWriter | None = None
-    takes_tensorrt_options: bool = False
 
     def __post_init__(self) -> None:
         if not self.platform and not self.backend:

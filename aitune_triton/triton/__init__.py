@@ -22,7 +22,6 @@ from aitune_triton.triton.options import (
     InstanceGroup,
     InstanceKind,
     QueuePolicy,
-    TensorRTOptimization,
     TimeoutAction,
     VersionPolicy,
 )
@@ -44,7 +43,6 @@ __all__ = [
     "AsyncRemoteModule",
     "Step",
     "StepTensor",
-    "TensorRTOptimization",
     "TimeoutAction",
     "TritonModelOptions",
     "TritonServer",

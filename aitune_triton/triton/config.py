@@ -27,7 +27,6 @@ from aitune_triton.triton.options import (
     THREADS_PARAMETER,
     DynamicBatching,
     InstanceGroup,
-    TensorRTOptimization,
     VersionPolicy,
     check_int,
     check_parameters,
@@ -93,7 +92,6 @@ class TritonModelOptions:
             model runs the recorded shapes through its compiled program then, not on its first
             requests). On by default; it adds that time to each model's load. False writes no
             ``model_warmup``.
-        tensorrt: Options of models served by Triton's TensorRT backend (:class:`TensorRTOptimization`).
         gpus: GPU indices of the default group's ``KIND_GPU`` instances; empty: every GPU.
 
     Raises:
@@ -112,7 +110,6 @@ class TritonModelOptions:
     parameters: Mapping[str, str] = field(default_factory=dict)
     response_cache: bool = False
     warmup: bool = True
-    tensorrt: TensorRTOptimization = field(default_factory=TensorRTOptimization)
     gpus: Sequence[int] = ()
     default_group: InstanceGroup = field(init=False, repr=False, compare=False)
 
@@ -146,8 +143,6 @@ class TritonModelOptions:
         for flag in ("response_cache", "warmup"):
             if not isinstance(getattr(self, flag), bool):
                 raise InvalidOptionError(f"{flag}: expected True or False, got {getattr(self, flag)!r}.")
-        if not isinstance(self.tensorrt, TensorRTOptimization):
-            raise InvalidOptionError(f"tensorrt: expected a TensorRTOptimization, got {self.tensorrt!r}.")
 
     def group_for(self, model_name: str, graph: str) -> InstanceGroup:
         """The instance group of the model ``model_name`` serving the graph spec ``graph``
@@ -204,10 +199,6 @@ class TritonModelOptions:
         """Keys of ``instance_groups`` that name none of the ``(model name, graph name)`` pairs served."""
         known = {name for pair in served for name in pair}
         return sorted(key for key in self.instance_groups if key not in known)
-
-    def kind_for(self, device: str) -> int:
-        """``KIND_CPU`` or ``KIND_GPU`` of the default group for a backend tuned on ``device`` (``"cpu"``, ``"cuda:0"``)."""
-        return mc.ModelInstanceGroup.KIND_GPU if self.default_group.is_gpu(device) else mc.ModelInstanceGroup.KIND_CPU
 
 
 def _tensor_message(message_type: type, name: str, data_type: str, dims: Sequence[int], batching: bool, **fields: Any) -> Any:

@@ -234,6 +234,4 @@ def native_model_config(
             config.parameters[key].string_value = value
         if settings.graph_optimization_level is not None:
             config.optimization.graph.level = settings.graph_optimization_level
-    if target.takes_tensorrt_options:
-        options.tensorrt.apply(config)
     return config

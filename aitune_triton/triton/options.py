@@ -4,7 +4,7 @@ Each option class validates itself when built (raising :class:`InvalidOptionErro
 the field, what was expected, what was given and what to do) and writes its part of a
 ``model_config_pb2.ModelConfig`` message. The fields and their meaning follow Triton's model
 configuration schema (``model_config.proto``, Triton 2.51) and its "Model Configuration" docs
-(dynamic batcher, instance groups, version policy, response cache, model warmup, optimization).
+(dynamic batcher, instance groups, version policy, response cache, model warmup).
 
 Defaults and where they come from:
 
@@ -21,14 +21,13 @@ intra-op threads per instance     measured     the measured layout's threads, el
 version_policy                    latest 1     Triton's own default
 response_cache                    off          Triton's own default (needs a cache at start)
 model_warmup                      on           recorded calls; load time for first-request time
-TensorRT cuda graphs              off          Triton's own default
 ================================  ===========  ==============================================
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -43,7 +42,6 @@ __all__ = [
     "InstanceGroup",
     "InstanceKind",
     "QueuePolicy",
-    "TensorRTOptimization",
     "TimeoutAction",
     "VersionPolicy",
 ]
@@ -311,37 +309,6 @@ class VersionPolicy:
             config.version_policy.specific.versions.extend(self.specific)
         else:
             config.version_policy.latest.num_versions = self.latest
-
-
-@dataclass(frozen=True)
-class TensorRTOptimization:
-    """Options of models served by Triton's TensorRT backend (``platform: "tensorrt_plan"``);
-    written into such configurations only.
-
-    Attributes:
-        cuda_graphs: Capture CUDA graphs (``optimization.cuda.graphs``).
-        profiles: Optimization profile indices each instance uses (``instance_group.profile``);
-            empty: the profiles the engine declares.
-
-    Raises:
-        InvalidOptionError: a field has a value Triton cannot take.
-    """
-
-    cuda_graphs: bool = False
-    profiles: Sequence[int] = field(default_factory=tuple)
-
-    def __post_init__(self) -> None:
-        _check_bool("tensorrt.cuda_graphs", self.cuda_graphs)
-        object.__setattr__(self, "profiles", _ints("tensorrt.profiles", self.profiles, 0))
-
-    def apply(self, config: mc.ModelConfig) -> None:
-        """Fill a TensorRT model's ``optimization`` and instance profiles."""
-        if self.cuda_graphs:
-            config.optimization.cuda.graphs = True
-        if self.profiles:
-            for group in config.instance_group:
-                del group.profile[:]
-                group.profile.extend(str(index) for index in self.profiles)
 
 
 def check_parameters(parameters: Any) -> dict[str, str]:

@@ -24,7 +24,7 @@ from aitune_triton.triton.config import ROUTES_PARAMETER, TritonModelOptions, re
 from aitune_triton.triton.exporter import export
 from aitune_triton.triton.io import ModelIO
 from aitune_triton.triton.native import ExportTarget, native_model_config
-from aitune_triton.triton.options import THREADS_PARAMETER, TensorRTOptimization
+from aitune_triton.triton.options import THREADS_PARAMETER
 
 ORT_MODULE = "native_two_input_net"
 AOTI_MODULE = "native_independent_net"
@@ -114,17 +114,16 @@ def test_a_tensorrt_plan_target_gets_gpu_instances_and_its_optimization_profiles
     artifact = Path(entry["backend"]["artifacts"]["model"])
     plan = NativeTarget(
         default_model_filename="model.plan", signature=onnx_signature, platform="tensorrt_plan", backend="tensorrt",
-        requires_gpu=True, profiles=lambda path: ["0", "1"] if path == artifact else [], takes_tensorrt_options=True,
+        requires_gpu=True, profiles=lambda path: ["0", "1"] if path == artifact else [],
     )
     io = ModelIO.from_graph(f"{ORT_MODULE}.graph_0", entry["graph"], entry["backend"])
     signature = plan.signature(artifact, entry["graph"])
-    options = TritonModelOptions(tensorrt=TensorRTOptimization(cuda_graphs=True))
+    options = TritonModelOptions()
 
     config = native_model_config(io, plan, signature, options, "cpu", plan.requires_gpu, artifact)
 
     assert (config.platform, config.backend, config.default_model_filename) == ("tensorrt_plan", "tensorrt", "model.plan")
     assert [(g.kind, list(g.profile)) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, ["0", "1"])]
-    assert config.optimization.cuda.graphs
     assert THREADS_PARAMETER not in config.parameters  # only a generated model.py reads it
     assert text_format.Parse(text_format.MessageToString(config), mc.ModelConfig()) == config
 

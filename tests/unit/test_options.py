@@ -27,7 +27,6 @@ from aitune_triton.triton.options import (
     InstanceGroup,
     InstanceKind,
     QueuePolicy,
-    TensorRTOptimization,
     TimeoutAction,
     VersionPolicy,
 )
@@ -183,18 +182,6 @@ def test_version_policy_parses_the_cli_form(text, expected):
     assert VersionPolicy.parse(text) == expected
 
 
-def test_tensorrt_optimization_writes_cuda_graphs_and_profiles(tmp_path):
-    config = graph_model_config(_io(), TritonModelOptions())
-    config.platform = "tensorrt_plan"
-    config.instance_group[0].profile.extend(["0"])
-
-    TensorRTOptimization(cuda_graphs=True, profiles=(1, 2)).apply(config)
-    parsed = _round_trip(config, tmp_path)
-
-    assert parsed.optimization.cuda.graphs is True
-    assert list(parsed.instance_group[0].profile) == ["1", "2"]
-
-
 @pytest.mark.parametrize(
     "build, field_name, given",
     [
@@ -219,8 +206,6 @@ def test_tensorrt_optimization_writes_cuda_graphs_and_profiles(tmp_path):
         (lambda: VersionPolicy(all=True, specific=(1,)), "version_policy", "specific=(1,)"),
         (lambda: VersionPolicy(specific=(0,)), "version_policy.specific", "[0]"),
         (lambda: VersionPolicy.parse("newest"), "version_policy", "'newest'"),
-        (lambda: TensorRTOptimization(cuda_graphs="on"), "tensorrt.cuda_graphs", "'on'"),
-        (lambda: TensorRTOptimization(profiles=(-1,)), "tensorrt.profiles", "[-1]"),
         (lambda: TritonModelOptions(intra_op_threads=0), "intra_op_threads", "0"),
         (lambda: TritonModelOptions(entry_instance_count=0), "entry_instance_count", "0"),
         (lambda: TritonModelOptions(instance_groups={"graph_0": 2}), "instance_groups", "2"),
@@ -230,7 +215,6 @@ def test_tensorrt_optimization_writes_cuda_graphs_and_profiles(tmp_path):
         (lambda: TritonModelOptions(warmup=1), "warmup", "1"),
         (lambda: TritonModelOptions(version_policy="all"), "version_policy", "'all'"),
         (lambda: TritonModelOptions(dynamic_batching=100), "dynamic_batching", "100"),
-        (lambda: TritonModelOptions(tensorrt=True), "tensorrt", "True"),
     ],
 )
 def test_bad_options_name_the_field_expected_and_given(build, field_name, given):
