@@ -53,7 +53,7 @@ def test_the_group_help_lists_every_command_and_option(runner):
              "--version", "--gpus", "--instance-group", "--intra-op-threads", "--preferred-batch-size", "--preserve-ordering",
              "--priority-levels", "--default-priority-level", "--queue-timeout-action", "--queue-timeout-microseconds",
              "--allow-timeout-override", "--max-queue-size", "--version-policy", "--parameter", "--response-cache", "--warmup", "--no-warmup",
-             "--preprocess", "--postprocess", "--ensemble-name"},
+             "--preprocess", "--postprocess", "--ensemble-name", "--options"},
         ),
         (
             "serve",

@@ -1,0 +1,63 @@
+"""``aitune-triton check`` and ``analyze-config``: look at a model repository before serving it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from aitune_triton.cli.common import console, fail
+from aitune_triton.errors import AITuneTritonError
+
+__all__ = ["analyze_config", "check"]
+
+
+@click.command()
+@click.argument("repository", type=click.Path(path_type=Path))
+@click.option("--load", is_flag=True, help="Also load every model in an embedded tritonserver and report READY or "
+              "the server's reason.")
+@click.option("--timeout-s", default=180.0, show_default=True, type=float,
+              help="With --load: seconds to wait for the server and for each model load.")
+def check(repository: Path, load: bool, timeout_s: float) -> None:
+    """Check REPOSITORY before serving it: every config.pbtxt against the ModelConfig schema, each
+    version's files against its manifest.json (missing, extra, SHA-256), config tensors against the
+    manifest's IO mapping, artifacts against this machine (GPU, TensorRT), entry model routes
+    against the graph model versions present.
+
+    Prints a table per model (OK / WARN / ERROR); exits with status 1 when any finding is an ERROR.
+    """
+    from aitune_triton.triton.check import check_repository, report_tables
+
+    try:
+        report = check_repository(repository, load=load, timeout_s=timeout_s, show_progress=load)
+    except AITuneTritonError as error:
+        raise fail(error) from error
+    for table in report_tables(report):
+        console.print(table)
+    errors = sum(1 for _ in report.findings("ERROR"))
+    if errors:
+        raise click.ClickException(f"{errors} error(s) in {report.repository}.")
+    console.print(f"{report.repository}: no errors ({sum(1 for _ in report.findings('WARN'))} warning(s)).")
+
+
+@click.command("analyze-config")
+@click.argument("repository", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output_dir", default=None, type=click.Path(path_type=Path),
+              help="Directory to write one ENTRY_MODEL.model_analyzer.yaml per entry model into.")
+def analyze_config(repository: Path, output_dir: Path | None) -> None:
+    """Write Triton Model Analyzer configs for REPOSITORY's entry models and print the equivalent
+    perf_analyzer command lines (input shapes: the largest recorded; BLS composing models: the
+    graph models each entry model routes to).
+    """
+    from aitune_triton.triton.analyze import analyze_config as analyze
+
+    try:
+        configs = analyze(repository, output_dir)
+    except AITuneTritonError as error:
+        raise fail(error) from error
+    for config in configs:
+        where = f" -> {config.path}" if config.path else ""
+        console.print(f"# {config.entry_model} (shapes of {config.graph_model}){where}", markup=False)
+        if config.path is None:
+            console.print(config.yaml(), markup=False)
+        console.print(config.perf_analyzer_command, markup=False)
