@@ -44,15 +44,22 @@ def check(repository: Path, load: bool, timeout_s: float) -> None:
 @click.argument("repository", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output_dir", default=None, type=click.Path(path_type=Path),
               help="Directory to write one ENTRY_MODEL.model_analyzer.yaml per entry model into.")
-def analyze_config(repository: Path, output_dir: Path | None) -> None:
+@click.option("--protocol", default="http", show_default=True, type=click.Choice(["http", "grpc"]),
+              help="Protocol of the perf_analyzer command lines (-i), with -u the placeholder of that endpoint.")
+def analyze_config(repository: Path, output_dir: Path | None, protocol: str) -> None:
     """Write Triton Model Analyzer configs for REPOSITORY's entry models and print the equivalent
     perf_analyzer command lines (input shapes: the largest recorded; BLS composing models: the
     graph models each entry model routes to).
+
+    The command lines take the server's address as a placeholder (-u <host:http_port>, or
+    <host:grpc_port> with --protocol grpc): `aitune-triton serve` picks free ports and prints them.
+    A last line says where perf_analyzer comes from (it is not installed with aitune-triton).
     """
+    from aitune_triton.triton.analyze import PERF_ANALYZER_INSTALL
     from aitune_triton.triton.analyze import analyze_config as analyze
 
     try:
-        configs = analyze(repository, output_dir)
+        configs = analyze(repository, output_dir, protocol=protocol)
     except AITuneTritonError as error:
         raise fail(error) from error
     for config in configs:
@@ -61,3 +68,4 @@ def analyze_config(repository: Path, output_dir: Path | None) -> None:
         if config.path is None:
             console.print(config.yaml(), markup=False)
         console.print(config.perf_analyzer_command, markup=False)
+    console.print(f"# {PERF_ANALYZER_INSTALL}", markup=False)

@@ -18,10 +18,16 @@ graph spec with the most inputs: the profile exercises that graph model. The oth
 profiled directly (``perf_analyzer -m NAME.graph_N``). A module with one graph spec exported
 without a router is its own entry model: no composing models, and per-sample shapes (perf_analyzer
 ``--shape`` leaves out the batch axis of a model with ``max_batch_size > 0``).
+
+The command lines carry ``-u <host:http_port>`` (or ``-i grpc -u <host:grpc_port>``): ``aitune-triton
+serve`` picks free ports unless told which, and prints the addresses it listens on, so the URL is a
+placeholder to fill in (perf_analyzer's own default, ``localhost:8000``, is rarely right).
+:data:`PERF_ANALYZER_INSTALL` says where perf_analyzer comes from.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from dataclasses import dataclass
@@ -35,7 +41,22 @@ from aitune_triton.errors import InvalidArgumentError
 from aitune_triton.triton.config import ROUTES_PARAMETER, read_model_config
 from aitune_triton.triton.io import ModelIO
 
-__all__ = ["AnalyzerConfig", "analyze_config"]
+__all__ = ["PERF_ANALYZER_INSTALL", "PROTOCOLS", "AnalyzerConfig", "analyze_config"]
+
+#: The protocols perf_analyzer speaks to Triton (its ``-i``), each with the URL placeholder of its ``-u``.
+PROTOCOLS = {"http": "<host:http_port>", "grpc": "<host:grpc_port>"}
+
+#: Where perf_analyzer comes from. It is not among aitune-triton's dependencies. The tritonclient 2.51.0
+#: wheel for x86_64 Linux ships the binary as ``bin/perf_analyzer`` (its file list); the 2.73 wheel
+#: installed here holds none and declares a ``perf-analyzer`` extra instead, whose package pip resolved
+#: on this project's machines (Python 3.11, x86_64 Linux) only to a 0.1.0 placeholder without a binary.
+#: NVIDIA's Triton SDK container ships perf_analyzer too.
+PERF_ANALYZER_INSTALL = (
+    "perf_analyzer is not installed with aitune-triton (nor in the tritonclient 2.73 wheel): the tritonclient 2.51.0 "
+    "wheel for x86_64 Linux ships it in the environment's bin/ (pip install tritonclient==2.51.0, in a separate "
+    "virtual environment), and so does NVIDIA's Triton SDK container (tritonserver:<YY.MM>-py3-sdk on NGC). "
+    "Replace the -u placeholder with the address `aitune-triton serve` prints."
+)
 
 _INTEGER_TYPES = ("TYPE_BOOL", "TYPE_UINT8", "TYPE_INT8", "TYPE_INT16", "TYPE_INT32", "TYPE_INT64")
 
@@ -52,6 +73,8 @@ class AnalyzerConfig:
             its routes pin).
         config: The Model Analyzer configuration (what the YAML file holds).
         path: Where the YAML file was written, or None.
+        protocol: ``"http"`` or ``"grpc"``: the protocol of the perf_analyzer command line (its ``-i``),
+            with ``-u`` the placeholder of that endpoint's address (:data:`PROTOCOLS`).
     """
 
     entry_model: str
@@ -60,11 +83,15 @@ class AnalyzerConfig:
     composing_models: list[str]
     config: dict[str, Any]
     path: Path | None = None
+    protocol: str = "http"
 
     @property
     def perf_analyzer_args(self) -> list[str]:
         """The equivalent ``perf_analyzer`` argument list."""
         args = ["perf_analyzer", "-m", self.entry_model]
+        if self.protocol != "http":  # perf_analyzer's default protocol
+            args += ["-i", self.protocol]
+        args += ["-u", PROTOCOLS[self.protocol]]
         for name, shape in self.shapes.items():
             args += ["--shape", f"{name}:{','.join(str(d) for d in shape)}"]
         if self.config["profile_models"][self.entry_model]["perf_analyzer_flags"].get("input-data") == "zero":
@@ -137,7 +164,9 @@ def _profile(repository: Path, entry: str, routes: dict[str, Any]) -> AnalyzerCo
     return AnalyzerConfig(entry, chosen.model_name, shapes, composing, config)
 
 
-def analyze_config(repository: str | Path, output_dir: str | Path | None = None) -> list[AnalyzerConfig]:
+def analyze_config(
+    repository: str | Path, output_dir: str | Path | None = None, protocol: str = "http"
+) -> list[AnalyzerConfig]:
     """Model Analyzer configurations (and perf_analyzer command lines) for every entry model.
 
     Args:
@@ -145,14 +174,17 @@ def analyze_config(repository: str | Path, output_dir: str | Path | None = None)
         output_dir: Directory to write ``<entry model>.model_analyzer.yaml`` into (created when
             missing); None writes nothing. One file per entry model, since Model Analyzer takes
             ``bls_composing_models`` for the whole profile run.
+        protocol: ``"http"`` (default) or ``"grpc"``: the protocol the perf_analyzer command lines use.
 
     Returns:
         One :class:`AnalyzerConfig` per entry model, sorted by name.
 
     Raises:
-        InvalidArgumentError: ``repository`` is not a directory, holds no entry model, or
-            ``output_dir`` is a file.
+        InvalidArgumentError: ``repository`` is not a directory, holds no entry model,
+            ``output_dir`` is a file, or ``protocol`` is neither ``"http"`` nor ``"grpc"``.
     """
+    if protocol not in PROTOCOLS:
+        raise InvalidArgumentError(f"protocol: expected one of {sorted(PROTOCOLS)}, got {protocol!r}.")
     repository = Path(repository).absolute()
     if not repository.is_dir():
         raise InvalidArgumentError(f"repository: {repository} is not a directory; pass a model repository.")
@@ -162,7 +194,7 @@ def analyze_config(repository: str | Path, output_dir: str | Path | None = None)
             f"repository: {repository} holds no entry model (a config.pbtxt with the {ROUTES_PARAMETER!r} parameter); "
             "export a tuned module into it first."
         )
-    configs = [_profile(repository, name, routes) for name, routes in entries]
+    configs = [dataclasses.replace(_profile(repository, name, routes), protocol=protocol) for name, routes in entries]
     if output_dir is None:
         return configs
     output = Path(output_dir)
@@ -173,6 +205,5 @@ def analyze_config(repository: str | Path, output_dir: str | Path | None = None)
     for config in configs:
         path = output / f"{config.entry_model}.model_analyzer.yaml"
         path.write_text(config.yaml())
-        written.append(AnalyzerConfig(config.entry_model, config.graph_model, config.shapes, config.composing_models,
-                                      config.config, path))
+        written.append(dataclasses.replace(config, path=path))
     return written

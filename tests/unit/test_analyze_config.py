@@ -91,9 +91,28 @@ def test_the_perf_analyzer_command_names_the_model_shapes_and_pinned_composing_v
     config = analyze_config(repository)[0]
 
     assert shlex.split(config.perf_analyzer_command) == [
-        "perf_analyzer", "-m", NAME, "--shape", "x:5,8", "--shape", "y:5,4",
+        "perf_analyzer", "-m", NAME, "-u", "<host:http_port>", "--shape", "x:5,8", "--shape", "y:5,4",
         f"--bls-composing-models={NAME}.graph_0:1,{NAME}.graph_1:1",
     ]
+
+
+def test_the_command_lines_take_the_url_of_the_protocol_asked_for_as_a_placeholder(repository):
+    """`serve` picks free ports, so perf_analyzer's default localhost:8000 is rarely the server: -u is left to fill in."""
+    (config,) = [c for c in analyze_config(repository, protocol="grpc") if c.entry_model == TOKENS]
+
+    assert config.perf_analyzer_args[:7] == ["perf_analyzer", "-m", TOKENS, "-i", "grpc", "-u", "<host:grpc_port>"]
+    with pytest.raises(InvalidArgumentError, match=r"^protocol: expected one of \['grpc', 'http'\], got 'https'"):
+        analyze_config(repository, protocol="https")
+
+
+def test_the_command_ends_with_one_line_saying_where_perf_analyzer_comes_from(repository):
+    result = CliRunner(env={"COLUMNS": "240"}).invoke(main, ["analyze-config", str(repository), "--protocol", "grpc"])
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert all("-i grpc -u '<host:grpc_port>'" in line for line in lines if line.startswith("perf_analyzer "))
+    assert lines[-1].startswith("# perf_analyzer is not installed with aitune-triton")
+    assert "Triton SDK container" in lines[-1] and "pip install tritonclient==2.51.0" in lines[-1]
 
 
 def test_the_command_prints_one_perf_analyzer_line_per_entry_model_and_writes_the_files(repository, tmp_path):

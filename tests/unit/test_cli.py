@@ -62,7 +62,7 @@ def test_the_group_help_lists_every_command_and_option(runner):
         ("inspect", {"--help"}),
         ("describe", {"--json", "--help"}),
         ("check", {"--load", "--timeout-s", "--help"}),
-        ("analyze-config", {"-o", "--output", "--help"}),
+        ("analyze-config", {"-o", "--output", "--protocol", "--help"}),
     ],
 )
 def test_each_command_help_mentions_every_option_it_takes(runner, command, expected):
