@@ -302,3 +302,36 @@ def test_every_deployment_flag_reaches_the_written_configs(runner, checkpoint, t
     again = runner.invoke(main, ["export", str(checkpoint), "-o", str(repository), "--name", "flags", "--version", "7"])
     assert again.exit_code == 1 and "Error: version: expected a version that" in again.output
     assert "versions are never overwritten" in again.output
+
+
+def test_export_takes_its_options_from_a_file_and_explicit_flags_win(runner, checkpoint, tmp_path):
+    pytest.importorskip("yaml")
+    options = tmp_path / "deploy.yaml"
+    options.write_text(
+        "name: from_file\ninstance-kind: cpu\ninstance-count: 2\nmax_queue_delay_microseconds: 700\n"
+        "preferred-batch-size: [2, 4]\nparameter:\n  team: search\ninstance-group:\n  graph_1: cpu:3\nwarmup: false\n"
+    )
+    repository = tmp_path / "repo"
+
+    result = runner.invoke(main, ["export", str(checkpoint), "-o", str(repository), "--options", str(options), "--quiet",
+                                  "--instance-count", "1", "--max-queue-delay-microseconds", "100"])
+
+    assert result.exit_code == 0, result.output
+    graph_0 = read_model_config(repository / "from_file.graph_0" / "config.pbtxt")
+    graph_1 = read_model_config(repository / "from_file.graph_1" / "config.pbtxt")
+    assert [g.count for g in graph_0.instance_group] == [1]
+    assert graph_0.dynamic_batching.max_queue_delay_microseconds == 100  # the flag, although it is the default value
+    assert [g.count for g in graph_1.instance_group] == [3]
+    assert list(graph_0.dynamic_batching.preferred_batch_size) == [2, 4]
+    assert graph_0.parameters["team"].string_value == "search" and not graph_0.model_warmup
+
+
+def test_export_with_an_unknown_key_in_the_options_file_exits_1_naming_it_and_writes_nothing(runner, checkpoint, tmp_path):
+    options = tmp_path / "deploy.json"
+    options.write_text('{"instance-count": 2, "instances": 3}')
+
+    result = runner.invoke(main, ["export", str(checkpoint), "-o", str(tmp_path / "repo"), "--options", str(options)])
+
+    assert result.exit_code == 1
+    assert f"Error: {options}: unknown option 'instances'; known: name, version, instance-count," in result.output
+    assert not (tmp_path / "repo").exists()
