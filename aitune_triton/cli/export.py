@@ -18,6 +18,7 @@ from rich.table import Table
 
 from aitune_triton.cli.common import console
 from aitune_triton.errors import AITuneTritonError
+from aitune_triton.triton.config import TritonModelOptions
 from aitune_triton.triton.export_options import EXPORT_OPTIONS, ExportOption, export_arguments, read_options_file
 
 __all__ = ["export"]
@@ -46,7 +47,9 @@ def _declared_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _arguments(context: click.Context, options_file: Path | None, given: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _arguments(
+    context: click.Context, options_file: Path | None, given: dict[str, Any]
+) -> tuple[TritonModelOptions, dict[str, Any]]:
     """The typed options and ``export``'s other arguments: the options file's values, with the flags
     given explicitly on the command line on top (a flag left at its default does not hide the file's value)."""
     explicit = {
