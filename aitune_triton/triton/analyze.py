@@ -32,7 +32,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aitune_triton.errors import InvalidArgumentError
-from aitune_triton.triton.config import ROUTES_PARAMETER, read_model_config
+from aitune_triton.served.routes import ROUTES_PARAMETER, Routes, RoutesError
+from aitune_triton.triton.config import read_model_config
 from aitune_triton.triton.io import ModelIO
 
 __all__ = ["AnalyzerConfig", "analyze_config"]
@@ -88,7 +89,7 @@ class AnalyzerConfig:
         return str(yaml.safe_dump(self.config, sort_keys=False))
 
 
-def _entry_models(repository: Path) -> list[tuple[str, dict[str, Any]]]:
+def _entry_models(repository: Path) -> list[tuple[str, Routes]]:
     found = []
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and (p / "config.pbtxt").is_file()):
         try:
@@ -96,7 +97,13 @@ def _entry_models(repository: Path) -> list[tuple[str, dict[str, Any]]]:
         except text_format.ParseError:
             continue  # `aitune-triton check` reports it
         if ROUTES_PARAMETER in config.parameters:
-            found.append((model_dir.name, json.loads(config.parameters[ROUTES_PARAMETER].string_value)))
+            try:
+                found.append((model_dir.name, Routes.from_json(config.parameters[ROUTES_PARAMETER].string_value)))
+            except RoutesError as error:
+                raise InvalidArgumentError(
+                    f"{model_dir.name}: its {ROUTES_PARAMETER!r} parameter cannot be read ({error}); "
+                    "export the module again (aitune-triton check reports what else is wrong)."
+                ) from None
     return found
 
 
@@ -111,8 +118,8 @@ def _cpu_only(repository: Path, graph_models: list[str]) -> bool:
     return True
 
 
-def _profile(repository: Path, entry: str, routes: dict[str, Any]) -> AnalyzerConfig:
-    ios = [ModelIO.from_dict(graph) for graph in routes["graphs"]]
+def _profile(repository: Path, entry: str, routes: Routes) -> AnalyzerConfig:
+    ios = [ModelIO.from_dict(dict(route.io)) for route in routes.graphs]
     if not ios:
         raise InvalidArgumentError(f"{entry}: its routes list no graph model; export the module again.")
     chosen = max(ios, key=lambda io: len(io.inputs))  # the first of the widest
@@ -150,8 +157,8 @@ def analyze_config(repository: str | Path, output_dir: str | Path | None = None)
         One :class:`AnalyzerConfig` per entry model, sorted by name.
 
     Raises:
-        InvalidArgumentError: ``repository`` is not a directory, holds no entry model, or
-            ``output_dir`` is a file.
+        InvalidArgumentError: ``repository`` is not a directory, holds no entry model, an entry
+            model's routes parameter is not the routes JSON, or ``output_dir`` is a file.
     """
     repository = Path(repository).absolute()
     if not repository.is_dir():
