@@ -35,9 +35,10 @@ class Registry(Generic[T]):
             raise InvalidArgumentError(f"name: expected a non-empty string naming the {self.what}, got {name!r}")
         existing = self._items.get(name)
         if existing is not None and existing is not item:
+            owner = existing if isinstance(existing, type) else type(existing)
             raise DuplicateRegistrationError(
-                f"{self.what} name {name!r} is already registered by {type(existing).__module__}."
-                f"{type(existing).__qualname__}; register yours under another name"
+                f"{self.what} name {name!r} is already registered by {owner.__module__}.{owner.__qualname__}; "
+                "register yours under another name"
             )
         self._items[name] = item
         return item
