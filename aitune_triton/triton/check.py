@@ -35,6 +35,7 @@ from aitune_triton.triton.config import read_model_config
 from aitune_triton.triton.manifest import (
     MANIFEST_FILE,
     ManifestError,
+    ModelKind,
     ModelManifest,
     TensorManifest,
     latest_version,
@@ -297,7 +298,7 @@ def _load_models(repository: Path, checks: list[ModelCheck], timeout_s: float, s
 
     server = TritonServer(repository, extra_args=["--model-control-mode=explicit"], restart_dead_stubs=False,
                           show_progress=show_progress, timeout_s=timeout_s)
-    order = {"graph": 0, "step": 1, None: 2, "entry": 3, "ensemble": 4}
+    order = {ModelKind.GRAPH: 0, ModelKind.STEP: 1, None: 2, ModelKind.ENTRY: 3, ModelKind.ENSEMBLE: 4}
     with server:
         client = httpclient.InferenceServerClient(server.http_url, network_timeout=timeout_s, connection_timeout=timeout_s)
         try:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from aitune_triton.triton.manifest import ModelKind
+
 __all__ = ["OK", "WARN", "ERROR", "CheckReport", "Finding", "ModelCheck", "report_tables"]
 
 OK, WARN, ERROR = "OK", "WARN", "ERROR"
@@ -35,12 +37,13 @@ class ModelCheck:
 
     Attributes:
         name: Model (directory) name.
-        kind: ``graph``, ``entry``... from the manifests (None: not an aitune_triton model).
+        kind: What the manifests say it is (:class:`~aitune_triton.triton.manifest.ModelKind`, a
+            ``str``: ``"graph"``, ``"entry"``...); None: not an aitune_triton model.
         findings: Everything found, in check order.
     """
 
     name: str
-    kind: str | None
+    kind: ModelKind | None
     findings: list[Finding] = field(default_factory=list)
 
     @property

@@ -16,7 +16,7 @@ from typing import Sequence
 from aitune_triton._versions import sha256_file
 from aitune_triton.errors import ExportError
 from aitune_triton.triton.config import model_config_text
-from aitune_triton.triton.manifest import MANIFEST_FILE, build_manifest
+from aitune_triton.triton.manifest import MANIFEST_FILE, ModelKind, build_manifest
 from aitune_triton.triton.models.planned import PlannedModel
 
 __all__ = ["ExportPlan", "PlannedFile", "PlannedModelVersion", "build_plan"]
@@ -42,8 +42,8 @@ class PlannedModelVersion:
     Attributes:
         name: Triton model name.
         version: The version directory it would get.
-        kind: ``"graph"``, ``"entry"``, ``"step"`` or ``"ensemble"`` (see
-            :data:`~aitune_triton.triton.manifest.KINDS`).
+        kind: What it is (:class:`~aitune_triton.triton.manifest.ModelKind`, a ``str``:
+            ``"graph"``, ``"entry"``, ``"step"`` or ``"ensemble"``).
         exists: Whether the model directory exists already (the export adds a version to it).
         config_text: The ``config.pbtxt`` it would write (replacing the existing one).
         files: Files of the version directory, and ``config.pbtxt``.
@@ -51,7 +51,7 @@ class PlannedModelVersion:
 
     name: str
     version: int
-    kind: str
+    kind: ModelKind
     exists: bool
     config_text: str
     files: tuple[PlannedFile, ...]

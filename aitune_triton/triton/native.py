@@ -86,16 +86,6 @@ class NativeModel:
     target: NativeTarget
     signature: NativeSignature
 
-    @property
-    def manifest(self) -> dict[str, Any]:
-        """What the graph model's ``manifest.json`` says about how it is served."""
-        return {
-            "target": ExportTarget.NATIVE.value,
-            "platform": self.config.platform,
-            "backend": self.config.backend,
-            "default_model_filename": self.config.default_model_filename,
-        }
-
 
 @dataclass
 class NativePlan:
