@@ -83,8 +83,9 @@ class ExportResult:
         graph_models: Names of the models that run a graph spec, of every module (a module
             exported without a router: its entry model).
         versions: Model name -> version directory written.
-        targets: Graph model name -> ``"native"`` (served by a Triton backend of its own) or
-            ``"python"`` (a generated Python-backend model).
+        targets: Graph model name -> the export target that serves it: ``"native"`` (a Triton
+            backend of its own), ``"python"`` (a generated Python-backend model), or another
+            registered target's name.
         python_reasons: Graph model name -> why it stayed a Python-backend model in a native export.
         ensemble_model: Name of the ensemble model (pre/post steps around the entry model), or None.
         step_models: Names of the step models (preprocess first).
