@@ -28,10 +28,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aitune_triton.errors import InvalidArgumentError
-from aitune_triton.triton.repository_layout import checkpoint_error, is_checkpoint, is_model_dir
-from aitune_triton.triton.check_report import ERROR, OK, WARN, CheckReport, Finding, ModelCheck, report_tables
 from aitune_triton.served.routes import ROUTES_PARAMETER, Routes, RoutesError
+from aitune_triton.triton.check_report import ERROR, OK, WARN, CheckReport, Finding, ModelCheck, report_tables
 from aitune_triton.triton.config import read_model_config
+from aitune_triton.triton.repository_layout import checkpoint_error, is_checkpoint, is_model_dir
 from aitune_triton.triton.manifest import (
     MANIFEST_FILE,
     ManifestError,
