@@ -25,6 +25,8 @@ def test_routes_read_the_json_written_since_the_first_exports_and_write_it_back_
     assert (route.served_names, route.constants, route.padding, dict(route.io)) == ({"x": "input_0"}, {"scale": "2.0"}, None, GRAPH)
     assert routes.to_json() == JSON
     assert routes.input_sets() == [frozenset({"x"})]
+    bare = Routes.from_dict({"graphs": [GRAPH]})  # only what the router needs: the others take their defaults
+    assert (bare.module, bare.signature, bare.strict, bare.graphs) == ("", [], True, routes.graphs)
 
 
 def test_routes_read_from_a_version_file_first_else_from_the_configuration_parameter(tmp_path):
