@@ -34,6 +34,10 @@ class DuplicateBackendError(AITuneTritonError, ValueError):
     """Another backend class is already registered under the same name."""
 
 
+class DuplicateRegistrationError(AITuneTritonError, ValueError):
+    """Another export target or deployment target is already registered under the same name."""
+
+
 class InvalidStateDictError(InvalidArgumentError):
     """A dict passed as a tuned module description is not one (``Module.to_dict()`` output), or a
     stored graph spec is malformed (``GraphSpec.from_dict``: the message starts with

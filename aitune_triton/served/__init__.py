@@ -13,6 +13,8 @@ Modules:
     tensors: numpy / DLPack / bfloat16 helpers between Python-backend tensors and runtimes.
     shipped: the SHA-256 check of shipped files and the loader of this package's copy.
     graph_model: the graph model (runs one graph spec's artifact).
+    routes: the routes JSON of an entry model (:class:`~aitune_triton.served.routes.Routes`),
+        its one reader and writer, used by the exporter and the clients too.
     router: the entry model routing each request to its graph model with BLS.
     step_runtime, step_model: a pre/post-processing step around the user's function.
     runtimes: one module per backend (``onnxruntime``, ``aoti``, ``inductor``) defining ``Runtime``.

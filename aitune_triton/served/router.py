@@ -31,27 +31,17 @@ from typing import Any, Callable
 
 from .contract import InputContract
 from .padding import PaddingLayout, request_problem
+from .routes import ROUTES_FILE, ROUTES_PARAMETER, Route, Routes
 from .tensors import host_value
 
-__all__ = ["ROUTES_FILE", "ROUTES_PARAMETER", "Router"]
-
-ROUTES_PARAMETER = "aitune_triton.routes"
-#: This version's routes, next to model.py (written by the exporter since versions share config.pbtxt).
-ROUTES_FILE = "routes.json"
+__all__ = ["ROUTES_FILE", "ROUTES_PARAMETER", "Router", "read_routes"]
 
 
-def read_routes(args: dict[str, str]) -> dict[str, Any]:
+def read_routes(args: dict[str, str]) -> Routes:
     """This version's routes: ``routes.json`` beside model.py, else the configuration's parameter
     (config.pbtxt is shared by every version and holds the newest export's)."""
     version_dir = os.path.join(args["model_repository"], args["model_version"])
-    routes_file = os.path.join(version_dir, ROUTES_FILE)
-    if os.path.isfile(routes_file):
-        with open(routes_file) as handle:
-            routes: dict[str, Any] = json.load(handle)
-            return routes
-    config = json.loads(args["model_config"])
-    loaded: dict[str, Any] = json.loads(config["parameters"][ROUTES_PARAMETER]["string_value"])
-    return loaded
+    return Routes.read(version_dir, json.loads(args["model_config"]))
 
 
 class Router:
@@ -66,15 +56,15 @@ class Router:
         self.pb_utils = pb_utils
         routes = read_routes(args)
         self.model_name = args["model_name"]
-        self.routes: dict[frozenset[str], list[dict[str, Any]]] = {}  # input names -> graph models taking exactly them
-        for graph in routes["graphs"]:
-            self.routes.setdefault(frozenset(tensor["name"] for tensor in graph["inputs"]), []).append(graph)
+        self.routes: dict[frozenset[str], list[Route]] = {}  # input names -> graph models taking exactly them
+        for route in routes.graphs:
+            self.routes.setdefault(route.input_names, []).append(route)
         self.input_names = sorted({name for names in self.routes for name in names})
-        self.contracts = {graph["model_name"]: InputContract.from_io(graph) for graph in routes["graphs"]}
+        self.contracts = {route.model_name: InputContract.from_io(dict(route.io)) for route in routes.graphs}
         # The padded graph models' own request checks (a 0/1 mask, pad values at pad positions), run
         # here too: an INVALID_ARG from the graph model would come back through BLS as INTERNAL.
         self.paddings = {
-            graph["model_name"]: PaddingLayout.from_dict(graph["padding"]) for graph in routes["graphs"] if graph.get("padding")
+            route.model_name: PaddingLayout.from_dict(route.padding) for route in routes.graphs if route.padding
         }
 
     async def execute(self, requests: list[Any]) -> list[Any]:
@@ -109,13 +99,13 @@ class Router:
             return self.pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(value.contiguous()))
         return self.pb_utils.Tensor(name, value)
 
-    def choose(self, present: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    def choose(self, present: dict[str, Any]) -> tuple[Route | None, str]:
         """The graph model taking exactly the inputs ``present``, or None and why none fits."""
         candidates = self.routes.get(frozenset(present), [])
         if len(candidates) == 1:
             return candidates[0], ""
         if candidates:
-            models = ", ".join(f"{g['model_name']} {g['constants']}" for g in candidates)
+            models = ", ".join(f"{route.model_name} {route.constants}" for route in candidates)
             return None, (f"{self.model_name}: inputs {sorted(present)} fit several graph models that differ only in "
                           f"constant arguments ({models}); call one of them directly, or use RemoteModule")
         expected = "; ".join(sorted(", ".join(sorted(names)) for names in self.routes))
@@ -132,18 +122,18 @@ class Router:
         graph, why = self.choose(present)
         if graph is None:
             return self.error(why, pb_utils.TritonError.INVALID_ARG)
-        values = [host_value(present[t["name"]], t["dtype"]) for t in graph["inputs"]]
-        problems = self.contracts[graph["model_name"]].violations(values)
-        padding = self.paddings.get(graph["model_name"])
+        values = [host_value(present[t["name"]], t["dtype"]) for t in graph.inputs]
+        problems = self.contracts[graph.model_name].violations(values)
+        padding = self.paddings.get(graph.model_name)
         if not problems and padding is not None:
             problem = request_problem(padding, values)
             problems = [problem] if problem else []
         if problems:
-            return self.error(f"{graph['model_name']}: {'; '.join(problems)}", pb_utils.TritonError.INVALID_ARG)
-        column = graph["max_batch_size"] > 0  # tensors without dims travel as [batch, 1] to that graph model
-        served = graph.get("served_names", {})  # names here -> the graph model's own (a native model's)
+            return self.error(f"{graph.model_name}: {'; '.join(problems)}", pb_utils.TritonError.INVALID_ARG)
+        column = graph.max_batch_size > 0  # tensors without dims travel as [batch, 1] to that graph model
+        served = graph.served_names  # names here -> the graph model's own (a native model's)
         inputs = []
-        for tensor in graph["inputs"]:
+        for tensor in graph.inputs:
             value = present[tensor["name"]]
             if column and not tensor["dims"]:
                 value = self.reshaped(value, tensor["name"], tensor["dtype"], lambda shape: shape + (1,))
@@ -151,16 +141,16 @@ class Router:
                 value = self.renamed(value, served[tensor["name"]], tensor["dtype"])
             inputs.append(value)
         inference = pb_utils.InferenceRequest(
-            model_name=graph["model_name"],
-            model_version=int(graph["version"]),
-            requested_output_names=[served.get(tensor["name"], tensor["name"]) for tensor in graph["outputs"]],
+            model_name=graph.model_name,
+            model_version=graph.version,
+            requested_output_names=[served.get(tensor["name"], tensor["name"]) for tensor in graph.outputs],
             inputs=inputs,
         )
         result = await inference.async_exec()
         if result.has_error():
             return pb_utils.InferenceResponse(error=result.error())  # its message already names the graph model; its code stays
         outputs = []
-        for tensor in graph["outputs"]:
+        for tensor in graph.outputs:
             value = pb_utils.get_output_tensor_by_name(result, served.get(tensor["name"], tensor["name"]))
             if column and not tensor["dims"]:
                 value = self.reshaped(value, tensor["name"], tensor["dtype"], lambda shape: shape[:-1])

@@ -8,6 +8,7 @@ from typing import Any, Awaitable, Callable
 
 from aitune_triton.errors import RemoteInferenceError, RemoteUnavailableError
 from aitune_triton.spec import ForwardSignature
+from aitune_triton.served.routes import Routes
 from aitune_triton.triton.client_calls import RemoteRoutes, TritonRequest, check_arguments, routes_from_config
 from aitune_triton.triton.client_transport import (
     HTTP_HEADERS,
@@ -169,7 +170,7 @@ class AsyncRemoteModule:
                     raise
         return self
 
-    async def _read_routes(self) -> dict[str, Any]:
+    async def _read_routes(self) -> Routes:
         where = f"{self.protocol}://{self.url}: cannot read the configuration of model {self.model_name!r}"
 
         async def send(client: Any, left_s: float) -> Any:

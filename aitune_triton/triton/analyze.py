@@ -38,7 +38,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aitune_triton.errors import InvalidArgumentError
-from aitune_triton.triton.config import ROUTES_PARAMETER, read_model_config
+from aitune_triton.served.routes import ROUTES_PARAMETER, Routes, RoutesError
+from aitune_triton.triton.config import read_model_config
 from aitune_triton.triton.io import ModelIO
 
 __all__ = ["PERF_ANALYZER_INSTALL", "PROTOCOLS", "AnalyzerConfig", "analyze_config"]
@@ -115,7 +116,7 @@ class AnalyzerConfig:
         return str(yaml.safe_dump(self.config, sort_keys=False))
 
 
-def _entry_models(repository: Path) -> list[tuple[str, dict[str, Any]]]:
+def _entry_models(repository: Path) -> list[tuple[str, Routes]]:
     found = []
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and (p / "config.pbtxt").is_file()):
         try:
@@ -123,7 +124,13 @@ def _entry_models(repository: Path) -> list[tuple[str, dict[str, Any]]]:
         except text_format.ParseError:
             continue  # `aitune-triton check` reports it
         if ROUTES_PARAMETER in config.parameters:
-            found.append((model_dir.name, json.loads(config.parameters[ROUTES_PARAMETER].string_value)))
+            try:
+                found.append((model_dir.name, Routes.from_json(config.parameters[ROUTES_PARAMETER].string_value)))
+            except RoutesError as error:
+                raise InvalidArgumentError(
+                    f"{model_dir.name}: its {ROUTES_PARAMETER!r} parameter cannot be read ({error}); "
+                    "export the module again (aitune-triton check reports what else is wrong)."
+                ) from None
     return found
 
 
@@ -138,8 +145,8 @@ def _cpu_only(repository: Path, graph_models: list[str]) -> bool:
     return True
 
 
-def _profile(repository: Path, entry: str, routes: dict[str, Any]) -> AnalyzerConfig:
-    ios = [ModelIO.from_dict(graph) for graph in routes["graphs"]]
+def _profile(repository: Path, entry: str, routes: Routes) -> AnalyzerConfig:
+    ios = [ModelIO.from_dict(dict(route.io)) for route in routes.graphs]
     if not ios:
         raise InvalidArgumentError(f"{entry}: its routes list no graph model; export the module again.")
     chosen = max(ios, key=lambda io: len(io.inputs))  # the first of the widest
@@ -180,8 +187,9 @@ def analyze_config(
         One :class:`AnalyzerConfig` per entry model, sorted by name.
 
     Raises:
-        InvalidArgumentError: ``repository`` is not a directory, holds no entry model,
-            ``output_dir`` is a file, or ``protocol`` is neither ``"http"`` nor ``"grpc"``.
+        InvalidArgumentError: ``repository`` is not a directory, holds no entry model, an entry
+            model's routes parameter is not the routes JSON, ``output_dir`` is a file, or
+            ``protocol`` is neither ``"http"`` nor ``"grpc"``.
     """
     if protocol not in PROTOCOLS:
         raise InvalidArgumentError(f"protocol: expected one of {sorted(PROTOCOLS)}, got {protocol!r}.")

@@ -21,19 +21,21 @@ start) loads each model, graph models first, and reports READY or the server's o
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aitune_triton.errors import InvalidArgumentError
+from aitune_triton.served.routes import ROUTES_PARAMETER, Routes, RoutesError
+from aitune_triton.triton.check_report import ERROR, OK, WARN, CheckReport, Finding, ModelCheck, report_tables
+from aitune_triton.triton.config import read_model_config
 from aitune_triton.triton.repository_layout import checkpoint_error, is_checkpoint, is_model_dir
-from aitune_triton.triton.config import ROUTES_PARAMETER, read_model_config
 from aitune_triton.triton.manifest import (
     MANIFEST_FILE,
     ManifestError,
+    ModelKind,
     ModelManifest,
     TensorManifest,
     latest_version,
@@ -44,11 +46,7 @@ from aitune_triton.triton.manifest import (
     version_files,
 )
 
-__all__ = ["OK", "WARN", "ERROR", "CheckReport", "Finding", "ModelCheck", "check_repository"]
-
-OK, WARN, ERROR = "OK", "WARN", "ERROR"
-_RANK = {OK: 0, WARN: 1, ERROR: 2}
-
+__all__ = ["OK", "WARN", "ERROR", "CheckReport", "Finding", "ModelCheck", "check_repository", "report_tables"]
 
 def _bindings(backend: str) -> tuple[bool, bool]:
     """``(gpu_architecture_bound, torch_version_bound)`` as the backend class declares them.
@@ -64,82 +62,6 @@ def _bindings(backend: str) -> tuple[bool, bool]:
     except UnknownBackendError:
         return True, False
     return backend_class.gpu_architecture_bound, backend_class.torch_version_bound
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One result of a check.
-
-    Attributes:
-        severity: ``"OK"``, ``"WARN"`` or ``"ERROR"``.
-        message: What was found and what to do.
-        version: The version directory it is about, or None for the model as a whole.
-    """
-
-    severity: str
-    message: str
-    version: int | None = None
-
-
-@dataclass
-class ModelCheck:
-    """The findings of one model directory.
-
-    Attributes:
-        name: Model (directory) name.
-        kind: ``graph``, ``entry``... from the manifests (None: not an aitune_triton model).
-        findings: Everything found, in check order.
-    """
-
-    name: str
-    kind: str | None
-    findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        """The worst severity of the findings (``"OK"`` when there are none)."""
-        return max((f.severity for f in self.findings), key=_RANK.__getitem__, default=OK)
-
-    def add(self, severity: str, message: str, version: int | None = None) -> None:
-        self.findings.append(Finding(severity, message, version))
-
-
-@dataclass
-class CheckReport:
-    """What :func:`check_repository` found.
-
-    Attributes:
-        repository: The checked repository (absolute).
-        models: One :class:`ModelCheck` per model directory, sorted by name.
-        loaded: Whether the models were loaded by a server (``load=True``).
-    """
-
-    repository: Path
-    models: list[ModelCheck]
-    loaded: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """True when no finding is an ERROR."""
-        return all(model.status != ERROR for model in self.models)
-
-    def findings(self, severity: str | None = None) -> Iterator[tuple[str, Finding]]:
-        """``(model name, finding)`` pairs, of one severity when given."""
-        for model in self.models:
-            for finding in model.findings:
-                if severity is None or finding.severity == severity:
-                    yield model.name, finding
-
-    def model(self, name: str) -> ModelCheck:
-        """The :class:`ModelCheck` of model ``name``.
-
-        Raises:
-            KeyError: the repository has no such model directory.
-        """
-        for model in self.models:
-            if model.name == name:
-                return model
-        raise KeyError(f"{name}: no such model in {self.repository}; models: {[m.name for m in self.models]}")
 
 
 def _tensors_problems(side: str, expected: list[TensorManifest], actual: list[TensorManifest]) -> list[str]:
@@ -215,15 +137,14 @@ def _check_environment(check: ModelCheck, manifest: ModelManifest, version: int,
 
 def _check_routes(check: ModelCheck, repository: Path, config: Any) -> None:
     try:
-        routes = json.loads(config.parameters[ROUTES_PARAMETER].string_value)
-        graphs = routes["graphs"]
-    except (ValueError, KeyError, TypeError) as error:
+        routes = Routes.from_json(config.parameters[ROUTES_PARAMETER].string_value)
+    except RoutesError as error:
         check.add(ERROR, f"config.pbtxt: parameter {ROUTES_PARAMETER!r} is not the routes JSON ({error}); export again.")
         return
-    for graph in graphs:
-        name, version = graph.get("model_name"), graph.get("version")
-        version_dir = repository / str(name) / str(version)
-        if not (repository / str(name)).is_dir():
+    for route in routes.graphs:
+        name, version = route.model_name, route.version
+        version_dir = repository / name / str(version)
+        if not (repository / name).is_dir():
             check.add(ERROR, f"routes: graph model {name!r} does not exist in the repository; export the module again.")
             continue
         if not version_dir.is_dir():
@@ -235,10 +156,10 @@ def _check_routes(check: ModelCheck, repository: Path, config: Any) -> None:
         except (OSError, ValueError) as error:
             check.add(ERROR, f"routes: {name}/{version}/io.json cannot be read ({error}); export the module again.")
             continue
-        if io != graph:
+        if io != route.io:
             check.add(ERROR, f"routes: the IO mapping for {name!r} version {version} differs from its io.json; "
                              "export the module again.")
-        latest = latest_version(repository / str(name))
+        latest = latest_version(repository / name)
         if latest != version:
             check.add(WARN, f"routes pin {name!r} version {version}, but its latest version is {latest} (the one "
                             "its config serves); export the module again.")
@@ -377,7 +298,7 @@ def _load_models(repository: Path, checks: list[ModelCheck], timeout_s: float, s
 
     server = TritonServer(repository, extra_args=["--model-control-mode=explicit"], restart_dead_stubs=False,
                           show_progress=show_progress, timeout_s=timeout_s)
-    order = {"graph": 0, "step": 1, None: 2, "entry": 3, "ensemble": 4}
+    order = {ModelKind.GRAPH: 0, ModelKind.STEP: 1, None: 2, ModelKind.ENTRY: 3, ModelKind.ENSEMBLE: 4}
     with server:
         client = httpclient.InferenceServerClient(server.http_url, network_timeout=timeout_s, connection_timeout=timeout_s)
         try:
@@ -434,24 +355,3 @@ def check_repository(
     if load:
         _load_models(repository, checks, timeout_s, show_progress)
     return CheckReport(repository, checks, loaded=load)
-
-
-_STYLE = {OK: "green", WARN: "yellow", ERROR: "bold red"}
-
-
-def report_tables(report: CheckReport) -> list[Any]:
-    """One ``rich.table.Table`` per model: status, version and message of each finding."""
-    from rich.table import Table
-
-    tables = []
-    for model in report.models:
-        table = Table(title=f"{model.name} ({model.kind or 'not an aitune_triton model'}): {model.status}",
-                      title_justify="left")
-        table.add_column("status")
-        table.add_column("version", justify="right")
-        table.add_column("message")
-        for finding in model.findings:
-            table.add_row(f"[{_STYLE[finding.severity]}]{finding.severity}[/]",
-                          "-" if finding.version is None else str(finding.version), finding.message)
-        tables.append(table)
-    return tables

@@ -7,6 +7,7 @@ import time
 from typing import Any, Callable
 
 from aitune_triton.errors import RemoteInferenceError, RemoteUnavailableError
+from aitune_triton.served.routes import Routes
 from aitune_triton.triton.client_calls import RemoteRoutes, TritonRequest, check_arguments, routes_from_config
 from aitune_triton.triton.client_transport import (
     HTTP_HEADERS,
@@ -163,7 +164,7 @@ class RemoteModule:
             time.sleep(wait_s)
             attempt += 1
 
-    def _read_routes(self) -> dict[str, Any]:
+    def _read_routes(self) -> Routes:
         where = f"{self.protocol}://{self.url}: cannot read the configuration of model {self.model_name!r}"
 
         def send(client: Any, left_s: float) -> Any:

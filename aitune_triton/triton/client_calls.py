@@ -4,7 +4,6 @@ module's outputs. Both clients use it, so they take the same arguments and retur
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,7 +24,7 @@ from aitune_triton.errors import (
 from aitune_triton.graph_diff import mismatch_message
 from aitune_triton.spec import CallLayouts, ForwardSignature, flat_output, rebuild_output, treespec_from_json
 from aitune_triton.triton.client_transport import torch_tensor, wire_array
-from aitune_triton.triton.config import ROUTES_PARAMETER
+from aitune_triton.served.routes import ROUTES_PARAMETER, Routes, RoutesError
 from aitune_triton.triton.io import ModelIO
 
 __all__ = ["PreparedCall", "RemoteRoutes", "TritonRequest"]
@@ -56,19 +55,25 @@ class PreparedCall:
     requests: list[TritonRequest]
 
 
-def routes_from_config(config: dict[str, Any], model_name: str) -> dict[str, Any]:
+def routes_from_config(config: dict[str, Any], model_name: str) -> Routes:
     """The routes an entry model's configuration (as JSON) carries.
 
     Raises:
-        RemoteInferenceError: the model has no routes parameter (not an entry model we exported).
+        RemoteInferenceError: the model has no routes parameter (not an entry model we exported),
+            or it is not the routes JSON.
     """
-    parameter = config.get("parameters", {}).get(ROUTES_PARAMETER)
-    if parameter is None:
+    try:
+        routes = Routes.from_config_json(config)
+    except RoutesError as error:
+        raise RemoteInferenceError(
+            f"model {model_name!r}: its {ROUTES_PARAMETER!r} parameter cannot be read ({error}); export the module again."
+        ) from None
+    if routes is None:
         raise RemoteInferenceError(
             f"model {model_name!r} has no {ROUTES_PARAMETER!r} parameter: it is not an entry model exported "
             "by aitune_triton. Pass the module's name, not a graph model's."
         )
-    return json.loads(parameter["string_value"])
+    return routes
 
 
 class RemoteRoutes:
@@ -80,12 +85,12 @@ class RemoteRoutes:
         output_structure: ``"module"`` or ``"flat"`` (see :class:`~aitune_triton.RemoteModule`).
     """
 
-    def __init__(self, model_name: str, routes: dict[str, Any], output_structure: str):
+    def __init__(self, model_name: str, routes: Routes, output_structure: str):
         self.model_name = model_name
         self.output_structure = output_structure
-        self.signature = ForwardSignature.from_dict(routes["signature"])
-        self.strict = routes.get("strict", True)
-        self.graphs = [ModelIO.from_dict(graph) for graph in routes["graphs"]]
+        self.signature = ForwardSignature.from_dict(routes.signature)
+        self.strict = routes.strict
+        self.graphs = [ModelIO.from_dict(dict(route.io)) for route in routes.graphs]
         self._by_key = {io.key: io for io in self.graphs}
         self._treespecs: dict[str, Any] = {}
         # A call shaped like an earlier one reuses its bound layout (no signature binding, key

@@ -8,7 +8,6 @@ is set), and :func:`write_model_config` serializes with ``google.protobuf.text_f
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from aitune_triton.errors import ExportError, InvalidOptionError
+from aitune_triton.served.routes import ROUTES_PARAMETER, Routes
 from aitune_triton.strategies.layout import LayoutReport
 from aitune_triton.triton.io import ModelIO
 from aitune_triton.triton.options import (
@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 #: Configuration parameter of the entry model: signature and every graph model's IO mapping (JSON).
-ROUTES_PARAMETER = "aitune_triton.routes"
 
 
 @dataclass
@@ -272,7 +271,9 @@ def _union(ios: Sequence[ModelIO], side: str) -> list[tuple[str, str, tuple[int,
     return [(name, data_type, dims) for name, (data_type, dims, _) in seen.items()]
 
 
-def router_model_config(name: str, ios: Sequence[ModelIO], routes: dict[str, Any], options: TritonModelOptions) -> mc.ModelConfig:
+def router_model_config(
+    name: str, ios: Sequence[ModelIO], routes: Routes | dict[str, Any], options: TritonModelOptions
+) -> mc.ModelConfig:
     """Configuration of the entry model: a Python-backend BLS router in front of the graph models.
 
     Its inputs are the union of the graph models' inputs, all ``optional``; each request goes to
@@ -297,11 +298,16 @@ def router_model_config(name: str, ios: Sequence[ModelIO], routes: dict[str, Any
     return config
 
 
-def set_routes_parameter(config: mc.ModelConfig, routes: dict[str, Any]) -> None:
-    """Store ``routes`` (signature and every graph model's IO mapping) as the
-    ``aitune_triton.routes`` parameter: what makes ``config``'s model an entry model that
-    RemoteModule can read (a router, or a module's only graph model exported without one)."""
-    _parameter(config, ROUTES_PARAMETER, json.dumps(routes))
+def set_routes_parameter(config: mc.ModelConfig, routes: Routes | dict[str, Any]) -> None:
+    """Store ``routes`` (signature and every graph model's IO mapping; a dict is read with
+    :meth:`Routes.from_dict`) as the ``aitune_triton.routes`` parameter: what makes ``config``'s
+    model an entry model that RemoteModule can read (a router, or a module's only graph model
+    exported without one).
+
+    Raises:
+        RoutesError: a dict ``routes`` is not routes.
+    """
+    _parameter(config, ROUTES_PARAMETER, (routes if isinstance(routes, Routes) else Routes.from_dict(routes)).to_json())
 
 
 def model_config_text(config: mc.ModelConfig) -> str:

@@ -11,27 +11,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Sequence
 
 from aitune_triton._versions import sha256_file
 from aitune_triton.errors import ExportError
-from aitune_triton.module.description import BackendDescription, GraphDescription
 from aitune_triton.triton.config import model_config_text
-from aitune_triton.triton.manifest import MANIFEST_FILE, build_manifest
+from aitune_triton.triton.manifest import MANIFEST_FILE, ModelKind, build_manifest
+from aitune_triton.triton.models.planned import PlannedModel
 
 __all__ = ["ExportPlan", "PlannedFile", "PlannedModelVersion", "build_plan"]
-
-
-class _Planned(Protocol):
-    name: str
-    version: int
-    config: Any
-    files: dict[str, str]
-    artifact: Path | None
-    kind: str
-    backend: BackendDescription | None
-    graph: GraphDescription | None
-    warmup_files: dict[str, bytes]
 
 
 @dataclass(frozen=True)
@@ -54,8 +42,8 @@ class PlannedModelVersion:
     Attributes:
         name: Triton model name.
         version: The version directory it would get.
-        kind: ``"graph"``, ``"entry"``, ``"step"`` or ``"ensemble"`` (see
-            :data:`~aitune_triton.triton.manifest.KINDS`).
+        kind: What it is (:class:`~aitune_triton.triton.manifest.ModelKind`, a ``str``:
+            ``"graph"``, ``"entry"``, ``"step"`` or ``"ensemble"``).
         exists: Whether the model directory exists already (the export adds a version to it).
         config_text: The ``config.pbtxt`` it would write (replacing the existing one).
         files: Files of the version directory, and ``config.pbtxt``.
@@ -63,7 +51,7 @@ class PlannedModelVersion:
 
     name: str
     version: int
-    kind: str
+    kind: ModelKind
     exists: bool
     config_text: str
     files: tuple[PlannedFile, ...]
@@ -102,7 +90,7 @@ class ExportPlan:
         return "\n".join(lines)
 
 
-def build_plan(repository: Path, source: str, models: Sequence[_Planned]) -> ExportPlan:
+def build_plan(repository: Path, source: str, models: Sequence[PlannedModel]) -> ExportPlan:
     """The :class:`ExportPlan` of planned models, without writing anything.
 
     Raises:
@@ -121,7 +109,8 @@ def build_plan(repository: Path, source: str, models: Sequence[_Planned]) -> Exp
             digests[model.artifact.name] = sha256_file(model.artifact)
             sizes[model.artifact.name] = model.artifact.stat().st_size
         manifest = build_manifest(None, model=model.name, version=model.version, kind=model.kind, source=source,
-                                  config=model.config, backend=model.backend, graph=model.graph, sha256=digests)
+                                  config=model.config, backend=model.backend, graph=model.graph, sha256=digests,
+                                  extra=model.serving.to_dict())
         sizes[MANIFEST_FILE] = len(manifest.to_json().encode())
         config_text = model_config_text(model.config)
         files = [PlannedFile(f"{model.name}/{model.version}/{name}", size) for name, size in sorted(sizes.items())]

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 from aitune_triton.errors import InvalidOptionError
 from aitune_triton.triton.config import TritonModelOptions
 from aitune_triton.triton.options import MEASURED, DynamicBatching, InstanceGroup, QueuePolicy, VersionPolicy
+from aitune_triton.triton.targets import export_target_names
 
 __all__ = ["EXPORT_OPTIONS", "ExportOption", "export_arguments", "read_options_file"]
 
@@ -186,7 +187,7 @@ EXPORT_OPTIONS: tuple[ExportOption, ...] = (
        "it (faster load).", "TritonModelOptions.warmup", default=True, negatable=True, show_default=True),
     _O("entry-instance-count", int, "Instances of the entry (router) model: how many requests through it run at once.",
        "TritonModelOptions.entry_instance_count", default=4, show_default=True),
-    _O("target", ("python", "native"), "python: every graph model is a Python-backend model. native: graph models "
+    _O("target", tuple(export_target_names()), "python: every graph model is a Python-backend model. native: graph models "
        "whose backend declares a Triton backend of its own (onnxruntime: onnxruntime_onnx, aoti: torch_aoti) are "
        "served by it; the others stay Python-backend models (the reason is printed).", "export.target",
        default="python", show_default=True),

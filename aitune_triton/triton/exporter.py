@@ -26,7 +26,7 @@ A module with one graph spec exported with ``target="python"`` (``router=None``,
 contract), with the entry model's routes parameter, so a raw client calls it without a BLS hop
 and RemoteModule reads it as it reads a router. ``router=True`` keeps the router layout above.
 
-With ``target="native"`` (:class:`~aitune_triton.triton.native.ExportTarget`), a graph model whose
+With ``target="native"`` (:mod:`aitune_triton.triton.targets.native`), a graph model whose
 backend declares a Triton backend of its own (``Backend.triton_native``) is a model of that backend
 instead (``platform: "onnxruntime_onnx"`` + ``model.onnx``, ``platform: "torch_aoti"`` +
 ``model.pt2``), with the artifact's own tensor names; see :mod:`aitune_triton.triton.native`.
@@ -37,73 +37,38 @@ the repository first and renamed into place, graph models before the entry model
 export leaves no half-written model directory (a killed export's staging directory, named with its
 pid, is removed by the next export or save next to it). The entry model pins the graph model
 versions it was exported with.
+
+:func:`export` runs three steps, one module each: plan every model in memory
+(:mod:`~aitune_triton.triton.export_plan`, which asks the export target,
+:mod:`~aitune_triton.triton.targets`, and plans each kind of model, :mod:`~aitune_triton.triton.models`),
+write them into a staging directory (:mod:`~aitune_triton.triton.export_stage`), and move them into
+the repository (:mod:`~aitune_triton.triton.export_publish`).
 """
 
 from __future__ import annotations
 
-import collections
-import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Literal, overload
 
-import jinja2
-
-from aitune_triton import served
-from aitune_triton._atomic import make_staging_dir
-from aitune_triton._progress import progress
-from aitune_triton._versions import aitune_version
-from aitune_triton.backends import backend_names, get_backend_class
-from aitune_triton.checkpoint import read_checkpoint_modules
-from aitune_triton.errors import ExportError, InvalidArgumentError, InvalidOptionError, UnknownBackendError
-from aitune_triton.module.description import BackendDescription, GraphDescription, TunedDescription
+from aitune_triton.errors import ExportError
 from aitune_triton.module.wrapper import Module
-from aitune_triton.names import validate_model_name
-from aitune_triton.strategies.layout import LayoutReport
-from aitune_triton.triton.repository_layout import refuse_non_repository
-from aitune_triton.triton.config import (
-    ROUTES_PARAMETER,
-    TritonModelOptions,
-    graph_model_config,
-    router_model_config,
-    set_routes_parameter,
-    write_model_config,
-)
+from aitune_triton.served.routes import ROUTES_FILE
+from aitune_triton.triton.config import TritonModelOptions
 from aitune_triton.triton.dry_run import ExportPlan, build_plan
-from aitune_triton.triton.ensemble import Stage, ensemble_model_config, step_model_config
-from aitune_triton.triton.io import ModelIO
-from aitune_triton.triton.manifest import build_manifest, refuse_kind_collision
-from aitune_triton.triton.native import ExportTarget, plan_native
-from aitune_triton.triton.options import check_int
-from aitune_triton.triton.warmup import WARMUP_DIR, export_warmup
-from aitune_triton.triton.steps import Step, resolve_step
+from aitune_triton.triton.export_plan import LEAVE_OUT_NAME, plan_export, step_model_names
+from aitune_triton.triton.export_publish import publish
+from aitune_triton.triton.models.entry import KEEP_ROUTER
+from aitune_triton.triton.models.planned import PACKAGE_DIR, exportable_backends, served_files, templates_dir
+from aitune_triton.triton.models.step import STEP_MODULE_FILE
+from aitune_triton.triton.native import ExportTarget
+from aitune_triton.triton.steps import Step
 
 __all__ = ["ExportPlan", "ExportResult", "export", "exportable_backends", "templates_dir"]
 
-#: Directory of the copy of :mod:`aitune_triton.served` beside each generated ``model.py`` (the
-#: served environment may not have aitune_triton installed).
-PACKAGE_DIR = served.PACKAGE_DIR
-
-#: File of an entry model version's own routes (the graph model versions it was exported with): all
-#: versions of a model share one config.pbtxt, whose routes parameter is the newest export's.
-ROUTES_FILE = "routes.json"
-
-
-def served_files() -> dict[str, str]:
-    """The files of :mod:`aitune_triton.served` as they are copied into a version directory:
-    ``aitune_triton_served/<path>`` -> source text, every ``.py`` file of the package."""
-    root = Path(served.__file__).resolve().parent
-    return {f"{PACKAGE_DIR}/{path.relative_to(root).as_posix()}": path.read_text()
-            for path in sorted(root.rglob("*.py")) if "__pycache__" not in path.parts}
-
-
-#: What an error about ``name`` for a checkpoint of several modules says to do; the command line
-#: says to drop ``--name`` instead.
-LEAVE_OUT_NAME = "Pass name=None."
-#: What an error about ``router=False`` says to do; the command line says it with its options.
-KEEP_ROUTER = "Pass router=None or True."
+# PACKAGE_DIR, ROUTES_FILE, STEP_MODULE_FILE, served_files, KEEP_ROUTER and LEAVE_OUT_NAME stay importable
+# from here (the command line and older code import them from this module).
 
 
 @dataclass
@@ -118,8 +83,9 @@ class ExportResult:
         graph_models: Names of the models that run a graph spec, of every module (a module
             exported without a router: its entry model).
         versions: Model name -> version directory written.
-        targets: Graph model name -> ``"native"`` (served by a Triton backend of its own) or
-            ``"python"`` (a generated Python-backend model).
+        targets: Graph model name -> the export target that serves it: ``"native"`` (a Triton
+            backend of its own), ``"python"`` (a generated Python-backend model), or another
+            registered target's name.
         python_reasons: Graph model name -> why it stayed a Python-backend model in a native export.
         ensemble_model: Name of the ensemble model (pre/post steps around the entry model), or None.
         step_models: Names of the step models (preprocess first).
@@ -147,88 +113,6 @@ class ExportResult:
                 f"{self.entry_models}. Use entry_models[attribute path]."
             )
         return next(iter(self.entry_models.values()))
-
-
-def exportable_backends() -> list[str]:
-    """Registered backends whose artifact a generated Python-backend model can serve, sorted."""
-    return [name for name in backend_names() if get_backend_class(name).triton_runtime is not None]
-
-
-def _triton_runtime(backend: str) -> str | None:
-    """The served runtime module of ``backend`` (``aitune_triton/served/runtimes/<name>.py``; None: nothing Triton can load)."""
-    try:
-        return get_backend_class(backend).triton_runtime
-    except UnknownBackendError:
-        return None
-
-
-def templates_dir() -> Path:
-    """Directory of the jinja2 templates: inside the installed package, else the source tree's ``templates/``.
-
-    Raises:
-        ExportError: neither exists (a broken installation).
-    """
-    packaged = Path(__file__).resolve().parents[1] / "templates"
-    if packaged.is_dir():
-        return packaged
-    source = Path(__file__).resolve().parents[2] / "templates"
-    if source.is_dir():
-        return source
-    raise ExportError(f"templates: found neither {packaged} nor {source}; the installation is incomplete.")
-
-
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-
-
-def _descriptions(module_or_checkpoint: Module | str | os.PathLike) -> tuple[list[tuple[str, TunedDescription]], str]:
-    """``(attribute path, module description)`` pairs to export, and where they come from."""
-    if isinstance(module_or_checkpoint, Module):
-        if module_or_checkpoint.state.name != "TUNED":
-            raise ExportError(
-                f"module: '{module_or_checkpoint.name}' is not tuned (state: {module_or_checkpoint.state.name}). "
-                "Record calls and call tune() before exporting."
-            )
-        described = TunedDescription.from_dict(module_or_checkpoint.to_dict())
-        return [("", described)], f"module '{module_or_checkpoint.name}'"
-    if isinstance(module_or_checkpoint, (str, os.PathLike)):
-        _, entries = read_checkpoint_modules(module_or_checkpoint)
-        return [(e.path, e.description) for e in entries], f"checkpoint {Path(module_or_checkpoint).absolute()}"
-    raise ExportError(
-        f"module_or_checkpoint: expected a tuned aitune_triton.Module or a checkpoint directory, "
-        f"got {type(module_or_checkpoint).__name__}"
-    )
-
-
-def _next_version(model_dir: Path, version: int | None = None) -> int:
-    """``version`` when given (refused when that version directory exists), else the next free one."""
-    if version is not None:
-        if (model_dir / str(version)).exists():
-            raise InvalidOptionError(
-                f"version: expected a version that {model_dir.name} does not have yet, got {version} ({model_dir / str(version)} "
-                "exists); versions are never overwritten. Pass another version, or none for the next one."
-            )
-        return version
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
-    return max(versions, default=0) + 1
-
-
-def _write_manifest(version_dir: Path, source: str, extra: dict[str, Any], **fields: Any) -> None:
-    """Write ``version_dir/manifest.json`` (:mod:`aitune_triton.triton.manifest`); ``extra`` holds
-    ``model``, ``version``, optionally ``kind`` (default ``"graph"``) and any fields of the kind's
-    own (kept as top-level fields); ``fields`` go to
-    :func:`~aitune_triton.triton.manifest.build_manifest` (``config``, ``backend``, ``graph``)."""
-    own = {key: value for key, value in extra.items() if key not in ("model", "version", "kind")}
-    build_manifest(
-        version_dir, model=extra["model"], version=extra["version"], kind=extra.get("kind", "graph"), source=source,
-        extra=own, **fields,
-    ).write(version_dir)
 
 
 @overload
@@ -279,8 +163,9 @@ def export(
         show_progress: Print progress lines to stderr.
         dry_run: Plan only: build every configuration and file in memory, write nothing (the
             repository is not even created) and return the :class:`ExportPlan`.
-        target: ``"python"`` (:attr:`ExportTarget.PYTHON`): every graph model is a Python-backend
-            model. ``"native"``: a graph spec whose backend declares a Triton backend of its own
+        target: The name of a registered export target (:mod:`aitune_triton.triton.targets`), or
+            an :class:`ExportTarget`. ``"python"`` (:attr:`ExportTarget.PYTHON`): every graph
+            model is a Python-backend model. ``"native"``: a graph spec whose backend declares a Triton backend of its own
             (``triton_native``: ONNX Runtime, AOTInductor) is served by it, with the artifact's
             tensor names; the others stay Python-backend models, with the reason in the progress
             lines, :attr:`ExportResult.python_reasons` and their manifest (see
@@ -317,7 +202,7 @@ def export(
             graph specs. Nothing is written.
         CheckpointError: the checkpoint is missing or fails verification. Nothing is written.
         InvalidNameError: ``name`` is not a valid model name (``/``, leading ``.``...).
-        InvalidArgumentError: ``target`` is not ``"python"`` or ``"native"``; ``router`` is not
+        InvalidArgumentError: ``target`` names no registered export target (``"python"``, ``"native"``); ``router`` is not
             None/True/False, or is False for a module with several graph specs or with
             ``target="native"``; or a step reference cannot be resolved
             (:func:`~aitune_triton.triton.steps.resolve_step`).
@@ -333,315 +218,15 @@ def export(
             when a model name is taken in ``repository`` by a model of another kind (an entry
             model over a graph model, or over a model without an aitune_triton manifest).
     """
-    target = ExportTarget.parse(target)
-    if router is not None and not isinstance(router, bool):
-        raise InvalidArgumentError(f"router: expected None (automatic), True or False, got {router!r}")
-    entries, source = _descriptions(module_or_checkpoint)
-    if name is not None and len(entries) > 1:
-        raise ExportError(
-            f"name: applies to an export of one module; {source} holds {len(entries)} wrapped submodules "
-            f"({', '.join(repr(p) for p, _ in entries)}), exported under their stored names. {LEAVE_OUT_NAME}"
-        )
-    options = options or TritonModelOptions()
-    if version is not None:
-        check_int("version", version, 1, "Pass None for each model's next version.")
-    repository = Path(repository).absolute()
-    if repository.exists() and not repository.is_dir():
-        raise ExportError(f"repository: {repository} is a file; pass a directory (it is created when missing).")
-    refuse_non_repository(repository)
-    graph_models: list[_PlannedModel] = []
-    entry_models: dict[str, _PlannedModel] = {}
-    for path, description in entries:
-        if name is not None:
-            entry_name = validate_model_name(name, "name")
-        else:
-            entry_name = validate_model_name(description.name, f"module name at '{path}'" if path else "module name")
-        planned = _plan(description, entry_name, options, repository, target, _use_router(description, target, router),
-                        version)
-        graph_models += planned[:-1]
-        entry_models[path] = planned[-1]
-    models = graph_models + list(entry_models.values())  # graph models first, the entry models last
-    served = [m for m in models if m.backend is not None]  # models that run a graph spec (a direct entry model too)
-    ensemble = _plan_steps(entries, entry_models, preprocess, postprocess, ensemble_name, options, repository, source,
-                           version)
-    models += ensemble  # steps, then the ensemble: published after the models it calls
-    clashing = sorted(model for model, count in collections.Counter(m.name for m in models).items() if count > 1)
-    if clashing:
-        raise ExportError(f"{source}: two exported modules would both write the models {clashing}; rename one Module.")
-    for model in models:
-        refuse_kind_collision(repository, model.name, model.kind)
-    pairs = [(m.name, m.graph.name) for m in served if m.graph is not None]
-    unknown = options.unknown_groups(pairs)
-    if unknown:
-        raise InvalidOptionError(
-            f"instance_groups: expected graph names or graph model names of this export "
-            f"({', '.join(sorted({n for pair in pairs for n in pair}))}), got {unknown}. Fix the keys or drop them."
-        )
+    plan = plan_export(module_or_checkpoint, repository, name, options, target, preprocess, postprocess, ensemble_name,
+                       router, version)
     if dry_run:
-        return build_plan(repository, source, models)
-    title = ", ".join(m.name for m in entry_models.values())
-    repository.mkdir(parents=True, exist_ok=True)
-    # Staged next to the repository, never inside it: Triton refuses a repository holding a
-    # directory that is not a model (a staging folder left by a killed export, say).
-    staging = make_staging_dir(repository.parent)
-    try:
-        with progress(f"Exporting '{title}' to {repository}", enabled=show_progress) as log:
-            for model in models:
-                model.write(staging / model.name, source)
-                log(f"{model.name}: version {model.version} ({model.summary})")
-            for model in models:  # graph models first, the entry models last
-                _publish(staging / model.name, repository / model.name, model.version)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return build_plan(plan.repository, plan.source, plan.models)
+    publish(plan, show_progress)
+    served = plan.served
     return ExportResult(
-        repository,
-        {path: model.name for path, model in entry_models.items()},
-        [m.name for m in served],
-        {m.name: m.version for m in models},
-        {m.name: m.manifest["target"] for m in served},
-        {m.name: m.manifest["reason"] for m in served if "reason" in m.manifest},
-        ensemble_model=ensemble[-1].name if ensemble else None,
-        step_models=[m.name for m in ensemble if m.kind == "step"],
+        plan.repository, {path: model.name for path, model in plan.entry_models.items()}, [m.name for m in served],
+        {m.name: m.version for m in plan.models}, {m.name: m.serving.target or "python" for m in served},
+        {m.name: m.serving.reason for m in served if m.serving.reason is not None},
+        ensemble_model=plan.ensemble[-1].name if plan.ensemble else None, step_models=step_model_names(plan),
     )
-
-
-def _use_router(description: TunedDescription, target: ExportTarget, router: bool | None) -> bool:
-    """Whether ``description`` gets an entry (router) model in front of its graph models.
-
-    Raises:
-        InvalidArgumentError: ``router`` is False where a router is needed.
-    """
-    graphs = len(description.graphs)
-    if router is None:
-        return graphs != 1 or target is not ExportTarget.PYTHON
-    if not router and graphs != 1:
-        raise InvalidArgumentError(
-            f"router: False needs a module with one graph spec; '{description.name}' has {graphs}, which the entry "
-            f"model routes between. {KEEP_ROUTER}"
-        )
-    if not router and target is not ExportTarget.PYTHON:
-        raise InvalidArgumentError(
-            "router: False needs target='python'; a native graph model does not check its input contract itself, so "
-            f"the entry model in front of it does. {KEEP_ROUTER}"
-        )
-    return router
-
-
-@dataclass
-class _PlannedModel:
-    name: str
-    version: int
-    config: Any
-    files: dict[str, str]  # file name -> text
-    artifact: Path | None
-    summary: str
-    kind: str = "graph"
-    backend: BackendDescription | None = None  # a graph model's backend
-    graph: GraphDescription | None = None  # a graph model's graph spec
-    artifact_name: str | None = None  # file name in the version directory; default the artifact's own
-    manifest: dict[str, Any] = field(default_factory=dict)  # more manifest.json fields
-    warmup_files: dict[str, bytes] = field(default_factory=dict)  # file name under warmup/ -> raw input bytes
-
-    def write(self, model_dir: Path, source: str) -> None:
-        version_dir = model_dir / str(self.version)
-        version_dir.mkdir(parents=True)
-        for file_name, text in self.files.items():
-            (version_dir / file_name).parent.mkdir(parents=True, exist_ok=True)
-            (version_dir / file_name).write_text(text)
-        if self.artifact is not None:
-            if not self.artifact.is_file():
-                raise ExportError(f"{self.name}: artifact {self.artifact} does not exist (was the tuning cache cleared?).")
-            shutil.copyfile(self.artifact, version_dir / (self.artifact_name or self.artifact.name))
-        _write_manifest(version_dir, source, {"model": self.name, "version": self.version, "kind": self.kind, **self.manifest},
-                        config=self.config, backend=self.backend, graph=self.graph)
-        if self.warmup_files:
-            (model_dir / WARMUP_DIR).mkdir()
-            for file_name, data in self.warmup_files.items():
-                (model_dir / WARMUP_DIR / file_name).write_bytes(data)
-        write_model_config(self.config, model_dir / "config.pbtxt")
-
-
-def _plan(
-    description: TunedDescription, name: str, options: TritonModelOptions, repository: Path,
-    target: ExportTarget = ExportTarget.PYTHON, router: bool = True, version: int | None = None,
-) -> list[_PlannedModel]:
-    """Build every configuration and file in memory, so that invalid input fails before writing.
-
-    The last model is the module's entry model. Without ``router`` (one graph spec, target python)
-    it is the only one: the graph model named ``name``, with the routes parameter of an entry model.
-
-    The entry model's routes pin each graph model's version: if an interrupted export left newer
-    graph models behind an older entry model, requests fail loudly instead of reaching a graph
-    model whose inputs the entry model does not know.
-    """
-    environment = _environment()
-    planned: list[_PlannedModel] = []
-    ios: list[ModelIO] = []
-    package = served_files()
-    for entry in description.graphs:
-        graph, backend = entry.graph, entry.backend
-        runtime = _triton_runtime(backend.name)
-        if runtime is None:
-            decision = entry.decision
-            raise ExportError(
-                f"{graph.name}: backend {backend.name!r} has no artifact Triton can load (exportable: "
-                f"{exportable_backends()})." + (f" Tuning kept it: {decision}." if decision else "") + " Tune this graph "
-                f"spec with {' or '.join(f'OneBackendStrategy({n!r})' for n in exportable_backends())} "
-                "(no speed gate), or with a strategy whose candidates leave out 'eager' and speed_margin=None."
-            )
-        model_name = f"{name}.{graph.name}" if router else name
-        io = ModelIO.from_graph(model_name, entry, version=_next_version(repository / model_name, version))
-        layout = LayoutReport.from_dict(entry.report["layout"]) if entry.report and entry.report.get("layout") else None
-        graph_options, written = options.for_layout(model_name, graph.name, layout, backend.device or "cpu")
-        manifest: dict[str, Any] = {
-            "target": ExportTarget.PYTHON.value,
-            "layout": {"written": written, "measured": layout.to_dict() if layout else None},
-        }
-        if target is ExportTarget.NATIVE:
-            native = plan_native(io, graph, backend, graph_options)
-            if native.model is not None:
-                ios.append(native.model.io)
-                warmup = export_warmup(native.model.config, native.model.io, backend, io.version, options.warmup)
-                planned.append(
-                    _PlannedModel(
-                        name=io.model_name,
-                        version=io.version,
-                        config=native.model.config,
-                        files={"io.json": native.model.io.to_json() + "\n"},
-                        artifact=backend.artifact(),
-                        summary=f"{backend.name}, native {native.model.target.label}, max_batch_size {io.max_batch_size}",
-                        artifact_name=native.model.target.default_model_filename,
-                        manifest={**native.model.manifest, "layout": manifest["layout"]},
-                        backend=backend,
-                        graph=graph,
-                        warmup_files=warmup,
-                    )
-                )
-                continue
-            manifest["reason"] = native.reason
-        ios.append(io)
-        model_py = environment.get_template("graph_model.py.j2").render(
-            version=aitune_version(), module_name=name, graph=graph.name, artifact=io.artifact, runtime=runtime,
-            runtime_options=backend.options, package_dir=PACKAGE_DIR,
-        )
-        config = graph_model_config(io, graph_options, backend.device or "cpu")
-        planned.append(
-            _PlannedModel(
-                name=io.model_name,
-                version=io.version,
-                config=config,
-                files={"model.py": model_py, "io.json": io.to_json() + "\n", **package},
-                artifact=backend.artifact(),
-                summary=f"{backend.name}, max_batch_size {io.max_batch_size}"
-                + (f", Python backend: {manifest['reason']}" if "reason" in manifest else ""),
-                manifest=manifest,
-                backend=backend,
-                graph=graph,
-                warmup_files=export_warmup(config, io, backend, io.version, options.warmup),
-            )
-        )
-    routes = {
-        "module": name,
-        "signature": description.signature,
-        "strict": description.strict,
-        "graphs": [io.to_dict() for io in ios],
-    }
-    if not router:  # the graph model is the entry model: RemoteModule reads its routes there
-        direct = planned[0]
-        set_routes_parameter(direct.config, routes)
-        direct.kind = "entry"
-        direct.manifest["router"] = False
-        direct.summary = f"entry model running {description.graphs[0].graph.name} itself (no router), {direct.summary}"
-        return planned
-    router_py = environment.get_template("router_model.py.j2").render(
-        version=aitune_version(), module_name=name, graph_models=[io.model_name for io in ios], package_dir=PACKAGE_DIR
-    )
-    planned.append(
-        _PlannedModel(
-            name=name,
-            version=_next_version(repository / name, version),
-            config=router_model_config(name, ios, routes, options),
-            files={"model.py": router_py, ROUTES_FILE: json.dumps(routes) + "\n", **package},
-            artifact=None,
-            summary=f"entry model routing to {len(ios)} graph model(s)",
-            kind="entry",
-        )
-    )
-    return planned
-
-
-def _publish(staged_model: Path, target_model: Path, version: int) -> None:
-    """Move a staged version directory into the repository, then its config.pbtxt."""
-    target_model.mkdir(exist_ok=True)
-    target_version = target_model / str(version)
-    if target_version.exists():
-        raise ExportError(f"{target_version} appeared while exporting; versions are never overwritten. Export again.")
-    (staged_model / str(version)).rename(target_version)
-    staged_warmup = staged_model / WARMUP_DIR
-    if staged_warmup.is_dir():  # the warmup inputs the new config.pbtxt names, before it
-        (target_model / WARMUP_DIR).mkdir(exist_ok=True)
-        for staged_file in sorted(staged_warmup.iterdir()):
-            if (target_model / WARMUP_DIR / staged_file.name).exists():
-                raise ExportError(f"{target_model / WARMUP_DIR / staged_file.name} exists; warmup files are never overwritten.")
-            staged_file.rename(target_model / WARMUP_DIR / staged_file.name)
-    os.replace(staged_model / "config.pbtxt", target_model / "config.pbtxt")
-
-
-#: File name of the user's module copy in a step model's version directory.
-STEP_MODULE_FILE = "step_module.py"
-
-
-def _plan_steps(
-    entries: list[tuple[str, TunedDescription]], entry_models: dict[str, _PlannedModel], preprocess: Step | str | None,
-    postprocess: Step | str | None, ensemble_name: str | None, options: TritonModelOptions, repository: Path, source: str,
-    version: int | None = None,
-) -> list[_PlannedModel]:
-    """The step models and the ensemble around the one entry model (nothing without a step), at
-    ``version`` when given."""
-    requested_version = version
-    if preprocess is None and postprocess is None:
-        if ensemble_name is not None:
-            raise ExportError("ensemble_name: names the ensemble around pre/post steps; pass preprocess or postprocess too.")
-        return []
-    if len(entries) != 1:
-        raise ExportError(
-            f"preprocess/postprocess: wrap the steps around one module; {source} holds {len(entries)} wrapped "
-            "submodules. Export the submodule's own checkpoint."
-        )
-    entry = next(iter(entry_models.values()))
-    name = validate_model_name(ensemble_name, "ensemble_name") if ensemble_name is not None else f"{entry.name}_ensemble"
-    routes = json.loads(entry.config.parameters[ROUTES_PARAMETER].string_value)
-    input_sets = [frozenset(t["name"] for t in graph["inputs"]) for graph in routes["graphs"]]
-    stages = [Stage.from_config(entry.config, entry.version, f"entry model '{entry.name}'", input_sets)]
-    planned: list[_PlannedModel] = []
-    package = served_files()
-    for role, given in (("preprocess", preprocess), ("postprocess", postprocess)):
-        if given is None:
-            continue
-        declared = resolve_step(given, role)
-        model_name = f"{entry.name}.{role}"
-        version = _next_version(repository / model_name, requested_version)
-        stage = Stage.from_step(declared, model_name, version, role)
-        stages.insert(0, stage) if role == "preprocess" else stages.append(stage)
-        module_file = declared.source_file()
-        model_py = _environment().get_template("step_model.py.j2").render(
-            version=aitune_version(), role=role, step_name=declared.name, function=declared.reference,
-            module_file=STEP_MODULE_FILE, package_dir=PACKAGE_DIR,
-        )
-        description = {**declared.to_dict(), "role": role, "source_file": str(module_file)}
-        step_config = step_model_config(model_name, declared, options.default_group.count)
-        options.version_policy.apply(step_config)  # old ensemble versions pin old step versions
-        planned.append(_PlannedModel(
-            name=model_name, version=version, config=step_config,
-            files={"model.py": model_py, "step.json": json.dumps(description, indent=2) + "\n",
-                   STEP_MODULE_FILE: module_file.read_text(), **package},
-            artifact=None, summary=f"{role} step {declared.reference}", kind="step",
-            manifest={"step": description},
-        ))
-    config = ensemble_model_config(name, stages)
-    options.version_policy.apply(config)
-    planned.append(_PlannedModel(
-        name=name, version=_next_version(repository / name, requested_version), config=config, files={}, artifact=None,
-        summary="ensemble: " + " -> ".join(stage.model_name for stage in stages), kind="ensemble",
-    ))
-    return planned

@@ -14,6 +14,7 @@ Manifests written before :data:`MANIFEST_FORMAT` 1 hold only ``source``, ``versi
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -23,10 +24,11 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from aitune_triton._versions import aitune_version, build_environment, library_versions, sha256_file, tensorrt_version
+from aitune_triton._versions import aitune_version, library_versions, sha256_file, tensorrt_version
 from aitune_triton.errors import AITuneTritonError
 from aitune_triton.module.description import BackendDescription, GraphDescription
 from aitune_triton.triton.config import ROUTES_PARAMETER, read_model_config
+from aitune_triton.triton.device_info import DeviceInfo, device_info
 
 __all__ = [
     "KINDS",
@@ -34,7 +36,9 @@ __all__ = [
     "MANIFEST_FORMAT",
     "DeviceInfo",
     "ManifestError",
+    "ModelKind",
     "ModelManifest",
+    "ServingFields",
     "TensorManifest",
     "build_manifest",
     "version_files",
@@ -49,10 +53,80 @@ __all__ = [
 MANIFEST_FILE = "manifest.json"
 #: Format of the manifests written now (0: the fields of older exports only).
 MANIFEST_FORMAT = 1
-#: Model kinds: ``graph`` (runs one graph spec's artifact), ``entry`` (BLS router in front of the
-#: graph models), ``step`` (a pre/post-processing function, :mod:`aitune_triton.triton.steps`) and
-#: ``ensemble`` (a Triton ensemble wiring steps around an entry model).
-KINDS = ("graph", "entry", "step", "ensemble")
+
+
+class ModelKind(str, enum.Enum):
+    """What an exported model is (``manifest.json``'s ``kind``; a ``str`` so manifests read the same).
+
+    One module per kind plans it: :mod:`aitune_triton.triton.models`.
+
+    Attributes:
+        GRAPH: Runs one graph spec's artifact (``<name>.<graph>``).
+        ENTRY: The module's entry model: a BLS router in front of the graph models, or the one
+            graph model of a module exported without a router.
+        STEP: A pre/post-processing function (:mod:`aitune_triton.triton.steps`).
+        ENSEMBLE: A Triton ensemble wiring steps around an entry model.
+    """
+
+    GRAPH = "graph"
+    ENTRY = "entry"
+    STEP = "step"
+    ENSEMBLE = "ensemble"
+
+    __hash__ = str.__hash__  # a member and its value are the same dict key
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: "ModelKind | str") -> "ModelKind":
+        """The kind named by ``value``.
+
+        Raises:
+            ManifestError: ``value`` names no kind.
+        """
+        try:
+            return cls(value)
+        except ValueError:
+            raise ManifestError(f"kind: expected one of {list(KINDS)}, got {value!r}") from None
+
+
+#: The kinds' names, as ``manifest.json`` writes them.
+KINDS = tuple(kind.value for kind in ModelKind)
+
+
+@dataclass
+class ServingFields:
+    """The fields of ``manifest.json`` an export adds for its model's kind and target (top-level
+    fields of the JSON; absent when None).
+
+    Attributes:
+        target: Export target serving a graph model (``"python"``, ``"native"``).
+        reason: Why a graph model stayed a Python-backend model in a native export.
+        layout: A graph model's instance layout: ``{"written": ..., "measured": ...}``.
+        router: False for the graph model of a module exported without a router.
+        platform: A native graph model's Triton platform (``"onnxruntime_onnx"``).
+        default_model_filename: A native graph model's artifact file name.
+        step: A step model's declaration (:meth:`~aitune_triton.triton.steps.Step.to_dict`,
+            with ``role`` and ``source_file``).
+    """
+
+    target: str | None = None
+    reason: str | None = None
+    layout: dict[str, Any] | None = None
+    router: bool | None = None
+    platform: str | None = None
+    default_model_filename: str | None = None
+    step: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set, as ``manifest.json`` holds them."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ServingFields":
+        """The fields of a manifest's extra fields (:attr:`ModelManifest.extra`); others are ignored."""
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
 
 
 class ManifestError(AITuneTritonError, ValueError):
@@ -92,57 +166,6 @@ def tensors_of(config: mc.ModelConfig) -> tuple[list[TensorManifest], list[Tenso
     return tensors(config.input), tensors(config.output)
 
 
-@dataclass(frozen=True)
-class DeviceInfo:
-    """Where an artifact was built: what its backend recorded at build time, or, for descriptions
-    tuned before backends recorded it, as far as the exporting machine could tell.
-
-    Attributes:
-        device: The backend's device (``"cpu"``, ``"cuda:0"``).
-        gpu_name: GPU name (``torch.cuda.get_device_name``); None for CPU or when CUDA was not
-            available at export.
-        compute_capability: ``"major.minor"`` of that GPU (``"9.0"``), or None.
-        cuda_version: CUDA version torch was built with (``torch.version.cuda``), or None.
-        tensorrt_version: Installed ``tensorrt`` package version, or None.
-        torch_version: The torch version that built the artifact, or None (not recorded).
-    """
-
-    device: str = "cpu"
-    gpu_name: str | None = None
-    compute_capability: str | None = None
-    cuda_version: str | None = None
-    tensorrt_version: str | None = None
-    torch_version: str | None = None
-
-    @property
-    def is_cuda(self) -> bool:
-        """Whether the artifact was tuned on a CUDA device."""
-        return self.device.startswith("cuda")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | str | None) -> "DeviceInfo":
-        """Rebuild from :meth:`to_dict` (a plain device string or None is accepted too)."""
-        if data is None or isinstance(data, str):
-            return cls(device=data or "cpu")
-        return cls(**{key: data.get(key) for key in ("gpu_name", "compute_capability", "cuda_version", "tensorrt_version",
-                                                     "torch_version")},
-                   device=str(data.get("device", "cpu")))
-
-
-def device_info(device: str = "cpu", built_on: dict[str, Any] | None = None) -> DeviceInfo:
-    """Describe where an artifact was built: from ``built_on`` (what its backend recorded when it
-    was built, :func:`aitune_triton._versions.build_environment`), else from this machine's CUDA
-    facts for ``device`` (descriptions tuned before backends recorded it).
-    """
-    facts = dict(built_on) if built_on else build_environment(device)
-    return DeviceInfo(str(facts.get("device") or device), facts.get("gpu_name"), facts.get("compute_capability"),
-                      facts.get("cuda_version"), facts.get("tensorrt_version"), facts.get("torch"))
-
-
 @dataclass
 class ModelManifest:
     """The manifest of one model version (``<model>/<version>/manifest.json``).
@@ -150,7 +173,7 @@ class ModelManifest:
     Attributes:
         model: Triton model name.
         version: Version directory number.
-        kind: One of :data:`KINDS`; None in manifests of format 0 (see :func:`model_kind`).
+        kind: A :class:`ModelKind`; None in manifests of format 0 (see :func:`model_kind`).
         source: What was exported (``"module 'minilm'"``, ``"checkpoint /abs/path"``).
         tool_version: aitune-triton version that wrote it.
         versions: Python and library versions at export (``torch``, ``onnxruntime``...; None: absent).
@@ -169,7 +192,7 @@ class ModelManifest:
 
     model: str
     version: int
-    kind: str | None
+    kind: ModelKind | None
     source: str
     sha256: dict[str, str]
     tool_version: str = "unknown"
@@ -191,7 +214,7 @@ class ModelManifest:
             "format_version": self.format_version,
             "model": self.model,
             "version": self.version,
-            "kind": self.kind,
+            "kind": self.kind.value if self.kind is not None else None,
             "source": self.source,
             "tool_version": self.tool_version,
             "versions": dict(self.versions),
@@ -224,6 +247,7 @@ class ModelManifest:
             kind = data.get("kind")
             if kind is not None and kind not in KINDS:
                 raise ValueError(f"'kind' is {kind!r}, expected one of {list(KINDS)}")
+            kind = ModelKind(kind) if kind is not None else None
             return cls(
                 model=str(data["model"]),
                 version=int(data["version"]),
@@ -244,6 +268,11 @@ class ModelManifest:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ManifestError(f"manifest: {type(error).__name__}: {error}; export the model again.") from None
+
+    @property
+    def serving(self) -> ServingFields:
+        """What the export added for this model's kind and target (:class:`ServingFields`)."""
+        return ServingFields.from_dict(self.extra)
 
     def write(self, version_dir: Path) -> Path:
         """Write as ``version_dir/manifest.json``."""
@@ -270,7 +299,7 @@ def build_manifest(
     *,
     model: str,
     version: int,
-    kind: str,
+    kind: ModelKind | str,
     source: str,
     config: mc.ModelConfig | None = None,
     backend: BackendDescription | None = None,
@@ -285,7 +314,7 @@ def build_manifest(
             but ``manifest.json``). None with ``sha256`` given (a dry run hashes in memory).
         model: Triton model name.
         version: Version number.
-        kind: One of :data:`KINDS`.
+        kind: A :class:`ModelKind` (or its value).
         source: What was exported.
         config: The model's configuration; gives the IO mapping and ``max_batch_size``.
         backend: A graph model's backend, as the tuned description holds it: name, precision
@@ -298,8 +327,7 @@ def build_manifest(
         ManifestError: ``kind`` is not one of :data:`KINDS`, or neither ``version_dir`` nor
             ``sha256`` is given.
     """
-    if kind not in KINDS:
-        raise ManifestError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
+    kind = ModelKind.parse(kind)
     if sha256 is None:
         if version_dir is None:
             raise ManifestError("build_manifest: pass version_dir or sha256")
@@ -351,7 +379,7 @@ def latest_version(model_dir: Path) -> int | None:
     return max(versions, default=None)
 
 
-def model_kind(model_dir: Path) -> str | None:
+def model_kind(model_dir: Path) -> ModelKind | None:
     """The kind of an existing model directory, from its latest version; None when it is not ours.
 
     The latest version's manifest ``kind`` decides; for a manifest without one (an older export)
@@ -370,15 +398,15 @@ def model_kind(model_dir: Path) -> str | None:
     if manifest.kind is not None:
         return manifest.kind
     if (version_dir / "io.json").is_file():
-        return "graph"
+        return ModelKind.GRAPH
     try:
         config = read_model_config(model_dir / "config.pbtxt")
     except (OSError, text_format.ParseError):
         return None
-    return "entry" if ROUTES_PARAMETER in config.parameters else None
+    return ModelKind.ENTRY if ROUTES_PARAMETER in config.parameters else None
 
 
-def refuse_kind_collision(repository: Path, name: str, kind: str) -> None:
+def refuse_kind_collision(repository: Path, name: str, kind: ModelKind) -> None:
     """Refuse to write a model of ``kind`` named ``name`` over an existing model of another kind.
 
     A new version of a model of the same kind (a second export of a module) is allowed. The
@@ -396,8 +424,8 @@ def refuse_kind_collision(repository: Path, name: str, kind: str) -> None:
     existing = model_kind(model_dir)
     if existing == kind:
         return
-    def a(kind: str) -> str:
-        return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} model"
+    def a(kind: ModelKind) -> str:
+        return f"{'an' if kind.value[0] in 'aeiou' else 'a'} {kind.value} model"
 
     what = a(existing) if existing else "a model without an aitune_triton manifest (written by hand or another tool)"
     if not model_dir.is_dir():

@@ -1,6 +1,6 @@
 """Graph models served by Triton's own backends: ``export(..., target="native")``.
 
-With :attr:`ExportTarget.NATIVE`, a graph spec whose backend declares a
+With :attr:`ExportTarget.NATIVE` (the export target :mod:`aitune_triton.triton.targets.native`), a graph spec whose backend declares a
 :class:`~aitune_triton.backends.serving.NativeTarget` (``triton_native``) becomes a model of that
 Triton backend (ONNX Runtime's ``onnxruntime_onnx``, PyTorch's ``torch_aoti``...) instead of a
 Python-backend model: its configuration names the platform/backend and the
@@ -36,7 +36,11 @@ __all__ = ["ExportTarget", "NativeModel", "NativePlan", "native_model_config", "
 
 
 class ExportTarget(str, enum.Enum):
-    """What serves each graph model of an export.
+    """The built-in export targets' names: what serves each graph model of an export.
+
+    ``export(target=...)`` takes any target registered in :mod:`aitune_triton.triton.targets`
+    (where these two are declared, :mod:`~aitune_triton.triton.targets.python` and
+    :mod:`~aitune_triton.triton.targets.native`); this enum names the built-in ones.
 
     Attributes:
         PYTHON: A generated Python-backend ``model.py`` runs every artifact (the default).
@@ -81,16 +85,6 @@ class NativeModel:
     config: mc.ModelConfig
     target: NativeTarget
     signature: NativeSignature
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        """What the graph model's ``manifest.json`` says about how it is served."""
-        return {
-            "target": ExportTarget.NATIVE.value,
-            "platform": self.config.platform,
-            "backend": self.config.backend,
-            "default_model_filename": self.config.default_model_filename,
-        }
 
 
 @dataclass

@@ -253,7 +253,8 @@ def test_router_rejects_one_input_name_with_two_ranks(ios):
 def test_router_accepts_two_graphs_that_take_the_same_input_names_and_declares_each_input_once(ios):
     # graph_1 and graph_2 were recorded with the same tensors, once with scale=2.0: the router
     # refuses such requests at run time (it cannot see constants); RemoteModule tells them apart.
-    config = router_model_config("net", [ios["with_y"], ios["x_only"], ios["x_scaled"]], {}, TritonModelOptions())
+    chosen = [ios["with_y"], ios["x_only"], ios["x_scaled"]]
+    config = router_model_config("net", chosen, _routes("net", chosen), TritonModelOptions())
 
     assert sorted(t.name for t in config.input) == ["x", "y"]
 

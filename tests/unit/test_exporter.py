@@ -330,7 +330,8 @@ def test_the_wheel_ships_the_templates_and_the_installed_exporter_finds_them(tmp
             sys.executable,
             "-c",
             "import aitune_triton.triton.exporter as e; print(e.__file__); print(e.templates_dir()); "
-            "e._environment().get_template('graph_model.py.j2'); print(sorted(e.served_files()) == sorted(%r))" % SERVED_FILES,
+            "from aitune_triton.triton.models.planned import template_environment; "
+            "template_environment().get_template('graph_model.py.j2'); print(sorted(e.served_files()) == sorted(%r))" % SERVED_FILES,
         ],
         capture_output=True,
         text=True,
