@@ -171,7 +171,7 @@ def test_version_policies_round_trip_on_graph_and_entry_models(policy, expected,
     options = TritonModelOptions(version_policy=policy)
 
     assert _round_trip(graph_model_config(_io(), options), tmp_path).version_policy == expected
-    assert _round_trip(router_model_config("net", [_io()], {}, options), tmp_path).version_policy == expected
+    assert _round_trip(router_model_config("net", [_io()], {"module": "net", "signature": [], "strict": True, "graphs": [_io().to_dict()]}, options), tmp_path).version_policy == expected
 
 
 @pytest.mark.parametrize(
