@@ -60,6 +60,7 @@ from aitune_triton.errors import (
     ModuleStateError,
 )
 from aitune_triton.module.description import TunedDescription
+from aitune_triton.module.persistence import check_artifact_kinds, checked_device
 from aitune_triton.module.routing import live_wrapper_of, own_forward
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.submodules import no_wrapped_submodule_message, replace_at_path, resolve_path, wrapped_submodules
@@ -107,6 +108,8 @@ def save(obj: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
         InvalidArgumentError: ``obj`` holds no wrapped submodule.
         ArgumentTypeError: ``obj`` is neither a torch module nor an object with attributes.
         CheckpointError: ``path`` exists and ``overwrite`` is False, or is a file.
+        ArtifactKindError: (a CheckpointError) an artifact is not of the kind its backend builds
+            (replaced after tuning). Nothing is written.
     """
     path = Path(path).absolute()
     entries = _descriptions_to_save(obj)
@@ -148,7 +151,10 @@ def _descriptions_to_save(obj: Any) -> list[tuple[str, TunedDescription]]:
             "(module.tune(), or aitune_triton.tune(pipeline, dataset)), or leave one out by putting its original "
             "module back into the parent (model.encoder = model.encoder.module)."
         )
-    return [(p, TunedDescription.from_dict(m.to_dict())) for p, m in found]
+    described = [(p, TunedDescription.from_dict(m.to_dict())) for p, m in found]
+    for _, description in described:
+        check_artifact_kinds(description)
+    return described
 
 
 # ------------------------------------------------------------------------------------------- load
@@ -194,7 +200,7 @@ def load(
             than the stored one (the message names its path).
         ModuleStateError: a Module to load into is already tuned.
         InvalidArgumentError: ``device_map`` names a path the checkpoint does not hold, a device
-            is invalid, ``name`` is given for a checkpoint of submodules, a bare submodule is
+            is invalid or holds no data (``meta``: the message names it), ``name`` is given for a checkpoint of submodules, a bare submodule is
             wrapped by a live Module its parent does not hold, or an attribute path cannot be
             assigned the loaded Module (a read-only property).
         ArgumentTypeError: ``device`` is a dict (pass ``device_map=``).
@@ -242,12 +248,7 @@ def _devices(stored: list[str], device: Any, device_map: Mapping[str, Any] | Non
             "saved on its own)."
         )
     chosen = {p: (device_map or {}).get(p, device) for p in stored}
-    try:
-        return {p: torch.device(d) if d is not None else None for p, d in chosen.items()}
-    except (RuntimeError, TypeError) as error:
-        raise InvalidArgumentError(
-            f"device_map/device: expected devices such as 'cpu' or 'cuda:0', got {chosen}: {error}"
-        ) from error
+    return {p: checked_device(d, f"device_map[{p!r}]" if p in (device_map or {}) else "device") for p, d in chosen.items()}
 
 
 @dataclass

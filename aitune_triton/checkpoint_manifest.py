@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aitune_triton._versions import library_versions, sha256_file
+from aitune_triton._warnings import warn
 from aitune_triton.errors import CheckpointError, InvalidStateDictError
 from aitune_triton.module.description import TunedDescription
 
@@ -111,8 +112,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         CheckpointError: ``path`` is not a checkpoint directory, the manifest is unreadable or of
             another format or version, a module description is invalid (the message says what is
-            wrong in it), two entries share an attribute path or a name, or an artifact is
+            wrong in it), two entries share an attribute path or a name, an artifact is
             missing, truncated or modified (size or SHA-256 differs from the manifest).
+
+    A file the manifest lists but no stored backend uses is reported with a warning and ignored.
     """
     return read_checkpoint_modules(path)[0]
 
@@ -153,10 +156,25 @@ def read_checkpoint_modules(path: str | os.PathLike) -> tuple[dict[str, Any], li
                     raise CheckpointError(f"checkpoint: artifact {relative!r} is not listed in the manifest's files.")
                 absolute[(graph_index, role)] = str(path / relative)
         modules[index] = StoredModule(stored.path, stored.description.with_artifacts(absolute))
+    _report_unused_files(manifest.get("files", {}), modules, path)
     manifest["modules"] = [{"path": stored.path, "module": stored.description.to_dict()} for stored in modules]
     if len(manifest["modules"]) == 1 and manifest["modules"][0]["path"] == "":
         manifest["module"] = manifest["modules"][0]["module"]
     return manifest, modules
+
+
+def _report_unused_files(files: dict[str, Any], modules: list[StoredModule], path: Path) -> None:
+    """Warn about files the manifest lists but no stored backend uses. :func:`save` lists exactly
+    the artifacts it copies, so such an entry means the manifest was edited; nothing reads those
+    files (their hashes were checked all the same), so the checkpoint still loads."""
+    used = {Path(file).relative_to(path).as_posix() for stored in modules for graph in stored.description.graphs
+            for file in graph.backend.artifacts.values()}
+    unused = sorted(set(files) - used)
+    if unused:
+        warn(
+            f"checkpoint: {path / MANIFEST_NAME} lists files that no stored backend uses: {unused} (was it edited?); "
+            "they are ignored. Remove those entries, or save the checkpoint again."
+        )
 
 
 def _check_entries(entries: Any, manifest_path: Path) -> list[StoredModule]:

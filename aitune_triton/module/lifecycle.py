@@ -21,6 +21,7 @@ import torch
 from aitune_triton._progress import console, progress
 from aitune_triton.errors import AlreadyTunedError, ModuleStateError, NoSamplesError, RecordingError
 from aitune_triton.module.passthrough import PassthroughState
+from aitune_triton.module.persistence import checked_device
 from aitune_triton.module.recording import Recorder, RecordingState
 from aitune_triton.module.registry import claim_name, release_name
 from aitune_triton.module.routing import register_wrapper, unroute
@@ -204,7 +205,8 @@ class ModuleLifecycle:
         Raises:
             NoSamplesError: (a ValueError) no call was recorded.
             AlreadyTunedError: (a ValueError) the module is already tuned.
-            InvalidArgumentError: (a ValueError) ``strategies`` names unknown graph specs.
+            InvalidArgumentError: (a ValueError) ``strategies`` names unknown graph specs, or ``device``
+                is invalid or holds no data (``meta``).
             RecordingError: (a ValueError) ``dynamic_shapes`` names an input path no graph spec has,
                 or a graph spec's calls returned inconsistent outputs.
             StrategyCountError: (a RuntimeError) fewer ``strategies`` than graph specs.
@@ -221,7 +223,7 @@ class ModuleLifecycle:
         if unused:
             known = sorted({t.path for g in self.graph_specs for t in g.inputs})
             raise RecordingError(f"dynamic_shapes: {unused} match no tensor input of any graph spec; tensor inputs: {known}")
-        device = torch.device(device) if device is not None else self.device
+        device = checked_device(device) or self.device
         plan = plan_strategies(self._self_recorder.graph_specs(), self._self_strategies, self._self_strategy, strategy)
         if strategy is not None and all(chosen is not strategy for _, chosen in plan):
             warnings.warn(

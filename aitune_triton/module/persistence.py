@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from aitune_triton.errors import AITuneTritonError, InvalidStateDictError, ModuleStateError
+from aitune_triton.backends import get_backend_class
+from aitune_triton.errors import (
+    AITuneTritonError,
+    InvalidArgumentError,
+    InvalidStateDictError,
+    ModuleStateError,
+    UnknownBackendError,
+)
 from aitune_triton.module.description import (
     INVALID_STATE_DICT,
     STATE_DICT_FORMAT_VERSION,
@@ -26,7 +33,7 @@ from aitune_triton.module.state import ModuleState
 from aitune_triton.module.tuned import TunedModule
 from aitune_triton.spec import ForwardSignature
 
-__all__ = ["ModulePersistence", "described"]
+__all__ = ["ModulePersistence", "check_artifact_kinds", "checked_device", "described"]
 
 
 class ModulePersistence:
@@ -112,6 +119,10 @@ class ModulePersistence:
         Raises:
             InvalidStateDictError: (a ValueError) invalid ``state_dict``, or one recorded for another
                 forward signature.
+            InvalidArgumentError: (a ValueError) ``device`` is invalid or holds no data (``meta``).
+            ArtifactKindError: an artifact file is not of the kind its backend builds (see
+                :func:`check_artifact_kinds`).
+            UnknownBackendError: (a ValueError) a stored backend is not registered here.
             ModuleStateError: the module is already tuned.
         """
         description = described(state_dict)
@@ -123,13 +134,14 @@ class ModulePersistence:
                 f"state_dict: recorded for a module whose forward takes {signature.describe()}, but this module's "
                 f"forward takes {self._self_signature.describe()}. Load it into the module it was tuned from."
             )
+        check_artifact_kinds(description)
         try:
             tuned = TunedModule.from_dict(
                 self._self_name,
                 signature,
                 description.graphs,
                 self.__wrapped__,
-                torch.device(device) if device is not None else None,
+                checked_device(device),
                 description.strict,
                 self._self_fallback,
                 self._self_forward,
@@ -148,3 +160,47 @@ def described(state_dict: Mapping[str, Any] | TunedDescription) -> TunedDescript
         InvalidStateDictError: not the output of :meth:`Module.to_dict`.
     """
     return state_dict if isinstance(state_dict, TunedDescription) else TunedDescription.from_dict(state_dict)
+
+
+#: Device types that hold no data: a backend loaded there has nothing to run on (an AOTInductor
+#: package loaded for ``meta`` aborts the process at its first call).
+NO_DATA_DEVICE_TYPES = ("meta",)
+
+
+def checked_device(device: str | torch.device | None, argument: str = "device") -> torch.device | None:
+    """``device`` as a ``torch.device`` (None stays None), refused where it holds no data.
+
+    Raises:
+        InvalidArgumentError: ``device`` is not a device torch knows, or is ``meta`` (the message
+            names ``argument``).
+    """
+    if device is None:
+        return None
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InvalidArgumentError(f"{argument}: expected a device such as 'cpu' or 'cuda:0', got {device!r}: {error}") from error
+    if chosen.type in NO_DATA_DEVICE_TYPES:
+        raise InvalidArgumentError(
+            f"{argument}: expected a device that holds data, such as 'cpu' or 'cuda:0', got {str(chosen)!r}: tuned "
+            "backends cannot run on it. Pass None (the device each backend was tuned for) or a real device."
+        )
+    return chosen
+
+
+def check_artifact_kinds(description: TunedDescription) -> None:
+    """Check that every artifact of ``description`` is of the kind its backend builds, without
+    loading any (``Backend.check_artifacts``); run at save, load and export.
+
+    A backend not registered here is skipped: loading and exporting report it their own way.
+
+    Raises:
+        ArtifactKindError: (a CheckpointError) one is not; the message names the file, the
+            backend, what was expected and what was found.
+    """
+    for entry in description.graphs:
+        try:
+            backend = get_backend_class(entry.backend.name)
+        except UnknownBackendError:
+            continue
+        backend.check_artifacts(f"Module '{description.name}' {entry.name}", entry.backend.artifacts)

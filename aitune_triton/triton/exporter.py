@@ -59,6 +59,7 @@ from aitune_triton.backends import backend_names, get_backend_class
 from aitune_triton.checkpoint import read_checkpoint_modules
 from aitune_triton.errors import ExportError, InvalidArgumentError, InvalidOptionError, UnknownBackendError
 from aitune_triton.module.description import BackendDescription, GraphDescription, TunedDescription
+from aitune_triton.module.persistence import check_artifact_kinds
 from aitune_triton.module.wrapper import Module
 from aitune_triton.names import validate_model_name
 from aitune_triton.strategies.layout import LayoutReport
@@ -315,7 +316,8 @@ def export(
         ExportError: the module is not tuned, a graph spec runs on a backend without an artifact
             (eager), a tensor dtype cannot be served, or the entry model cannot route between the
             graph specs. Nothing is written.
-        CheckpointError: the checkpoint is missing or fails verification. Nothing is written.
+        CheckpointError: the checkpoint is missing or fails verification, or an artifact is not of the kind its
+            backend builds (ArtifactKindError). Nothing is written.
         InvalidNameError: ``name`` is not a valid model name (``/``, leading ``.``...).
         InvalidArgumentError: ``target`` is not ``"python"`` or ``"native"``; ``router`` is not
             None/True/False, or is False for a module with several graph specs or with
@@ -337,6 +339,8 @@ def export(
     if router is not None and not isinstance(router, bool):
         raise InvalidArgumentError(f"router: expected None (automatic), True or False, got {router!r}")
     entries, source = _descriptions(module_or_checkpoint)
+    for _, described in entries:  # a replaced artifact fails here, not when Triton loads the model
+        check_artifact_kinds(described)
     if name is not None and len(entries) > 1:
         raise ExportError(
             f"name: applies to an export of one module; {source} holds {len(entries)} wrapped submodules "
