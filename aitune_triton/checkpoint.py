@@ -14,7 +14,9 @@ The manifest is JSON and artifacts are ONNX models and AOTInductor packages: loa
 nothing. But an AOTInductor package holds compiled native code (a shared library) that runs when
 it is loaded, as any compiled model does: load only checkpoints you trust. Every artifact's
 SHA-256 and size are checked against the manifest before it is loaded; that detects corruption
-and truncation, not tampering by someone who can also edit the manifest. A checkpoint is written
+and truncation, not tampering by someone who can also edit the manifest. Save, load and export
+also check that each artifact is of the kind its backend builds, from its structure alone
+(``Backend.artifact_problem``): a ``torch.save`` pickle put in place of a package is refused. A checkpoint is written
 into a temporary sibling directory and renamed into place, so a failed save leaves no
 half-written checkpoint. Replacing a checkpoint (``overwrite=True``) swaps the new directory in
 atomically where the OS allows it, so the path never lacks a complete checkpoint; staging

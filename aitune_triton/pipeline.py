@@ -251,8 +251,7 @@ def tune(
             defaults to ``"cuda:0"``).
         dry_run: Record, then print what each Module's tuning would build, without tuning
             (Modules stay recording).
-        **unknown: Refused: any other keyword argument is an error naming it, except AITune's
-            ``disable_external_logging``, accepted and ignored with a warning.
+        **unknown: Refused, each an error naming it (AITune's ``disable_external_logging``: ignored with a warning).
 
     Returns:
         Module name -> ``"tuned"``, ``"dry run"``, ``"not called"`` (earlier state kept) or

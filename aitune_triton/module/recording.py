@@ -299,26 +299,23 @@ class Recorder:
         return output
 
     def _warn_returned_arguments(self, call: CallStructure, args: tuple, kwargs: dict, output: Any) -> None:
-        """Warn (once per module and object type) when the output holds a container object that was passed in.
+        """Warn once per module and type when the output holds a container object that was passed in.
 
-        Such a module updates its argument in place (a Hugging Face cache passed as
-        ``past_key_values`` is filled and returned). A tuned or served module computes a new object
-        and leaves the argument as it was, so callers must use the returned value. Only the
-        caller's own loop can act on that: during a Hugging Face ``generate()`` (a frame of
-        ``transformers.generation`` on the stack), which passes each step's returned cache on itself,
-        nothing is said.
+        Such a module updates its argument in place (a Hugging Face cache passed as ``past_key_values``
+        is filled and returned). A tuned or served module computes a new object and leaves the argument
+        as it was, so the caller's own loop must use the returned value; during a Hugging Face
+        ``generate()``, which passes each returned cache on itself, nothing is said.
         """
         returned = _container_ids(output)
         names = sorted({returned[i] for i in returned.keys() & _container_ids((args, kwargs)).keys()} - self._warned_returned)
-        if not names or inside_generation_loop():
-            return
-        self._warned_returned.update(names)
-        warn(
-            f"the module returns the {', '.join(names)} object it was given as an argument (updated in place). A "
-            "tuned or served module returns a new object and leaves the argument unchanged: in your own loop, pass "
-            "the returned value (outputs.past_key_values, say) to the next call, not the object you passed in "
-            "(Hugging Face generate() already does). Said once per module."
-        )
+        if names and not inside_generation_loop():
+            self._warned_returned.update(names)
+            warn(
+                f"the module returns the {', '.join(names)} object it was given as an argument (updated in place). A "
+                "tuned or served module returns a new object and leaves the argument unchanged: in your own loop, pass "
+                "the returned value (outputs.past_key_values, say) to the next call, not the object you passed in "
+                "(Hugging Face generate() already does). Said once per module."
+            )
 
     def _add(self, call: _GivenCall, sample: Sample, output: FlatTree) -> None:
         record = self._graphs.get(call.key)
