@@ -14,32 +14,45 @@ The manifest is JSON and artifacts are ONNX models and AOTInductor packages: loa
 nothing. But an AOTInductor package holds compiled native code (a shared library) that runs when
 it is loaded, as any compiled model does: load only checkpoints you trust. Every artifact's
 SHA-256 and size are checked against the manifest before it is loaded; that detects corruption
-and truncation, not tampering by someone who can also edit the manifest. A checkpoint is written
+and truncation, not tampering by someone who can also edit the manifest. Save, load and export
+also check that each artifact is of the kind its backend builds, from its structure alone
+(``Backend.artifact_problem``): a ``torch.save`` pickle put in place of a package is refused. A checkpoint is written
 into a temporary sibling directory and renamed into place, so a failed save leaves no
 half-written checkpoint. Replacing a checkpoint (``overwrite=True``) swaps the new directory in
 atomically where the OS allows it, so the path never lacks a complete checkpoint; staging
 directories left by a killed save are removed by the next save or export next to them
 (``aitune_triton._atomic``).
 
-Manifest format version 2 stores ``"modules": [{"path": ..., "module": <Module.to_dict()>}, ...]``;
-version 1 (still read) stored one ``"module"``, the same as version 2 with one entry at path ``""``.
+This module saves and loads modules (finding them, checking them, switching them to ``TUNED``,
+undoing a failed load); the format itself (manifest, artifact hashes, reading a checkpoint back)
+is :mod:`aitune_triton.checkpoint_manifest`, and finding wrapped submodules by attribute path is
+:mod:`aitune_triton.module.submodules`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import copy
-import datetime
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, cast
+from typing import Any, Mapping, cast
 
 import torch
 
 from aitune_triton._atomic import make_staging_dir, replace_dir
-from aitune_triton._versions import library_versions, sha256_file
+from aitune_triton.checkpoint_manifest import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMAT_VERSION,
+    MANIFEST_NAME,
+    READABLE_FORMAT_VERSIONS,
+    SUBMODULES_DIR,
+    StoredModule,
+    copy_artifacts,
+    new_manifest,
+    read_checkpoint,
+    read_checkpoint_modules,
+)
 from aitune_triton.errors import (
     AITuneTritonError,
     ArgumentTypeError,
@@ -49,91 +62,26 @@ from aitune_triton.errors import (
     ModuleStateError,
 )
 from aitune_triton.module.description import TunedDescription
+from aitune_triton.module.persistence import check_artifact_kinds, checked_device
 from aitune_triton.module.routing import live_wrapper_of, own_forward
 from aitune_triton.module.state import ModuleState
+from aitune_triton.module.submodules import no_wrapped_submodule_message, replace_at_path, resolve_path, wrapped_submodules
 from aitune_triton.module.wrapper import Module
 from aitune_triton.spec import ForwardSignature
 
-__all__ = ["MANIFEST_NAME", "StoredModule", "load", "read_checkpoint", "read_checkpoint_modules", "save", "wrapped_submodules"]
-
-MANIFEST_NAME = "manifest.json"
-CHECKPOINT_FORMAT = "aitune_triton.checkpoint"
-CHECKPOINT_FORMAT_VERSION = 2
-#: Format versions :func:`read_checkpoint` reads (1: one ``"module"``; 2: ``"modules"`` by attribute path).
-READABLE_FORMAT_VERSIONS = (1, 2)
-#: Folder of the artifacts of wrapped submodules (``modules/<name>/graph_0/...``).
-SUBMODULES_DIR = "modules"
-
-
-# ------------------------------------------------------------------------ finding wrapped submodules
-def _module_roots(obj: Any) -> list[tuple[str, torch.nn.Module]]:
-    """``[("", obj)]`` for a torch module (a Module proxy included), else the ``torch.nn.Module``
-    attributes of a pipeline object, in attribute order."""
-    if isinstance(obj, torch.nn.Module):  # True for an aitune_triton.Module too (a transparent proxy)
-        return [("", obj)]
-    try:
-        attributes = vars(obj)
-    except TypeError:
-        raise ArgumentTypeError(
-            f"obj: expected an aitune_triton.Module, a torch.nn.Module holding wrapped submodules, or an object whose "
-            f"attributes are torch modules (a pipeline), got {type(obj).__name__} without attributes"
-        ) from None
-    return [(name, value) for name, value in attributes.items() if isinstance(value, torch.nn.Module)]
-
-
-def _module_tree(obj: Any) -> Iterator[tuple[str, torch.nn.Module]]:
-    """Every torch module reachable from ``obj`` once, under its first attribute path, as its parent
-    holds it. ``named_modules()`` is not enough: it reaches a wrapped submodule through the proxy and
-    yields the bare module, so the wrapper a parent holds is seen through ``named_children()``."""
-    seen: set[int] = set()
-
-    def visit(path: str, module: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
-        bare = module.module if isinstance(module, Module) else module
-        if id(bare) in seen:
-            return
-        seen.add(id(bare))
-        yield path, module
-        if isinstance(module, Module) and module.state is ModuleState.TUNED:
-            return  # what it holds runs inside its backends
-        for name, child in module.named_children():
-            yield from visit(f"{path}.{name}" if path else name, child)
-
-    for path, root in _module_roots(obj):
-        yield from visit(path, root)
-
-
-def wrapped_submodules(obj: Any) -> list[tuple[str, Module]]:
-    """The :class:`~aitune_triton.Module` wrappers that ``obj`` holds, with their attribute paths.
-
-    ``obj`` is a Module (path ``""``), a ``torch.nn.Module`` whose submodules were wrapped and
-    assigned into their parents (``model.encoder = Module(model.encoder)``: ``"encoder"``), or any
-    object with torch module attributes, such as a diffusers or transformers pipeline (``"unet"``,
-    ``"text_encoder.encoder.layer.0"``). Each module counts once, under its first path; the
-    submodules of a tuned wrapper are not searched (they run inside its backends).
-
-    Returns:
-        ``(attribute path, wrapper)`` pairs in module order.
-
-    Raises:
-        ArgumentTypeError: ``obj`` is neither a torch module nor an object with attributes.
-    """
-    return [(path, module) for path, module in _module_tree(obj) if isinstance(module, Module)]
-
-
-def _no_wrapped_submodule_message(obj: Any) -> str:
-    unassigned = [
-        f"'{path}' (wrapped by Module '{wrapper.name}')"
-        for path, module in _module_tree(obj)
-        if not isinstance(module, Module) and (wrapper := live_wrapper_of(module)) is not None
-    ]
-    hint = (
-        f" These submodules have a live wrapper that their parent does not hold: {', '.join(unassigned)}; assign "
-        "it into the parent (model.encoder = wrapper) so that the parent calls it."
-        if unassigned
-        else " Wrap the submodules to tune and assign them into their parent "
-        "(model.encoder = aitune_triton.Module(model.encoder)), then record and tune."
-    )
-    return f"obj: {type(obj).__name__} holds no aitune_triton.Module, so there is nothing tuned to save.{hint}"
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "READABLE_FORMAT_VERSIONS",
+    "SUBMODULES_DIR",
+    "StoredModule",
+    "load",
+    "read_checkpoint",
+    "read_checkpoint_modules",
+    "save",
+    "wrapped_submodules",
+]
 
 
 # ------------------------------------------------------------------------------------------- save
@@ -162,6 +110,8 @@ def save(obj: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
         InvalidArgumentError: ``obj`` holds no wrapped submodule.
         ArgumentTypeError: ``obj`` is neither a torch module nor an object with attributes.
         CheckpointError: ``path`` exists and ``overwrite`` is False, or is a file.
+        ArtifactKindError: (a CheckpointError) an artifact is not of the kind its backend builds
+            (replaced after tuning). Nothing is written.
     """
     path = Path(path).absolute()
     entries = _descriptions_to_save(obj)
@@ -176,17 +126,10 @@ def save(obj: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
         stored: list[tuple[str, TunedDescription]] = []
         for attribute_path, description in entries:
             folder = "" if not attribute_path else f"{SUBMODULES_DIR}/{description.name}/"
-            copied, copied_files = _copy_artifacts(description, staging, folder)
+            copied, copied_files = copy_artifacts(description, staging, folder)
             stored.append((attribute_path, copied))
             files.update(copied_files)
-        manifest = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "versions": library_versions(),
-            "modules": [{"path": attribute_path, "module": description.to_dict()} for attribute_path, description in stored],
-            "files": files,
-        }
+        manifest = new_manifest(stored, files)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         replace_dir(staging, path)
     except BaseException:
@@ -201,7 +144,7 @@ def _descriptions_to_save(obj: Any) -> list[tuple[str, TunedDescription]]:
             obj.to_dict()  # raises ModuleStateError, as it always did
     found = wrapped_submodules(obj)
     if not found:
-        raise InvalidArgumentError(_no_wrapped_submodule_message(obj))
+        raise InvalidArgumentError(no_wrapped_submodule_message(obj))
     untuned = [(p, m) for p, m in found if m.state is not ModuleState.TUNED]
     if untuned:
         listed = ", ".join(f"'{p}' (Module '{m.name}', state {m.state.name})" for p, m in untuned)
@@ -210,147 +153,10 @@ def _descriptions_to_save(obj: Any) -> list[tuple[str, TunedDescription]]:
             "(module.tune(), or aitune_triton.tune(pipeline, dataset)), or leave one out by putting its original "
             "module back into the parent (model.encoder = model.encoder.module)."
         )
-    return [(p, TunedDescription.from_dict(m.to_dict())) for p, m in found]
-
-
-def _copy_artifacts(
-    description: TunedDescription, staging: Path, folder: str
-) -> tuple[TunedDescription, dict[str, dict[str, Any]]]:
-    """Copy artifacts into ``staging / folder``; the description with their paths made relative
-    ones, and the manifest's file entries."""
-    files: dict[str, dict[str, Any]] = {}
-    relatives: dict[tuple[int, str], str] = {}
-    for index, entry in enumerate(description.graphs):
-        for role, source in entry.backend.artifacts.items():
-            relative = f"{folder}{entry.name}/{Path(source).name}"
-            target = staging / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not Path(source).is_file():
-                raise CheckpointError(
-                    f"{description.name}.{entry.name}: artifact {source} of backend "
-                    f"{entry.backend.name!r} no longer exists (was the tuning cache cleared?). Tune again, then save."
-                )
-            shutil.copyfile(source, target)
-            files[relative] = {"sha256": sha256_file(target), "size_bytes": target.stat().st_size}
-            relatives[(index, role)] = relative
-    return description.with_artifacts(relatives), files
-
-
-# ------------------------------------------------------------------------------------------- read
-@dataclass(frozen=True)
-class StoredModule:
-    """One module of a checkpoint.
-
-    Attributes:
-        path: Attribute path in the saved object (``""`` for a Module saved on its own).
-        description: Its tuned description, artifact paths absolute.
-    """
-
-    path: str
-    description: TunedDescription
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and verify a checkpoint without loading any artifact.
-
-    Returns:
-        The manifest, with every module description's artifact paths made absolute, in the
-        current format: ``"modules"`` is a list of ``{"path": attribute path, "module":
-        description}`` (a version-1 checkpoint gives one entry at path ``""``). When the checkpoint
-        holds one Module saved on its own (one entry at path ``""``), ``"module"`` is that
-        description too. :func:`read_checkpoint_modules` gives the descriptions typed.
-
-    Raises:
-        CheckpointError: ``path`` is not a checkpoint directory, the manifest is unreadable or of
-            another format or version, a module description is invalid (the message says what is
-            wrong in it), two entries share an attribute path or a name, or an artifact is
-            missing, truncated or modified (size or SHA-256 differs from the manifest).
-    """
-    return read_checkpoint_modules(path)[0]
-
-
-def read_checkpoint_modules(path: str | os.PathLike) -> tuple[dict[str, Any], list[StoredModule]]:
-    """:func:`read_checkpoint`'s manifest, and its modules as typed descriptions (checked once).
-
-    Raises:
-        CheckpointError: see :func:`read_checkpoint`.
-    """
-    path = Path(path).absolute()
-    manifest_path = path / MANIFEST_NAME
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint: {path} is not a directory. Pass the directory written by aitune_triton.save().")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint: {path} has no {MANIFEST_NAME}; it was not written by aitune_triton.save().") from None
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"checkpoint: cannot read {manifest_path}: {error}") from error
-    if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint: {manifest_path} is not an aitune_triton checkpoint manifest.")
-    if manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
-        raise CheckpointError(
-            f"checkpoint: format version {manifest.get('format_version')!r} is not supported "
-            f"(this aitune_triton reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))})."
-        )
-    manifest = copy.deepcopy(manifest)
-    if manifest["format_version"] == 1:
-        manifest["modules"] = [{"path": "", "module": manifest.pop("module", None)}]
-    modules = _check_entries(manifest.get("modules"), manifest_path)
-    _verify_files(path, manifest.get("files", {}))
-    for index, stored in enumerate(modules):
-        absolute: dict[tuple[int, str], str] = {}
-        for graph_index, graph in enumerate(stored.description.graphs):
-            for role, relative in graph.backend.artifacts.items():
-                if relative not in manifest.get("files", {}):
-                    raise CheckpointError(f"checkpoint: artifact {relative!r} is not listed in the manifest's files.")
-                absolute[(graph_index, role)] = str(path / relative)
-        modules[index] = StoredModule(stored.path, stored.description.with_artifacts(absolute))
-    manifest["modules"] = [{"path": stored.path, "module": stored.description.to_dict()} for stored in modules]
-    if len(manifest["modules"]) == 1 and manifest["modules"][0]["path"] == "":
-        manifest["module"] = manifest["modules"][0]["module"]
-    return manifest, modules
-
-
-def _check_entries(entries: Any, manifest_path: Path) -> list[StoredModule]:
-    if not isinstance(entries, list) or not entries:
-        raise CheckpointError(f"checkpoint: {manifest_path} holds no module descriptions (was it edited?).")
-    modules: list[StoredModule] = []
-    for entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise CheckpointError(f"checkpoint: {manifest_path} holds a module entry without an attribute path (was it edited?).")
-        where = f" at '{entry['path']}'" if entry["path"] else ""
-        try:
-            description = TunedDescription.from_dict(entry.get("module"))
-        except InvalidStateDictError as error:
-            raise CheckpointError(
-                f"checkpoint: {manifest_path} holds an invalid module description{where} (was it edited?): {error}"
-            ) from None
-        if any(entry["path"] == m.path or description.name == m.description.name for m in modules):
-            raise CheckpointError(
-                f"checkpoint: {manifest_path} holds two modules at path '{entry['path']}' or named "
-                f"'{description.name}' (was it edited?)."
-            )
-        modules.append(StoredModule(entry["path"], description))
-    return modules
-
-
-def _verify_files(path: Path, files: dict[str, dict[str, Any]]) -> None:
-    for relative, expected in files.items():
-        target = (path / relative).resolve()
-        if path.resolve() not in target.parents:
-            raise CheckpointError(f"checkpoint: file entry {relative!r} points outside the checkpoint.")
-        if not target.is_file():
-            raise CheckpointError(f"checkpoint: artifact {relative} is missing from {path}.")
-        if target.stat().st_size != expected.get("size_bytes"):
-            raise CheckpointError(
-                f"checkpoint: artifact {relative} is {target.stat().st_size} bytes, the manifest says "
-                f"{expected.get('size_bytes')}: it was truncated or replaced after saving. Save the checkpoint again."
-            )
-        if sha256_file(target) != expected.get("sha256"):
-            raise CheckpointError(
-                f"checkpoint: artifact {relative} does not match its SHA-256 in the manifest: it was modified "
-                "after saving. Save the checkpoint again."
-            )
+    described = [(p, TunedDescription.from_dict(m.to_dict())) for p, m in found]
+    for _, description in described:
+        check_artifact_kinds(description)
+    return described
 
 
 # ------------------------------------------------------------------------------------------- load
@@ -396,7 +202,7 @@ def load(
             than the stored one (the message names its path).
         ModuleStateError: a Module to load into is already tuned.
         InvalidArgumentError: ``device_map`` names a path the checkpoint does not hold, a device
-            is invalid, ``name`` is given for a checkpoint of submodules, a bare submodule is
+            is invalid or holds no data (``meta``: the message names it), ``name`` is given for a checkpoint of submodules, a bare submodule is
             wrapped by a live Module its parent does not hold, or an attribute path cannot be
             assigned the loaded Module (a read-only property).
         ArgumentTypeError: ``device`` is a dict (pass ``device_map=``).
@@ -444,12 +250,7 @@ def _devices(stored: list[str], device: Any, device_map: Mapping[str, Any] | Non
             "saved on its own)."
         )
     chosen = {p: (device_map or {}).get(p, device) for p in stored}
-    try:
-        return {p: torch.device(d) if d is not None else None for p, d in chosen.items()}
-    except (RuntimeError, TypeError) as error:
-        raise InvalidArgumentError(
-            f"device_map/device: expected devices such as 'cpu' or 'cuda:0', got {chosen}: {error}"
-        ) from error
+    return {p: checked_device(d, f"device_map[{p!r}]" if p in (device_map or {}) else "device") for p, d in chosen.items()}
 
 
 @dataclass
@@ -469,7 +270,7 @@ def _plan_load(obj: Any, path: str, description: TunedDescription, device: torch
     plan = _LoadPlan(path, description, device)
     where = f"'{path}'" if path else f"the {type(obj).__name__} itself"
     try:
-        target = _resolve(obj, path)
+        target = resolve_path(obj, path)
     except AttributeError as error:
         plan.problem = (CheckpointError, f"{where} (Module '{description.name}') is not in it ({error})")
         return plan
@@ -493,25 +294,6 @@ def _plan_load(obj: Any, path: str, description: TunedDescription, device: torch
                         f"{signature.describe()}, but Module '{description.name}' was tuned for one taking "
                         f"{stored.describe()}; build the object the checkpoint was saved from")
     return plan
-
-
-def _resolve(obj: Any, path: str) -> torch.nn.Module:
-    """The module at attribute path ``path`` in ``obj`` (a wrapper where its parent holds one).
-
-    Raises:
-        AttributeError: a step of the path is missing or not a torch module.
-    """
-    if not path:
-        if not isinstance(obj, torch.nn.Module):
-            raise AttributeError(f"{type(obj).__name__} is not a torch.nn.Module")
-        return obj
-    if isinstance(obj, torch.nn.Module):
-        return obj.get_submodule(path)
-    head, _, rest = path.partition(".")
-    value = getattr(obj, head)
-    if not isinstance(value, torch.nn.Module):
-        raise AttributeError(f"attribute {head!r} is a {type(value).__name__}, not a torch.nn.Module")
-    return value.get_submodule(rest) if rest else value
 
 
 def _load_all(plans: list[_LoadPlan]) -> None:
@@ -553,10 +335,10 @@ def _assign_all(obj: Any, plans: list[_LoadPlan], path: str | os.PathLike) -> No
         if plan.created is None or not plan.path:
             continue
         try:
-            _replace(obj, plan.path, plan.created)
+            replace_at_path(obj, plan.path, plan.created)
         except Exception as error:
             for done in assigned:
-                _replace(obj, done.path, cast(torch.nn.Module, done.target))
+                replace_at_path(obj, done.path, cast(torch.nn.Module, done.target))
             _undo_all(plans)
             raise InvalidArgumentError(
                 f"checkpoint {Path(path).absolute()}: nothing was loaded into {type(obj).__name__}: '{plan.path}' "
@@ -564,11 +346,3 @@ def _assign_all(obj: Any, plans: list[_LoadPlan], path: str | os.PathLike) -> No
                 "attribute of its parent"
             ) from error
         assigned.append(plan)
-
-
-def _replace(obj: Any, path: str, wrapper: Module | torch.nn.Module) -> None:
-    """Put ``wrapper`` where ``path`` points, in place of the bare module there (or the bare module
-    back in place of the wrapper, undoing a failed load)."""
-    parent_path, _, attribute = path.rpartition(".")
-    parent = _resolve(obj, parent_path) if parent_path else obj
-    setattr(parent, attribute, wrapper)

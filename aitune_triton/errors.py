@@ -128,6 +128,11 @@ class CheckpointError(AITuneTritonError, ValueError):
     """A checkpoint is missing, incomplete, tampered with or of an unknown format."""
 
 
+class ArtifactKindError(CheckpointError):
+    """An artifact file is not of the kind its backend builds (a ``torch.save`` pickle in place of
+    an AOTInductor package, say); found at save, load or export, without loading the file."""
+
+
 class ExportError(AITuneTritonError, ValueError):
     """A module or checkpoint cannot be exported to a Triton model repository."""
 

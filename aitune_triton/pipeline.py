@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, Dataset, IterableDataset, default_collate
 
+from aitune_triton._warnings import warn
 from aitune_triton.errors import ArgumentTypeError, InvalidArgumentError
 from aitune_triton.module.registry import live_modules
 from aitune_triton.module.state import ModuleState
@@ -28,10 +29,13 @@ _ARGUMENTS = (
     "device",
     "dry_run",
 )
-# Options of AITune's tune() that this library has no counterpart for, with what to do instead.
-_AITUNE_ONLY = {
+# Options of AITune's tune() accepted and ignored here, with why (a warning says it).
+_AITUNE_IGNORED = {
     "disable_external_logging": "aitune_triton changes no other library's logging; configure the loggers you want quiet "
     "with the logging module",
+}
+# Options of AITune's tune() that this library has no counterpart for, with what to do instead.
+_AITUNE_ONLY = {
     "clear_cache": "every tune() builds into a fresh directory under the Module's cache_dir; delete that directory "
     "(default ~/.cache/aitune_triton, or $AITUNE_TRITON_CACHE_DIR) to clear it",
 }
@@ -39,6 +43,9 @@ _AITUNE_ONLY = {
 
 def _refuse_unknown(options: Mapping[str, Any]) -> None:
     for name in options:
+        if name in _AITUNE_IGNORED:
+            warn(f"{name}: AITune's tune() option is accepted and ignored: {_AITUNE_IGNORED[name]}.")
+            continue
         if name in _AITUNE_ONLY:
             raise InvalidArgumentError(
                 f"{name}: AITune's tune() option has no counterpart in aitune_triton.tune(): {_AITUNE_ONLY[name]}. "
@@ -244,7 +251,7 @@ def tune(
             defaults to ``"cuda:0"``).
         dry_run: Record, then print what each Module's tuning would build, without tuning
             (Modules stay recording).
-        **unknown: Refused: any other keyword argument is an error naming it.
+        **unknown: Refused, each an error naming it (AITune's ``disable_external_logging``: ignored with a warning).
 
     Returns:
         Module name -> ``"tuned"``, ``"dry run"``, ``"not called"`` (earlier state kept) or

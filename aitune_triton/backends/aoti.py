@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from aitune_triton.backends.artifact_kinds import zip_problem
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
 from aitune_triton.backends.flat import index_ranges, input_axes, quiet_export
 from aitune_triton.backends.precision import exported_at, half_precision_reason
@@ -106,3 +108,16 @@ class AOTInductorBackend(Backend):
         # or permuted tensor would be read with the wrong strides.
         outputs = self._runner(*[t.to(self.device).contiguous() for t in call.flat.tensors])
         return list(outputs)
+
+    artifact_kinds = {
+        "model": "an AOTInductor package (a zip archive with archive_format and data/aotinductor/ entries, as "
+        "torch._inductor.aoti_compile_and_package writes)"
+    }
+
+    @classmethod
+    def artifact_problem(cls, role: str, path: Path) -> str | None:
+        """The package is a zip archive holding ``archive_format`` and the compiled model under
+        ``data/aotinductor/``; judged from its entry names, nothing is loaded (see :meth:`Backend.artifact_problem`)."""
+        if role != "model":
+            return super().artifact_problem(role, path)
+        return zip_problem(path, {"/archive_format": "an archive_format entry", "/data/aotinductor/": "data/aotinductor/ entries"})

@@ -10,14 +10,15 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 
 from aitune_triton._versions import build_environment
+from aitune_triton.backends.artifact_kinds import RECORDED_CALLS_KIND, torch_save_problem
 from aitune_triton.backends.serving import NativeTarget
 from aitune_triton.contract import IndexRange, InputContract
-from aitune_triton.errors import BackendUnavailableError, DuplicateBackendError, ModuleStateError, UnknownBackendError
+from aitune_triton.errors import ArtifactKindError, BackendUnavailableError, DuplicateBackendError, ModuleStateError, UnknownBackendError
 from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec
 
 __all__ = ["Backend", "BuildContext", "LoadContext", "register_backend", "get_backend_class", "backend_names"]
@@ -91,6 +92,8 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     artifact_names: ClassVar[dict[str, str]] = {}
+    #: Artifact role -> what the file holds, for messages (see :meth:`artifact_problem`).
+    artifact_kinds: ClassVar[dict[str, str]] = {}
     #: Whether non-tensor arguments are fixed at build time (true for every exported artifact).
     bakes_constants: ClassVar[bool] = True
     #: Whether the backend runs without the module's weights (its artifact holds its own copy).
@@ -125,6 +128,52 @@ class Backend(abc.ABC):
     def unavailable_reason(cls, device: torch.device) -> str | None:
         """Why this backend cannot run on ``device`` here, or None when it can."""
         return None
+
+    @classmethod
+    def artifact_kind(cls, role: str) -> str:
+        """What the ``role`` artifact holds (:attr:`artifact_kinds`; other roles are the recorded
+        calls tuning adds, written by ``torch.save``)."""
+        return cls.artifact_kinds.get(role, RECORDED_CALLS_KIND)
+
+    @classmethod
+    def artifact_problem(cls, role: str, path: Path) -> str | None:
+        """What is wrong with ``path`` as this backend's ``role`` artifact, or None when it is of the
+        kind :meth:`build` writes; judged from its structure, without running, loading or
+        unpickling it (helpers in :mod:`aitune_triton.backends.artifact_kinds`).
+
+        A backend with artifacts of its own overrides this for its roles (:attr:`artifact_names`)
+        and leaves the others to this one: the recorded warmup calls tuning adds (``torch.save``
+        files).
+
+        Returns:
+            None, or what was found instead (``"a torch.save pickle (...)"``).
+        """
+        return torch_save_problem(path)
+
+    @classmethod
+    def check_artifacts(cls, owner: str, artifacts: Mapping[str, str | Path]) -> None:
+        """Check that every artifact is of the kind this backend builds (:meth:`artifact_problem`).
+
+        Called at save, load and export. A missing file is left to the callers (hash check, load),
+        which report it with their own hint.
+
+        Args:
+            owner: Where the backend sits, for messages (``"Module 'net' graph_0"``).
+            artifacts: Artifact role -> file.
+
+        Raises:
+            ArtifactKindError: (a CheckpointError) an artifact is not of that kind; the message
+                names the file, the backend, what was expected and what was found.
+        """
+        for role, file in artifacts.items():
+            path = Path(file)
+            problem = cls.artifact_problem(role, path) if path.is_file() else None
+            if problem is not None:
+                raise ArtifactKindError(
+                    f"{owner}: artifact {path} ({role!r}) of backend {cls.name!r}: expected {cls.artifact_kind(role)}, "
+                    f"found {problem}. It was replaced after tuning: tune and save again, or put back the file the "
+                    "backend wrote."
+                )
 
     def clone(self) -> "Backend":
         """A fresh, unbuilt backend with the same options."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from aitune_triton.backends.artifact_kinds import zip_problem
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
 from aitune_triton.backends.flat import index_ranges, input_axes, quiet_export
 from aitune_triton.backends.precision import HALF_PRECISIONS, exported_at, half_precision_reason
@@ -164,3 +165,17 @@ class InductorBackend(Backend):
         with torch.no_grad():
             outputs = self._compiled(*[t.detach().to(self.device).contiguous() for t in call.flat.tensors])
         return list(outputs)
+
+    artifact_kinds = {
+        "model": "a torch.export archive (a zip archive with archive_format and models/*.json entries, as "
+        "torch.export.save writes)"
+    }
+
+    @classmethod
+    def artifact_problem(cls, role: str, path: Path) -> str | None:
+        """The program is a zip archive holding ``archive_format`` and the serialized program under
+        ``models/``; judged from its entry names, nothing is loaded (the pickle payload check runs
+        when it is loaded: :func:`check_program_archive`)."""
+        if role != "model":
+            return super().artifact_problem(role, path)
+        return zip_problem(path, {"/archive_format": "an archive_format entry", "/models/": "a serialized program (models/)"})

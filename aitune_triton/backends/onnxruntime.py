@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from aitune_triton.backends.artifact_kinds import describe_file
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
 from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, index_ranges, input_axes, quiet_export
 from aitune_triton.backends.serving import ONNX_RUNTIME_TARGET
@@ -313,6 +314,24 @@ class OnnxRuntimeBackend(Backend):
         feed = {name: array for name, array in _feed([t.detach().cpu().numpy() for t in call.flat.tensors]).items() if name in self._present}
         outputs = self._session.run(None, feed)
         return [torch.from_numpy(np.asarray(o)).to(self.device) for o in outputs]
+
+    artifact_kinds = {"model": "an ONNX model (a serialized onnx.ModelProto with a graph and an opset)"}
+
+    @classmethod
+    def artifact_problem(cls, role: str, path: Path) -> str | None:
+        """The model parses as an ``onnx.ModelProto`` (external data not loaded) with an IR
+        version, an opset and graph nodes; nothing runs (see :meth:`Backend.artifact_problem`)."""
+        if role != "model":
+            return super().artifact_problem(role, path)
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as error:  # protobuf's DecodeError, or an unreadable file
+            return f"{describe_file(path)}, which does not parse as an ONNX model ({type(error).__name__})"
+        if model.ir_version <= 0 or not model.opset_import or not model.graph.node:
+            return f"{describe_file(path)}, which parses as an ONNX message without an IR version, opset or graph nodes"
+        return None
 
 
 def _feed(arrays: list[np.ndarray]) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ from aitune_triton._warnings import warn
 from aitune_triton.errors import RecordingError
 from aitune_triton.module.dims import BatchDim, DimDecl, DynamicDim, check_declared, validate_dynamic_shapes
 from aitune_triton.module.state import ModuleState
+from aitune_triton.module.callers import inside_generation_loop
 from aitune_triton.module.samples import Sample, SampleStore, copy_call
 from aitune_triton.spec import (
     CallStructure,
@@ -298,22 +299,22 @@ class Recorder:
         return output
 
     def _warn_returned_arguments(self, call: CallStructure, args: tuple, kwargs: dict, output: Any) -> None:
-        """Warn (once per input structure) when the output holds a container object that was passed in.
+        """Warn once per module and type when the output holds a container object that was passed in.
 
-        Such a module updates its argument in place (a Hugging Face cache passed as
-        ``past_key_values`` is filled and returned). A tuned or served module computes a new object
-        and leaves the argument as it was, so callers must use the returned value.
+        Such a module updates its argument in place (a Hugging Face cache passed as ``past_key_values``
+        is filled and returned). A tuned or served module computes a new object and leaves the argument
+        as it was, so the caller's own loop must use the returned value; during a Hugging Face
+        ``generate()``, which passes each returned cache on itself, nothing is said.
         """
-        if call.key in self._warned_returned:
-            return
-        shared = _container_ids(output).keys() & _container_ids((args, kwargs)).keys()
-        if shared:
-            self._warned_returned.add(call.key)
-            names = sorted({_container_ids(output)[i] for i in shared})
+        returned = _container_ids(output)
+        names = sorted({returned[i] for i in returned.keys() & _container_ids((args, kwargs)).keys()} - self._warned_returned)
+        if names and not inside_generation_loop():
+            self._warned_returned.update(names)
             warn(
                 f"the module returns the {', '.join(names)} object it was given as an argument (updated in place). A "
-                "tuned or served module returns a new object and leaves the argument unchanged: use the returned value "
-                "(outputs.past_key_values, say) after each call, not the object passed in."
+                "tuned or served module returns a new object and leaves the argument unchanged: in your own loop, pass "
+                "the returned value (outputs.past_key_values, say) to the next call, not the object you passed in "
+                "(Hugging Face generate() already does). Said once per module."
             )
 
     def _add(self, call: _GivenCall, sample: Sample, output: FlatTree) -> None:

@@ -13,15 +13,21 @@ import torch
 from aitune_triton._threads import torch_threads
 from aitune_triton._warnings import warn
 from aitune_triton.backends import Backend, LoadContext
-from aitune_triton.contract import INDEX_HINT, InputContract
-from aitune_triton.errors import ArgumentTypeError, GraphSpecMismatchError, IndexOutOfRangeError, ModuleStateError
+from aitune_triton.contract import INDEX_HINT, InputContract, ShapeProblem
+from aitune_triton.errors import (
+    ArgumentTypeError,
+    GraphSpecMismatchError,
+    IndexOutOfRangeError,
+    InvalidArgumentError,
+    ModuleStateError,
+)
 from aitune_triton.graph_diff import mismatch_message
 from aitune_triton.spec import CallLayouts, CallStructure, ForwardSignature, GraphSpec, rebuild_output
 from aitune_triton.module.description import TunedGraphDescription
 from aitune_triton.module.state import ModuleState
 from aitune_triton.strategies import GraphTuneReport
 
-__all__ = ["TunedGraph", "TunedModule"]
+__all__ = ["TunedGraph", "TunedModule", "out_of_range_hint"]
 
 
 @dataclass
@@ -84,6 +90,7 @@ class TunedModule:
         if not self._active:
             raise ModuleStateError(f"Module '{self.name}' is deactivated. Call activate() before calling it.")
         call = self._layouts.flatten(args, kwargs)
+        self._refuse_meta(call)
         graph = self._by_key.get(call.key)
         if graph is None:
             return self._unmatched(forward, call)
@@ -96,9 +103,9 @@ class TunedModule:
             )
             return forward(*args, **kwargs)
         if graph.backend.ahead_of_time:
-            violations = graph.contract.shape_violations([tuple(t.shape) for t in call.flat.tensors])
-            if violations:
-                return self._out_of_range(forward, graph, call, violations)
+            problems = graph.contract.shape_problems([tuple(t.shape) for t in call.flat.tensors])
+            if problems:
+                return self._out_of_range(forward, graph, call, problems)
             bad_values = graph.contract.value_violations(call.flat.tensors)
             if bad_values:  # eager raises IndexError here too; a compiled artifact may abort the process
                 raise IndexOutOfRangeError(f"Module '{self.name}' {graph.spec.name}: {'; '.join(bad_values)}.{INDEX_HINT}")
@@ -110,7 +117,18 @@ class TunedModule:
                 outputs = graph.backend.infer(call)
         return rebuild_output(graph.spec.output_treespec, graph.spec.output_template, outputs)
 
-    def _out_of_range(self, forward: Callable[..., Any], graph: TunedGraph, call: CallStructure, violations: list[str]) -> Any:
+    def _refuse_meta(self, call: CallStructure) -> None:
+        """Raise :class:`InvalidArgumentError` naming the tensor inputs on the ``meta`` device (they hold
+        no data: a backend would fail copying them, or an AOTInductor package abort the process)."""
+        meta = [path for path, leaf in zip(call.flat.paths, call.flat.leaves) if isinstance(leaf, torch.Tensor) and leaf.is_meta]
+        if meta:
+            raise InvalidArgumentError(
+                f"Module '{self.name}': {', '.join(meta)}: expected tensors that hold data, got tensors on the 'meta' "
+                "device, which the tuned backends cannot run. Create the inputs on a real device ('cpu', 'cuda')."
+            )
+
+    def _out_of_range(self, forward: Callable[..., Any], graph: TunedGraph, call: CallStructure, problems: list[ShapeProblem]) -> Any:
+        violations = [graph.contract.describe(problem) for problem in problems]
         message = (
             f"Module '{self.name}' {graph.spec.name}: the call's shapes do not fit what its {graph.backend.name} "
             f"backend was built for: {'; '.join(violations)}"
@@ -118,10 +136,7 @@ class TunedModule:
         if self.fallback == "eager":
             self._warn_once(f"range:{graph.spec.name}:{violations}", message + "; running eagerly (fallback='eager').")
             return forward(*call.args, **call.kwargs)
-        raise GraphSpecMismatchError(
-            message + ". Re-record with calls of these sizes included (or declare DynamicDim/BatchDim ranges) and tune "
-            "again, or create the Module with fallback='eager'."
-        )
+        raise GraphSpecMismatchError(f"{message}. {out_of_range_hint(graph.spec, problems)}")
 
     def _unmatched(self, forward: Callable[..., Any], call: CallStructure) -> Any:
         if any(isinstance(leaf, np.ndarray) for leaf in call.flat.leaves):  # it would only match as a constant
@@ -209,3 +224,31 @@ class TunedModule:
     def ahead_of_time(self) -> bool:
         """Whether every graph spec runs on an artifact that no longer needs the module's weights."""
         return all(g.backend.ahead_of_time for g in self.graphs)
+
+
+def out_of_range_hint(graph: GraphSpec, problems: Sequence[ShapeProblem]) -> str:
+    """What to do about calls whose shapes break ``graph``'s artifact, fitting the axes they break.
+
+    A batch above the batch axis' largest size can be split into calls that fit; no split helps
+    another axis (an image side, a sequence length): calls of that size must be recorded, or the
+    axis' range declared, and the module tuned again.
+    """
+    batch_too_big = [
+        p for p in problems if p.kind == "range" and p.size > p.high and graph.inputs[p.input].batch_axis == p.axis
+    ]
+    others = [p for p in problems if p not in batch_too_big]
+    hints = []
+    if batch_too_big:
+        largest = min(p.high for p in batch_too_big)
+        hints.append(
+            f"Split the batch into calls of at most {largest} (the largest batch it accepts), or record calls with "
+            "larger batches (or declare BatchDim(min, max) in dynamic_shapes) and tune again."
+        )
+    if others:
+        axes = ", ".join(sorted({f"{graph.inputs[p.input].path} axis {p.axis}" for p in others}))
+        hints.append(
+            f"Splitting the call cannot help on {axes}: record calls of these sizes (enable_recording(force=True), then "
+            "tune again), or declare the axis' range with DynamicDim(name, min, max) (BatchDim for the batch axis) in "
+            "dynamic_shapes."
+        )
+    return " ".join(hints) + " Or create the Module with fallback='eager' to run such calls eagerly."

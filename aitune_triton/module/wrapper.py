@@ -1,11 +1,15 @@
-"""Module: a transparent proxy of a torch module that records, tunes and dispatches its calls."""
+"""Module: a transparent proxy of a torch module that records, tunes and dispatches its calls.
+
+This module holds the proxy itself (construction, calls, copies, properties, ``from_dict``); its
+state transitions and tuning are :mod:`aitune_triton.module.lifecycle`, its tuned description in
+and out :mod:`aitune_triton.module.persistence` (mixins of :class:`Module`).
+"""
 
 from __future__ import annotations
 
 import copy
 import os
 import shutil
-import tempfile
 import uuid
 import warnings
 import weakref
@@ -15,52 +19,26 @@ from typing import Any, Callable, Mapping, SupportsIndex
 import torch
 import wrapt
 
-from aitune_triton._progress import console, progress
-from aitune_triton.errors import (
-    AITuneTritonError,
-    AlreadyTunedError,
-    ArgumentTypeError,
-    InvalidArgumentError,
-    InvalidStateDictError,
-    ModuleStateError,
-    NoSamplesError,
-    RecordingError,
-)
-from aitune_triton.module.description import (
-    INVALID_STATE_DICT,
-    STATE_DICT_FORMAT_VERSION,
-    STATE_DICT_KEY,
-    STATE_DICT_TYPE,
-    TunedDescription,
-    state_dict_problem,
-)
+from aitune_triton.errors import ArgumentTypeError, InvalidArgumentError, ModuleStateError, NoSamplesError
+from aitune_triton.module.description import STATE_DICT_KEY, STATE_DICT_TYPE, TunedDescription
 from aitune_triton.module.dims import DimDecl, check_declared_parameters, validate_dynamic_shapes
+from aitune_triton.module.lifecycle import ModuleLifecycle, default_cache_dir
 from aitune_triton.module.padding import validate_pad_values
-from aitune_triton.module.passthrough import PassthroughState
+from aitune_triton.module.persistence import ModulePersistence, described
 from aitune_triton.module.recording import Recorder, RecordingState
 from aitune_triton.module.samples import SampleStore
-from aitune_triton.module.registry import claim_name, release_name, unique_default_name
-from aitune_triton.module.routing import StateForward, live_wrapper_of, original_type, own_forward, register_wrapper, route, unroute
+from aitune_triton.module.registry import claim_name, unique_default_name
+from aitune_triton.module.routing import StateForward, live_wrapper_of, own_forward, register_wrapper, route, unroute
 from aitune_triton.spec import ForwardSignature, GraphSpec
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.tuned import TunedGraph, TunedModule
-from aitune_triton.module.tuning import StrategiesArg, plan_strategies, tune_graphs
-from aitune_triton.strategies.report import report_table
+from aitune_triton.module.tuning import StrategiesArg
 from aitune_triton.names import sanitize_name
 from aitune_triton.strategies import TuneStrategy
 
 __all__ = ["Module", "STATE_DICT_KEY", "STATE_DICT_TYPE", "default_cache_dir"]
 
 _OFFLOAD_TARGETS = (None, "cpu", "meta")
-
-
-def default_cache_dir() -> Path:
-    """Where tuning writes artifacts and recorded calls: ``$AITUNE_TRITON_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/aitune_triton``, else ``~/.cache/aitune_triton``."""
-    if os.environ.get("AITUNE_TRITON_CACHE_DIR"):
-        return Path(os.environ["AITUNE_TRITON_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "aitune_triton"
 
 
 def _sanitized_with_warning(name: str) -> str:
@@ -74,7 +52,7 @@ def _remove_samples(samples_dir: Path) -> None:
     shutil.rmtree(samples_dir, ignore_errors=True)
 
 
-class Module(wrapt.ObjectProxy):
+class Module(ModuleLifecycle, ModulePersistence, wrapt.ObjectProxy):
     """Wraps a ``torch.nn.Module`` and behaves like it, while recording, tuning and dispatching calls.
 
     Attribute access, ``isinstance``, ``parameters()``, ``named_modules()``, ``[]``, ``len`` and
@@ -291,8 +269,8 @@ class Module(wrapt.ObjectProxy):
         """Device of the module's first parameter (or buffer); CPU when it has neither."""
         for tensor in self.__wrapped__.parameters():
             return tensor.device
-        for tensor in self.__wrapped__.buffers():
-            return tensor.device
+        for buffer in self.__wrapped__.buffers():
+            return buffer.device
         return torch.device("cpu")
 
     @property
@@ -317,269 +295,6 @@ class Module(wrapt.ObjectProxy):
             ModuleStateError: the module is not tuned.
         """
         return self._tuned().graphs
-
-    # ----------------------------------------------------------------------------- transitions
-    def enable_recording(self, force: bool = False) -> None:
-        """Record calls from now on; continues an earlier recording after a passthrough interval.
-
-        Args:
-            force: From ``TUNED``, release the tuned backends and record from scratch.
-
-        Raises:
-            ModuleStateError: the module is tuned and ``force`` is False, or its weights were
-                offloaded to ``meta`` and not restored.
-        """
-        self._reset_if_tuned(force)
-        self._self_handler = RecordingState(self._self_recorder)
-
-    def enable_passthrough(self, force: bool = False) -> None:
-        """Run calls on the module's own forward and record nothing.
-
-        Args:
-            force: From ``TUNED``, release the tuned backends and the recorded calls.
-
-        Raises:
-            ModuleStateError: the module is tuned and ``force`` is False, or its weights were
-                offloaded to ``meta`` and not restored.
-        """
-        self._reset_if_tuned(force)
-        self._self_handler = PassthroughState()
-
-    def _reset_if_tuned(self, force: bool) -> None:
-        if not isinstance(self._self_handler, TunedModule):
-            return
-        if not force:
-            raise ModuleStateError("Module is already tuned. Use force=True to reset tuned module.")
-        self._restore_offloaded()
-        self._self_handler.deactivate()
-        self._self_handler = None
-        recorder = self._self_recorder
-        recorder.clear()
-        self._self_recorder = self._new_recorder(recorder.max_samples, recorder.dynamic_shapes)
-
-    def _restore_offloaded(self) -> None:
-        if self._self_offloaded_from is None:
-            return
-        if self._self_offload == "meta":
-            if any(t.is_meta for t in self.__wrapped__.parameters()):
-                raise ModuleStateError(
-                    f"Module '{self._self_name}': its weights were offloaded to 'meta' after tuning, so it cannot run "
-                    "eagerly again. Load the weights back (module.load_state_dict(..., assign=True)) first."
-                )
-        else:
-            self.__wrapped__.to(self._self_offloaded_from)
-        self._self_offloaded_from = None
-
-    def _restore_state(self, state: ModuleState) -> None:
-        """Put back an untuned state changed on this Module's behalf (used by :func:`aitune_triton.tune`)."""
-        if state is ModuleState.TUNED or isinstance(self._self_handler, TunedModule):
-            return
-        handlers = {ModuleState.INIT: None, ModuleState.PASSTHROUGH: PassthroughState()}
-        self._self_handler = handlers.get(state, RecordingState(self._self_recorder))
-
-    def _undo_load(self, state: ModuleState | None) -> None:
-        """Undo :meth:`load_tuned` when it or another submodule's load failed: release the backends
-        and put back the untuned ``state`` (recorded calls kept). With None, for a wrapper that the
-        load created, also retire it, free its name and give the module its own class back, so the
-        bare module is unwrapped at once, even while a kept traceback holds this wrapper."""
-        if isinstance(self._self_handler, TunedModule):
-            self._self_handler.deactivate()
-            self._self_handler = None
-        if state is None:
-            self._self_retired = True
-            release_name(self._self_name, self)
-            unroute(weakref.ref(self.__wrapped__))
-        else:
-            self._restore_state(state)
-
-    def _reinstate(self, successor: "Module") -> None:
-        """Take the module and the name back from ``successor``, which retired this wrapper when it
-        wrapped the same module under the same name and is itself being retired (a failed load)."""
-        self._self_retired = False
-        claim_name(self._self_name, self, replacing=successor)
-        register_wrapper(self.__wrapped__, self)
-
-    def _recorded_calls(self) -> int:
-        return self._self_recorder.num_calls
-
-    def activate(self) -> None:
-        """Load the tuned backends' runtimes; no-op in passthrough.
-
-        Raises:
-            ModuleStateError: the module is neither tuned nor in passthrough.
-        """
-        if isinstance(self._self_handler, PassthroughState):
-            return
-        if not isinstance(self._self_handler, TunedModule):
-            raise ModuleStateError("Module is not tuned. Cannot activate backends.")
-        self._self_handler.activate()
-
-    def deactivate(self) -> None:
-        """Release the tuned backends' runtimes (sessions, compiled packages); calls then raise
-        until :meth:`activate`. No-op unless tuned."""
-        if isinstance(self._self_handler, TunedModule):
-            self._self_handler.deactivate()
-
-    def _tuned(self) -> TunedModule:
-        if not isinstance(self._self_handler, TunedModule):
-            raise ModuleStateError(f"Module '{self._self_name}' is not tuned (state: {self.state.name}).")
-        return self._self_handler
-
-    # ---------------------------------------------------------------------------------- tuning
-    def tune(self, device: str | torch.device | None = None, strategy: TuneStrategy | None = None, dry_run: bool = False) -> None:
-        """Pick a backend for every recorded graph spec and switch to ``TUNED``.
-
-        Each graph spec's strategy builds candidates on ``device``, checks them against the
-        module's own forward on the recorded samples and keeps one (see
-        :class:`~aitune_triton.strategies.TuneStrategy`). The module's own forward runs while
-        tuning and nothing is recorded; the state is restored when a backend raises. Progress
-        goes to stderr.
-
-        Args:
-            device: Device to tune for; default :attr:`device`.
-            strategy: Strategy for graph specs the constructor gave none for.
-            dry_run: Print per graph spec the strategy, candidate backends, input shapes and cache
-                directory; change no state and write no artifact.
-
-        Raises:
-            NoSamplesError: (a ValueError) no call was recorded.
-            AlreadyTunedError: (a ValueError) the module is already tuned.
-            InvalidArgumentError: (a ValueError) ``strategies`` names unknown graph specs.
-            RecordingError: (a ValueError) ``dynamic_shapes`` names an input path no graph spec has,
-                or a graph spec's calls returned inconsistent outputs.
-            StrategyCountError: (a RuntimeError) fewer ``strategies`` than graph specs.
-            TuningError: no candidate passed for some graph spec; the module keeps its state.
-        """
-        if isinstance(self._self_handler, TunedModule):
-            raise AlreadyTunedError(
-                f"Module: '{self._self_name}' has already been tuned. Reset it to do it again "
-                "(enable_recording(force=True) or enable_passthrough(force=True))."
-            )
-        if not len(self._self_recorder):
-            raise NoSamplesError(f"Module: '{self._self_name}' has not recorded any samples. Cannot tune it.")
-        unused = self._self_recorder.declared_paths_unused()
-        if unused:
-            known = sorted({t.path for g in self.graph_specs for t in g.inputs})
-            raise RecordingError(f"dynamic_shapes: {unused} match no tensor input of any graph spec; tensor inputs: {known}")
-        device = torch.device(device) if device is not None else self.device
-        plan = plan_strategies(self._self_recorder.graph_specs(), self._self_strategies, self._self_strategy, strategy)
-        if strategy is not None and all(chosen is not strategy for _, chosen in plan):
-            warnings.warn(
-                f"Module '{self._self_name}': the strategy passed to tune() is not used; the constructor's strategy "
-                "or strategies take precedence (AITune Module API).",
-                stacklevel=2,
-            )
-        if dry_run:
-            self._print_plan(plan, device)
-            return
-        if self.__wrapped__.training:
-            warnings.warn(
-                f"Module '{self._self_name}' is in training mode; backends are checked against eager in this mode. "
-                "Call .eval() before tuning an inference module.",
-                stacklevel=2,
-            )
-        workdir = Path(tempfile.mkdtemp(prefix=f"{self._self_name}-", dir=self._cache_root()))
-        self._self_tuning = True
-        try:
-            with progress(f"Tuning '{self._self_name}'") as log:
-                tuned = tune_graphs(
-                    self.__wrapped__,
-                    self._self_forward,
-                    self._self_signature,
-                    self._self_recorder,
-                    plan,
-                    device,
-                    workdir,
-                    log,
-                    pad_values=self._self_pad_values,
-                )
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        finally:
-            self._self_tuning = False
-        self._self_handler = TunedModule(self._self_name, self._self_signature, tuned, self._self_strict, self._self_fallback)
-        self._offload_weights()
-        for entry in tuned:  # the tuning report, as `aitune-triton describe` prints it again
-            if entry.report is not None:
-                console.print(report_table(entry.report, title=f"'{self._self_name}' {entry.report.graph}: {entry.report.strategy}"))
-
-    def _offload_weights(self) -> None:
-        tuned = self._self_handler
-        if self._self_offload is None or self._self_fallback is not None or not self._self_strict:
-            return
-        if isinstance(tuned, TunedModule) and tuned.ahead_of_time:
-            self._self_offloaded_from = self.device
-            self.__wrapped__.to(self._self_offload)
-
-    def _print_plan(self, plan: list[tuple[GraphSpec, TuneStrategy]], device: torch.device) -> None:
-        cache = self._self_cache_dir or default_cache_dir()
-        console.print(f"Dry run for '{self._self_name}' on {device} (cache: {cache})", markup=False)
-        for graph, strategy in plan:
-            shapes = ", ".join(f"{t.path}: {list(t.min_shape)}..{list(t.max_shape)}" for t in graph.inputs)
-            console.print(f"  {graph.name}: {strategy.describe()}; inputs {shapes}", markup=False)
-
-    # ----------------------------------------------------------------------------- persistence
-    def _description(self) -> dict[str, Any]:
-        tuned = self._self_handler
-        if not isinstance(tuned, TunedModule):
-            raise ModuleStateError(
-                f"Module '{self._self_name}' is not tuned (state: {self.state.name}). Cannot create its state dict; "
-                "record calls and call tune() first."
-            )
-        wrapped = self.__wrapped__
-        return {
-            "type": STATE_DICT_TYPE,
-            "format_version": STATE_DICT_FORMAT_VERSION,
-            "name": self._self_name,
-            "module_class": f"{original_type(wrapped).__module__}.{original_type(wrapped).__qualname__}",
-            "signature": self._self_signature.to_dict(),
-            "strict": self._self_strict,
-            "graphs": tuned.to_dict(),
-        }
-
-    def to_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
-        """Describe the tuned module; nests in a parent's ``state_dict()`` like any submodule.
-
-        Called directly (no destination, no prefix) it returns the tuned description:
-        ``{"type": "aitune_triton.Module", "format_version", "name", "module_class", "signature",
-        "strict", "graphs": [...]}`` with, per graph spec, the spec, the backend description
-        (absolute artifact paths) and the tuning report. ``TunedDescription.from_dict`` (in
-        :mod:`aitune_triton.module.description`) checks it and reads it as typed fields.
-
-        Called by a parent's ``state_dict()`` (``torch.nn.Module.state_dict(destination, prefix,
-        keep_vars)`` convention) it adds the wrapped module's own entries under ``prefix`` as usual
-        and, when tuned, the description under ``prefix + "_aitune_triton"``; a parent's
-        ``load_state_dict`` reads it back (see :meth:`_load_from_state_dict`).
-
-        Raises:
-            ModuleStateError: called directly on a module that is not tuned.
-        """
-        if args:  # torch's deprecated positional form: (destination, prefix, keep_vars)
-            destination, prefix, keep_vars = (tuple(args) + (destination, prefix, keep_vars)[len(args) :])[:3]
-        if destination is None and not prefix:
-            return self._description()
-        destination = self.__wrapped__.state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
-        if isinstance(self._self_handler, TunedModule):
-            destination[prefix + STATE_DICT_KEY] = self._description()
-        return destination
-
-    state_dict = to_dict
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        """``torch.nn.Module.load_state_dict`` hook: takes this Module's tuned description out of a
-        parent's state dict (and loads it when not tuned yet), then loads the wrapped module's own
-        entries as usual."""
-        description = state_dict.pop(prefix + STATE_DICT_KEY, None)
-        self.__wrapped__._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if description is not None and not isinstance(self._self_handler, TunedModule):
-            self.load_tuned(description)
-
-    @staticmethod
-    def is_state_dict_valid(state_dict: Any) -> bool:
-        """Whether ``state_dict`` has the structure of :meth:`to_dict` output, checked down to each
-        graph spec's tensors and backend (artifact files are checked when loading)."""
-        return state_dict_problem(state_dict) is None
 
     @classmethod
     def from_dict(
@@ -612,7 +327,7 @@ class Module(wrapt.ObjectProxy):
         After a failed load ``module`` is as it was: no wrapper made here routes or records its
         calls, and a live Module that wrapped it before still does.
         """
-        description = _described(state_dict)
+        description = described(state_dict)
         previous = live_wrapper_of(module)
         if name is None:
             stored = sanitize_name(description.name)
@@ -630,49 +345,6 @@ class Module(wrapt.ObjectProxy):
             wrapped._undo_load(None)
             raise
         return wrapped
-
-    def load_tuned(self, state_dict: Mapping[str, Any] | TunedDescription, device: str | torch.device | None = None) -> None:
-        """Switch this Module to ``TUNED`` with the backends described by ``state_dict``.
-
-        Raises:
-            InvalidStateDictError: (a ValueError) invalid ``state_dict``, or one recorded for another
-                forward signature.
-            ModuleStateError: the module is already tuned.
-        """
-        description = _described(state_dict)
-        if isinstance(self._self_handler, TunedModule):
-            raise ModuleStateError("Module is already tuned. Use enable_recording(force=True) to reset it first.")
-        signature = description.forward_signature
-        if signature != self._self_signature:
-            raise InvalidStateDictError(
-                f"state_dict: recorded for a module whose forward takes {signature.describe()}, but this module's "
-                f"forward takes {self._self_signature.describe()}. Load it into the module it was tuned from."
-            )
-        try:
-            tuned = TunedModule.from_dict(
-                self._self_name,
-                signature,
-                description.graphs,
-                self.__wrapped__,
-                torch.device(device) if device is not None else None,
-                description.strict,
-                self._self_fallback,
-                self._self_forward,
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            if isinstance(error, AITuneTritonError):
-                raise
-            raise InvalidStateDictError(f"{INVALID_STATE_DICT} ({type(error).__name__}: {error})") from error
-        self._self_handler = tuned
-
-
-def _described(state_dict: Mapping[str, Any] | TunedDescription) -> TunedDescription:
-    """``state_dict`` checked and read (:meth:`TunedDescription.from_dict`); a description already read passes.
-
-    Raises:
-        InvalidStateDictError: not the output of :meth:`Module.to_dict`.
-    """
-    return state_dict if isinstance(state_dict, TunedDescription) else TunedDescription.from_dict(state_dict)
 
 
 def _returning_wrapper(method_name: str) -> Callable[..., Any]:

@@ -150,11 +150,6 @@ class InputContract:
             max_batch_size=int(io.get("max_batch_size", 0)) if batch_hint else 0,
         )
 
-    @property
-    def checks_values(self) -> bool:
-        """Whether any input has value ranges (the only check that reads the data)."""
-        return bool(self._checked)
-
     def shape_violations(self, shapes: Sequence[Sequence[int]]) -> list[str]:
         """One line per axis outside its range, per broken tie and per axis off its fixed size.
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from aitune_triton.checkpoint import read_checkpoint_modules
 from aitune_triton.errors import ExportError, InvalidArgumentError, InvalidOptionError
 from aitune_triton.module.description import TunedDescription
+from aitune_triton.module.persistence import check_artifact_kinds
 from aitune_triton.module.wrapper import Module
 from aitune_triton.names import validate_model_name
 from aitune_triton.triton.config import TritonModelOptions
@@ -150,6 +151,8 @@ def plan_export(
     if router is not None and not isinstance(router, bool):
         raise InvalidArgumentError(f"router: expected None (automatic), True or False, got {router!r}")
     entries, source = _descriptions(module_or_checkpoint)
+    for _, described in entries:  # a replaced artifact fails here, not when Triton loads the model
+        check_artifact_kinds(described)
     if name is not None and len(entries) > 1:
         raise ExportError(
             f"name: applies to an export of one module; {source} holds {len(entries)} wrapped submodules "

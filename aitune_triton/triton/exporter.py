@@ -200,7 +200,8 @@ def export(
         ExportError: the module is not tuned, a graph spec runs on a backend without an artifact
             (eager), a tensor dtype cannot be served, or the entry model cannot route between the
             graph specs. Nothing is written.
-        CheckpointError: the checkpoint is missing or fails verification. Nothing is written.
+        CheckpointError: the checkpoint is missing or fails verification, or an artifact is not of the kind its
+            backend builds (ArtifactKindError). Nothing is written.
         InvalidNameError: ``name`` is not a valid model name (``/``, leading ``.``...).
         InvalidArgumentError: ``target`` names no registered export target (``"python"``, ``"native"``); ``router`` is not
             None/True/False, or is False for a module with several graph specs or with

@@ -1139,9 +1139,27 @@ def test_a_tuned_call_outside_the_recorded_range_raises_graph_spec_mismatch_erro
     with pytest.raises(
         GraphSpecMismatchError,
         match=rf"^Module '{unique_name}' graph_0: the call's shapes do not fit what its onnxruntime backend "
-        r"was built for: x axis 0: size 9 outside 1..4",
-    ):
+        r"was built for: x axis 0: size 9 outside 1..4\. Split the batch into calls of at most 4 ",
+    ) as raised:
         module(torch.randn(9, 4))
+    assert "cannot help" not in str(raised.value)  # the batch axis: splitting does help
+
+
+def test_a_tuned_call_with_another_image_size_is_told_to_record_that_size_not_to_split(unique_name):
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 2, 3, padding=1).eval()
+    module = Module(net, name=unique_name, strategy=OneBackendStrategy("onnxruntime", find_max_batch_size=False))
+    with torch.no_grad():
+        for batch in (1, 4):
+            module(torch.randn(batch, 3, 64, 64))
+    module.tune()
+
+    with pytest.raises(GraphSpecMismatchError) as raised:
+        module(torch.randn(2, 3, 32, 32))  # a 32 x 32 image: within the batch range, another side
+    message = str(raised.value)
+    assert "input axis 2: size 32 outside 64..64" in message and "input axis 3: size 32 outside 64..64" in message
+    assert "Splitting the call cannot help on input axis 2, input axis 3: record calls of these sizes" in message
+    assert "DynamicDim(name, min, max)" in message and "Split the batch" not in message
 
 
 def test_with_fallback_eager_a_tuned_call_outside_the_recorded_range_runs_eagerly_with_one_warning(unique_name):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import typing
+import warnings
 from pathlib import Path
 
 import pytest
@@ -424,6 +425,22 @@ def test_recording_a_call_that_returns_the_cache_it_was_given_warns_to_use_the_r
             module(torch.randint(0, 100, (1, 1)), past_key_values=cache)
             module(torch.randint(0, 100, (1, 1)), past_key_values=cache)  # the same structure: no second warning
     assert sum("returns the DynamicCache object" in str(warning.message) for warning in caught) == 1
+
+
+def test_the_returned_cache_warning_is_said_once_per_module_across_input_structures_and_names_what_to_do(unique_name):
+    model = tiny_gpt2()
+    module = Module(model, name=unique_name)
+    with torch.no_grad():
+        first = eager(model)(torch.randint(0, 100, (1, 4)))
+        cache = first["past_key_values"] if "past_key_values" in first else first["cache"]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module(torch.randint(0, 100, (1, 1)), past_key_values=cache)
+            mask = torch.ones(1, cache.get_seq_length() + 1, dtype=torch.long)
+            module(torch.randint(0, 100, (1, 1)), past_key_values=cache, attention_mask=mask)  # another graph spec
+    assert len(module.graph_specs) == 2
+    said = [str(w.message) for w in caught if "object it was given" in str(w.message)]
+    assert len(said) == 1 and "in your own loop, pass the returned value" in said[0]
 
 
 def test_a_cache_passed_as_an_argument_is_flattened_into_tensor_inputs_not_baked_in_as_a_constant(unique_name):

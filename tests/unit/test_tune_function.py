@@ -342,6 +342,13 @@ def test_an_aitune_option_without_a_counterpart_is_refused_saying_what_to_do_ins
         aitune_triton.tune(Calls(), [torch.randn(4)], clear_cache=True)
 
 
+def test_aitune_disable_external_logging_is_accepted_and_ignored_with_a_warning(unique_name):
+    module = aitune_triton.Module(torch.nn.Linear(4, 2).eval(), name=unique_name, strategy=aitune_triton.OneBackendStrategy("eager"))
+    with pytest.warns(UserWarning, match=r"disable_external_logging: AITune's tune\(\) option is accepted and ignored"):
+        results = aitune_triton.tune(module, [torch.randn(4)], batch_sizes=[1, 2], disable_external_logging=True)
+    assert results == {unique_name: "tuned"} and module.state is aitune_triton.ModuleState.TUNED
+
+
 @pytest.mark.parametrize("batch_sizes", [[0], [1, -2], [True], [1.5], 8, "18", ()])
 def test_batch_sizes_that_are_not_positive_integers_are_refused_before_anything_runs(batch_sizes, unique_name):
     module = Module(_linear(), name=unique_name, strategy=EAGER)
