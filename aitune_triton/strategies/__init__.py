@@ -16,7 +16,7 @@ from aitune_triton.strategies.min_latency import MinLatencyStrategy
 from aitune_triton.strategies.one_backend import OneBackendStrategy
 from aitune_triton.strategies.profiler import Profiler, Timing
 from aitune_triton.strategies.layout import LayoutReport, LayoutResult, choose_layout
-from aitune_triton.strategies.report import BatchSweep, CandidateReport, GraphTuneReport, report_table
+from aitune_triton.strategies.report import BatchSweep, CandidateReport, CandidateStatus, GraphTuneReport, report_table
 
 
 
@@ -70,6 +70,7 @@ __all__ = [
     "BackendListStrategy",
     "BatchSweep",
     "CandidateReport",
+    "CandidateStatus",
     "FirstWinsStrategy",
     "GraphTuneReport",
     "LatencyBudgetStrategy",

@@ -22,7 +22,7 @@ from aitune_triton.strategies.batch_sweep import settled_dims, short_profiler, s
 from aitune_triton.strategies.batching import batch_axes, batch_of, batched_call
 from aitune_triton.strategies.layout import DEFAULT_LATENCY_TOLERANCE, measure_layout
 from aitune_triton.strategies.profiler import Profiler
-from aitune_triton.strategies.report import BatchSweep, CandidateReport, GraphTuneReport
+from aitune_triton.strategies.report import BatchSweep, CandidateReport, CandidateStatus, GraphTuneReport
 from aitune_triton.strategies.validation import compare_outputs, raise_on_mismatch
 
 __all__ = [
@@ -351,7 +351,7 @@ class TuneStrategy(abc.ABC):
             references = [flatten_output(context.run(*call.args, **call.kwargs)) for call in context.samples]
         measure = _Measurements(context, original_dims, sweep_limit if every else None, self.find_max_batch_size, self.batch_sizes)
         context.log(f"{graph.name}: profiling eager")
-        eager = CandidateReport(EagerBackend.name, "reference")
+        eager = CandidateReport(EagerBackend.name, CandidateStatus.REFERENCE)
         with torch.no_grad():
             self._profile(eager, lambda call: EagerBackend.reference(context.run, call), context, measure)
         reports: list[CandidateReport] = []
@@ -362,25 +362,25 @@ class TuneStrategy(abc.ABC):
                 workdir = context.workdir / _workdir_name(backend, context)
                 report = self._evaluate(backend, context, references, measure, workdir)
                 reports.append(report)
-                if report.status == "passed":
+                if report.status == CandidateStatus.PASSED:
                     built.append((backend, report, workdir))
                     refusal = self.refusal(report, eager)
                     if refusal:
-                        report.status, report.reason = "too slow", refusal
+                        report.status, report.reason = CandidateStatus.TOO_SLOW, refusal
                         context.log(f"{graph.name}: {report.backend}: too slow: {refusal}")
                 if self.stop_after(report):
-                    reports.extend(CandidateReport(_label(b), "not tried", precision=_precision(b)) for b in candidates[index + 1 :])
+                    reports.extend(CandidateReport(_label(b), CandidateStatus.NOT_TRIED, precision=_precision(b)) for b in candidates[index + 1 :])
                     break
             else:
                 if built:  # every candidate ran: time eager again and judge them all against its faster timings
                     self._reprofile_eager(eager, context, measure)
                     for _, report, _ in built:
                         refusal = self.refusal(report, eager)
-                        report.status, report.reason = ("too slow", refusal) if refusal else ("passed", "")
-            eligible = [r for r in reports if r.status == "passed"]
+                        report.status, report.reason = (CandidateStatus.TOO_SLOW, refusal) if refusal else (CandidateStatus.PASSED, "")
+            eligible = [r for r in reports if r.status == CandidateStatus.PASSED]
             chosen_report = self.select(eligible, eager) if eligible else None
             if chosen_report is None:
-                if not self.gated or not any(r.status == "too slow" for r in reports):
+                if not self.gated or not any(r.status == CandidateStatus.TOO_SLOW for r in reports):
                     reasons = "\n".join(f"  {r.backend}: {r.status}: {r.reason}" for r in reports)
                     raise TuningError(f"{graph.name}: no candidate of {self.describe()} passed:\n{reasons}")
                 backend = self._eager_fallback(context)
@@ -388,7 +388,7 @@ class TuneStrategy(abc.ABC):
                     f"no candidate that matched eager was eligible ({self.rule()}, speed_margin={self.speed_margin:g}); "
                     "the graph spec stays on eager"
                 )
-                chosen_report = CandidateReport(EagerBackend.name, "chosen", decision, precision="fp32")
+                chosen_report = CandidateReport(EagerBackend.name, CandidateStatus.CHOSEN, decision, precision="fp32")
                 chosen_report.latencies_ms, chosen_report.batch_latencies_ms = eager.latencies_ms, eager.batch_latencies_ms
                 chosen_report.latency_ms = eager.latency_ms
                 reports.append(chosen_report)
@@ -396,7 +396,7 @@ class TuneStrategy(abc.ABC):
                 backend = next(b for b, r, _ in built if r is chosen_report)
                 speed, eager_speed = self.speed(chosen_report), self.speed(eager)
                 kept = _described(backend)
-                if backend.name == EagerBackend.name and any(r.status in ("too slow", "failed") for r in reports):
+                if backend.name == EagerBackend.name and any(r.status in (CandidateStatus.TOO_SLOW, CandidateStatus.FAILED) for r in reports):
                     decision = f"kept eager: no other candidate matched eager and passed the speed gate ({self.rule()})"
                 else:
                     ratio = ""
@@ -406,7 +406,7 @@ class TuneStrategy(abc.ABC):
                 for other in eligible:
                     if other is not chosen_report:
                         other.reason = f"{kept} was kept ({self.rule()})"
-            chosen_report.status = "chosen"
+            chosen_report.status = CandidateStatus.CHOSEN
         except BaseException:
             for candidate, _, workdir in built:
                 self._release(candidate, workdir)
@@ -471,13 +471,13 @@ class TuneStrategy(abc.ABC):
         context.log(f"{graph.name}: {label}: building")
         start = time.perf_counter()
         build = context.build_context(workdir)
-        report = CandidateReport(label, "failed", precision=precision, options=dict(backend.options))
+        report = CandidateReport(label, CandidateStatus.FAILED, precision=precision, options=dict(backend.options))
         try:
             with torch.no_grad():
                 backend.build(build)
             _drop_index_ranges_recorded_calls_break(backend, context)
         except BackendUnavailableError as error:
-            report.status, report.reason, report.build_s = "unavailable", str(error), time.perf_counter() - start
+            report.status, report.reason, report.build_s = CandidateStatus.UNAVAILABLE, str(error), time.perf_counter() - start
             shutil.rmtree(workdir, ignore_errors=True)
             return report
         except Exception as error:  # export, compile or load failed: report it and try the next candidate
@@ -503,9 +503,9 @@ class TuneStrategy(abc.ABC):
         except Exception as error:  # a backend failing at run time is a failed candidate, not a crash
             backend.deactivate()
             shutil.rmtree(workdir, ignore_errors=True)
-            report.status, report.reason = "failed", _reason(error)
+            report.status, report.reason = CandidateStatus.FAILED, _reason(error)
             return report
-        report.status = "passed"
+        report.status = CandidateStatus.PASSED
         return report
 
     def _reprofile_eager(self, eager: CandidateReport, context: TuneContext, measure: "_Measurements") -> None:
@@ -514,7 +514,7 @@ class TuneStrategy(abc.ABC):
         and thread pools came and went, so one pass alone may favour either side; keeping eager's
         faster time makes the speed gate conservative."""
         context.log(f"{context.graph.name}: profiling eager again")
-        again = CandidateReport(EagerBackend.name, "reference")
+        again = CandidateReport(EagerBackend.name, CandidateStatus.REFERENCE)
         with torch.no_grad():
             self._profile(again, lambda call: EagerBackend.reference(context.run, call), context, measure)
         for first, second in ((eager.latencies_ms, again.latencies_ms), (eager.batch_latencies_ms, again.batch_latencies_ms)):
