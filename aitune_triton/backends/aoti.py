@@ -59,6 +59,13 @@ class AOTInductorBackend(Backend):
         super().__init__(freezing=freezing, **({} if precision == "fp32" else {"precision": precision}))
         self._runner: Any = None
 
+    @classmethod
+    def default_candidates(cls) -> list[Backend]:
+        """Without and with freezing (about 10% faster on a CPU MLP here, not on every model).
+        Measured on MiniLM-L6 at 8 x 128 tokens fp32 (2 CPU cores, ratios in one run): 0.89-0.95x
+        eager; at 1 x 16, 0.53-0.84x."""
+        return [cls(), cls(freezing=True)]
+
     def build(self, context: BuildContext) -> None:
         """Export and compile (see :meth:`Backend.build`).
 

@@ -20,7 +20,15 @@ from aitune_triton.contract import IndexRange, InputContract
 from aitune_triton.errors import BackendUnavailableError, DuplicateBackendError, ModuleStateError, UnknownBackendError
 from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec
 
-__all__ = ["Backend", "BuildContext", "LoadContext", "register_backend", "get_backend_class", "backend_names"]
+__all__ = [
+    "Backend",
+    "BuildContext",
+    "LoadContext",
+    "register_backend",
+    "get_backend_class",
+    "backend_names",
+    "registered_backends",
+]
 
 
 @dataclass
@@ -125,6 +133,13 @@ class Backend(abc.ABC):
     def unavailable_reason(cls, device: torch.device) -> str | None:
         """Why this backend cannot run on ``device`` here, or None when it can."""
         return None
+
+    @classmethod
+    def default_candidates(cls) -> list["Backend"]:
+        """The configurations of this backend that the default strategy evaluates, in order
+        (:func:`~aitune_triton.strategies.default_candidates` collects them from every registered
+        backend). None by default: a backend is tried only where a strategy names it."""
+        return []
 
     def clone(self) -> "Backend":
         """A fresh, unbuilt backend with the same options."""
@@ -267,6 +282,11 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
         )
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def registered_backends() -> list[type[Backend]]:
+    """Registered backend classes, in registration order."""
+    return list(_REGISTRY.values())
 
 
 def backend_names() -> list[str]:

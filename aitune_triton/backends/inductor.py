@@ -114,6 +114,12 @@ class InductorBackend(Backend):
             return "device is CUDA but torch.cuda.is_available() is False"
         return None
 
+    @classmethod
+    def default_candidates(cls) -> list[Backend]:
+        """The default options. Measured on MiniLM-L6 at 8 x 128 tokens fp32 (2 CPU cores, one
+        run): torch.compile 0.93-0.98x eager."""
+        return [cls()]
+
     def precision_reason(self, device: torch.device) -> str | None:
         """Why this backend's ``precision`` cannot be built on ``device``, or None when it can."""
         return half_precision_reason("inductor", self.options["precision"], device)

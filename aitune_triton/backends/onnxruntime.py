@@ -128,6 +128,14 @@ class OnnxRuntimeBackend(Backend):
         self._session: Any = None
         self._present: set[str] = set()
 
+    @classmethod
+    def default_candidates(cls) -> list[Backend]:
+        """The TorchScript export, then the dynamo export (session options measured at build).
+        Measured on MiniLM-L6 at 8 x 128 tokens fp32 (2 CPU cores, ratios in one run): ONNX
+        Runtime on a TorchScript-exported graph 0.54-0.60x eager, dynamo-exported 0.63-0.72x; at
+        1 x 16, 0.34-0.49x."""
+        return [cls(exporter="torchscript"), cls()]
+
     def clone(self) -> "OnnxRuntimeBackend":
         """A fresh, unbuilt backend with the options given to the constructor (measured ones are measured again)."""
         return type(self)(**self._given)
