@@ -34,7 +34,7 @@ AccuracyMetric = Callable[[Any, Any], Any]
 
 def candidate_precision(backend: Backend) -> str:
     """The backend's ``precision`` option (``"fp32"`` when it has none)."""
-    return str(backend.options.get("precision", "fp32"))
+    return backend.precision
 
 
 def candidate_label(backend: Backend) -> str:
