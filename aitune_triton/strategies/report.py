@@ -186,8 +186,9 @@ class GraphTuneReport:
     batch_sweep: BatchSweep | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible form."""
-        return asdict(self)
+        """JSON-compatible form (plain types only: a status is its string value, so the dict also
+        goes through ``torch.load(weights_only=True)`` inside a state dict)."""
+        return asdict(self, dict_factory=_plain)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GraphTuneReport":
@@ -208,6 +209,10 @@ class GraphTuneReport:
             values["layout"] = LayoutReport.from_dict(data["layout"])
         values["batch_sweep"] = BatchSweep.from_dict(data.get("batch_sweep"))
         return cls(**values)
+
+
+def _plain(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {key: value.value if isinstance(value, enum.Enum) else value for key, value in items}
 
 
 def _shown_options(options: dict[str, Any]) -> str:

@@ -361,3 +361,15 @@ def test_the_candidates_are_built_for_a_widened_copy_and_the_graph_spec_changes_
     assert shared_dims_during_build == recorded  # the shared graph spec kept its recorded range meanwhile
     preferred = graph.preferred_batch_size  # measured: where the kept candidate's throughput stopped growing
     assert graph.dims == ({"batch": (1, max(3, preferred))} if preferred is not None else recorded)
+
+
+def test_a_report_dict_holds_plain_status_strings_that_torch_load_weights_only_reads_back(tmp_path):
+    from aitune_triton.strategies import CandidateReport, CandidateStatus
+
+    report = GraphTuneReport("g", "s", "eager", 1.0, [CandidateReport("x", CandidateStatus.TOO_SLOW)], eager=CandidateReport("eager", "reference"))
+    data = report.to_dict()
+    torch.save({"report": data}, tmp_path / "state.pt")
+    loaded = torch.load(tmp_path / "state.pt", weights_only=True)["report"]
+
+    assert type(loaded["candidates"][0]["status"]) is str and loaded["candidates"][0]["status"] == "too slow"
+    assert GraphTuneReport.from_dict(loaded).candidates[0].status is CandidateStatus.TOO_SLOW
