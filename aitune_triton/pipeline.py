@@ -273,16 +273,30 @@ def tune(
     _refuse_unknown(unknown)
     tune_device = _validate(func, batch_sizes, max_num_batches_per_batch_size, ignore_failing_modules, device, dry_run)
     cap = max_num_batches_per_batch_size
-    needed = None if cap is None else cap * max(batch_sizes or [1])
-    count, sample = _sample_reader(dataset, needed)
-
+    count, sample = _sample_reader(dataset, None if cap is None else cap * max(batch_sizes or [1]))
     modules = [m for m in live_modules() if m.state is not ModuleState.TUNED]
+    before, called, results = _record(func, modules, sample, _batches(count, batch_sizes, cap))
+    results.update(_tune_called(called, before, tune_device, dry_run, ignore_failing_modules))
+    return results
+
+
+def _record(
+    func: Callable[..., Any], modules: Sequence[Any], sample: Callable[[int], Any], batches: Iterable[tuple[int | None, list[int]]]
+) -> tuple[dict[str, tuple[ModuleState, int]], list[Any], dict[str, str]]:
+    """Step 1 of :func:`tune`: every Module in ``modules`` records while ``func`` runs on each
+    batch. On any failure every Module gets its earlier state back (and the error is raised);
+    after the run, so does every Module that ``func`` did not call.
+
+    Returns:
+        ``(before, called, results)``: Module name -> (earlier state, calls recorded before), the
+        Modules that recorded calls, and ``"not called"`` for each of the others.
+    """
     before = {m.name: (m.state, m._recorded_calls()) for m in modules}
     for module in modules:
         module.enable_recording()
     try:
         with torch.no_grad():
-            for batch_size, indices in _batches(count, batch_sizes, cap):
+            for batch_size, indices in batches:
                 samples = [sample(index) for index in indices]
                 inputs = samples[0] if batch_size is None else _collate(samples, indices, batch_size)
                 _call(func, samples[0], inputs, indices)
@@ -290,9 +304,7 @@ def tune(
         for module in modules:
             module._restore_state(before[module.name][0])
         raise
-
-    results: dict[str, str] = {}
-    called = []
+    called, results = [], {}
     for module in modules:
         state, calls = before[module.name]
         if module._recorded_calls() == calls:
@@ -300,9 +312,23 @@ def tune(
             results[module.name] = "not called"
         else:
             called.append(module)
+    return before, called, results
+
+
+def _tune_called(
+    called: Sequence[Any],
+    before: Mapping[str, tuple[ModuleState, int]],
+    device: torch.device | None,
+    dry_run: bool,
+    ignore_failing_modules: bool,
+) -> dict[str, str]:
+    """Step 2 of :func:`tune`: tune each Module that recorded calls, in order; a failure leaves it
+    in passthrough (``ignore_failing_modules``) or is raised after the Modules not tuned get their
+    earlier state back. Returns Module name -> outcome."""
+    results: dict[str, str] = {}
     for position, module in enumerate(called):
         try:
-            module.tune(device=tune_device, dry_run=dry_run)
+            module.tune(device=device, dry_run=dry_run)
             results[module.name] = "dry run" if dry_run else "tuned"
         except Exception as error:
             if not ignore_failing_modules:

@@ -8,6 +8,7 @@ from aitune_triton.backends.base import (
     backend_names,
     get_backend_class,
     register_backend,
+    registered_backends,
 )
 from aitune_triton.backends.eager import EagerBackend
 from aitune_triton.backends.inductor import InductorBackend
@@ -29,4 +30,5 @@ __all__ = [
     "backend_names",
     "get_backend_class",
     "register_backend",
+    "registered_backends",
 ]

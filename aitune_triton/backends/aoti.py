@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -10,13 +11,43 @@ import torch
 from aitune_triton.backends.artifact_kinds import zip_problem
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
 from aitune_triton.backends.flat import index_ranges, input_axes, quiet_export
+from aitune_triton.backends.options import BackendOptions, refuse_option
 from aitune_triton.backends.precision import exported_at, half_precision_reason
 from aitune_triton.backends.serving import TORCH_AOTI_TARGET
-from aitune_triton.errors import BackendBuildError, BackendUnavailableError, InvalidArgumentError
+from aitune_triton.errors import BackendBuildError, BackendUnavailableError
 from aitune_triton.served.runtimes.aoti import load_package
 from aitune_triton.spec import CallStructure
 
-__all__ = ["AOTInductorBackend"]
+__all__ = ["AOTInductorBackend", "AOTInductorOptions"]
+
+
+@dataclass(frozen=True)
+class AOTInductorOptions(BackendOptions):
+    """The options of :class:`AOTInductorBackend` (see its arguments); stored as
+    ``{"freezing": ...}`` plus ``precision`` when not ``"fp32"``.
+
+    Raises:
+        InvalidArgumentError: ``freezing`` is not a bool, or ``precision`` is not one of
+            ``"fp32"``, ``"fp16"``, ``"bf16"``.
+    """
+
+    owner = "aoti"
+
+    freezing: bool = False
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.freezing, bool):
+            refuse_option(self.owner, "freezing", "True or False", self.freezing)
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            refuse_option(
+                self.owner, "precision", "one of ['fp32', 'fp16', 'bf16']", self.precision,
+                "int8: use OnnxRuntimeBackend(precision='int8')",
+            )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"freezing": ...}``, with ``precision`` only when not ``"fp32"`` (as stored before it existed)."""
+        return {"freezing": self.freezing, **({} if self.precision == "fp32" else {"precision": self.precision})}
 
 
 class AOTInductorBackend(Backend):
@@ -51,16 +82,20 @@ class AOTInductorBackend(Backend):
     torch_version_bound = True  # the package is loaded by the torch ABI that built it
     artifact_names = {"model": "model.pt2"}
 
+    options_type = AOTInductorOptions
+    typed_options: AOTInductorOptions
+
     def __init__(self, freezing: bool = False, precision: str = "fp32") -> None:
-        if not isinstance(freezing, bool):
-            raise InvalidArgumentError(f"aoti: option 'freezing' must be True or False, got {freezing!r}")
-        if precision not in ("fp32", "fp16", "bf16"):
-            raise InvalidArgumentError(
-                f"aoti: option 'precision' must be one of ['fp32', 'fp16', 'bf16'], got {precision!r} "
-                "(int8: use OnnxRuntimeBackend(precision='int8'))"
-            )
-        super().__init__(freezing=freezing, **({} if precision == "fp32" else {"precision": precision}))
+        super().__init__()
+        self.typed_options = AOTInductorOptions(freezing=freezing, precision=precision)
         self._runner: Any = None
+
+    @classmethod
+    def default_candidates(cls) -> list[Backend]:
+        """Without and with freezing (about 10% faster on a CPU MLP here, not on every model).
+        Measured on MiniLM-L6 at 8 x 128 tokens fp32 (2 CPU cores, ratios in one run): 0.89-0.95x
+        eager; at 1 x 16, 0.53-0.84x."""
+        return [cls(), cls(freezing=True)]
 
     def build(self, context: BuildContext) -> None:
         """Export and compile (see :meth:`Backend.build`).
@@ -69,13 +104,13 @@ class AOTInductorBackend(Backend):
             BackendUnavailableError: the device or the precision cannot be built here.
             BackendBuildError: ``torch.export`` or the compilation failed.
         """
-        reason = half_precision_reason("aoti", self.options.get("precision", "fp32"), context.device)
+        reason = half_precision_reason("aoti", self.typed_options.precision, context.device)
         if reason:
             raise BackendUnavailableError(f"{self.name}: {reason}")
         super().build(context)
 
     def _restore(self, context: LoadContext) -> None:
-        reason = half_precision_reason("aoti", self.options.get("precision", "fp32"), context.device)
+        reason = half_precision_reason("aoti", self.typed_options.precision, context.device)
         if reason:
             raise BackendUnavailableError(f"{self.name}: {reason}")
 
@@ -87,12 +122,12 @@ class AOTInductorBackend(Backend):
         return None
 
     def _build(self, context: BuildContext) -> None:
-        with exported_at(context, self.options.get("precision", "fp32"), "aoti") as exported:
+        with exported_at(context, self.typed_options.precision, "aoti") as exported:
             self.input_axes = input_axes(exported)
             self.index_ranges = index_ranges(exported)
             context.log("aoti: compiling with AOTInductor")
             try:
-                with quiet_export(), torch._inductor.config.patch(freezing=bool(self.options.get("freezing"))):
+                with quiet_export(), torch._inductor.config.patch(freezing=self.typed_options.freezing):
                     torch._inductor.aoti_compile_and_package(exported, package_path=str(self.artifacts["model"]))
             except Exception as error:
                 raise BackendBuildError(f"aoti: AOTInductor compilation failed: {type(error).__name__}: {error}") from error

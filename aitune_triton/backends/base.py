@@ -16,12 +16,21 @@ import torch
 
 from aitune_triton._versions import build_environment
 from aitune_triton.backends.artifact_kinds import RECORDED_CALLS_KIND, torch_save_problem
+from aitune_triton.backends.options import BackendOptions
 from aitune_triton.backends.serving import NativeTarget
 from aitune_triton.contract import IndexRange, InputContract
 from aitune_triton.errors import ArtifactKindError, BackendUnavailableError, DuplicateBackendError, ModuleStateError, UnknownBackendError
 from aitune_triton.spec import CallStructure, ForwardSignature, GraphSpec
 
-__all__ = ["Backend", "BuildContext", "LoadContext", "register_backend", "get_backend_class", "backend_names"]
+__all__ = [
+    "Backend",
+    "BuildContext",
+    "LoadContext",
+    "register_backend",
+    "get_backend_class",
+    "backend_names",
+    "registered_backends",
+]
 
 
 @dataclass
@@ -84,10 +93,13 @@ class Backend(abc.ABC):
 
     Subclasses set :attr:`name` (the registry key) and :attr:`artifact_names` (artifact role ->
     file name written by :meth:`build`), and implement :meth:`_build`, :meth:`_load` and
-    :meth:`_infer`.
+    :meth:`_infer`. A backend with typed options (a
+    :class:`~aitune_triton.backends.options.BackendOptions` subclass, built and checked in its
+    constructor) sets :attr:`typed_options`; :attr:`options` is then their stored form.
 
     Args:
-        **options: Backend-specific JSON-compatible options, stored with the backend.
+        **options: Backend-specific JSON-compatible options, stored with the backend (backends
+            without typed options).
     """
 
     name: ClassVar[str]
@@ -112,8 +124,13 @@ class Backend(abc.ABC):
     #: Whether the artifact may load only in the torch version that built it; read by ``aitune-triton check``.
     torch_version_bound: ClassVar[bool] = False
 
+    #: The class of the backend's typed options (None: the backend keeps a free dict).
+    options_type: ClassVar[type[BackendOptions] | None] = None
+    #: The backend's typed options, or None for a backend that keeps a free dict (:attr:`options`).
+    typed_options: BackendOptions | None = None
+
     def __init__(self, **options: Any):
-        self.options = dict(options)
+        self._options = dict(options)
         self.device = torch.device("cpu")
         self.artifacts: dict[str, Path] = {}
         # Per input, per axis: the size export fixed or the symbol of its size (None: no contract).
@@ -123,6 +140,17 @@ class Backend(abc.ABC):
         # What the artifact was built with and on (set by build; kept through to_dict/from_dict).
         self.built_on: dict[str, str | None] | None = None
         self._active = False
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options as stored (checkpoint, manifest, a served model's ``io.json``) and printed:
+        :attr:`typed_options`' ``to_dict()``, or the dict given to the constructor."""
+        return self.typed_options.to_dict() if self.typed_options is not None else self._options
+
+    @property
+    def precision(self) -> str:
+        """The ``precision`` option (``"fp32"`` when the backend has none)."""
+        return str(self.options.get("precision", "fp32"))
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str | None:
@@ -174,6 +202,13 @@ class Backend(abc.ABC):
                     f"found {problem}. It was replaced after tuning: tune and save again, or put back the file the "
                     "backend wrote."
                 )
+
+    @classmethod
+    def default_candidates(cls) -> list["Backend"]:
+        """The configurations of this backend that the default strategy evaluates, in order
+        (:func:`~aitune_triton.strategies.default_candidates` collects them from every registered
+        backend). None by default: a backend is tried only where a strategy names it."""
+        return []
 
     def clone(self) -> "Backend":
         """A fresh, unbuilt backend with the same options."""
@@ -277,8 +312,14 @@ class Backend(abc.ABC):
 
         Raises:
             BackendUnavailableError: the backend cannot run on ``context.device`` here.
+            InvalidArgumentError: (a ValueError) an option of a backend with typed options is
+                unknown or outside its allowed values.
         """
-        backend = get_backend_class(data["name"])(**data.get("options", {}))
+        backend_class = get_backend_class(data["name"])
+        options = data.get("options", {})
+        if backend_class.options_type is not None:  # a clear error naming an unknown or invalid option
+            options = backend_class.options_type.from_dict(options).to_dict()
+        backend = backend_class(**options)
         reason = backend.unavailable_reason(context.device)
         if reason:
             raise BackendUnavailableError(f"{backend.name}: {reason}")
@@ -316,6 +357,11 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
         )
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def registered_backends() -> list[type[Backend]]:
+    """Registered backend classes, in registration order."""
+    return list(_REGISTRY.values())
 
 
 def backend_names() -> list[str]:

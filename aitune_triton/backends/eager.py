@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.utils._pytree as pytree
 
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
+from aitune_triton.backends.options import BackendOptions
 from aitune_triton.spec import CallStructure
 
-__all__ = ["EagerBackend"]
+__all__ = ["EagerBackend", "EagerOptions"]
+
+
+@dataclass(frozen=True)
+class EagerOptions(BackendOptions):
+    """The eager backend has no options (stored as ``{}``)."""
+
+    owner = "eager"
 
 
 class EagerBackend(Backend):
@@ -23,8 +32,11 @@ class EagerBackend(Backend):
     bakes_constants = False
     ahead_of_time = False
 
+    options_type = EagerOptions
+
     def __init__(self) -> None:
         super().__init__()
+        self.typed_options = EagerOptions()
         self._forward: Callable[..., Any] | None = None
 
     def _build(self, context: BuildContext) -> None:

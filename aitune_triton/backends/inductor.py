@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,18 +11,47 @@ import torch
 from aitune_triton.backends.artifact_kinds import zip_problem
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
 from aitune_triton.backends.flat import index_ranges, input_axes, quiet_export
+from aitune_triton.backends.options import BackendOptions, refuse_option
 from aitune_triton.backends.precision import HALF_PRECISIONS, exported_at, half_precision_reason
-from aitune_triton.errors import BackendBuildError, BackendUnavailableError, CheckpointError, InvalidArgumentError
+from aitune_triton.errors import BackendBuildError, BackendUnavailableError, CheckpointError
 from aitune_triton.served.runtimes import inductor as runtime
 from aitune_triton.served.runtimes.inductor import compile_options, warmup_inputs
 from aitune_triton.spec import CallStructure
 
-__all__ = ["InductorBackend", "MODES", "PRECISIONS", "check_program_archive", "compile_options", "warmup_inputs"]
+__all__ = ["InductorBackend", "InductorOptions", "MODES", "PRECISIONS", "check_program_archive", "compile_options", "warmup_inputs"]
 
 #: ``torch.compile`` modes this backend accepts (None is torch's default).
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: Precision option -> the floating dtype the program computes in (int8: no Inductor path here).
 PRECISIONS = HALF_PRECISIONS
+
+
+@dataclass(frozen=True)
+class InductorOptions(BackendOptions):
+    """The options of :class:`InductorBackend` (see its arguments); every one is stored.
+
+    Raises:
+        InvalidArgumentError: an option has a value outside the ones :class:`InductorBackend` lists.
+    """
+
+    owner = "inductor"
+
+    mode: str | None = None
+    dynamic: bool | None = None
+    fullgraph: bool = True
+    freezing: bool | None = None
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in MODES:
+            refuse_option(self.owner, "mode", f"None or one of {list(MODES)}", self.mode)
+        for option, value in (("dynamic", self.dynamic), ("freezing", self.freezing)):
+            if value is not None and not isinstance(value, bool):
+                refuse_option(self.owner, option, "None, True or False", value)
+        if not isinstance(self.fullgraph, bool):
+            refuse_option(self.owner, "fullgraph", "True or False", self.fullgraph)
+        if self.precision not in PRECISIONS:
+            refuse_option(self.owner, "precision", f"one of {list(PRECISIONS)}", self.precision)
 
 
 def check_program_archive(path: str | Path) -> None:
@@ -87,6 +117,9 @@ class InductorBackend(Backend):
     artifact_names = {"model": "program.pt2"}
     ahead_of_time = True
 
+    options_type = InductorOptions
+    typed_options: InductorOptions
+
     def __init__(
         self,
         mode: str | None = None,
@@ -95,16 +128,8 @@ class InductorBackend(Backend):
         freezing: bool | None = None,
         precision: str = "fp32",
     ):
-        if mode is not None and mode not in MODES:
-            raise InvalidArgumentError(f"inductor: option 'mode' must be None or one of {list(MODES)}, got {mode!r}")
-        for option, value in (("dynamic", dynamic), ("freezing", freezing)):
-            if value is not None and not isinstance(value, bool):
-                raise InvalidArgumentError(f"inductor: option {option!r} must be None, True or False, got {value!r}")
-        if not isinstance(fullgraph, bool):
-            raise InvalidArgumentError(f"inductor: option 'fullgraph' must be True or False, got {fullgraph!r}")
-        if precision not in PRECISIONS:
-            raise InvalidArgumentError(f"inductor: option 'precision' must be one of {list(PRECISIONS)}, got {precision!r}")
-        super().__init__(mode=mode, dynamic=dynamic, fullgraph=fullgraph, freezing=freezing, precision=precision)
+        super().__init__()
+        self.typed_options = InductorOptions(mode=mode, dynamic=dynamic, fullgraph=fullgraph, freezing=freezing, precision=precision)
         self._compiled: Any = None
         self._program: torch.export.ExportedProgram | None = None
 
@@ -115,9 +140,15 @@ class InductorBackend(Backend):
             return "device is CUDA but torch.cuda.is_available() is False"
         return None
 
+    @classmethod
+    def default_candidates(cls) -> list[Backend]:
+        """The default options. Measured on MiniLM-L6 at 8 x 128 tokens fp32 (2 CPU cores, one
+        run): torch.compile 0.93-0.98x eager."""
+        return [cls()]
+
     def precision_reason(self, device: torch.device) -> str | None:
         """Why this backend's ``precision`` cannot be built on ``device``, or None when it can."""
-        return half_precision_reason("inductor", self.options["precision"], device)
+        return half_precision_reason("inductor", self.typed_options.precision, device)
 
     def build(self, context: BuildContext) -> None:
         """Export, save and compile (see :meth:`Backend.build`).
@@ -137,7 +168,7 @@ class InductorBackend(Backend):
             raise BackendUnavailableError(f"{self.name}: {reason}")
 
     def _build(self, context: BuildContext) -> None:
-        with exported_at(context, self.options["precision"], "inductor") as exported:
+        with exported_at(context, self.typed_options.precision, "inductor") as exported:
             self.input_axes = input_axes(exported)
             self.index_ranges = index_ranges(exported)
             exported.example_inputs = None  # recorded data stays out of the artifact

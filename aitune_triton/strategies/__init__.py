@@ -9,6 +9,7 @@ from aitune_triton.strategies.base import (
     resolve_backend,
     resolve_backends,
 )
+from aitune_triton.strategies.candidates import default_candidates
 from aitune_triton.strategies.first_wins import FirstWinsStrategy
 from aitune_triton.strategies.latency_budget import LatencyBudgetStrategy
 from aitune_triton.strategies.max_throughput import MaxThroughputStrategy
@@ -16,38 +17,7 @@ from aitune_triton.strategies.min_latency import MinLatencyStrategy
 from aitune_triton.strategies.one_backend import OneBackendStrategy
 from aitune_triton.strategies.profiler import Profiler, Timing
 from aitune_triton.strategies.layout import LayoutReport, LayoutResult, choose_layout
-from aitune_triton.strategies.report import BatchSweep, CandidateReport, GraphTuneReport, report_table
-
-
-
-def default_candidates() -> list:
-    """The default strategy's candidate backends: ONNX Runtime with the TorchScript exporter and
-    with the dynamo exporter (session options measured at build), AOTInductor without and with
-    freezing (about 10% faster on a CPU MLP here, not on every model) and Inductor, each when
-    registered and its options exist. Measured on MiniLM-L6 at 8 x 128 tokens fp32 (2 CPU
-    cores, ratios in one run): ONNX Runtime on a TorchScript-exported graph 0.54-0.60x eager,
-    dynamo-exported 0.63-0.72x, AOTInductor 0.89-0.95x, torch.compile 0.93-0.98x; at 1 x 16,
-    ONNX Runtime 0.34-0.49x and AOTInductor 0.53-0.84x. Which wins depends on the model and the
-    machine, hence measuring each."""
-    import inspect
-
-    from aitune_triton.backends import backend_names, get_backend_class
-
-    names = backend_names()
-    candidates: list = []
-    if "onnxruntime" in names:
-        onnx = get_backend_class("onnxruntime")
-        if "exporter" in inspect.signature(onnx).parameters:
-            candidates.append(onnx(exporter="torchscript"))
-        candidates.append(onnx())
-    if "aoti" in names:
-        aoti = get_backend_class("aoti")
-        candidates.append(aoti())
-        if "freezing" in inspect.signature(aoti).parameters:
-            candidates.append(aoti(freezing=True))
-    if "inductor" in names:
-        candidates.append(get_backend_class("inductor")())
-    return candidates
+from aitune_triton.strategies.report import BatchSweep, CandidateReport, CandidateStatus, GraphTuneReport, report_table
 
 
 def default_strategy() -> TuneStrategy:
@@ -70,6 +40,7 @@ __all__ = [
     "BackendListStrategy",
     "BatchSweep",
     "CandidateReport",
+    "CandidateStatus",
     "FirstWinsStrategy",
     "GraphTuneReport",
     "LatencyBudgetStrategy",

@@ -20,21 +20,71 @@ from aitune_triton.spec import CallStructure
 from aitune_triton.strategies.profiler import Profiler
 from aitune_triton.strategies.report import BatchSweep
 
-__all__ = ["short_profiler", "sweep_batch_sizes", "sweep_sizes", "widened_dims"]
+__all__ = [
+    "batch_bounds",
+    "settled_dims",
+    "settled_range",
+    "short_profiler",
+    "sweep_batch_sizes",
+    "sweep_limit",
+    "sweep_sizes",
+    "widened_dims",
+]
 
-Dims = dict[str, tuple[int, int]]
+#: Dynamic dimension name -> its range; the values are read only through :func:`batch_bounds` and
+#: replaced only through :func:`_reaching`.
+Dims = dict[str, Any]
+
+
+def batch_bounds(dims: Dims) -> tuple[int, int]:
+    """``(min, max)`` of the batch range in ``dims``."""
+    low, high = dims["batch"]
+    return int(low), int(high)
+
+
+def _reaching(bounds: Any, size: int) -> Any:
+    """The range ``bounds`` with its max raised to ``size`` (never lowered)."""
+    low, high = bounds
+    return (low, max(high, size))
 
 
 def widened_dims(dims: Dims, limit: int) -> Dims:
     """A copy of ``dims`` whose batch range reaches ``limit`` (never narrowed)."""
-    low, high = dims["batch"]
-    return {**dims, "batch": (low, max(high, limit))}
+    new = dict(dims)
+    new["batch"] = _reaching(dims["batch"], limit)
+    return new
 
 
 def settled_dims(dims: Dims, max_batch_size: int) -> Dims:
     """A copy of the recorded ``dims`` whose batch range reaches ``max_batch_size`` (never narrowed)."""
-    low, high = dims["batch"]
-    return {**dims, "batch": (low, max(high, max_batch_size))}
+    return widened_dims(dims, max_batch_size)
+
+
+def sweep_limit(dims: Dims, declared: bool, max_batch_size_limit: int) -> int:
+    """The largest batch size to sweep: a declared ``BatchDim``'s max, else ``max_batch_size_limit``
+    (never below the recorded max)."""
+    high = batch_bounds(dims)[1]
+    return high if declared else max(high, max_batch_size_limit)
+
+
+def settled_range(recorded: Dims, best: int | None, sweep: BatchSweep | None) -> tuple[Dims, int | None]:
+    """The graph spec's new ``dims`` after the sweep, and its preferred batch size.
+
+    The batch range reaches ``best`` (the kept candidate's best size), never below the recorded
+    or declared range; without a measured size (``best`` None) the recorded range stays. ``sweep``
+    (the kept candidate's record, when swept) is updated to say what was kept.
+
+    Returns:
+        ``(dims, preferred_batch_size)``: a new dict (``recorded`` is not changed), and ``best`` or None.
+    """
+    if best is None or "batch" not in recorded:
+        if sweep is not None:
+            sweep.preferred_batch_size = sweep.max_batch_size = None
+        return dict(recorded), None
+    dims = settled_dims(recorded, best)
+    if sweep is not None:
+        sweep.preferred_batch_size, sweep.max_batch_size = best, batch_bounds(dims)[1]
+    return dims, best
 
 
 def sweep_sizes(low: int, limit: int) -> list[int]:

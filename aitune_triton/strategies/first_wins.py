@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aitune_triton.strategies.base import BackendListStrategy, CandidateReport
+from aitune_triton.strategies.report import CandidateStatus
 
 __all__ = ["FirstWinsStrategy"]
 
@@ -29,7 +30,7 @@ class FirstWinsStrategy(BackendListStrategy):
 
     def stop_after(self, report: CandidateReport) -> bool:
         """Stop at the first candidate that matched eager and passed the speed gate."""
-        return report.status == "passed"
+        return report.status is CandidateStatus.PASSED
 
     def select(self, passed: list[CandidateReport], eager: CandidateReport) -> CandidateReport:
         """The first candidate that passed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -11,10 +12,30 @@ from rich.table import Table
 
 from aitune_triton.strategies.layout import LayoutReport
 
-__all__ = ["BatchSweep", "CandidateReport", "GraphTuneReport", "report_table"]
+__all__ = ["BatchSweep", "CandidateReport", "CandidateStatus", "GraphTuneReport", "report_table"]
 
 #: Shape labels of the latencies profiled per candidate, in report order.
 SHAPES = ("smallest", "typical", "largest")
+
+
+class CandidateStatus(enum.StrEnum):
+    """What happened to one candidate backend. A ``str`` enum: the report JSON and the printed
+    table hold its value (``"too slow"``), and a value read back from JSON compares equal to it."""
+
+    #: Matched eager, passed the speed gate and was kept.
+    CHOSEN = "chosen"
+    #: Matched eager and passed the speed gate; another candidate was kept.
+    PASSED = "passed"
+    #: Matched eager but failed the speed gate or the latency budget.
+    TOO_SLOW = "too slow"
+    #: The build, the check against eager or a run failed.
+    FAILED = "failed"
+    #: The backend cannot run on the device here (a missing package, no CUDA).
+    UNAVAILABLE = "unavailable"
+    #: Not evaluated: the strategy stopped before it (``FirstWinsStrategy``).
+    NOT_TRIED = "not tried"
+    #: Eager's own measurements, the reference every candidate is compared with.
+    REFERENCE = "reference"
 
 
 @dataclass
@@ -73,9 +94,7 @@ class CandidateReport:
 
     Attributes:
         backend: Backend name.
-        status: ``"chosen"``, ``"passed"`` (matched eager, another was kept), ``"too slow"``
-            (matched eager but failed the speed gate or the latency budget), ``"failed"``,
-            ``"unavailable"`` or ``"not tried"``.
+        status: What happened to it (:class:`CandidateStatus`; a string given is converted).
         reason: Why it failed, was unavailable, too slow, or not chosen.
         build_s: Build time in seconds.
         latency_ms: Median latency at the typical recorded shape, in milliseconds.
@@ -93,7 +112,7 @@ class CandidateReport:
     """
 
     backend: str
-    status: str
+    status: CandidateStatus
     reason: str = ""
     build_s: float = 0.0
     latency_ms: float | None = None
@@ -105,6 +124,10 @@ class CandidateReport:
     accuracy: float | None = None
     max_batch_size: int | None = None
     batch_sweep: BatchSweep | None = None
+
+    def __post_init__(self) -> None:
+        # Reports read back from JSON hold the status as a string.
+        self.status = CandidateStatus(self.status)
 
     @property
     def throughput(self) -> dict[int, float]:
@@ -163,8 +186,9 @@ class GraphTuneReport:
     batch_sweep: BatchSweep | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible form."""
-        return asdict(self)
+        """JSON-compatible form (plain types only: a status is its string value, so the dict also
+        goes through ``torch.load(weights_only=True)`` inside a state dict)."""
+        return asdict(self, dict_factory=_plain)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GraphTuneReport":
@@ -185,6 +209,10 @@ class GraphTuneReport:
             values["layout"] = LayoutReport.from_dict(data["layout"])
         values["batch_sweep"] = BatchSweep.from_dict(data.get("batch_sweep"))
         return cls(**values)
+
+
+def _plain(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {key: value.value if isinstance(value, enum.Enum) else value for key, value in items}
 
 
 def _shown_options(options: dict[str, Any]) -> str:
@@ -222,7 +250,7 @@ def report_table(report: GraphTuneReport, title: str = "") -> Table:
         throughput = candidate.best_throughput()
         lines = candidate.reason.splitlines()
         reason = lines[0] + (f" (+{len(lines) - 1} more lines in the report's reason)" if len(lines) > 1 else "") if lines else ""
-        result = "reference" if is_eager_row else candidate.status + (f": {reason}" if reason else "")
+        result = CandidateStatus.REFERENCE.value if is_eager_row else candidate.status.value + (f": {reason}" if reason else "")
         table.add_row(
             "eager (reference)" if is_eager_row else escape(candidate.backend + _shown_options(candidate.options)),
             candidate.precision,

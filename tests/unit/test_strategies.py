@@ -303,3 +303,73 @@ def test_measure_latency_runs_once_to_warm_up_then_repeats():
 
     assert len(calls) == 6
     assert latency >= 0.0
+
+
+# ------------------------------------------------------------------- seams and typed options
+def test_a_registered_backend_that_declares_default_candidates_joins_the_default_strategy():
+    class Declaring(EagerBackend):
+        @classmethod
+        def default_candidates(cls) -> list[Backend]:
+            return [cls()]
+
+    name = _register(Declaring)
+    names = [backend.name for backend in default_strategy().candidates()]
+
+    assert name in names and names.index(name) < names.index("eager")  # before the eager fallback appended last
+    assert names[:5] == ["onnxruntime", "onnxruntime", "aoti", "aoti", "inductor"]  # the built-ins, in registration order
+    assert _register(EagerBackend) not in [backend.name for backend in default_strategy().candidates()]  # none by default
+
+
+def test_backend_options_are_typed_frozen_and_stored_as_before():
+    import dataclasses
+
+    from aitune_triton.backends.aoti import AOTInductorOptions
+    from aitune_triton.backends.onnxruntime import OnnxRuntimeOptions
+    from aitune_triton.errors import InvalidArgumentError
+
+    backend = OnnxRuntimeBackend(providers=["CPUExecutionProvider"], exporter="torchscript")
+    assert backend.typed_options.providers == ("CPUExecutionProvider",) and backend.typed_options.exporter == "torchscript"
+    assert backend.options == {"exporter": "torchscript", "providers": ["CPUExecutionProvider"]}  # defaults left out
+    assert OnnxRuntimeOptions.from_dict(backend.options) == backend.typed_options
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        backend.typed_options.exporter = "dynamo"  # type: ignore[misc]
+    with pytest.raises(InvalidArgumentError, match=r"OnnxRuntimeBackend: unknown option 'graph_level' .*graph_optimization_level"):
+        OnnxRuntimeOptions.from_dict({"graph_level": "basic"})
+    with pytest.raises(InvalidArgumentError, match=r"option 'intra_op_num_threads' must be None or an int >= 1, got 0"):
+        OnnxRuntimeOptions.from_dict({"intra_op_num_threads": 0})
+    with pytest.raises(InvalidArgumentError, match=r"aoti: option 'freezing' must be True or False, got 'yes'"):
+        AOTInductorOptions.from_dict({"freezing": "yes"})
+    assert AOTInductorOptions.from_dict({}).to_dict() == {"freezing": False}
+
+
+def test_the_candidates_are_built_for_a_widened_copy_and_the_graph_spec_changes_once_at_the_end(tmp_path):
+    seen = []
+
+    def recording_build(self, context):
+        seen.append((context.graph, dict(context.graph.dims), dict(graph.dims)))
+        return EagerBackend._build(self, context)
+
+    context = _context(tmp_path, batches=(1, 3))
+    graph = context.graph
+    graph.batch_independent = True
+    recorded = dict(graph.dims)
+    assert recorded == {"batch": (1, 3)}
+    OneBackendStrategy(_register(EagerBackend, _build=recording_build), max_batch_size_limit=8).tune(context)
+
+    ((built_for, built_dims, shared_dims_during_build),) = seen
+    assert built_for is not graph and built_dims["batch"] == (1, 8)  # built for the sweep limit, on a copy
+    assert shared_dims_during_build == recorded  # the shared graph spec kept its recorded range meanwhile
+    preferred = graph.preferred_batch_size  # measured: where the kept candidate's throughput stopped growing
+    assert graph.dims == ({"batch": (1, max(3, preferred))} if preferred is not None else recorded)
+
+
+def test_a_report_dict_holds_plain_status_strings_that_torch_load_weights_only_reads_back(tmp_path):
+    from aitune_triton.strategies import CandidateReport, CandidateStatus
+
+    report = GraphTuneReport("g", "s", "eager", 1.0, [CandidateReport("x", CandidateStatus.TOO_SLOW)], eager=CandidateReport("eager", "reference"))
+    data = report.to_dict()
+    torch.save({"report": data}, tmp_path / "state.pt")
+    loaded = torch.load(tmp_path / "state.pt", weights_only=True)["report"]
+
+    assert type(loaded["candidates"][0]["status"]) is str and loaded["candidates"][0]["status"] == "too slow"
+    assert GraphTuneReport.from_dict(loaded).candidates[0].status is CandidateStatus.TOO_SLOW
