@@ -15,12 +15,14 @@ The modules, one per job:
 - :mod:`.flat_tree`: a flattened pytree with dotted leaf paths.
 - :mod:`.calls`: call flattening, its key, and :class:`CallLayouts` for repeated calls.
 - :mod:`.outputs`: output containers (flatten, rebuild, what cannot be stored).
+- :mod:`.dim_range`: :class:`DimRange`, the ``(min, opt, max)`` sizes of one dynamic dimension.
 - :mod:`.graph`: :class:`TensorSpec`, :class:`GraphSpec` and their validators.
 """
 
 from aitune_triton.spec.calls import CallLayouts, CallStructure, StoredCall, flatten_call
+from aitune_triton.spec.dim_range import DimRange
 from aitune_triton.spec.flat_tree import FlatTree
-from aitune_triton.spec.graph import GraphSpec, TensorSpec, axis_range, check_graph_dict
+from aitune_triton.spec.graph import GraphSpec, OutputStructure, TensorSpec, axis_range, check_graph_dict, stored_dims
 from aitune_triton.spec.outputs import (
     flat_output,
     flatten_output,
@@ -37,8 +39,10 @@ from aitune_triton.spec.signature import ForwardSignature, ParameterSpec, call_s
 __all__ = [
     "CallLayouts",
     "CallStructure",
+    "DimRange",
     "ForwardSignature",
     "GraphSpec",
+    "OutputStructure",
     "ParameterSpec",
     "StoredCall",
     "TensorSpec",

@@ -11,11 +11,12 @@ from typing import Any, NoReturn, Sequence
 
 import torch.utils._pytree as pytree
 
+from aitune_triton.spec.dim_range import DimRange
 from aitune_triton.spec.outputs import output_leaf_paths
 from aitune_triton.spec.pytree_json import treespec_from_json, treespec_to_json
 from aitune_triton.spec.signature import _is_json
 
-__all__ = ["GraphSpec", "TensorSpec", "axis_range", "check_graph_dict"]
+__all__ = ["GraphSpec", "OutputStructure", "TensorSpec", "axis_range", "check_graph_dict", "stored_dims"]
 
 
 @dataclass
@@ -127,14 +128,23 @@ def _clip(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def axis_range(spec: TensorSpec, axis: int, dims: dict[str, Any]) -> tuple[int, int]:
-    """``(min, max)`` size of ``spec``'s ``axis``: its dimension's range (``dims[name]``) when the
-    axis is dynamic, else the one size recorded."""
+def axis_range(spec: TensorSpec, axis: int, dims: dict[str, DimRange]) -> DimRange:
+    """Sizes of ``spec``'s ``axis``: its dimension's range (``dims[name]``) when the axis is
+    dynamic, else the one size recorded (min, opt and max all that size)."""
     name = spec.dim_names[axis]
     if name is None:
-        return spec.min_shape[axis], spec.max_shape[axis]
-    low, high = dims[name]
-    return int(low), int(high)
+        return DimRange(spec.min_shape[axis], spec.max_shape[axis], spec.max_shape[axis])
+    return dims[name]
+
+
+def stored_dims(data: dict[str, Any]) -> dict[str, DimRange]:
+    """The ``dims`` of a checked graph spec dict (:func:`check_graph_dict`) as :class:`DimRange`; a
+    ``[min, max]`` pair stored before opt was kept gets opt = the stored preferred batch size for the
+    batch (when within the range), else max."""
+    preferred = data.get("preferred_batch_size")
+    return {
+        name: DimRange.from_json(bounds, preferred if name == "batch" else None) for name, bounds in data.get("dims", {}).items()
+    }
 
 
 def check_graph_dict(data: Any) -> None:
@@ -159,12 +169,16 @@ def check_graph_dict(data: Any) -> None:
     _require_type(where, "num_calls", data.get("num_calls", 0), int, "an integer")
     _require_type(where, "constants", data.get("constants", {}), dict, "a dict")
     dims = data.get("dims", {})
-    _require_type(where, "dims", dims, dict, "a dict {name: [min, max]}")
+    _require_type(where, "dims", dims, dict, "a dict {name: [min, opt, max]}")
     for name, bounds in dims.items():
-        if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or not all(
+        if not isinstance(bounds, (list, tuple)) or len(bounds) not in (2, 3) or not all(
             isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in bounds
-        ):
-            _invalid(where, f"'dims'[{name!r}] must be [min, max] (non-negative integers), got {_clip(bounds)}")
+        ) or list(bounds) != sorted(bounds):
+            _invalid(
+                where,
+                f"'dims'[{name!r}] must be [min, opt, max] (or [min, max] as older descriptions store it): non-negative "
+                f"integers with min <= opt <= max, got {_clip(bounds)}",
+            )
     if not (data.get("batch_independent") is None or isinstance(data["batch_independent"], bool)):
         _invalid(where, f"'batch_independent' must be true, false or null, got {data['batch_independent']!r}")
     preferred = data.get("preferred_batch_size")
@@ -184,6 +198,63 @@ def check_graph_dict(data: Any) -> None:
         TensorSpec.from_dict(tensor)
 
 
+class OutputStructure:
+    """A module's output structure: its ``torch.utils._pytree`` TreeSpec and the JSON text
+    :func:`treespec_to_json` stores it as, each made at most once from the other.
+
+    Built from stored text, nothing is imported until :attr:`treespec` is first read (then
+    :func:`treespec_from_json` imports the container types it names, once). Two structures are
+    equal when their texts are (their TreeSpecs, when one cannot be stored as JSON).
+
+    Args:
+        treespec: The structure, as flattening gave it; or None with ``text``.
+        text: The stored JSON text; or None with ``treespec``.
+    """
+
+    __slots__ = ("_text", "_treespec")
+    __hash__ = None  # type: ignore[assignment]  # equal by content, like the GraphSpec holding it
+
+    def __init__(self, treespec: pytree.TreeSpec | None = None, text: str | None = None):
+        if treespec is None and text is None:
+            raise TypeError("OutputStructure: expected a treespec or its JSON text, got neither")
+        self._treespec = treespec
+        self._text = text
+
+    @property
+    def treespec(self) -> pytree.TreeSpec:
+        """The TreeSpec, parsed from the stored text on first read.
+
+        Raises:
+            UnknownOutputTypeError: (a RecordingError) the text names a container type that no
+                importable module defines.
+        """
+        if self._treespec is None:
+            self._treespec = treespec_from_json(str(self._text))
+        return self._treespec
+
+    @property
+    def text(self) -> str:
+        """The JSON text (``treespec_dumps``).
+
+        Raises:
+            RecordingError: a node type of the structure cannot be stored without pickling.
+        """
+        if self._text is None:
+            self._text = treespec_to_json(self._treespec)  # type: ignore[arg-type]  # one of the two is set
+        return self._text
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, OutputStructure):
+            return NotImplemented
+        try:
+            return self.text == other.text
+        except Exception:  # a structure that cannot be stored: compare the TreeSpecs
+            return bool(self.treespec == other.treespec)
+
+    def __repr__(self) -> str:
+        return f"OutputStructure({self._text if self._text is not None else self._treespec})"
+
+
 @dataclass
 class GraphSpec:
     """Everything known about one group of calls that share an input structure.
@@ -194,11 +265,13 @@ class GraphSpec:
         description: Human-readable input structure.
         inputs: Tensor input leaves in flattening order.
         outputs: Tensor output leaves in flattening order.
-        output_treespec: Structure of the module's output.
+        output_structure: Structure of the module's output (:attr:`output_treespec` is its
+            TreeSpec, parsed once from stored text when first read).
         output_template: Output leaves with ``None`` for tensors and constant values otherwise.
         output_paths: Dotted path of every output leaf (tensors and constants), in flattening order.
         num_calls: Calls recorded for this graph spec.
-        dims: Dynamic dimension name -> ``(min, max)`` size recorded.
+        dims: Dynamic dimension name -> its :class:`DimRange` (``min``, ``opt``, ``max`` sizes):
+            recorded or declared, the batch widened to the preferred batch size a sweep measured.
         constants: Non-tensor input leaves of the first recorded call (path -> ``const(value)``);
             exported backends are built with these values.
         batch_independent: Whether splitting a recorded batch in two and running the halves gave
@@ -220,18 +293,32 @@ class GraphSpec:
     description: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    output_treespec: pytree.TreeSpec
+    output_structure: OutputStructure
     output_template: list[Any]
     output_paths: list[str] = field(default_factory=list)
     num_calls: int = 0
-    dims: dict[str, tuple[int, int]] = field(default_factory=dict)
+    dims: dict[str, DimRange] = field(default_factory=dict)
     constants: dict[str, str] = field(default_factory=dict)
     batch_independent: bool | None = None
     preferred_batch_size: int | None = None
     padding: dict[str, Any] | None = None
 
-    def axis_range(self, spec: TensorSpec, axis: int) -> tuple[int, int]:
-        """``(min, max)`` size the artifacts of this graph spec accept on ``spec``'s ``axis``."""
+    @property
+    def output_treespec(self) -> pytree.TreeSpec:
+        """The output's TreeSpec (parsed once from the stored text when first read).
+
+        Raises:
+            UnknownOutputTypeError: the stored structure names a container type that cannot be imported here.
+        """
+        return self.output_structure.treespec
+
+    @property
+    def output_treespec_json(self) -> str:
+        """The output structure as the JSON text ``treespec_to_json`` writes."""
+        return self.output_structure.text
+
+    def axis_range(self, spec: TensorSpec, axis: int) -> DimRange:
+        """Sizes the artifacts of this graph spec accept on ``spec``'s ``axis``."""
         return axis_range(spec, axis, self.dims)
 
     def __post_init__(self) -> None:
@@ -243,8 +330,8 @@ class GraphSpec:
         return hash(self.key)
 
     @property
-    def batch_size_range(self) -> tuple[int, int] | None:
-        """``(min, max)`` batch size seen, or None when no batch axis was found."""
+    def batch_size_range(self) -> DimRange | None:
+        """The batch dimension's range, or None when no batch axis was found."""
         return self.dims.get("batch")
 
     def to_dict(self) -> dict[str, Any]:
@@ -274,11 +361,11 @@ class GraphSpec:
             "description": self.description,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
-            "output_treespec": treespec_to_json(self.output_treespec),
+            "output_treespec": self.output_structure.text,
             "output_template": template,
             "output_paths": list(self.output_paths),
             "num_calls": self.num_calls,
-            "dims": {name: list(bounds) for name, bounds in self.dims.items()},
+            "dims": {name: dim.to_json() for name, dim in self.dims.items()},
             "constants": dict(self.constants),
             "batch_independent": self.batch_independent,
             "preferred_batch_size": self.preferred_batch_size,
@@ -296,6 +383,18 @@ class GraphSpec:
             UnknownOutputTypeError: (a RecordingError) the stored output structure names a
                 container type that no importable module defines.
         """
+        spec = cls.parse(data)
+        spec.output_structure.treespec  # import the container types now, not at the first call
+        return spec
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "GraphSpec":
+        """:meth:`from_dict` without importing the output's container types: they are imported when
+        :attr:`output_treespec` is first read.
+
+        Raises:
+            InvalidStateDictError: (a ValueError) as :meth:`from_dict`.
+        """
         check_graph_dict(data)
         return cls(
             name=data["name"],
@@ -303,11 +402,11 @@ class GraphSpec:
             description=data["description"],
             inputs=[TensorSpec.from_dict(t) for t in data["inputs"]],
             outputs=[TensorSpec.from_dict(t) for t in data["outputs"]],
-            output_treespec=treespec_from_json(data["output_treespec"]),
+            output_structure=OutputStructure(text=data["output_treespec"]),
             output_template=list(data["output_template"]),
             output_paths=list(data.get("output_paths", [])),
             num_calls=data.get("num_calls", 0),
-            dims={name: (int(b[0]), int(b[1])) for name, b in data.get("dims", {}).items()},
+            dims=stored_dims(data),
             constants=dict(data.get("constants", {})),
             batch_independent=data.get("batch_independent"),
             preferred_batch_size=data.get("preferred_batch_size"),

@@ -17,7 +17,7 @@ import torch.utils._pytree as pytree
 from aitune_triton._warnings import warn
 from aitune_triton.backends import Backend, BuildContext, EagerBackend, get_backend_class
 from aitune_triton.errors import ArgumentTypeError, BackendUnavailableError, InvalidArgumentError, OutputMismatchError, TuningError
-from aitune_triton.spec import CallStructure, FlatTree, ForwardSignature, GraphSpec, flatten_output, output_leaves
+from aitune_triton.spec import CallStructure, DimRange, FlatTree, ForwardSignature, GraphSpec, flatten_output, output_leaves
 from aitune_triton.strategies.batch_sweep import settled_dims, short_profiler, sweep_batch_sizes, sweep_sizes, widened_dims
 from aitune_triton.strategies.batching import batch_axes, batch_of, batched_call
 from aitune_triton.strategies.layout import DEFAULT_LATENCY_TOLERANCE, measure_layout
@@ -422,7 +422,7 @@ class TuneStrategy(abc.ABC):
             chosen_report.batch_latencies_ms.update(sweep.latencies_ms)
         max_batch = self._settle_batch_range(context, original_dims, chosen_report, sweep)
         if max_batch is not None:
-            low, high = graph.dims["batch"]
+            low, high = graph.dims["batch"].min, graph.dims["batch"].max
             decision += f"; batch sweep: preferred batch size {max_batch}, batch range {low}..{high}"
         context.log(f"{graph.name}: {decision}")
         layout = measure_layout(
@@ -435,13 +435,13 @@ class TuneStrategy(abc.ABC):
         )
 
     def _sweep_kept(
-        self, backend: Backend, context: TuneContext, measure: "_Measurements", original: dict[str, tuple[int, int]], limit: int
+        self, backend: Backend, context: TuneContext, measure: "_Measurements", original: dict[str, DimRange], limit: int
     ) -> BatchSweep:
         """Sweep the kept candidate's batch sizes up to ``limit`` and compare the largest size run
         with eager; a mismatch there keeps nothing (the recorded range stays). Never raises on a
         backend failure: the kept candidate already passed on the recorded calls."""
         graph, label = context.graph, _label(backend)
-        low, recorded_max = original["batch"]
+        low, recorded_max = original["batch"].min, original["batch"].max
         context.log(f"{graph.name}: {label}: batch size sweep up to {limit}")
         sweep = BatchSweep(label)
         try:
@@ -647,13 +647,13 @@ class TuneStrategy(abc.ABC):
         graph = context.graph
         if not (self.find_max_batch_size or self.batch_sizes) or batch_axes(graph) is None:
             return None
-        high = graph.dims["batch"][1]
+        high = graph.dims["batch"].max
         limit = high if context.batch_declared else max(high, self.max_batch_size_limit)
         graph.dims = widened_dims(graph.dims, limit)
         return limit
 
     def _settle_batch_range(
-        self, context: TuneContext, original: dict[str, tuple[int, int]], chosen: CandidateReport, sweep: BatchSweep | None
+        self, context: TuneContext, original: dict[str, DimRange], chosen: CandidateReport, sweep: BatchSweep | None
     ) -> int | None:
         """After the sweep: the batch range reaches the chosen candidate's best size (never below the
         recorded or declared range) and ``sweep`` records what was kept; without a measured size the
@@ -669,7 +669,7 @@ class TuneStrategy(abc.ABC):
         graph.dims = settled_dims(original, best)
         graph.preferred_batch_size = best
         if sweep is not None:
-            sweep.preferred_batch_size, sweep.max_batch_size = best, graph.dims["batch"][1]
+            sweep.preferred_batch_size, sweep.max_batch_size = best, graph.dims["batch"].max
         return best
 
     # ------------------------------------------------------------------------------- helpers
@@ -720,7 +720,7 @@ class _Measurements:
     """The calls every candidate is profiled on: one per shape label, and batches per size."""
 
     def __init__(
-        self, context: TuneContext, recorded: dict[str, tuple[int, int]], sweep_limit: int | None, searching: bool, sizes: list[int] | None
+        self, context: TuneContext, recorded: dict[str, DimRange], sweep_limit: int | None, searching: bool, sizes: list[int] | None
     ):
         self.context = context
         samples = list(context.samples) or [context.example]
@@ -736,10 +736,10 @@ class _Measurements:
         self._batches: dict[int, CallStructure | None] = {}
         self.batch_sizes: list[int] = []
         graph = context.graph
-        self.recorded_max = recorded["batch"][1] if "batch" in recorded else 1
+        self.recorded_max = recorded["batch"].max if "batch" in recorded else 1
         if batch_axes(graph) is None:
             return
-        low, high = recorded["batch"]
+        low, high = recorded["batch"].min, recorded["batch"].max
         limit = sweep_limit if sweep_limit is not None else high
         if sizes is not None:
             self.batch_sizes = [size for size in sizes if low <= size <= limit]

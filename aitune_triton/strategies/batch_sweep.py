@@ -16,25 +16,27 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from aitune_triton.spec import CallStructure
+from aitune_triton.spec import CallStructure, DimRange
 from aitune_triton.strategies.profiler import Profiler
 from aitune_triton.strategies.report import BatchSweep
 
 __all__ = ["short_profiler", "sweep_batch_sizes", "sweep_sizes", "widened_dims"]
 
-Dims = dict[str, tuple[int, int]]
+Dims = dict[str, DimRange]
 
 
 def widened_dims(dims: Dims, limit: int) -> Dims:
-    """A copy of ``dims`` whose batch range reaches ``limit`` (never narrowed)."""
-    low, high = dims["batch"]
-    return {**dims, "batch": (low, max(high, limit))}
+    """A copy of ``dims`` whose batch range reaches ``limit`` (never narrowed; opt kept)."""
+    batch = dims["batch"]
+    return {**dims, "batch": batch.with_max(max(batch.max, limit))}
 
 
 def settled_dims(dims: Dims, max_batch_size: int) -> Dims:
-    """A copy of the recorded ``dims`` whose batch range reaches ``max_batch_size`` (never narrowed)."""
-    low, high = dims["batch"]
-    return {**dims, "batch": (low, max(high, max_batch_size))}
+    """A copy of the recorded ``dims`` whose batch range reaches ``max_batch_size`` (never
+    narrowed), with that size, the preferred batch size the sweep measured, as the batch's opt."""
+    batch = dims["batch"]
+    high = max(batch.max, max_batch_size)
+    return {**dims, "batch": DimRange(batch.min, min(max(max_batch_size, batch.min), high), high)}
 
 
 def sweep_sizes(low: int, limit: int) -> list[int]:

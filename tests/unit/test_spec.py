@@ -10,8 +10,10 @@ import torch.utils._pytree as pytree
 
 from aitune_triton.errors import OutputStructureError, RecordingError
 from aitune_triton.spec import (
+    DimRange,
     ForwardSignature,
     GraphSpec,
+    OutputStructure,
     ParameterSpec,
     StoredCall,
     TensorSpec,
@@ -291,10 +293,10 @@ def _graph_spec() -> GraphSpec:
             TensorSpec("hidden.1", "float32", (1,), (4,), 0, ("batch",)),
             TensorSpec("logits", "float32", (1, 3), (4, 3), 0, ("batch", None)),
         ],
-        output_treespec=output.treespec,
+        output_structure=OutputStructure(output.treespec),
         output_template=output.template,
         num_calls=5,
-        dims={"batch": (1, 4)},
+        dims={"batch": DimRange(1, 2, 4)},
     )
 
 
@@ -305,7 +307,8 @@ def test_graph_spec_to_dict_from_dict_round_trip():
     restored = GraphSpec.from_dict(data)
 
     assert restored == spec
-    assert restored.batch_size_range == (1, 4)
+    assert restored.batch_size_range == DimRange(1, 2, 4)
+    assert data["dims"] == {"batch": [1, 2, 4]}
     assert restored.output_template == [None, None, None, "x"]
     rebuilt = rebuild_output(restored.output_treespec, restored.output_template, [torch.ones(1)] * 3)
     assert list(rebuilt) == ["hidden", "logits", "tag"] and rebuilt["tag"] == "x"
@@ -321,7 +324,7 @@ def test_graph_spec_to_dict_rejects_a_constant_output_leaf_that_is_not_json():
 
 def test_graph_spec_without_batch_dim_has_no_batch_size_range():
     spec = _graph_spec()
-    spec.dims = {"dim0": (3, 9)}
+    spec.dims = {"dim0": DimRange(3, 9, 9)}
 
     assert spec.batch_size_range is None
 
