@@ -60,12 +60,22 @@ def call_signature(function: Any) -> inspect.Signature:
     right for a generic ``(*args, **kwargs)`` decorator but wrong for a callable with parameters of
     its own (a ``functools.partial`` made to look like ``forward``). So the callable's own
     signature is used unless it is generic; then the wrapped one, without a leading ``self`` when
-    the wrapped function is a plain function defined in a class and the callable is not bound.
+    the wrapped function is a plain function defined in a class and the callable is not bound. A
+    proxy whose own signature cannot be read (``wrapt``'s ``FunctionWrapper`` around a partial)
+    binds as the callable it wraps.
 
     Raises:
         TypeError, ValueError: no signature can be read (as ``inspect.signature``).
     """
-    own = inspect.signature(function, follow_wrapped=False)
+    try:
+        own = inspect.signature(function, follow_wrapped=False)
+    except (TypeError, ValueError):
+        wrapped = getattr(function, "__wrapped__", None)
+        if wrapped is None or wrapped is function:
+            raise
+        # A transparent proxy whose own signature cannot be read (a ``wrapt.decorator`` over a
+        # ``functools.partial``): the call fits the callable it wraps, read by this same rule.
+        return call_signature(wrapped)
     generic = all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in own.parameters.values())
     if not generic or not hasattr(function, "__wrapped__") and not inspect.ismethod(function):
         return own
