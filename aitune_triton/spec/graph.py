@@ -271,7 +271,8 @@ class GraphSpec:
         output_paths: Dotted path of every output leaf (tensors and constants), in flattening order.
         num_calls: Calls recorded for this graph spec.
         dims: Dynamic dimension name -> its :class:`DimRange` (``min``, ``opt``, ``max`` sizes):
-            recorded or declared, the batch widened to the preferred batch size a sweep measured.
+            recorded or declared; after a batch size sweep the batch reaches the preferred batch
+            size it measured, which becomes the batch's opt.
         constants: Non-tensor input leaves of the first recorded call (path -> ``const(value)``);
             exported backends are built with these values.
         batch_independent: Whether splitting a recorded batch in two and running the halves gave
