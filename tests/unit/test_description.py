@@ -72,6 +72,21 @@ def test_the_graph_view_rebuilds_the_graph_spec(tuned, stored):
     assert entry.graph.to_spec() == tuned[0].tuned_graphs[0].spec
 
 
+def test_the_graph_view_is_the_graph_spec_and_parses_its_output_structure_only_when_asked(stored):
+    from aitune_triton.errors import UnknownOutputTypeError
+    from aitune_triton.spec import GraphSpec
+
+    unknown = json.dumps([1, {"type": "no_such_package.outputs.Thing", "context": "null", "children_spec": []}])
+    stored["graphs"][0]["graph"]["output_treespec"] = unknown
+
+    entry = TunedDescription.from_dict(stored).graphs[0]  # reading imports no container type
+
+    assert isinstance(entry.graph, GraphSpec) and entry.graph.output_treespec_json == unknown
+    assert entry.graph.dims == {name: DimRange(*bounds) for name, bounds in stored["graphs"][0]["graph"]["dims"].items()}
+    with pytest.raises(UnknownOutputTypeError, match=r"no_such_package.outputs.Thing"):
+        entry.graph.to_spec()
+
+
 def test_the_description_does_not_share_state_with_the_dict_it_was_read_from(stored):
     description = TunedDescription.from_dict(stored)
     stored["graphs"][0]["graph"]["name"] = "changed"
