@@ -10,7 +10,7 @@ from aitune_triton.checkpoint import load, save
 from aitune_triton.errors import AITuneTritonError
 from aitune_triton.module.dims import BatchDim, DynamicDim
 from aitune_triton.module.padded_calls import padded_calls
-from aitune_triton.spec import GraphSpec
+from aitune_triton.spec import DimRange, GraphSpec
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.wrapper import Module
 from aitune_triton.pipeline import tune
@@ -31,6 +31,7 @@ __all__ = [
     "AOTInductorBackend",
     "Backend",
     "BatchDim",
+    "DimRange",
     "DynamicDim",
     "EagerBackend",
     "FirstWinsStrategy",

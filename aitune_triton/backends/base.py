@@ -283,7 +283,7 @@ class Backend(abc.ABC):
         index value ranges the export found (none for backends without an exported program)."""
         return InputContract(
             names=[spec.path for spec in graph.inputs],
-            ranges=[[graph.axis_range(spec, axis) for axis in range(spec.rank)] for spec in graph.inputs],
+            ranges=[[graph.axis_range(spec, axis).bounds for axis in range(spec.rank)] for spec in graph.inputs],
             axes=self.input_axes,
             index_ranges=None if self.index_ranges is None else [[IndexRange.from_dict(r) for r in per] for per in self.index_ranges],
         )

@@ -69,7 +69,7 @@ def export_dynamic_shapes(graph: GraphSpec) -> tuple[tuple[dict[int, Any], ...]]
     in a 1-tuple because ``FlatModule.forward`` takes ``*tensors``. None when every axis is static.
     """
     per_input = tuple(
-        {axis: _hint(*graph.dims[name]) for axis, name in enumerate(spec.dim_names) if name is not None}
+        {axis: _hint(graph.dims[name].min, graph.dims[name].max) for axis, name in enumerate(spec.dim_names) if name is not None}
         for spec in graph.inputs
     )
     if not any(per_input):

@@ -57,7 +57,7 @@ def inspect(checkpoint: Path) -> None:
             constants = ", ".join(f"{path}={value}" for path, value in graph.constants.items()) or "-"
             batch = graph.batch_size_range
             table.add_row(graph.name, inputs, constants, _left_out(module.signature, graph.description),
-                          entry.backend.name, str(batch[1]) if batch else "-")
+                          entry.backend.name, str(batch.max) if batch else "-")
         console.print(table)
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items() if v))
 

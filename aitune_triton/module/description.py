@@ -2,7 +2,7 @@
 
 ``Module.to_dict()`` writes, and checkpoints store, a JSON-compatible dict::
 
-    {"type": "aitune_triton.Module", "format_version": 1, "name", "module_class", "signature",
+    {"type": "aitune_triton.Module", "format_version": 2, "name", "module_class", "signature",
      "strict", "graphs": [{"graph": <GraphSpec.to_dict()>, "backend": <Backend.to_dict()>,
                            "report": <GraphTuneReport.to_dict()> or None}, ...]}
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, NoReturn
 
 from aitune_triton.errors import InvalidStateDictError, MalformedDictError
-from aitune_triton.spec import ForwardSignature, TensorSpec, axis_range, check_graph_dict, output_leaf_paths
+from aitune_triton.spec import ForwardSignature, GraphSpec
 
 if TYPE_CHECKING:
     from aitune_triton.strategies.report import GraphTuneReport
@@ -43,7 +43,10 @@ __all__ = [
 STATE_DICT_TYPE = "aitune_triton.Module"
 #: Version of the description format :meth:`Module.to_dict` writes; :meth:`TunedDescription.from_dict`
 #: reads this one and older ones (a description without ``format_version`` counts as version 1).
-STATE_DICT_FORMAT_VERSION = 1
+#: Version 2 stores each graph spec's dims as ``[min, opt, max]``; version 1 stored ``[min, max]``
+#: (read with opt derived: :func:`aitune_triton.spec.graph.stored_dims`), and a version-1 reader
+#: would refuse the three-element form.
+STATE_DICT_FORMAT_VERSION = 2
 #: Key of the tuned description in a parent module's ``state_dict()`` (after the submodule prefix).
 STATE_DICT_KEY = "_aitune_triton"
 #: How every refused description's message starts; the problem follows in parentheses.
@@ -75,22 +78,23 @@ def _extra(data: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
     return {key: copy.deepcopy(value) for key, value in data.items() if key not in known}
 
 
-@dataclass(frozen=True)
-class GraphDescription:
-    """A typed, read-only view of a stored graph spec (``GraphSpec.to_dict()`` output).
+@dataclass(eq=False)
+class GraphDescription(GraphSpec):
+    """A stored graph spec (``GraphSpec.to_dict()`` output): the :class:`~aitune_triton.spec.GraphSpec`
+    it describes, typed once, plus the dict it was read from.
 
-    The output structure stays the JSON text it was stored as: reading a description imports no
-    container type (:meth:`to_spec` rebuilds the :class:`~aitune_triton.spec.GraphSpec`, which does).
+    Every field is the graph spec's own (``name``, ``inputs``, ``dims``...). The output structure
+    stays the JSON text it was stored as until :attr:`output_treespec` is first read: reading a
+    description imports no container type. Treat it as read-only; :meth:`to_spec` gives a graph
+    spec of its own to change.
 
     Attributes:
-        data: The stored dict (a private copy; treat it as read-only, :meth:`to_dict` copies it).
-        inputs: Tensor input leaves in flattening order.
-        outputs: Tensor output leaves in flattening order.
+        stored: The dict it was read from (a private copy; :meth:`to_dict` returns a copy of it, so
+            a description written by another release of the same format version passes through
+            unchanged).
     """
 
-    data: Mapping[str, Any]
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    stored: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_dict(cls, data: Any) -> "GraphDescription":
@@ -100,100 +104,29 @@ class GraphDescription:
             MalformedDictError: (an InvalidStateDictError) a key is missing or has the wrong type;
                 the message names it.
         """
-        check_graph_dict(data)
-        stored = copy.deepcopy(dict(data))
-        return cls(
-            data=stored,
-            inputs=tuple(TensorSpec.from_dict(t) for t in stored["inputs"]),
-            outputs=tuple(TensorSpec.from_dict(t) for t in stored["outputs"]),
-        )
+        stored = copy.deepcopy(dict(data)) if isinstance(data, Mapping) else data
+        spec = GraphSpec.parse(stored)
+        return cls(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(GraphSpec)}, stored=stored)
 
-    @property
-    def name(self) -> str:
-        """``graph_0``, ``graph_1``..."""
-        return str(self.data["name"])
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GraphDescription) and self.to_dict() == other.to_dict()
 
-    @property
-    def key(self) -> str:
-        """The input structure key shared by the graph spec's calls."""
-        return str(self.data["key"])
+    __hash__ = GraphSpec.__hash__
 
-    @property
-    def description(self) -> str:
-        """Human-readable input structure."""
-        return str(self.data["description"])
-
-    @property
-    def output_treespec(self) -> str:
-        """Output structure, as the JSON text ``treespec_to_json`` writes."""
-        return str(self.data["output_treespec"])
-
-    @property
-    def output_template(self) -> list[Any]:
-        """Output leaves: None for tensors, the value for constants."""
-        return list(self.data["output_template"])
-
-    @property
-    def output_paths(self) -> list[str]:
-        """Dotted path of every output leaf; derived for descriptions written before they were stored."""
-        return list(self.data.get("output_paths") or output_leaf_paths(self.output_template, [t.path for t in self.outputs]))
-
-    @property
-    def num_calls(self) -> int:
-        """Calls recorded for the graph spec."""
-        return int(self.data.get("num_calls", 0))
-
-    @property
-    def dims(self) -> dict[str, tuple[int, int]]:
-        """Dynamic dimension name -> ``(min, max)`` size recorded."""
-        return {name: (int(b[0]), int(b[1])) for name, b in self.data.get("dims", {}).items()}
-
-    @property
-    def batch_size_range(self) -> tuple[int, int] | None:
-        """``(min, max)`` batch size recorded, or None without a batch axis."""
-        return self.dims.get("batch")
-
-    @property
-    def constants(self) -> dict[str, str]:
-        """Non-tensor arguments the backends were built with (path -> ``const(value)``)."""
-        return dict(self.data.get("constants", {}))
-
-    @property
-    def batch_independent(self) -> bool | None:
-        """Whether the outputs of a sample do not depend on the other samples of its batch; None: unchecked."""
-        value = self.data.get("batch_independent")
-        return None if value is None else bool(value)
-
-    @property
-    def preferred_batch_size(self) -> int | None:
-        """The batch size the dynamic batcher should aim for, or None when not measured."""
-        value = self.data.get("preferred_batch_size")
-        return None if value is None else int(value)
-
-    @property
-    def padding(self) -> dict[str, Any] | None:
-        """The padding invariance check (``PaddingCheck.to_dict()``: ``held``, ``reason``,
-        ``layout``), or None: no dynamic axis besides the batch, or tuned before it was checked."""
-        value = self.data.get("padding")
-        return None if value is None else copy.deepcopy(dict(value))
-
-    def axis_range(self, spec: TensorSpec, axis: int) -> tuple[int, int]:
-        """``(min, max)`` size the graph spec's artifacts accept on ``spec``'s ``axis``."""
-        return axis_range(spec, axis, self.dims)
-
-    def to_spec(self) -> Any:
-        """The :class:`~aitune_triton.spec.GraphSpec` (imports the output's container types).
+    def to_spec(self) -> GraphSpec:
+        """A :class:`~aitune_triton.spec.GraphSpec` of its own, sharing only the parsed output
+        structure (its container types are imported here, once).
 
         Raises:
             UnknownOutputTypeError: an output container type cannot be imported here.
         """
-        from aitune_triton.spec import GraphSpec
-
-        return GraphSpec.from_dict(self.to_dict())
+        self.output_structure.treespec
+        fields = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(GraphSpec) if f.name != "output_structure"}
+        return GraphSpec(**fields, output_structure=self.output_structure)
 
     def to_dict(self) -> dict[str, Any]:
         """The stored dict (a copy)."""
-        return copy.deepcopy(dict(self.data))
+        return copy.deepcopy(dict(self.stored))
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,10 @@ parameter that takes the input (a keyword argument that ``**kwargs`` gathers is
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, Union
 
-from aitune_triton.contract import InputContract
-from aitune_triton.errors import ArgumentTypeError, InvalidArgumentError, RecordingError
+from aitune_triton.errors import ArgumentTypeError, InvalidArgumentError
 
 __all__ = [
     "BatchDim",
@@ -40,13 +38,17 @@ BATCH_NAME = "batch"
 
 
 def _check_range(kind: str, low: Any, high: Any, opt: Any) -> None:
+    """AITune's rule for a declared range: ``1 <= min < max`` and ``min <= opt <= max``."""
     for label, value in (("min", low), ("max", high)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidArgumentError(f"{kind}: expected a non-negative integer {label}, got {value!r}")
-    if low > high:
-        raise InvalidArgumentError(f"{kind}: expected min <= max, got min={low}, max={high}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidArgumentError(f"{kind}: expected a positive integer {label} (sizes start at 1), got {value!r}")
+    if low >= high:
+        raise InvalidArgumentError(
+            f"{kind}: expected min < max, got min={low}, max={high}. A declared dim varies; declare an axis whose size "
+            "never changes with an int (full-rank form) or leave it out"
+        )
     if opt is not None and (isinstance(opt, bool) or not isinstance(opt, int) or not low <= opt <= high):
-        raise InvalidArgumentError(f"{kind}: expected opt between min={low} and max={high}, got {opt!r}")
+        raise InvalidArgumentError(f"{kind}: expected min <= opt <= max, that is opt between min={low} and max={high}, got {opt!r}")
 
 
 def _fields_from_dict(kind: str, data: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
@@ -81,10 +83,11 @@ class DynamicDim:
         name: Dimension name (not ``"batch"``; use :class:`BatchDim` for the batch axis).
         min: Smallest size allowed.
         max: Largest size allowed.
-        opt: Size to optimize for (TensorRT optimization profiles); None = unspecified.
+        opt: Size to optimize for (optimization profiles, warmup); None: the size recorded most often.
 
     Raises:
-        InvalidArgumentError: (a ValueError) empty or reserved name, negative sizes, ``min > max`` or ``opt`` outside the range.
+        InvalidArgumentError: (a ValueError) empty or reserved name, ``min < 1``, ``min >= max`` or
+            ``opt`` outside the range.
     """
 
     name: str
@@ -128,11 +131,11 @@ class BatchDim:
         name: Always ``"batch"``.
         min: Smallest batch size allowed.
         max: Largest batch size allowed.
-        opt: Batch size to optimize for; None = unspecified.
+        opt: Batch size to optimize for; None: the batch size recorded most often.
 
     Raises:
-        InvalidArgumentError: (a ValueError) a name other than ``"batch"``, negative sizes,
-            ``min > max`` or ``opt`` outside the range.
+        InvalidArgumentError: (a ValueError) a name other than ``"batch"``, ``min < 1``,
+            ``min >= max`` or ``opt`` outside the range.
         ArgumentTypeError: (a TypeError) ``min`` or ``max`` missing, too many positional
             arguments, a value given both positionally and by keyword, or an unknown keyword.
     """
@@ -289,7 +292,7 @@ def validate_dynamic_shapes(dynamic_shapes: Mapping[Any, Any] | None) -> Declare
         InvalidArgumentError: (a ValueError) a key is not a leaf path, one path is given twice (as a
             string and as a tuple, say), an axis is not a non-negative integer, a value is not a
             DynamicDim/BatchDim (or, in the full-rank form, an int or None), one input declares two
-            batch axes, or one name is declared with two different ranges.
+            batch axes, or one name is declared with two different ``(min, opt, max)``.
     """
     if isinstance(dynamic_shapes, DeclaredShapes):
         return dynamic_shapes
@@ -323,10 +326,11 @@ def validate_dynamic_shapes(dynamic_shapes: Mapping[Any, Any] | None) -> Declare
             raise InvalidArgumentError(f"dynamic_shapes[{path!r}]: expected at most one BatchDim axis, got axes {batch_axes}")
         for decl in axes.values():
             known = by_name.setdefault(decl.name, decl)
-            if (known.min, known.max) != (decl.min, decl.max):
+            if (known.min, known.opt, known.max) != (decl.min, decl.opt, decl.max):
                 raise InvalidArgumentError(
-                    f"dynamic_shapes: dimension {decl.name!r} is declared with ranges {known.min}..{known.max} and "
-                    f"{decl.min}..{decl.max}; one name needs one range"
+                    f"dynamic_shapes: dimension {decl.name!r} is declared with (min, opt, max) = "
+                    f"({known.min}, {known.opt}, {known.max}) and ({decl.min}, {decl.opt}, {decl.max}); axes that share "
+                    "a name are one dimension: declare them with equal min, opt and max, or give them different names"
                 )
         dims[path] = axes
     return DeclaredShapes(dims, full_rank)
@@ -364,89 +368,3 @@ def check_declared_parameters(
             f"starts with one of {list(parameters)} ('{parameters[0] if parameters else 'x'}', or "
             f"'{parameters[0] if parameters else 'x'}.<key>' for an input nested in it).{hint}"
         )
-
-
-def check_declared(paths: list[str], shapes: list[tuple[int, ...]], declared: Mapping[str, Mapping[int, DimDecl]]) -> None:
-    """Check one call's tensor input shapes against the declared dims.
-
-    The ranges, fixed sizes and shared names are checked by the one shape check of
-    :meth:`aitune_triton.contract.InputContract.shape_problems` (a declared name is the symbol of
-    the axes it ties); the rank checks are this function's own. The first problem found, input by
-    input, is raised with advice for the declaration.
-
-    Args:
-        paths: Tensor input leaf paths of the call.
-        shapes: Their shapes.
-        declared: Output of :func:`validate_dynamic_shapes`.
-
-    Raises:
-        RecordingError: a tensor's rank differs from its full-rank declaration, a fixed axis has
-            another size than declared, a declared axis is beyond the tensor's rank, a size is
-            outside the declared range, or axes declared with one name have different sizes.
-    """
-    full_rank = declared.full_rank if isinstance(declared, DeclaredShapes) else {}
-    # (input position, phase, declared axis order, check) -> message; the smallest key is the problem
-    # met first checking input by input: its rank, its fixed sizes, then each declared axis.
-    problems: dict[tuple[int, int, int, int], str] = {}
-    ranges: list[list[tuple[int, int]]] = []
-    axes: list[list[int | str | None]] = []
-    for position, (path, shape) in enumerate(zip(paths, shapes)):
-        entries = full_rank.get(path)
-        order = {axis: index for index, axis in enumerate(declared.get(path, {}))}
-        if entries is not None and len(shape) != len(entries):
-            problems[(position, 0, 0, 0)] = (
-                f"dynamic_shapes[{path!r}]: declared with rank {len(entries)} {_describe(entries)}, but this call "
-                f"passes a tensor of rank {len(shape)} (shape {list(shape)}). Declare one entry per axis of the tensor, "
-                "or change the call."
-            )
-        tensor_ranges: list[tuple[int, int]] = [(0, sys.maxsize)] * len(shape)
-        tensor_axes: list[int | str | None] = [None] * len(shape)
-        for axis, size in enumerate(entries if entries is not None and len(entries) == len(shape) else ()):
-            if isinstance(size, int) and not isinstance(size, bool):
-                tensor_axes[axis] = size
-        for axis, decl in declared.get(path, {}).items():
-            if axis >= len(shape):
-                problems[(position, 2, order[axis], 0)] = (
-                    f"dynamic_shapes[{path!r}]: axis {axis} is declared, but this call passes a tensor of rank "
-                    f"{len(shape)} (shape {list(shape)}). Declare an axis below {len(shape)}."
-                )
-                continue
-            tensor_ranges[axis] = (decl.min, decl.max)
-            tensor_axes[axis] = decl.name
-        ranges.append(tensor_ranges)
-        axes.append(tensor_axes)
-    for problem in InputContract(names=list(paths), ranges=ranges, axes=axes).shape_problems(shapes):
-        path, shape, axis = paths[problem.input], shapes[problem.input], problem.axis
-        if problem.kind == "fixed":
-            problems[(problem.input, 1, axis, 0)] = (
-                f"dynamic_shapes[{path!r}]: axis {axis} is declared with the fixed size {problem.expected}, but has size "
-                f"{problem.size} in this call (shape {list(shape)}). Declare a DynamicDim (or None) for that axis, "
-                "or change the call."
-            )
-            continue
-        decl = declared[path][axis]
-        declared_at = list(declared[path]).index(axis)
-        if problem.kind == "range":
-            problems[(problem.input, 2, declared_at, 1)] = (
-                f"dynamic_shapes[{path!r}]: axis {axis} ({decl.name}) has size {problem.size} in this call, outside "
-                f"the declared range {decl.min}..{decl.max}. Widen the declared range or change the call."
-            )
-        else:
-            other, other_axis, other_size = problem.tied
-            problems[(problem.input, 2, declared_at, 2)] = (
-                f"dynamic_shapes: {path!r} axis {axis} and {paths[other]!r} axis {other_axis} share the dimension "
-                f"{decl.name!r} but have sizes {problem.size} and {other_size} in this call. Give them different names "
-                "or pass equal sizes."
-            )
-    if problems:
-        raise RecordingError(problems[min(problems)])
-
-
-def _describe(entries: Sequence[AxisDecl]) -> str:
-    parts = []
-    for entry in entries:
-        if isinstance(entry, (DynamicDim, BatchDim)):
-            parts.append(f"{entry.name} {entry.min}..{entry.max}")
-        else:
-            parts.append("inferred" if entry is None else str(entry))
-    return "(" + ", ".join(parts) + ")"

@@ -110,7 +110,7 @@ def _run_graph(
     layout = _layout(graph)
     if layout is None:  # members are grouped only where a layout exists: a bug if reached
         raise TuningError(f"{graph.spec.name}: padded_calls grouped calls of a graph spec without a padding layout")
-    high = graph.spec.dims["batch"][1]
+    high = graph.spec.dims["batch"].max
     limit = high if max_batch_size is None else min(max_batch_size, high)
     rows = [int(call.flat.tensors[0].shape[0]) for _, call in members]
     lengths = [request_length(layout, call.flat.tensors) for _, call in members]

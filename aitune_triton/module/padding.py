@@ -215,7 +215,7 @@ def check_padded_backend(
     Returns:
         None when every call got eager's outputs, else one line saying which did not.
     """
-    high = graph.dims.get("batch", (1, 1))[1]
+    high = graph.dims["batch"].max if "batch" in graph.dims else 1
     group: list[CallStructure] = []
     rows = 0
     for call in _checked_calls(calls, layout):
@@ -271,7 +271,7 @@ def settle_padding(
     problem = check_padded_backend(infer, forward, signature, graph, calls, layout, atol, rtol)
     if problem:
         return PaddingCheck(False, f"{check.reason}, but {problem}", layout)
-    high = graph.dims["batch"][1]
+    high = graph.dims["batch"].max
     note = "" if high >= 2 else f"; the batch range is 1..{high}, so nothing is joined: declare BatchDim(1, N) to join requests"
     overhead = run_overhead_tokens(infer, signature, calls, layout)
     if overhead is not None:

@@ -129,7 +129,7 @@ def padding_layout(
                 f"no pad value for input {spec.path!r} ({spec.dtype}, not a 0/1 mask); declare it with "
                 f"Module(..., pad_values={{{spec.path!r}: ...}}) (e.g. the tokenizer's pad_token_id)"
             )
-    low, high = graph.dims[dim]
+    low, high = graph.dims[dim].min, graph.dims[dim].max
     layout = PaddingLayout(
         dim=dim,
         min_length=low,

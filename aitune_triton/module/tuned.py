@@ -208,7 +208,7 @@ class TunedModule:
         """
         graphs = []
         for entry in data:
-            spec = entry.graph.to_spec()
+            spec = entry.graph.to_spec()  # the typed graph spec, not a dict read again
             described = entry.backend
             context = LoadContext(
                 module=module,

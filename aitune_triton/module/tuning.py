@@ -270,7 +270,7 @@ def decide_batch_axis(
         return "no batch axis (no input axis 0 follows a batch size)"
     check = check_batch_independence(forward, signature, graph, calls)
     graph.batch_independent = check.independent
-    low, high = graph.dims["batch"]
+    low, high = graph.dims["batch"].min, graph.dims["batch"].max
     batched = [(spec, spec.batch_axis) for spec in graph.inputs if spec.batch_axis is not None]
     varied = any(spec.min_shape[axis] != spec.max_shape[axis] for spec, axis in batched)
     if check.independent and high < 2:
@@ -361,7 +361,7 @@ def tune_graphs(
                 if not _is_candidate_batch(graph, declared):
                     raise
                 # The forward specialises on its batch size (torch.export infers it static): keep it fixed.
-                size = graph.dims["batch"][1]
+                size = graph.dims["batch"].max
                 _drop_batch_axis(graph)
                 graph.batch_independent = None
                 batch_note = (

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from aitune_triton.spec import CallStructure
+from aitune_triton.spec import CallStructure, DimRange
 from aitune_triton.strategies.profiler import Profiler
 from aitune_triton.strategies.report import BatchSweep
 
@@ -33,19 +33,17 @@ __all__ = [
 
 #: Dynamic dimension name -> its range; the values are read only through :func:`batch_bounds` and
 #: replaced only through :func:`_reaching`.
-Dims = dict[str, Any]
+Dims = dict[str, DimRange]
 
 
 def batch_bounds(dims: Dims) -> tuple[int, int]:
     """``(min, max)`` of the batch range in ``dims``."""
-    low, high = dims["batch"]
-    return int(low), int(high)
+    return dims["batch"].bounds
 
 
-def _reaching(bounds: Any, size: int) -> Any:
-    """The range ``bounds`` with its max raised to ``size`` (never lowered)."""
-    low, high = bounds
-    return (low, max(high, size))
+def _reaching(bounds: DimRange, size: int) -> DimRange:
+    """The range ``bounds`` with its max raised to ``size`` (never lowered; opt kept)."""
+    return bounds.with_max(max(bounds.max, size))
 
 
 def widened_dims(dims: Dims, limit: int) -> Dims:
@@ -56,8 +54,12 @@ def widened_dims(dims: Dims, limit: int) -> Dims:
 
 
 def settled_dims(dims: Dims, max_batch_size: int) -> Dims:
-    """A copy of the recorded ``dims`` whose batch range reaches ``max_batch_size`` (never narrowed)."""
-    return widened_dims(dims, max_batch_size)
+    """A copy of the recorded ``dims`` whose batch range reaches ``max_batch_size`` (never
+    narrowed), with that size, the preferred batch size the sweep measured, as the batch's opt."""
+    new = widened_dims(dims, max_batch_size)
+    batch = new["batch"]
+    new["batch"] = batch.with_opt(min(max(max_batch_size, batch.min), batch.max))
+    return new
 
 
 def sweep_limit(dims: Dims, declared: bool, max_batch_size_limit: int) -> int:

@@ -229,7 +229,7 @@ class ModelIO:
         inputs, outputs = list(spec.inputs), list(spec.outputs)
         batching = bool(inputs) and all(t.batch_axis == 0 for t in inputs + outputs) and spec.batch_independent is not False
         batch = spec.batch_size_range
-        max_batch_size = batch[1] if batching and batch is not None else 0
+        max_batch_size = batch.max if batching and batch is not None else 0
         names = _unique_names([t.path for t in inputs + outputs])
 
         def tensor(tensor_spec: TensorSpec, name: str) -> TensorIO:
@@ -241,7 +241,7 @@ class ModelIO:
                 data_type=triton_dtype(tensor_spec.dtype, tensor_spec.path),
                 dims=tuple(dims[1:] if batching else dims),
                 batch_axis=tensor_spec.batch_axis,
-                ranges=tuple(spec.axis_range(tensor_spec, axis) for axis in range(tensor_spec.rank)),
+                ranges=tuple(spec.axis_range(tensor_spec, axis).bounds for axis in range(tensor_spec.rank)),
             )
 
         return cls(
@@ -254,7 +254,7 @@ class ModelIO:
             max_batch_size=max_batch_size,
             inputs=[tensor(s, n) for s, n in zip(inputs, names)],
             outputs=[tensor(s, n) for s, n in zip(outputs, names[len(inputs) :])],
-            output_treespec=spec.output_treespec,
+            output_treespec=spec.output_treespec_json,
             output_template=spec.output_template,
             output_paths=spec.output_paths,
             constants=spec.constants,

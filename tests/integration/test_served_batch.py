@@ -61,7 +61,7 @@ def batch_served(tmp_path_factory):
     server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=180)
     server.start()
     try:
-        yield BatchServed(eager_copy(net), repository, server, spec.dims["batch"][1], spec.preferred_batch_size)
+        yield BatchServed(eager_copy(net), repository, server, spec.dims["batch"].max, spec.preferred_batch_size)
     finally:
         server.stop()
         del modules

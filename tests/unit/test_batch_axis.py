@@ -38,7 +38,7 @@ def test_a_graph_recorded_only_at_batch_4_runs_at_batch_1_and_3_equal_to_eager(u
 
     (tuned,) = module.tuned_graphs
     assert tuned.backend.name == backend
-    assert tuned.spec.dims["batch"] == (1, 4)
+    assert tuned.spec.dims["batch"].bounds == (1, 4)
     assert tuned.spec.batch_independent is True
     assert [spec.batch_axis for spec in tuned.spec.inputs + tuned.spec.outputs] == [0, 0, 0]
     assert "batch axis 1..4, requests may be joined" in tuned.report.batch
@@ -79,7 +79,7 @@ def test_a_module_mixing_samples_whose_batch_size_varied_keeps_its_dynamic_axis_
     module.tune()
 
     (tuned,) = module.tuned_graphs
-    assert tuned.spec.dims["batch"] == (1, 4) and tuned.spec.batch_independent is False
+    assert tuned.spec.dims["batch"].bounds == (1, 4) and tuned.spec.batch_independent is False
     assert "batch axis 1..4 (sizes varied), Triton will not join requests" in tuned.report.batch
     x = torch.randn(3, 3)
     torch.testing.assert_close(module(x), Centered()(x), atol=1e-5, rtol=0)
@@ -108,7 +108,7 @@ def test_a_graph_recorded_only_at_batch_1_is_proved_independent_by_joining_recor
 
     (tuned,) = module.tuned_graphs
     assert tuned.spec.batch_independent is True
-    assert tuned.spec.dims["batch"] == (1, 1)
+    assert tuned.spec.dims["batch"].bounds == (1, 1)
     assert "3 recorded calls of batch 1 joined into one batch gave the outputs of one batch" in tuned.report.batch
     assert "declare BatchDim(1, N)" in tuned.report.batch
     x = torch.randn(1, 8)
@@ -137,7 +137,7 @@ def test_a_declared_batch_recorded_only_at_batch_1_is_exported_dynamic_and_runs_
     module.tune()
 
     (tuned,) = module.tuned_graphs
-    assert tuned.spec.batch_independent is True and tuned.spec.dims["batch"] == (1, 8)
+    assert tuned.spec.batch_independent is True and tuned.spec.dims["batch"].bounds == (1, 8)
     x = torch.randn(3, 8)
     torch.testing.assert_close(module(x)["hidden"], eager(net)(x)["hidden"], atol=1e-5, rtol=0)
 
@@ -154,7 +154,7 @@ def test_the_decided_batch_axis_survives_a_state_dict_round_trip(unique_name):
     loaded = Module.from_dict(net, state)
 
     (tuned,) = loaded.tuned_graphs
-    assert tuned.spec.dims["batch"] == (1, 4) and tuned.spec.batch_independent is True
+    assert tuned.spec.dims["batch"].bounds == (1, 4) and tuned.spec.batch_independent is True
     assert "requests may be joined" in tuned.report.batch
     x = torch.randn(3, 8)
     torch.testing.assert_close(loaded(x)["hidden"], eager(net)(x)["hidden"], atol=1e-5, rtol=0)

@@ -46,8 +46,8 @@ def test_a_graph_recorded_at_batch_1_and_2_is_served_at_the_swept_max_batch_size
 
     assert sweep is not None and sweep.backend == "onnxruntime"
     assert list(sweep.latencies_ms)[0] == "1" and sweep.stop_reason  # sizes tried from 1, and why it stopped
-    assert sweep.max_batch_size == tuned.spec.dims["batch"][1] == max(2, sweep.preferred_batch_size)
-    assert tuned.spec.preferred_batch_size == sweep.preferred_batch_size
+    assert sweep.max_batch_size == tuned.spec.dims["batch"].max == max(2, sweep.preferred_batch_size)
+    assert tuned.spec.preferred_batch_size == sweep.preferred_batch_size == tuned.spec.dims["batch"].opt  # the batch's opt
     assert sweep.checked_batch_size == max(int(size) for size in sweep.latencies_ms)
     # A tiny net's throughput grows well past 2 rows on any CPU: the served range is wider than recorded.
     assert sweep.max_batch_size > 2, sweep.summary()
@@ -64,7 +64,7 @@ def test_find_max_batch_size_false_keeps_the_recorded_range(unique_name):
     module = _tuned(unique_name, OneBackendStrategy("onnxruntime", profiler=FAST, find_max_batch_size=False))
     (tuned,) = module.tuned_graphs
 
-    assert tuned.spec.dims["batch"] == (1, 2) and tuned.spec.preferred_batch_size is None
+    assert tuned.spec.dims["batch"].bounds == (1, 2) and tuned.spec.preferred_batch_size is None
     assert tuned.report.batch_sweep is None
 
 
@@ -74,9 +74,10 @@ def test_a_declared_batch_dim_max_wins_over_the_sweep(unique_name):
     (tuned,) = module.tuned_graphs
     sweep = tuned.report.batch_sweep
 
-    assert tuned.spec.dims["batch"] == (1, 4)
+    assert tuned.spec.dims["batch"].bounds == (1, 4)
     assert sweep is not None and max(int(size) for size in sweep.latencies_ms) <= 4
     assert sweep.max_batch_size == 4 and tuned.spec.preferred_batch_size <= 4
+    assert tuned.spec.dims["batch"].opt == tuned.spec.preferred_batch_size
 
 
 def test_a_net_that_mixes_the_batch_keeps_its_recorded_range_and_is_not_swept(unique_name):
@@ -84,7 +85,7 @@ def test_a_net_that_mixes_the_batch_keeps_its_recorded_range_and_is_not_swept(un
     (tuned,) = module.tuned_graphs
 
     assert tuned.spec.batch_independent is False
-    assert tuned.spec.dims["batch"] == (1, 3) and tuned.spec.preferred_batch_size is None  # as recorded
+    assert tuned.spec.dims["batch"].bounds == (1, 3) and tuned.spec.preferred_batch_size is None  # as recorded
     assert tuned.report.batch_sweep is None
 
 
@@ -97,7 +98,7 @@ def test_the_report_shows_the_sweep_and_a_checkpoint_keeps_it(tmp_path, unique_n
     console.print(report_table(tuned.report))
     shown = console.export_text()
 
-    assert "batch sweep of onnxruntime (1: " in shown and "stopped: " in shown and f"max_batch_size {tuned.spec.dims['batch'][1]}" in shown
+    assert "batch sweep of onnxruntime (1: " in shown and "stopped: " in shown and f"max_batch_size {tuned.spec.dims['batch'].max}" in shown
     checkpoint = aitune_triton.save(module, tmp_path / "ckpt")
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     (entry,) = manifest["modules"][0]["module"]["graphs"]

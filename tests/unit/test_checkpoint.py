@@ -111,6 +111,26 @@ def test_save_load_round_trip_gives_the_same_outputs_without_retuning(saved, uni
         torch.testing.assert_close(loaded(x)["hidden"], copy.deepcopy(net)(x)["hidden"], atol=1e-5, rtol=1e-5)
 
 
+def test_a_checkpoint_whose_description_is_version_1_with_min_max_dims_loads_with_opt_derived(saved, checkpoint_copy, unique_name):
+    net, original, _, expected = saved
+
+    def to_version_1(manifest: dict) -> None:
+        description = manifest["modules"][0]["module"]
+        description["format_version"] = 1
+        for entry in description["graphs"]:
+            entry["graph"]["dims"] = {name: [low, high] for name, (low, _, high) in entry["graph"]["dims"].items()}
+
+    _edit_manifest(checkpoint_copy, to_version_1)
+    loaded = aitune_triton.load(Module(copy.deepcopy(net), name=unique_name), checkpoint_copy)
+
+    for got, want in zip(loaded.tuned_graphs, original.tuned_graphs):
+        preferred = want.spec.preferred_batch_size
+        assert {name: dim.bounds for name, dim in got.spec.dims.items()} == {name: dim.bounds for name, dim in want.spec.dims.items()}
+        assert all(dim.opt == (preferred if name == "batch" and preferred else dim.max) for name, dim in got.spec.dims.items())
+    for got_output, want_output in zip(_outputs(loaded, _inputs()), expected):
+        torch.testing.assert_close(got_output, want_output, atol=0.0, rtol=0.0)
+
+
 def test_load_with_a_plain_module_works_after_the_tuning_cache_is_gone(unique_name, tmp_path):
     net = NestedNet().eval()
     module = _tune(net, unique_name, cache_dir=tmp_path / "cache")

@@ -21,7 +21,7 @@ from aitune_triton.module.description import (
     TunedDescription,
     TunedGraphDescription,
 )
-from aitune_triton.spec import ForwardSignature
+from aitune_triton.spec import DimRange, ForwardSignature
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,21 @@ def test_the_graph_view_rebuilds_the_graph_spec(tuned, stored):
     assert entry.graph.to_spec() == tuned[0].tuned_graphs[0].spec
 
 
+def test_the_graph_view_is_the_graph_spec_and_parses_its_output_structure_only_when_asked(stored):
+    from aitune_triton.errors import UnknownOutputTypeError
+    from aitune_triton.spec import GraphSpec
+
+    unknown = json.dumps([1, {"type": "no_such_package.outputs.Thing", "context": "null", "children_spec": []}])
+    stored["graphs"][0]["graph"]["output_treespec"] = unknown
+
+    entry = TunedDescription.from_dict(stored).graphs[0]  # reading imports no container type
+
+    assert isinstance(entry.graph, GraphSpec) and entry.graph.output_treespec_json == unknown
+    assert entry.graph.dims == {name: DimRange(*bounds) for name, bounds in stored["graphs"][0]["graph"]["dims"].items()}
+    with pytest.raises(UnknownOutputTypeError, match=r"no_such_package.outputs.Thing"):
+        entry.graph.to_spec()
+
+
 def test_the_description_does_not_share_state_with_the_dict_it_was_read_from(stored):
     description = TunedDescription.from_dict(stored)
     stored["graphs"][0]["graph"]["name"] = "changed"
@@ -81,7 +96,7 @@ def test_the_description_does_not_share_state_with_the_dict_it_was_read_from(sto
 
     assert description.graphs[0].name == "graph_0"
     assert description.graphs[0].backend.artifacts["model"] != "/elsewhere"
-    assert description.graphs[0].graph.dims["batch"] != (0, 0)
+    assert description.graphs[0].graph.dims["batch"].bounds != (0, 0)
 
 
 def test_a_description_stored_without_format_version_and_with_unknown_keys_loads_and_round_trips(stored):
@@ -97,6 +112,26 @@ def test_a_description_stored_without_format_version_and_with_unknown_keys_loads
     assert description.graphs[0].backend.extra == {"new_backend_field": [1, 2]}
 
 
+def test_a_version_1_description_with_min_max_dims_loads_with_opt_derived_and_round_trips(tuned, stored):
+    older = copy.deepcopy({**stored, "format_version": 1})
+    for entry in older["graphs"]:
+        entry["graph"]["dims"] = {name: [low, high] for name, (low, _, high) in entry["graph"]["dims"].items()}
+        entry["graph"]["preferred_batch_size"] = None
+    older["graphs"][0]["graph"]["preferred_batch_size"] = 2
+
+    description = TunedDescription.from_dict(older)
+
+    assert description.to_dict() == older  # read as stored, written back as stored
+    first, second = (entry.graph for entry in description.graphs)
+    low, _, high = stored["graphs"][0]["graph"]["dims"]["batch"]
+    assert first.dims["batch"] == DimRange(low, 2 if low <= 2 <= high else high, high)  # opt: the stored preferred size
+    assert all(dim.opt == dim.max for dim in second.dims.values())  # no preferred size stored: opt = max
+    from nets import TwoInputNet
+
+    module = Module.from_dict(TwoInputNet().eval(), older)
+    assert [graph.spec.dims for graph in module.tuned_graphs] == [first.dims, second.dims]
+
+
 def test_a_newer_format_version_is_refused_with_a_message_saying_to_upgrade(stored):
     with pytest.raises(InvalidStateDictError, match=r"^Invalid dictionary format") as raised:
         TunedDescription.from_dict({**stored, "format_version": STATE_DICT_FORMAT_VERSION + 1})
@@ -110,8 +145,8 @@ def test_module_from_dict_refuses_a_newer_format_version_before_loading_anything
     torch.manual_seed(0)
     from nets import TwoInputNet
 
-    with pytest.raises(ValueError, match=r"'format_version' is 2, newer"):
-        Module.from_dict(TwoInputNet().eval(), {**stored, "format_version": 2})
+    with pytest.raises(ValueError, match=rf"'format_version' is {STATE_DICT_FORMAT_VERSION + 1}, newer"):
+        Module.from_dict(TwoInputNet().eval(), {**stored, "format_version": STATE_DICT_FORMAT_VERSION + 1})
 
 
 def _set(path: tuple, value):
@@ -155,7 +190,8 @@ def _drop(path: tuple):
         ),
         (
             _set(("graphs", 0, "graph", "dims"), {"batch": [1]}),
-            "(graphs[0].graph: GraphSpec 'graph_0': 'dims'['batch'] must be [min, max] (non-negative integers), got [1])",
+            "(graphs[0].graph: GraphSpec 'graph_0': 'dims'['batch'] must be [min, opt, max] (or [min, max] as older descriptions store it): "
+            "non-negative integers with min <= opt <= max, got [1])",
         ),
         (
             _drop(("graphs", 0, "graph", "inputs", 0, "dtype")),

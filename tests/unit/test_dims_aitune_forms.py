@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 
-from aitune_triton import BatchDim, DynamicDim, Module, ModuleState, OneBackendStrategy, OnnxRuntimeBackend
+from aitune_triton import BatchDim, DimRange, DynamicDim, Module, ModuleState, OneBackendStrategy, OnnxRuntimeBackend
 from aitune_triton.errors import (
     ArgumentTypeError,
     GraphSpecMismatchError,
@@ -97,9 +97,14 @@ def test_batch_dim_refuses_missing_repeated_and_unknown_arguments_as_a_type_erro
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: BatchDim("batch", min=4, max=2), r"BatchDim: expected min <= max, got min=4, max=2"),
-        (lambda: BatchDim(1, 8, opt=9), r"BatchDim: expected opt between min=1 and max=8, got 9"),
-        (lambda: DynamicDim("seq", min=-1, max=8), r"DynamicDim\('seq'\): expected a non-negative integer min, got -1"),
+        (lambda: BatchDim("batch", min=4, max=2), r"BatchDim: expected min < max, got min=4, max=2"),
+        (lambda: BatchDim(4, 4), r"BatchDim: expected min < max, got min=4, max=4\. A declared dim varies"),
+        (lambda: BatchDim(0, 8), r"BatchDim: expected a positive integer min \(sizes start at 1\), got 0"),
+        (lambda: BatchDim(1, 8, opt=9), r"BatchDim: expected min <= opt <= max, that is opt between min=1 and max=8, got 9"),
+        (lambda: DynamicDim("seq", min=2, max=8, opt=1), r"DynamicDim\('seq'\): expected min <= opt <= max.* got 1"),
+        (lambda: DynamicDim("seq", min=-1, max=8), r"DynamicDim\('seq'\): expected a positive integer min \(sizes start at 1\), got -1"),
+        (lambda: DynamicDim("seq", min=0, max=8), r"DynamicDim\('seq'\): expected a positive integer min .*got 0"),
+        (lambda: DynamicDim("seq", min=3, max=3), r"DynamicDim\('seq'\): expected min < max, got min=3, max=3"),
         (lambda: DynamicDim("batch", min=1, max=8), r"expected a non-empty name other than 'batch' \(use BatchDim"),
     ],
 )
@@ -136,7 +141,7 @@ def test_dims_round_trip_through_to_dict_and_json(dim):
         (DynamicDim.from_dict, {"name": "seq", "min": 1, "max": 4, "step": 2}, r"DynamicDim.from_dict: .*; unknown \['step'\]"),
         (DynamicDim.from_dict, {"min": 1, "max": 4}, r"missing \['name'\]"),
         (DynamicDim.from_dict, BatchDim(1, 4).to_dict(), r"DynamicDim.from_dict: expected type 'DynamicDim', got 'BatchDim'"),
-        (BatchDim.from_dict, {"min": 1, "max": "8"}, r"BatchDim: expected a non-negative integer max, got '8'"),
+        (BatchDim.from_dict, {"min": 1, "max": "8"}, r"BatchDim: expected a positive integer max \(sizes start at 1\), got '8'"),
         (dim_from_dict, {"min": 1, "max": 8}, r"dim_from_dict: expected a dict with 'type' 'BatchDim' or 'DynamicDim'"),
     ],
 )
@@ -159,7 +164,8 @@ def test_a_full_rank_declaration_gives_each_axis_its_dim_or_fixed_size(unique_na
         module(torch.randn(2, 3, 5))  # batch 2 and seq 5 only
 
     (graph,) = module.graph_specs
-    assert graph.dims == {"batch": (1, 8), "seq": (2, 16)}
+    # the declared opt is kept; seq declares none: the size recorded most often
+    assert graph.dims == {"batch": DimRange(1, 4, 8), "seq": DimRange(2, 5, 16)}
     assert graph.inputs[0].dim_names == ("batch", None, "seq") and graph.inputs[0].batch_axis == 0
     # the output axis that had the declared seq's one size in every call follows it
     assert graph.outputs[0].dim_names == ("batch", None, "seq") and graph.outputs[0].batch_axis == 0
@@ -172,7 +178,7 @@ def test_none_in_a_full_rank_declaration_leaves_that_axis_to_inference(unique_na
         module(torch.randn(5, 3, 4))
 
     (graph,) = module.graph_specs
-    assert graph.dims == {"seq": (1, 16), "batch": (1, 5)}  # the batch was found from the recorded sizes
+    assert {name: dim.bounds for name, dim in graph.dims.items()} == {"seq": (1, 16), "batch": (1, 5)}  # the batch was found from the recorded sizes
     assert graph.inputs[0].dim_names == ("batch", None, "seq")
 
 
@@ -207,7 +213,8 @@ def test_a_tuple_path_addresses_the_same_nested_leaf_as_the_dotted_path(unique_n
 
     tupled, dotted = by_tuple.graph_specs[0], by_string.graph_specs[0]
     assert [t.path for t in tupled.inputs] == ["inputs.pixels", "inputs.scale"]
-    assert tupled.dims == dotted.dims == {"batch": (1, 4), "side": (2, 8)}
+    assert tupled.dims == dotted.dims
+    assert {name: dim.bounds for name, dim in dotted.dims.items()} == {"batch": (1, 4), "side": (2, 8)}
     assert [t.dim_names for t in tupled.inputs] == [t.dim_names for t in dotted.inputs] == [("batch", "side"), ("batch", None)]
 
 
@@ -225,7 +232,14 @@ def test_the_same_input_declared_by_a_dotted_and_a_tuple_path_is_refused():
         ({(): (None,)}, r"expected each key to be an input leaf path"),
         ({"x": "batch"}, r"dynamic_shapes\['x'\]: expected \{axis: DynamicDim \| BatchDim\} or a tuple with one entry per axis"),
         ({"inputs": {"pixels": (BatchDim(1, 4),)}}, r"write \{\('inputs', 'pixels'\): \.\.\.\} or \{'inputs.pixels': \.\.\.\}"),
-        ({"x": (DynamicDim("seq", 1, 4),), "y": {1: DynamicDim("seq", 1, 8)}}, r"dimension 'seq' is declared with ranges 1..4 and 1..8"),
+        (
+            {"x": (DynamicDim("seq", 1, 4),), "y": {1: DynamicDim("seq", 1, 8)}},
+            r"dimension 'seq' is declared with \(min, opt, max\) = \(1, None, 4\) and \(1, None, 8\); axes that share a name",
+        ),
+        (
+            {"x": (DynamicDim("seq", 1, 8, opt=4),), "y": {1: DynamicDim("seq", 1, 8, opt=8)}},
+            r"dimension 'seq' is declared with \(min, opt, max\) = \(1, 4, 8\) and \(1, 8, 8\)",
+        ),
     ],
 )
 def test_a_malformed_dynamic_shapes_declaration_is_refused_at_construction_naming_the_entry(declared, message, unique_name):
@@ -271,7 +285,7 @@ def test_a_keyword_argument_that_kwargs_gathers_is_declared_by_its_kwargs_path(u
 
     (graph,) = module.graph_specs
     assert [(t.path, t.dim_names) for t in graph.inputs] == [("x", ("batch", None)), ("kwargs.mask", ("batch", None))]
-    assert graph.dims["batch"] == (1, 8)
+    assert graph.dims["batch"].bounds == (1, 8)
 
 
 @pytest.mark.parametrize(
@@ -354,8 +368,8 @@ def test_a_full_rank_declaration_tunes_with_onnx_runtime_and_an_unrecorded_size_
         module(torch.randn(2, 3, 4))
 
     (graph,) = module.graph_specs
-    assert graph.dims == {"batch": (1, 8), "seq": (2, 16)}
-    assert graph.axis_range(graph.inputs[0], 1) == (3, 3)
+    assert graph.dims == {"batch": DimRange(1, 4, 8), "seq": DimRange(2, 8, 16)}  # the declared opts kept
+    assert graph.axis_range(graph.inputs[0], 1) == DimRange(3, 3, 3)
 
     module.tune()
     assert module.state is ModuleState.TUNED and module.tuned_graphs[0].backend.name == "onnxruntime"
@@ -406,7 +420,13 @@ def _without(data: dict, key: str) -> dict:
         (lambda d: {**d, "inputs": "x"}, r"GraphSpec 'graph_0': 'inputs' must be a list, got str 'x'"),
         (lambda d: {**d, "name": 0}, r"GraphSpec 0: 'name' must be a string, got int 0"),
         (lambda d: {**d, "num_calls": "2"}, r"GraphSpec 'graph_0': 'num_calls' must be an integer, got str '2'"),
-        (lambda d: {**d, "dims": {"batch": [1]}}, r"GraphSpec 'graph_0': 'dims'\['batch'\] must be \[min, max\] \(non-negative integers\), got \[1\]"),
+        (
+            lambda d: {**d, "dims": {"batch": [1]}},
+            r"GraphSpec 'graph_0': 'dims'\['batch'\] must be \[min, opt, max\] \(or \[min, max\] as older descriptions store it\): "
+            r"non-negative integers with min <= opt <= max, got \[1\]",
+        ),
+        (lambda d: {**d, "dims": {"batch": [1, 9, 8]}}, r"GraphSpec 'graph_0': 'dims'\['batch'\] must be .* min <= opt <= max, got \[1, 9, 8\]"),
+        (lambda d: {**d, "dims": {"batch": [1, 2, 3, 4]}}, r"GraphSpec 'graph_0': 'dims'\['batch'\] must be .* got \[1, 2, 3, 4\]"),
         (lambda d: {**d, "dims": {"batch": ["1", 2]}}, r"GraphSpec 'graph_0': 'dims'\['batch'\] must be .* got \['1', 2\]"),
         (lambda d: {**d, "batch_independent": "yes"}, r"GraphSpec 'graph_0': 'batch_independent' must be true, false or null, got 'yes'"),
         (lambda d: {**d, "output_treespec": "{not json"}, r"GraphSpec 'graph_0': 'output_treespec' must be the JSON text treespec_to_json\(\) writes"),

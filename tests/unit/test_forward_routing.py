@@ -187,6 +187,37 @@ def test_a_forward_set_with_functools_partial_and_update_wrapper_records_and_run
         torch.testing.assert_close(module(x, scale=2.0), twin.lin(x) * 2.0, atol=1e-5, rtol=1e-5)
 
 
+def test_a_forward_wrapped_by_wrapt_over_functools_partial_binds_with_the_partials_signature(unique_name):
+    import wrapt
+
+    seen = []
+
+    @wrapt.decorator
+    def logged(wrapped, instance, args, kwargs):  # AITune's call form: a wrapt decorator over the forward
+        seen.append(len(args))
+        return wrapped(*args, **kwargs)
+
+    def forward(self, x, scale=1.0, bias=None):
+        return self.lin(x) * scale
+
+    net = Stepper().eval()
+    net.forward = logged(functools.update_wrapper(functools.partial(forward, net), Stepper.forward))
+    module = Module(net, name=unique_name)
+
+    # the partial's own parameters, not the generic (*args, **kwargs) nor Stepper.forward's (x)
+    assert [(p.name, p.kind, p.default_json) for p in module.signature.parameters] == [
+        ("x", "POSITIONAL_OR_KEYWORD", None), ("scale", "POSITIONAL_OR_KEYWORD", "1.0"), ("bias", "POSITIONAL_OR_KEYWORD", "null")
+    ]
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x, 2.0), net.lin(x) * 2.0)
+        module(torch.randn(3, 4), scale=2.0)  # the same binding as the positional 2.0: the same graph spec
+        module(torch.randn(3, 4), scale=1.0)  # the default: as if not passed
+        module(torch.randn(4, 4))
+    assert [(g.num_calls, g.constants) for g in module.graph_specs] == [(2, {"scale": "const(2.0)"}), (2, {})]
+    assert seen == [2, 1, 1, 1]  # every call went through the decorator
+
+
 def test_replacing_the_forward_of_a_wrapped_module_raises_and_changes_nothing(unique_name):
     net = Stepper().eval()
     module = Module(net, name=unique_name)
@@ -356,7 +387,7 @@ def test_a_wrapped_gpt2_generate_with_its_default_cache_is_recorded_tuned_and_de
     assert [spec.path for spec in decode.inputs] == ["input_ids", "cache.0", "cache.1", "cache.2", "cache.3", "position_ids"]
     assert (prefill.num_calls, decode.num_calls) == (2, 6)
     assert not any("DynamicCache" in value for graph in (prefill, decode) for value in graph.constants.values())
-    assert decode.dims["batch"] == (1, 2) and (3, 7) in decode.dims.values()  # the cache's length varied: 3..7
+    assert decode.dims["batch"].bounds == (1, 2) and (3, 7) in [dim.bounds for dim in decode.dims.values()]  # the cache's length varied: 3..7
 
     module.tune()
     inner_runs: list[int] = []

@@ -8,7 +8,7 @@ import torch
 from aitune_triton.errors import RecordingError
 from aitune_triton.module.recording import Recorder, infer_dims
 from aitune_triton.module.samples import Sample, SampleStore, copy_call
-from aitune_triton.spec import ForwardSignature
+from aitune_triton.spec import DimRange, ForwardSignature
 
 
 # -------------------------------------------------------------------------------- infer_dims
@@ -22,7 +22,7 @@ def test_infer_dims_finds_the_batch_axis_when_dim_0_varies():
     assert dims.output_batch_axes == [0, 0]
     assert dims.input_dim_names == [("batch", None)]
     assert dims.output_dim_names == [("batch", None), ("batch",)]
-    assert dims.ranges == {"batch": (1, 5)}  # any batch from 1 up to the largest seen
+    assert dims.ranges == {"batch": DimRange(1, 5, 5)}  # any batch from 1 up to the largest seen; opt: ties go to the larger
 
 
 def test_infer_dims_makes_axis_0_a_candidate_batch_axis_when_one_batch_size_was_recorded():
@@ -36,7 +36,7 @@ def test_infer_dims_makes_axis_0_a_candidate_batch_axis_when_one_batch_size_was_
     assert dims.output_batch_axes == [0]
     assert dims.input_dim_names == [("batch", "dim0")]
     assert dims.output_dim_names == [("batch", "dim0")]
-    assert dims.ranges == {"dim0": (5, 9), "batch": (1, 4)}
+    assert dims.ranges == {"dim0": DimRange(5, 9, 9), "batch": DimRange(1, 4, 4)}
 
 
 def test_infer_dims_of_a_single_call_has_only_the_candidate_batch_axis_dynamic():
@@ -46,7 +46,7 @@ def test_infer_dims_of_a_single_call_has_only_the_candidate_batch_axis_dynamic()
     assert dims.output_batch_axes == [0, None]  # the second output's axis 0 does not follow the batch
     assert dims.input_dim_names == [("batch", None)]
     assert dims.output_dim_names == [("batch", None), (None,)]
-    assert dims.ranges == {"batch": (1, 3)}
+    assert dims.ranges == {"batch": DimRange(1, 3, 3)}
 
 
 def test_infer_dims_makes_no_candidate_batch_of_an_axis_0_declared_as_another_dimension():
@@ -59,6 +59,17 @@ def test_infer_dims_makes_no_candidate_batch_of_an_axis_0_declared_as_another_di
     assert dims.input_batch_axes == [None]
     assert dims.input_dim_names == [("seq", None)]
     assert "batch" not in dims.ranges
+
+
+def test_infer_dims_keeps_a_declared_opt_and_otherwise_takes_the_size_recorded_most_often():
+    from aitune_triton.module.dims import BatchDim, DynamicDim
+
+    calls = [[(2, 5)], [(2, 7)], [(4, 7)], [(4, 5)], [(4, 9)]]
+    declared = {(0, 0): BatchDim(1, 8, opt=2), (0, 1): DynamicDim("seq", 1, 16)}
+    dims = infer_dims(calls, [[shape[0]] for shape in calls], declared=declared)
+
+    # batch: declared opt 2 kept, though 4 was recorded more often; seq: 5 and 7 twice each, the larger wins
+    assert dims.ranges == {"batch": DimRange(1, 2, 8), "seq": DimRange(1, 7, 16)}
 
 
 def test_infer_dims_gives_axes_with_equal_size_series_one_shared_name():
@@ -74,7 +85,8 @@ def test_infer_dims_gives_axes_with_equal_size_series_one_shared_name():
 
     assert dims.input_dim_names == [("batch", "dim0"), ("batch", "dim0"), ("batch", "dim1")]
     assert dims.output_dim_names == [("batch", "dim0", None)]
-    assert dims.ranges == {"batch": (1, 4), "dim0": (5, 9), "dim1": (3, 6)}
+    # opt: the size recorded most often (dim1: 3 twice), ties to the larger (batch, dim0)
+    assert dims.ranges == {"batch": DimRange(1, 4, 4), "dim0": DimRange(5, 9, 9), "dim1": DimRange(3, 3, 6)}
 
 
 def test_infer_dims_finds_an_output_batch_axis_on_a_non_zero_axis():
@@ -98,7 +110,7 @@ def test_infer_dims_uses_the_first_input_with_rank_at_least_one_for_the_batch_si
     assert dims.input_batch_axes == [None, 0]
     assert dims.input_dim_names == [(), ("batch", None)]
     assert dims.output_batch_axes == [0]
-    assert dims.ranges == {"batch": (1, 6)}
+    assert dims.ranges == {"batch": DimRange(1, 6, 6)}
 
 
 def test_infer_dims_leaves_a_leaf_without_a_batch_following_axis_without_batch_axis():
@@ -157,7 +169,7 @@ def test_recorder_groups_calls_into_graph_specs_in_first_seen_order_with_min_max
         ("hidden.1", (2,), (6,)),
         ("logits", (2, 3), (6, 3)),
     ]
-    assert x_only.dims == {"batch": (1, 6)}
+    assert {name: dim.bounds for name, dim in x_only.dims.items()} == {"batch": (1, 6)}
     assert [t.batch_axis for t in x_only.outputs] == [0, 0, 0]
     assert [t.dtype for t in x_only.inputs + x_only.outputs] == ["float32"] * 4
 

@@ -21,7 +21,7 @@ from aitune_triton.backends import Backend, BuildContext, register_backend
 from aitune_triton.errors import InvalidArgumentError, TuningError
 from aitune_triton.module.recording import Recorder
 from aitune_triton.module.tuning import decide_batch_axis
-from aitune_triton.spec import CallStructure, ForwardSignature, StoredCall, flatten_call
+from aitune_triton.spec import CallStructure, DimRange, ForwardSignature, StoredCall, flatten_call
 from aitune_triton.strategies import (
     FirstWinsStrategy,
     GraphTuneReport,
@@ -190,7 +190,7 @@ def test_max_throughput_keeps_the_candidate_fastest_at_large_batches(tmp_path):
     assert set(chosen.batch_latencies_ms) == {"1", "2", "32"}
     assert chosen.throughput[32] > _by_name(report)[per_row.name].throughput[32]
     assert chosen.max_batch_size == 32 and context.graph.preferred_batch_size == 32
-    assert context.graph.dims["batch"] == (1, 32)  # built, checked and served up to the best profiled size
+    assert context.graph.dims["batch"].bounds == (1, 32)  # built, checked and served up to the best profiled size
 
 
 @pytest.mark.parametrize("budget_ms, expected", [(6.0, "per_row"), (20.0, "fixed")])
@@ -276,7 +276,7 @@ def test_the_batch_sweep_stops_where_throughput_stops_growing_and_sets_the_prefe
     assert set(chosen.batch_latencies_ms) == {"1", "2", "4", "8"}  # 8 gained nothing: the sweep stopped
     assert report.max_batch_size == 4
     assert context.graph.preferred_batch_size == 4
-    assert context.graph.dims["batch"] == (1, 4)  # reaches the best size, never below the recorded range
+    assert context.graph.dims["batch"].bounds == (1, 4)  # reaches the best size, never below the recorded range
 
 
 def test_the_batch_sweep_never_narrows_the_recorded_range(tmp_path):
@@ -286,7 +286,7 @@ def test_the_batch_sweep_never_narrows_the_recorded_range(tmp_path):
     MaxThroughputStrategy([parallel2], profiler=FAST_PROFILER, max_batch_size_limit=16, batch_gain_threshold=0.2).tune(context)
 
     assert context.graph.preferred_batch_size == 2
-    assert context.graph.dims["batch"] == (1, 8)
+    assert context.graph.dims["batch"].bounds == (1, 8)
 
 
 def test_the_batch_sweep_checks_the_largest_batch_against_eager(tmp_path):
@@ -326,8 +326,9 @@ def test_the_kept_candidate_alone_is_swept_into_new_dims_leaving_the_recorded_di
     backend, report = strategy.tune(context)
 
     assert backend.name == kept.name
-    assert recorded == {"batch": (1, 2)}  # never written in place: the graph spec got new dicts
-    assert context.graph.dims == {"batch": (1, 8)} and context.graph.preferred_batch_size == 8
+    assert recorded == {"batch": DimRange(1, 2, 2)}  # never written in place: the graph spec got new dicts
+    # the swept range, its opt the preferred batch size measured
+    assert context.graph.dims == {"batch": DimRange(1, 8, 8)} and context.graph.preferred_batch_size == 8
     assert report.batch_sweep is not None and list(report.batch_sweep.latencies_ms) == ["1", "2", "4", "8"]
     assert report.batch_sweep.stop_reason == "reached max_batch_size_limit 8"
     assert _by_name(report)[first.name].batch_sweep is None  # the candidate not kept was not swept
@@ -349,7 +350,7 @@ def test_a_kept_candidate_wrong_at_the_largest_swept_batch_keeps_the_recorded_ra
     backend, report = strategy.tune(context)
 
     assert backend.name == name  # it matched eager on every recorded call
-    assert context.graph.dims == {"batch": (1, 2)} and context.graph.preferred_batch_size is None
+    assert {name: dim.bounds for name, dim in context.graph.dims.items()} == {"batch": (1, 2)} and context.graph.preferred_batch_size is None
     assert report.batch_sweep is not None and report.batch_sweep.max_batch_size is None
     assert "the recorded batch range stays" in report.batch_sweep.stop_reason and "batch of 8" in report.batch_sweep.stop_reason
     assert list(report.batch_sweep.latencies_ms) == ["1", "2", "4", "8"]  # what was timed stays in the report
@@ -360,7 +361,7 @@ def test_a_failed_tune_leaves_the_recorded_batch_range(tmp_path):
     with pytest.raises(TuningError):
         OneBackendStrategy(sleepy(noise=1.0), profiler=FAST_PROFILER).tune(context)
 
-    assert context.graph.dims == {"batch": (1, 2)} and context.graph.preferred_batch_size is None
+    assert {name: dim.bounds for name, dim in context.graph.dims.items()} == {"batch": (1, 2)} and context.graph.preferred_batch_size is None
 
 
 # ---------------------------------------------------------------------------- accuracy gate
@@ -561,7 +562,7 @@ def test_the_latency_budget_caps_the_preferred_batch_size_at_the_largest_size_wi
     assert backend.name == per_row.name
     assert report.max_batch_size == 4
     assert context.graph.preferred_batch_size == 4
-    assert context.graph.dims["batch"] == (1, 4)  # the recorded range; no batch above the budget is formed
+    assert context.graph.dims["batch"].bounds == (1, 4)  # the recorded range; no batch above the budget is formed
 
 
 def test_eager_is_timed_again_after_the_candidates_and_its_faster_time_is_the_one_the_gate_uses(tmp_path):

@@ -6,7 +6,8 @@ import pytest
 
 from aitune_triton.contract import InputContract, ShapeProblem
 from aitune_triton.errors import RecordingError
-from aitune_triton.module.dims import BatchDim, DynamicDim, check_declared, validate_dynamic_shapes
+from aitune_triton.module.declared_check import check_declared
+from aitune_triton.module.dims import BatchDim, DynamicDim, validate_dynamic_shapes
 
 
 def _contract() -> InputContract:

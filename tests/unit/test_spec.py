@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 
-from aitune_triton.errors import OutputStructureError, RecordingError
+from aitune_triton.errors import InvalidArgumentError, OutputStructureError, RecordingError
 from aitune_triton.spec import (
+    DimRange,
     ForwardSignature,
     GraphSpec,
+    OutputStructure,
     ParameterSpec,
     StoredCall,
     TensorSpec,
@@ -291,10 +293,10 @@ def _graph_spec() -> GraphSpec:
             TensorSpec("hidden.1", "float32", (1,), (4,), 0, ("batch",)),
             TensorSpec("logits", "float32", (1, 3), (4, 3), 0, ("batch", None)),
         ],
-        output_treespec=output.treespec,
+        output_structure=OutputStructure(output.treespec),
         output_template=output.template,
         num_calls=5,
-        dims={"batch": (1, 4)},
+        dims={"batch": DimRange(1, 2, 4)},
     )
 
 
@@ -305,7 +307,8 @@ def test_graph_spec_to_dict_from_dict_round_trip():
     restored = GraphSpec.from_dict(data)
 
     assert restored == spec
-    assert restored.batch_size_range == (1, 4)
+    assert restored.batch_size_range == DimRange(1, 2, 4)
+    assert data["dims"] == {"batch": [1, 2, 4]}
     assert restored.output_template == [None, None, None, "x"]
     rebuilt = rebuild_output(restored.output_treespec, restored.output_template, [torch.ones(1)] * 3)
     assert list(rebuilt) == ["hidden", "logits", "tag"] and rebuilt["tag"] == "x"
@@ -321,7 +324,7 @@ def test_graph_spec_to_dict_rejects_a_constant_output_leaf_that_is_not_json():
 
 def test_graph_spec_without_batch_dim_has_no_batch_size_range():
     spec = _graph_spec()
-    spec.dims = {"dim0": (3, 9)}
+    spec.dims = {"dim0": DimRange(3, 9, 9)}
 
     assert spec.batch_size_range is None
 
@@ -390,3 +393,33 @@ def test_an_empty_transformers_cache_argument_flattens_to_no_leaves_and_rebuilds
     first.update(torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4), 0)
     assert first.get_seq_length() == 3
     assert second.get_seq_length() == 0 and stored.args[1].get_seq_length() == 0
+
+
+# ------------------------------------------------------------------------------- DimRange
+def test_dim_range_takes_the_size_recorded_most_often_as_opt_ties_to_the_larger():
+    assert DimRange.of_sizes([4, 2, 4, 8]) == DimRange(2, 4, 8)
+    assert DimRange.of_sizes([2, 8, 8, 2]) == DimRange(2, 8, 8)
+    assert DimRange.of_sizes([3, 5], low=1) == DimRange(1, 5, 5)  # the batch: from 1
+    assert DimRange.of_sizes([6]) == DimRange(6, 6, 6)  # one size recorded: min == max is a valid recorded range
+
+
+def test_dim_range_reads_min_opt_max_and_the_older_min_max_form():
+    assert DimRange.from_json([1, 4, 8]) == DimRange(1, 4, 8) and DimRange(1, 4, 8).to_json() == [1, 4, 8]
+    assert DimRange.from_json([1, 8]) == DimRange(1, 8, 8)  # opt derived: max
+    assert DimRange.from_json([1, 8], opt=4) == DimRange(1, 4, 8)  # or the stored preferred size when in range
+    assert DimRange.from_json([1, 8], opt=9) == DimRange(1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: DimRange(4, 2, 8), r"DimRange: expected non-negative integer sizes with min <= opt <= max, got min=4, opt=2, max=8"),
+        (lambda: DimRange(1, 9, 8), r"got min=1, opt=9, max=8"),
+        (lambda: DimRange(-1, 1, 2), r"got min=-1, opt=1, max=2"),
+        (lambda: DimRange.from_json([1, 2, 3, 4]), r"expected \[min, opt, max\] \(or \[min, max\]\) of non-negative integers, got \[1, 2, 3, 4\]"),
+        (lambda: DimRange.of_sizes([]), r"expected at least one recorded size"),
+    ],
+)
+def test_dim_range_refuses_sizes_out_of_order_naming_them(make, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        make()
