@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from aitune_triton.backends.onnxruntime_options import OnnxRuntimeOptions
 from aitune_triton.errors import ExportError, InvalidArgumentError
 
 __all__ = [
@@ -239,8 +240,9 @@ _ONNX_RUNTIME_GRAPH_LEVELS: dict[str, int | None] = {"disable": 2, "basic": -1, 
 def onnxruntime_settings(options: dict[str, Any], threads: int | None) -> NativeSettings:
     """The ONNX Runtime session options that were measured and checked against eager, as Triton's
     ONNX Runtime backend reads them: ``intra_op_thread_count`` and ``optimization.graph.level``."""
-    count = threads if threads is not None else options.get("intra_op_num_threads")
-    level = _ONNX_RUNTIME_GRAPH_LEVELS.get(str(options.get("graph_optimization_level") or "all"))
+    typed = OnnxRuntimeOptions.from_dict(options)
+    count = threads if threads is not None else typed.intra_op_num_threads
+    level = _ONNX_RUNTIME_GRAPH_LEVELS.get(str(typed.graph_optimization_level or "all"))
     return NativeSettings({"intra_op_thread_count": str(count)} if count else {}, level)
 
 

@@ -61,16 +61,18 @@ def _arguments(
     return export_arguments({**file_values, **explicit}, labels)
 
 
-def _print_result(result: Any, native: bool) -> None:
+def _print_result(result: Any, target: str) -> None:
+    """The exported models and versions; a "served by" column for any target but ``python``."""
+    shows_target = target != "python"
     table = Table(title=f"Exported to {result.repository}")
     table.add_column("model")
     table.add_column("version", justify="right")
-    if native:
+    if shows_target:
         table.add_column("served by")
     for model, version in result.versions.items():
         role = ("  (entry)" if model in result.entry_models.values() else "  (ensemble)" if model == result.ensemble_model
                 else "  (step)" if model in result.step_models else "")
-        table.add_row(model + role, str(version), *([result.targets.get(model, "python")] if native else []))
+        table.add_row(model + role, str(version), *([result.targets.get(model, "python")] if shows_target else []))
     console.print(table)
     for model, reason in result.python_reasons.items():
         console.print(f"{model} stays a Python-backend model: {reason}", markup=False)
@@ -126,4 +128,4 @@ def export(context: click.Context, checkpoint: Path, repository: Path, options_f
         for planned in plan.models:
             console.print(f"\n# {planned.name}/config.pbtxt\n{planned.config_text}", markup=False)
         return
-    _print_result(result, native=target == "native")
+    _print_result(result, target)

@@ -13,7 +13,7 @@ from aitune_triton._warnings import warn
 from aitune_triton.errors import RecordingError
 from aitune_triton.module.declared_check import check_declared
 from aitune_triton.module.dim_inference import infer_dims
-from aitune_triton.module.dims import validate_dynamic_shapes
+from aitune_triton.module.dims import BatchDim, validate_dynamic_shapes
 from aitune_triton.module.state import ModuleState
 from aitune_triton.module.callers import inside_generation_loop
 from aitune_triton.module.samples import Sample, SampleStore, copy_call
@@ -337,7 +337,18 @@ class Recorder:
             num_calls=len(record.input_shapes),
             dims=dims.ranges,
             constants=dict(record.constants),
+            preferred_batch_size=_declared_batch_opt(declared.values(), dims.ranges),
         )
+
+
+def _declared_batch_opt(declared: Any, ranges: dict[str, Any]) -> int | None:
+    """The ``opt`` of a declared :class:`BatchDim`: the batch size the dynamic batcher aims for
+    (``preferred_batch_size``) until a batch size sweep measures one; None when none is declared
+    or the graph spec has no batch axis."""
+    for decl in declared:
+        if isinstance(decl, BatchDim) and decl.opt is not None and "batch" in ranges:
+            return int(decl.opt)
+    return None
 
 
 class RecordingState:

@@ -281,9 +281,9 @@ class GraphSpec:
             axis seen at one size only unless this is True); None when not checked (no batch
             axis, or nothing to split or join). Triton may join requests into one batch only when
             this is not False.
-        preferred_batch_size: The batch size where the kept backend's throughput stopped growing,
-            measured by a batch size sweep (``find_max_batch_size``); Triton's dynamic batcher
-            aims for it. None when not measured.
+        preferred_batch_size: The batch size Triton's dynamic batcher aims for: where the kept
+            backend's throughput stopped growing, measured by a batch size sweep
+            (``find_max_batch_size``), else a declared ``BatchDim``'s ``opt``. None when neither.
         padding: The padding invariance check (``PaddingCheck.to_dict()`` of
             :mod:`aitune_triton.module.padding`: ``held``, ``reason``, ``layout``); None when the
             graph spec has no dynamic axis besides the batch, or was tuned before it was checked.

@@ -286,8 +286,9 @@ class TuneStrategy(abc.ABC):
             sweep = evaluation.sweep_kept(backend, recorded, limit)
             chosen.batch_sweep, chosen.max_batch_size = sweep, sweep.preferred_batch_size
             chosen.batch_latencies_ms.update(sweep.latencies_ms)
-        graph.dims, graph.preferred_batch_size = settled_range(recorded, self.best_batch_size(chosen), sweep)
-        max_batch = graph.preferred_batch_size
+        graph.dims, max_batch = settled_range(recorded, self.best_batch_size(chosen), sweep)
+        if max_batch is not None:  # measured; else a declared BatchDim's opt stays (module/recording.py)
+            graph.preferred_batch_size = max_batch
         if max_batch is not None:
             low, high = batch_bounds(graph.dims)
             decision += f"; batch sweep: preferred batch size {max_batch}, batch range {low}..{high}"

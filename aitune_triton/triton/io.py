@@ -163,8 +163,8 @@ class ModelIO:
         index_ranges: Per input, the value ranges of the indexing ops it reaches
             (:class:`~aitune_triton.contract.IndexRange` dicts; empty lists for other inputs);
             None when unknown.
-        preferred_batch_size: The measured batch size the dynamic batcher should aim for (the
-            graph spec's ``preferred_batch_size``), or None.
+        preferred_batch_size: The batch size the dynamic batcher should aim for (the graph spec's
+            ``preferred_batch_size``: measured by the batch size sweep, or a declared opt), or None.
         served_names: Tensor name here -> the name the graph model itself uses, for a graph model
             served by one of Triton's own backends (its artifact's tensor names, see
             :mod:`aitune_triton.triton.native`); empty (and left out of :meth:`to_dict`) when the

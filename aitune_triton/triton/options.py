@@ -12,7 +12,8 @@ Defaults and where they come from:
 option                            default      source
 ================================  ===========  ==============================================
 dynamic batching queue delay      100 us       kept from earlier exports (a short wait)
-preferred_batch_size              measured     the tuning's batch size sweep, else Triton's
+preferred_batch_size              measured     the tuning's batch size sweep, else a declared
+                                               ``BatchDim`` opt, else Triton's choice
 instance kind                     auto         GPU when tuned on CUDA
 instance count                    measured     the layout measured at tune time (strategies'
                                                ``measure_layouts``), else 1 (one process)
@@ -161,7 +162,8 @@ class DynamicBatching:
 
     Attributes:
         preferred_batch_size: Batch sizes the batcher aims for; empty: the size measured by the
-            tuning's batch size sweep when there was one, else Triton decides. Sizes above the
+            tuning's batch size sweep when there was one, else a declared ``BatchDim``'s ``opt``,
+            else Triton decides. Sizes above the
             model's ``max_batch_size`` are left out.
         max_queue_delay_microseconds: How long a request may wait for a larger batch (us).
         preserve_ordering: Responses leave in the order requests came.

@@ -8,6 +8,9 @@ in ``model_warmup``: Triton runs them on every instance before the model is READ
 configuration docs, "Model Warmup": ``input_data_file`` is read from ``<model>/warmup/`` as raw
 row-major bytes, with ``dims`` leaving the batch axis out; a sample of ``batch_size`` B is run as
 B requests of one sample each, so the file holds one sample, the first of the recorded batch).
+A batching model with a preferred batch size (the batch dim's ``opt``: measured by the batch size
+sweep or declared) is also warmed at that size, from the smallest call's files: the size the
+dynamic batcher aims for is the one most requests run at.
 """
 
 from __future__ import annotations
@@ -92,7 +95,22 @@ def add_warmup(config: mc.ModelConfig, io: ModelIO, backend: BackendDescription,
             warmup.inputs[message.name].CopyFrom(
                 mc.ModelWarmup.Input(data_type=message.data_type, dims=dims, input_data_file=file_name)
             )
+    _add_preferred_size(config, io)
     return files
+
+
+def _add_preferred_size(config: mc.ModelConfig, io: ModelIO) -> None:
+    """Warm a batching model at its preferred batch size too, with the first entry's sample files,
+    unless an entry already runs that size."""
+    preferred = io.preferred_batch_size
+    if not (io.max_batch_size > 0 and preferred and preferred <= io.max_batch_size and config.model_warmup):
+        return
+    if any(entry.batch_size == preferred for entry in config.model_warmup):
+        return
+    first = config.model_warmup[0]
+    warmup = config.model_warmup.add(name=f"warmup_opt_batch_{preferred}", batch_size=preferred, count=1)
+    for name, tensor_input in first.inputs.items():
+        warmup.inputs[name].CopyFrom(tensor_input)
 
 
 def export_warmup(config: mc.ModelConfig, io: ModelIO, backend: BackendDescription, version: int, enabled: bool) -> dict[str, bytes]:

@@ -115,3 +115,18 @@ def test_the_report_shows_the_sweep_and_a_checkpoint_keeps_it(tmp_path, unique_n
     loaded = Module(IndependentNet().eval(), name=unique_name)
     aitune_triton.load(loaded, checkpoint)  # a checkpoint written before sweeps were stored loads
     assert loaded.tuned_graphs[0].spec.dims["batch"] == batch_range
+
+
+def test_without_a_sweep_a_declared_batch_opt_is_the_preferred_batch_size_and_a_warmup_size(tmp_path, unique_name):
+    strategy = OneBackendStrategy("onnxruntime", profiler=FAST, find_max_batch_size=False)
+    module = _tuned(unique_name, strategy, batches=(1, 2, 2), dynamic_shapes={"x": {0: BatchDim(1, 8, opt=4)}})
+    (tuned,) = module.tuned_graphs
+
+    assert tuned.spec.dims["batch"] == aitune_triton.DimRange(1, 4, 8)  # declared, not the size recorded most (2)
+    assert tuned.spec.preferred_batch_size == 4 and tuned.report.batch_sweep is None
+    result = aitune_triton.export(module, tmp_path / "repository", show_progress=False)
+    config = read_model_config(tmp_path / "repository" / result.graph_models[0] / "config.pbtxt")
+    assert config.max_batch_size == 8 and list(config.dynamic_batching.preferred_batch_size) == [4]
+    # Warmed at the smallest and largest recorded calls, and at the size the batcher aims for.
+    assert [w.batch_size for w in config.model_warmup] == [1, 2, 4]
+    assert config.model_warmup[2].inputs["x"].input_data_file == config.model_warmup[0].inputs["x"].input_data_file
