@@ -142,6 +142,11 @@ class InvalidOptionError(InvalidArgumentError, ExportError):
     Triton cannot take; the message names the field, what was expected, what was given and what to do."""
 
 
+class DeploymentError(AITuneTritonError, ValueError):
+    """A model repository cannot be deployed: ``aitune-triton check`` refuses it, or the output
+    directory cannot be written; nothing has been written."""
+
+
 class TritonServerError(AITuneTritonError, RuntimeError):
     """The Triton server could not be found, started, or failed to load a model.
 

@@ -2,7 +2,7 @@
 
 One module per group of commands: ``export`` (its flags generated from
 :data:`aitune_triton.triton.export_options.EXPORT_OPTIONS`), ``serve``, ``repository`` (``check``,
-``analyze-config``) and ``checkpoint`` (``inspect``, ``describe``). A new command is a
+``analyze-config``), ``checkpoint`` (``inspect``, ``describe``) and ``deploy``. A new command is a
 ``@click.command`` in one of them (or a new module), added to :data:`main` here.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from aitune_triton.cli.checkpoint import describe, inspect
+from aitune_triton.cli.deploy import deploy
 from aitune_triton.cli.export import export
 from aitune_triton.cli.repository import analyze_config, check
 from aitune_triton.cli.serve import serve
@@ -29,7 +30,7 @@ def main() -> None:
     """
 
 
-for _command in (export, serve, inspect, describe, check, analyze_config):
+for _command in (export, serve, inspect, describe, check, analyze_config, deploy):
     main.add_command(_command)
 
 

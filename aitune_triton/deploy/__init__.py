@@ -1,11 +1,17 @@
 """Deployment targets: files that run an exported model repository on an existing engine
-(Kubernetes manifests, a KServe InferenceService, a compose file), registered by name.
+(Kubernetes manifests, a KServe InferenceService, a compose file), registered by name, and
+:func:`deploy`, which checks the repository and writes a target's files atomically.
 
-None is built in yet. To add one: a module here with a :class:`~.registry.DeploymentTarget`
-subclass (its name, its typed options and ``generate(repository, output_dir)``) and one
-:func:`register_deployment_target` line below.
+To add a target: a module here with a :class:`~.registry.DeploymentTarget` subclass (its name, its
+typed options, a :class:`~.options.DeployOptions` subclass, and ``generate(repository, output_dir)``)
+and one :func:`register_deployment_target` line below.
 """
 
+from aitune_triton.deploy.api import deploy
+from aitune_triton.deploy.facts import RepositoryFacts, repository_facts
+from aitune_triton.deploy.kserve import KServeOptions, KServeTarget
+from aitune_triton.deploy.kubernetes import KubernetesOptions, KubernetesTarget
+from aitune_triton.deploy.options import DeployOptions
 from aitune_triton.deploy.registry import (
     DeploymentTarget,
     deployment_target,
@@ -13,4 +19,20 @@ from aitune_triton.deploy.registry import (
     register_deployment_target,
 )
 
-__all__ = ["DeploymentTarget", "deployment_target", "deployment_target_names", "register_deployment_target"]
+register_deployment_target(KubernetesTarget)
+register_deployment_target(KServeTarget)
+
+__all__ = [
+    "DeployOptions",
+    "DeploymentTarget",
+    "KServeOptions",
+    "KServeTarget",
+    "KubernetesOptions",
+    "KubernetesTarget",
+    "RepositoryFacts",
+    "deploy",
+    "deployment_target",
+    "deployment_target_names",
+    "register_deployment_target",
+    "repository_facts",
+]

@@ -21,6 +21,7 @@ start) loads each model, graph models first, and reports READY or the server's o
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from aitune_triton.errors import InvalidArgumentError
 from aitune_triton.served.routes import ROUTES_PARAMETER, Routes, RoutesError
 from aitune_triton.triton.check_report import ERROR, OK, WARN, CheckReport, Finding, ModelCheck, report_tables
 from aitune_triton.triton.config import read_model_config
+from aitune_triton.triton.validation import Validation, process_tree_peak_rss_bytes, write_validation
 from aitune_triton.triton.repository_layout import checkpoint_error, is_checkpoint, is_model_dir
 from aitune_triton.triton.manifest import (
     MANIFEST_FILE,
@@ -289,8 +291,11 @@ def _check_model(repository: Path, model_dir: Path) -> ModelCheck:
     return check
 
 
-def _load_models(repository: Path, checks: list[ModelCheck], timeout_s: float, show_progress: bool) -> None:
-    """Load each model in an embedded server; add READY or the server's reason to its check."""
+def _load_models(repository: Path, checks: list[ModelCheck], timeout_s: float, show_progress: bool) -> Validation | None:
+    """Load each model in an embedded server; add READY or the server's reason to its check.
+
+    Returns what was measured (server version, load time, peak memory) when every model is READY.
+    """
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
@@ -299,6 +304,7 @@ def _load_models(repository: Path, checks: list[ModelCheck], timeout_s: float, s
     server = TritonServer(repository, extra_args=["--model-control-mode=explicit"], restart_dead_stubs=False,
                           show_progress=show_progress, timeout_s=timeout_s)
     order = {ModelKind.GRAPH: 0, ModelKind.STEP: 1, None: 2, ModelKind.ENTRY: 3, ModelKind.ENSEMBLE: 4}
+    started = time.monotonic()
     with server:
         client = httpclient.InferenceServerClient(server.http_url, network_timeout=timeout_s, connection_timeout=timeout_s)
         try:
@@ -314,6 +320,12 @@ def _load_models(repository: Path, checks: list[ModelCheck], timeout_s: float, s
                     check.add(OK, "load: READY")
                 else:
                     check.add(ERROR, "load: loaded but not ready; see the server log.")
+            if any(check.status == ERROR for check in checks):
+                return None
+            load_time_s = time.monotonic() - started
+            version = str(client.get_server_metadata().get("version", ""))
+            peak = process_tree_peak_rss_bytes(server.pid) if server.pid is not None else None
+            return Validation(version, round(load_time_s, 3), peak, tuple(sorted(c.name for c in checks)))
         finally:
             client.close()
 
@@ -333,7 +345,10 @@ def check_repository(
     Returns:
         The :class:`CheckReport`; ``report.ok`` is False when any finding is an ERROR. A model
         whose files pass gets an ``OK`` finding, and with ``load`` a ``load: READY`` (OK) or
-        ``load: the server refused it: <the server's reason>`` (ERROR) one.
+        ``load: the server refused it: <the server's reason>`` (ERROR) one. With ``load``, when no
+        finding is an ERROR, the server version, load time and peak memory are recorded in the
+        repository's hidden ``.aitune_triton-validation.json`` (:mod:`aitune_triton.triton.validation`),
+        which the deployment targets size their files from.
 
     Raises:
         InvalidArgumentError: ``path`` is not a directory, is a checkpoint (the message says to
@@ -353,5 +368,7 @@ def check_repository(
         if not check.findings:
             check.add(OK, "files, config.pbtxt and manifest agree" if check.kind else "config.pbtxt parses")
     if load:
-        _load_models(repository, checks, timeout_s, show_progress)
+        validation = _load_models(repository, checks, timeout_s, show_progress)
+        if validation is not None and validation.server_version:
+            write_validation(repository, validation)
     return CheckReport(repository, checks, loaded=load)

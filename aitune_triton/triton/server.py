@@ -354,6 +354,11 @@ class TritonServer:
         if self.stream_log:
             console.out(f"aitune_triton: {line}", highlight=False)
 
+    @property
+    def pid(self) -> int | None:
+        """The ``tritonserver`` process id while it runs (its Python-backend stubs are its children); None otherwise."""
+        return self._process.pid if self.is_running() and self._process is not None else None
+
     def is_running(self) -> bool:
         """Whether the server process is alive."""
         return self._process is not None and self._process.poll() is None

@@ -1,0 +1,108 @@
+"""``deploy(repository, target, output_dir)``: check a model repository, then write a deployment
+target's files into a new directory, atomically (a staging directory renamed into place)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aitune_triton._atomic import make_staging_dir
+from aitune_triton.deploy.registry import DeploymentTarget, deployment_target
+from aitune_triton.errors import ArgumentTypeError, DeploymentError, InvalidArgumentError
+
+__all__ = ["deploy", "write_yaml"]
+
+_SHOWN = 5
+
+
+def write_yaml(path: Path, documents: Sequence[tuple[str, dict[str, Any]]]) -> Path:
+    """Write ``documents`` as one multi-document YAML file, each preceded by its comment lines.
+
+    Args:
+        path: The file to write.
+        documents: ``(comment, document)`` pairs; the comment (may be empty, may hold several lines)
+            is written as ``# ...`` lines above the document.
+
+    Returns:
+        ``path``.
+    """
+    import yaml  # type: ignore[import-untyped]
+
+    parts = []
+    for comment, document in documents:
+        lines = "".join(f"# {line}".rstrip() + "\n" for line in comment.splitlines())
+        parts.append(lines + yaml.safe_dump(document, sort_keys=False, default_flow_style=False))
+    path.write_text("---\n".join(parts))
+    return path
+
+
+def _refuse_unchecked(repository: Path) -> None:
+    from aitune_triton.triton.check import check_repository
+
+    try:
+        report = check_repository(repository)
+    except InvalidArgumentError as error:
+        raise DeploymentError(f"repository: {error}") from error
+    errors = [f"{model}: {finding.message}" for model, finding in report.findings("ERROR")]
+    if errors:
+        shown = "; ".join(errors[:_SHOWN]) + (f"; and {len(errors) - _SHOWN} more" if len(errors) > _SHOWN else "")
+        raise DeploymentError(f"repository: aitune-triton check refuses {repository} ({len(errors)} error(s)): {shown}. "
+                              f"Fix them (aitune-triton check {repository} lists them) or export the module again.")
+
+
+def deploy(repository: str | os.PathLike, target: str | DeploymentTarget, output_dir: str | os.PathLike,
+           options: Any = None) -> Path:
+    """Write the files that deploy the model repository ``repository`` with ``target`` into ``output_dir``.
+
+    The repository is checked first as ``aitune-triton check`` does (without loading it); files are
+    sized from what ``aitune-triton check --load`` recorded in it (see
+    :func:`aitune_triton.deploy.facts.repository_facts`). ``output_dir`` is written in a staging
+    directory beside it and renamed into place, so it is complete or absent.
+
+    Args:
+        repository: An exported model repository.
+        target: A registered target's name (``"kubernetes"``, ``"kserve"``; see
+            ``aitune_triton.deploy.deployment_target_names()``) or a DeploymentTarget instance.
+        output_dir: A directory that does not exist yet.
+        options: The target's options (``KubernetesOptions(replicas=2)``); None: its defaults. Only
+            with a target name.
+
+    Returns:
+        ``output_dir`` (absolute).
+
+    Raises:
+        InvalidArgumentError: ``target`` is not a registered name (the message lists them), or
+            ``output_dir`` exists (named), or an option is invalid.
+        ArgumentTypeError: ``options`` is not the target's options type, or comes with a target instance.
+        DeploymentError: the repository check finds errors (listed), or the repository is not one.
+    """
+    if isinstance(target, DeploymentTarget):
+        if options is not None:
+            raise ArgumentTypeError("options: pass them to the DeploymentTarget instance, not beside it.")
+        generator = target
+    elif isinstance(target, str):
+        generator = deployment_target(target)(options)
+    else:
+        raise ArgumentTypeError(f"target: expected a deployment target name or DeploymentTarget, got {type(target).__name__}.")
+    output = Path(output_dir).absolute()
+    if output.exists():
+        raise InvalidArgumentError(f"output_dir: {output} exists; deploy writes a new directory. Pass a new path or "
+                                   "remove that one.")
+    source = Path(repository).absolute()
+    _refuse_unchecked(source)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = make_staging_dir(output.parent)
+    try:
+        generator.generate(source, staging)
+        os.chmod(staging, 0o755)  # mkdtemp makes it 0700
+        try:
+            os.rename(staging, output)  # fails when another process made output meanwhile
+        except OSError as error:
+            raise InvalidArgumentError(f"output_dir: {output} could not be created ({error.strerror}); pass a new path.") from error
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
