@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aitune_triton._atomic import make_staging_dir
-from aitune_triton.deploy.registry import DeploymentTarget, deployment_target
+from aitune_triton.deploy.registry import DeploymentTarget, deployment_target, deployment_target_names
 from aitune_triton.errors import ArgumentTypeError, DeploymentError, InvalidArgumentError
 
 __all__ = ["deploy", "write_yaml"]
@@ -84,6 +84,9 @@ def deploy(repository: str | os.PathLike, target: str | DeploymentTarget, output
             raise ArgumentTypeError("options: pass them to the DeploymentTarget instance, not beside it.")
         generator = target
     elif isinstance(target, str):
+        if target not in deployment_target_names():
+            raise InvalidArgumentError(f"target: unknown deployment target {target!r}; choose one of "
+                                       f"{', '.join(deployment_target_names())}.")
         generator = deployment_target(target)(options)
     else:
         raise ArgumentTypeError(f"target: expected a deployment target name or DeploymentTarget, got {type(target).__name__}.")

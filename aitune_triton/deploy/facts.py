@@ -122,7 +122,7 @@ def repository_facts(repository: str | Path) -> RepositoryFacts:
     facts = RepositoryFacts(root, tuple(p.name for p in model_dirs), artifact_bytes, python_backend, gpu)
     validation = read_validation(root)
     if validation is None:
-        warnings.warn(f"repository: {root} has no validation record; probes and memory use the documented "
+        warnings.warn(f"repository: {root} has no current validation record; probes and memory use the documented "
                       f"defaults. Run aitune-triton check --load {root} first to size them from measurements.",
                       UserWarning, stacklevel=2)
         return facts
