@@ -15,7 +15,8 @@ __all__ = ["analyze_config", "check"]
 @click.command()
 @click.argument("repository", type=click.Path(path_type=Path))
 @click.option("--load", is_flag=True, help="Also load every model in an embedded tritonserver and report READY or "
-              "the server's reason.")
+              "the server's reason; when all are READY, record the server version, load time and peak memory in "
+              "REPOSITORY/.aitune_triton-validation.json (aitune-triton deploy sizes from it).")
 @click.option("--timeout-s", default=180.0, show_default=True, type=float,
               help="With --load: seconds to wait for the server and for each model load.")
 def check(repository: Path, load: bool, timeout_s: float) -> None:

@@ -15,6 +15,7 @@ from triton_helpers import require_tritonserver
 
 import aitune_triton
 from aitune_triton.cli import main
+from aitune_triton.deploy import repository_facts
 from aitune_triton.triton.check import ERROR, OK, check_repository
 from aitune_triton.triton.exporter import export
 from aitune_triton.triton.manifest import read_manifest
@@ -48,6 +49,12 @@ def test_loading_a_good_export_reports_every_model_ready(exported):
         assert [(f.severity, f.message) for f in report.model(model).findings] == [
             (OK, "files, config.pbtxt and manifest agree"), (OK, "load: READY")
         ]
+    # What the load measured is kept in the repository for the deployment targets, and the repository still checks.
+    facts = repository_facts(exported)
+    assert facts.server_version == "2.51.0" and facts.image == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    assert 0 < facts.load_time_s < 120
+    assert facts.peak_memory_bytes is not None and facts.peak_memory_bytes > 50 << 20  # server + 3 stubs importing numpy
+    assert check_repository(exported).ok
 
 
 def test_loading_a_corrupted_artifact_reports_the_servers_own_reason(exported, tmp_path):
