@@ -33,3 +33,6 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
         assert (tmp_path / "model_repository" / model / "config.pbtxt").is_file()
     for entry_model in ("readme_encoder", "readme_decoder"):
         assert (tmp_path / "model_repository" / entry_model / "config.pbtxt").is_file()
+    # the Deploy beyond one machine block: the kubernetes target's files
+    assert sorted(p.name for p in (tmp_path / "deploy" / "kubernetes").iterdir()) == [
+        "autoscaler.yaml", "deployment.yaml", "service.yaml"]

@@ -32,7 +32,12 @@ from aitune_triton.errors import InvalidArgumentError
 from aitune_triton.served.routes import ROUTES_PARAMETER, Routes, RoutesError
 from aitune_triton.triton.check_report import ERROR, OK, WARN, CheckReport, Finding, ModelCheck, report_tables
 from aitune_triton.triton.config import read_model_config
-from aitune_triton.triton.validation import Validation, process_tree_peak_rss_bytes, write_validation
+from aitune_triton.triton.validation import (
+    Validation,
+    process_tree_peak_rss_bytes,
+    repository_fingerprint,
+    write_validation,
+)
 from aitune_triton.triton.repository_layout import checkpoint_error, is_checkpoint, is_model_dir
 from aitune_triton.triton.manifest import (
     MANIFEST_FILE,
@@ -325,7 +330,8 @@ def _load_models(repository: Path, checks: list[ModelCheck], timeout_s: float, s
             load_time_s = time.monotonic() - started
             version = str(client.get_server_metadata().get("version", ""))
             peak = process_tree_peak_rss_bytes(server.pid) if server.pid is not None else None
-            return Validation(version, round(load_time_s, 3), peak, tuple(sorted(c.name for c in checks)))
+            return Validation(version, round(load_time_s, 3), peak, tuple(sorted(c.name for c in checks)),
+                              repository_fingerprint(repository))
         finally:
             client.close()
 

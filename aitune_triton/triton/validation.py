@@ -13,12 +13,16 @@ targets (:mod:`aitune_triton.deploy.facts`) size probes, memory and the image ta
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import warnings
 from pathlib import Path
 
-__all__ = ["VALIDATION_FILE", "Validation", "process_tree_peak_rss_bytes", "read_validation", "write_validation"]
+__all__ = [
+    "VALIDATION_FILE", "Validation", "process_tree_peak_rss_bytes", "read_validation", "repository_fingerprint",
+    "write_validation",
+]
 
 VALIDATION_FILE = ".aitune_triton-validation.json"
 _FORMAT = "aitune_triton.validation"
@@ -34,12 +38,27 @@ class Validation:
         peak_memory_bytes: Peak resident memory of the server plus its stub processes, in bytes,
             or None where ``/proc`` is not readable.
         models: Names of the models loaded, sorted.
+        fingerprint: :func:`repository_fingerprint` of the repository loaded ("" where unknown).
     """
 
     server_version: str
     load_time_s: float
     peak_memory_bytes: int | None
     models: tuple[str, ...]
+    fingerprint: str = ""
+
+
+def repository_fingerprint(repository: Path) -> str:
+    """SHA-256 over each model's name, ``config.pbtxt``, version directory names and their
+    ``manifest.json`` (which holds the SHA-256 of every file of the version): an export, a removed
+    version or an edited config changes it. Hidden entries do not count."""
+    digest = hashlib.sha256()
+    for model_dir in sorted(p for p in Path(repository).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        digest.update(f"model {model_dir.name}\n".encode())
+        for path in sorted(model_dir.glob("config.pbtxt")) + sorted(model_dir.glob("*/manifest.json")):
+            digest.update(f"{path.relative_to(model_dir)}\n".encode() + path.read_bytes())
+        digest.update(" ".join(sorted(p.name for p in model_dir.iterdir() if p.is_dir())).encode())
+    return digest.hexdigest()
 
 
 def _children(pid: int) -> list[int]:
@@ -117,7 +136,8 @@ def read_validation(repository: Path) -> Validation | None:
             raise ValueError(f"format is {data.get('format')!r}, not {_FORMAT!r}")
         peak = data["peak_memory_bytes"]
         validation = Validation(str(data["server_version"]), float(data["load_time_s"]),
-                                None if peak is None else int(peak), tuple(str(m) for m in data["models"]))
+                                None if peak is None else int(peak), tuple(str(m) for m in data["models"]),
+                                str(data.get("fingerprint", "")))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         warnings.warn(f"{path}: not a validation record ({error}); ignored. Run aitune-triton check --load "
                       f"{repository} again.", UserWarning, stacklevel=2)
@@ -127,5 +147,9 @@ def read_validation(repository: Path) -> Validation | None:
         warnings.warn(f"{path}: recorded for models {list(validation.models)}, the repository now holds "
                       f"{list(present)}; ignored. Run aitune-triton check --load {repository} again.",
                       UserWarning, stacklevel=2)
+        return None
+    if validation.fingerprint != repository_fingerprint(Path(repository)):
+        warnings.warn(f"{path}: the repository changed since it was recorded (a new export, an edited config); "
+                      f"ignored. Run aitune-triton check --load {repository} again.", UserWarning, stacklevel=2)
         return None
     return validation

@@ -29,7 +29,7 @@ from aitune_triton.deploy import (
 from aitune_triton.errors import DeploymentError, InvalidArgumentError
 from aitune_triton.triton.config import read_model_config
 from aitune_triton.triton.exporter import export
-from aitune_triton.triton.validation import VALIDATION_FILE, Validation, write_validation
+from aitune_triton.triton.validation import VALIDATION_FILE, Validation, repository_fingerprint, write_validation
 
 NAME = "test_deploy_net"
 
@@ -55,7 +55,7 @@ def documents(directory: Path) -> dict[str, list[dict]]:
 
 def validated(repository: Path, load_time_s: float = 40.0, peak: int | None = 3 << 30, version: str = "2.51.0") -> None:
     models = tuple(sorted(p.name for p in repository.iterdir() if p.is_dir()))
-    write_validation(repository, Validation(version, load_time_s, peak, models))
+    write_validation(repository, Validation(version, load_time_s, peak, models, repository_fingerprint(repository)))
 
 
 def test_facts_without_validation_say_none_and_warn(repository):
@@ -77,6 +77,11 @@ def test_facts_read_the_validation_record(repository):
 def test_a_stale_or_unknown_validation_is_not_trusted(repository):
     write_validation(repository, Validation("2.51.0", 1.0, None, ("other_model",)))
     with pytest.warns(UserWarning, match="now holds"):
+        assert repository_facts(repository).load_time_s is None
+    validated(repository)
+    config = repository / f"{NAME}.graph_0" / "config.pbtxt"
+    config.write_text(config.read_text() + "\n# edited\n")
+    with pytest.warns(UserWarning, match="repository changed since"):
         assert repository_facts(repository).load_time_s is None
     validated(repository, version="9.99.0")
     with pytest.warns(UserWarning, match="no known NGC release"):
@@ -245,3 +250,18 @@ def test_cli_deploys_and_refuses_with_the_option_named(repository, tmp_path):
     assert result.exit_code == 1 and "exists" in result.output
     assert not (tmp_path / "new").exists()
     assert set(deployment_target_names()) >= {"kubernetes", "kserve"}
+
+
+def test_the_validation_record_is_a_file_export_and_check_accept(exported, tmp_path):
+    """The hidden record is no model: a later export into the repository and check accept it, and the new
+    version makes the record stale."""
+    repository = shutil.copytree(exported, tmp_path / "model_repository")
+    validated(repository)
+    assert (repository / VALIDATION_FILE).is_file()
+    from aitune_triton.triton.check import check_repository
+
+    assert check_repository(repository).ok
+    export(tuned_two_spec_net(NAME + "_again", tmp_path), repository, show_progress=False)
+    assert check_repository(repository).ok
+    with pytest.warns(UserWarning, match="now holds"):
+        assert repository_facts(repository).server_version is None
