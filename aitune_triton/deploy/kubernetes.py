@@ -25,6 +25,7 @@ from typing import Any
 from aitune_triton.deploy.api import write_yaml
 from aitune_triton.deploy.facts import RepositoryFacts, repository_facts
 from aitune_triton.deploy.options import (
+    MEMORY_LIMIT_FACTOR,
     DeployOptions,
     memory_request_bytes,
     mebibytes,
@@ -108,8 +109,6 @@ def probes(facts: RepositoryFacts, port: int | str) -> tuple[dict[str, Any], str
 
 def resources(options: DeployOptions, facts: RepositoryFacts) -> tuple[dict[str, Any], str]:
     """``(container resources, comment)``: CPU and memory requests, memory limit, GPUs when ``facts.gpu``."""
-    from aitune_triton.deploy.options import MEMORY_LIMIT_FACTOR
-
     if options.memory is not None:
         request, source = options.memory, "given by the memory option"
         limit = None

@@ -21,7 +21,9 @@ from typing import Any, ClassVar
 from aitune_triton.deploy.facts import TRITON_IMAGE, TRITON_RELEASES, RepositoryFacts
 from aitune_triton.errors import InvalidArgumentError
 
-__all__ = ["DeployOptions", "Probes", "memory_request_bytes", "mebibytes", "startup_probes", "resolve_image"]
+__all__ = [
+    "DeployOptions", "Probes", "memory_request_bytes", "mebibytes", "resolve_image", "service_name", "startup_probes",
+]
 
 #: Load time assumed when the repository has no validation record (seconds).
 DEFAULT_LOAD_TIME_S = 120.0
