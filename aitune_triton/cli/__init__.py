@@ -13,6 +13,7 @@ import click
 from aitune_triton.cli.checkpoint import describe, inspect
 from aitune_triton.cli.export import export
 from aitune_triton.cli.repository import analyze_config, check
+from aitune_triton.cli.runtime_env import runtime_env
 from aitune_triton.cli.serve import serve
 
 __all__ = ["main"]
@@ -29,7 +30,7 @@ def main() -> None:
     """
 
 
-for _command in (export, serve, inspect, describe, check, analyze_config):
+for _command in (export, serve, inspect, describe, check, analyze_config, runtime_env):
     main.add_command(_command)
 
 
