@@ -3,8 +3,9 @@
 Every exported version records the library versions that built it (``manifest.json``'s
 ``versions``). A Python-backend model runs its ``model.py`` and the files shipped beside it in the
 server's Python: it needs numpy (the Python backend's own utilities import it) and each of
-:data:`RUNTIME_PACKAGES` that its shipped code imports, at the version that built the artifact (an
-AOTInductor package, say, loads only in the torch that compiled it). A model served by one of
+:data:`RUNTIME_PACKAGES` that its code imports (``model.py``, a step's source, and for a graph model
+the shipped runtime module of its backend), at the version that built the artifact (an AOTInductor
+package, say, loads only in the torch that compiled it). A model served by one of
 Triton's own backends (``platform``/``backend`` other than ``python``) needs no Python package.
 
 :func:`runtime_environment` gathers those pins over a repository's models (the latest version of
@@ -154,12 +155,36 @@ def _is_python_backend(model_dir: Path) -> bool:
     return config.backend == "python" or (not config.backend and not config.platform)
 
 
-def _imported(version_dir: Path) -> set[str]:
-    """Which of :data:`RUNTIME_PACKAGES` the version's shipped Python files import."""
+def _runtime_name(backend: str | None) -> str | None:
+    """The served runtime module a backend's graph model runs (the backend class's ``triton_runtime``)."""
+    from aitune_triton.backends import get_backend_class
+    from aitune_triton.errors import UnknownBackendError
+
+    if not backend:
+        return None
+    try:
+        return get_backend_class(backend).triton_runtime
+    except UnknownBackendError:
+        raise RuntimeEnvironmentError(
+            f"backend: the manifests name backend {backend!r}, which this aitune_triton does not know; "
+            "use the aitune_triton version that exported the repository.") from None
+
+
+def _imported(version_dir: Path, backend: str | None) -> set[str]:
+    """Which of :data:`RUNTIME_PACKAGES` a version's code imports: its own files (``model.py``, a step's
+    source) and, for a graph model, the shipped runtime module its backend runs (the shipped package
+    holds every runtime; only that one is imported)."""
+    from aitune_triton.served import PACKAGE_DIR
+
     pattern = re.compile(r"^\s*(?:import|from)\s+(" + "|".join(RUNTIME_PACKAGES) + r")\b", re.MULTILINE)
-    found = {"numpy"}  # triton_python_backend_utils imports numpy
-    for path in version_dir.rglob("*.py"):
-        found.update(pattern.findall(path.read_text(errors="replace")))
+    files = [p for p in version_dir.rglob("*.py") if PACKAGE_DIR not in p.relative_to(version_dir).parts]
+    runtime = _runtime_name(backend)
+    if runtime is not None:
+        files.append(version_dir / PACKAGE_DIR / "runtimes" / f"{runtime}.py")
+    found = {"numpy"}  # triton_python_backend_utils and the shipped package import numpy
+    for path in files:
+        if path.is_file():
+            found.update(pattern.findall(path.read_text(errors="replace")))
     return found
 
 
@@ -199,7 +224,7 @@ def runtime_environment(repository: str | Path, server_version: str | None = Non
         pythons.setdefault(str(manifest.versions.get("python")), []).append(name)
         if manifest.versions.get("nvidia-pytriton"):
             pytritons.add(str(manifest.versions["nvidia-pytriton"]))
-        for package in sorted(_imported(model_dir / str(version))):
+        for package in sorted(_imported(model_dir / str(version), manifest.backend)):
             built = manifest.versions.get(package)
             if not built:
                 raise RuntimeEnvironmentError(
