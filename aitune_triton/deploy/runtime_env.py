@@ -280,6 +280,7 @@ def write_runtime_environment(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = make_staging_dir(target.parent)
     try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide it from another uid (a build or a server as uid 1000)
         (staging / "requirements.txt").write_text(environment.requirements_txt())
         (staging / "Dockerfile").write_text(environment.dockerfile())
         (staging / ".dockerignore").write_text("# The build needs only the requirements; the repository is mounted.\n*\n!requirements.txt\n")

@@ -76,6 +76,16 @@ def test_write_gives_requirements_pip_parses_a_dockerfile_on_the_matching_image_
     assert json.loads((tmp_path / "env" / "runtime.json").read_text())["image"] == ngc_image("2.53.0")
 
 
+def test_the_export_and_the_runtime_env_are_readable_by_another_uid(exported, tmp_path):
+    """Triton's images, its chart and KServe run the server as uid 1000, not as the exporting user."""
+    write_runtime_environment(exported, tmp_path / "env")
+
+    for root in (exported, tmp_path / "env"):
+        for path in [root, *root.rglob("*")]:
+            wanted = 0o005 if path.is_dir() else 0o004
+            assert path.stat().st_mode & wanted == wanted, path
+
+
 def test_a_local_torch_build_brings_its_pytorch_index_and_a_plain_pin_none(tmp_path):
     environment = RuntimeEnvironment(tmp_path, [RuntimeRequirement("numpy", "1.26.4", ("m",)),
                                                 RuntimeRequirement("torch", "2.13.0+cpu", ("m", "m.graph_0"))])
