@@ -40,6 +40,7 @@ __all__ = [
     "RuntimeRequirement",
     "environment_mismatches",
     "installed_versions",
+    "versions_script",
     "runtime_environment",
     "write_runtime_environment",
 ]
@@ -315,7 +316,7 @@ def installed_versions(python: str | Path | None = None) -> dict[str, str | None
     Raises:
         InvalidArgumentError: ``python`` cannot be run or does not answer with the versions.
     """
-    script = _VERSIONS_SCRIPT % (RUNTIME_PACKAGES,)
+    script = versions_script()
     if python is None:
         from aitune_triton._versions import library_versions
 
@@ -332,8 +333,17 @@ def installed_versions(python: str | Path | None = None) -> dict[str, str | None
             f"({error}). Pass the path of the environment's python (for example .venv/bin/python).") from None
 
 
+def versions_script() -> str:
+    """A Python program that prints the installed versions of :data:`RUNTIME_PACKAGES` as one JSON line."""
+    return _VERSIONS_SCRIPT % (RUNTIME_PACKAGES,)
+
+
 def environment_mismatches(
-    repository: str | Path, python: str | Path | None = None, environment: RuntimeEnvironment | None = None
+    repository: str | Path,
+    python: str | Path | None = None,
+    environment: RuntimeEnvironment | None = None,
+    installed: dict[str, str | None] | None = None,
+    where: str | None = None,
 ) -> list[str]:
     """Each package the served models need whose installed version in ``python`` differs, one line each.
 
@@ -341,6 +351,9 @@ def environment_mismatches(
         repository: An exported model repository.
         python: The interpreter of the environment to compare (:func:`installed_versions`); None: this one.
         environment: The repository's :class:`RuntimeEnvironment`, when already read.
+        installed: Package -> installed version, already read elsewhere (an image:
+            :func:`aitune_triton.triton.container.image_versions`); then ``python`` is not asked.
+        where: How the lines name that environment (``"in image X"``).
 
     Returns:
         Lines such as ``"torch: 2.12.0 installed, models m.graph_0, m built with 2.13.0"``; empty when all match.
@@ -349,8 +362,9 @@ def environment_mismatches(
         As :func:`runtime_environment` and :func:`installed_versions`.
     """
     environment = environment or runtime_environment(repository)
-    installed = installed_versions(python)
-    where = f"in {python}" if python is not None else "here"
+    if installed is None:
+        installed = installed_versions(python)
+    where = where or (f"in {python}" if python is not None else "here")
     lines = []
     for requirement in environment.requirements:
         have = installed.get(requirement.package)

@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence
 
 from aitune_triton.errors import InvalidArgumentError, TritonServerError
 
-__all__ = ["CONTAINER_PORTS", "MODEL_REPOSITORY_MOUNT", "ContainerSpec", "TritonContainer", "container_spec"]
+__all__ = ["CONTAINER_PORTS", "MODEL_REPOSITORY_MOUNT", "ContainerSpec", "TritonContainer", "container_spec",
+           "image_versions"]
 
 #: Where the repository is mounted in the container.
 MODEL_REPOSITORY_MOUNT = "/models"
@@ -165,6 +166,24 @@ def docker_client() -> Any:
     except Exception as error:  # the SDK raises DockerException or a requests error when no engine answers
         raise TritonServerError(f"container: no Docker engine answers ({error}); start one or serve without --container.") from None
     return client
+
+
+def image_versions(image: str) -> dict[str, str | None]:
+    """The torch / onnxruntime / numpy versions installed in ``image``'s ``python3`` (None: absent).
+
+    Raises:
+        TritonServerError: no Docker engine answers, or the image cannot run the version script.
+    """
+    import json
+
+    from aitune_triton.deploy.runtime_env import versions_script
+
+    client = docker_client()
+    try:
+        output = client.containers.run(image, ["python3", "-c", versions_script()], entrypoint=[], remove=True)
+        return dict(json.loads(output.decode().strip().splitlines()[-1]))
+    except Exception as error:  # the SDK's ContainerError / ImageNotFound, or output that is not the JSON line
+        raise TritonServerError(f"image: cannot read the package versions of {image} ({error}).") from None
 
 
 class TritonContainer:

@@ -62,7 +62,7 @@ def test_the_group_help_lists_every_command_and_option(runner):
         ),
         ("inspect", {"--help"}),
         ("describe", {"--json", "--help"}),
-        ("check", {"--load", "--timeout-s", "--environment", "--strict", "--help"}),
+        ("check", {"--load", "--timeout-s", "--environment", "--image", "--strict", "--help"}),
         ("analyze-config", {"-o", "--output", "--protocol", "--help"}),
         ("runtime-env", {"-o", "--output", "--server-version", "--help"}),
     ],

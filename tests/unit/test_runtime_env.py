@@ -172,3 +172,30 @@ def test_cli_runtime_env_and_check_strict(repository, tmp_path):
     assert strict.exit_code == 1 and "--strict" in strict.output
     missing = runner.invoke(main, ["check", str(repository), "--environment", str(tmp_path / "nope")])
     assert missing.exit_code == 1 and "environment:" in missing.output
+
+
+def test_versions_read_elsewhere_are_compared_the_same_way(repository):
+    """What check --image does with the versions an image's python3 reports."""
+    pins = runtime_environment(repository).pins()
+    image = {**pins, "numpy": "0.0.1"}
+
+    [line] = environment_mismatches(repository, installed=image, where="in image my/triton:1")
+
+    assert line.startswith("numpy: 0.0.1 in image my/triton:1") and pins["numpy"] in line
+    assert environment_mismatches(repository, installed=dict(pins)) == []
+
+
+def test_check_image_needs_an_engine_and_excludes_environment(repository, tmp_path):
+    from aitune_triton.triton.container import docker_client
+    from aitune_triton.errors import TritonServerError
+
+    runner = CliRunner()
+    both = runner.invoke(main, ["check", str(repository), "--image", "x", "--environment", sys.executable])
+    assert both.exit_code == 2 and "--environment, --image" in both.output
+    try:
+        docker_client().close()
+    except TritonServerError:
+        result = runner.invoke(main, ["check", str(repository), "--image", "nvcr.io/nvidia/tritonserver:24.10-py3"])
+        assert result.exit_code == 1 and "Docker engine" in result.output
+    else:
+        pytest.skip("a Docker engine answers here: pulling an NGC image is not a unit test")
