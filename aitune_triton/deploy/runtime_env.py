@@ -219,13 +219,15 @@ def runtime_environment(repository: str | Path, server_version: str | None = Non
     pytritons: set[str] = set()
     for model_dir in model_dirs:
         version = latest_version(model_dir)
-        if version is None or not _is_python_backend(model_dir):
+        if version is None:
             continue
         manifest = read_manifest(model_dir / str(version))
+        if manifest.versions.get("nvidia-pytriton"):  # native models too: the server they were checked with
+            pytritons.add(str(manifest.versions["nvidia-pytriton"]))
+        if not _is_python_backend(model_dir):
+            continue
         name = model_dir.name
         pythons.setdefault(str(manifest.versions.get("python")), []).append(name)
-        if manifest.versions.get("nvidia-pytriton"):
-            pytritons.add(str(manifest.versions["nvidia-pytriton"]))
         for package in sorted(_imported(model_dir / str(version), manifest.backend)):
             built = manifest.versions.get(package)
             if not built:
