@@ -14,6 +14,7 @@ from aitune_triton.cli.checkpoint import describe, inspect
 from aitune_triton.cli.deploy import deploy
 from aitune_triton.cli.export import export
 from aitune_triton.cli.repository import analyze_config, check
+from aitune_triton.cli.runtime_env import runtime_env
 from aitune_triton.cli.serve import serve
 
 __all__ = ["main"]
@@ -30,7 +31,7 @@ def main() -> None:
     """
 
 
-for _command in (export, serve, inspect, describe, check, analyze_config, deploy):
+for _command in (export, serve, inspect, describe, check, analyze_config, deploy, runtime_env):
     main.add_command(_command)
 
 

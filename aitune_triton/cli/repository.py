@@ -19,11 +19,20 @@ __all__ = ["analyze_config", "check"]
               "REPOSITORY/.aitune_triton-validation.json (aitune-triton deploy sizes from it).")
 @click.option("--timeout-s", default=180.0, show_default=True, type=float,
               help="With --load: seconds to wait for the server and for each model load.")
-def check(repository: Path, load: bool, timeout_s: float) -> None:
+@click.option("--environment", "environment", default=None, type=click.Path(path_type=Path),
+              help="Python interpreter of the environment (or image wrapper) to compare the models' package versions "
+                   "with [default: this one].")
+@click.option("--image", default=None, help="A container image to compare instead (its python3, run through Docker).")
+@click.option("--strict", is_flag=True, help="Exit with status 1 when an installed package version differs from the "
+              "one that built the artifacts.")
+def check(repository: Path, load: bool, timeout_s: float, environment: Path | None, image: str | None,
+          strict: bool) -> None:
     """Check REPOSITORY before serving it: every config.pbtxt against the ModelConfig schema, each
     version's files against its manifest.json (missing, extra, SHA-256), config tensors against the
     manifest's IO mapping, artifacts against this machine (GPU, TensorRT), entry model routes
-    against the graph model versions present.
+    against the graph model versions present, and the torch / onnxruntime / numpy versions of
+    the environment (--environment PYTHON or --image IMAGE, default this one) against those that
+    built the artifacts.
 
     Prints a table per model (OK / WARN / ERROR); exits with status 1 when any finding is an ERROR.
     """
@@ -35,10 +44,35 @@ def check(repository: Path, load: bool, timeout_s: float) -> None:
         raise fail(error) from error
     for table in report_tables(report):
         console.print(table)
+    mismatches = _environment_warnings(repository, environment, image)
     errors = sum(1 for _ in report.findings("ERROR"))
+    if strict and mismatches and not errors:
+        raise click.ClickException(f"{len(mismatches)} package version(s) differ from the artifacts' (--strict).")
     if errors:
         raise click.ClickException(f"{errors} error(s) in {report.repository}.")
     console.print(f"{report.repository}: no errors ({sum(1 for _ in report.findings('WARN'))} warning(s)).")
+
+
+def _environment_warnings(repository: Path, environment: Path | None, image: str | None) -> list[str]:
+    """Print a ``Warning:`` line per package whose installed version differs from the artifacts'; return them."""
+    from aitune_triton.deploy.runtime_env import environment_mismatches
+
+    if environment is not None and image is not None:
+        raise click.UsageError("--environment, --image: pass one (the environment to compare), not both.")
+    try:
+        if image is not None:
+            from aitune_triton.triton.container import image_versions
+
+            mismatches = environment_mismatches(repository, installed=image_versions(image), where=f"in image {image}")
+        else:
+            mismatches = environment_mismatches(repository, environment)
+    except AITuneTritonError as error:
+        if environment is not None or image is not None:
+            raise fail(error) from error
+        mismatches = [f"environment: not compared ({error})"]
+    for line in mismatches:
+        click.echo(f"Warning: {line}", err=True)
+    return mismatches
 
 
 @click.command("analyze-config")

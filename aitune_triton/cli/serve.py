@@ -30,8 +30,15 @@ __all__ = ["serve"]
 @click.option("--quiet-log", is_flag=True, help="Do not echo server log lines.")
 @click.option("--timeout-s", default=180.0, show_default=True, type=float,
               help="Seconds to wait for the server and its models to be ready.")
+@click.option("--container", is_flag=True, help="Run the NGC tritonserver image through Docker (pip install "
+              "'aitune-triton[docker]' and a running engine) with REPOSITORY mounted, instead of a local binary.")
+@click.option("--image", default=None, help="With --container: the image [default: built from --runtime-env, else "
+              "the NGC image of the server version the manifests record].")
+@click.option("--runtime-env", "runtime_env", default=None, type=click.Path(path_type=Path),
+              help="With --container: a directory written by `aitune-triton runtime-env`, built into the image.")
 def serve(repository: Path, http_port: int | None, grpc_port: int | None, metrics_port: int | None, host: str,
-          tritonserver: Path | None, log_file: Path | None, quiet_log: bool, timeout_s: float) -> None:
+          tritonserver: Path | None, log_file: Path | None, quiet_log: bool, timeout_s: float, container: bool,
+          image: str | None, runtime_env: Path | None) -> None:
     """Serve REPOSITORY with a real Triton server until interrupted (Ctrl-C or SIGTERM).
 
     Listens on 127.0.0.1 (this machine only) unless --host says otherwise. Exits with status 1
@@ -47,7 +54,8 @@ def serve(repository: Path, http_port: int | None, grpc_port: int | None, metric
             warnings.simplefilter("always")
             server = TritonServer(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                                   tritonserver=tritonserver, log_path=log_file, stream_log=not quiet_log,
-                                  timeout_s=timeout_s, host=host)
+                                  timeout_s=timeout_s, host=host, container=container, image=image,
+                                  runtime_env=runtime_env)
         for warning in caught:
             click.echo(f"Warning: {warning.message}", err=True)
         server.start()

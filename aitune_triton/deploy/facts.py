@@ -2,7 +2,7 @@
 its files, and what ``aitune-triton check --load`` measured) into a :class:`RepositoryFacts`.
 
 The Triton image tag follows the server version the repository was validated with
-(:data:`TRITON_RELEASES`). Without a validation record the measured facts are None; the targets
+(:mod:`aitune_triton.deploy.images`). Without a validation record the measured facts are None; the targets
 then use their documented defaults, say so in the files they write, and warn.
 """
 
@@ -12,39 +12,26 @@ import dataclasses
 import warnings
 from pathlib import Path
 
+from aitune_triton.deploy.images import ngc_image
 from aitune_triton.errors import InvalidArgumentError
 
-__all__ = ["TRITON_IMAGE", "TRITON_RELEASES", "RepositoryFacts", "image_for_server_version", "repository_facts"]
+__all__ = ["RepositoryFacts", "image_for_server_version", "repository_facts"]
 
-TRITON_IMAGE = "nvcr.io/nvidia/tritonserver"
-
-#: Triton server version -> the NGC container release that ships it. Source: the release titles of
-#: github.com/triton-inference-server/server ("Release 2.59.0 corresponding to NGC container 25.06")
-#: and NVIDIA's Triton container release notes. From 24.01 to 25.06 each monthly release moved the
-#: minor version by one; 25.07 was not released, so later versions are not inferred from the pattern.
-TRITON_RELEASES: dict[str, str] = {
-    "2.42.0": "24.01", "2.43.0": "24.02", "2.44.0": "24.03", "2.45.0": "24.04", "2.46.0": "24.05",
-    "2.47.0": "24.06", "2.48.0": "24.07", "2.49.0": "24.08", "2.50.0": "24.09", "2.51.0": "24.10",
-    "2.52.0": "24.11", "2.53.0": "24.12", "2.54.0": "25.01", "2.55.0": "25.02", "2.56.0": "25.03",
-    "2.57.0": "25.04", "2.58.0": "25.05", "2.59.0": "25.06",
-}
 
 
 def image_for_server_version(server_version: str) -> str | None:
-    """The NGC image ``nvcr.io/nvidia/tritonserver:<YY.MM>-py3`` that ships Triton ``server_version``.
+    """The NGC image ``nvcr.io/nvidia/tritonserver:<YY.MM>-py3`` that ships Triton ``server_version``
+    (:func:`aitune_triton.deploy.images.ngc_image`).
 
     Returns:
-        The image, or None (with a ``UserWarning`` naming the known versions) for a version not in
-        :data:`TRITON_RELEASES`; pass the image explicitly then (``--image``).
+        The image, or None (with a ``UserWarning`` naming the known versions) for a version without
+        a known NGC release; pass the image explicitly then (``--image``).
     """
-    release = TRITON_RELEASES.get(server_version)
-    if release is None:
-        warnings.warn(
-            f"Triton server version {server_version!r} has no known NGC release (known: {min(TRITON_RELEASES)} to "
-            f"{max(TRITON_RELEASES)}); pass the image that ships it with --image (image=...).",
-            UserWarning, stacklevel=2)
+    try:
+        return ngc_image(server_version)
+    except InvalidArgumentError as error:
+        warnings.warn(str(error), UserWarning, stacklevel=2)
         return None
-    return f"{TRITON_IMAGE}:{release}-py3"
 
 
 @dataclasses.dataclass(frozen=True)

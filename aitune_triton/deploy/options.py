@@ -18,7 +18,8 @@ import math
 import re
 from typing import Any, ClassVar
 
-from aitune_triton.deploy.facts import TRITON_IMAGE, TRITON_RELEASES, RepositoryFacts
+from aitune_triton.deploy.facts import RepositoryFacts
+from aitune_triton.deploy.images import ngc_image
 from aitune_triton.errors import InvalidArgumentError
 
 __all__ = [
@@ -83,7 +84,7 @@ def resolve_image(image: str | None, facts: RepositoryFacts) -> tuple[str, str]:
         return image, "given by the image option"
     if facts.image:
         return facts.image, f"the NGC release of Triton {facts.server_version}, which check --load validated"
-    default = f"{TRITON_IMAGE}:{TRITON_RELEASES[DEFAULT_SERVER_VERSION]}-py3"
+    default = ngc_image(DEFAULT_SERVER_VERSION)
     return default, (f"DEFAULT: the NGC release of Triton {DEFAULT_SERVER_VERSION} (not validated: run "
                      "aitune-triton check --load on the repository)")
 

@@ -21,7 +21,7 @@ import urllib.request
 import warnings
 import weakref
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from aitune_triton._progress import console, progress
 from aitune_triton.errors import InvalidArgumentError, TritonServerError
@@ -40,6 +40,9 @@ from aitune_triton.triton.process import children as _children  # noqa: F401
 from aitune_triton.triton.process import is_dead as _is_dead  # noqa: F401
 from aitune_triton.triton.process import stub_model as _stub_model  # noqa: F401
 from aitune_triton.triton.watchdog import StubWatchdog
+
+if TYPE_CHECKING:
+    from aitune_triton.triton.container import ContainerSpec, TritonContainer
 
 __all__ = ["StubWatchdog", "TritonServer", "find_tritonserver", "free_port"]
 
@@ -93,6 +96,13 @@ class TritonServer:
         host: IPv4 address HTTP, gRPC and metrics listen on. The default, 127.0.0.1, accepts
             connections from this machine only; another address (``0.0.0.0``: every interface)
             opens the server, which has no authentication, to the network, with a warning.
+        container: Run the NGC ``tritonserver`` image through the docker SDK instead of a local
+            binary (:mod:`aitune_triton.triton.container`): the repository mounted read-only, the
+            three ports published on ``host``, the same readiness wait; no stub watchdog.
+        image: With ``container``: the image; None: built from ``runtime_env``, else the NGC image
+            of the server version the manifests record.
+        runtime_env: With ``container``: a directory written by ``aitune-triton runtime-env``,
+            built into the image the container runs.
 
     Raises:
         TritonServerError: ``repository`` is not a directory or holds no model, or no server binary
@@ -124,6 +134,9 @@ class TritonServer:
         show_progress: bool = True,
         restart_dead_stubs: bool = True,
         host: str = DEFAULT_HOST,
+        container: bool = False,
+        image: str | None = None,
+        runtime_env: str | os.PathLike | None = None,
     ):
         self.host = _check_host(host)
         if not ipaddress.IPv4Address(self.host).is_loopback:
@@ -146,12 +159,18 @@ class TritonServer:
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
-        self._binary, self._root = find_tritonserver(tritonserver)
+        self.extra_args = list(extra_args)
+        self._container_spec = self._container_spec_of(container, image, runtime_env)
+        self._container: TritonContainer | None = None
+        if self._container_spec is None:
+            self._binary, self._root = find_tritonserver(tritonserver)
+        else:
+            self._binary, self._root = Path("tritonserver"), None
+            restart_dead_stubs = False  # the watchdog reads the local process tree
         self._log_path = Path(log_path) if log_path else None
         self._own_log = log_path is None
         self.stream_log = stream_log
         self.timeout_s = timeout_s
-        self.extra_args = list(extra_args)
         self.show_progress = show_progress
         self._process: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
@@ -161,6 +180,18 @@ class TritonServer:
         self._watchdog_args = StubWatchdog.server_args(self.extra_args, self._control_token) if restart_dead_stubs else []
         self.watchdog: StubWatchdog | None = None
         self._exit_message: str | None = None
+
+    def _container_spec_of(self, container: bool, image: str | None, runtime_env: str | os.PathLike | None):
+        from aitune_triton.triton.container import container_spec
+
+        if not container:
+            if image is not None or runtime_env is not None:
+                raise InvalidArgumentError("image, runtime_env: only with container=True (--container).")
+            return None
+        return container_spec(self.repository, http_port=self.http_port, grpc_port=self.grpc_port,
+                              metrics_port=self.metrics_port, host=self.host, image=image,
+                              runtime_env=Path(runtime_env) if runtime_env is not None else None,
+                              extra_args=self.extra_args)
 
     @property
     def http_url(self) -> str:
@@ -221,9 +252,11 @@ class TritonServer:
             TritonServerError: the server exited or was not ready within ``timeout_s``; the
                 message holds the server's own error lines and the log path.
         """
-        if self._process is not None:
+        if self._process is not None or self._container is not None:
             return self
         self._exit_message = None
+        if self._container_spec is not None:
+            return self._start_container(self._container_spec)
         self._workdir = Path(tempfile.mkdtemp(prefix="aitune_triton-server-"))
         if self._root is not None:
             try:
@@ -254,6 +287,18 @@ class TritonServer:
                 self.stop()
                 raise
         self._start_watchdog()
+        return self
+
+    def _start_container(self, spec: "ContainerSpec") -> "TritonServer":
+        from aitune_triton.triton.container import TritonContainer
+
+        self._workdir = Path(tempfile.mkdtemp(prefix="aitune_triton-server-"))
+        if self._own_log:
+            self._log_path = self._workdir / "tritonserver.log"
+        container = TritonContainer(spec, self.http_url, self.timeout_s)
+        with progress(f"Starting Triton container on {self.repository}", enabled=self.show_progress) as log:
+            container.start(log)
+        self._container = container
         return self
 
     def _copy_log(self) -> None:
@@ -310,6 +355,10 @@ class TritonServer:
         ``log_path`` given by the caller always stays.
         """
         self._stop_watchdog()
+        if self._container is not None:
+            self.log_path.write_text("\n".join(self._container.logs()) + "\n")
+            self._container.stop(timeout_s)
+            self._container = None
         process, self._process = self._process, None
         if process is not None:
             if self._finalizer is not None:
@@ -360,7 +409,9 @@ class TritonServer:
         return self._process.pid if self.is_running() and self._process is not None else None
 
     def is_running(self) -> bool:
-        """Whether the server process is alive."""
+        """Whether the server process (or container) is alive."""
+        if self._container is not None:
+            return self._container.is_running()
         return self._process is not None and self._process.poll() is None
 
     def __enter__(self) -> "TritonServer":

@@ -57,12 +57,14 @@ def test_the_group_help_lists_every_command_and_option(runner):
         ),
         (
             "serve",
-            {"--http-port", "--grpc-port", "--metrics-port", "--host", "--tritonserver", "--log-file", "--quiet-log", "--timeout-s", "--help"},
+            {"--http-port", "--grpc-port", "--metrics-port", "--host", "--tritonserver", "--log-file", "--quiet-log", "--timeout-s", "--help",
+             "--container", "--image", "--runtime-env"},
         ),
         ("inspect", {"--help"}),
         ("describe", {"--json", "--help"}),
-        ("check", {"--load", "--timeout-s", "--help"}),
+        ("check", {"--load", "--timeout-s", "--environment", "--image", "--strict", "--help"}),
         ("analyze-config", {"-o", "--output", "--protocol", "--help"}),
+        ("runtime-env", {"-o", "--output", "--server-version", "--help"}),
     ],
 )
 def test_each_command_help_mentions_every_option_it_takes(runner, command, expected):
@@ -74,7 +76,7 @@ def test_each_command_help_mentions_every_option_it_takes(runner, command, expec
     declared = {opt for param in main.commands[command].params for opt in getattr(param, "opts", []) if opt.startswith("-")}
     assert declared | {"--help"} <= expected
     argument = {"export": "CHECKPOINT", "serve": "REPOSITORY", "inspect": "CHECKPOINT", "describe": "CHECKPOINT",
-                "check": "REPOSITORY", "analyze-config": "REPOSITORY"}[command]
+                "check": "REPOSITORY", "analyze-config": "REPOSITORY", "runtime-env": "REPOSITORY"}[command]
     assert argument in result.output
 
 
