@@ -326,6 +326,7 @@ def write_model_config(config: mc.ModelConfig, path: str | os.PathLike) -> Path:
     text_format.Parse(text, mc.ModelConfig())
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(handle, 0o644)  # mkstemp's 0600 would hide it from a server running as another user (uid 1000 in containers)
         with os.fdopen(handle, "w") as stream:
             stream.write(text)
         os.replace(temporary, path)
