@@ -18,12 +18,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from aitune_triton._warnings import warn
 from aitune_triton.deploy.facts import RepositoryFacts, repository_facts
 from aitune_triton.deploy.nginx import nginx_config
 from aitune_triton.deploy.registry import DeploymentTarget
 from aitune_triton.errors import InvalidArgumentError
 
-__all__ = ["ComposeOptions", "ComposeTarget", "compose_document", "healthcheck_start_period_s"]
+__all__ = ["ComposeOptions", "ComposeTarget", "compose_document", "healthcheck_start_period_s", "unreadable_by_others"]
 
 #: Ports inside each replica's container (Triton's defaults).
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
@@ -101,6 +102,17 @@ def healthcheck_start_period_s(load_time_s: float | None) -> int:
     if load_time_s is None:
         return UNMEASURED_START_PERIOD_S
     return max(30, math.ceil(3 * load_time_s))
+
+
+def unreadable_by_others(repository: Path) -> list[Path]:
+    """Files (not readable) and directories (not readable and searchable) of ``repository`` that a user
+    other than their owner and group cannot read, as the replicas' user 1000 must."""
+    found = []
+    for path in [repository, *sorted(repository.rglob("*"))]:
+        need = 0o005 if path.is_dir() else 0o004
+        if path.lstat().st_mode & need != need:
+            found.append(path)
+    return found
 
 
 def server_command(extra_args: tuple[str, ...] = ()) -> list[str]:
@@ -226,6 +238,13 @@ class ComposeTarget(DeploymentTarget):
         if output_dir.exists() and not output_dir.is_dir():
             raise InvalidArgumentError(f"output_dir: {output_dir} is a file; pass a directory path.")
         facts = repository_facts(repository)
+        hidden = unreadable_by_others(repository)
+        if hidden:
+            shown = ", ".join(str(path) for path in hidden[:3]) + (f" and {len(hidden) - 3} more" if len(hidden) > 3 else "")
+            warn(
+                f"repository: the replicas run as user 1000 and may not read {shown} (no read permission for "
+                f"others). Run chmod -R a+rX {repository}, or give the files to uid 1000."
+            )
         names = [f"triton-{index}" for index in range(1, self.options.replicas + 1)]
         nginx = nginx_config(
             [f"{name}:{HTTP_PORT}" for name in names],

@@ -5,6 +5,7 @@ Compose specification's JSON schema (shipped by check-jsonschema), the nginx con
 from __future__ import annotations
 
 import json
+import shutil
 from importlib import resources
 
 import pytest
@@ -14,7 +15,12 @@ from repo_helpers import fast_onnxruntime
 
 import aitune_triton
 from aitune_triton.deploy import ComposeOptions, ComposeTarget, deployment_target, deployment_target_names
-from aitune_triton.deploy.compose import UNMEASURED_START_PERIOD_S, healthcheck_start_period_s, server_command
+from aitune_triton.deploy.compose import (
+    UNMEASURED_START_PERIOD_S,
+    healthcheck_start_period_s,
+    server_command,
+    unreadable_by_others,
+)
 from aitune_triton.deploy.nginx import nginx_binary, nginx_check, nginx_config
 from aitune_triton.errors import ArgumentTypeError, InvalidArgumentError
 from nets import TwoInputNet
@@ -92,6 +98,15 @@ def test_the_schema_catches_what_compose_would_refuse(repository, tmp_path):
     document["services"]["triton-1"]["healthcheck"]["start_perod"] = "10s"  # a misspelt key
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(compose_schema()).validate(document)
+
+
+def test_the_exported_repository_is_readable_by_the_replicas_user(repository, tmp_path):
+    assert unreadable_by_others(repository) == []  # config.pbtxt too (it was written 0600 before)
+    copy = tmp_path / "copy"
+    shutil.copytree(repository, copy)
+    (copy / "compose_net" / "config.pbtxt").chmod(0o600)
+    with pytest.warns(UserWarning, match=r"replicas run as user 1000 and may not read .*config.pbtxt .*chmod -R a\+rX"):
+        ComposeTarget().generate(copy, tmp_path / "out")
 
 
 def test_gpu_reservation_and_image_options(repository, tmp_path):
