@@ -51,3 +51,10 @@ def test_make_test_type_checks_the_package_with_mypy_configured_in_pyproject():
     assert "-m mypy" in test_recipe
     assert "aitune_triton" in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]["packages"]
     assert (ROOT / "aitune_triton" / "py.typed").exists()
+
+
+def test_the_deploy_extra_brings_pyyaml_and_dev_the_compose_schema():
+    extras = PROJECT["optional-dependencies"]
+    assert "pyyaml" in requirement_names(extras["deploy"])  # the compose target writes YAML
+    assert "check-jsonschema" in requirement_names(extras["dev"])  # ships the Compose specification's schema
+    assert "aitune-triton[serve,deploy]" in extras["dev"]
