@@ -2,12 +2,14 @@
 (Kubernetes manifests, a KServe InferenceService, a compose file), registered by name, and
 :func:`deploy`, which checks the repository and writes a target's files atomically.
 
-To add a target: a module here with a :class:`~.registry.DeploymentTarget` subclass (its name, its
+Built in: ``kubernetes``, ``kserve``, ``compose``. To add a target: a module here with a
+:class:`~.registry.DeploymentTarget` subclass (its name, its
 typed options, a :class:`~.options.DeployOptions` subclass, and ``generate(repository, output_dir)``)
 and one :func:`register_deployment_target` line below.
 """
 
 from aitune_triton.deploy.api import deploy
+from aitune_triton.deploy.compose import ComposeOptions, ComposeTarget
 from aitune_triton.deploy.facts import RepositoryFacts, repository_facts
 from aitune_triton.deploy.kserve import KServeOptions, KServeTarget
 from aitune_triton.deploy.kubernetes import KubernetesOptions, KubernetesTarget
@@ -21,8 +23,11 @@ from aitune_triton.deploy.registry import (
 
 register_deployment_target(KubernetesTarget)
 register_deployment_target(KServeTarget)
+register_deployment_target(ComposeTarget)
 
 __all__ = [
+    "ComposeOptions",
+    "ComposeTarget",
     "DeployOptions",
     "DeploymentTarget",
     "KServeOptions",

@@ -51,3 +51,10 @@ def test_make_test_type_checks_the_package_with_mypy_configured_in_pyproject():
     assert "-m mypy" in test_recipe
     assert "aitune_triton" in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]["packages"]
     assert (ROOT / "aitune_triton" / "py.typed").exists()
+
+
+def test_the_install_brings_pyyaml_and_dev_the_deployment_schemas():
+    extras = PROJECT["optional-dependencies"]
+    assert "pyyaml" in requirement_names(PROJECT["dependencies"])  # the deployment targets write YAML
+    dev = requirement_names(extras["dev"])
+    assert {"check-jsonschema", "kubernetes-validate", "jsonschema"} <= dev  # the compose spec's schema ships in the first
