@@ -7,8 +7,7 @@ from typing import Any
 
 from aitune_triton.backends import AOTInductorBackend, Backend, EagerBackend, InductorBackend, OnnxRuntimeBackend, register_backend
 from aitune_triton.checkpoint import load, save
-# Imported here, not on demand: the name would otherwise be the aitune_triton.deploy package once it is imported.
-from aitune_triton.deploy import deploy
+from aitune_triton.deployment import deploy
 from aitune_triton.errors import AITuneTritonError
 from aitune_triton.module.dims import BatchDim, DynamicDim
 from aitune_triton.module.padded_calls import padded_calls

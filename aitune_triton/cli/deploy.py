@@ -30,7 +30,7 @@ def _options(target: str, given: dict[str, Any]) -> Any:
     Raises:
         InvalidArgumentError: a flag given that the target does not take (named), or an invalid value.
     """
-    from aitune_triton.deploy import deployment_target
+    from aitune_triton.deployment import deployment_target
 
     options_type = deployment_target(target).options_type
     fields = {field.name for field in dataclasses.fields(options_type)}
@@ -68,8 +68,8 @@ def deploy(repository: Path, target: str, output_dir: Path, node_selector: tuple
     image tag come from what `aitune-triton check --load REPOSITORY` recorded (without it: documented
     defaults, said in the files). DIR is written atomically: complete, or absent.
     """
-    from aitune_triton.deploy import deploy as deploy_repository
-    from aitune_triton.deploy import deployment_target_names
+    from aitune_triton.deployment import deploy as deploy_repository
+    from aitune_triton.deployment import deployment_target_names
 
     try:
         if target not in deployment_target_names():

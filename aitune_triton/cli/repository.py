@@ -55,7 +55,7 @@ def check(repository: Path, load: bool, timeout_s: float, environment: Path | No
 
 def _environment_warnings(repository: Path, environment: Path | None, image: str | None) -> list[str]:
     """Print a ``Warning:`` line per package whose installed version differs from the artifacts'; return them."""
-    from aitune_triton.deploy.runtime_env import environment_mismatches
+    from aitune_triton.deployment.runtime_env import environment_mismatches
 
     if environment is not None and image is not None:
         raise click.UsageError("--environment, --image: pass one (the environment to compare), not both.")

@@ -26,7 +26,7 @@ def runtime_env(repository: Path, output_dir: Path, server_version: str | None) 
 
     Exits with status 1 naming both models when two models need different versions of a package.
     """
-    from aitune_triton.deploy.runtime_env import runtime_environment, write_runtime_environment
+    from aitune_triton.deployment.runtime_env import runtime_environment, write_runtime_environment
 
     try:
         files = write_runtime_environment(repository, output_dir, server_version)

@@ -127,7 +127,7 @@ def container_spec(
     if runtime_env is not None:
         image, build_context = _runtime_image(runtime_env)
     elif image is None:
-        from aitune_triton.deploy.runtime_env import runtime_environment
+        from aitune_triton.deployment.runtime_env import runtime_environment
 
         image = runtime_environment(repository, server_version).image
         if image is None:
@@ -176,7 +176,7 @@ def image_versions(image: str) -> dict[str, str | None]:
     """
     import json
 
-    from aitune_triton.deploy.runtime_env import versions_script
+    from aitune_triton.deployment.runtime_env import versions_script
 
     client = docker_client()
     try:

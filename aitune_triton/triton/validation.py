@@ -7,7 +7,7 @@ memory of the server and its Python-backend stub processes (``peak_memory_bytes`
 process's ``VmHWM`` from ``/proc/<pid>/status``; each process's own peak, so the sum is an upper
 bound of their peak together). The file is hidden (its name starts with a dot): Triton reads only
 the repository's directories, and ``repository_layout`` accepts hidden files. The deployment
-targets (:mod:`aitune_triton.deploy.facts`) size probes, memory and the image tag from it.
+targets (:mod:`aitune_triton.deployment.facts`) size probes, memory and the image tag from it.
 """
 
 from __future__ import annotations

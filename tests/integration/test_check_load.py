@@ -15,7 +15,7 @@ from triton_helpers import require_tritonserver
 
 import aitune_triton
 from aitune_triton.cli import main
-from aitune_triton.deploy import repository_facts
+from aitune_triton.deployment import repository_facts
 from aitune_triton.triton.check import ERROR, OK, check_repository
 from aitune_triton.triton.exporter import export
 from aitune_triton.triton.manifest import read_manifest

@@ -19,7 +19,7 @@ import torch
 from conftest import CENTERED_MODEL
 
 from aitune_triton import RemoteModule
-from aitune_triton.deploy.nginx import nginx_binary, nginx_config
+from aitune_triton.deployment.nginx import nginx_binary, nginx_config
 from aitune_triton.triton.server import TritonServer
 
 pytestmark = [

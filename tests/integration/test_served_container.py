@@ -25,7 +25,7 @@ def _docker_engine_or_skip() -> None:
 def test_the_container_with_the_runtime_env_serves_the_repository_with_eager_results(request, tmp_path):
     _docker_engine_or_skip()  # before the session repository is built: a skip here costs nothing
     served = request.getfixturevalue("served")
-    from aitune_triton.deploy.runtime_env import write_runtime_environment
+    from aitune_triton.deployment.runtime_env import write_runtime_environment
     from aitune_triton.triton.server import TritonServer
 
     write_runtime_environment(served.repository, tmp_path / "env")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aitune_triton.deploy.runtime_env import write_runtime_environment
+from aitune_triton.deployment.runtime_env import write_runtime_environment
 from aitune_triton.errors import InvalidArgumentError
 from aitune_triton.triton.container import MODEL_REPOSITORY_MOUNT, container_spec
 from aitune_triton.triton.manifest import ModelKind, ModelManifest

@@ -19,7 +19,7 @@ from repo_helpers import snapshot, tuned_two_spec_net
 
 from aitune_triton import deploy
 from aitune_triton.cli import main
-from aitune_triton.deploy import (
+from aitune_triton.deployment import (
     DeploymentTarget,
     KServeOptions,
     KubernetesOptions,

@@ -14,14 +14,14 @@ import yaml
 from repo_helpers import fast_onnxruntime
 
 import aitune_triton
-from aitune_triton.deploy import ComposeOptions, ComposeTarget, deployment_target, deployment_target_names
-from aitune_triton.deploy.compose import (
+from aitune_triton.deployment import ComposeOptions, ComposeTarget, deployment_target, deployment_target_names
+from aitune_triton.deployment.compose import (
     UNMEASURED_START_PERIOD_S,
     healthcheck_start_period_s,
     server_command,
     unreadable_by_others,
 )
-from aitune_triton.deploy.nginx import nginx_binary, nginx_check, nginx_config
+from aitune_triton.deployment.nginx import nginx_binary, nginx_check, nginx_config
 from aitune_triton.errors import ArgumentTypeError, InvalidArgumentError
 from nets import TwoInputNet
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from repo_helpers import tuned_two_spec_net
 
-from aitune_triton.deploy import DeploymentTarget, deployment_target, deployment_target_names, register_deployment_target
+from aitune_triton.deployment import DeploymentTarget, deployment_target, deployment_target_names, register_deployment_target
 from aitune_triton.errors import ArgumentTypeError, DuplicateRegistrationError, InvalidArgumentError
 from aitune_triton.triton.exporter import export
 from aitune_triton.triton.models.graph import GraphModelRequest
@@ -123,7 +123,7 @@ def test_a_deployment_target_under_a_taken_name_or_an_unknown_name_is_refused():
 
     with pytest.raises(DuplicateRegistrationError, match=r"deployment target name 'test_listing' is already registered by .*ListingTarget"):
         register_deployment_target(Again)
-    with pytest.raises(InvalidArgumentError, match=r"deployment target: expected one of \[.*'test_listing'.*\] .*got 'kserve'"):
-        deployment_target("kserve")
+    with pytest.raises(InvalidArgumentError, match=r"deployment target: expected one of \[.*'test_listing'.*\] .*got 'nomad'"):
+        deployment_target("nomad")
     with pytest.raises(InvalidArgumentError, match="expected a DeploymentTarget subclass"):
         register_deployment_target(object)  # type: ignore[arg-type]

@@ -15,8 +15,8 @@ from packaging.requirements import Requirement
 from repo_helpers import tuned_two_spec_net
 
 from aitune_triton.cli import main
-from aitune_triton.deploy.images import NGC_RELEASES, embedded_server_version, ngc_image
-from aitune_triton.deploy.runtime_env import (
+from aitune_triton.deployment.images import NGC_RELEASES, embedded_server_version, ngc_image
+from aitune_triton.deployment.runtime_env import (
     RuntimeEnvironment,
     RuntimeRequirement,
     RuntimeEnvironmentError,

@@ -1,7 +1,7 @@
 """The ``kubernetes`` deployment target: tritonserver pods behind a Service, autoscaled.
 
 Files written (each ``kubectl apply -f DIR`` ready, sized from
-:func:`~aitune_triton.deploy.facts.repository_facts`; comments in them say where each size comes from):
+:func:`~aitune_triton.deployment.facts.repository_facts`; comments in them say where each size comes from):
 
 * ``deployment.yaml``: a Deployment of ``tritonserver`` pods reading the repository from a
   PersistentVolumeClaim (mounted read-only at ``/models``) or from an object-store URI Triton reads
@@ -22,9 +22,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from aitune_triton.deploy.api import write_yaml
-from aitune_triton.deploy.facts import RepositoryFacts, repository_facts
-from aitune_triton.deploy.options import (
+from aitune_triton.deployment.api import write_yaml
+from aitune_triton.deployment.facts import RepositoryFacts, repository_facts
+from aitune_triton.deployment.options import (
     MEMORY_LIMIT_FACTOR,
     DeployOptions,
     memory_request_bytes,
@@ -33,7 +33,7 @@ from aitune_triton.deploy.options import (
     service_name,
     startup_probes,
 )
-from aitune_triton.deploy.registry import DeploymentTarget
+from aitune_triton.deployment.registry import DeploymentTarget
 from aitune_triton.errors import InvalidArgumentError
 
 __all__ = ["KubernetesOptions", "KubernetesTarget", "PORTS", "server_args"]
@@ -49,7 +49,7 @@ MONITORS = {"none": None, "service": "ServiceMonitor", "pod": "PodMonitor"}
 
 @dataclasses.dataclass(frozen=True)
 class KubernetesOptions(DeployOptions):
-    """:class:`~aitune_triton.deploy.options.DeployOptions` plus what a plain Kubernetes deployment takes.
+    """:class:`~aitune_triton.deployment.options.DeployOptions` plus what a plain Kubernetes deployment takes.
 
     Attributes:
         target_cpu_utilization: The autoscaler's target average CPU utilization, percent of the

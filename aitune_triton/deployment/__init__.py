@@ -8,13 +8,13 @@ typed options, a :class:`~.options.DeployOptions` subclass, and ``generate(repos
 and one :func:`register_deployment_target` line below.
 """
 
-from aitune_triton.deploy.api import deploy
-from aitune_triton.deploy.compose import ComposeOptions, ComposeTarget
-from aitune_triton.deploy.facts import RepositoryFacts, repository_facts
-from aitune_triton.deploy.kserve import KServeOptions, KServeTarget
-from aitune_triton.deploy.kubernetes import KubernetesOptions, KubernetesTarget
-from aitune_triton.deploy.options import DeployOptions
-from aitune_triton.deploy.registry import (
+from aitune_triton.deployment.api import deploy
+from aitune_triton.deployment.compose import ComposeOptions, ComposeTarget
+from aitune_triton.deployment.facts import RepositoryFacts, repository_facts
+from aitune_triton.deployment.kserve import KServeOptions, KServeTarget
+from aitune_triton.deployment.kubernetes import KubernetesOptions, KubernetesTarget
+from aitune_triton.deployment.options import DeployOptions
+from aitune_triton.deployment.registry import (
     DeploymentTarget,
     deployment_target,
     deployment_target_names,

@@ -17,11 +17,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
-from aitune_triton.deploy.api import write_yaml
-from aitune_triton.deploy.facts import RepositoryFacts, repository_facts
-from aitune_triton.deploy.kubernetes import pod_security, probes, resources
-from aitune_triton.deploy.options import DeployOptions, service_name
-from aitune_triton.deploy.registry import DeploymentTarget
+from aitune_triton.deployment.api import write_yaml
+from aitune_triton.deployment.facts import RepositoryFacts, repository_facts
+from aitune_triton.deployment.kubernetes import pod_security, probes, resources
+from aitune_triton.deployment.options import DeployOptions, service_name
+from aitune_triton.deployment.registry import DeploymentTarget
 
 __all__ = ["KServeOptions", "KServeTarget"]
 
@@ -33,7 +33,7 @@ SERVER_ARGS = ["--disable-auto-complete-config", "--exit-on-error=true", "--stri
 
 @dataclasses.dataclass(frozen=True)
 class KServeOptions(DeployOptions):
-    """:class:`~aitune_triton.deploy.options.DeployOptions` for KServe: ``storage_uri`` may also be
+    """:class:`~aitune_triton.deployment.options.DeployOptions` for KServe: ``storage_uri`` may also be
     ``pvc://CLAIM/PATH`` or ``https://``; ``pvc`` (a claim holding the repository at its root) becomes
     ``pvc://CLAIM/``. One of the two is needed (checked when generating)."""
 

@@ -1,5 +1,5 @@
 """Typed options every deployment target shares (:class:`DeployOptions`), checked when made, and the
-sizing rules that turn :class:`~aitune_triton.deploy.facts.RepositoryFacts` into probes and memory.
+sizing rules that turn :class:`~aitune_triton.deployment.facts.RepositoryFacts` into probes and memory.
 
 Sizing, with the measured facts of ``aitune-triton check --load`` where the repository has them:
 
@@ -18,8 +18,8 @@ import math
 import re
 from typing import Any, ClassVar
 
-from aitune_triton.deploy.facts import RepositoryFacts
-from aitune_triton.deploy.images import ngc_image
+from aitune_triton.deployment.facts import RepositoryFacts
+from aitune_triton.deployment.images import ngc_image
 from aitune_triton.errors import InvalidArgumentError
 
 __all__ = [

@@ -7,7 +7,7 @@
   repository bind-mounted read-only at ``/models``, user 1000, a healthcheck on
   ``/v2/health/ready`` whose start period comes from the measured model load time; and ``nginx``,
   which publishes HTTP and gRPC and starts once every replica is healthy.
-- ``nginx.conf`` (:func:`aitune_triton.deploy.nginx.nginx_config`): HTTP and gRPC balanced over the
+- ``nginx.conf`` (:func:`aitune_triton.deployment.nginx.nginx_config`): HTTP and gRPC balanced over the
   replicas with passive failover.
 """
 
@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from aitune_triton._warnings import warn
-from aitune_triton.deploy.facts import RepositoryFacts, repository_facts
-from aitune_triton.deploy.nginx import nginx_config
-from aitune_triton.deploy.options import resolve_image
-from aitune_triton.deploy.registry import DeploymentTarget
+from aitune_triton.deployment.facts import RepositoryFacts, repository_facts
+from aitune_triton.deployment.nginx import nginx_config
+from aitune_triton.deployment.options import resolve_image
+from aitune_triton.deployment.registry import DeploymentTarget
 from aitune_triton.errors import InvalidArgumentError
 
 __all__ = ["ComposeOptions", "ComposeTarget", "compose_document", "healthcheck_start_period_s", "unreadable_by_others"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aitune_triton._atomic import make_staging_dir
-from aitune_triton.deploy.registry import DeploymentTarget, deployment_target, deployment_target_names
+from aitune_triton.deployment.registry import DeploymentTarget, deployment_target, deployment_target_names
 from aitune_triton.errors import ArgumentTypeError, DeploymentError, InvalidArgumentError
 
 __all__ = ["deploy", "write_yaml"]
@@ -59,13 +59,13 @@ def deploy(repository: str | os.PathLike, target: str | DeploymentTarget, output
 
     The repository is checked first as ``aitune-triton check`` does (without loading it); files are
     sized from what ``aitune-triton check --load`` recorded in it (see
-    :func:`aitune_triton.deploy.facts.repository_facts`). ``output_dir`` is written in a staging
+    :func:`aitune_triton.deployment.facts.repository_facts`). ``output_dir`` is written in a staging
     directory beside it and renamed into place, so it is complete or absent.
 
     Args:
         repository: An exported model repository.
         target: A registered target's name (``"kubernetes"``, ``"kserve"``; see
-            ``aitune_triton.deploy.deployment_target_names()``) or a DeploymentTarget instance.
+            ``aitune_triton.deployment.deployment_target_names()``) or a DeploymentTarget instance.
         output_dir: A directory that does not exist yet.
         options: The target's options (``KubernetesOptions(replicas=2)``); None: its defaults. Only
             with a target name.

@@ -2,7 +2,7 @@
 its files, and what ``aitune-triton check --load`` measured) into a :class:`RepositoryFacts`.
 
 The Triton image tag follows the server version the repository was validated with
-(:mod:`aitune_triton.deploy.images`). Without a validation record the measured facts are None; the targets
+(:mod:`aitune_triton.deployment.images`). Without a validation record the measured facts are None; the targets
 then use their documented defaults, say so in the files they write, and warn.
 """
 
@@ -12,7 +12,7 @@ import dataclasses
 import warnings
 from pathlib import Path
 
-from aitune_triton.deploy.images import ngc_image
+from aitune_triton.deployment.images import ngc_image
 from aitune_triton.errors import InvalidArgumentError
 
 __all__ = ["RepositoryFacts", "image_for_server_version", "repository_facts"]
@@ -21,7 +21,7 @@ __all__ = ["RepositoryFacts", "image_for_server_version", "repository_facts"]
 
 def image_for_server_version(server_version: str) -> str | None:
     """The NGC image ``nvcr.io/nvidia/tritonserver:<YY.MM>-py3`` that ships Triton ``server_version``
-    (:func:`aitune_triton.deploy.images.ngc_image`).
+    (:func:`aitune_triton.deployment.images.ngc_image`).
 
     Returns:
         The image, or None (with a ``UserWarning`` naming the known versions) for a version without

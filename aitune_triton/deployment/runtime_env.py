@@ -12,7 +12,7 @@ Triton's own backends (``platform``/``backend`` other than ``python``) needs no 
 each) and refuses two models that need different versions of one package;
 :func:`write_runtime_environment` writes them as ``requirements.txt``, a ``Dockerfile`` on the NGC
 ``tritonserver`` image of the server version the repository was exported with
-(:mod:`aitune_triton.deploy.images`), a ``.dockerignore`` and ``runtime.json``.
+(:mod:`aitune_triton.deployment.images`), a ``.dockerignore`` and ``runtime.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 from google.protobuf import text_format
 
 from aitune_triton._atomic import make_staging_dir
-from aitune_triton.deploy.images import embedded_server_version, ngc_image
+from aitune_triton.deployment.images import embedded_server_version, ngc_image
 from aitune_triton.errors import AITuneTritonError, InvalidArgumentError
 from aitune_triton.triton.config import read_model_config
 from aitune_triton.triton.manifest import latest_version, read_manifest
