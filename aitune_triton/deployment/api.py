@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aitune_triton._atomic import make_staging_dir
+from aitune_triton.deployment.facts import repository_facts
 from aitune_triton.deployment.registry import DeploymentTarget, deployment_target, deployment_target_names
 from aitune_triton.errors import ArgumentTypeError, DeploymentError, InvalidArgumentError
 
@@ -57,6 +58,11 @@ def deploy(repository: str | os.PathLike, target: str | DeploymentTarget, output
            options: Any = None) -> Path:
     """Write the files that deploy the model repository ``repository`` with ``target`` into ``output_dir``.
 
+    A repository with Python-backend models also gets ``runtime/``: the runtime environment its
+    models need (:func:`~aitune_triton.deployment.runtime_env.write_runtime_environment`: pinned
+    requirements and a Dockerfile on the matching NGC image); build that image and pass it as the
+    target's ``image``.
+
     The repository is checked first as ``aitune-triton check`` does (without loading it); files are
     sized from what ``aitune-triton check --load`` recorded in it (see
     :func:`aitune_triton.deployment.facts.repository_facts`). ``output_dir`` is written in a staging
@@ -78,6 +84,7 @@ def deploy(repository: str | os.PathLike, target: str | DeploymentTarget, output
             ``output_dir`` exists (named), or an option is invalid.
         ArgumentTypeError: ``options`` is not the target's options type, or comes with a target instance.
         DeploymentError: the repository check finds errors (listed), or the repository is not one.
+        RuntimeEnvironmentError: the Python-backend models' versions cannot make one environment.
     """
     if isinstance(target, DeploymentTarget):
         if options is not None:
@@ -100,6 +107,7 @@ def deploy(repository: str | os.PathLike, target: str | DeploymentTarget, output
     staging = make_staging_dir(output.parent)
     try:
         generator.generate(source, staging)
+        _write_runtime(source, staging)
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700
         try:
             os.rename(staging, output)  # fails when another process made output meanwhile
@@ -109,3 +117,17 @@ def deploy(repository: str | os.PathLike, target: str | DeploymentTarget, output
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
+
+
+#: Folder of the runtime environment in a deployment directory.
+RUNTIME_DIR = "runtime"
+
+
+def _write_runtime(repository: Path, output: Path) -> None:
+    """Write the runtime environment into ``output/runtime`` when a model runs on Triton's Python
+    backend (a stock Triton image lacks torch and onnxruntime); nothing otherwise."""
+    from aitune_triton.deployment.runtime_env import write_runtime_environment
+
+    facts = repository_facts(repository)
+    if facts.uses_python_backend:
+        write_runtime_environment(repository, output / RUNTIME_DIR, server_version=facts.server_version)

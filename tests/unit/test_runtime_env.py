@@ -199,3 +199,23 @@ def test_check_image_needs_an_engine_and_excludes_environment(repository, tmp_pa
         assert result.exit_code == 1 and "Docker engine" in result.output
     else:
         pytest.skip("a Docker engine answers here: pulling an NGC image is not a unit test")
+
+
+def test_a_steps_own_imports_are_pinned_at_the_versions_installed_here_even_inside_functions(tmp_path):
+    import importlib.metadata
+
+    from aitune_triton.deployment.runtime_env import _step_requirements
+
+    version_dir = tmp_path / "net.preprocess" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "step_module.py").write_text(
+        "import os\nimport numpy as np\nfrom aitune_triton.triton.steps import step\n\n"
+        "def tokenizer():\n    import yaml\n    import not_a_package_anywhere_xyz\n    return yaml\n"
+    )
+
+    with pytest.warns(UserWarning, match="not_a_package_anywhere_xyz.*not installed here"):
+        requirements = _step_requirements([tmp_path / "net.preprocess"], pinned={"numpy"})
+
+    assert [(r.package, r.version, r.models, r.installed_here) for r in requirements] == [
+        ("PyYAML", importlib.metadata.version("PyYAML"), ("net.preprocess",), True)
+    ]
