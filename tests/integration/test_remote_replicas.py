@@ -1,5 +1,6 @@
 """A multi-URL RemoteModule over two real servers, one killed with SIGKILL under load: every call is
-answered with eager's result, over gRPC and HTTP at once, and calls went to both servers first.
+answered with eager's result, over gRPC and HTTP at once, and calls went to both servers first; the
+async client answers with one replica dead, and the killed replica, restarted, is put back.
 
 The two replicas are the session's server and one small server of this test's own serving a copy
 of the same exported module (one server start, not two: the session's server cannot be killed).
@@ -7,6 +8,7 @@ of the same exported module (one server start, not two: the session's server can
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -17,7 +19,7 @@ import pytest
 import torch
 from conftest import CENTERED_MODEL
 
-from aitune_triton import RemoteModule
+from aitune_triton import AsyncRemoteModule, RemoteModule
 from aitune_triton.triton.server import TritonServer
 
 pytestmark = pytest.mark.triton
@@ -43,11 +45,12 @@ def test_calls_spread_over_two_replicas_and_all_are_answered_when_one_is_killed_
     doomed = TritonServer(repository, log_path=tmp_path / "doomed.log", show_progress=False, timeout_s=180)
     doomed.start()
     remotes: list[RemoteModule] = []
+    reborn = None
     try:
         for protocol in ("grpc", "http"):
             urls = [getattr(server, f"{protocol}_url") for server in (survivor, doomed)]
             remotes.append(RemoteModule(urls, CENTERED_MODEL, protocol=protocol, timeout_s=60))
-        before = _successes(survivor)
+        before = {"survivor": _successes(survivor), "doomed": _successes(doomed)}  # a start's warmup requests count too
         # 4 gRPC threads x 50 calls and 2 HTTP threads x 30; each pauses halfway until the kill, so
         # that the kill lands with both loads running and half of each still to come.
         plan = [("grpc", 50)] * 4 + [("http", 30)] * 2
@@ -77,8 +80,8 @@ def test_calls_spread_over_two_replicas_and_all_are_answered_when_one_is_killed_
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not (answered["grpc"] >= 40 and answered["http"] >= 10):
                 time.sleep(0.005)
-            served_before_kill["doomed"] = _successes(doomed)
-            served_before_kill["survivor"] = _successes(survivor) - before
+            served_before_kill["doomed"] = _successes(doomed) - before["doomed"]
+            served_before_kill["survivor"] = _successes(survivor) - before["survivor"]
             assert doomed._process is not None
             os.kill(doomed._process.pid, signal.SIGKILL)
             killed.set()
@@ -96,9 +99,33 @@ def test_calls_spread_over_two_replicas_and_all_are_answered_when_one_is_killed_
         for x, answer in results:
             torch.testing.assert_close(answer, eager(x), atol=1e-5, rtol=0)
         assert served_before_kill["doomed"] > 0 and served_before_kill["survivor"] > 0
-        assert _successes(survivor) - before > served_before_kill["survivor"]  # it took over the rest
+        assert _successes(survivor) - before["survivor"] > served_before_kill["survivor"]  # it took over the rest
         assert doomed.is_running() is False
+
+        # The async client over the same two URLs, one dead: every gathered call answered.
+        async def gathered() -> list[torch.Tensor]:
+            async with AsyncRemoteModule([doomed.grpc_url, survivor.grpc_url], CENTERED_MODEL, timeout_s=60) as remote:
+                return await asyncio.gather(*(remote(x) for x, _ in results[:12]))
+
+        for (x, _), answer in zip(results[:12], asyncio.run(gathered())):
+            torch.testing.assert_close(answer, eager(x), atol=1e-5, rtol=0)
+
+        # Restarted on the same ports, the replica is probed after its back-off and put back.
+        doomed.stop()
+        ports = {"http_port": doomed.http_port, "grpc_port": doomed.grpc_port, "metrics_port": doomed.metrics_port}
+        reborn = TritonServer(repository, log_path=tmp_path / "reborn.log", show_progress=False, timeout_s=180, **ports)
+        reborn.start()
+        warmup = _successes(reborn)
+        deadline = time.monotonic() + 30
+        while _successes(reborn) == warmup and time.monotonic() < deadline:
+            x, expected = results[0][0], eager(results[0][0])
+            torch.testing.assert_close(remotes[0](x), expected, atol=1e-5, rtol=0)
+            time.sleep(0.1)
+        assert _successes(reborn) > warmup
+        assert all(replica.in_service for replica in remotes[0]._replicas.replicas)
     finally:
         for remote in remotes:
             remote.close()
         doomed.stop()
+        if reborn is not None:
+            reborn.stop()
