@@ -75,10 +75,6 @@ class RemoteBase:
     def retry(self, retry: RetryPolicy) -> None:
         self._replicas.retry = retry
 
-    def _endpoints(self) -> str:
-        """The replicas as error messages name them: ``grpc://host:port[, ...]``."""
-        return ", ".join(f"{self.protocol}://{url}" for url in self._replicas.urls)
-
     def _attempts(self, what: str, deadline_s: float) -> CallAttempts:
         """A call's attempts; ``what`` names it in errors as ``what (grpc://host:port)``."""
         return CallAttempts(self._replicas, lambda url: f"{what} ({self.protocol}://{url})", self.protocol, self.timeout_s, deadline_s)

@@ -46,6 +46,12 @@ def test_urls_are_parsed_and_bad_ones_refused_naming_the_argument():
             parse_urls(bad)
 
 
+@pytest.mark.parametrize("remote_class", [RemoteModule, AsyncRemoteModule])
+def test_a_client_refuses_an_empty_url_list_before_connecting(remote_class):
+    with pytest.raises(InvalidArgumentError, match=r"^url: expected 'host:port' .* a non-empty list of them .* got \[\]"):
+        remote_class([], "any_model")
+
+
 def test_calls_go_round_robin_over_the_replicas_in_service():
     replicas = _set(3)
 
