@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
-from aitune_triton.errors import RemoteInferenceError, RemoteUnavailableError
-from aitune_triton.spec import ForwardSignature
+from aitune_triton.errors import RemoteInferenceError
 from aitune_triton.served.routes import Routes
-from aitune_triton.triton.client_calls import RemoteRoutes, TritonRequest, check_arguments, routes_from_config
-from aitune_triton.triton.client_transport import (
-    HTTP_HEADERS,
-    RetryPolicy,
-    check_timeout,
-    given_up,
-    grpc_channel_args,
-    is_not_found,
-    remote_error,
-    strip_scheme,
-    unknown_model_error,
-)
+from aitune_triton.spec import ForwardSignature
+from aitune_triton.triton.client_base import READY_PROBE_TIMEOUT_S, RemoteBase
+from aitune_triton.triton.client_calls import RemoteRoutes, TritonRequest, routes_from_config
+from aitune_triton.triton.client_transport import HTTP_HEADERS, grpc_channel_args, is_not_found, unknown_model_error
+from aitune_triton.triton.replicas import CallAttempts
 from aitune_triton.triton.io import ModelIO
 
 __all__ = ["AsyncRemoteModule"]
 
 
-class AsyncRemoteModule:
+class AsyncRemoteModule(RemoteBase):
     """A module served by Triton, awaited like the original module: ``await remote(*args, **kwargs)``.
 
     The asyncio twin of :class:`~aitune_triton.RemoteModule`: the same arguments, outputs, errors,
@@ -42,12 +34,13 @@ class AsyncRemoteModule:
             outputs = await asyncio.gather(*(remote(ids, mask) for ids, mask in batches))
 
     Args:
-        url: ``host:port`` of the server's gRPC or HTTP endpoint (a scheme prefix is accepted).
+        url: ``host:port`` of the server's gRPC or HTTP endpoint (a scheme prefix is accepted), or
+            a list of them, one per replica (spread over and failed over as by :class:`~aitune_triton.RemoteModule`).
         model_name: The entry model name (the exported module's name).
         protocol: ``"grpc"`` or ``"http"``.
         timeout_s: The longest one call may take, in seconds, retries and split parts included.
         output_structure: ``"module"`` or ``"flat"`` (see :class:`~aitune_triton.RemoteModule`).
-        retries: Retries of a request the server could not be reached for (0: none).
+        retries: Retries of a request no replica could be reached for, each after a back-off (0: none).
         backoff_s: Wait before the first retry, in seconds; doubled each time, at most ``max_backoff_s``.
         max_backoff_s: Longest wait between two attempts, in seconds.
 
@@ -58,7 +51,7 @@ class AsyncRemoteModule:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         model_name: str,
         protocol: str = "grpc",
         timeout_s: float = 60.0,
@@ -67,22 +60,13 @@ class AsyncRemoteModule:
         backoff_s: float = 0.25,
         max_backoff_s: float = 2.0,
     ):
-        check_arguments(protocol, output_structure)
-        self.timeout_s = check_timeout(timeout_s)
-        self.retry = RetryPolicy(retries, backoff_s, max_backoff_s)
-        self.url = strip_scheme(url)
-        self.model_name = model_name
-        self.protocol = protocol
-        self.output_structure = output_structure
+        super().__init__(url, model_name, protocol, timeout_s, output_structure, retries, backoff_s, max_backoff_s)
         if protocol == "grpc":
-            import tritonclient.grpc as client_module
             import tritonclient.grpc.aio as aio_module
         else:
-            import tritonclient.http as client_module
             import tritonclient.http.aio as aio_module
-        self._module = client_module
         self._aio = aio_module
-        self._client: Any = None
+        self._clients: dict[str, Any] = {}
         # Clients replaced after UNAVAILABLE, closed by close(): closing one at once would cancel
         # the other calls still in flight on it (split parts, concurrent calls), which then fail
         # as cancelled instead of being retried.
@@ -107,50 +91,59 @@ class AsyncRemoteModule:
             )
         return self._routes
 
-    def _get_client(self) -> Any:
-        if self._client is None:
+    def _get_client(self, url: str) -> Any:
+        client = self._clients.get(url)
+        if client is None:
             if self.protocol == "grpc":
-                self._client = self._aio.InferenceServerClient(self.url, channel_args=grpc_channel_args())
+                client = self._aio.InferenceServerClient(url, channel_args=grpc_channel_args())
             else:
-                self._client = self._aio.InferenceServerClient(self.url, conn_timeout=self.timeout_s)
-        return self._client
+                client = self._aio.InferenceServerClient(url, conn_timeout=self.timeout_s)
+            self._clients[url] = client
+        return client
 
-    async def _drop_client(self) -> None:
-        client, self._client = self._client, None
-        for old in [*self._retired, client]:
-            if old is not None:
-                try:
-                    await old.close()
-                except Exception:  # closing a broken connection may raise; the client is dropped anyway
-                    pass
+    async def _drop_clients(self) -> None:
+        clients, self._clients = [*self._retired, *self._clients.values()], {}
         self._retired = []
+        for old in clients:
+            try:
+                await old.close()
+            except Exception:  # closing a broken connection may raise; the client is dropped anyway
+                pass
 
-    def _retire(self, client: Any) -> None:
+    def _retire(self, url: str, client: Any) -> None:
         """Stop using ``client`` (UNAVAILABLE on it) unless another call already replaced it."""
-        if self._client is client:
-            self._client = None
+        if self._clients.get(url) is client:
+            del self._clients[url]
             self._retired.append(client)
 
-    async def _with_retries(self, send: Callable[[Any, float], Awaitable[Any]], where: str, deadline: float) -> Any:
-        """``await send(client, seconds left)``, retried with backoff while the server cannot be reached."""
-        start = time.monotonic()
-        attempt = 0
+    async def _with_retries(self, send: Callable[[Any, float, str], Awaitable[Any]], attempts: CallAttempts) -> Any:
+        """``await send(client, seconds left, host:port)`` on the replicas ``attempts`` picks, until one answers."""
         while True:
-            left_s = max(deadline - time.monotonic(), 0.001)
-            client = self._get_client()
+            step = attempts.next()  # raises when no replica answered within the budget
+            if not isinstance(step, tuple):
+                await asyncio.sleep(step)
+                continue
+            replica, probe = step
+            client = self._get_client(replica.url)
             try:
-                return await asyncio.wait_for(send(client, left_s), left_s)
+                if probe and not attempts.probed(replica, await self._ready(client, attempts.left_s())):
+                    continue
+                left_s = attempts.left_s()
+                answer = await asyncio.wait_for(send(client, left_s, replica.url), left_s)
             except Exception as raw:  # tritonclient's, aiohttp's and asyncio's errors: see remote_error
-                error = remote_error(raw, where, self.timeout_s)
-                if isinstance(error, RemoteUnavailableError) and self.protocol == "grpc":
-                    self._retire(client)  # a new channel connects at once; the old one may be in its reconnect backoff
-                wait_s = self.retry.wait_s(attempt)
-                if not isinstance(error, RemoteUnavailableError) or attempt >= self.retry.retries or (
-                    time.monotonic() + wait_s >= deadline
-                ):
-                    raise given_up(error, attempt + 1, time.monotonic() - start) from raw
-            await asyncio.sleep(wait_s)
-            attempt += 1
+                attempts.failed(replica, raw)  # raises unless another attempt may answer
+                if self.protocol == "grpc":
+                    self._retire(replica.url, client)  # a new channel connects at once; the old one may be in its reconnect backoff
+                continue
+            attempts.answered(replica)
+            return answer
+
+    async def _ready(self, client: Any, left_s: float) -> bool:
+        """Whether the server says it is ready (``/v2/health/ready``): the probe of a replica taken out."""
+        left_s = min(left_s, READY_PROBE_TIMEOUT_S)
+        if self.protocol == "grpc":
+            return bool(await asyncio.wait_for(client.is_server_ready(client_timeout=left_s), left_s))
+        return bool(await asyncio.wait_for(client.is_server_ready(headers=HTTP_HEADERS), left_s))
 
     async def connect(self) -> "AsyncRemoteModule":
         """Read the entry model's routes (once).
@@ -166,29 +159,25 @@ class AsyncRemoteModule:
                 try:
                     self._routes = RemoteRoutes(self.model_name, await self._read_routes(), self.output_structure)
                 except BaseException:
-                    await self._drop_client()  # no session left open when 'async with' fails to enter
+                    await self._drop_clients()  # no session left open when 'async with' fails to enter
                     raise
         return self
 
     async def _read_routes(self) -> Routes:
-        where = f"{self.protocol}://{self.url}: cannot read the configuration of model {self.model_name!r}"
+        async def send(client: Any, left_s: float, url: str) -> Any:
+            try:
+                if self.protocol == "grpc":
+                    return (await client.get_model_config(self.model_name, as_json=True, client_timeout=left_s))["config"]
+                return await client.get_model_config(self.model_name, headers=HTTP_HEADERS)
+            except Exception as error:
+                if not is_not_found(error):
+                    raise
+                raise unknown_model_error(self.model_name, f"{self.protocol}://{url}", await self._index(client)) from error
 
-        async def send(client: Any, left_s: float) -> Any:
-            if self.protocol == "grpc":
-                return (await client.get_model_config(self.model_name, as_json=True, client_timeout=left_s))["config"]
-            return await client.get_model_config(self.model_name, headers=HTTP_HEADERS)
+        return routes_from_config(await self._with_retries(send, self._config_attempts()), self.model_name)
 
-        try:
-            config = await self._with_retries(send, where, time.monotonic() + self.timeout_s)
-        except RemoteInferenceError as error:
-            if not is_not_found(error.__cause__ or error):
-                raise
-            raise unknown_model_error(self.model_name, f"{self.protocol}://{self.url}", await self._index()) from error
-        return routes_from_config(config, self.model_name)
-
-    async def _index(self) -> list[dict[str, Any]] | None:
+    async def _index(self, client: Any) -> list[dict[str, Any]] | None:
         """The models the server has (see ``RemoteModule._index``), or None."""
-        client = self._get_client()
         grpc = self.protocol == "grpc"
         try:
             if grpc:
@@ -207,15 +196,17 @@ class AsyncRemoteModule:
         for what it returns and raises."""
         routes = self._routes or (await self.connect())._connected()
         prepared = routes.prepare(args, kwargs)
-        deadline = time.monotonic() + self.timeout_s
-        where = f"{prepared.io.model_name} ({self.protocol}://{self.url})"
-        results = await asyncio.gather(*(self._with_retries(self._sender(r), where, deadline) for r in prepared.requests))
+        deadline_s = time.monotonic() + self.timeout_s
+        # One CallAttempts per part: the parts travel concurrently, each on its own way through the replicas.
+        results = await asyncio.gather(
+            *(self._with_retries(self._sender(r), self._attempts(prepared.io.model_name, deadline_s)) for r in prepared.requests)
+        )
         return routes.rebuild(prepared, [result.as_numpy for result in results])
 
-    def _sender(self, request: TritonRequest) -> Callable[[Any, float], Awaitable[Any]]:
+    def _sender(self, request: TritonRequest) -> Callable[[Any, float, str], Awaitable[Any]]:
         module = self._module
 
-        async def send(client: Any, left_s: float) -> Any:
+        async def send(client: Any, left_s: float, url: str) -> Any:
             inputs = []
             for name, array, datatype in request.inputs:
                 infer_input = module.InferInput(name, list(array.shape), datatype)
@@ -231,8 +222,8 @@ class AsyncRemoteModule:
         return send
 
     async def close(self) -> None:
-        """Close the client connection."""
-        await self._drop_client()
+        """Close the client connections."""
+        await self._drop_clients()
 
     async def __aenter__(self) -> "AsyncRemoteModule":
         return await self.connect()
