@@ -33,6 +33,8 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
         assert (tmp_path / "model_repository" / model / "config.pbtxt").is_file()
     for entry_model in ("readme_encoder", "readme_decoder"):
         assert (tmp_path / "model_repository" / entry_model / "config.pbtxt").is_file()
-    # the Deploy beyond one machine block: the kubernetes target's files
+    # the Deploy beyond one machine block: the kubernetes target's files, and the runtime environment
+    # of the Python-backend models beside them
     assert sorted(p.name for p in (tmp_path / "deploy" / "kubernetes").iterdir()) == [
-        "autoscaler.yaml", "deployment.yaml", "service.yaml"]
+        "autoscaler.yaml", "deployment.yaml", "runtime", "service.yaml"]
+    assert (tmp_path / "deploy" / "kubernetes" / "runtime" / "Dockerfile").is_file()

@@ -50,7 +50,8 @@ def repository(exported, tmp_path) -> Path:
 
 
 def documents(directory: Path) -> dict[str, list[dict]]:
-    return {p.name: list(yaml.safe_load_all(p.read_text())) for p in sorted(directory.iterdir())}
+    """The YAML documents of each manifest a target wrote (``runtime/``, the runtime environment, aside)."""
+    return {p.name: list(yaml.safe_load_all(p.read_text())) for p in sorted(directory.glob("*.yaml"))}
 
 
 def validated(repository: Path, load_time_s: float = 40.0, peak: int | None = 3 << 30, version: str = "2.51.0") -> None:
@@ -95,6 +96,9 @@ def test_kubernetes_manifests_are_valid_and_sized_from_the_measurements(reposito
 
     files = documents(out)
     assert sorted(files) == ["autoscaler.yaml", "deployment.yaml", "monitor.yaml", "service.yaml"]
+    # Python-backend models: their runtime environment goes with the manifests, pinned as exported
+    requirements = (out / "runtime" / "requirements.txt").read_text()
+    assert "numpy==" in requirements and (out / "runtime" / "Dockerfile").is_file()
     for docs in files.values():
         for document in docs:
             validate_manifest(document)
