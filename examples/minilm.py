@@ -184,7 +184,7 @@ def accepted_sizes(spec: aitune_triton.GraphSpec, tensor) -> str:
     """The sizes a tuned graph spec accepts on each axis of one input, e.g. ``[1..32, 1..128]``:
     the declared (or else recorded) range of a dynamic axis, the one size of a fixed axis."""
     ranges = (spec.axis_range(tensor, axis) for axis in range(len(tensor.min_shape)))
-    return "[" + ", ".join(f"{low}..{high}" if low != high else str(low) for low, high in ranges) + "]"
+    return "[" + ", ".join(f"{r.min}..{r.max}" if r.min != r.max else str(r.min) for r in ranges) + "]"
 
 
 def check_text_ensemble(server: TritonServer, module: aitune_triton.Module, failures: list[str]) -> list[tuple[int, float, float]]:

@@ -37,8 +37,10 @@ def _options(target: str, given: dict[str, Any]) -> Any:
     unknown = sorted(name for name in given if name not in fields)
     if unknown:
         flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
+        flag_names = {parameter.name for parameter in deploy.params}  # the target's fields the command line sets
+        taken = sorted(fields & flag_names)
         raise InvalidArgumentError(f"{flags}: not an option of deployment target {target!r} (it takes "
-                                   f"{', '.join('--' + f.replace('_', '-') for f in sorted(fields))}).")
+                                   f"{', '.join('--' + f.replace('_', '-') for f in taken)}).")
     return options_type(**given)
 
 

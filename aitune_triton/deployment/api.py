@@ -106,8 +106,8 @@ def deploy(repository: str | os.PathLike, target: str | DeploymentTarget, output
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = make_staging_dir(output.parent)
     try:
+        _write_runtime(source, staging)  # first: a target may build its image from it (compose)
         generator.generate(source, staging)
-        _write_runtime(source, staging)
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700
         try:
             os.rename(staging, output)  # fails when another process made output meanwhile

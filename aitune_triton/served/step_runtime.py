@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .step_standin import provide_steps_module
+
 __all__ = [
     "TRITON_TO_NUMPY",
     "StepOutputError",
@@ -72,7 +74,10 @@ def load_step_function(version_dir: str, module_file: str, module_name: str, fun
     The module is imported under ``module_name`` (its name where it was declared, so that it may
     import itself or be pickled by name) unless that name is taken in this process. An attribute
     that is a declared step (it has ``function``, ``inputs`` and ``outputs``) gives its function.
+    Without aitune_triton installed, the step's import of its decorator gets the stand-in of
+    :mod:`.step_standin`.
     """
+    provide_steps_module()  # a step's own import of aitune_triton, where only the runtime environment is installed
     path = os.path.join(version_dir, module_file)
     name = module_name if module_name not in sys.modules else f"aitune_triton_step_{abs(hash(path))}"
     spec = importlib.util.spec_from_file_location(name, path)

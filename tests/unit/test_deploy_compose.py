@@ -185,3 +185,22 @@ def test_a_repository_path_that_is_not_a_repository_is_refused(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(InvalidArgumentError, match="output_dir: .* is a file"):
         ComposeTarget().generate(tmp_path, tmp_path / "file")
+
+
+def test_deploy_writes_the_runtime_environment_and_the_replicas_build_their_image_from_it(repository, tmp_path):
+    import jsonschema
+
+    out = aitune_triton.deploy(repository, "compose", tmp_path / "deployment", ComposeOptions(replicas=2))
+
+    assert sorted(p.name for p in out.iterdir()) == ["compose.yaml", "nginx.conf", "runtime"]
+    assert "onnxruntime==" in (out / "runtime" / "requirements.txt").read_text()  # the tuned graph's runtime
+    text = (out / "compose.yaml").read_text()
+    document = yaml.safe_load(text)
+    jsonschema.Draft202012Validator(compose_schema()).validate(document)
+    for name in ("triton-1", "triton-2"):
+        assert document["services"][name]["build"] == {"context": "./runtime"}
+        assert document["services"][name]["image"] == "model_repository-triton-runtime"
+    assert "built from runtime/" in text
+    # Given an image, the replicas run it and nothing is built.
+    given = aitune_triton.deploy(repository, "compose", tmp_path / "given", ComposeOptions(image="registry/minilm:1"))
+    assert "build" not in yaml.safe_load((given / "compose.yaml").read_text())["services"]["triton-1"]
