@@ -28,12 +28,11 @@ from typing import Any
 from google.protobuf import text_format
 
 from aitune_triton._atomic import make_staging_dir
-from aitune_triton._warnings import warn
 from aitune_triton.deployment.images import embedded_server_version, ngc_image
 from aitune_triton.errors import AITuneTritonError, InvalidArgumentError
 from aitune_triton.triton.config import read_model_config
 from aitune_triton.triton.manifest import latest_version, read_manifest
-from aitune_triton.triton.models.step import STEP_MODULE_FILE
+from aitune_triton.deployment.step_requirements import step_requirements
 
 __all__ = [
     "RUNTIME_PACKAGES",
@@ -250,7 +249,8 @@ def runtime_environment(repository: str | Path, server_version: str | None = Non
     if server_version is None and len(pytritons) == 1:
         server_version = embedded_server_version(pytritons.pop())
     requirements = [RuntimeRequirement(p, v, tuple(sorted(m))) for p, (v, m) in sorted(pins.items())]
-    requirements = sorted(requirements + _step_requirements(model_dirs, set(pins)), key=lambda r: r.package)
+    steps = [RuntimeRequirement(package, version, models, True) for package, version, models in step_requirements(model_dirs, set(pins))]
+    requirements = sorted(requirements + steps, key=lambda r: r.package)
     return RuntimeEnvironment(root, requirements, pythons, server_version,
                               ngc_image(server_version) if server_version else None)
 
@@ -383,49 +383,3 @@ def environment_mismatches(
                          f"built with {requirement.version}; install {requirement.line()} "
                          "(aitune-triton runtime-env writes the requirements).")
     return lines
-
-
-#: Modules a served step imports that are not Python packages to install: Triton's own module and
-#: this package (the served copy runs without it installed).
-_PROVIDED = {"triton_python_backend_utils", "aitune_triton", "aitune_triton_served"}
-
-
-def _step_imports(source: Path) -> set[str]:
-    """Top-level names of the modules a step's source imports anywhere (a tokenizer is often
-    imported inside the function that loads it), less the standard library and :data:`_PROVIDED`."""
-    import ast
-    import sys
-
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(source.read_text(errors="replace"))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module.split(".")[0])
-    return {name for name in names if name not in sys.stdlib_module_names and name not in _PROVIDED and name != "__future__"}
-
-
-def _step_requirements(model_dirs: list[Path], pinned: set[str]) -> list[RuntimeRequirement]:
-    """Pins for the third-party packages step models import (beyond :data:`RUNTIME_PACKAGES`), at the
-    versions installed here; a package not installed here is left out with a warning naming it."""
-    import importlib.metadata as metadata
-
-    distributions = metadata.packages_distributions()
-    found: dict[str, list[str]] = {}
-    for model_dir in model_dirs:
-        version = latest_version(model_dir)
-        source = model_dir / str(version) / STEP_MODULE_FILE if version is not None else None
-        if source is None or not source.is_file():
-            continue
-        for module in sorted(_step_imports(source)):
-            for package in distributions.get(module, [module]):
-                if package.lower() not in pinned:
-                    found.setdefault(package, []).append(model_dir.name)
-    requirements = []
-    for package, models in sorted(found.items()):
-        try:
-            requirements.append(RuntimeRequirement(package, metadata.version(package), tuple(sorted(models)), True))
-        except metadata.PackageNotFoundError:
-            warn(f"{', '.join(models)}: the step imports {package!r}, which is not installed here, so its version is "
-                 "unknown; add it to requirements.txt yourself.")
-    return requirements

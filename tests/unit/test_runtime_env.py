@@ -204,7 +204,7 @@ def test_check_image_needs_an_engine_and_excludes_environment(repository, tmp_pa
 def test_a_steps_own_imports_are_pinned_at_the_versions_installed_here_even_inside_functions(tmp_path):
     import importlib.metadata
 
-    from aitune_triton.deployment.runtime_env import _step_requirements
+    from aitune_triton.deployment.step_requirements import step_requirements
 
     version_dir = tmp_path / "net.preprocess" / "1"
     version_dir.mkdir(parents=True)
@@ -214,8 +214,21 @@ def test_a_steps_own_imports_are_pinned_at_the_versions_installed_here_even_insi
     )
 
     with pytest.warns(UserWarning, match="not_a_package_anywhere_xyz.*not installed here"):
-        requirements = _step_requirements([tmp_path / "net.preprocess"], pinned={"numpy"})
+        requirements = step_requirements([tmp_path / "net.preprocess"], pinned={"numpy"})
 
-    assert [(r.package, r.version, r.models, r.installed_here) for r in requirements] == [
-        ("PyYAML", importlib.metadata.version("PyYAML"), ("net.preprocess",), True)
-    ]
+    assert requirements == [("PyYAML", importlib.metadata.version("PyYAML"), ("net.preprocess",))]  # requires nothing
+
+
+def test_what_a_steps_import_requires_is_pinned_too(tmp_path):
+    import importlib.metadata
+
+    from aitune_triton.deployment.step_requirements import step_requirements
+
+    version_dir = tmp_path / "net.preprocess" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "step_module.py").write_text("import jinja2\n")  # Jinja2 requires MarkupSafe
+
+    requirements = step_requirements([tmp_path / "net.preprocess"], pinned=set())
+
+    assert ("MarkupSafe", importlib.metadata.version("MarkupSafe"), ("net.preprocess (through Jinja2)",)) in requirements
+    assert ("Jinja2", importlib.metadata.version("Jinja2"), ("net.preprocess",)) in requirements
