@@ -18,8 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from aitune_triton._warnings import warn
-from aitune_triton.deployment.facts import RepositoryFacts, repository_facts
+from aitune_triton.deployment.facts import RepositoryFacts, repository_facts, unreadable_by_others, warn_if_unreadable
 from aitune_triton.deployment.nginx import nginx_config
 from aitune_triton.deployment.options import memory_request_bytes, resolve_image
 from aitune_triton.deployment.registry import DeploymentTarget
@@ -103,17 +102,6 @@ def healthcheck_start_period_s(load_time_s: float | None) -> int:
     if load_time_s is None:
         return UNMEASURED_START_PERIOD_S
     return max(30, math.ceil(3 * load_time_s))
-
-
-def unreadable_by_others(repository: Path) -> list[Path]:
-    """Files (not readable) and directories (not readable and searchable) of ``repository`` that a user
-    other than their owner and group cannot read, as the replicas' user 1000 must."""
-    found = []
-    for path in [repository, *sorted(repository.rglob("*"))]:
-        need = 0o005 if path.is_dir() else 0o004
-        if path.lstat().st_mode & need != need:
-            found.append(path)
-    return found
 
 
 def server_command(extra_args: tuple[str, ...] = ()) -> list[str]:
@@ -256,13 +244,7 @@ class ComposeTarget(DeploymentTarget):
         if output_dir.exists() and not output_dir.is_dir():
             raise InvalidArgumentError(f"output_dir: {output_dir} is a file; pass a directory path.")
         facts = repository_facts(repository)
-        hidden = unreadable_by_others(repository)
-        if hidden:
-            shown = ", ".join(str(path) for path in hidden[:3]) + (f" and {len(hidden) - 3} more" if len(hidden) > 3 else "")
-            warn(
-                f"repository: the replicas run as user 1000 and may not read {shown} (no read permission for "
-                f"others). Run chmod -R a+rX {repository}, or give the files to uid 1000."
-            )
+        warn_if_unreadable(repository)
         names = [f"triton-{index}" for index in range(1, self.options.replicas + 1)]
         nginx = nginx_config(
             [f"{name}:{HTTP_PORT}" for name in names],

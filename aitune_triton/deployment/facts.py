@@ -12,10 +12,11 @@ import dataclasses
 import warnings
 from pathlib import Path
 
+from aitune_triton._warnings import warn
 from aitune_triton.deployment.images import ngc_image
 from aitune_triton.errors import InvalidArgumentError
 
-__all__ = ["RepositoryFacts", "image_for_server_version", "repository_facts"]
+__all__ = ["RepositoryFacts", "image_for_server_version", "repository_facts", "unreadable_by_others", "warn_if_unreadable"]
 
 
 
@@ -116,3 +117,26 @@ def repository_facts(repository: str | Path) -> RepositoryFacts:
     return dataclasses.replace(
         facts, server_version=validation.server_version, image=image_for_server_version(validation.server_version),
         load_time_s=validation.load_time_s, peak_memory_bytes=validation.peak_memory_bytes)
+
+
+def unreadable_by_others(repository: Path) -> list[Path]:
+    """Files (not readable) and directories (not readable and searchable) of ``repository`` that a user
+    other than their owner and group cannot read, as the replicas' user 1000 must."""
+    found = []
+    for path in [repository, *sorted(repository.rglob("*"))]:
+        need = 0o005 if path.is_dir() else 0o004
+        if path.lstat().st_mode & need != need:
+            found.append(path)
+    return found
+
+
+def warn_if_unreadable(repository: Path) -> None:
+    """Warn, naming the first files, when the replicas' user (uid 1000, as Triton's Helm chart and
+    KServe run it) may not read part of ``repository``: Triton would then fail to load a model."""
+    hidden = unreadable_by_others(repository)
+    if hidden:
+        shown = ", ".join(str(path) for path in hidden[:3]) + (f" and {len(hidden) - 3} more" if len(hidden) > 3 else "")
+        warn(
+            f"repository: the replicas run as user 1000 and may not read {shown} (no read permission for "
+            f"others). Run chmod -R a+rX {repository}, or give the files to uid 1000."
+        )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from aitune_triton.deployment.api import write_yaml
-from aitune_triton.deployment.facts import RepositoryFacts, repository_facts
+from aitune_triton.deployment.facts import RepositoryFacts, repository_facts, warn_if_unreadable
 from aitune_triton.deployment.kubernetes import pod_security, probes, resources
 from aitune_triton.deployment.options import DeployOptions, service_name
 from aitune_triton.deployment.registry import DeploymentTarget
@@ -90,6 +90,7 @@ class KServeTarget(DeploymentTarget):
             InvalidArgumentError: ``repository`` holds no model, or no name derives from it.
         """
         facts = repository_facts(repository)
+        warn_if_unreadable(repository)
         name = service_name(self.options, facts)
         output_dir.mkdir(parents=True, exist_ok=True)
         comment, service = _inference_service(self.options, facts, name)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aitune_triton.deployment.api import write_yaml
-from aitune_triton.deployment.facts import RepositoryFacts, repository_facts
+from aitune_triton.deployment.facts import RepositoryFacts, repository_facts, warn_if_unreadable
 from aitune_triton.deployment.options import (
     MEMORY_LIMIT_FACTOR,
     DeployOptions,
@@ -244,6 +244,7 @@ class KubernetesTarget(DeploymentTarget):
             InvalidArgumentError: ``repository`` holds no model, or no name derives from it.
         """
         facts = repository_facts(repository)
+        warn_if_unreadable(repository)
         name = service_name(self.options, facts)
         output_dir.mkdir(parents=True, exist_ok=True)
         comment, deployment = _deployment(self.options, facts, name)

@@ -269,3 +269,11 @@ def test_the_validation_record_is_a_file_export_and_check_accept(exported, tmp_p
     assert check_repository(repository).ok
     with pytest.warns(UserWarning, match="now holds"):
         assert repository_facts(repository).server_version is None
+
+
+def test_every_target_warns_when_the_replicas_user_may_not_read_the_repository(repository, tmp_path):
+    next(repository.glob("*/config.pbtxt")).chmod(0o600)
+
+    for target in ("kubernetes", "kserve"):
+        with pytest.warns(UserWarning, match=r"replicas run as user 1000 and may not read .*config.pbtxt"):
+            deploy(repository, target, tmp_path / target)
