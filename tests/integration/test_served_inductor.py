@@ -143,7 +143,11 @@ def test_the_inductor_model_runs_its_recorded_warmup_calls_at_load_before_it_is_
     model = f"{MODEL}.graph_0"
     config = read_model_config(served_inductor.repository / model / "config.pbtxt")
     # Warmup is on by default: the smallest and largest recorded calls, as raw files beside the model.
-    assert [w.name.split("_x")[0].rsplit("_", 1)[0] for w in config.model_warmup] == ["warmup_min", "warmup_max"]
+    kinds = [w.name.split("_x")[0].rsplit("_", 1)[0] for w in config.model_warmup]
+    assert kinds[:2] == ["warmup_min", "warmup_max"]
+    # and at most one more, at the preferred batch size the dynamic batcher aims for
+    assert kinds[2:] in ([], ["warmup_opt_batch"])
+    assert all(w.batch_size in config.dynamic_batching.preferred_batch_size for w in config.model_warmup[2:])
     for warmup in config.model_warmup:
         for tensor in warmup.inputs.values():
             assert (served_inductor.repository / model / "warmup" / tensor.input_data_file).is_file()

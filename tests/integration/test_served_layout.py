@@ -114,7 +114,11 @@ def test_one_graph_spec_is_exported_as_one_model_and_the_router_only_on_request(
 def test_a_bf16_and_bool_model_warms_up_from_its_recorded_calls_before_it_is_ready(layout_served):
     config = read_model_config(layout_served.repository / BF16_MODEL / "config.pbtxt")
     warmup_types = {mc.DataType.Name(t.data_type) for w in config.model_warmup for t in w.inputs.values()}
-    assert len(config.model_warmup) == 2 and warmup_types == {"TYPE_BF16", "TYPE_BOOL"}
+    recorded = [w for w in config.model_warmup if not w.name.startswith("warmup_opt_batch")]
+    assert len(recorded) == 2 and warmup_types == {"TYPE_BF16", "TYPE_BOOL"}
+    # and at most one more, at the preferred batch size the dynamic batcher aims for
+    extra = [w.batch_size for w in config.model_warmup if w.name.startswith("warmup_opt_batch")]
+    assert len(extra) <= 1 and set(extra) <= set(config.dynamic_batching.preferred_batch_size)
     for warmup in config.model_warmup:
         for tensor in warmup.inputs.values():
             size = (layout_served.repository / BF16_MODEL / "warmup" / tensor.input_data_file).stat().st_size
