@@ -4,7 +4,7 @@
 
 Built in: ``kubernetes``, ``kserve``, ``compose``. To add a target: a module here with a
 :class:`~.registry.DeploymentTarget` subclass (its name, its
-typed options, a :class:`~.options.DeployOptions` subclass, and ``generate(repository, output_dir)``)
+typed options, a :class:`~.options.DeployOptions` subclass, and ``write(repository, facts, output_dir)``)
 and one :func:`register_deployment_target` line below.
 """
 

@@ -14,6 +14,9 @@ from aitune_triton.deployment.facts import repository_facts
 from aitune_triton.deployment.registry import DeploymentTarget, deployment_target, deployment_target_names
 from aitune_triton.errors import ArgumentTypeError, DeploymentError, InvalidArgumentError
 
+#: Folder of the runtime environment in a deployment directory.
+RUNTIME_DIR = "runtime"
+
 __all__ = ["deploy", "write_yaml"]
 
 _SHOWN = 5
@@ -106,8 +109,13 @@ def deploy(repository: str | os.PathLike, target: str | DeploymentTarget, output
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = make_staging_dir(output.parent)
     try:
-        _write_runtime(source, staging)  # first: a target may build its image from it (compose)
-        generator.generate(source, staging)
+        from aitune_triton.deployment.runtime_env import write_runtime_environment  # loads the Triton layer
+
+        facts = repository_facts(source)  # read once, for the runtime environment and the target
+        if facts.uses_python_backend:  # a stock Triton image lacks torch and onnxruntime
+            # first: a target may build its image from it (compose)
+            write_runtime_environment(source, staging / RUNTIME_DIR, server_version=facts.server_version)
+        generator.generate(source, staging, facts)
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700
         try:
             os.rename(staging, output)  # fails when another process made output meanwhile
@@ -117,17 +125,3 @@ def deploy(repository: str | os.PathLike, target: str | DeploymentTarget, output
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
-
-
-#: Folder of the runtime environment in a deployment directory.
-RUNTIME_DIR = "runtime"
-
-
-def _write_runtime(repository: Path, output: Path) -> None:
-    """Write the runtime environment into ``output/runtime`` when a model runs on Triton's Python
-    backend (a stock Triton image lacks torch and onnxruntime); nothing otherwise."""
-    from aitune_triton.deployment.runtime_env import write_runtime_environment
-
-    facts = repository_facts(repository)
-    if facts.uses_python_backend:
-        write_runtime_environment(repository, output / RUNTIME_DIR, server_version=facts.server_version)

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from aitune_triton.deployment.facts import RepositoryFacts, repository_facts, unreadable_by_others, warn_if_unreadable
+from aitune_triton.deployment.facts import RepositoryFacts, unreadable_by_others
 from aitune_triton.deployment.nginx import nginx_config
 from aitune_triton.deployment.options import memory_request_bytes, resolve_image
 from aitune_triton.deployment.registry import DeploymentTarget
@@ -227,24 +227,11 @@ class ComposeTarget(DeploymentTarget):
     options_type = ComposeOptions
     options: ComposeOptions
 
-    def generate(self, repository: Path, output_dir: Path) -> list[Path]:
-        """Write ``compose.yaml`` and ``nginx.conf`` for ``repository`` into ``output_dir``.
+    def write(self, repository: Path, facts: RepositoryFacts, output_dir: Path) -> list[Path]:
+        """Write ``compose.yaml`` and ``nginx.conf`` into ``output_dir``; the replicas build their
+        image from ``output_dir/runtime`` when it is there (see :func:`_use_runtime_build`)."""
+        import yaml  # type: ignore[import-untyped]
 
-        Args:
-            repository: An exported model repository.
-            output_dir: Directory for the files (created when missing).
-
-        Returns:
-            ``[output_dir/compose.yaml, output_dir/nginx.conf]``.
-
-        Raises:
-            InvalidArgumentError: ``repository`` is not a model repository, or ``output_dir`` is a file.
-        """
-        repository, output_dir = Path(repository), Path(output_dir)
-        if output_dir.exists() and not output_dir.is_dir():
-            raise InvalidArgumentError(f"output_dir: {output_dir} is a file; pass a directory path.")
-        facts = repository_facts(repository)
-        warn_if_unreadable(repository)
         names = [f"triton-{index}" for index in range(1, self.options.replicas + 1)]
         nginx = nginx_config(
             [f"{name}:{HTTP_PORT}" for name in names],
@@ -254,15 +241,7 @@ class ComposeTarget(DeploymentTarget):
         )
         document = compose_document(repository, self.options, facts)
         built = _use_runtime_build(document, output_dir, self.options, facts)
-        try:
-            import yaml  # type: ignore[import-untyped]
-        except ImportError:
-            raise InvalidArgumentError(
-                "target: the compose target writes YAML with PyYAML, which is not installed. "
-                "pip install 'aitune-triton[deploy]' (or pyyaml)."
-            ) from None
-        output_dir.mkdir(parents=True, exist_ok=True)
         compose_path, nginx_path = output_dir / "compose.yaml", output_dir / "nginx.conf"
         compose_path.write_text(_header(self.options, facts, built) + yaml.safe_dump(document, sort_keys=False))
         nginx_path.write_text(nginx)
-        return sorted([compose_path, nginx_path])
+        return [compose_path, nginx_path]

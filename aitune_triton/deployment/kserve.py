@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from aitune_triton.deployment.api import write_yaml
-from aitune_triton.deployment.facts import RepositoryFacts, repository_facts, warn_if_unreadable
+from aitune_triton.deployment.facts import RepositoryFacts
 from aitune_triton.deployment.kubernetes import pod_security, probes, resources
 from aitune_triton.deployment.options import DeployOptions, service_name
 from aitune_triton.deployment.registry import DeploymentTarget
@@ -83,15 +83,12 @@ class KServeTarget(DeploymentTarget):
     options_type = KServeOptions
     options: KServeOptions
 
-    def generate(self, repository: Path, output_dir: Path) -> list[Path]:
-        """Write ``inference_service.yaml`` for ``repository`` into ``output_dir``; returns ``[that file]``.
+    def write(self, repository: Path, facts: RepositoryFacts, output_dir: Path) -> list[Path]:
+        """Write ``inference_service.yaml`` into ``output_dir``.
 
         Raises:
-            InvalidArgumentError: ``repository`` holds no model, or no name derives from it.
+            InvalidArgumentError: no service name derives from the repository.
         """
-        facts = repository_facts(repository)
-        warn_if_unreadable(repository)
         name = service_name(self.options, facts)
-        output_dir.mkdir(parents=True, exist_ok=True)
         comment, service = _inference_service(self.options, facts, name)
         return [write_yaml(output_dir / "inference_service.yaml", [(comment, service)])]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aitune_triton.deployment.api import write_yaml
-from aitune_triton.deployment.facts import RepositoryFacts, repository_facts, warn_if_unreadable
+from aitune_triton.deployment.facts import RepositoryFacts
 from aitune_triton.deployment.options import (
     MEMORY_LIMIT_FACTOR,
     DeployOptions,
@@ -237,16 +237,13 @@ class KubernetesTarget(DeploymentTarget):
     options_type = KubernetesOptions
     options: KubernetesOptions
 
-    def generate(self, repository: Path, output_dir: Path) -> list[Path]:
-        """Write the files for ``repository`` into ``output_dir`` (created when missing); returns them sorted.
+    def write(self, repository: Path, facts: RepositoryFacts, output_dir: Path) -> list[Path]:
+        """Write the manifests into ``output_dir``.
 
         Raises:
-            InvalidArgumentError: ``repository`` holds no model, or no name derives from it.
+            InvalidArgumentError: no service name derives from the repository.
         """
-        facts = repository_facts(repository)
-        warn_if_unreadable(repository)
         name = service_name(self.options, facts)
-        output_dir.mkdir(parents=True, exist_ok=True)
         comment, deployment = _deployment(self.options, facts, name)
         files = [
             write_yaml(output_dir / "deployment.yaml", [(comment, deployment)]),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from aitune_triton._registry import Registry
+from aitune_triton.deployment.facts import RepositoryFacts, repository_facts, warn_if_unreadable
 from aitune_triton.errors import ArgumentTypeError, InvalidArgumentError
 
 __all__ = ["DeploymentTarget", "deployment_target", "deployment_target_names", "register_deployment_target"]
@@ -26,7 +27,8 @@ class NoOptions:
 class DeploymentTarget(ABC):
     """A generator of deployment files for a model repository.
 
-    Subclasses set :attr:`name` and :attr:`options_type` and implement :meth:`generate`.
+    Subclasses set :attr:`name` and :attr:`options_type` and implement :meth:`write`; :meth:`generate`
+    reads the repository's facts once, warns when the replicas' user may not read it, and calls it.
 
     Args:
         options: An instance of :attr:`options_type`; None: its defaults.
@@ -53,13 +55,14 @@ class DeploymentTarget(ABC):
             )
         self.options = options
 
-    @abstractmethod
-    def generate(self, repository: Path, output_dir: Path) -> list[Path]:
+    def generate(self, repository: str | Path, output_dir: str | Path, facts: RepositoryFacts | None = None) -> list[Path]:
         """Write the deployment files of the model repository ``repository`` into ``output_dir``.
 
         Args:
             repository: An exported model repository (``aitune_triton.export``).
             output_dir: Directory for the files (created when missing).
+            facts: The repository's facts when the caller read them already; None: read here
+                (:func:`~aitune_triton.deployment.facts.repository_facts`).
 
         Returns:
             The files written, sorted.
@@ -67,6 +70,18 @@ class DeploymentTarget(ABC):
         Raises:
             InvalidArgumentError: ``repository`` is not a model repository, or ``output_dir`` is a file.
         """
+        repository, output_dir = Path(repository).absolute(), Path(output_dir)
+        if output_dir.exists() and not output_dir.is_dir():
+            raise InvalidArgumentError(f"output_dir: {output_dir} is a file; pass a directory path.")
+        facts = facts if facts is not None else repository_facts(repository)
+        warn_if_unreadable(repository)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return sorted(self.write(repository, facts, output_dir))
+
+    @abstractmethod
+    def write(self, repository: Path, facts: RepositoryFacts, output_dir: Path) -> list[Path]:
+        """Write this target's files for ``repository`` (described by ``facts``) into the existing
+        directory ``output_dir``; return the files written."""
 
 
 _TARGETS: Registry[type[DeploymentTarget]] = Registry("deployment target")

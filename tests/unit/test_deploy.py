@@ -223,7 +223,7 @@ def test_a_failing_target_leaves_no_half_written_directory(repository, tmp_path)
     class Failing(DeploymentTarget):
         name = "failing"
 
-        def generate(self, repository: Path, output_dir: Path) -> list[Path]:
+        def write(self, repository: Path, facts, output_dir: Path) -> list[Path]:
             (output_dir / "half.yaml").write_text("kind: Deployment\n")
             raise RuntimeError("disk full")
 
@@ -274,6 +274,10 @@ def test_the_validation_record_is_a_file_export_and_check_accept(exported, tmp_p
 def test_every_target_warns_when_the_replicas_user_may_not_read_the_repository(repository, tmp_path):
     next(repository.glob("*/config.pbtxt")).chmod(0o600)
 
-    for target in ("kubernetes", "kserve"):
-        with pytest.warns(UserWarning, match=r"replicas run as user 1000 and may not read .*config.pbtxt"):
+    for target in ("kubernetes", "kserve", "compose"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             deploy(repository, target, tmp_path / target)
+        unreadable = [str(w.message) for w in caught if "may not read" in str(w.message)]
+        assert len(unreadable) == 1, (target, [str(w.message) for w in caught])  # said once, by every target
+        assert "config.pbtxt" in unreadable[0] and "chmod -R a+rX" in unreadable[0]

@@ -98,15 +98,15 @@ class ListingTarget(DeploymentTarget):
     name = "test_listing"
     options_type = ListingOptions
 
-    def generate(self, repository: Path, output_dir: Path) -> list[Path]:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    def write(self, repository: Path, facts, output_dir: Path) -> list[Path]:
         path = output_dir / self.options.file_name
-        path.write_text("".join(f"{p.name}\n" for p in sorted(repository.iterdir()) if p.is_dir()))
+        path.write_text("".join(f"{name}\n" for name in facts.models))
         return [path]
 
 
 def test_a_deployment_target_is_registered_listed_found_by_name_and_generates_with_its_typed_options(tmp_path):
     (tmp_path / "repo" / "m").mkdir(parents=True)
+    (tmp_path / "repo" / "m" / "config.pbtxt").write_text('name: "m"\nbackend: "python"\n')
 
     assert "test_listing" in deployment_target_names()
     target = deployment_target("test_listing")(ListingOptions(file_name="list.txt"))
