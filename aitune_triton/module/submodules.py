@@ -75,6 +75,8 @@ def wrapped_submodules(obj: Any) -> list[tuple[str, Module]]:
 
 
 def no_wrapped_submodule_message(obj: Any) -> str:
+    """The error text for ``obj`` holding no wrapped submodule at an attribute path: it names the
+    Modules created but not assigned into ``obj`` (a wrapper kept in a local variable), if any."""
     unassigned = [
         f"'{path}' (wrapped by Module '{wrapper.name}')"
         for path, module in _module_tree(obj)

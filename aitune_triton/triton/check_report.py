@@ -52,6 +52,7 @@ class ModelCheck:
         return max((f.severity for f in self.findings), key=_RANK.__getitem__, default=OK)
 
     def add(self, severity: str, message: str, version: int | None = None) -> None:
+        """Record one finding (``severity``: OK, WARNING or ERROR) about ``version`` (None: the model)."""
         self.findings.append(Finding(severity, message, version))
 
 

@@ -116,6 +116,10 @@ def python_backend_dir(root: Path, into: Path) -> Path:
 
 
 def server_environment(root: Path | None) -> dict[str, str]:
+    """The environment ``tritonserver`` runs with: this one, with this Python's ``bin`` first on
+    ``PATH`` (the Python backend's stub finds this interpreter) and the shared-library directories
+    of this Python and of the nvidia-pytriton wheel (``root``: its tritonserver directory; None:
+    not known) on ``LD_LIBRARY_PATH``."""
     environment = dict(os.environ)
     environment["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environment.get("PATH", "")])
     libraries = [sysconfig.get_config_var("LIBDIR") or ""]

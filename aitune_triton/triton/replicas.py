@@ -61,6 +61,7 @@ class Replica:
 
     @property
     def in_service(self) -> bool:
+        """Whether calls go to this replica: it has not failed since it last answered or proved ready."""
         return self.failures == 0
 
 
@@ -87,6 +88,7 @@ class ReplicaSet:
 
     @property
     def urls(self) -> tuple[str, ...]:
+        """Every replica's ``host:port``, in the order given."""
         return tuple(replica.url for replica in self.replicas)
 
     def choose(self, skip: set[str]) -> tuple[Replica, bool] | None:
