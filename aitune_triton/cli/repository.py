@@ -55,7 +55,7 @@ def check(repository: Path, load: bool, timeout_s: float, environment: Path | No
 
 def _environment_warnings(repository: Path, environment: Path | None, image: str | None) -> list[str]:
     """Print a ``Warning:`` line per package whose installed version differs from the artifacts'; return them."""
-    from aitune_triton.deployment.runtime_env import environment_mismatches
+    from aitune_triton.deployment.runtime_env import environment_mismatches, runtime_environment
 
     if environment is not None and image is not None:
         raise click.UsageError("--environment, --image: pass one (the environment to compare), not both.")
@@ -63,7 +63,10 @@ def _environment_warnings(repository: Path, environment: Path | None, image: str
         if image is not None:
             from aitune_triton.triton.container import image_versions
 
-            mismatches = environment_mismatches(repository, installed=image_versions(image), where=f"in image {image}")
+            wanted = runtime_environment(repository)
+            packages = [requirement.package for requirement in wanted.requirements]
+            mismatches = environment_mismatches(repository, environment=wanted, installed=image_versions(image, packages),
+                                                where=f"in image {image}")
         else:
             mismatches = environment_mismatches(repository, environment)
     except AITuneTritonError as error:

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from google.protobuf import text_format
 
@@ -316,22 +316,29 @@ print(json.dumps({name: version(name) for name in %r}))
 """
 
 
-def installed_versions(python: str | Path | None = None) -> dict[str, str | None]:
-    """Installed versions of :data:`RUNTIME_PACKAGES` (None: absent), read without importing them.
+def installed_versions(python: str | Path | None = None, packages: Sequence[str] = RUNTIME_PACKAGES) -> dict[str, str | None]:
+    """Installed versions of ``packages`` (distribution names; None: absent), read from their
+    metadata without importing them.
 
     Args:
         python: A Python interpreter to ask (another virtual environment's ``bin/python``, an
             image's ``python3`` reached through a wrapper); None: this process's environment.
+        packages: The distributions to read; default :data:`RUNTIME_PACKAGES`.
 
     Raises:
         InvalidArgumentError: ``python`` cannot be run or does not answer with the versions.
     """
-    script = versions_script()
+    script = versions_script(packages)
     if python is None:
-        from aitune_triton._versions import library_versions
+        from importlib import metadata
 
-        here = library_versions()
-        return {name: here.get(name) for name in RUNTIME_PACKAGES}
+        found: dict[str, str | None] = {}
+        for name in packages:
+            try:
+                found[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                found[name] = None
+        return found
     try:
         done = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
@@ -343,9 +350,9 @@ def installed_versions(python: str | Path | None = None) -> dict[str, str | None
             f"({error}). Pass the path of the environment's python (for example .venv/bin/python).") from None
 
 
-def versions_script() -> str:
-    """A Python program that prints the installed versions of :data:`RUNTIME_PACKAGES` as one JSON line."""
-    return _VERSIONS_SCRIPT % (RUNTIME_PACKAGES,)
+def versions_script(packages: Sequence[str] = RUNTIME_PACKAGES) -> str:
+    """A Python program that prints the installed versions of ``packages`` as one JSON line."""
+    return _VERSIONS_SCRIPT % (tuple(packages),)
 
 
 def environment_mismatches(
@@ -373,7 +380,7 @@ def environment_mismatches(
     """
     environment = environment or runtime_environment(repository)
     if installed is None:
-        installed = installed_versions(python)
+        installed = installed_versions(python, [requirement.package for requirement in environment.requirements])
     where = where or (f"in {python}" if python is not None else "here")
     lines = []
     for requirement in environment.requirements:

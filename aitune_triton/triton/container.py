@@ -168,8 +168,9 @@ def docker_client() -> Any:
     return client
 
 
-def image_versions(image: str) -> dict[str, str | None]:
-    """The torch / onnxruntime / numpy versions installed in ``image``'s ``python3`` (None: absent).
+def image_versions(image: str, packages: Sequence[str] | None = None) -> dict[str, str | None]:
+    """The versions of ``packages`` (None: torch, onnxruntime, numpy) installed in ``image``'s
+    ``python3`` (None: absent).
 
     Raises:
         TritonServerError: no Docker engine answers, or the image cannot run the version script.
@@ -180,7 +181,8 @@ def image_versions(image: str) -> dict[str, str | None]:
 
     client = docker_client()
     try:
-        output = client.containers.run(image, ["python3", "-c", versions_script()], entrypoint=[], remove=True)
+        script = versions_script() if packages is None else versions_script(packages)
+        output = client.containers.run(image, ["python3", "-c", script], entrypoint=[], remove=True)
         return dict(json.loads(output.decode().strip().splitlines()[-1]))
     except Exception as error:  # the SDK's ContainerError / ImageNotFound, or output that is not the JSON line
         raise TritonServerError(f"image: cannot read the package versions of {image} ({error}).") from None

@@ -232,3 +232,18 @@ def test_what_a_steps_import_requires_is_pinned_too(tmp_path):
 
     assert ("MarkupSafe", importlib.metadata.version("MarkupSafe"), ("net.preprocess (through Jinja2)",)) in requirements
     assert ("Jinja2", importlib.metadata.version("Jinja2"), ("net.preprocess",)) in requirements
+
+
+def test_a_steps_package_installed_here_is_not_reported_as_missing(tmp_path):
+    """A regression: check read only torch, onnxruntime and numpy, so every package a step needs
+    (installed or not) was reported as "not installed"."""
+    import importlib.metadata
+
+
+    installed = importlib.metadata.version("PyYAML")
+    environment = RuntimeEnvironment(tmp_path, [RuntimeRequirement("PyYAML", installed, ("net.preprocess",), True),
+                                                RuntimeRequirement("PyYAML-not-here-xyz", "1.0", ("net.preprocess",), True)])
+
+    lines = environment_mismatches(tmp_path, environment=environment)
+
+    assert len(lines) == 1 and lines[0].startswith("PyYAML-not-here-xyz: not installed here")
