@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aitune_triton._atomic import make_staging_dir
+from aitune_triton._warnings import warn
 from aitune_triton.deployment.facts import repository_facts
 from aitune_triton.deployment.registry import DeploymentTarget, deployment_target, deployment_target_names
 from aitune_triton.errors import ArgumentTypeError, DeploymentError, InvalidArgumentError
@@ -115,6 +116,10 @@ def deploy(repository: str | os.PathLike, target: str | DeploymentTarget, output
         if facts.uses_python_backend:  # a stock Triton image lacks torch and onnxruntime
             # first: a target may build its image from it (compose)
             write_runtime_environment(source, staging / RUNTIME_DIR, server_version=facts.server_version)
+            if getattr(generator.options, "image", None) is None and not generator.builds_runtime_image:
+                warn(f"image: the models of {source} run on Triton's Python backend, which the stock Triton image "
+                     f"cannot serve (it lacks the packages they import); build {output / RUNTIME_DIR} "
+                     "(docker build -t IMAGE runtime/), push it, and deploy with --image IMAGE.")
         generator.generate(source, staging, facts)
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700
         try:

@@ -225,6 +225,7 @@ class ComposeTarget(DeploymentTarget):
 
     name = "compose"
     options_type = ComposeOptions
+    builds_runtime_image = True
     options: ComposeOptions
 
     def write(self, repository: Path, facts: RepositoryFacts, output_dir: Path) -> list[Path]:

@@ -44,6 +44,9 @@ class DeploymentTarget(ABC):
 
     name: ClassVar[str]
     options_type: ClassVar[type[Any]] = NoOptions
+    #: Whether the target builds its image from the runtime environment ``deploy`` writes beside
+    #: its files (``runtime/``) when no image is given; otherwise such a deployment runs the stock image.
+    builds_runtime_image: ClassVar[bool] = False
 
     def __init__(self, options: Any = None) -> None:
         if options is None:

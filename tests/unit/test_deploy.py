@@ -281,3 +281,12 @@ def test_every_target_warns_when_the_replicas_user_may_not_read_the_repository(r
         unreadable = [str(w.message) for w in caught if "may not read" in str(w.message)]
         assert len(unreadable) == 1, (target, [str(w.message) for w in caught])  # said once, by every target
         assert "config.pbtxt" in unreadable[0] and "chmod -R a+rX" in unreadable[0]
+
+
+def test_a_python_backend_repository_deployed_on_the_stock_image_is_warned_about(repository, tmp_path):
+    with pytest.warns(UserWarning, match=r"image: .*stock Triton image cannot serve.*--image IMAGE"):
+        deploy(repository, "kubernetes", tmp_path / "stock")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        deploy(repository, "kubernetes", tmp_path / "given", KubernetesOptions(image="registry/minilm:1"))
+    assert not [w for w in caught if "stock Triton image" in str(w.message)]
