@@ -55,6 +55,17 @@ def start_nginx(config_path, runtime_dir, http_port: int) -> subprocess.Popen:
     raise AssertionError("nginx did not answer within 30 s")
 
 
+def settled(read, done, timeout_s: float = 10.0):
+    """``read()`` once ``done(value)`` holds, or its last value after ``timeout_s``: Triton updates its
+    request counters when a request is released, which can come after the client got its answer."""
+    deadline = time.monotonic() + timeout_s
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = read()
+    return value
+
+
 def successes(server: TritonServer) -> float:
     """The server's count of successful inference requests of the centered model's graph model (Triton's
     metrics; its entry model does not count the requests it routes, and warmup requests count)."""
@@ -101,7 +112,8 @@ def test_nginx_balances_http_and_grpc_over_two_servers_and_fails_over_when_one_i
         for remote in remotes:
             for x in inputs:
                 call(remote, x)
-        served_counts = [successes(server) - start for server, start in zip(servers, at_start)]
+        served_counts = settled(lambda: [successes(server) - start for server, start in zip(servers, at_start)],
+                                lambda counts: sum(counts) >= 2 * len(inputs))
         assert sum(served_counts) == 2 * len(inputs) and min(served_counts) > 0, served_counts  # both replicas served
 
         # Kill the first server while calls are in flight, then call again: nginx passes each request that
@@ -113,11 +125,13 @@ def test_nginx_balances_http_and_grpc_over_two_servers_and_fails_over_when_one_i
             os.kill(servers[0]._process.pid, signal.SIGKILL)
             for future in futures:
                 future.result()
+        time.sleep(0.5)  # the in-flight calls' counts land before the baseline is read
         before = successes(servers[1])
         for remote in remotes:
             for x in inputs:
                 call(remote, x)
-        assert successes(servers[1]) >= before + 2 * len(inputs)  # every call after the kill went to the live one
+        after = settled(lambda: successes(servers[1]), lambda count: count >= before + 2 * len(inputs))
+        assert after >= before + 2 * len(inputs)  # every call after the kill went to the live one
         log = (runtime_dir / "error.log").read_text()
         assert "while connecting to upstream" in log or "upstream prematurely closed" in log, log  # failover happened
         for remote in remotes:
