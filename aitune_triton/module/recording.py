@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -289,6 +290,10 @@ class Recorder:
         if record.error:
             raise RecordingError(f"{graph.name}: {record.error}")
         return list(record.samples)
+
+    def call_sizes(self, graph: GraphSpec) -> list[int]:
+        """Total input tensor elements of every recorded call of ``graph`` (stored or not), in order."""
+        return [sum(math.prod(shape) for shape in shapes) for shapes in self._graphs[graph.key].input_shapes]
 
     def largest_sample(self, graph: GraphSpec) -> Sample:
         """The stored call of ``graph`` with the most tensor elements."""

@@ -353,7 +353,8 @@ def tune_graphs(
             batch_note = decide_batch_axis(forward, signature, graph, batch_calls, declared)
             log(f"{graph.name}: {batch_note}")
             context = TuneContext(
-                module, signature, graph, samples, example, workdir / graph.name, device, log, forward, batch_declared=declared
+                module, signature, graph, samples, example, workdir / graph.name, device, log, forward, batch_declared=declared,
+                call_sizes=recorder.call_sizes(graph),
             )
             try:
                 backend, report = strategy.tune(context)

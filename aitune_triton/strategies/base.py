@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar
 
 from aitune_triton.backends import Backend, EagerBackend
 from aitune_triton.errors import InvalidArgumentError, TuningError
@@ -22,6 +22,8 @@ from aitune_triton.strategies.candidates import resolve_backend, resolve_backend
 from aitune_triton.strategies.context import TuneContext
 from aitune_triton.strategies.evaluation import Evaluation, EvaluationSettings, Measurements, described
 from aitune_triton.strategies.layout import DEFAULT_LATENCY_TOLERANCE, measure_layout
+from aitune_triton.strategies.noise import NoiseCheck, NoiseVerdict, check_noise, check_range_options, report_fields, with_verdict
+from aitune_triton.strategies.over_range import TIE_TOLERANCE, or_inf, range_note, shape_ratios, shape_refusal
 from aitune_triton.strategies.profiler import Profiler
 from aitune_triton.strategies.report import CandidateReport, CandidateStatus, GraphTuneReport
 
@@ -31,7 +33,6 @@ __all__ = [
     "CandidateReport",
     "GraphTuneReport",
     "TuneContext",
-    "BackendListStrategy",
     "TuneStrategy",
     "resolve_backend",
     "resolve_backends",
@@ -63,15 +64,22 @@ class TuneStrategy(abc.ABC):
        than ``"fp32"``) passes an accuracy gate instead: ``accuracy(eager, tuned)`` per sample
        when given, else :data:`PRECISION_TOLERANCES` for its precision.
     3. **Profile** it with :attr:`profiler`: median latency at the smallest, typical (median) and
-       largest recorded shape (by input elements), and per batch size the latency of one call,
-       from which the throughput follows (batches built from recorded samples, for graph specs
-       whose samples proved independent along the batch axis).
-    4. **Speed gate** (every strategy but :class:`OneBackendStrategy`): a candidate is kept only
+       largest recorded shape (by input elements), their weighted latency (weights: the share of
+       recorded calls nearest in size to each shape, :mod:`~aitune_triton.strategies.over_range`),
+       and per batch size the latency of one call, from which the throughput follows (batches
+       built from recorded samples, for graph specs whose samples proved independent along the
+       batch axis).
+    4. **Noise check** (``noise_check``, when every candidate was evaluated): eager is profiled
+       again and compared with its first pass, then eager and the built candidates are re-timed
+       in rotated order; each keeps its fastest median per shape. Unstable after re-measuring:
+       the report's ``noisy`` and the decision say so (:mod:`~aitune_triton.strategies.noise`).
+    5. **Speed gate** (every strategy but :class:`OneBackendStrategy`): a candidate is kept only
        when it beats eager by ``speed_margin`` (default 1%) on the strategy's own measure
-       (latency at the typical shape; throughput for the throughput strategies). The ``eager``
-       backend, when listed, is exempt. Eager is profiled before the candidates and again after
-       them (when every candidate was evaluated), and its faster timing per shape is the one
-       compared. When no candidate passes, the graph spec stays on eager and the report says why.
+       (the weighted latency over the recorded shapes; throughput for the throughput
+       strategies) and, with ``gate_every_shape``, is not slower than eager by more than
+       ``speed_margin`` at any recorded shape (the reason names the shape). The ``eager``
+       backend, when listed, is exempt. When no candidate passes, the graph spec stays on eager
+       and the report says why.
 
     Then :meth:`select` picks one of the candidates that passed. Those not kept are released:
     their sessions closed and, unless ``keep_artifacts``, their artifacts removed from the cache.
@@ -109,12 +117,17 @@ class TuneStrategy(abc.ABC):
         layout_seconds: Throughput window per layout and round, in seconds.
         layout_latency_tolerance: The layout rule's tolerance: the highest throughput among the
             layouts within this fraction of the best single-stream latency (0.1: 10%).
+        gate_every_shape: Refuse a candidate slower than eager by more than ``speed_margin`` at
+            any recorded shape (smallest, typical, largest), even when faster on the weighted measure.
+        noise_check: How the measurements are checked for stability (:class:`NoiseCheck`); None
+            skips the check and its re-timing.
 
     Raises:
         InvalidArgumentError: (a ValueError) a tolerance is negative, ``speed_margin`` or
             ``batch_gain_threshold`` is outside [0, 1), ``max_batch_size_limit`` is not a positive
-            integer, ``accuracy`` is not callable, ``profiler`` is not a Profiler, or a layout
-            option has the wrong type or range.
+            integer, ``accuracy`` is not callable, ``profiler`` is not a Profiler, a layout
+            option has the wrong type or range, ``gate_every_shape`` is not a bool or
+            ``noise_check`` not a NoiseCheck.
     """
 
     #: Whether the speed gate applies (False for strategies that build one given backend).
@@ -139,6 +152,8 @@ class TuneStrategy(abc.ABC):
         measure_layouts: bool = False,
         layout_seconds: float = 1.0,
         layout_latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
+        gate_every_shape: bool = True,
+        noise_check: NoiseCheck | None = NoiseCheck(),
     ):
         if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (atol, rtol)) or atol < 0 or rtol < 0:
             raise InvalidArgumentError(f"atol/rtol: expected non-negative tolerances, got atol={atol!r}, rtol={rtol!r}")
@@ -177,6 +192,7 @@ class TuneStrategy(abc.ABC):
         self.measure_layouts = measure_layouts
         self.layout_seconds = float(layout_seconds)
         self.layout_latency_tolerance = layout_latency_tolerance
+        self.gate_every_shape, self.noise_check = check_range_options(gate_every_shape, noise_check)
         #: Batch sizes to profile instead of powers of two (set by strategies that take them).
         self.batch_sizes: list[int] | None = None
 
@@ -192,28 +208,40 @@ class TuneStrategy(abc.ABC):
         return passed[0]
 
     def fastest(self, passed: list[CandidateReport]) -> CandidateReport:
-        """The candidate of ``passed`` with the lowest :meth:`speed` (unmeasured ones last; a tie
-        keeps the earlier candidate)."""
+        """The candidate of ``passed`` with the lowest :meth:`speed` (unmeasured ones last), or the
+        earliest candidate within the noise of it: whose measure is at most ``1 + tolerance``
+        times the lowest, the tolerance being the larger spread of the two re-timed candidates
+        minus one, at least :data:`~aitune_triton.strategies.over_range.TIE_TOLERANCE` (so two
+        identical tunes keep the same one)."""
 
         def measure(report: CandidateReport) -> float:
-            value = self.speed(report)
-            return math.inf if value is None else value
+            return or_inf(self.speed(report))
 
-        return min(passed, key=measure)
+        best = min(passed, key=measure)
+        for report in passed:  # in declared order
+            band = max(TIE_TOLERANCE, (report.spread or 1.0) - 1.0, (best.spread or 1.0) - 1.0)
+            if measure(report) <= measure(best) * (1.0 + band):
+                return report
+        return best
 
     def rule(self) -> str:
         """One phrase naming the selection rule, for the report."""
         return "the first candidate that passed"
 
     def speed(self, report: CandidateReport) -> float | None:
-        """The strategy's measure of a candidate, lower is better (default: median latency at the
-        typical shape, ms); the speed gate compares it with eager's. None: not measured."""
-        return report.latencies_ms.get("typical")
+        """The strategy's measure of a candidate, lower is better (default: its weighted latency over
+        the recorded shapes, ms; the typical shape's in older reports); the speed gate compares it
+        with eager's. None: not measured."""
+        return report.weighted_latency_ms if report.weighted_latency_ms is not None else report.latencies_ms.get("typical")
 
     def refusal(self, report: CandidateReport, eager: CandidateReport) -> str | None:
-        """Why a candidate that matched eager is not eligible (the speed gate), or None."""
+        """Why a candidate that matched eager is not eligible (the speed gate, at every recorded shape
+        with ``gate_every_shape``), or None."""
         if not self.gated or self.speed_margin is None or report.backend == EagerBackend.name:
             return None
+        slower = shape_refusal(report, eager, self.speed_margin) if self.gate_every_shape else None
+        if slower:
+            return slower
         mine, theirs = self.speed(report), self.speed(eager)
         if theirs is None:
             return None  # eager itself has no such measure (a latency budget it does not fit): nothing to beat
@@ -272,8 +300,8 @@ class TuneStrategy(abc.ABC):
         reports: list[CandidateReport] = []
         built: list[Built] = []
         try:
-            self._evaluate_candidates(evaluation, eager, reports, built)
-            backend, chosen, decision = self._choose(evaluation, reports, built, eager)
+            verdict = self._evaluate_candidates(evaluation, eager, reports, built)
+            backend, chosen, decision = self._choose(evaluation, reports, built, eager, verdict)
         except BaseException:
             for candidate, _, workdir in built:
                 evaluation.release(candidate, workdir)
@@ -300,14 +328,16 @@ class TuneStrategy(abc.ABC):
         return backend, GraphTuneReport(
             graph.name, self.describe(), candidate_label(backend), eager.latencies_ms.get("typical", 0.0), reports,
             eager=eager, decision=decision, max_batch_size=max_batch, layout=layout, batch_sweep=sweep,
+            shape_weights=dict(measure.weights), **report_fields(verdict),
         )
 
     def _evaluate_candidates(
         self, evaluation: Evaluation, eager: CandidateReport, reports: list[CandidateReport], built: list[Built]
-    ) -> None:
+    ) -> NoiseVerdict | None:
         """Evaluate the candidates in order into ``reports`` (those built into ``built``), applying
         the speed gate, until :meth:`stop_after` says so. When every candidate ran, eager is
-        profiled again and each built candidate is judged against eager's faster timings."""
+        profiled again, the noise check re-times them all, and each built candidate is judged
+        against eager's fastest timings. Returns the noise verdict (None: not checked)."""
         candidates = self.candidates()
         for index, backend in enumerate(candidates):
             workdir = evaluation.workdir(backend)
@@ -315,24 +345,37 @@ class TuneStrategy(abc.ABC):
             reports.append(report)
             if report.status is CandidateStatus.PASSED:
                 built.append((backend, report, workdir))
-                refusal = self.refusal(report, eager)
-                if refusal:
-                    report.status, report.reason = CandidateStatus.TOO_SLOW, refusal
-                    evaluation.context.log(f"{evaluation.context.graph.name}: {report.backend}: too slow: {refusal}")
+                self._judge(report, eager, None)
+                if report.status is CandidateStatus.TOO_SLOW:
+                    evaluation.context.log(f"{evaluation.context.graph.name}: {report.backend}: too slow: {report.reason}")
             if self.stop_after(report):
                 reports.extend(
                     CandidateReport(candidate_label(b), CandidateStatus.NOT_TRIED, precision=candidate_precision(b))
                     for b in candidates[index + 1 :]
                 )
-                return
-        if built:
-            evaluation.reprofile_eager(eager)
-            for _, report, _ in built:
-                refusal = self.refusal(report, eager)
-                report.status, report.reason = (CandidateStatus.TOO_SLOW, refusal) if refusal else (CandidateStatus.PASSED, "")
+                return None
+        if not built:
+            return None
+        self_spread = evaluation.reprofile_eager(eager)
+        verdict = None
+        if self.noise_check is not None:
+            verdict = check_noise(evaluation, eager, [(r, b.infer) for b, r, _ in built], self_spread, self.noise_check)
+        for _, report, _ in built:
+            self._judge(report, eager, verdict)
+        return verdict
+
+    def _judge(self, report: CandidateReport, eager: CandidateReport, verdict: NoiseVerdict | None) -> None:
+        """Set ``report``'s ratios to eager and its status by the speed gate (with the noise verdict
+        in the reason of a refusal on unstable measurements)."""
+        report.ratios_to_eager = shape_ratios(report, eager)
+        refusal = self.refusal(report, eager)
+        if refusal and verdict is not None and verdict.noisy:
+            refusal += f"; {verdict.summary()}: this ratio may not hold"
+        report.status, report.reason = (CandidateStatus.TOO_SLOW, refusal) if refusal else (CandidateStatus.PASSED, "")
 
     def _choose(
-        self, evaluation: Evaluation, reports: list[CandidateReport], built: list[Built], eager: CandidateReport
+        self, evaluation: Evaluation, reports: list[CandidateReport], built: list[Built], eager: CandidateReport,
+        verdict: NoiseVerdict | None = None,
     ) -> tuple[Backend, CandidateReport, str]:
         """``(backend, its report, the decision)``: the selection among the eligible candidates, or eager.
 
@@ -352,11 +395,15 @@ class TuneStrategy(abc.ABC):
             else:
                 ratio = ""
                 if speed is not None and eager_speed and backend.name != EagerBackend.name:
-                    ratio = f" ({speed / eager_speed:.2f}x eager's time)"
+                    ratio = f" ({speed / eager_speed:.2f}x eager's time{range_note(chosen)})"
+                strictly = min(eligible, key=lambda r: or_inf(self.speed(r)))
+                if strictly is not chosen and or_inf(self.speed(strictly)) < or_inf(speed):
+                    ratio += f"; {strictly.backend} measured faster but within the noise of it: the earlier in order is kept"
                 decision = f"kept {kept}: {self.rule()}{ratio}"
             for other in eligible:
                 if other is not chosen:
                     other.reason = f"{kept} was kept ({self.rule()})"
+        decision = with_verdict(decision, verdict)
         chosen.status = CandidateStatus.CHOSEN
         return backend, chosen, decision
 
@@ -395,28 +442,3 @@ class TuneStrategy(abc.ABC):
 
     def _limit_name(self, context: TuneContext, limit: int) -> str:
         return f"the declared BatchDim max {limit}" if context.batch_declared else f"max_batch_size_limit {limit}"
-
-
-class BackendListStrategy(TuneStrategy):
-    """A strategy over a list of candidate backends, evaluated in the given order.
-
-    Args:
-        backends: Registered names or configured Backend instances.
-        atol: Absolute tolerance of the eager check.
-        rtol: Relative tolerance of the eager check.
-        **options: The evaluation options of :class:`TuneStrategy`.
-
-    Raises:
-        InvalidArgumentError: (a ValueError) ``backends`` is empty or a single backend.
-        UnknownBackendError: (a ValueError) an entry names an unknown backend.
-        ArgumentTypeError: (a TypeError) an entry is neither a name nor a Backend.
-    """
-
-    def __init__(self, backends: Sequence[str | Backend], atol: float = 1e-4, rtol: float = 1e-4, **options: Any):
-        super().__init__(atol=atol, rtol=rtol, **options)
-        self._backends = resolve_backends(backends)
-
-    def candidates(self) -> list[Backend]:
-        """Fresh copies of the given backends, in the given order."""
-        return [b.clone() for b in self._backends]
-

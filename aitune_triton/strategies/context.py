@@ -32,6 +32,9 @@ class TuneContext:
             capture it and eager references run it.
         batch_declared: Whether the batch axis was declared with ``BatchDim`` (its max then caps
             the batch size sweep).
+        call_sizes: Total input elements of every recorded call of the graph spec (not only the
+            stored samples): the weights of the shapes candidates are judged on
+            (:mod:`aitune_triton.strategies.over_range`); None: the stored samples' sizes.
     """
 
     module: torch.nn.Module
@@ -44,6 +47,7 @@ class TuneContext:
     log: Callable[[str], None] = field(default=lambda message: None)
     forward: Callable[..., Any] | None = None
     batch_declared: bool = False
+    call_sizes: list[int] | None = None
 
     @property
     def run(self) -> Callable[..., Any]:

@@ -21,6 +21,8 @@ from aitune_triton.strategies.accuracy import EagerCheck, candidate_label, candi
 from aitune_triton.strategies.batch_sweep import Dims, batch_bounds, short_profiler, sweep_batch_sizes, sweep_sizes
 from aitune_triton.strategies.batching import batch_axes, batch_of, batched_call
 from aitune_triton.strategies.context import TuneContext
+from aitune_triton.strategies.noise import spread
+from aitune_triton.strategies.over_range import describe_shape, distinct_shapes, shape_weights, weighted_latency
 from aitune_triton.strategies.profiler import Profiler
 from aitune_triton.strategies.report import BatchSweep, CandidateReport, CandidateStatus
 
@@ -75,6 +77,10 @@ class Measurements:
             "typical": ordered[len(ordered) // 2],
             "largest": context.example,
         }
+        #: Label -> the label whose call has the same input shapes (timed once; itself when distinct).
+        self.owners = distinct_shapes(self.shapes)
+        #: Distinct shape label -> its weight (share of recorded calls nearest in size; see over_range).
+        self.weights = shape_weights(self.shapes, context.call_sizes or [sum(t.numel() for t in s.flat.tensors) for s in samples])
         self.searching = searching and sweep_limit is not None
         #: Batch sizes given by the strategy (profiled in full, the best one recorded).
         self.explicit = sizes is not None and sweep_limit is not None
@@ -96,6 +102,11 @@ class Measurements:
             context = self.context
             self._batches[size] = batched_call(context.signature, context.graph, context.samples, self.shapes["typical"], size)
         return self._batches[size]
+
+    def weigh(self, report: CandidateReport) -> None:
+        """Set ``report``'s typical and weighted latency from its per-shape latencies."""
+        report.latency_ms = report.latencies_ms.get("typical")
+        report.weighted_latency_ms = weighted_latency(report.latencies_ms, self.weights)
 
 
 class Evaluation:
@@ -128,19 +139,25 @@ class Evaluation:
             self.profile(eager, lambda call: EagerBackend.reference(self.context.run, call))
         return eager
 
-    def reprofile_eager(self, eager: CandidateReport) -> None:
+    def reprofile_eager(self, eager: CandidateReport) -> float:
         """Profile eager a second time, after the candidates, and keep per shape and batch size the
         faster of its two timings: the first pass ran cold and before the candidates' compilers
         and thread pools came and went, so one pass alone may favour either side; keeping eager's
-        faster time makes the speed gate conservative."""
+        faster time makes the speed gate conservative.
+
+        Returns:
+            Eager's spread against itself: the slower over the faster pass at its worst shape.
+        """
         self._log("profiling eager again")
         again = CandidateReport(EagerBackend.name, CandidateStatus.REFERENCE)
         with torch.no_grad():
             self.profile(again, lambda call: EagerBackend.reference(self.context.run, call))
+        spreads = [spread([eager.latencies_ms[label], ms]) for label, ms in again.latencies_ms.items() if label in eager.latencies_ms]
         for first, second in ((eager.latencies_ms, again.latencies_ms), (eager.batch_latencies_ms, again.batch_latencies_ms)):
             for key, value in second.items():
                 first[key] = min(first.get(key, value), value)
-        eager.latency_ms = eager.latencies_ms.get("typical")
+        self.measure.weigh(eager)
+        return max(spreads, default=1.0)
 
     def workdir(self, backend: Backend) -> Path:
         """A fresh subdirectory per candidate: several configurations of one backend may be evaluated."""
@@ -206,13 +223,14 @@ class Evaluation:
     ) -> None:
         """Fill ``report``'s latencies per shape and per batch size (sweeping batch sizes when searching)."""
         context, measure, profiler = self.context, self.measure, self.settings.profiler
-        timings: dict[int, float] = {}
-        for label, call in measure.shapes.items():
-            timing = timings.get(id(call))
-            if timing is None:
-                timing = timings[id(call)] = profiler.time(lambda: infer(call), context.device).median_ms
-            report.latencies_ms[label] = timing
-        report.latency_ms = report.latencies_ms.get("typical")
+        for label, call in measure.shapes.items():  # each distinct shape timed once, under its owner label
+            owner = measure.owners[label]
+            if owner not in report.latencies_ms:
+                owned = measure.shapes[owner]
+                report.latencies_ms[owner] = profiler.time(lambda: infer(owned), context.device).median_ms
+            report.latencies_ms[label] = report.latencies_ms[owner]
+            report.shapes[label] = describe_shape(call)
+        measure.weigh(report)
         if not measure.batch_sizes:  # no batches to build: the typical call's own batch
             report.batch_latencies_ms = {str(batch_of(context.graph, measure.shapes["typical"])): report.latencies_ms["typical"]}
             return

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from aitune_triton.strategies.base import BackendListStrategy, CandidateReport
+from aitune_triton.strategies.backend_list import BackendListStrategy
+from aitune_triton.strategies.base import CandidateReport
 from aitune_triton.strategies.report import CandidateStatus
 
 __all__ = ["FirstWinsStrategy"]

@@ -6,7 +6,8 @@ from typing import Any, ClassVar, Sequence
 
 from aitune_triton.backends import Backend
 from aitune_triton.errors import InvalidArgumentError
-from aitune_triton.strategies.base import BackendListStrategy, CandidateReport
+from aitune_triton.strategies.backend_list import BackendListStrategy
+from aitune_triton.strategies.base import CandidateReport
 
 __all__ = ["MaxThroughputStrategy"]
 

@@ -1,16 +1,19 @@
-"""MinLatencyStrategy: keep the candidate with the lowest latency at the typical recorded shape."""
+"""MinLatencyStrategy: keep the candidate with the lowest latency over the recorded shapes."""
 
 from __future__ import annotations
 
-from aitune_triton.strategies.base import BackendListStrategy, CandidateReport
+from aitune_triton.strategies.backend_list import BackendListStrategy
+from aitune_triton.strategies.base import CandidateReport
 
 __all__ = ["MinLatencyStrategy"]
 
 
 class MinLatencyStrategy(BackendListStrategy):
-    """Evaluate every backend and keep the one with the lowest median latency at the typical
-    recorded shape (the median recorded call by input elements), if it beats eager by the speed
-    gate. Ties keep the earlier candidate.
+    """Evaluate every backend and keep the one with the lowest weighted latency over the recorded
+    shapes (smallest, typical, largest by input elements; each weighted by the share of recorded
+    calls nearest in size to it, :mod:`~aitune_triton.strategies.over_range`), if it passes the
+    speed gate. Candidates within the measurement noise of the fastest are a tie: the earlier
+    one is kept (:meth:`~aitune_triton.strategies.TuneStrategy.fastest`).
 
     Args:
         backends: Registered names or configured Backend instances.
@@ -24,8 +27,8 @@ class MinLatencyStrategy(BackendListStrategy):
     """
 
     def rule(self) -> str:
-        return "lowest latency at the typical shape"
+        return "lowest latency over the recorded shapes"
 
     def select(self, passed: list[CandidateReport], eager: CandidateReport) -> CandidateReport:
-        """The candidate with the lowest typical-shape latency."""
+        """The candidate with the lowest weighted latency (the earlier one within the noise)."""
         return self.fastest(passed)

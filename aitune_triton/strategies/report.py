@@ -12,7 +12,7 @@ from rich.table import Table
 
 from aitune_triton.strategies.layout import LayoutReport
 
-__all__ = ["BatchSweep", "CandidateReport", "CandidateStatus", "GraphTuneReport", "report_table"]
+__all__ = ["BatchSweep", "CandidateReport", "CandidateStatus", "GraphTuneReport", "report_table", "shape_ratio_cell"]
 
 #: Shape labels of the latencies profiled per candidate, in report order.
 SHAPES = ("smallest", "typical", "largest")
@@ -109,6 +109,12 @@ class CandidateReport:
             user metric), else None.
         max_batch_size: The batch size where throughput stopped growing, when searched.
         batch_sweep: The batch size sweep of this candidate, when it was swept.
+        shapes: Shape label -> the input shapes it was timed at (``x: 32x4``).
+        weighted_latency_ms: The latency over the recorded range: per distinct shape its median
+            latency times its weight (the share of recorded calls nearest in size to it, see
+            :mod:`aitune_triton.strategies.over_range`), summed, in milliseconds.
+        ratios_to_eager: Shape label -> its latency over eager's at that shape.
+        spread: Slowest over fastest of its re-timed rounds, at its worst shape (None: not re-timed).
     """
 
     backend: str
@@ -124,6 +130,10 @@ class CandidateReport:
     accuracy: float | None = None
     max_batch_size: int | None = None
     batch_sweep: BatchSweep | None = None
+    shapes: dict[str, str] = field(default_factory=dict)
+    weighted_latency_ms: float | None = None
+    ratios_to_eager: dict[str, float] = field(default_factory=dict)
+    spread: float | None = None
 
     def __post_init__(self) -> None:
         # Reports read back from JSON hold the status as a string.
@@ -170,6 +180,15 @@ class GraphTuneReport:
         batch_sweep: The sweep that set the served batch range (sizes tried, throughput per size,
             why it stopped, the max and preferred batch size kept); None when no sweep ran (the
             batch axis not proved independent, ``find_max_batch_size=False``, or kept on eager).
+        shape_weights: Shape label -> its weight in the weighted latency (distinct shapes only; see
+            :mod:`aitune_triton.strategies.over_range`); empty in older reports.
+        noisy: Whether the measurements stayed unstable after re-measuring (see
+            :mod:`aitune_triton.strategies.noise`): the ratios and the decision may not hold.
+        eager_spread: Eager timed against itself: its slowest over its fastest timing at the worst
+            shape, in the latest measurements; None when not checked.
+        retime_spread: The largest such spread of any candidate or eager re-timed in rotated order;
+            None when not checked.
+        noise: The noise verdict in words (spreads, threshold, re-measures); empty when not checked.
     """
 
     graph: str
@@ -184,6 +203,11 @@ class GraphTuneReport:
     padding: str = ""
     layout: LayoutReport | None = None
     batch_sweep: BatchSweep | None = None
+    shape_weights: dict[str, float] = field(default_factory=dict)
+    noisy: bool = False
+    eager_spread: float | None = None
+    retime_spread: float | None = None
+    noise: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form (plain types only: a status is its string value, so the dict also
@@ -231,12 +255,22 @@ def _ratio(value: float | None, eager: float | None) -> str:
     return f" ({value / eager:.2f}x)"
 
 
+def shape_ratio_cell(candidate: CandidateReport, labels: Sequence[str] = ()) -> str:
+    """``s 0.40, t 0.45, l 1.58``: the candidate's ratio to eager at each distinct shape
+    (``labels``, default every one measured), in :data:`SHAPES` order; ``-`` when none."""
+    ratios = candidate.ratios_to_eager
+    shown = [label for label in SHAPES if label in ratios and (not labels or label in labels)]
+    return ", ".join(f"{label[0]} {ratios[label]:.2f}" for label in shown) or "-"
+
+
 def report_table(report: GraphTuneReport, title: str = "") -> Table:
     """A rich table of ``report``: per candidate its precision, build time, max abs diff (or
-    accuracy), latency at the typical and largest shape (and the ratio to eager), best
-    throughput, and the status with its reason; eager's own row first."""
+    accuracy), latency at the typical and largest shape (and the ratio to eager), the ratio to
+    eager at every distinct recorded shape (``s``mallest, ``t``ypical, ``l``argest), best
+    throughput, and the status with its reason; eager's own row first. The caption holds the
+    decision and, when measured, the noise verdict."""
     table = Table(title=escape(title or f"{report.graph}: {report.strategy}"), title_justify="left")
-    for column in ("candidate", "precision", "build s", "max abs diff", "typical ms", "largest ms", "samples/s", "result"):
+    for column in ("candidate", "precision", "build s", "max abs diff", "typical ms", "largest ms", "x eager per shape", "samples/s", "result"):
         table.add_column(column, overflow="fold")
     eager = report.eager
     eager_typical = eager.latencies_ms.get("typical") if eager else report.eager_latency_ms
@@ -258,6 +292,7 @@ def report_table(report: GraphTuneReport, title: str = "") -> Table:
             "-" if is_eager_row else diff,
             _ms(typical) + ("" if is_eager_row else _ratio(typical, eager_typical)),
             _ms(largest) + ("" if is_eager_row else _ratio(largest, eager_largest)),
+            "-" if is_eager_row else shape_ratio_cell(candidate, list(report.shape_weights)),
             "-" if throughput is None else f"{throughput:.4g}",
             escape(result),
         )
@@ -265,6 +300,7 @@ def report_table(report: GraphTuneReport, title: str = "") -> Table:
         padding = f"; {report.padding}" if report.padding else ""
         layout = f"; {report.layout.summary()}" if report.layout else ""
         sweep = f"\n{report.batch_sweep.summary()}" if report.batch_sweep else ""
-        table.caption = escape(report.decision + (f"; {report.batch}" if report.batch else "") + padding + layout + sweep)
+        noise = f"\n{report.noise}" if report.noise and not report.noisy else ""  # a noisy verdict is in the decision
+        table.caption = escape(report.decision + (f"; {report.batch}" if report.batch else "") + padding + layout + sweep + noise)
         table.caption_justify = "left"
     return table
