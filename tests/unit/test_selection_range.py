@@ -1,0 +1,172 @@
+"""Selection over the whole recorded range (weights, the per-shape speed gate, per-shape ratios)
+and measurements a user can trust (eager against itself, rotated re-timing, the noise verdict,
+a stable tie-break).
+
+The candidates are the sleeping backends of ``test_selection``: their cost per batch row is set
+by the test, so which shape a candidate loses at is known, not left to a busy machine's noise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from rich.console import Console
+from test_selection import FAST_PROFILER, SleepyNet, _by_name, _context, sleepy
+
+from aitune_triton.errors import InvalidArgumentError
+from aitune_triton.module.recording import Recorder
+from aitune_triton.spec import ForwardSignature, StoredCall, flatten_call
+from aitune_triton.strategies import GraphTuneReport, MinLatencyStrategy, NoiseCheck, OneBackendStrategy, TuneContext, report_table
+from aitune_triton.strategies.evaluation import Measurements
+
+
+def _recorded(tmp_path, batches) -> tuple[TuneContext, Recorder]:
+    """A context of SleepyNet's calls at ``batches`` (every call stored), with the recorder's sizes."""
+    net = SleepyNet()
+    signature = ForwardSignature.from_callable(net.forward)
+    recorder = Recorder(signature)
+    with torch.no_grad():
+        for batch in batches:
+            recorder.record(net.core, (torch.randn(batch, 4),), {})
+    (graph,) = recorder.graph_specs()
+    samples = [StoredCall(signature, flatten_call(signature, s.args, s.kwargs)) for s in recorder.samples(graph)]
+    largest = recorder.largest_sample(graph)
+    example = StoredCall(signature, flatten_call(signature, largest.args, largest.kwargs))
+    context = TuneContext(net, signature, graph, samples, example, tmp_path, torch.device("cpu"),
+                          call_sizes=recorder.call_sizes(graph))
+    return context, recorder
+
+
+def _weights(context: TuneContext) -> dict[str, float]:
+    return Measurements(context, dict(context.graph.dims), None, False, None).weights
+
+
+# ------------------------------------------------------------------------------------ weights
+def test_each_recorded_call_counts_for_the_timed_shape_nearest_in_size(tmp_path):
+    # Five calls of 1 row, one of 2, one of 4: the typical call has the smallest's shape, so they are one shape.
+    context, recorder = _recorded(tmp_path, [1, 1, 1, 1, 1, 2, 4])
+    assert recorder.call_sizes(context.graph) == [4, 4, 4, 4, 4, 8, 16]
+
+    weights = _weights(context)
+
+    # 2 rows (8 elements) are nearer the 1-row shape (4) than the 4-row one (16).
+    assert weights == pytest.approx({"typical": 6 / 7, "largest": 1 / 7})
+
+
+def test_a_graph_spec_with_one_recorded_shape_has_one_weight(tmp_path):
+    context, _ = _recorded(tmp_path, [2, 2, 2])
+    assert _weights(context) == {"typical": 1.0}
+
+
+def test_the_weights_count_every_recorded_call_not_only_the_stored_samples(tmp_path):
+    context, _ = _recorded(tmp_path, [1, 2, 4])
+    assert _weights(context) == pytest.approx({"smallest": 1 / 3, "typical": 1 / 3, "largest": 1 / 3})
+
+    context.call_sizes = [16] * 8 + [4, 8]  # many more large calls were recorded than stored
+    assert _weights(context) == pytest.approx({"smallest": 0.1, "typical": 0.1, "largest": 0.8})
+
+
+# --------------------------------------------------------------------------- the range gate
+def test_a_candidate_fast_at_the_typical_shape_but_slower_than_eager_at_the_largest_is_refused_naming_it(tmp_path):
+    # Eager: 8 ms + 2 ms a row (10, 12, 16 ms at 1, 2, 4 rows); the candidate 5 ms a row (5, 10, 20 ms):
+    # faster at the typical shape and on the weighted latency (11.7 vs 12.7 ms), 1.25x eager's time at the largest.
+    net = SleepyNet(fixed_ms=8, per_row_ms=2)
+    steep = sleepy(per_row_ms=5)
+    backend, report = MinLatencyStrategy([steep], profiler=FAST_PROFILER).tune(_context(tmp_path, net))
+
+    assert backend.name == "eager"
+    refused = _by_name(report)[steep.name]
+    assert refused.status == "too slow"
+    assert "at the largest recorded shape (x: 4x4)" in refused.reason and "speed gate" in refused.reason
+    assert refused.ratios_to_eager["typical"] < 1.0 < refused.ratios_to_eager["largest"]
+    assert refused.weighted_latency_ms < report.eager.weighted_latency_ms
+    assert report.shape_weights == pytest.approx({"smallest": 1 / 3, "typical": 1 / 3, "largest": 1 / 3})
+
+    console = Console(width=220, record=True)
+    console.print(report_table(report))
+    text = console.export_text()
+    assert "x eager per shape" in text and f"l {refused.ratios_to_eager['largest']:.2f}" in text
+
+
+def test_without_the_per_shape_gate_the_weighted_latency_decides(tmp_path):
+    net = SleepyNet(fixed_ms=8, per_row_ms=2)
+    steep = sleepy(per_row_ms=5)
+    backend, report = MinLatencyStrategy([steep], profiler=FAST_PROFILER, gate_every_shape=False).tune(_context(tmp_path, net))
+
+    assert backend.name == steep.name
+    assert "per shape smallest" in report.decision and "largest 1." in report.decision
+
+
+def test_one_backend_stays_ungated_over_the_range(tmp_path):
+    net = SleepyNet(fixed_ms=8, per_row_ms=2)
+    steep = sleepy(per_row_ms=5)
+    backend, report = OneBackendStrategy(steep, profiler=FAST_PROFILER).tune(_context(tmp_path, net))
+
+    assert backend.name == steep.name and report.candidates[0].status == "chosen"
+
+
+# ------------------------------------------------------------------------------------- noise
+class DriftingNet(SleepyNet):
+    """Eager whose every call sleeps 4% longer than the one before: unstable against itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor):
+        self.calls += 1
+        time.sleep(0.001 * 1.04 ** self.calls)
+        return self.core(x)
+
+
+def test_unstable_measurements_are_re_measured_then_reported_in_the_report_and_the_decision(tmp_path):
+    net = DriftingNet()
+    fast = sleepy(fixed_ms=0.5)
+    strategy = MinLatencyStrategy([fast], profiler=FAST_PROFILER, noise_check=NoiseCheck(rounds=2, threshold=1.25, remeasures=1))
+    backend, report = strategy.tune(_context(tmp_path, net))
+
+    assert backend.name == fast.name
+    assert report.noisy is True
+    assert report.eager_spread > 1.25
+    assert "measurements unstable" in report.noise and "re-measured 1x" in report.noise
+    kept, _, rest = report.decision.partition("; ")
+    assert kept.startswith(f"kept {fast.name}") and rest.startswith("measurements unstable (eager vs itself ")
+    again = GraphTuneReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert again == report
+
+
+def test_candidates_within_the_noise_of_each_other_keep_the_declared_order(tmp_path):
+    # Two candidates of the same cost: which measures faster is noise; the first declared is kept, tune after tune.
+    net = SleepyNet(fixed_ms=20)
+    first, second = sleepy(fixed_ms=4), sleepy(fixed_ms=4)
+    kept = []
+    for attempt in range(2):
+        backend, report = MinLatencyStrategy([first, second], profiler=FAST_PROFILER).tune(_context(tmp_path / str(attempt), net))
+        kept.append(backend.name)
+        assert report.retime_spread is not None and report.retime_spread >= 1.0
+        assert all(c.spread is not None for c in report.candidates)
+    assert kept == [first.name, first.name]
+
+
+def test_the_noise_check_options_are_checked():
+    with pytest.raises(InvalidArgumentError, match="NoiseCheck.rounds"):
+        NoiseCheck(rounds=1)
+    with pytest.raises(InvalidArgumentError, match="NoiseCheck.threshold"):
+        NoiseCheck(threshold=0.2)
+    with pytest.raises(InvalidArgumentError, match="noise_check"):
+        MinLatencyStrategy(["eager"], noise_check="loud")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="gate_every_shape"):
+        MinLatencyStrategy(["eager"], gate_every_shape=1)  # type: ignore[arg-type]
+
+
+def test_a_report_written_before_the_range_and_noise_fields_still_loads():
+    old = {"graph": "graph_0", "strategy": "MinLatencyStrategy([aoti])", "chosen": "aoti", "eager_latency_ms": 3.0,
+           "candidates": [{"backend": "aoti", "status": "chosen", "reason": "", "latency_ms": 2.0,
+                           "latencies_ms": {"typical": 2.0}}], "decision": "kept aoti"}
+    report = GraphTuneReport.from_dict(old)
+    assert report.noisy is False and report.shape_weights == {} and report.noise == ""
+    assert report.candidates[0].ratios_to_eager == {} and report.candidates[0].weighted_latency_ms is None
+    assert MinLatencyStrategy(["eager"]).speed(report.candidates[0]) == 2.0  # the typical shape, as before
