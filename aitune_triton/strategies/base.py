@@ -210,16 +210,17 @@ class TuneStrategy(abc.ABC):
     def fastest(self, passed: list[CandidateReport]) -> CandidateReport:
         """The candidate of ``passed`` with the lowest :meth:`speed` (unmeasured ones last), or the
         earliest candidate within the noise of it: whose measure is at most ``1 + tolerance``
-        times the lowest, the tolerance being the larger spread of the two re-timed candidates
-        minus one, at least :data:`~aitune_triton.strategies.over_range.TIE_TOLERANCE` (so two
-        identical tunes keep the same one)."""
+        times the lowest, the tolerance being the smaller spread of the two re-timed candidates
+        minus one, at least :data:`~aitune_triton.strategies.over_range.TIE_TOLERANCE` and at most
+        the noise check's threshold minus one (so two identical tunes keep the same one)."""
 
         def measure(report: CandidateReport) -> float:
             return or_inf(self.speed(report))
 
         best = min(passed, key=measure)
+        widest = (self.noise_check.threshold if self.noise_check else 1.0) - 1.0
         for report in passed:  # in declared order
-            band = max(TIE_TOLERANCE, (report.spread or 1.0) - 1.0, (best.spread or 1.0) - 1.0)
+            band = max(TIE_TOLERANCE, min((report.spread or 1.0) - 1.0, (best.spread or 1.0) - 1.0, widest))
             if measure(report) <= measure(best) * (1.0 + band):
                 return report
         return best
@@ -398,7 +399,8 @@ class TuneStrategy(abc.ABC):
                     ratio = f" ({speed / eager_speed:.2f}x eager's time{range_note(chosen)})"
                 strictly = min(eligible, key=lambda r: or_inf(self.speed(r)))
                 if strictly is not chosen and or_inf(self.speed(strictly)) < or_inf(speed):
-                    ratio += f"; {strictly.backend} measured faster but within the noise of it: the earlier in order is kept"
+                    faster = described(next(b for b, r, _ in built if r is strictly))
+                    ratio += f"; {faster} measured faster, within the noise: the earlier in order is kept"
                 decision = f"kept {kept}: {self.rule()}{ratio}"
             for other in eligible:
                 if other is not chosen:

@@ -5,8 +5,9 @@ Eager is profiled before the candidates and again after them; its **self-spread*
 shapes, the largest ratio of the slower to the faster of the two passes. Then every built
 candidate and eager are re-timed at every distinct shape for :attr:`NoiseCheck.rounds` rounds,
 back to back per shape, the order rotated by one each round (so no candidate always runs right
-after the same neighbour or first in a cold cache), with a short profiler (at most 3 stable runs,
-5 runs and 0.25 s per timing, after one warm-up run). A participant's **spread** is, over the
+after the same neighbour or first in a cold cache). Each timing is the median of at most 3
+samples started within 0.1 s (one at least; calls under 1 ms repeated to last about 1 ms), with no
+warm-up: every participant already ran these calls. A participant's **spread** is, over the
 shapes, the largest ratio of its slowest to its fastest round; the **re-timed spread** is the
 largest over the participants, eager included.
 
@@ -18,27 +19,30 @@ rounds alone (eager's spread included). Still above the threshold: the measureme
 Every latency kept is the fastest median a participant showed at that shape over all its timings
 (its evaluation, eager's two passes, every round): noise on a CPU only adds time, and each side of
 a comparison gets the same treatment. Cost: ``rounds * (1 + remeasures)`` timings per participant
-and distinct shape, each bounded as above, on candidates already built.
+and distinct shape, each about max(0.1 s, one call) at most, on candidates already built.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 
 from aitune_triton.errors import InvalidArgumentError
-from aitune_triton.strategies.profiler import Profiler
-
 if TYPE_CHECKING:
     from aitune_triton.strategies.evaluation import Evaluation
     from aitune_triton.strategies.report import CandidateReport
 
-__all__ = ["NoiseCheck", "NoiseVerdict", "check_noise", "check_range_options", "report_fields", "retime_profiler", "retime_rounds", "spread", "with_verdict"]
+__all__ = ["NoiseCheck", "NoiseVerdict", "check_noise", "check_range_options", "report_fields", "retime_rounds", "spread", "with_verdict"]
 
-#: A participant of the re-timing: a name for the log, and how it runs one call.
-Participant = tuple[str, Callable[[Any], Any]]
+#: Most timed samples per participant, shape and round (their median is the round's timing).
+RETIME_SAMPLES = 3
+#: Time after which no further sample of one timing starts, in seconds (one sample always runs).
+RETIME_BUDGET_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -106,28 +110,36 @@ def spread(values: Sequence[float]) -> float:
     return max(positive) / min(positive) if len(positive) >= 2 else 1.0
 
 
-def retime_profiler(profiler: Profiler) -> Profiler:
-    """``profiler`` bounded for the rounds: at most 3 stable runs, 5 runs and 0.25 s per timing."""
-    min_runs = min(profiler.min_runs, 3)
-    return Profiler(
-        warmup_runs=1,
-        min_runs=min_runs,
-        max_runs=max(min_runs, min(profiler.max_runs, 5)),
-        max_time_s=min(profiler.max_time_s, 0.25),
-        rtol=profiler.rtol,
-        min_sample_ms=profiler.min_sample_ms,
-    )
+def _time(run: Callable[[], Any], expected_ms: float, device: torch.device | None) -> float:
+    """Median ms of one call of ``run`` over at most :data:`RETIME_SAMPLES` samples within
+    :data:`RETIME_BUDGET_S` (at least one sample); a sample repeats a call shorter than 1 ms
+    (``expected_ms``, its earlier median) until it lasts about 1 ms. No warm-up: the participant
+    already ran these calls."""
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else None
+    repeats = max(1, min(1000, math.ceil(1.0 / max(expected_ms, 1e-3))))
+    times: list[float] = []
+    began = time.perf_counter()
+    while len(times) < RETIME_SAMPLES and (not times or time.perf_counter() - began < RETIME_BUDGET_S):
+        if sync:
+            sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        if sync:
+            sync(device)
+        times.append((time.perf_counter() - start) * 1000.0 / repeats)
+    return statistics.median(times)
 
 
 def retime_rounds(
-    participants: Sequence[Participant],
+    participants: Sequence[tuple[Callable[[Any], Any], Mapping[str, float]]],
     shapes: Mapping[str, Any],
     rounds: int,
-    profiler: Profiler,
     device: torch.device | None,
 ) -> list[dict[str, list[float]]]:
-    """Time every participant at every shape for ``rounds`` rounds: per round and shape, all
-    participants back to back, the order rotated by one each round.
+    """Time every participant (how it runs a call, and its earlier median ms per shape label) at
+    every shape for ``rounds`` rounds: per round and shape, all participants back to back, the
+    order rotated by one each round.
 
     Returns:
         Per participant (in the given order): shape label -> its median per round, in ms.
@@ -142,8 +154,8 @@ def retime_rounds(
             order = [(round_index + offset) % count for offset in range(count)]
             for label, call in shapes.items():
                 for index in order:
-                    run = participants[index][1]
-                    timings[index][label].append(profiler.time(lambda: run(call), device).median_ms)
+                    infer, expected = participants[index]
+                    timings[index][label].append(_time(lambda: infer(call), expected.get(label, 1.0), device))
     return timings
 
 
@@ -162,14 +174,15 @@ def check_noise(
 
     measure, context = evaluation.measure, evaluation.context
     shapes = {label: call for label, call in measure.shapes.items() if measure.owners[label] == label}
-    participants: list[Participant] = [("eager", lambda call: EagerBackend.reference(context.run, call))]
-    participants += [(report.backend, infer) for report, infer in candidates]
+    participants: list[tuple[Callable[[Any], Any], Mapping[str, float]]] = [
+        (lambda call: EagerBackend.reference(context.run, call), eager.latencies_ms)
+    ]
+    participants += [(infer, report.latencies_ms) for report, infer in candidates]
     reports = [eager, *(report for report, _ in candidates)]
-    profiler = retime_profiler(evaluation.settings.profiler)
     eager_spread, remeasured = eager_self_spread, 0
     while True:
         try:
-            timings = retime_rounds(participants, shapes, check.rounds, profiler, context.device)
+            timings = retime_rounds(participants, shapes, check.rounds, context.device)
         except Exception as error:  # a candidate that ran these calls before fails now: keep what was measured
             context.log(f"{context.graph.name}: re-timing in rotated order failed ({type(error).__name__}: {error}); noise not checked")
             return None
