@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     eager_model = copy.deepcopy(model)
     # The default strategy (strategy=None) builds every CPU candidate (ONNX Runtime with both
     # exporters, AOTInductor, Inductor), checks each against eager on the recorded calls, times it,
-    # and keeps the fastest at the typical shape if it beats eager by 1%; --backends narrows the list.
+    # and keeps the fastest over the recorded shapes if it beats eager by 1% and is slower at none;
+    # --backends narrows the list.
     strategy = aitune_triton.MinLatencyStrategy(args.backends.split(",")) if args.backends else None
     module = aitune_triton.Module(model, name="minilm", strategy=strategy, dynamic_shapes=DYNAMIC_SHAPES)
 

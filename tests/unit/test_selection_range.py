@@ -170,3 +170,22 @@ def test_a_report_written_before_the_range_and_noise_fields_still_loads():
     assert report.noisy is False and report.shape_weights == {} and report.noise == ""
     assert report.candidates[0].ratios_to_eager == {} and report.candidates[0].weighted_latency_ms is None
     assert MinLatencyStrategy(["eager"]).speed(report.candidates[0]) == 2.0  # the typical shape, as before
+
+
+@pytest.mark.filterwarnings("ignore:graph_0. kept on eager")
+def test_a_tuned_module_weighs_shapes_by_every_recorded_call_not_the_few_stored(unique_name):
+    import aitune_triton
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3).eval()
+    strategy = OneBackendStrategy("eager", profiler=FAST_PROFILER, find_max_batch_size=False)
+    module = aitune_triton.Module(net, name=unique_name, strategy=strategy, max_samples=3)
+    with torch.no_grad():
+        for batch in (4, 1, 1, 1, 1, 1, 2):  # 7 calls, 3 stored
+            module(torch.randn(batch, 4))
+        module.tune()
+
+    (graph,) = module.tuned_graphs
+    weights = graph.report.shape_weights
+    assert all(abs(weight * 7 - round(weight * 7)) < 1e-9 for weight in weights.values())  # counts of 7 calls
+    assert weights == pytest.approx({"smallest": 5 / 7, "typical": 1 / 7, "largest": 1 / 7})
