@@ -348,7 +348,8 @@ class TuneStrategy(abc.ABC):
                 built.append((backend, report, workdir))
                 self._judge(report, eager, None)
                 if report.status is CandidateStatus.TOO_SLOW:
-                    evaluation.context.log(f"{evaluation.context.graph.name}: {report.backend}: too slow: {report.reason}")
+                    later = " (judged again after eager's second pass and the re-timing)" if self.noise_check else ""
+                    evaluation.context.log(f"{evaluation.context.graph.name}: {report.backend}: too slow: {report.reason}{later}")
             if self.stop_after(report):
                 reports.extend(
                     CandidateReport(candidate_label(b), CandidateStatus.NOT_TRIED, precision=candidate_precision(b))
