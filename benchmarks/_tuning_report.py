@@ -43,6 +43,8 @@ DEFAULT_SHAPE_GOAL = 0.95
 LOWER_PRECISION_GOAL = 0.20
 LOWER_PRECISION_COSINE_GOAL = 0.995
 LOWER_PRECISION_SHAPE = "8x128"
+#: The shapes the default strategy's goal is judged over.
+GOAL_SHAPES = ("1x16", "8x128", "32x101")
 
 
 @dataclass
@@ -105,9 +107,12 @@ def check_goals(report: dict[str, Any], lower_precision: list[str]) -> list[dict
     if default is None or default["geomean_ratio"] is None:
         goal["detail"] = "the 'default' variant did not run at every shape"
     else:
-        goal["met"] = default["geomean_ratio"] <= DEFAULT_GEOMEAN_GOAL and default["max_shape_ratio"] <= DEFAULT_SHAPE_GOAL
         per_shape = ", ".join(f"{tag} {ratio:.2f}x" for tag, ratio in default["median_ratio_per_shape"].items())
-        goal["detail"] = f"geometric mean {default['geomean_ratio']:.2f}x ({per_shape}; medians over the rounds) over {list(shapes)}"
+        goal["detail"] = f"geometric mean {default['geomean_ratio']:.2f}x ({per_shape}; medians over the rounds)"
+        if set(shapes) == set(GOAL_SHAPES):
+            goal["met"] = default["geomean_ratio"] <= DEFAULT_GEOMEAN_GOAL and default["max_shape_ratio"] <= DEFAULT_SHAPE_GOAL
+        else:
+            goal["detail"] += f"; the goal is over {', '.join(GOAL_SHAPES)}, not the shapes of this run"
     goals = [goal]
     goal = {
         "goal": f"best lower precision at {LOWER_PRECISION_SHAPE} <= {LOWER_PRECISION_GOAL}x eager with every per-sentence cosine "
