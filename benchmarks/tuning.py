@@ -1,52 +1,55 @@
-"""Benchmark: MiniLM-L6 eager vs every candidate backend, each tuned on calls of one shape, side by side.
+"""Benchmark: MiniLM-L6 eager vs every candidate backend and precision, side by side, per shape.
 
-For each shape (``8x128`` and ``1x16`` tokens by default) every variant is tuned once on recorded
-calls of exactly that shape, then all are timed in one run:
+For each shape (``1x16``, ``8x128`` and ``32x101`` tokens by default) every variant is tuned once on
+recorded calls of exactly that shape, except ``default``, tuned once on the recorded calls of every
+shape (the default strategy's decision must hold over the whole range); then all are timed at that
+shape in one run. The variants (``benchmarks/_tuning_variants.py``; each skipped, with the reason
+printed, where its backend is not registered or refuses the option):
 
 * ``eager``: a copy of the model, never wrapped (the reference);
-* ``aoti``, ``onnxruntime``, ``inductor`` (when registered): ``OneBackendStrategy`` of the backend;
-* ``aoti-freezing``: ``AOTInductorBackend(freezing=True)`` (Inductor freezing: weights folded as constants);
-* ``onnxruntime-dynamo`` / ``onnxruntime-torchscript``: ONNX Runtime with that exporter, where
-  ``OnnxRuntimeBackend`` takes an ``exporter`` option (only the ones that differ from its default);
-* ``onnxruntime-int8``: ``OnnxRuntimeBackend(precision="int8")`` where that precision is accepted.
-  It passes the accuracy gate of the strategy (embedding cosine >= 0.98 per recorded sample)
-  instead of fp32's 1e-4 tolerance; its accuracy on real sentences is the cosine below;
+* fp32, ``OneBackendStrategy`` of: ``aoti``, ``aoti-freezing`` (``freezing=True``), ``onnxruntime``,
+  ``onnxruntime-dynamo`` / ``onnxruntime-torchscript`` (the exporter that is not the default),
+  ``onnxruntime-fused`` (``transformer_fusion=True``), ``inductor``, ``openvino``;
+* lower precision, each behind the strategy's accuracy gate with a user metric (embedding cosine
+  >= ``MIN_COSINE`` per recorded sample instead of fp32's 1e-4 tolerance): ``onnxruntime-int8``
+  (dynamic), ``onnxruntime-int8-static`` (``quantization="static"``), ``openvino-int8``,
+  ``openvino-bf16``, ``aoti-bf16``, ``inductor-bf16`` (bf16 only on a CPU with AVX512-BF16 or AMX);
 * ``default``: whatever ``aitune_triton.strategies.default_strategy()`` chose (named in the table).
 
 Timing: ``--rounds`` rounds; in each, every variant runs its calls back to back (ONNX Runtime's
 worker threads keep spinning after a call and slow whatever runs next), and the order of the
 variants is rotated between rounds. A variant's latency in a round is the median of its calls; its
-ratio is that latency over eager's in the same round; the table shows min / median / max of the
-ratios over the rounds (below 1: faster than eager). Absolute times on shared machines are noisy,
-ratios within one run much less so. On CUDA the device is synchronized before every clock read.
+ratio is that latency over eager's in the same round; the tables show min / median / max of the
+ratios over the rounds (below 1: faster than eager), and per variant the geometric mean of its
+median ratios over the shapes. Absolute times on shared machines are noisy, ratios within one run
+much less so. On CUDA the device is synchronized before every clock read.
 
 Accuracy: per sentence of the demo's 32 real sentences, the cosine between the mean-pooled
 embeddings (``examples/minilm.py: embed``) of a variant and of eager, at the variant's shape
 (batches of the shape's size, each sentence padded or cut to its token count).
 
+Issue 18's goals are checked at the end (``benchmarks/_tuning_report.py``): the default strategy's
+geometric mean <= 0.40x with no shape above 0.95x, and the best lower precision at 8 x 128 <= 0.2x
+with every cosine >= 0.995; ``--strict`` exits 1 when a measured goal is not met.
+
 When ``benchmarks/proxy_overhead.py`` exists, its ``measure_proxy_overhead()`` is run and reported too.
 
 Usage::
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/tuning.py [--rounds 3] [--shapes 8x128,1x16]
-        [--variants eager,aoti,...] [--json PATH] [--png PATH] [--device cpu|cuda] [--threads N]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/tuning.py [--rounds 3] [--shapes 1x16,8x128,32x101]
+        [--variants eager,aoti,...] [--json PATH] [--png PATH] [--device cpu|cuda] [--threads N] [--strict]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
-import importlib.metadata
-import inspect
 import json
 import os
-import platform
-import statistics
 import sys
 import time
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,61 +59,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
-from rich.table import Table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "examples"))
 sys.path.insert(0, str(HERE))
 
 import aitune_triton  # noqa: E402
-from aitune_triton.backends import OnnxRuntimeBackend, backend_names  # noqa: E402
-from aitune_triton.strategies import OneBackendStrategy, Profiler, TuneStrategy, default_strategy  # noqa: E402
+from _tuning_report import (  # noqa: E402
+    Result,
+    check_goals,
+    over_shapes,
+    print_goals,
+    print_summary,
+    print_table,
+    proxy_overhead,
+    versions,
+    write_png,
+)
+from _tuning_variants import Variant, available_variants, select_variants  # noqa: E402
+from aitune_triton.strategies import Profiler  # noqa: E402
 from minilm import SENTENCES, embed, load_model  # noqa: E402
 
-DEFAULT_SHAPES = "8x128,1x16"
+DEFAULT_SHAPES = "1x16,8x128,32x101"
 #: Recorded calls per variant and shape (all of exactly that shape, different text).
 RECORDED_CALLS = 2
-#: Libraries whose versions go into the JSON report.
-LIBRARIES = ("torch", "onnxruntime", "onnx", "onnxscript", "transformers", "numpy", "aitune-triton", "nvidia-pytriton")
-
-
-@dataclass
-class Variant:
-    """One thing to time: eager (``strategy`` None) or a module tuned with ``strategy``."""
-
-    name: str
-    strategy: TuneStrategy | None
-    note: str = ""
-
-
-@dataclass
-class Result:
-    """What one variant gave at one shape."""
-
-    status: str = "ok"
-    note: str = ""
-    tune_s: float | None = None
-    chosen: str | None = None
-    latency_ms: list[float] = field(default_factory=list)
-    ratio: list[float] = field(default_factory=list)
-    cosine: list[float] = field(default_factory=list)
-    call: Callable[..., Any] | None = None
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-compatible numbers (no callables)."""
-        data: dict[str, Any] = {
-            "status": self.status,
-            "note": self.note,
-            "tune_s": self.tune_s,
-            "chosen": self.chosen,
-            "latency_ms_per_round": self.latency_ms,
-            "ratio_vs_eager_per_round": self.ratio,
-        }
-        if self.ratio:
-            data["ratio_vs_eager"] = {"min": min(self.ratio), "median": statistics.median(self.ratio), "max": max(self.ratio)}
-        if self.cosine:
-            data["cosine_vs_eager"] = {"per_sentence": self.cosine, "min": min(self.cosine), "mean": statistics.fmean(self.cosine)}
-        return data
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -122,63 +94,6 @@ def parse_shape(text: str) -> tuple[int, int]:
     if not 1 <= batch <= 64 or not 4 <= tokens <= 512:
         raise SystemExit(f"--shapes: expected a batch of 1..64 and 4..512 tokens (MiniLM's positions), got {text!r}")
     return batch, tokens
-
-
-def _strict_strategy(backend: str | aitune_triton.Backend) -> TuneStrategy:
-    return OneBackendStrategy(backend)
-
-
-def _embedding_cosine(eager: Any, tuned: Any) -> float:
-    """The accuracy gate of int8: the lowest cosine, over the samples of a call, between eager's and
-    the candidate's mean-pooled token states (the recorded rows are unpadded, so this is the
-    sentence embedding of ``examples/minilm.py: embed`` before normalization)."""
-    return float(
-        torch.nn.functional.cosine_similarity(eager.last_hidden_state.mean(1), tuned.last_hidden_state.mean(1), dim=-1).min()
-    )
-
-
-#: The per-sentence cosine int8 must reach on the recorded calls to be kept (the real sentences'
-#: cosines are reported on top; per-channel quantization measured a minimum of about 0.99 on them).
-INT8_MIN_COSINE = 0.98
-
-
-def _accuracy_strategy(backend: aitune_triton.Backend) -> TuneStrategy:
-    """A strategy that judges a lower-precision backend by the embedding cosine on the recorded
-    calls (>= INT8_MIN_COSINE) instead of fp32's elementwise tolerance."""
-    return OneBackendStrategy(backend, accuracy=_embedding_cosine, min_accuracy=INT8_MIN_COSINE)
-
-
-def available_variants() -> tuple[list[Variant], dict[str, str]]:
-    """Every variant this installation can build, and why the others are skipped."""
-    variants = [Variant("eager", None, "copy of the model, not wrapped")]
-    skipped: dict[str, str] = {}
-    variants.append(Variant("aoti", _strict_strategy("aoti")))
-    if "freezing" in inspect.signature(aitune_triton.AOTInductorBackend).parameters:
-        frozen = aitune_triton.AOTInductorBackend(freezing=True)  # type: ignore[call-arg]
-        variants.append(Variant("aoti-freezing", _strict_strategy(frozen), "freezing=True"))
-    variants.append(Variant("onnxruntime", _strict_strategy("onnxruntime"), "OnnxRuntimeBackend()"))
-    parameters = inspect.signature(OnnxRuntimeBackend).parameters
-    for exporter in ("dynamo", "torchscript"):
-        name = f"onnxruntime-{exporter}"
-        if "exporter" not in parameters:
-            skipped[name] = "OnnxRuntimeBackend has no exporter option yet"
-        elif parameters["exporter"].default == exporter:
-            skipped[name] = f"the same as 'onnxruntime': {exporter!r} is OnnxRuntimeBackend's default exporter"
-        else:
-            backend = OnnxRuntimeBackend(exporter=exporter)  # type: ignore[call-arg]
-            variants.append(Variant(name, _strict_strategy(backend), f"exporter={exporter!r}"))
-    if "inductor" in backend_names():
-        variants.append(Variant("inductor", _strict_strategy("inductor")))
-    else:
-        skipped["inductor"] = f"no backend registered as 'inductor' (registered: {backend_names()})"
-    try:
-        int8 = OnnxRuntimeBackend(precision="int8")  # type: ignore[call-arg]
-    except (TypeError, ValueError) as error:
-        skipped["onnxruntime-int8"] = f"OnnxRuntimeBackend(precision='int8') refused: {type(error).__name__}: {error}"
-    else:
-        variants.append(Variant("onnxruntime-int8", _accuracy_strategy(int8), f"precision='int8', embedding cosine >= {INT8_MIN_COSINE}"))
-    variants.append(Variant("default", default_strategy(), default_strategy().describe()))
-    return variants, skipped
 
 
 class Inputs:
@@ -212,8 +127,10 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def tune_variant(variant: Variant, model: torch.nn.Module, inputs: Inputs, tag: str, device: torch.device, console: Console) -> Result:
-    """A copy of ``model`` wrapped, recorded on ``inputs.recorded`` and tuned with the variant's strategy."""
+def tune_variant(
+    variant: Variant, model: torch.nn.Module, recorded: list[dict[str, torch.Tensor]], tag: str, device: torch.device, console: Console
+) -> Result:
+    """A copy of ``model`` wrapped, recorded on ``recorded`` and tuned with the variant's strategy."""
     if variant.strategy is None:
         return Result(note=variant.note, call=model)
     start = time.perf_counter()
@@ -221,7 +138,7 @@ def tune_variant(variant: Variant, model: torch.nn.Module, inputs: Inputs, tag: 
     try:
         module = aitune_triton.Module(copy.deepcopy(model), name=name, strategy=variant.strategy)
         with torch.no_grad():
-            for call in inputs.recorded:
+            for call in recorded:
                 module(**call)
         module.tune(device=device)
     except Exception as error:  # a variant that fails is reported in the table; the others still run
@@ -265,93 +182,63 @@ def cosines(run: Callable[..., Any], eager: Callable[..., Any], inputs: Inputs) 
     return values
 
 
-def versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {}
-    for library in LIBRARIES:
-        try:
-            found[library] = importlib.metadata.version(library)
-        except importlib.metadata.PackageNotFoundError:
-            found[library] = None
-    found["python"] = platform.python_version()
-    return found
+def eager_calls(eager: torch.nn.Module, inputs: Inputs, device: torch.device, seconds: float) -> int:
+    """Calls per variant per round: about ``seconds`` of eager time at this shape, 5..200."""
+    with torch.no_grad():
+        eager(**inputs.timed)
+        synchronize(device)
+        start = time.perf_counter()
+        eager(**inputs.timed)
+        synchronize(device)
+        estimate = time.perf_counter() - start
+    return max(5, min(200, round(seconds / max(estimate, 1e-6))))
 
 
-def proxy_overhead(console: Console) -> Any:
-    """``benchmarks/proxy_overhead.py: measure_proxy_overhead()``'s result, or why it is missing."""
-    if not (HERE / "proxy_overhead.py").exists():
-        return {"skipped": "benchmarks/proxy_overhead.py does not exist"}
-    try:
-        from proxy_overhead import measure_proxy_overhead
-
-        result = measure_proxy_overhead()
-    except Exception as error:  # another benchmark's failure is reported, not fatal here
-        console.print(f"[red]measure_proxy_overhead() failed[/red]: {type(error).__name__}: {error}")
-        return {"failed": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
-    console.print(f"Proxy overhead (benchmarks/proxy_overhead.py): {result}")
-    return json.loads(json.dumps(result, default=lambda value: getattr(value, "__dict__", str(value))))
-
-
-def print_table(console: Console, shape: str, results: dict[str, Result], calls: int, rounds: int) -> None:
-    table = Table(title=f"MiniLM-L6 {shape} tokens: latency ratio vs eager ({rounds} round(s) x {calls} calls; < 1 is faster)")
-    for column in ("variant", "backend", "tune s", "eager-ratio min", "median", "max", "median ms", "cosine min", "cosine mean"):
-        table.add_column(column, justify="left" if column in ("variant", "backend") else "right")
-    for name, result in results.items():
-        if result.status != "ok":
-            table.add_row(name, f"[red]{result.status}[/red]: {result.note[:60]}", *[""] * 7)
-            continue
-        cosine = ("", "") if not result.cosine else (f"{min(result.cosine):.4f}", f"{statistics.fmean(result.cosine):.4f}")
-        table.add_row(
-            name,
-            result.chosen or result.note,
-            "" if result.tune_s is None else f"{result.tune_s:.0f}",
-            f"{min(result.ratio):.2f}",
-            f"{statistics.median(result.ratio):.2f}",
-            f"{max(result.ratio):.2f}",
-            f"{statistics.median(result.latency_ms):.1f}",
-            *cosine,
-        )
-    console.print(table)
-
-
-def write_png(path: Path, report: dict[str, Any]) -> None:
-    """Bar chart of median ratios vs eager, one group per variant, one bar per shape, min/max error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shapes = list(report["shapes"])
-    variants = [v for v in dict.fromkeys(name for shape in shapes for name in report["shapes"][shape]["variants"])]
-    width = 0.8 / max(len(shapes), 1)
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.2 * len(variants) + 2), 4.5))
-    for index, shape in enumerate(shapes):
-        measured = report["shapes"][shape]["variants"]
-        xs, medians, low, high = [], [], [], []
-        for position, name in enumerate(variants):
-            ratio = measured.get(name, {}).get("ratio_vs_eager")
-            if ratio:
-                xs.append(position + (index - (len(shapes) - 1) / 2) * width)
-                medians.append(ratio["median"])
-                low.append(ratio["median"] - ratio["min"])
-                high.append(ratio["max"] - ratio["median"])
-        axes.bar(xs, medians, width, yerr=[low, high], capsize=3, label=f"{shape} tokens")
-    axes.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-    labels = []
-    for name in variants:  # name the backend a strategy chose, when it chose one for every shape
-        chosen = {report["shapes"][shape]["variants"].get(name, {}).get("chosen") for shape in shapes}
-        labels.append(f"{name} ({chosen.pop()})" if name == "default" and len(chosen) == 1 and None not in chosen else name)
-    axes.set_xticks(range(len(variants)), labels, rotation=30, ha="right")
-    axes.set_ylabel("latency / eager latency (median, min..max over rounds)")
-    axes.set_title(f"MiniLM-L6 on {report['device']}: tuned variants vs eager")
-    axes.legend()
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+def run_shape(
+    tag: str, inputs: Inputs, variants: list[Variant], over_range: dict[str, Result], models: tuple[torch.nn.Module, torch.nn.Module],
+    args: argparse.Namespace, device: torch.device, console: Console,
+) -> dict[str, Any]:  # fmt: skip
+    """Tune the per-shape variants at ``tag``, time them with eager and the variants tuned over the
+    range (``over_range``), measure the cosines; the shape's part of the JSON report."""
+    model, eager = models
+    per_shape = [v for v in variants if not v.over_range]
+    console.rule(f"{tag}: tuning {len(per_shape) - 1} variant(s) on {RECORDED_CALLS} recorded calls of {inputs.batch} x {inputs.tokens} tokens")
+    results: dict[str, Result] = {}
+    for variant in variants:
+        if variant.over_range:  # tuned once over every shape: this shape's timings in a result of its own
+            results[variant.name] = dataclasses.replace(over_range[variant.name], latency_ms=[], ratio=[], cosine=[])
+        else:
+            results[variant.name] = tune_variant(variant, eager if variant.strategy is None else model, inputs.recorded, tag, device, console)
+    ok = [name for name, result in results.items() if result.status == "ok"]
+    calls = args.calls or eager_calls(eager, inputs, device, args.seconds)
+    for round_index in range(args.rounds):
+        order = ok[round_index % len(ok) :] + ok[: round_index % len(ok)]
+        medians = time_round(results, order, inputs, calls, device)
+        for name in ok:
+            results[name].latency_ms.append(medians[name])
+            results[name].ratio.append(medians[name] / medians["eager"])
+        console.print(f"  round {round_index + 1}: " + ", ".join(f"{name} {medians[name]:.1f} ms" for name in order))
+    for name in ok:
+        if name != "eager":
+            call = results[name].call
+            assert call is not None
+            results[name].cosine = cosines(call, eager, inputs)
+    print_table(console, tag, results, calls, args.rounds)
+    shape = {
+        "batch": inputs.batch,
+        "tokens": inputs.tokens,
+        "calls_per_round": calls,
+        "sentences_for_cosine": len(inputs.sentences) * inputs.batch,
+        "variants": {name: result.summary() for name, result in results.items()},
+    }
+    for result in results.values():  # release the tuned copies before the next shape
+        result.call = None
+    gc.collect()
+    return shape
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Callable[[str], Any]]:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds; the variants' order is rotated between rounds")
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help=f"BATCHxTOKENS, comma separated (default {DEFAULT_SHAPES})")
     parser.add_argument("--variants", default=None, help="comma separated subset of the variants (default: all available); eager is always run")
@@ -362,26 +249,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-proxy-overhead", action="store_true", help="skip benchmarks/proxy_overhead.py")
     parser.add_argument("--json", type=Path, default=None, help="write every number and the library versions here")
     parser.add_argument("--png", type=Path, default=None, help="write a bar chart of the median ratios here")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a goal of issue 18 that was measured is not met")
     args = parser.parse_args(argv)
     if args.rounds < 1 or (args.calls is not None and args.calls < 1):
         parser.error("--rounds and --calls: expected at least 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: expected at least 1, got {args.threads}")
+    return args, parser.error
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, error = parse_args(argv)
     if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads: expected at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     shapes = {text.strip(): parse_shape(text.strip()) for text in args.shapes.split(",") if text.strip()}
     console = Console(width=max(Console().width, 140), soft_wrap=True)
-
-    variants, skipped = available_variants()
-    if args.variants is not None:
-        wanted = ["eager", *(name.strip() for name in args.variants.split(",") if name.strip() and name.strip() != "eager")]
-        known = {variant.name: variant for variant in variants}
-        unknown = [name for name in wanted if name not in known and name not in skipped]
-        if unknown:
-            parser.error(f"--variants: unknown {unknown}; expected names among {[*known, *skipped]}")
-        variants = [known[name] for name in wanted if name in known]
-        skipped = {name: reason for name, reason in skipped.items() if name in wanted}
+    variants, skipped = select_variants(*available_variants(), args.variants, error)
     for name, reason in skipped.items():
         console.print(f"[yellow]skipped[/yellow] {name}: {reason}")
 
@@ -399,43 +283,21 @@ def main(argv: list[str] | None = None) -> int:
         "skipped_variants": skipped,
         "shapes": {},
     }
-    for tag, (batch, tokens) in shapes.items():
-        console.rule(f"{tag}: tuning {len(variants) - 1} variant(s) on {RECORDED_CALLS} recorded calls of {batch} x {tokens} tokens")
-        inputs = Inputs(tokenizer, batch, tokens, device)
-        results = {v.name: tune_variant(v, eager if v.strategy is None else model, inputs, tag, device, console) for v in variants}
-        ok = [name for name, result in results.items() if result.status == "ok"]
-        with torch.no_grad():
-            eager(**inputs.timed)
-            synchronize(device)
-            start = time.perf_counter()
-            eager(**inputs.timed)
-            synchronize(device)
-            estimate = time.perf_counter() - start
-        calls = args.calls or max(5, min(200, round(args.seconds / max(estimate, 1e-6))))
-        for round_index in range(args.rounds):
-            order = ok[round_index % len(ok) :] + ok[: round_index % len(ok)]
-            medians = time_round(results, order, inputs, calls, device)
-            for name in ok:
-                results[name].latency_ms.append(medians[name])
-                results[name].ratio.append(medians[name] / medians["eager"])
-            console.print(f"  round {round_index + 1}: " + ", ".join(f"{name} {medians[name]:.1f} ms" for name in order))
-        for name in ok:
-            if name != "eager":
-                call = results[name].call
-                assert call is not None
-                results[name].cosine = cosines(call, eager, inputs)
-        print_table(console, tag, results, calls, args.rounds)
-        report["shapes"][tag] = {
-            "batch": batch,
-            "tokens": tokens,
-            "calls_per_round": calls,
-            "sentences_for_cosine": len(inputs.sentences) * batch,
-            "variants": {name: result.summary() for name, result in results.items()},
-        }
-        for result in results.values():  # release the tuned copies before the next shape
-            result.call = None
-        gc.collect()
-    report["proxy_overhead"] = None if args.no_proxy_overhead else proxy_overhead(console)
+    inputs = {tag: Inputs(tokenizer, batch, tokens, device) for tag, (batch, tokens) in shapes.items()}
+    recorded = [call for shape in inputs.values() for call in shape.recorded]
+    over_range: dict[str, Result] = {}
+    for variant in (v for v in variants if v.over_range):
+        console.rule(f"{variant.name}: tuning on {len(recorded)} recorded calls of every shape ({', '.join(shapes)})")
+        over_range[variant.name] = tune_variant(variant, model, recorded, "range", device, console)
+    for tag, shape_inputs in inputs.items():
+        report["shapes"][tag] = run_shape(tag, shape_inputs, variants, over_range, (model, eager), args, device, console)
+    over_range.clear()
+    gc.collect()
+    report["over_shapes"] = over_shapes(report["shapes"])
+    print_summary(console, report)
+    report["goals"] = check_goals(report, [v.name for v in variants if v.lower_precision])
+    print_goals(console, report["goals"])
+    report["proxy_overhead"] = None if args.no_proxy_overhead else proxy_overhead(console, HERE)
     report["load_average_at_end"] = list(os.getloadavg())
     console.print(f"Load average (1, 5, 15 min) at start {report['load_average_at_start']}, at end {report['load_average_at_end']}")
     if args.json is not None:
@@ -445,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.png is not None:
         write_png(args.png, report)
         console.print(f"Wrote {args.png}")
-    return 0
+    return 1 if args.strict and any(goal["met"] is False for goal in report["goals"]) else 0
 
 
 if __name__ == "__main__":

@@ -46,6 +46,11 @@ def test_tuning_benchmark_runs_one_shape_and_writes_every_number_and_a_chart(tmp
     assert len(cosine["per_sentence"]) == shape["sentences_for_cosine"] == 32
     assert cosine["min"] > 0.999  # fp32 ONNX Runtime gives eager's embeddings
     assert chart_path.stat().st_size > 1000 and chart_path.read_bytes().startswith(b"\x89PNG")
+    # Over the shapes (one here): the median ratio per shape and their geometric mean; the goals say what was not measured.
+    totals = report["over_shapes"]["onnxruntime"]
+    assert totals["median_ratio_per_shape"] == {"1x16": onnx["ratio_vs_eager"]["median"]}
+    assert totals["geomean_ratio"] == pytest.approx(onnx["ratio_vs_eager"]["median"]) and totals["cosine_min"] == cosine["min"]
+    assert [goal["met"] for goal in report["goals"]] == [None, None]  # no 'default' variant, no lower precision at 8x128
 
 
 def test_tuning_benchmark_names_what_is_available_when_asked_for_an_unknown_variant(tmp_path):
@@ -55,6 +60,8 @@ def test_tuning_benchmark_names_what_is_available_when_asked_for_an_unknown_vari
     )  # fmt: skip
     assert done.returncode == 2
     assert "tensorrt-fp4" in done.stderr and "expected names among" in done.stderr and "onnxruntime" in done.stderr
+    for name in ("aoti-bf16", "inductor-bf16", "openvino", "onnxruntime-int8-static", "default"):  # built or skipped: named either way
+        assert name in done.stderr
 
 
 @pytest.mark.triton

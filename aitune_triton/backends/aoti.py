@@ -66,9 +66,12 @@ class AOTInductorBackend(Backend):
             256-1024-1024-256 with GELU, batch 32, one CPU thread, 7 interleaved rounds, two runs)
             the package ran in 2.53 / 2.74 ms with freezing and 2.85 / 3.04 ms without (eager
             3.14 / 3.55 ms): about 10% faster on CPU.
-        precision: ``"fp32"`` (default); ``"fp16"`` or ``"bf16"`` (CUDA only: weights and
-            floating inputs cast inside the program, outputs cast back to the recorded dtypes).
-            Stored only when not ``"fp32"``.
+        precision: ``"fp32"`` (default); ``"fp16"`` or ``"bf16"``: weights and floating inputs
+            cast inside the program, outputs cast back to the recorded dtypes (the package's inputs
+            and outputs keep them). fp16 builds on CUDA only; bf16 on CUDA and on a CPU with
+            AVX512-BF16 or AMX (:func:`aitune_triton._cpu.native_bf16`); elsewhere the candidate is
+            unavailable (``BackendUnavailableError`` at build, with the reason). Opt-in: not among
+            :meth:`default_candidates`. Stored only when not ``"fp32"``.
 
     Raises:
         InvalidArgumentError: ``freezing`` is not a bool, or ``precision`` is not one of
@@ -101,18 +104,19 @@ class AOTInductorBackend(Backend):
         """Export and compile (see :meth:`Backend.build`).
 
         Raises:
-            BackendUnavailableError: the device or the precision cannot be built here.
+            BackendUnavailableError: the device or the precision cannot be built here (bf16 on a
+                CPU without native bf16: :func:`aitune_triton._cpu.native_bf16_reason`).
             BackendBuildError: ``torch.export`` or the compilation failed.
         """
         reason = half_precision_reason("aoti", self.typed_options.precision, context.device)
         if reason:
-            raise BackendUnavailableError(f"{self.name}: {reason}")
+            raise BackendUnavailableError(reason)
         super().build(context)
 
     def _restore(self, context: LoadContext) -> None:
-        reason = half_precision_reason("aoti", self.typed_options.precision, context.device)
+        reason = half_precision_reason("aoti", self.typed_options.precision, context.device, loading=True)
         if reason:
-            raise BackendUnavailableError(f"{self.name}: {reason}")
+            raise BackendUnavailableError(reason)
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str | None:

@@ -103,9 +103,12 @@ class InductorBackend(Backend):
             (Linear 256-1024-1024-256 with GELU, batch 32, one CPU thread, 7 interleaved rounds,
             two runs) ``torch.compile`` took 3.55 / 3.97 ms without freezing and 3.63 / 4.05 ms
             with it (eager 3.14 / 3.55 ms), so it did not pay on CPU here. Pass True to try it.
-        precision: ``"fp32"`` (default); ``"fp16"`` or ``"bf16"`` (CUDA only: weights and
-            floating inputs cast inside the program, outputs cast back to the recorded dtypes);
-            ``"int8"`` has no Inductor path here (use ONNX Runtime's).
+        precision: ``"fp32"`` (default); ``"fp16"`` or ``"bf16"``: weights and floating inputs
+            cast inside the program, outputs cast back to the recorded dtypes. fp16 builds on CUDA
+            only; bf16 on CUDA and on a CPU with AVX512-BF16 or AMX
+            (:func:`aitune_triton._cpu.native_bf16`); elsewhere the candidate is unavailable
+            (``BackendUnavailableError`` at build, with the reason). ``"int8"`` has no Inductor path
+            here (use ONNX Runtime's). Opt-in: not among :meth:`default_candidates`.
 
     Raises:
         InvalidArgumentError: an option has a value outside the ones listed above.
@@ -146,9 +149,10 @@ class InductorBackend(Backend):
         run): torch.compile 0.93-0.98x eager."""
         return [cls()]
 
-    def precision_reason(self, device: torch.device) -> str | None:
-        """Why this backend's ``precision`` cannot be built on ``device``, or None when it can."""
-        return half_precision_reason("inductor", self.typed_options.precision, device)
+    def precision_reason(self, device: torch.device, loading: bool = False) -> str | None:
+        """Why this backend's ``precision`` cannot be built (``loading``: loaded) on ``device``, or
+        None when it can (:func:`~aitune_triton.backends.precision.half_precision_reason`)."""
+        return half_precision_reason("inductor", self.typed_options.precision, device, loading=loading)
 
     def build(self, context: BuildContext) -> None:
         """Export, save and compile (see :meth:`Backend.build`).
@@ -159,13 +163,13 @@ class InductorBackend(Backend):
         """
         reason = self.precision_reason(context.device)
         if reason:
-            raise BackendUnavailableError(f"{self.name}: {reason}")
+            raise BackendUnavailableError(reason)
         super().build(context)
 
     def _restore(self, context: LoadContext) -> None:
-        reason = self.precision_reason(context.device)
+        reason = self.precision_reason(context.device, loading=True)
         if reason:
-            raise BackendUnavailableError(f"{self.name}: {reason}")
+            raise BackendUnavailableError(reason)
 
     def _build(self, context: BuildContext) -> None:
         with exported_at(context, self.typed_options.precision, "inductor") as exported:

@@ -7,6 +7,7 @@ from typing import Iterator
 
 import torch
 
+from aitune_triton import _cpu
 from aitune_triton.backends.base import BuildContext
 from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, quiet_export
 from aitune_triton.errors import BackendBuildError
@@ -22,14 +23,27 @@ HALF_PRECISIONS: dict[str, torch.dtype | None] = {
 }
 
 
-def half_precision_reason(backend: str, precision: str, device: torch.device) -> str | None:
-    """Why ``backend`` cannot build ``precision`` on ``device``, or None when it can: fp16 and bf16
-    on CUDA only, int8 not at all (ONNX Runtime's dynamic quantization is the int8 path)."""
+def half_precision_reason(backend: str, precision: str, device: torch.device, *, loading: bool = False) -> str | None:
+    """Why ``backend`` cannot build (or, with ``loading``, load) ``precision`` on ``device``, or None
+    when it can. The message starts with ``"<backend>: "``.
+
+    fp16 and bf16 build on CUDA; bf16 also on a CPU that computes it natively
+    (:func:`aitune_triton._cpu.native_bf16`; elsewhere :func:`aitune_triton._cpu.native_bf16_reason`:
+    emulated bf16 is slower than fp32, so the candidate is unavailable rather than built). A bf16
+    artifact built elsewhere still loads on any CPU (``loading``): it runs correctly there, only
+    without the native speed-up. fp16 is refused on the CPU; int8 has no path through these
+    backends (ONNX Runtime's quantization is the int8 path).
+    """
     if precision == "int8":
-        return f"precision 'int8' has no {backend} path here; use the onnxruntime backend for int8"
-    if precision in ("fp16", "bf16") and device.type != "cuda":
-        return f"precision {precision!r} is built for CUDA devices only, got device {str(device)!r}; use precision='fp32'"
-    return None
+        return f"{backend}: precision 'int8' has no {backend} path here; use the onnxruntime backend for int8"
+    if device.type == "cuda" or precision not in ("fp16", "bf16"):
+        return None
+    if precision == "bf16" and device.type == "cpu":
+        return None if loading else _cpu.native_bf16_reason(backend)
+    return (
+        f"{backend}: precision {precision!r} is built for CUDA devices only (bf16 also on CPUs with AVX512-BF16 or AMX), "
+        f"got device {str(device)!r}; use precision='fp32'"
+    )
 
 
 class CastTo(torch.nn.Module):

@@ -324,7 +324,7 @@ class TuneStrategy(abc.ABC):
         context.log(f"{graph.name}: {decision}")
         layout = measure_layout(
             backend, graph, measure.shapes["typical"], (measure.batch(max_batch) if max_batch else None) or context.example,
-            seconds=self.layout_seconds, latency_tolerance=self.layout_latency_tolerance, log=context.log,
+            seconds=self.layout_seconds, latency_tolerance=self.layout_latency_tolerance, log=context.log, shapes=measure.shapes,
         ) if self.measure_layouts else None
         return backend, GraphTuneReport(
             graph.name, self.describe(), candidate_label(backend), eager.latencies_ms.get("typical", 0.0), reports,

@@ -24,9 +24,13 @@ The rule (:func:`choose_layout`): among the layouts whose single-stream latency 
 call is within ``latency_tolerance`` (default 10%) of the best layout's, the one with the highest
 throughput; a tie keeps fewer instances (less memory).
 
-In process, the kept backend is timed at the typical call with 1..cores torch threads (at most
-:data:`MAX_INSTANCES`) and the fastest count is kept (:attr:`LayoutReport.in_process_threads`);
-the tuned module runs the backend under that count and restores the caller's afterwards.
+In process, the kept backend is timed with 1..cores torch threads (at most :data:`MAX_INSTANCES`)
+at each recorded shape the evaluation uses (smallest, typical and largest call; one shape counted
+once) and the count with the lowest geometric mean over them is kept
+(:attr:`LayoutReport.in_process_threads`): each shape weighs the same, so a count that is twice as
+slow at the small calls (as 2 threads were at 1 x 16 tokens on MiniLM, issue 18) loses to one a
+little slower at the large ones. The tuned module runs the backend under that count and restores
+the caller's afterwards (one count per graph spec: the call is not timed per shape when it runs).
 Backends whose options carry ``intra_op_num_threads`` (ONNX Runtime) keep their session's own
 count, which is per session already.
 """
@@ -34,15 +38,17 @@ count, which is per session already.
 from __future__ import annotations
 
 import io
+import math
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -60,7 +66,9 @@ __all__ = [
     "LayoutResult",
     "available_cores",
     "choose_layout",
+    "distinct_shapes",
     "layouts_for",
+    "measure_in_process",
     "measure_layout",
 ]
 
@@ -109,8 +117,11 @@ class LayoutReport:
         batch_size: Rows of the batch call the throughput counts.
         in_process_threads: Torch intra-op threads the tuned backend runs with in process, or None
             (the caller's own setting applies).
-        in_process_latencies_ms: Threads (as a string, JSON keys) -> median in-process latency of
-            the typical recorded call, in ms.
+        in_process_latencies_ms: Threads (as a string, JSON keys) -> geometric mean over the
+            measured shapes of the median in-process latency, in ms (older reports: the typical
+            call's median).
+        in_process_shape_latencies_ms: Shape (``"smallest"``, ``"typical"``, ``"largest"``; a
+            shape equal to one before it is left out) -> threads -> median latency, in ms.
         in_process_reason: Why that count, or why none was measured.
     """
 
@@ -122,6 +133,7 @@ class LayoutReport:
     batch_size: int = 1
     in_process_threads: int | None = None
     in_process_latencies_ms: dict[str, float] = field(default_factory=dict)
+    in_process_shape_latencies_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     in_process_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,6 +214,7 @@ def measure_layout(
     rounds: int = 2,
     latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
     log: Callable[[str], None] = lambda message: None,
+    shapes: Mapping[str, CallStructure] | None = None,
 ) -> LayoutReport:
     """Measure the served layouts and the in-process threads of the kept ``backend`` (see the module docstring).
 
@@ -217,10 +230,12 @@ def measure_layout(
         rounds: Measurement rounds (the order reverses every other round).
         latency_tolerance: The rule's tolerance (see :func:`choose_layout`).
         log: Receives one-line progress messages.
+        shapes: The recorded calls the in-process threads are timed at (``"smallest"``,
+            ``"typical"``, ``"largest"``); None: ``typical`` alone.
     """
     cores = available_cores()
     report = LayoutReport(cores=cores, batch_size=batch_of(graph, batch))
-    _measure_in_process(backend, typical, cores, report)
+    measure_in_process(backend, shapes or {"typical": typical}, cores, report)
     layouts = layouts_for(cores)
     if backend.triton_runtime is None:
         report.reason = f"not measured: the {backend.name} backend has no artifact a served instance loads"
@@ -240,8 +255,21 @@ def measure_layout(
     return report
 
 
-def _measure_in_process(backend: Backend, typical: CallStructure, cores: int, report: LayoutReport) -> None:
-    """Time ``backend`` at the typical call with 1..cores torch threads; keep the fastest count."""
+def distinct_shapes(shapes: Mapping[str, CallStructure]) -> dict[str, CallStructure]:
+    """``shapes`` without the calls whose tensor shapes equal those of a call before them."""
+    seen: set[tuple[tuple[int, ...], ...]] = set()
+    kept = {}
+    for label, call in shapes.items():
+        key = tuple(tuple(t.shape) for t in call.flat.tensors)
+        if key not in seen:
+            seen.add(key)
+            kept[label] = call
+    return kept
+
+
+def measure_in_process(backend: Backend, shapes: Mapping[str, CallStructure], cores: int, report: LayoutReport) -> None:
+    """Time ``backend`` at each of ``shapes`` with 1..cores torch threads; keep the count with the
+    lowest geometric mean over the shapes (see the module docstring) in ``report``."""
     if backend.triton_runtime is None:
         report.in_process_reason = f"not measured: the {backend.name} backend runs the caller's module as it is"
         return
@@ -251,19 +279,25 @@ def _measure_in_process(backend: Backend, typical: CallStructure, cores: int, re
     if backend.device.type != "cpu" or cores < 2:
         report.in_process_reason = f"not measured: one choice ({cores} core(s), device {backend.device})"
         return
-    profiler = Profiler(warmup_runs=1, min_runs=5, max_runs=30, max_time_s=0.5)
+    calls = distinct_shapes(shapes)
+    profiler = Profiler(warmup_runs=1, min_runs=3, max_runs=30, max_time_s=0.3)
     counts = list(range(1, min(cores, MAX_INSTANCES) + 1))
-    timings: dict[int, float] = {}
+    timings: dict[str, dict[int, float]] = {label: {} for label in calls}
     with torch.no_grad():
         for round_index in range(2):
             for threads in counts if round_index % 2 == 0 else reversed(counts):
                 with torch_threads(threads):
-                    ms = profiler.time(lambda: backend.infer(typical), backend.device).median_ms
-                timings[threads] = min(timings.get(threads, ms), ms)
-    best = min(timings, key=lambda n: (timings[n], n))
+                    for label, call in calls.items():
+                        ms = profiler.time(lambda: backend.infer(call), backend.device).median_ms  # noqa: B023 (run now)
+                        timings[label][threads] = min(timings[label].get(threads, ms), ms)
+    means = {n: math.exp(statistics.fmean(math.log(max(per[n], 1e-9)) for per in timings.values())) for n in counts}
+    best = min(means, key=lambda n: (means[n], n))
     report.in_process_threads = best
-    report.in_process_latencies_ms = {str(n): ms for n, ms in sorted(timings.items())}
-    report.in_process_reason = f"fastest at the typical call ({timings[best]:.3g} ms)"
+    report.in_process_latencies_ms = {str(n): ms for n, ms in sorted(means.items())}
+    report.in_process_shape_latencies_ms = {label: {str(n): ms for n, ms in sorted(per.items())} for label, per in timings.items()}
+    report.in_process_reason = (
+        f"fastest over the recorded shapes {', '.join(calls)} (geometric mean {means[best]:.3g} ms, each shape weighed the same)"
+    )
 
 
 def _tensors(call: CallStructure) -> bytes:

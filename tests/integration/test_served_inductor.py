@@ -59,6 +59,33 @@ class ServedInductor:
     loaded: Module
     repository: Path
     server: object
+    bf16: dict[str, Module]  # model name -> the bf16 module served under it (tuned in process)
+
+
+#: Served bf16 models (built as on a CPU with native bf16) -> the backend they hold.
+BF16_MODELS = {"served_aoti_bf16_net": "aoti", "served_inductor_bf16_net": "inductor"}
+#: Elementwise bound of the bf16 program against fp32 eager on MaskedSeqNet.
+BF16_TOLERANCE = 5e-2
+
+
+def _bf16_modules(root: Path) -> dict[str, Module]:
+    """MaskedSeqNet tuned with aoti and inductor at precision='bf16', the CPU reported as one with
+    native bf16 (this one may lack it: torch then runs the same bf16 program emulated)."""
+    from aitune_triton import _cpu
+    from aitune_triton.backends import get_backend_class
+
+    modules = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_cpu, "native_bf16", lambda: True)
+        for name, backend in BF16_MODELS.items():
+            strategy = OneBackendStrategy(get_backend_class(backend)(precision="bf16"), find_max_batch_size=False)
+            module = Module(_net(), name=name, strategy=strategy, cache_dir=root / "cache")
+            with torch.no_grad():
+                for seed, (batch, length) in enumerate(((1, 3), (4, 9), (2, 5))):
+                    module(*_call(batch, length, seed))
+            module.tune()
+            modules[name] = module
+    return modules
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +108,20 @@ def served_inductor(tmp_path_factory):
     aitune_triton.load(loaded, checkpoint)
     repository = root / "model_repository"
     aitune_triton.export(loaded, repository, show_progress=False, router=True)  # the tests name its graph model
+    bf16 = _bf16_modules(root)
+    for module in bf16.values():
+        aitune_triton.export(module, repository, show_progress=False)
     # Verbose: Triton logs the warmup samples it runs at load (a test checks they ran before READY).
     server = TritonServer(repository, log_path=root / "tritonserver.log", show_progress=False, timeout_s=300,
                           extra_args=["--log-verbose=1"])
     server.start()
     try:
-        yield ServedInductor(reference, loaded, repository, server)
+        yield ServedInductor(reference, loaded, repository, server, bf16)
     finally:
         server.stop()
         loaded.deactivate()
+        for module in bf16.values():
+            module.deactivate()
 
 
 def test_inductor_export_serves_its_program_with_the_inductor_runtime(served_inductor):
@@ -160,3 +192,19 @@ def test_the_inductor_model_runs_its_recorded_warmup_calls_at_load_before_it_is_
     warmed = {name: [i for i, line in enumerate(lines) if text in line] for name, text in ran.items()}
     assert all(warmed.values()), [line for line in lines if "warmup" in line.lower()][:10]
     assert max(max(found) for found in warmed.values()) < loaded, {name: [lines[i] for i in found] for name, found in warmed.items()}
+
+
+@pytest.mark.parametrize("model", sorted(BF16_MODELS))
+def test_a_bf16_artifact_is_served_on_the_cpu_equal_to_in_process_and_to_eager_within_bf16_tolerance(served_inductor, model):
+    module = served_inductor.bf16[model]
+    assert module.tuned_graphs[0].backend.name == BF16_MODELS[model] and module.tuned_graphs[0].backend.precision == "bf16"
+
+    with RemoteModule(served_inductor.server.grpc_url, model) as remote, torch.no_grad():
+        for seed, (batch, length) in enumerate(((3, 7), (1, 3), (4, 9)), start=40):
+            ids, mask = _call(batch, length, seed)
+            served, in_process, expected = _leaves(remote(ids, mask)), _leaves(module(ids, mask)), _leaves(served_inductor.reference(ids, mask))
+            for name, want in expected.items():
+                assert served[name].dtype == torch.float32 and served[name].shape == want.shape, name  # fp32 in and out
+                torch.testing.assert_close(served[name], in_process[name], atol=1e-6, rtol=1e-6, msg=name)
+                torch.testing.assert_close(served[name], want, atol=BF16_TOLERANCE, rtol=BF16_TOLERANCE, msg=name)
+            assert max(float((served[n] - expected[n]).abs().max()) for n in expected) > 1e-6  # computed in bf16

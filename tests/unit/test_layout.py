@@ -5,6 +5,7 @@ caller's torch thread count surviving a tuned call."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -15,9 +16,9 @@ from aitune_triton.backends import EagerBackend, register_backend
 from aitune_triton.errors import InvalidArgumentError, InvalidOptionError
 from aitune_triton.module.recording import Recorder
 from aitune_triton.module.tuned import TunedGraph, TunedModule
-from aitune_triton.spec import ForwardSignature
+from aitune_triton.spec import ForwardSignature, flatten_call
 from aitune_triton.strategies import GraphTuneReport, LayoutReport, LayoutResult, MinLatencyStrategy, choose_layout, default_strategy
-from aitune_triton.strategies.layout import MAX_INSTANCES, layouts_for
+from aitune_triton.strategies.layout import MAX_INSTANCES, layouts_for, measure_in_process
 from aitune_triton.triton.config import MEASURED, TritonModelOptions, graph_model_config
 from aitune_triton.triton.io import ModelIO, TensorIO
 from aitune_triton.triton.options import DEFAULT_INTRA_OP_THREADS, THREADS_PARAMETER, InstanceGroup
@@ -193,6 +194,53 @@ def test_a_tuned_call_runs_with_the_measured_threads_and_gives_the_callers_back(
     unmeasured = TunedModule("layout_threads_none", signature, [TunedGraph(graph, backend, GraphTuneReport(graph.name, "s", backend.name, 1.0, []))])
     unmeasured(net.forward, (x,), {})
     assert backend.seen[-1] == before
+
+
+@register_backend
+class _ShapeThreadsBackend(EagerBackend):
+    """Eager whose calls take a time set per (batch size, torch threads): 2 threads pay off at the
+    typical and largest calls and are 4x slower at the smallest one (as small calls on a busy CPU)."""
+
+    name = "test_layout_shape_threads"
+    triton_runtime = "test"  # measured as a backend with an artifact
+    #: (batch, threads) -> ms per call.
+    MS = {(1, 1): 1.0, (1, 2): 4.0, (4, 1): 10.0, (4, 2): 9.0, (8, 1): 20.0, (8, 2): 18.0}
+
+    def _infer(self, call):
+        time.sleep(self.MS[(call.flat.tensors[0].shape[0], torch.get_num_threads())] / 1e3)
+        return super()._infer(call)
+
+
+def test_in_process_threads_are_chosen_over_the_recorded_shapes_not_the_typical_one_alone():
+    net = torch.nn.Linear(4, 3).eval()
+    signature = ForwardSignature.from_callable(net.forward)
+    recorder = Recorder(signature)
+    with torch.no_grad():
+        for batch in (1, 4, 8):
+            recorder.record(net, (torch.randn(batch, 4),), {})
+    (graph,) = recorder.graph_specs()
+    from aitune_triton.backends import BuildContext
+
+    def call(batch: int):
+        return flatten_call(signature, (torch.randn(batch, 4),), {})
+
+    backend = _ShapeThreadsBackend()
+    backend.build(BuildContext(net, signature, graph, call(8), None, torch.device("cpu")))  # type: ignore[arg-type]
+    before = torch.get_num_threads()
+    typical_only, over_range = LayoutReport(), LayoutReport()
+
+    measure_in_process(backend, {"typical": call(4)}, 2, typical_only)
+    measure_in_process(backend, {"smallest": call(1), "typical": call(4), "largest": call(8), "again": call(8)}, 2, over_range)
+
+    assert typical_only.in_process_threads == 2 and list(typical_only.in_process_shape_latencies_ms) == ["typical"]
+    assert over_range.in_process_threads == 1  # geometric mean: 1 thread 5.8 ms, 2 threads 8.7 ms
+    assert list(over_range.in_process_shape_latencies_ms) == ["smallest", "typical", "largest"]  # a repeated shape counts once
+    assert over_range.in_process_shape_latencies_ms["smallest"]["2"] > 2 * over_range.in_process_shape_latencies_ms["smallest"]["1"]
+    assert set(over_range.in_process_latencies_ms) == {"1", "2"}
+    assert "smallest, typical, largest" in over_range.in_process_reason
+    assert torch.get_num_threads() == before
+    back = LayoutReport.from_dict(over_range.to_dict())
+    assert back.in_process_shape_latencies_ms == over_range.in_process_shape_latencies_ms
 
 
 # --------------------------------------------------------------------------------- the worker processes
