@@ -30,6 +30,8 @@ shape``), which recorded samples are.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -143,6 +145,19 @@ def static_quantized_nodes(model: Any) -> tuple[list[str], list[str]]:
     return quantized, kept
 
 
+@contextlib.contextmanager
+def _root_logger_at(level: int) -> Iterator[None]:
+    """The root logger at ``level`` meanwhile: the static quantizer warns there for every tensor whose
+    type ONNX shape inference cannot infer (outputs of ONNX Runtime's fused contrib operators)."""
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(max(level, previous))
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
+
+
 class _Reader:
     """A ``CalibrationDataReader`` over the recorded feeds, each restricted to the model's inputs."""
 
@@ -177,7 +192,7 @@ def _quantize_static(source: Path, target: Path, samples: list[dict[str, np.ndar
     reader = _Reader(samples, inputs)
     CalibrationDataReader.register(_Reader)
     try:
-        with quiet_export():
+        with quiet_export(), _root_logger_at(logging.ERROR):
             quantize_static(
                 str(named), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=quantized,
