@@ -13,6 +13,7 @@ from transformers import BertConfig, BertModel
 from aitune_triton.backends import Backend, BuildContext, LoadContext, OnnxRuntimeBackend
 from aitune_triton.backends.onnxruntime_options import OnnxRuntimeOptions
 from aitune_triton.backends.onnxruntime_quantize import static_quantized_nodes
+from aitune_triton.backends.serving import onnx_signature, onnxruntime_settings
 from aitune_triton.errors import BackendBuildError, InvalidArgumentError
 from aitune_triton.module.recording import Recorder
 from aitune_triton.spec import ForwardSignature, flatten_call
@@ -154,6 +155,11 @@ def test_static_int8_on_a_fused_tiny_bert_is_calibrated_keeps_the_gelu_readers_i
     (line,) = [line for line in lines if "int8 static quantization" in line]
     assert "on 3 recorded samples" in line and "2 after a GELU kept in float32" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    # Triton's own ONNX Runtime backend reads the same file: its signature and settings are the plain graph's.
+    signature = onnx_signature(backend.artifacts["model"], {})
+    assert [(t.name, t.dtype) for t in signature.inputs] == [("input_0", "int64"), ("input_1", "int64")]
+    assert [(t.name, t.dtype) for t in signature.outputs][0] == ("output_0", "float32")
+    assert onnxruntime_settings(backend.options, None).parameters == {"intra_op_thread_count": "1"}
     kwargs = bert_call(4, 11, seed=9)
     with torch.no_grad():
         want = eager(net)(**kwargs).last_hidden_state
