@@ -11,7 +11,12 @@ Attention and 1 EmbedLayerNormalization when the head count and hidden size are 
 the module's ``config`` here), the dynamo export still none. ONNX Runtime's own session optimizer
 (``graph_optimization_level`` ``extended``/``all``) fuses LayerNorm, SkipLayerNorm and GELU itself,
 so the offline fusions are not always faster: that is why ``transformer_fusion=None`` measures them
-(see :class:`~aitune_triton.backends.onnxruntime.OnnxRuntimeBackend`).
+(see :class:`~aitune_triton.backends.onnxruntime.OnnxRuntimeBackend`). Measured (MiniLM-L6, every
+optimization, 2 threads, ratios to eager side by side in 3 rotated rounds, 2 busy shared cores, so
+noisy): TorchScript export plain / fused 0.42 / 0.55x eager at 8 x 128 and 0.58 / 0.63x at 32 x 101
+(the same at 1 x 16); in another run 0.67 / 0.52x and 0.60 / 0.66x, the dynamo export 0.62 / 0.59x
+and 0.63 / 0.67x; the eager-attention TorchScript export with Attention fused 0.46 / 0.54x and
+0.60 / 0.59x. The fused graphs matched eager within 7e-6.
 """
 
 from __future__ import annotations
