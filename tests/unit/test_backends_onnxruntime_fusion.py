@@ -153,7 +153,7 @@ def test_static_int8_on_a_fused_tiny_bert_is_calibrated_keeps_the_gelu_readers_i
     assert {"QuantizeLinear", "DequantizeLinear"} <= found and "DynamicQuantizeLinear" not in found
     assert found & FUSED_OPS  # quantized after fusion
     (line,) = [line for line in lines if "int8 static quantization" in line]
-    assert "on 3 recorded samples" in line and "2 after a GELU kept in float32" in line
+    assert "on 3 recorded samples" in line and "4 around a GELU kept in float32" in line  # up and down, 2 layers
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
     # Triton's own ONNX Runtime backend reads the same file: its signature and settings are the plain graph's.
     signature = onnx_signature(backend.artifacts["model"], {})
@@ -168,14 +168,16 @@ def test_static_int8_on_a_fused_tiny_bert_is_calibrated_keeps_the_gelu_readers_i
     assert torch.nn.functional.cosine_similarity(got.flatten(1), want.flatten(1)).min() >= 0.98
 
 
-def test_static_quantization_keeps_the_matmul_after_an_erf_gelu_and_quantizes_only_constant_weights():
+def test_static_quantization_keeps_the_matmuls_around_an_erf_gelu_and_quantizes_only_constant_weights():
     from onnx import TensorProto, helper, numpy_helper
     import numpy as np
 
     weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
     nodes = [
-        helper.make_node("MatMul", ["x", "w"], ["up"], name="up"),
-        helper.make_node("Erf", ["up"], ["erf"], name="erf"),
+        helper.make_node("MatMul", ["x", "w"], ["projected"], name="projection"),
+        helper.make_node("MatMul", ["projected", "w"], ["up"], name="up"),
+        helper.make_node("Add", ["up", "w"], ["biased"], name="bias"),
+        helper.make_node("Erf", ["biased"], ["erf"], name="erf"),
         helper.make_node("Mul", ["erf", "up"], ["gelu"], name="gelu"),
         helper.make_node("MatMul", ["gelu", "w"], ["down"], name="down"),
         helper.make_node("MatMul", ["down", "x"], ["scores"], name="scores"),  # activation x activation
@@ -183,7 +185,7 @@ def test_static_quantization_keeps_the_matmul_after_an_erf_gelu_and_quantizes_on
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
                               [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [4, 4])], [weight])  # fmt: skip
 
-    assert static_quantized_nodes(helper.make_model(graph)) == (["up"], ["down"])
+    assert static_quantized_nodes(helper.make_model(graph)) == (["projection"], ["up", "down"])
 
 
 @pytest.mark.parametrize(
