@@ -173,7 +173,7 @@ class OnnxRuntimeBackend(Backend):
             )
         if precision == "int8" and device.type != "cpu":
             return (
-                f"precision 'int8' (dynamic quantization: MatMulInteger, DynamicQuantizeLinear) runs on CPU, got "
+                f"precision 'int8' (ONNX Runtime's CPU int8 kernels, dynamic or static quantization) runs on CPU, got "
                 f"{str(device)!r}; use precision='fp16' or 'fp32' on CUDA"
             )
         return None
