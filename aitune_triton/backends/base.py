@@ -47,6 +47,8 @@ class BuildContext:
         log: Receives one-line progress messages.
         forward: The module's own forward, without hooks; default ``module.forward``. Backends
             capture exactly this, so hooks run once, around the tuned call.
+        samples: The recorded calls of the graph spec, flattened, on ``device`` (what quantizers
+            calibrate on); empty when the caller has none (then only ``example`` is known).
     """
 
     module: torch.nn.Module
@@ -57,6 +59,7 @@ class BuildContext:
     device: torch.device
     log: Callable[[str], None] = field(default=lambda message: None)
     forward: Callable[..., Any] | None = None
+    samples: list[CallStructure] = field(default_factory=list)
 
     @property
     def run(self) -> Callable[..., Any]:

@@ -30,14 +30,16 @@ import torch
 
 from aitune_triton.backends.artifact_kinds import describe_file
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
-from aitune_triton.backends.onnxruntime_options import EXPORTERS, PRECISIONS, OnnxRuntimeOptions
+from aitune_triton.backends.onnxruntime_fusion import fuse_transformer
+from aitune_triton.backends.onnxruntime_options import EXPORTERS, PRECISIONS, QUANTIZATIONS, OnnxRuntimeOptions
+from aitune_triton.backends.onnxruntime_quantize import quantize_int8
 from aitune_triton.backends.flat import FlatModule, export_dynamic_shapes, export_example, index_ranges, input_axes, quiet_export
 from aitune_triton.backends.serving import ONNX_RUNTIME_TARGET
 from aitune_triton.errors import BackendBuildError, BackendUnavailableError
 from aitune_triton.served.runtimes.onnxruntime import GRAPH_OPTIMIZATION_LEVELS, load_session, session_options
 from aitune_triton.spec import CallStructure, GraphSpec
 
-__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "GRAPH_OPTIMIZATION_LEVELS", "EXPORTERS", "PRECISIONS", "session_options"]
+__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "GRAPH_OPTIMIZATION_LEVELS", "EXPORTERS", "PRECISIONS", "QUANTIZATIONS", "session_options"]
 
 #: Levels tried when ``graph_optimization_level`` is not given ("disable" is never faster).
 MEASURED_LEVELS = ("basic", "extended", "all")
@@ -85,6 +87,20 @@ class OnnxRuntimeBackend(Backend):
             ``onnxruntime.transformers.float16.convert_float_to_float16`` with float32 inputs and
             outputs kept. The check against eager uses the strategy's tolerance, which a
             quantized model may need loosened for.
+        transformer_fusion: Whether to run ONNX Runtime's transformer optimizer (attention,
+            LayerNorm, GELU fusions; :mod:`~aitune_triton.backends.onnxruntime_fusion`) on the
+            exported graph before any quantization. None: tried; where the graph is a recognised
+            transformer the fused graph joins the session-option measurement (same rotated
+            rounds) and the faster graph is kept; where it is not, the exported graph is used
+            (logged). True: required; a graph it does not recognise fails the build
+            (``BackendBuildError`` with the reason). False: never. Stored as True/False once
+            built, so the served model and a checkpoint load the graph that was measured.
+        quantization: How ``precision="int8"`` quantizes: ``"dynamic"`` (above) or ``"static"``:
+            ``quantize_static`` in QDQ format, activations with MinMax scales calibrated on the
+            recorded samples (``BuildContext.samples``), weights per channel, and the
+            accuracy-sensitive operators kept in float32
+            (:mod:`~aitune_triton.backends.onnxruntime_quantize` says which, and what was measured).
+            ``"static"`` with another precision is refused.
 
     Raises:
         InvalidArgumentError: an option has a value outside the ones listed above (the message
@@ -107,11 +123,13 @@ class OnnxRuntimeBackend(Backend):
         graph_optimization_level: str | None = None,
         intra_op_num_threads: int | None = None,
         precision: str = "fp32",
+        transformer_fusion: bool | None = None,
+        quantization: str = "dynamic",
     ):
         super().__init__()
         given = OnnxRuntimeOptions(
             opset_version, providers, exporter, graph_optimization_level,
-            intra_op_num_threads, precision,
+            intra_op_num_threads, precision, transformer_fusion, quantization,
         )  # fmt: skip
         self.typed_options = given
         # The options as given: a clone measures again for its own graph spec.
@@ -155,7 +173,7 @@ class OnnxRuntimeBackend(Backend):
             )
         if precision == "int8" and device.type != "cpu":
             return (
-                f"precision 'int8' (dynamic quantization: MatMulInteger, DynamicQuantizeLinear) runs on CPU, got "
+                f"precision 'int8' (ONNX Runtime's CPU int8 kernels, dynamic or static quantization) runs on CPU, got "
                 f"{str(device)!r}; use precision='fp16' or 'fp32' on CUDA"
             )
         return None
@@ -176,14 +194,51 @@ class OnnxRuntimeBackend(Backend):
             self._export_torchscript(flat, tensors, context, path)
         else:
             self._export_dynamo(flat, tensors, context.graph, path)
-        precision = self.typed_options.precision
-        if precision == "int8":
-            _quantize_int8(path, context.log)
-        elif precision == "fp16":
-            _convert_fp16(path, context.log)
-        if self.typed_options.graph_optimization_level is None or self.typed_options.intra_op_num_threads is None:
-            feed = _feed([t.detach().cpu().numpy() for t in context.example.flat.tensors])
-            self.typed_options = self.typed_options.replace(**self._measure(path, feed, context.log))
+        staging = path.parent / f".{path.stem}-fused"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            variants = self._fusion_variants(path, staging, context)
+            precision = self.typed_options.precision
+            for _, variant in variants:
+                if precision == "int8":
+                    feeds = [_feed([t.detach().cpu().numpy() for t in call.flat.tensors]) for call in context.samples or [context.example]]
+                    quantize_int8(variant, self.typed_options.quantization, feeds, context.log)
+                elif precision == "fp16":
+                    _convert_fp16(variant, context.log)
+            given = self.typed_options
+            chosen: dict[str, Any] = {"transformer_fusion": variants[0][0]}
+            if given.graph_optimization_level is None or given.intra_op_num_threads is None or len(variants) > 1:
+                feed = _feed([t.detach().cpu().numpy() for t in context.example.flat.tensors])
+                chosen = self._measure(variants, feed, context.log)
+            fastest = next(variant for fused, variant in variants if fused == chosen["transformer_fusion"])
+            if fastest != path:
+                os.replace(fastest, path)
+            self.typed_options = given.replace(**chosen)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _fusion_variants(self, path: Path, staging: Path, context: BuildContext) -> list[tuple[bool, Path]]:
+        """The graphs to build on, ``(fused, file)``: the exported one at ``path`` and/or its fused
+        version (in ``staging``, or at ``path`` when fusion is required), per ``transformer_fusion``."""
+        required = self.typed_options.transformer_fusion
+        if required is False:
+            return [(False, path)]
+        staging.mkdir()
+        fused = staging / path.name
+        fusion = fuse_transformer(path, fused, context.module)
+        if not fusion.recognised:
+            if required:
+                raise BackendBuildError(
+                    f"onnxruntime: transformer_fusion=True but {fusion.reason}; use transformer_fusion=None (fused where "
+                    "recognised) or False"
+                )
+            context.log(f"onnxruntime: transformer fusion not applied ({fusion.reason}); building on the exported graph")
+            return [(False, path)]
+        context.log(f"onnxruntime: the transformer optimizer fused {fusion.describe()}")
+        if required:
+            os.replace(fused, path)
+            return [(True, path)]
+        return [(False, path), (True, fused)]
 
     def _export_dynamo(self, flat: FlatModule, tensors: tuple[torch.Tensor, ...], graph: GraphSpec, path: Path) -> None:
         try:
@@ -252,17 +307,23 @@ class OnnxRuntimeBackend(Backend):
             self.input_axes = input_axes(exported)
             self.index_ranges = index_ranges(exported)
 
-    def _measure(self, path: Path, feed: dict[str, np.ndarray], log: Callable[[str], None]) -> dict[str, Any]:
-        """Time every setting not given on ``feed``; return the fastest one's options."""
+    def _measure(self, variants: list[tuple[bool, Path]], feed: dict[str, np.ndarray], log: Callable[[str], None]) -> dict[str, Any]:
+        """Time every graph variant (plain / fused) with every session setting not given, on ``feed``;
+        return the fastest one's options (``transformer_fusion`` included)."""
         given = self.typed_options
         levels = [given.graph_optimization_level] if given.graph_optimization_level is not None else list(MEASURED_LEVELS)
         if given.intra_op_num_threads is not None:
             threads = [given.intra_op_num_threads]
         else:
             threads = sorted({1, os.cpu_count() or 1})
-        settings = [{"graph_optimization_level": level, "intra_op_num_threads": count} for level in levels for count in threads]
+        settings = [
+            ({"graph_optimization_level": level, "intra_op_num_threads": count, "transformer_fusion": fused}, path)
+            for fused, path in variants
+            for level in levels
+            for count in threads
+        ]
         sessions = []
-        for setting in settings:
+        for setting, path in settings:
             session = load_session(str(path), given.replace(**setting).to_dict(), self._providers())
             session_feed = {name: array for name, array in feed.items() if name in {i.name for i in session.get_inputs()}}
             start = time.perf_counter()
@@ -281,16 +342,17 @@ class OnnxRuntimeBackend(Backend):
                     times[position].append(time.perf_counter() - start)
         del sessions
         medians = [statistics.median(per) for per in times]
-        best = min(range(len(settings)), key=lambda position: medians[position])
-        chosen = settings[best]
+        chosen = settings[min(range(len(settings)), key=lambda position: medians[position])][0]
         if len(settings) > 1:
             table = ", ".join(
-                f"{s['graph_optimization_level']}/{s['intra_op_num_threads']}t {m * 1e3:.3f} ms" for s, m in zip(settings, medians)
+                f"{'fused/' if s['transformer_fusion'] else ''}{s['graph_optimization_level']}/{s['intra_op_num_threads']}t {m * 1e3:.3f} ms"
+                for (s, _), m in zip(settings, medians)
             )
+            fusion = f", transformer_fusion={chosen['transformer_fusion']}" if len(variants) > 1 else ""
             log(
                 f"onnxruntime: measured session options on the build example (median of {runs * MEASURE_ROUNDS} runs, "
                 f"{MEASURE_ROUNDS} rotated rounds): {table}; chose graph_optimization_level="
-                f"{chosen['graph_optimization_level']!r}, intra_op_num_threads={chosen['intra_op_num_threads']}"
+                f"{chosen['graph_optimization_level']!r}, intra_op_num_threads={chosen['intra_op_num_threads']}{fusion}"
             )
         return chosen
 
@@ -335,51 +397,6 @@ class OnnxRuntimeBackend(Backend):
 
 def _feed(arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
     return {f"input_{i}": np.ascontiguousarray(array) for i, array in enumerate(arrays)}
-
-
-def _quantize_int8(path: Path, log: Callable[[str], None]) -> None:
-    """Replace the float model at ``path`` with its dynamically quantized int8 version.
-
-    Weights of MatMul/Gemm (and the other operators ``quantize_dynamic`` supports) are quantized
-    per output channel to 7 bits (``reduce_range=True``); activations are quantized to uint8 at run
-    time. On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI), ONNX Runtime's uint8 x int8 kernels
-    sum pairs of products in 16 bits, which saturates with full 8-bit weights (ONNX Runtime's
-    quantization guide, "reduce range"): the same WideNet test model gave a minimum output cosine
-    of 0.968 against eager on such a CI machine and 0.99995 on an AVX-512 VNNI machine. With 7-bit
-    weights no pair can saturate, so the artifact is accurate on whichever CPU serves it (0.9999
-    on the VNNI machine). ONNX Runtime's
-    pre-processing (ONNX shape inference, graph optimization) runs first, as its quantization
-    guide asks; when it fails the model is quantized without it (logged). Its symbolic shape
-    inference step is skipped: it failed on both MiniLM-L6 exports ("Incomplete symbolic shape
-    inference") and then writes ``sym_shape_infer_temp.onnx`` and the model's weights into the
-    process's working directory.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    staging = path.parent / f".{path.stem}-int8"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        source = path
-        prepared = staging / "prepared.onnx"
-        try:
-            with quiet_export():
-                quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
-            source = prepared
-        except Exception as error:
-            log(f"onnxruntime: int8 pre-processing failed ({type(error).__name__}: {error}); quantizing the exported model as it is")
-        quantized = staging / "quantized.onnx"
-        try:
-            with quiet_export():
-                quantize_dynamic(str(source), str(quantized), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
-        except Exception as error:
-            raise BackendBuildError(f"onnxruntime: int8 quantize_dynamic failed: {type(error).__name__}: {error}") from error
-        before, after = path.stat().st_size, quantized.stat().st_size
-        os.replace(quantized, path)
-        log(f"onnxruntime: int8 dynamic quantization (per channel, 7-bit weights): {before / 1e6:.2f} MB -> {after / 1e6:.2f} MB")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _convert_fp16(path: Path, log: Callable[[str], None]) -> None:

@@ -9,12 +9,15 @@ from typing import Any, Sequence
 from aitune_triton.backends.options import BackendOptions, refuse_option
 from aitune_triton.served.runtimes.onnxruntime import GRAPH_OPTIMIZATION_LEVELS
 
-__all__ = ["EXPORTERS", "PRECISIONS", "OnnxRuntimeOptions"]
+__all__ = ["EXPORTERS", "PRECISIONS", "QUANTIZATIONS", "OnnxRuntimeOptions"]
 
 #: Exporter option value -> what it runs.
 EXPORTERS = {"dynamo": "torch.onnx.export(dynamo=True)", "torchscript": "torch.onnx.export(dynamo=False)"}
 #: Precisions this backend builds: fp32 anywhere, fp16 on CUDA, int8 (dynamic quantization) on CPU.
 PRECISIONS = ("fp32", "fp16", "int8")
+#: How ``precision="int8"`` quantizes: weights ahead of time and activations per call (dynamic), or
+#: activations with scales calibrated on the recorded samples (static, QDQ).
+QUANTIZATIONS = ("dynamic", "static")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class OnnxRuntimeOptions(BackendOptions):
     graph_optimization_level: str | None = None
     intra_op_num_threads: int | None = None
     precision: str = "fp32"
+    transformer_fusion: bool | None = None
+    quantization: str = "dynamic"
 
     def __post_init__(self) -> None:
         _check_options(self)
@@ -57,6 +62,10 @@ class OnnxRuntimeOptions(BackendOptions):
             options["graph_optimization_level"] = self.graph_optimization_level
         if self.intra_op_num_threads is not None:
             options["intra_op_num_threads"] = self.intra_op_num_threads
+        if self.transformer_fusion is not None:
+            options["transformer_fusion"] = self.transformer_fusion
+        if self.quantization != "dynamic":
+            options["quantization"] = self.quantization
         return options
 
 
@@ -92,4 +101,19 @@ def _check_options(options: OnnxRuntimeOptions) -> None:
         refuse(
             "precision", f"one of {list(PRECISIONS)}", precision,
             "'fp16' builds on CUDA, 'int8' (dynamic quantization) on CPU; ONNX Runtime's converters here do not build bf16",
+        )  # fmt: skip
+    if options.transformer_fusion is not None and not isinstance(options.transformer_fusion, bool):
+        refuse(
+            "transformer_fusion", "None, True or False", options.transformer_fusion,
+            "None tries the transformer optimizer's fusions and keeps them where measured faster, True requires them, False never runs them",
+        )  # fmt: skip
+    if options.quantization not in QUANTIZATIONS:
+        refuse(
+            "quantization", f"one of {list(QUANTIZATIONS)}", options.quantization,
+            "'dynamic' quantizes activations per call, 'static' calibrates their scales on the recorded samples",
+        )  # fmt: skip
+    if options.quantization == "static" and precision != "int8":
+        refuse(
+            "quantization", "'dynamic' (the default) unless precision='int8'", options.quantization,
+            f"precision is {precision!r}: pass precision='int8' with quantization='static', or leave quantization out",
         )  # fmt: skip

@@ -30,6 +30,7 @@ SCALED_MODEL = "served_scaled_net"
 TIED_MODEL = "served_tied_net"
 ORT_TORCHSCRIPT_MODEL = "served_ort_torchscript_net"
 ORT_INT8_MODEL = "served_ort_int8_net"
+ORT_FUSED_STATIC_MODEL = "served_ort_fused_static_bert"
 
 
 class TiedNet(torch.nn.Module):
@@ -66,6 +67,26 @@ class WideNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor):
         return self.down(torch.relu(self.up(x)))
+
+
+class TinyBertNet(torch.nn.Module):
+    """A 2-layer BERT with a 32-wide hidden state built offline (random weights) -> its last hidden state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                            max_position_embeddings=32)  # fmt: skip
+        self.bert = BertModel(config)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def min_token_cosine(eager: torch.Tensor, tuned: torch.Tensor) -> float:
+    """The accuracy gate of the int8 BERT: the lowest cosine between eager's and the tuned hidden states, per token."""
+    return float(torch.nn.functional.cosine_similarity(eager, tuned, dim=-1).min())
 
 
 class ScalarNet(torch.nn.Module):
@@ -183,7 +204,13 @@ def served(tmp_path_factory):
         wide = Module(wide_net, name=ORT_INT8_MODEL, strategy=OneBackendStrategy(OnnxRuntimeBackend(precision="int8"), atol=0.1, rtol=0.1))
         for batch in (1, 4, 8):
             wide(torch.randn(batch, 64, generator=generator))
-        for name, eager, other in ((ORT_TORCHSCRIPT_MODEL, token_net, token), (ORT_INT8_MODEL, wide_net, wide)):
+        # The transformer optimizer's fusions (required) and static int8 calibrated on the recorded calls.
+        bert_net = TinyBertNet().eval()
+        fused_static = OnnxRuntimeBackend(exporter="torchscript", transformer_fusion=True, precision="int8", quantization="static")
+        bert = Module(bert_net, name=ORT_FUSED_STATIC_MODEL, strategy=OneBackendStrategy(fused_static, accuracy=min_token_cosine, min_accuracy=0.95))
+        for batch, length in ((1, 5), (3, 12), (2, 16)):
+            bert(torch.randint(1, 64, (batch, length), generator=generator), torch.ones(batch, length, dtype=torch.long))
+        for name, eager, other in ((ORT_TORCHSCRIPT_MODEL, token_net, token), (ORT_INT8_MODEL, wide_net, wide), (ORT_FUSED_STATIC_MODEL, bert_net, bert)):
             other.tune()
             aitune_triton.export(other, repository, show_progress=False, router=True)
             extra[name] = (eager_copy(eager), other)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ast
 import json
 
+import onnx
 import pytest
 import torch
-from conftest import ORT_INT8_MODEL, ORT_TORCHSCRIPT_MODEL
+from conftest import ORT_FUSED_STATIC_MODEL, ORT_INT8_MODEL, ORT_TORCHSCRIPT_MODEL
 
 from aitune_triton import RemoteModule
 
@@ -62,3 +63,23 @@ def test_an_int8_model_serves_the_in_process_quantized_outputs(served):
     assert torch.equal(got, local)
     assert not torch.allclose(got, want, atol=1e-6)  # the quantized model, not a float one
     assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() >= 0.98
+
+
+def test_a_fused_static_int8_bert_serves_the_in_process_outputs(served):
+    eager, module = served.extra[ORT_FUSED_STATIC_MODEL]
+    backend = module.tuned_graphs[0].backend
+    options = backend.to_dict()["options"]
+    assert options["transformer_fusion"] is True and options["quantization"] == "static" and options["precision"] == "int8"
+    assert _runtime_options(served, ORT_FUSED_STATIC_MODEL) == options
+    served_ops = {node.op_type for node in onnx.load(str(served.repository / f"{ORT_FUSED_STATIC_MODEL}.graph_0" / "1" / "model.onnx")).graph.node}
+    assert {"SkipLayerNormalization", "QuantizeLinear"} <= served_ops  # the fused, statically quantized file is what Triton loads
+    remote = RemoteModule(served.server.grpc_url, ORT_FUSED_STATIC_MODEL, protocol="grpc")
+
+    generator = torch.Generator().manual_seed(9)
+    ids, mask = torch.randint(1, 64, (2, 9), generator=generator), torch.ones(2, 9, dtype=torch.long)  # never recorded
+    with torch.no_grad():
+        local, want = module(ids, mask), eager(ids, mask)
+    got = remote(ids, mask)
+
+    assert torch.equal(got, local)
+    assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() >= 0.95

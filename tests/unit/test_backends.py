@@ -166,6 +166,7 @@ def test_onnxruntime_backend_to_dict_from_dict_round_trip(onnx_built):
         "options": {  # measured at build (tests/unit/test_backends_onnxruntime.py)
             "graph_optimization_level": data["options"]["graph_optimization_level"],
             "intra_op_num_threads": data["options"]["intra_op_num_threads"],
+            "transformer_fusion": False,  # tried: not a recognised transformer
         },
         "device": "cpu",
         "artifacts": {"model": str(backend.artifacts["model"])},

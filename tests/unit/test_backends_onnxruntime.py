@@ -218,7 +218,7 @@ def test_given_session_options_are_kept_and_not_measured(tmp_path):
 
     _, lines = _build(backend, net, calls, tmp_path)
 
-    assert backend.options == {"graph_optimization_level": "basic", "intra_op_num_threads": 1}
+    assert backend.options == {"graph_optimization_level": "basic", "intra_op_num_threads": 1, "transformer_fusion": False}
     assert not [line for line in lines if "measured" in line]
 
 
