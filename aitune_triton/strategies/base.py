@@ -23,7 +23,8 @@ from aitune_triton.strategies.context import TuneContext
 from aitune_triton.strategies.evaluation import Evaluation, EvaluationSettings, Measurements, described
 from aitune_triton.strategies.layout import DEFAULT_LATENCY_TOLERANCE, measure_layout
 from aitune_triton.strategies.profiler import Profiler
-from aitune_triton.strategies.report import CandidateReport, CandidateStatus, GraphTuneReport
+from aitune_triton.strategies.pruning import Pruning
+from aitune_triton.strategies.report import CandidateReport, CandidateStatus, GraphTuneReport, candidate_line
 
 __all__ = [
     "PRECISION_TOLERANCES",
@@ -36,6 +37,9 @@ __all__ = [
     "resolve_backend",
     "resolve_backends",
 ]
+
+#: Statuses of candidates that were evaluated and could not be kept.
+_NOT_KEPT = (CandidateStatus.TOO_SLOW, CandidateStatus.FAILED, CandidateStatus.PRUNED)
 
 #: A candidate built, its report, and its artifact directory.
 Built = tuple[Backend, CandidateReport, Path]
@@ -109,6 +113,11 @@ class TuneStrategy(abc.ABC):
         layout_seconds: Throughput window per layout and round, in seconds.
         layout_latency_tolerance: The layout rule's tolerance: the highest throughput among the
             layouts within this fraction of the best single-stream latency (0.1: 10%).
+        prune: Stop evaluating a candidate that a cheap measure shows cannot be kept: a variant of
+            a clearly slower sibling is not built, a built candidate clearly slower than eager or
+            one that matched eager at every shape is not checked nor profiled (status ``pruned``,
+            the ratios in its reason; :mod:`aitune_triton.strategies.pruning`). Applies to
+            strategies with the speed gate that select on latency; False evaluates every candidate in full.
 
     Raises:
         InvalidArgumentError: (a ValueError) a tolerance is negative, ``speed_margin`` or
@@ -139,6 +148,7 @@ class TuneStrategy(abc.ABC):
         measure_layouts: bool = False,
         layout_seconds: float = 1.0,
         layout_latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
+        prune: bool = True,
     ):
         if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (atol, rtol)) or atol < 0 or rtol < 0:
             raise InvalidArgumentError(f"atol/rtol: expected non-negative tolerances, got atol={atol!r}, rtol={rtol!r}")
@@ -177,6 +187,9 @@ class TuneStrategy(abc.ABC):
         self.measure_layouts = measure_layouts
         self.layout_seconds = float(layout_seconds)
         self.layout_latency_tolerance = layout_latency_tolerance
+        if not isinstance(prune, bool):
+            raise InvalidArgumentError(f"prune: expected True or False, got {prune!r}")
+        self.prune = prune
         #: Batch sizes to profile instead of powers of two (set by strategies that take them).
         self.batch_sizes: list[int] | None = None
 
@@ -235,6 +248,11 @@ class TuneStrategy(abc.ABC):
         """Whether evaluation can stop after ``report`` (the remaining candidates are "not tried")."""
         return False
 
+    def prunes(self) -> bool:
+        """Whether candidates that cannot win are pruned (:mod:`aitune_triton.strategies.pruning`):
+        for strategies with the speed gate that select on latency, unless ``prune=False``."""
+        return self.prune and self.gated and self.speed_margin is not None and not self.sweeps_every_candidate
+
     def describe(self) -> str:
         """Short description for logs and reports."""
         names = ", ".join(described(b) for b in self.candidates())
@@ -281,6 +299,8 @@ class TuneStrategy(abc.ABC):
         for candidate, _, workdir in built:
             if candidate is not backend:
                 evaluation.release(candidate, workdir)
+        for report in reports:  # one line per candidate; the decision follows once
+            context.log(f"{graph.name}: {candidate_line(report, eager)}")
         sweep = chosen.batch_sweep
         if limit is not None and not every and backend.name != EagerBackend.name:
             sweep = evaluation.sweep_kept(backend, recorded, limit)
@@ -309,9 +329,10 @@ class TuneStrategy(abc.ABC):
         the speed gate, until :meth:`stop_after` says so. When every candidate ran, eager is
         profiled again and each built candidate is judged against eager's faster timings."""
         candidates = self.candidates()
+        pruning = Pruning(evaluation, eager) if self.prunes() else None
         for index, backend in enumerate(candidates):
             workdir = evaluation.workdir(backend)
-            report = evaluation.evaluate(backend, workdir)
+            report = pruning.evaluate(backend, workdir) if pruning else evaluation.evaluate(backend, workdir)
             reports.append(report)
             if report.status is CandidateStatus.PASSED:
                 built.append((backend, report, workdir))
@@ -347,7 +368,7 @@ class TuneStrategy(abc.ABC):
             backend = next(b for b, r, _ in built if r is chosen)
             speed, eager_speed = self.speed(chosen), self.speed(eager)
             kept = described(backend)
-            if backend.name == EagerBackend.name and any(r.status in (CandidateStatus.TOO_SLOW, CandidateStatus.FAILED) for r in reports):
+            if backend.name == EagerBackend.name and any(r.status in _NOT_KEPT for r in reports):
                 decision = f"kept eager: no other candidate matched eager and passed the speed gate ({self.rule()})"
             else:
                 ratio = ""
@@ -368,7 +389,7 @@ class TuneStrategy(abc.ABC):
         Raises:
             TuningError: no candidate matched eager, or the strategy has no speed gate.
         """
-        if not self.gated or not any(r.status is CandidateStatus.TOO_SLOW for r in reports):
+        if not self.gated or not any(r.status in (CandidateStatus.TOO_SLOW, CandidateStatus.PRUNED) for r in reports):
             reasons = "\n".join(f"  {r.backend}: {r.status}: {r.reason}" for r in reports)
             raise TuningError(f"{evaluation.context.graph.name}: no candidate of {self.describe()} passed:\n{reasons}")
         backend = evaluation.eager_fallback()
