@@ -21,7 +21,7 @@ from aitune_triton.strategies.batching import batch_axes
 from aitune_triton.strategies.candidates import resolve_backend, resolve_backends
 from aitune_triton.strategies.context import TuneContext
 from aitune_triton.strategies.evaluation import Evaluation, EvaluationSettings, Measurements, described
-from aitune_triton.strategies.layout import DEFAULT_LATENCY_TOLERANCE, measure_layout
+from aitune_triton.strategies.layout import DEFAULT_LATENCY_TOLERANCE, layout_window_s, measure_layout
 from aitune_triton.strategies.profiler import Profiler
 from aitune_triton.strategies.pruning import Pruning
 from aitune_triton.strategies.report import CandidateReport, CandidateStatus, GraphTuneReport, candidate_line
@@ -110,7 +110,8 @@ class TuneStrategy(abc.ABC):
             (:mod:`aitune_triton.strategies.layout`); the export then writes the chosen layout.
             Adds about ``4 * layout_seconds`` per layout plus worker start-up per graph spec. On in
             :func:`~aitune_triton.strategies.default_strategy`, off elsewhere by default.
-        layout_seconds: Throughput window per layout and round, in seconds.
+        layout_seconds: Longest throughput window per layout and round, in seconds (shorter for
+            fast calls: :func:`~aitune_triton.strategies.layout.layout_window_s`).
         layout_latency_tolerance: The layout rule's tolerance: the highest throughput among the
             layouts within this fraction of the best single-stream latency (0.1: 10%).
         prune: Stop evaluating a candidate that a cheap measure shows cannot be kept: a variant of
@@ -315,7 +316,8 @@ class TuneStrategy(abc.ABC):
         context.log(f"{graph.name}: {decision}")
         layout = measure_layout(
             backend, graph, measure.shapes["typical"], (measure.batch(max_batch) if max_batch else None) or context.example,
-            seconds=self.layout_seconds, latency_tolerance=self.layout_latency_tolerance, log=context.log,
+            seconds=layout_window_s(self.layout_seconds, chosen.batch_latencies_ms.get(str(max_batch)) or chosen.latency_ms),
+            latency_tolerance=self.layout_latency_tolerance, log=context.log,
         ) if self.measure_layouts else None
         return backend, GraphTuneReport(
             graph.name, self.describe(), candidate_label(backend), eager.latencies_ms.get("typical", 0.0), reports,

@@ -189,3 +189,12 @@ def test_summary_lists_each_graph_spec_backend_precision_ratio_and_why(tmp_path,
     assert f"'{module.name}'" in summary
     line = next(line for line in summary.splitlines() if graph.spec.name in line)
     assert fast.name in line and "fp32" in line and "x eager" in line and "lowest latency" in line
+
+
+def test_the_layout_window_is_cut_for_fast_calls_and_kept_for_slow_ones():
+    from aitune_triton.strategies.layout import MIN_WINDOW_S, WINDOW_CALLS, layout_window_s
+
+    assert layout_window_s(1.0, 0.1) == MIN_WINDOW_S  # 100 calls of 0.1 ms: the shortest window
+    assert layout_window_s(1.0, 5.0) == WINDOW_CALLS * 5.0 / 1000.0
+    assert layout_window_s(1.0, 50.0) == 1.0  # never past layout_seconds
+    assert layout_window_s(1.0, None) == 1.0
