@@ -8,6 +8,7 @@ so which one is slower, and by how much, is set by the test and not by a busy ma
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from typing import Any
 
@@ -164,7 +165,8 @@ def test_the_report_table_shows_one_line_per_candidate_and_the_decision_once(tmp
     lines = console.export_text().splitlines()
 
     rows = {name: [line for line in lines if f" {name} " in line] for name in (fast.name, slow.name)}
-    assert len(rows[fast.name]) == 1 and "chosen" in rows[fast.name][0] and " 0.1" in rows[fast.name][0]  # about 0.1x eager
+    assert len(rows[fast.name]) == 1 and "chosen" in rows[fast.name][0]
+    assert re.search(r" 0\.\d\d 0\.\d\d 0\.\d\d ", rows[fast.name][0])  # its time over eager's at the three shapes
     assert len(rows[slow.name]) == 1 and "pruned" in rows[slow.name][0]
     assert sum(report.decision[:40] in line for line in lines) == 1
     assert sum("was kept" in line for line in lines) == 0  # the decision is not repeated per candidate
