@@ -314,9 +314,11 @@ class TuneStrategy(abc.ABC):
             low, high = batch_bounds(graph.dims)
             decision += f"; batch sweep: preferred batch size {max_batch}, batch range {low}..{high}"
         context.log(f"{graph.name}: {decision}")
+        batch_call = measure.batch(max_batch) if max_batch else None
+        batch_ms = chosen.batch_latencies_ms.get(str(max_batch)) if batch_call else chosen.latencies_ms.get("largest")
         layout = measure_layout(
-            backend, graph, measure.shapes["typical"], (measure.batch(max_batch) if max_batch else None) or context.example,
-            seconds=layout_window_s(self.layout_seconds, chosen.batch_latencies_ms.get(str(max_batch)) or chosen.latency_ms),
+            backend, graph, measure.shapes["typical"], batch_call or context.example,
+            seconds=layout_window_s(self.layout_seconds, batch_ms),
             latency_tolerance=self.layout_latency_tolerance, log=context.log,
         ) if self.measure_layouts else None
         return backend, GraphTuneReport(

@@ -98,7 +98,9 @@ class Pruning:
         self.profiler = profiler
         run = evaluation.context.run
         self.references = [_Reference("eager", eager.latencies_ms, lambda call: EagerBackend.reference(run, call))]
-        #: Family -> (label, the lowest ratio to the best time over the shapes) of its screened members.
+        #: Family -> (label, ratio) of its screened member that came closest to the best time: the
+        #: ratio is its lowest over the three shapes, 0.0 when the screen stopped early (not slower
+        #: by the factor at some shape, or not confirmed), so its siblings are built.
         self.families: dict[str, tuple[str, float]] = {}
 
     def _log(self, line: str) -> None:

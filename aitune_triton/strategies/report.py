@@ -251,8 +251,8 @@ def report_table(report: GraphTuneReport, title: str = "") -> Table:
     once, under the table, with the batch range, padding, layout and batch sweep lines."""
     table = Table(title=escape(title or f"{report.graph}: {report.strategy}"), title_justify="left")
     table.add_column("candidate", no_wrap=True, overflow="ellipsis", min_width=12, max_width=44)
-    for column in ("build s", "max abs diff", "typical ms", "x eager s/t/l", "samples/s"):
-        table.add_column(column, no_wrap=True, min_width=len(column))
+    for column, width in (("build s", 7), ("max abs diff", 12), ("typical ms", 10), ("x eager s/t/l", 17), ("samples/s", 9)):
+        table.add_column(column, no_wrap=True, min_width=width)
     table.add_column("result", no_wrap=True, overflow="ellipsis", min_width=8, max_width=60)
     eager = report.eager
     eager_ms = dict(eager.latencies_ms) if eager else {"typical": report.eager_latency_ms}
