@@ -83,6 +83,7 @@ class AOTInductorBackend(Backend):
     triton_native = TORCH_AOTI_TARGET
     gpu_architecture_bound = True  # compiled C++/CUDA kernels
     torch_version_bound = True  # the package is loaded by the torch ABI that built it
+    compiler_family = "inductor"  # AOTInductor runs the kernels Inductor generates
     artifact_names = {"model": "model.pt2"}
 
     options_type = AOTInductorOptions

@@ -126,6 +126,10 @@ class Backend(abc.ABC):
     gpu_architecture_bound: ClassVar[bool] = False
     #: Whether the artifact may load only in the torch version that built it; read by ``aitune-triton check``.
     torch_version_bound: ClassVar[bool] = False
+    #: Backends whose artifacts run code one compiler generates (``"inductor"`` for ``aoti`` and
+    #: ``inductor``), or None (only the backend's own configurations are alike): tuning does not
+    #: build a member when another ran far slower than the best candidate (:mod:`aitune_triton.strategies.pruning`).
+    compiler_family: ClassVar[str | None] = None
 
     #: The class of the backend's typed options (None: the backend keeps a free dict).
     options_type: ClassVar[type[BackendOptions] | None] = None

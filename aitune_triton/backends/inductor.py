@@ -117,6 +117,7 @@ class InductorBackend(Backend):
     name = "inductor"
     triton_runtime = "inductor"
     gpu_architecture_bound = True  # Triton/C++ kernels compiled for the build machine
+    compiler_family = "inductor"
     artifact_names = {"model": "program.pt2"}
     ahead_of_time = True
 

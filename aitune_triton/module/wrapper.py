@@ -35,6 +35,8 @@ from aitune_triton.module.tuned import TunedGraph, TunedModule
 from aitune_triton.module.tuning import StrategiesArg
 from aitune_triton.names import sanitize_name
 from aitune_triton.strategies import TuneStrategy
+from aitune_triton.strategies.evaluation import described as described_backend
+from aitune_triton.strategies.report import graph_summary
 
 __all__ = ["Module", "STATE_DICT_KEY", "STATE_DICT_TYPE", "default_cache_dir"]
 
@@ -295,6 +297,28 @@ class Module(ModuleLifecycle, ModulePersistence, wrapt.ObjectProxy):
             ModuleStateError: the module is not tuned.
         """
         return self._tuned().graphs
+
+    def summary(self) -> str:
+        """A short text on what tuning kept, for people: a header line, then per graph spec the
+        backend kept (with its options), its precision, its latency at the typical recorded shape
+        as a ratio to eager's, and one phrase on why (the decision's rule), with how many other
+        candidates were too slow, pruned, failed or unavailable. Prints nothing.
+
+        Before tuning it says the state and how many graph specs were recorded. The full report
+        per graph spec: ``tuned_graphs[i].report`` (or ``aitune-triton describe CHECKPOINT``).
+
+        Returns:
+            The text, lines separated by ``\\n`` (no trailing newline).
+        """
+        if not isinstance(self._self_handler, TunedModule):
+            recorded = len(self._self_recorder.graph_specs()) if len(self._self_recorder) else 0
+            return f"'{self._self_name}': {self.state.name}, {recorded} graph spec(s) recorded, not tuned"
+        graphs = self._self_handler.graphs
+        lines = [f"'{self._self_name}': TUNED, {len(graphs)} graph spec(s)"]
+        for graph in graphs:
+            shown = described_backend(graph.backend)
+            lines.append("  " + (graph_summary(graph.report, shown) if graph.report else f"{graph.spec.name}: {shown} (no tuning report)"))
+        return "\n".join(lines)
 
     @classmethod
     def from_dict(

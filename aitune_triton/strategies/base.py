@@ -21,11 +21,12 @@ from aitune_triton.strategies.batching import batch_axes
 from aitune_triton.strategies.candidates import resolve_backend, resolve_backends
 from aitune_triton.strategies.context import TuneContext
 from aitune_triton.strategies.evaluation import Evaluation, EvaluationSettings, Measurements, described
-from aitune_triton.strategies.layout import DEFAULT_LATENCY_TOLERANCE, measure_layout
+from aitune_triton.strategies.layout import DEFAULT_LATENCY_TOLERANCE, layout_window_s, measure_layout
 from aitune_triton.strategies.noise import NoiseCheck, NoiseVerdict, check_noise, check_range_options, report_fields, with_verdict
 from aitune_triton.strategies.over_range import TIE_TOLERANCE, or_inf, range_note, shape_ratios, shape_refusal
 from aitune_triton.strategies.profiler import Profiler
-from aitune_triton.strategies.report import CandidateReport, CandidateStatus, GraphTuneReport
+from aitune_triton.strategies.pruning import Pruning
+from aitune_triton.strategies.report import CandidateReport, CandidateStatus, GraphTuneReport, candidate_line
 
 __all__ = [
     "PRECISION_TOLERANCES",
@@ -37,6 +38,9 @@ __all__ = [
     "resolve_backend",
     "resolve_backends",
 ]
+
+#: Statuses of candidates that were evaluated and could not be kept.
+_NOT_KEPT = (CandidateStatus.TOO_SLOW, CandidateStatus.FAILED, CandidateStatus.PRUNED)
 
 #: A candidate built, its report, and its artifact directory.
 Built = tuple[Backend, CandidateReport, Path]
@@ -114,13 +118,19 @@ class TuneStrategy(abc.ABC):
             (:mod:`aitune_triton.strategies.layout`); the export then writes the chosen layout.
             Adds about ``4 * layout_seconds`` per layout plus worker start-up per graph spec. On in
             :func:`~aitune_triton.strategies.default_strategy`, off elsewhere by default.
-        layout_seconds: Throughput window per layout and round, in seconds.
+        layout_seconds: Longest throughput window per layout and round, in seconds (shorter for
+            fast calls: :func:`~aitune_triton.strategies.layout.layout_window_s`).
         layout_latency_tolerance: The layout rule's tolerance: the highest throughput among the
             layouts within this fraction of the best single-stream latency (0.1: 10%).
         gate_every_shape: Refuse a candidate slower than eager by more than ``speed_margin`` at
             any recorded shape (smallest, typical, largest), even when faster on the weighted measure.
         noise_check: How the measurements are checked for stability (:class:`NoiseCheck`); None
             skips the check and its re-timing.
+        prune: Stop evaluating a candidate that a cheap measure shows cannot be kept: a variant of
+            a clearly slower sibling is not built, a built candidate clearly slower than eager or
+            one that matched eager at every shape is not checked nor profiled (status ``pruned``,
+            the ratios in its reason; :mod:`aitune_triton.strategies.pruning`). Applies to
+            strategies with the speed gate that select on latency; False evaluates every candidate in full.
 
     Raises:
         InvalidArgumentError: (a ValueError) a tolerance is negative, ``speed_margin`` or
@@ -154,6 +164,7 @@ class TuneStrategy(abc.ABC):
         layout_latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
         gate_every_shape: bool = True,
         noise_check: NoiseCheck | None = NoiseCheck(),
+        prune: bool = True,
     ):
         if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (atol, rtol)) or atol < 0 or rtol < 0:
             raise InvalidArgumentError(f"atol/rtol: expected non-negative tolerances, got atol={atol!r}, rtol={rtol!r}")
@@ -193,6 +204,9 @@ class TuneStrategy(abc.ABC):
         self.layout_seconds = float(layout_seconds)
         self.layout_latency_tolerance = layout_latency_tolerance
         self.gate_every_shape, self.noise_check = check_range_options(gate_every_shape, noise_check)
+        if not isinstance(prune, bool):
+            raise InvalidArgumentError(f"prune: expected True or False, got {prune!r}")
+        self.prune = prune
         #: Batch sizes to profile instead of powers of two (set by strategies that take them).
         self.batch_sizes: list[int] | None = None
 
@@ -264,6 +278,11 @@ class TuneStrategy(abc.ABC):
         """Whether evaluation can stop after ``report`` (the remaining candidates are "not tried")."""
         return False
 
+    def prunes(self) -> bool:
+        """Whether candidates that cannot win are pruned (:mod:`aitune_triton.strategies.pruning`):
+        for strategies with the speed gate that select on latency, unless ``prune=False``."""
+        return self.prune and self.gated and self.speed_margin is not None and not self.sweeps_every_candidate
+
     def describe(self) -> str:
         """Short description for logs and reports."""
         names = ", ".join(described(b) for b in self.candidates())
@@ -310,6 +329,8 @@ class TuneStrategy(abc.ABC):
         for candidate, _, workdir in built:
             if candidate is not backend:
                 evaluation.release(candidate, workdir)
+        for report in reports:  # one line per candidate; the decision follows once
+            context.log(f"{graph.name}: {candidate_line(report, eager)}")
         sweep = chosen.batch_sweep
         if limit is not None and not every and backend.name != EagerBackend.name:
             sweep = evaluation.sweep_kept(backend, recorded, limit)
@@ -322,9 +343,12 @@ class TuneStrategy(abc.ABC):
             low, high = batch_bounds(graph.dims)
             decision += f"; batch sweep: preferred batch size {max_batch}, batch range {low}..{high}"
         context.log(f"{graph.name}: {decision}")
+        batch_call = measure.batch(max_batch) if max_batch else None
+        batch_ms = chosen.batch_latencies_ms.get(str(max_batch)) if batch_call else chosen.latencies_ms.get("largest")
         layout = measure_layout(
-            backend, graph, measure.shapes["typical"], (measure.batch(max_batch) if max_batch else None) or context.example,
-            seconds=self.layout_seconds, latency_tolerance=self.layout_latency_tolerance, log=context.log, shapes=measure.shapes,
+            backend, graph, measure.shapes["typical"], batch_call or context.example,
+            seconds=layout_window_s(self.layout_seconds, batch_ms),
+            latency_tolerance=self.layout_latency_tolerance, log=context.log, shapes=measure.shapes,
         ) if self.measure_layouts else None
         return backend, GraphTuneReport(
             graph.name, self.describe(), candidate_label(backend), eager.latencies_ms.get("typical", 0.0), reports,
@@ -340,9 +364,10 @@ class TuneStrategy(abc.ABC):
         profiled again, the noise check re-times them all, and each built candidate is judged
         against eager's fastest timings. Returns the noise verdict (None: not checked)."""
         candidates = self.candidates()
+        pruning = Pruning(evaluation, eager) if self.prunes() else None
         for index, backend in enumerate(candidates):
             workdir = evaluation.workdir(backend)
-            report = evaluation.evaluate(backend, workdir)
+            report = pruning.evaluate(backend, workdir) if pruning else evaluation.evaluate(backend, workdir)
             reports.append(report)
             if report.status is CandidateStatus.PASSED:
                 built.append((backend, report, workdir))
@@ -392,7 +417,7 @@ class TuneStrategy(abc.ABC):
             backend = next(b for b, r, _ in built if r is chosen)
             speed, eager_speed = self.speed(chosen), self.speed(eager)
             kept = described(backend)
-            if backend.name == EagerBackend.name and any(r.status in (CandidateStatus.TOO_SLOW, CandidateStatus.FAILED) for r in reports):
+            if backend.name == EagerBackend.name and any(r.status in _NOT_KEPT for r in reports):
                 decision = f"kept eager: no other candidate matched eager and passed the speed gate ({self.rule()})"
             else:
                 ratio = ""
@@ -418,7 +443,7 @@ class TuneStrategy(abc.ABC):
         Raises:
             TuningError: no candidate matched eager, or the strategy has no speed gate.
         """
-        if not self.gated or not any(r.status is CandidateStatus.TOO_SLOW for r in reports):
+        if not self.gated or not any(r.status in (CandidateStatus.TOO_SLOW, CandidateStatus.PRUNED) for r in reports):
             reasons = "\n".join(f"  {r.backend}: {r.status}: {r.reason}" for r in reports)
             raise TuningError(f"{evaluation.context.graph.name}: no candidate of {self.describe()} passed:\n{reasons}")
         backend = evaluation.eager_fallback()

@@ -168,9 +168,13 @@ class Evaluation:
             name = f"{base}-{index}"
         return self.context.workdir / name
 
-    def evaluate(self, backend: Backend, workdir: Path) -> CandidateReport:
+    def evaluate(
+        self, backend: Backend, workdir: Path, screen: Callable[[Backend, CandidateReport], str | None] | None = None
+    ) -> CandidateReport:
         """Build ``backend`` into ``workdir``, check it against eager and profile it. A build or run
         failure and an unavailable backend are reported (and the candidate released), not raised.
+        ``screen``, when given, runs after the build: a reason it returns prunes the candidate
+        (status ``pruned``, released, not checked nor profiled; see :mod:`aitune_triton.strategies.pruning`).
 
         Raises:
             InvalidArgumentError: the strategy's own configuration is wrong (an accuracy metric's result).
@@ -198,6 +202,12 @@ class Evaluation:
         report.options = dict(backend.options)
         check = self.settings.check
         try:
+            pruned = screen(backend, report) if screen is not None else None
+            if pruned:
+                self.release(backend, workdir)
+                report.status, report.reason = CandidateStatus.PRUNED, pruned
+                self._log(f"{label}: pruned: {pruned}")
+                return report
             self._log(
                 f"{label}: checking against eager on the {len(context.samples)} stored samples "
                 f"(of {context.graph.num_calls} recorded calls)"

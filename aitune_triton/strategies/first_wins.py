@@ -29,6 +29,10 @@ class FirstWinsStrategy(BackendListStrategy):
     def rule(self) -> str:
         return "the first in order that matched eager"
 
+    def prunes(self) -> bool:
+        """Never: the rule is the order, and evaluation stops at the first candidate that passed anyway."""
+        return False
+
     def stop_after(self, report: CandidateReport) -> bool:
         """Stop at the first candidate that matched eager and passed the speed gate."""
         return report.status is CandidateStatus.PASSED

@@ -67,6 +67,7 @@ __all__ = [
     "available_cores",
     "choose_layout",
     "distinct_shapes",
+    "layout_window_s",
     "layouts_for",
     "measure_in_process",
     "measure_layout",
@@ -165,6 +166,22 @@ def available_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+#: Batch calls a throughput window should hold; with :data:`MIN_WINDOW_S`, what a fast call's window is cut to.
+WINDOW_CALLS = 100
+#: Shortest throughput window, in seconds.
+MIN_WINDOW_S = 0.2
+
+
+def layout_window_s(longest_s: float, call_ms: float | None) -> float:
+    """The throughput window per layout and round: long enough for :data:`WINDOW_CALLS` batch calls
+    of ``call_ms`` (the kept backend's latency at the batch measured) and at least
+    :data:`MIN_WINDOW_S`, at most ``longest_s``. A 0.1 ms call needs no second-long window: a tiny
+    CNN's layout measurement took 12 s of a 38 s tune with 1 s windows. ``call_ms`` None: ``longest_s``."""
+    if not call_ms or call_ms <= 0:
+        return longest_s
+    return min(longest_s, max(MIN_WINDOW_S, WINDOW_CALLS * call_ms / 1000.0))
 
 
 def layouts_for(cores: int) -> list[tuple[int, int]]:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from aitune_triton.strategies.layout import LayoutReport
 
-__all__ = ["BatchSweep", "CandidateReport", "CandidateStatus", "GraphTuneReport", "report_table", "shape_ratio_cell"]
+__all__ = ["BatchSweep", "CandidateReport", "CandidateStatus", "GraphTuneReport", "candidate_line", "graph_summary", "report_table"]
 
 #: Shape labels of the latencies profiled per candidate, in report order.
 SHAPES = ("smallest", "typical", "largest")
@@ -34,6 +34,9 @@ class CandidateStatus(enum.StrEnum):
     UNAVAILABLE = "unavailable"
     #: Not evaluated: the strategy stopped before it (``FirstWinsStrategy``).
     NOT_TRIED = "not tried"
+    #: Not checked nor profiled (or not built): a cheap measure showed it cannot be kept
+    #: (:mod:`aitune_triton.strategies.pruning`); the reason gives the ratios.
+    PRUNED = "pruned"
     #: Eager's own measurements, the reference every candidate is compared with.
     REFERENCE = "reference"
 
@@ -255,52 +258,86 @@ def _ratio(value: float | None, eager: float | None) -> str:
     return f" ({value / eager:.2f}x)"
 
 
-def shape_ratio_cell(candidate: CandidateReport, labels: Sequence[str] = ()) -> str:
-    """``s 0.40, t 0.45, l 1.58``: the candidate's ratio to eager at each distinct shape
-    (``labels``, default every one measured), in :data:`SHAPES` order; ``-`` when none."""
-    ratios = candidate.ratios_to_eager
-    shown = [label for label in SHAPES if label in ratios and (not labels or label in labels)]
-    return ", ".join(f"{label[0]} {ratios[label]:.2f}" for label in shown) or "-"
+def _result(candidate: CandidateReport) -> str:
+    """The status, with the first line of the reason where it says more than the table: not for
+    candidates that passed (the decision, printed once, says which was kept and why)."""
+    if candidate.status in (CandidateStatus.PASSED, CandidateStatus.CHOSEN) or not candidate.reason:
+        return candidate.status.value
+    return f"{candidate.status.value}: {candidate.reason.splitlines()[0]}"
 
 
 def report_table(report: GraphTuneReport, title: str = "") -> Table:
-    """A rich table of ``report``: per candidate its precision, build time, max abs diff (or
-    accuracy), latency at the typical and largest shape (and the ratio to eager), the ratio to
-    eager at every distinct recorded shape (``s``mallest, ``t``ypical, ``l``argest), best
-    throughput, and the status with its reason; eager's own row first. The caption holds the
-    decision and, when measured, the noise verdict."""
+    """A rich table of ``report``, one line per candidate (eager's own row first): its label (the
+    precision in brackets when not fp32) and options, build time, max abs diff (or accuracy),
+    latency at the typical shape, its time as a ratio to eager's at the smallest, typical and
+    largest shape, best throughput, and the status (with the reason's first line for candidates
+    not kept, cut to the width; the report keeps it whole). The decision and its reason follow
+    once, under the table, with the batch range, padding, layout and batch sweep lines."""
     table = Table(title=escape(title or f"{report.graph}: {report.strategy}"), title_justify="left")
-    for column in ("candidate", "precision", "build s", "max abs diff", "typical ms", "largest ms", "x eager per shape", "samples/s", "result"):
-        table.add_column(column, overflow="fold")
+    table.add_column("candidate", no_wrap=True, overflow="ellipsis", min_width=12, max_width=44)
+    for column, width in (("build s", 7), ("max abs diff", 12), ("typical ms", 10), ("x eager s/t/l", 17), ("samples/s", 9)):
+        table.add_column(column, no_wrap=True, min_width=width)
+    table.add_column("result", no_wrap=True, overflow="ellipsis", min_width=8, max_width=60)
     eager = report.eager
-    eager_typical = eager.latencies_ms.get("typical") if eager else report.eager_latency_ms
-    eager_largest = eager.latencies_ms.get("largest") if eager else None
+    eager_ms = dict(eager.latencies_ms) if eager else {"typical": report.eager_latency_ms}
     rows: Sequence[CandidateReport] = ([eager] if eager else []) + list(report.candidates)
     for candidate in rows:
         is_eager_row = candidate is eager
         diff = _ms(candidate.max_abs_diff) if candidate.accuracy is None else f"accuracy {candidate.accuracy:.4g}"
-        typical = candidate.latencies_ms.get("typical", candidate.latency_ms)
-        largest = candidate.latencies_ms.get("largest")
+        latencies = {shape: candidate.latencies_ms.get(shape) for shape in SHAPES}
+        if latencies["typical"] is None:
+            latencies["typical"] = candidate.latency_ms
+        ratios = " ".join(_ratio(latencies[shape], eager_ms.get(shape)).strip(" ()x") or "-" for shape in SHAPES)
         throughput = candidate.best_throughput()
-        lines = candidate.reason.splitlines()
-        reason = lines[0] + (f" (+{len(lines) - 1} more lines in the report's reason)" if len(lines) > 1 else "") if lines else ""
-        result = CandidateStatus.REFERENCE.value if is_eager_row else candidate.status.value + (f": {reason}" if reason else "")
         table.add_row(
             "eager (reference)" if is_eager_row else escape(candidate.backend + _shown_options(candidate.options)),
-            candidate.precision,
             "-" if is_eager_row else f"{candidate.build_s:.1f}",
             "-" if is_eager_row else diff,
-            _ms(typical) + ("" if is_eager_row else _ratio(typical, eager_typical)),
-            _ms(largest) + ("" if is_eager_row else _ratio(largest, eager_largest)),
-            "-" if is_eager_row else shape_ratio_cell(candidate, list(report.shape_weights)),
+            _ms(latencies["typical"]),
+            "1" if is_eager_row else ratios,
             "-" if throughput is None else f"{throughput:.4g}",
-            escape(result),
+            CandidateStatus.REFERENCE.value if is_eager_row else escape(_result(candidate)),
         )
     if report.decision:
-        padding = f"; {report.padding}" if report.padding else ""
-        layout = f"; {report.layout.summary()}" if report.layout else ""
-        sweep = f"\n{report.batch_sweep.summary()}" if report.batch_sweep else ""
-        noise = f"\n{report.noise}" if report.noise and not report.noisy else ""  # a noisy verdict is in the decision
-        table.caption = escape(report.decision + (f"; {report.batch}" if report.batch else "") + padding + layout + sweep + noise)
+        lines = [report.decision, report.batch, report.padding, report.layout.summary() if report.layout else ""]
+        lines.append(report.batch_sweep.summary() if report.batch_sweep else "")
+        lines.append(report.noise if report.noise and not report.noisy else "")  # a noisy verdict is in the decision
+        table.caption = escape("\n".join(line for line in lines if line))
         table.caption_justify = "left"
     return table
+
+
+def candidate_line(candidate: CandidateReport, eager: CandidateReport | None) -> str:
+    """One log line for a candidate: its label and options, status, latency at the typical shape
+    with the ratio to eager's, build time, and the reason's first line where it says more than the
+    status (see :func:`report_table`)."""
+    typical = candidate.latencies_ms.get("typical", candidate.latency_ms)
+    eager_ms = eager.latencies_ms.get("typical") if eager else None
+    timing = f", typical {_ms(typical)} ms{_ratio(typical, eager_ms)}" if typical is not None else ""
+    built = f", built in {candidate.build_s:.1f} s" if candidate.build_s else ""
+    return f"{candidate.backend}{_shown_options(candidate.options)}: {_result(candidate)}{timing}{built}"
+
+
+def graph_summary(report: GraphTuneReport, backend: str) -> str:
+    """One line for ``module.summary()``: the graph spec, the backend kept (``backend``, with its
+    options), its precision, its latency at the typical shape as a ratio to eager's, and why (the
+    decision's first clause).
+
+    Args:
+        report: The graph spec's tuning report.
+        backend: The kept backend as shown (``onnxruntime(exporter='torchscript')``).
+    """
+    chosen = next((c for c in report.candidates if c.status is CandidateStatus.CHOSEN), None)
+    eager_ms = report.eager.latencies_ms.get("typical") if report.eager else report.eager_latency_ms
+    mine = chosen.latencies_ms.get("typical", chosen.latency_ms) if chosen else None
+    ratio = f"{mine / eager_ms:.2f}x eager ({mine:.3g} ms vs {eager_ms:.3g} ms at the typical shape)" if mine and eager_ms else "not measured"
+    precision = chosen.precision if chosen else "fp32"
+    why = report.decision.split(";")[0]
+    if why.startswith("kept ") and ": " in why:  # "kept <backend>: <rule> (<ratio>)": the backend and ratio are shown already
+        why = why.split(": ", 1)[1].split(" (")[0]
+    counts: dict[str, int] = {}
+    for candidate in report.candidates:
+        if candidate.status not in (CandidateStatus.CHOSEN, CandidateStatus.PASSED):
+            counts[candidate.status.value] = counts.get(candidate.status.value, 0) + 1
+    others = ", ".join(f"{count} {status}" for status, count in counts.items())
+    return f"{report.graph}: {backend} {precision}, {ratio}: {why}" + (f" (others: {others})" if others else "")

@@ -1,0 +1,205 @@
+"""Pruning: stop spending tune time on candidates that cannot win, once a cheap measure shows it.
+
+The default candidates are built, checked against eager on every stored sample and profiled at
+three shapes and every batch size of the recorded range; on a 2-core machine that is tens of
+seconds per candidate for a sentence encoder. Most of that time goes to candidates that are
+clearly slower than one already measured. :class:`Pruning` cuts it in two places:
+
+* **After the build** (the screen): the candidate is timed with a few runs at the typical shape.
+  Only when it is at least :data:`PRUNE_FACTOR` times the best time so far there is it timed at
+  the smallest and largest shapes too, and only when it is that much slower at *every* shape, and
+  a second, back-to-back timing against the fastest reference at the typical shape (rotated
+  order) confirms it, is it pruned: status ``pruned``, with the ratios in the reason; its check
+  against eager, its profile and its batch sizes are skipped. The references are eager and the
+  candidates that matched eager: a candidate slower by the factor than one of them at every shape
+  can be kept by no latency rule (at a shape where eager is the fastest it fails the speed gate,
+  elsewhere an eligible candidate beats it), so the factor only guards against noise. One noisy
+  timing cannot prune: the typical shape is timed twice, and every shape must agree.
+* **Before the build** (siblings): a candidate of the same family as one already screened (same
+  backend with other options, or :attr:`Backend.compiler_family
+  <aitune_triton.backends.Backend.compiler_family>`: ``aoti`` and ``inductor`` run the code one
+  compiler generates) is not built when that sibling ran at :data:`FAMILY_FACTOR` times the best
+  time or more at every shape. The variants among the default candidates differ by far less here
+  (``aoti`` with and without freezing about 10% on a CPU MLP, ONNX Runtime's two exporters
+  0.54-0.60x against 0.63-0.72x eager on MiniLM-L6: see each backend's ``default_candidates``).
+
+The eager candidate is not run again: it is the reference itself, so its report takes eager's
+measurements (its difference to eager is 0 by construction).
+
+Pruning applies to strategies that select on latency (not to those that sweep every candidate's
+batch sizes for throughput, nor to :class:`~aitune_triton.strategies.OneBackendStrategy`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from aitune_triton.backends import Backend, EagerBackend
+from aitune_triton.spec import CallStructure
+from aitune_triton.strategies.accuracy import candidate_label, candidate_precision
+from aitune_triton.strategies.evaluation import Evaluation
+from aitune_triton.strategies.profiler import Profiler
+from aitune_triton.strategies.report import SHAPES, CandidateReport, CandidateStatus
+
+__all__ = ["FAMILY_FACTOR", "PRUNE_FACTOR", "QUICK_PROFILER", "Pruning", "family"]
+
+#: A built candidate at least this many times the best time so far at every shape (typical shape
+#: confirmed by a second, back-to-back timing) is pruned.
+PRUNE_FACTOR = 1.5
+#: A candidate is not built when a sibling (same family) ran at this many times the best time or more at every shape.
+FAMILY_FACTOR = 2.0
+#: The screen's timing: a few runs, at most 0.3 s per shape.
+QUICK_PROFILER = Profiler(warmup_runs=1, min_runs=3, max_runs=7, max_time_s=0.3)
+
+
+def family(backend: Backend) -> str:
+    """The family whose members run code of one origin: the backend's ``compiler_family`` when
+    it declares one, else its name (its configurations are siblings)."""
+    return backend.compiler_family or backend.name
+
+
+@dataclass
+class _Reference:
+    """A candidate that matched eager (or eager itself): its per-shape latencies and how to run it."""
+
+    label: str
+    latencies_ms: dict[str, float]
+    infer: Callable[[CallStructure], Any]
+
+
+class Pruning:
+    """The pruning of one graph spec's evaluation (see the module docstring).
+
+    Args:
+        evaluation: The shared evaluation of the graph spec.
+        eager: Eager's measurements (the first reference).
+        factor: :data:`PRUNE_FACTOR`.
+        family_factor: :data:`FAMILY_FACTOR`.
+        profiler: The screen's timing (:data:`QUICK_PROFILER`).
+    """
+
+    def __init__(
+        self,
+        evaluation: Evaluation,
+        eager: CandidateReport,
+        factor: float = PRUNE_FACTOR,
+        family_factor: float = FAMILY_FACTOR,
+        profiler: Profiler = QUICK_PROFILER,
+    ):
+        self.evaluation = evaluation
+        self.eager = eager
+        self.factor = factor
+        self.family_factor = family_factor
+        self.profiler = profiler
+        run = evaluation.context.run
+        self.references = [_Reference("eager", eager.latencies_ms, lambda call: EagerBackend.reference(run, call))]
+        #: Family -> (label, ratio) of its screened member that came closest to the best time: the
+        #: ratio is its lowest over the three shapes, 0.0 when the screen stopped early (not slower
+        #: by the factor at some shape, or not confirmed), so its siblings are built.
+        self.families: dict[str, tuple[str, float]] = {}
+
+    def _log(self, line: str) -> None:
+        self.evaluation.context.log(f"{self.evaluation.context.graph.name}: {line}")
+
+    def best(self, shape: str) -> tuple[float, _Reference] | None:
+        """The lowest latency at ``shape`` among the references, and whose it is."""
+        known = [(ref.latencies_ms[shape], ref) for ref in self.references if ref.latencies_ms.get(shape)]
+        return min(known, key=lambda item: item[0]) if known else None
+
+    def evaluate(self, backend: Backend, workdir: Path) -> CandidateReport:
+        """Evaluate ``backend`` as :meth:`Evaluation.evaluate` does, unless a sibling shows it
+        cannot win (not built) or the screen after its build does (not checked nor profiled);
+        the eager candidate takes eager's measurements."""
+        label, precision = candidate_label(backend), candidate_precision(backend)
+        if backend.name == EagerBackend.name:
+            return self._eager_candidate(backend, workdir)
+        sibling = self.families.get(family(backend))
+        if sibling is not None and sibling[1] >= self.family_factor:
+            reason = (
+                f"not built: {sibling[0]} (same family: {family(backend)}) ran at {sibling[1]:.2f}x the best time or more "
+                f"at every shape; a variant would need a {self.family_factor:g}x gain to win"
+            )
+            self._log(f"{label}: pruned: {reason}")
+            return CandidateReport(label, CandidateStatus.PRUNED, reason, precision=precision, options=dict(backend.options))
+        report = self.evaluation.evaluate(backend, workdir, screen=self.screen)
+        if report.status is CandidateStatus.PASSED:
+            self.references.append(_Reference(report.backend, report.latencies_ms, backend.infer))
+        return report
+
+    def screen(self, backend: Backend, report: CandidateReport) -> str | None:
+        """Time the built ``backend`` quickly; the reason it is pruned, or None to go on (see the module docstring)."""
+        measure = self.evaluation.measure
+        ratios: dict[str, float] = {}
+        quick: dict[int, float] = {}
+        with torch.no_grad():
+            for shape in ("typical", *(s for s in SHAPES if s != "typical")):
+                best = self.best(shape)
+                if best is None:
+                    return None
+                call = measure.shapes[shape]
+                if id(call) not in quick:
+                    quick[id(call)] = self.profiler.time(lambda: backend.infer(call), self.evaluation.context.device).median_ms
+                report.latencies_ms[shape] = quick[id(call)]
+                ratios[shape] = quick[id(call)] / best[0]
+                if ratios[shape] < self.factor:
+                    break
+        worst_case = min(ratios.values())
+        self._remember(backend, report.backend, worst_case if len(ratios) == len(SHAPES) else 0.0)
+        if len(ratios) < len(SHAPES) or worst_case < self.factor:
+            report.latencies_ms.clear()
+            return None
+        confirmed = self._confirm(backend, measure.shapes["typical"])
+        if confirmed is None or confirmed[0] < self.factor:
+            report.latencies_ms.clear()
+            self._remember(backend, report.backend, 0.0)
+            return None
+        ratio, reference = confirmed
+        report.latency_ms = report.latencies_ms.get("typical")
+        shown = "/".join(f"{ratios[shape]:.2f}" for shape in SHAPES)
+        return (
+            f">= {self.factor:g}x the best time so far at every shape ({shown}x at smallest/typical/largest; "
+            f"typical re-timed beside {reference}: {ratio:.2f}x): cannot be kept, so neither checked nor profiled further"
+        )
+
+    def _confirm(self, backend: Backend, call: CallStructure) -> tuple[float, str] | None:
+        """The ratio of ``backend`` to the fastest reference at ``call``, timed back to back in
+        both orders (each side keeps its faster timing), and that reference's label."""
+        best = self.best("typical")
+        if best is None:
+            return None
+        reference = best[1]
+        device = self.evaluation.context.device
+        mine, theirs = float("inf"), float("inf")
+        with torch.no_grad():
+            for first_is_mine in (False, True):
+                for is_mine in (first_is_mine, not first_is_mine):
+                    run = backend.infer if is_mine else reference.infer
+                    ms = self.profiler.time(lambda: run(call), device).median_ms
+                    mine, theirs = (min(mine, ms), theirs) if is_mine else (mine, min(theirs, ms))
+        return mine / theirs, reference.label
+
+    def _remember(self, backend: Backend, label: str, ratio: float) -> None:
+        known = self.families.get(family(backend))
+        if known is None or ratio < known[1]:
+            self.families[family(backend)] = (label, ratio)
+
+    def _eager_candidate(self, backend: Backend, workdir: Path) -> CandidateReport:
+        """The eager candidate with eager's own measurements: it runs the reference's forward."""
+        report = CandidateReport(candidate_label(backend), CandidateStatus.PASSED, precision=candidate_precision(backend))
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            backend.build(self.evaluation.context.build_context(workdir))
+        except Exception:  # nothing to build for eager; should it fail, evaluate it the usual way
+            shutil.rmtree(workdir, ignore_errors=True)
+            return self.evaluation.evaluate(backend, workdir)
+        report.max_abs_diff = 0.0
+        report.latencies_ms = dict(self.eager.latencies_ms)
+        report.batch_latencies_ms = dict(self.eager.batch_latencies_ms)
+        report.latency_ms = report.latencies_ms.get("typical")
+        self._log(f"{report.backend}: the reference itself: eager's measurements, no second run")
+        return report
