@@ -287,7 +287,11 @@ def report_table(report: GraphTuneReport, title: str = "") -> Table:
         latencies = {shape: candidate.latencies_ms.get(shape) for shape in SHAPES}
         if latencies["typical"] is None:
             latencies["typical"] = candidate.latency_ms
-        ratios = " ".join(_ratio(latencies[shape], eager_ms.get(shape)).strip(" ()x") or "-" for shape in SHAPES)
+        judged = candidate.ratios_to_eager  # the speed gate's ratios, where it judged the candidate
+        ratios = " ".join(
+            f"{judged[shape]:.2f}" if shape in judged else _ratio(latencies[shape], eager_ms.get(shape)).strip(" ()x") or "-"
+            for shape in SHAPES
+        )
         throughput = candidate.best_throughput()
         table.add_row(
             "eager (reference)" if is_eager_row else escape(candidate.backend + _shown_options(candidate.options)),
