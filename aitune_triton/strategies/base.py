@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from aitune_triton.backends import Backend, EagerBackend
-from aitune_triton.errors import InvalidArgumentError, TuningError
+from aitune_triton.errors import TuningError
 from aitune_triton.strategies.accuracy import PRECISION_TOLERANCES, AccuracyMetric, EagerCheck, candidate_label, candidate_precision
 from aitune_triton.strategies.batch_sweep import batch_bounds, settled_range, sweep_limit, widened_dims
 from aitune_triton.strategies.batching import batch_axes
@@ -26,6 +26,7 @@ from aitune_triton.strategies.noise import NoiseCheck, NoiseVerdict, check_noise
 from aitune_triton.strategies.over_range import TIE_TOLERANCE, or_inf, range_note, shape_ratios, shape_refusal
 from aitune_triton.strategies.profiler import Profiler
 from aitune_triton.strategies.pruning import Pruning
+from aitune_triton.strategies.strategy_options import check_strategy_options
 from aitune_triton.strategies.report import CandidateReport, CandidateStatus, GraphTuneReport, candidate_line
 
 __all__ = [
@@ -44,15 +45,6 @@ _NOT_KEPT = (CandidateStatus.TOO_SLOW, CandidateStatus.FAILED, CandidateStatus.P
 
 #: A candidate built, its report, and its artifact directory.
 Built = tuple[Backend, CandidateReport, Path]
-
-
-def _check_fraction(option: str, value: float | None, allow_none: bool) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-        expected = "a fraction in [0, 1) or None" if allow_none else "a fraction in [0, 1)"
-        hint = f" (a fraction: {value / 100:g} for {value:g}%)" if isinstance(value, (int, float)) and 1 <= value < 100 else ""
-        raise InvalidArgumentError(f"{option}: expected {expected}, got {value!r}{hint}")
 
 
 class TuneStrategy(abc.ABC):
@@ -166,46 +158,26 @@ class TuneStrategy(abc.ABC):
         noise_check: NoiseCheck | None = NoiseCheck(),
         prune: bool = True,
     ):
-        if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (atol, rtol)) or atol < 0 or rtol < 0:
-            raise InvalidArgumentError(f"atol/rtol: expected non-negative tolerances, got atol={atol!r}, rtol={rtol!r}")
-        _check_fraction("speed_margin", speed_margin, allow_none=True)
-        _check_fraction("batch_gain_threshold", batch_gain_threshold, allow_none=False)
-        if accuracy is not None and not callable(accuracy):
-            raise InvalidArgumentError(f"accuracy: expected a callable (eager, tuned) -> bool or score, got {accuracy!r}")
-        if min_accuracy is not None and (not isinstance(min_accuracy, (int, float)) or isinstance(min_accuracy, bool)):
-            raise InvalidArgumentError(f"min_accuracy: expected a number or None, got {min_accuracy!r}")
-        if min_accuracy is not None and accuracy is None:
-            raise InvalidArgumentError(
-                f"min_accuracy: given ({min_accuracy!r}) without accuracy=; pass the metric it applies to "
-                "(accuracy=lambda eager, tuned: score) or drop min_accuracy"
-            )
-        if not isinstance(max_batch_size_limit, int) or isinstance(max_batch_size_limit, bool) or max_batch_size_limit < 1:
-            raise InvalidArgumentError(f"max_batch_size_limit: expected a positive integer, got {max_batch_size_limit!r}")
-        if profiler is not None and not isinstance(profiler, Profiler):
-            raise InvalidArgumentError(f"profiler: expected an aitune_triton.strategies.Profiler, got {type(profiler).__name__}")
+        check_strategy_options(
+            atol=atol, rtol=rtol, speed_margin=speed_margin, accuracy=accuracy, min_accuracy=min_accuracy,
+            find_max_batch_size=find_max_batch_size, max_batch_size_limit=max_batch_size_limit,
+            batch_gain_threshold=batch_gain_threshold, profiler=profiler, measure_layouts=measure_layouts,
+            layout_seconds=layout_seconds, layout_latency_tolerance=layout_latency_tolerance, prune=prune,
+        )
         self.atol = atol
         self.rtol = rtol
         self.speed_margin = speed_margin
         self.accuracy = accuracy
         self.min_accuracy = min_accuracy
-        if not isinstance(find_max_batch_size, bool):
-            raise InvalidArgumentError(f"find_max_batch_size: expected True or False, got {find_max_batch_size!r}")
         self.find_max_batch_size = find_max_batch_size
         self.max_batch_size_limit = max_batch_size_limit
         self.batch_gain_threshold = batch_gain_threshold
         self.profiler = profiler or Profiler()
         self.keep_artifacts = keep_artifacts
-        if not isinstance(measure_layouts, bool):
-            raise InvalidArgumentError(f"measure_layouts: expected True or False, got {measure_layouts!r}")
-        if not isinstance(layout_seconds, (int, float)) or isinstance(layout_seconds, bool) or not layout_seconds > 0:
-            raise InvalidArgumentError(f"layout_seconds: expected a positive number of seconds, got {layout_seconds!r}")
-        _check_fraction("layout_latency_tolerance", layout_latency_tolerance, allow_none=False)
         self.measure_layouts = measure_layouts
         self.layout_seconds = float(layout_seconds)
         self.layout_latency_tolerance = layout_latency_tolerance
         self.gate_every_shape, self.noise_check = check_range_options(gate_every_shape, noise_check)
-        if not isinstance(prune, bool):
-            raise InvalidArgumentError(f"prune: expected True or False, got {prune!r}")
         self.prune = prune
         #: Batch sizes to profile instead of powers of two (set by strategies that take them).
         self.batch_sizes: list[int] | None = None
