@@ -58,6 +58,7 @@ from aitune_triton.errors import InvalidArgumentError
 from aitune_triton.spec import CallStructure, GraphSpec
 from aitune_triton.strategies.batching import batch_of
 from aitune_triton.strategies.profiler import Profiler
+from aitune_triton.strategies.over_range import distinct_shapes
 
 __all__ = [
     "DEFAULT_LATENCY_TOLERANCE",
@@ -66,7 +67,6 @@ __all__ = [
     "LayoutResult",
     "available_cores",
     "choose_layout",
-    "distinct_shapes",
     "layout_window_s",
     "layouts_for",
     "measure_in_process",
@@ -272,18 +272,6 @@ def measure_layout(
     return report
 
 
-def distinct_shapes(shapes: Mapping[str, CallStructure]) -> dict[str, CallStructure]:
-    """``shapes`` without the calls whose tensor shapes equal those of a call before them."""
-    seen: set[tuple[tuple[int, ...], ...]] = set()
-    kept = {}
-    for label, call in shapes.items():
-        key = tuple(tuple(t.shape) for t in call.flat.tensors)
-        if key not in seen:
-            seen.add(key)
-            kept[label] = call
-    return kept
-
-
 def measure_in_process(backend: Backend, shapes: Mapping[str, CallStructure], cores: int, report: LayoutReport) -> None:
     """Time ``backend`` at each of ``shapes`` with 1..cores torch threads; keep the count with the
     lowest geometric mean over the shapes (see the module docstring) in ``report``."""
@@ -296,7 +284,7 @@ def measure_in_process(backend: Backend, shapes: Mapping[str, CallStructure], co
     if backend.device.type != "cpu" or cores < 2:
         report.in_process_reason = f"not measured: one choice ({cores} core(s), device {backend.device})"
         return
-    calls = distinct_shapes(shapes)
+    calls = {label: call for label, call in shapes.items() if distinct_shapes(shapes)[label] == label}
     profiler = Profiler(warmup_runs=1, min_runs=3, max_runs=30, max_time_s=0.3)
     counts = list(range(1, min(cores, MAX_INSTANCES) + 1))
     timings: dict[str, dict[int, float]] = {label: {} for label in calls}
