@@ -47,6 +47,8 @@ class BuildContext:
         log: Receives one-line progress messages.
         forward: The module's own forward, without hooks; default ``module.forward``. Backends
             capture exactly this, so hooks run once, around the tuned call.
+        samples: The graph spec's recorded calls, flattened, on ``device`` (calibration data for
+            quantizers); may be empty, then only :attr:`example` is known.
     """
 
     module: torch.nn.Module
@@ -57,6 +59,7 @@ class BuildContext:
     device: torch.device
     log: Callable[[str], None] = field(default=lambda message: None)
     forward: Callable[..., Any] | None = None
+    samples: list[CallStructure] = field(default_factory=list)
 
     @property
     def run(self) -> Callable[..., Any]:
@@ -118,6 +121,10 @@ class Backend(abc.ABC):
     #: The Triton backend that loads this backend's artifact itself (``export(..., target="native")``),
     #: or None when only a generated Python-backend model serves it (see :mod:`aitune_triton.backends.serving`).
     triton_native: ClassVar[NativeTarget | None] = None
+    #: Artifact roles a served model needs beside the ``"model"`` artifact (OpenVINO's weights
+    #: ``model.bin`` beside ``model.xml``): an export copies them into the version directory under
+    #: their own file names.
+    companion_artifacts: ClassVar[tuple[str, ...]] = ()
     #: Whether the artifact holds kernels compiled for the GPU architecture it was built on (a
     #: CUDA build then runs only on GPUs of that compute capability); read by ``aitune-triton check``.
     gpu_architecture_bound: ClassVar[bool] = False

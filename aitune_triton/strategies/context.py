@@ -52,7 +52,9 @@ class TuneContext:
 
     def build_context(self, workdir: Path) -> BuildContext:
         """What a candidate backend needs to build for this graph spec, its artifacts in ``workdir``."""
-        return BuildContext(self.module, self.signature, self.graph, self.example, workdir, self.device, self.log, self.forward)
+        return BuildContext(
+            self.module, self.signature, self.graph, self.example, workdir, self.device, self.log, self.forward, self.samples,
+        )  # fmt: skip
 
     def with_dims(self, dims: dict[str, Any]) -> "TuneContext":
         """A copy whose graph spec is a copy of :attr:`graph` with ``dims`` (this one's is not changed):

@@ -30,6 +30,8 @@ SCALED_MODEL = "served_scaled_net"
 TIED_MODEL = "served_tied_net"
 ORT_TORCHSCRIPT_MODEL = "served_ort_torchscript_net"
 ORT_INT8_MODEL = "served_ort_int8_net"
+OPENVINO_MODEL = "served_openvino_net"
+OPENVINO_INT8_MODEL = "served_openvino_int8_net"
 
 
 class TiedNet(torch.nn.Module):
@@ -184,6 +186,22 @@ def served(tmp_path_factory):
         for batch in (1, 4, 8):
             wide(torch.randn(batch, 64, generator=generator))
         for name, eager, other in ((ORT_TORCHSCRIPT_MODEL, token_net, token), (ORT_INT8_MODEL, wide_net, wide)):
+            other.tune()
+            aitune_triton.export(other, repository, show_progress=False, router=True)
+            extra[name] = (eager_copy(eager), other)
+        # OpenVINO fp32 (threads measured) on the token net and int8 (NNCF) on the wide net.
+        from aitune_triton.backends import OpenVINOBackend
+
+        ov_token_net = TokenNet().eval()
+        ov_token = Module(ov_token_net, name=OPENVINO_MODEL, strategy=OneBackendStrategy(OpenVINOBackend()))
+        for batch, length in ((1, 4), (3, 7), (2, 9)):
+            ov_token(torch.randint(0, 50, (batch, length), generator=generator), torch.ones(batch, length))
+        ov_wide_net = WideNet().eval()
+        ov_wide = Module(ov_wide_net, name=OPENVINO_INT8_MODEL,
+                         strategy=OneBackendStrategy(OpenVINOBackend(precision="int8"), atol=0.1, rtol=0.1))
+        for batch in (1, 4, 8):
+            ov_wide(torch.randn(batch, 64, generator=generator))
+        for name, eager, other in ((OPENVINO_MODEL, ov_token_net, ov_token), (OPENVINO_INT8_MODEL, ov_wide_net, ov_wide)):
             other.tune()
             aitune_triton.export(other, repository, show_progress=False, router=True)
             extra[name] = (eager_copy(eager), other)
