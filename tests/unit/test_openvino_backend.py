@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aitune_triton import _cpu
+from aitune_triton import MinLatencyStrategy, Module, _cpu
 from aitune_triton.backends import Backend, BuildContext, LoadContext, OpenVINOBackend
 from aitune_triton.backends.openvino_options import OPENVINO_TARGET, openvino_settings
 from aitune_triton.errors import BackendBuildError, BackendUnavailableError, InvalidArgumentError
@@ -234,6 +234,24 @@ def test_a_model_openvino_cannot_convert_is_a_build_error(tmp_path):
 
     with pytest.raises(BackendBuildError, match="openvino: "):
         _build(OpenVINOBackend(inference_num_threads=1), Fft().eval(), [(torch.randn(2, 8),)], tmp_path)
+
+
+def test_a_model_openvino_cannot_convert_is_a_failed_candidate_with_the_reason_and_the_tune_goes_on(tmp_path):
+    class Fft(torch.nn.Module):
+        def forward(self, x: torch.Tensor):
+            return torch.fft.rfft(x).abs()
+
+    module = Module(Fft().eval(), name="openvino_fft_net", cache_dir=tmp_path,
+                    strategy=MinLatencyStrategy([OpenVINOBackend(inference_num_threads=1), "eager"]))
+    with torch.no_grad():
+        for batch in (1, 3):
+            module(torch.randn(batch, 8))
+    module.tune()
+
+    (graph,) = module.tuned_graphs
+    report = {c.backend: c for c in graph.report.candidates}
+    assert graph.backend.name == "eager"
+    assert report["openvino"].status == "failed" and "openvino: " in report["openvino"].reason
 
 
 @pytest.mark.parametrize(
