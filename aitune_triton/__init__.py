@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aitune_triton.backends import AOTInductorBackend, Backend, EagerBackend, InductorBackend, OnnxRuntimeBackend, register_backend
+from aitune_triton.backends import AOTInductorBackend, Backend, EagerBackend, InductorBackend, OnnxRuntimeBackend, OpenVINOBackend, register_backend
 from aitune_triton.checkpoint import load, save
 from aitune_triton.deployment import deploy
 from aitune_triton.errors import AITuneTritonError
@@ -45,6 +45,7 @@ __all__ = [
     "ModuleState",
     "OneBackendStrategy",
     "OnnxRuntimeBackend",
+    "OpenVINOBackend",
     "Profiler",
     "RemoteModule",
     "AsyncRemoteModule",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 __all__ = ["aitune_version", "build_environment", "library_versions", "sha256_file", "tensorrt_version"]
 
-_PACKAGES = ("aitune-triton", "torch", "onnx", "onnxscript", "onnxruntime", "tritonclient", "nvidia-pytriton", "numpy")
+_PACKAGES = ("aitune-triton", "torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "tritonclient", "nvidia-pytriton", "numpy")
 
 
 def aitune_version() -> str:

@@ -13,9 +13,10 @@ from aitune_triton.backends.base import (
 from aitune_triton.backends.eager import EagerBackend
 from aitune_triton.backends.inductor import InductorBackend
 from aitune_triton.backends.onnxruntime import OnnxRuntimeBackend
+from aitune_triton.backends.openvino import OpenVINOBackend
 from aitune_triton.backends.serving import NativeTarget
 
-for _backend in (EagerBackend, OnnxRuntimeBackend, AOTInductorBackend, InductorBackend):
+for _backend in (EagerBackend, OnnxRuntimeBackend, AOTInductorBackend, InductorBackend, OpenVINOBackend):
     register_backend(_backend)
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "LoadContext",
     "NativeTarget",
     "OnnxRuntimeBackend",
+    "OpenVINOBackend",
     "backend_names",
     "get_backend_class",
     "register_backend",

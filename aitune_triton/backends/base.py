@@ -121,6 +121,10 @@ class Backend(abc.ABC):
     #: The Triton backend that loads this backend's artifact itself (``export(..., target="native")``),
     #: or None when only a generated Python-backend model serves it (see :mod:`aitune_triton.backends.serving`).
     triton_native: ClassVar[NativeTarget | None] = None
+    #: Artifact roles a served model needs beside the ``"model"`` artifact (OpenVINO's weights
+    #: ``model.bin`` beside ``model.xml``): an export copies them into the version directory under
+    #: their own file names.
+    companion_artifacts: ClassVar[tuple[str, ...]] = ()
     #: Whether the artifact holds kernels compiled for the GPU architecture it was built on (a
     #: CUDA build then runs only on GPUs of that compute capability); read by ``aitune-triton check``.
     gpu_architecture_bound: ClassVar[bool] = False

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 #: Packages a served model's Python code may import whose version the manifests record.
-RUNTIME_PACKAGES = ("torch", "onnxruntime", "numpy")
+RUNTIME_PACKAGES = ("torch", "onnxruntime", "openvino", "numpy")
 #: Where pip finds torch builds with a local version label (``2.13.0+cpu``: the CPU-only build).
 TORCH_INDEX = "https://download.pytorch.org/whl/{label}"
 #: Files :func:`write_runtime_environment` writes.

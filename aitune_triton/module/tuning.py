@@ -381,8 +381,8 @@ def tune_graphs(
             if backend.name == EagerBackend.name:
                 warn(
                     f"{graph.name}: kept on eager ({report.decision}). It runs in process as before, but it cannot be "
-                    "exported to Triton; to serve it, tune it with OneBackendStrategy('onnxruntime'), ('aoti') or "
-                    "('inductor')"
+                    "exported to Triton; to serve it, tune it with OneBackendStrategy('onnxruntime'), ('aoti'), "
+                    "('inductor') or ('openvino')"
                     + ("" if getattr(strategy, "speed_margin", None) is None else ", or pass speed_margin=None to keep the fastest candidate even when slower than eager")
                     + "."
                 )

@@ -17,7 +17,7 @@ Modules:
         its one reader and writer, used by the exporter and the clients too.
     router: the entry model routing each request to its graph model with BLS.
     step_runtime, step_model: a pre/post-processing step around the user's function.
-    runtimes: one module per backend (``onnxruntime``, ``aoti``, ``inductor``) defining ``Runtime``.
+    runtimes: one module per backend (``onnxruntime``, ``aoti``, ``inductor``, ``openvino``) defining ``Runtime``.
 """
 
 #: Directory of the package's copy in a model version directory.

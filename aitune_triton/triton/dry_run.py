@@ -108,6 +108,10 @@ def build_plan(repository: Path, source: str, models: Sequence[PlannedModel]) ->
                 raise ExportError(f"{model.name}: artifact {model.artifact} does not exist (was the tuning cache cleared?).")
             digests[model.artifact.name] = sha256_file(model.artifact)
             sizes[model.artifact.name] = model.artifact.stat().st_size
+        for companion_name, companion in model.companions.items():
+            if not companion.is_file():
+                raise ExportError(f"{model.name}: artifact {companion} does not exist (was the tuning cache cleared?).")
+            digests[companion_name], sizes[companion_name] = sha256_file(companion), companion.stat().st_size
         manifest = build_manifest(None, model=model.name, version=model.version, kind=model.kind, source=source,
                                   config=model.config, backend=model.backend, graph=model.graph, sha256=digests,
                                   extra=model.serving.to_dict())

@@ -37,6 +37,10 @@ def stage_model(model: PlannedModel, model_dir: Path, source: str) -> None:
         if not model.artifact.is_file():
             raise ExportError(f"{model.name}: artifact {model.artifact} does not exist (was the tuning cache cleared?).")
         shutil.copyfile(model.artifact, version_dir / (model.artifact_name or model.artifact.name))
+    for companion_name, companion in model.companions.items():
+        if not companion.is_file():
+            raise ExportError(f"{model.name}: artifact {companion} does not exist (was the tuning cache cleared?).")
+        shutil.copyfile(companion, version_dir / companion_name)
     build_manifest(
         version_dir, model=model.name, version=model.version, kind=model.kind, source=source,
         config=model.config, backend=model.backend, graph=model.graph, extra=model.serving.to_dict(),

@@ -31,6 +31,8 @@ TIED_MODEL = "served_tied_net"
 ORT_TORCHSCRIPT_MODEL = "served_ort_torchscript_net"
 ORT_INT8_MODEL = "served_ort_int8_net"
 ORT_FUSED_STATIC_MODEL = "served_ort_fused_static_bert"
+OPENVINO_MODEL = "served_openvino_net"
+OPENVINO_INT8_MODEL = "served_openvino_int8_net"
 
 
 class TiedNet(torch.nn.Module):
@@ -211,6 +213,26 @@ def served(tmp_path_factory):
         for batch, length in ((1, 5), (3, 12), (2, 16)):
             bert(torch.randint(1, 64, (batch, length), generator=generator), torch.ones(batch, length, dtype=torch.long))
         for name, eager, other in ((ORT_TORCHSCRIPT_MODEL, token_net, token), (ORT_INT8_MODEL, wide_net, wide), (ORT_FUSED_STATIC_MODEL, bert_net, bert)):
+            other.tune()
+            aitune_triton.export(other, repository, show_progress=False, router=True)
+            extra[name] = (eager_copy(eager), other)
+        # OpenVINO fp32 (threads measured) on the token net and int8 (NNCF) on the wide net.
+        from aitune_triton.backends import OpenVINOBackend
+
+        ov_token_net = TokenNet().eval()
+        ov_token = Module(ov_token_net, name=OPENVINO_MODEL, strategy=OneBackendStrategy(OpenVINOBackend()))
+        for batch, length in ((1, 4), (3, 7), (2, 9)):
+            ov_token(torch.randint(0, 50, (batch, length), generator=generator), torch.ones(batch, length))
+        ov_wide_net = WideNet().eval()
+        # Static int8 calibrated on 13 rows moves some outputs by more than the 0.1 of int8's default
+        # elementwise gate: judged by the cosine of each output row instead.
+        ov_wide = Module(ov_wide_net, name=OPENVINO_INT8_MODEL, strategy=OneBackendStrategy(
+            OpenVINOBackend(precision="int8"), min_accuracy=0.98,
+            accuracy=lambda eager, tuned: float(torch.nn.functional.cosine_similarity(eager, tuned, dim=-1).min()),
+        ))
+        for batch in (1, 4, 8):
+            ov_wide(torch.randn(batch, 64, generator=generator))
+        for name, eager, other in ((OPENVINO_MODEL, ov_token_net, ov_token), (OPENVINO_INT8_MODEL, ov_wide_net, ov_wide)):
             other.tune()
             aitune_triton.export(other, repository, show_progress=False, router=True)
             extra[name] = (eager_copy(eager), other)

@@ -15,7 +15,7 @@ from types import ModuleType
 __all__ = ["RUNTIMES", "runtime_module"]
 
 #: Runtime module names (a backend's ``triton_runtime``).
-RUNTIMES = ("aoti", "inductor", "onnxruntime")
+RUNTIMES = ("aoti", "inductor", "onnxruntime", "openvino")
 
 
 def runtime_module(name: str) -> ModuleType:

@@ -22,7 +22,7 @@ from aitune_triton.strategies.layout import LayoutReport
 from aitune_triton.triton.config import TritonModelOptions, graph_model_config
 from aitune_triton.triton.io import ModelIO
 from aitune_triton.triton.manifest import ModelKind, ServingFields
-from aitune_triton.triton.models.planned import PACKAGE_DIR, PlannedModel, exportable_backends, next_version, triton_runtime
+from aitune_triton.triton.models.planned import PACKAGE_DIR, PlannedModel, companion_files, exportable_backends, next_version, triton_runtime
 from aitune_triton.triton.warmup import export_warmup
 
 __all__ = ["GraphModelRequest", "graph_model_request", "plan_python_graph_model"]
@@ -113,6 +113,7 @@ def plan_python_graph_model(request: GraphModelRequest, target: str, reason: str
         config=config,
         files={"model.py": model_py, "io.json": io.to_json() + "\n", **request.package},
         artifact=backend.artifact(),
+        companions=companion_files(backend),
         summary=f"{backend.name}, max_batch_size {io.max_batch_size}" + (f", Python backend: {reason}" if reason else ""),
         kind=ModelKind.GRAPH,
         backend=backend,

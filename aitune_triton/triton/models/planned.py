@@ -19,6 +19,7 @@ from aitune_triton.triton.manifest import ModelKind, ServingFields
 __all__ = [
     "PACKAGE_DIR",
     "PlannedModel",
+    "companion_files",
     "exportable_backends",
     "next_version",
     "served_files",
@@ -50,6 +51,8 @@ class PlannedModel:
         serving: The manifest fields of its kind and export target.
         warmup_files: File name under ``warmup/`` -> raw input bytes.
         io: A graph model's IO mapping, as its ``io.json`` and the entry model's routes hold it.
+        companions: File name in the version directory -> artifact file the served artifact needs
+            beside it (:func:`companion_files`: OpenVINO's ``model.bin``).
     """
 
     name: str
@@ -65,6 +68,17 @@ class PlannedModel:
     serving: ServingFields = field(default_factory=ServingFields)
     warmup_files: dict[str, bytes] = field(default_factory=dict)
     io: ModelIO | None = None
+    companions: dict[str, Path] = field(default_factory=dict)
+
+
+def companion_files(backend: BackendDescription) -> dict[str, Path]:
+    """The artifacts ``backend``'s served artifact needs beside it (its class's
+    ``companion_artifacts``), by their own file names; empty for an unknown backend."""
+    try:
+        roles = get_backend_class(backend.name).companion_artifacts
+    except UnknownBackendError:
+        return {}
+    return {backend.artifact(role).name: backend.artifact(role) for role in roles}
 
 
 def served_files() -> dict[str, str]:

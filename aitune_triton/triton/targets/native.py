@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from aitune_triton.triton.manifest import ModelKind, ServingFields
 from aitune_triton.triton.models.graph import GraphModelRequest, plan_python_graph_model
-from aitune_triton.triton.models.planned import PlannedModel
+from aitune_triton.triton.models.planned import PlannedModel, companion_files
 from aitune_triton.triton.native import plan_native
 from aitune_triton.triton.targets.base import ExportTargetBase
 from aitune_triton.triton.warmup import export_warmup
@@ -42,6 +42,7 @@ class NativeExportTarget(ExportTargetBase):
             config=model.config,
             files={"io.json": model.io.to_json() + "\n"},
             artifact=backend.artifact(),
+            companions=companion_files(backend),
             summary=f"{backend.name}, native {model.target.label}, max_batch_size {io.max_batch_size}",
             kind=ModelKind.GRAPH,
             backend=backend,
