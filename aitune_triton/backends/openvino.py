@@ -10,6 +10,7 @@ The compile properties (precision hint, threads, latency hint) are
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import statistics
 import time
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from aitune_triton._cpu import native_bf16_reason
+from aitune_triton._cpu import native_bf16, native_bf16_reason
 from aitune_triton.backends.artifact_kinds import describe_file
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
 from aitune_triton.backends.flat import index_ranges, input_axes
@@ -37,6 +38,8 @@ MEASURE_ROUNDS = 3
 #: Timed runs per count and round are chosen so that one count takes about this long per round.
 MEASURE_SECONDS_PER_SETTING = 0.25
 MEASURE_MAX_RUNS = 20
+
+_logger = logging.getLogger(__name__)
 
 
 class OpenVINOBackend(Backend):
@@ -116,9 +119,13 @@ class OpenVINOBackend(Backend):
         return None
 
     def _restore(self, context: LoadContext) -> None:
-        reason = self.precision_unavailable_reason()
-        if reason:
-            raise BackendUnavailableError(reason)
+        # Loading needs only openvino: an int8 IR carries its quantization (nncf is for building it),
+        # and a bf16 model is the f32 IR with the bf16 hint, which a CPU without native bf16 runs in f32.
+        if self.typed_options.precision == "bf16" and not native_bf16():
+            _logger.warning(
+                "openvino: this bf16 checkpoint runs in f32 here (%s); results stay correct, without bf16's speed-up",
+                native_bf16_reason(self.name),
+            )
 
     def _build(self, context: BuildContext) -> None:
         reason = self.precision_unavailable_reason()

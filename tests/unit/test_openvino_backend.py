@@ -4,7 +4,9 @@ bf16, option refusals, the checkpoint round trip, and its native target's signat
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -158,6 +160,23 @@ def test_measured_threads_are_stored_logged_and_round_trip_through_to_dict_and_f
     assert backend.clone().options == {} and not backend.clone().active
 
 
+@pytest.mark.skipif(_cpu.native_bf16(), reason="this CPU computes bf16 natively")
+def test_a_bf16_checkpoint_loads_on_a_cpu_without_native_bf16_and_runs_in_f32_with_a_warning(encoder_built, caplog):
+    net, calls, backend, context, _ = encoder_built
+    data = json.loads(json.dumps(backend.to_dict()))
+    data["options"] = {**data["options"], "precision": "bf16"}  # a bf16 build is the f32 IR compiled with the bf16 hint
+
+    with caplog.at_level(logging.WARNING, logger="aitune_triton.backends.openvino"):
+        restored = Backend.from_dict(
+            data, LoadContext(net, context.graph, torch.device("cpu"), {k: Path(v) for k, v in data["artifacts"].items()})
+        )
+
+    assert restored.options["precision"] == "bf16"
+    assert any("runs in f32 here" in record.getMessage() for record in caplog.records)
+    for g, w in zip(_run(restored, context, *calls[1]), _run(backend, context, *calls[1])):
+        assert torch.equal(g, w)
+
+
 def test_the_served_runtime_compiles_with_the_same_properties_and_returns_the_same_outputs(encoder_built):
     _, calls, backend, context, _ = encoder_built
     options = backend.options
@@ -176,7 +195,7 @@ def test_the_served_runtime_compiles_with_the_same_properties_and_returns_the_sa
     assert compile_properties({**options, "intra_op_num_threads": 3})["INFERENCE_NUM_THREADS"] == 3  # the export's threads win
 
 
-def test_int8_quantizes_with_nncf_on_the_recorded_calls_and_stays_close_to_eager(tmp_path):
+def test_int8_quantizes_with_nncf_on_the_recorded_calls_and_stays_close_to_eager(tmp_path, monkeypatch):
     net = TinyEncoder().eval()
     calls = [_encoder_call(b, n, seed) for seed, (b, n) in enumerate(ENCODER_SHAPES * 3)]
     backend = OpenVINOBackend(precision="int8", inference_num_threads=1)
@@ -195,6 +214,12 @@ def test_int8_quantizes_with_nncf_on_the_recorded_calls_and_stays_close_to_eager
     cosine = torch.nn.functional.cosine_similarity(got.flatten(1), want.flatten(1), dim=-1)
     assert cosine.min() >= 0.99
     assert not torch.allclose(got, want, atol=1e-6)
+    # Loading the int8 IR needs only openvino: nncf is for quantizing at build.
+    data = json.loads(json.dumps(backend.to_dict()))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real_find_spec(name, *a))
+    restored = Backend.from_dict(data, LoadContext(net, context.graph, torch.device("cpu"), {k: Path(v) for k, v in data["artifacts"].items()}))
+    assert torch.equal(_run(restored, context, ids, mask)[0], got)
 
 
 def test_int8_on_a_net_without_attention_is_quantized_as_a_plain_model(tmp_path):
