@@ -139,6 +139,10 @@ def fuse_transformer(source: Path, target: Path, module: torch.nn.Module) -> Fus
                 f"{', '.join(FUSED_OPERATORS[:4])}, ... in the graph: it is not a recognised transformer"
             ),
         )
-    with quiet_export(), _quiet_optimizer():
-        optimized.save_model_to_file(str(target))
+    try:
+        with quiet_export(), _quiet_optimizer():
+            optimized.save_model_to_file(str(target))
+    except Exception as error:  # e.g. a graph over protobuf's 2 GB limit cannot be saved with its weights inline
+        target.unlink(missing_ok=True)
+        return Fusion(False, counts, f"the fused graph could not be saved: {type(error).__name__}: {error}")
     return Fusion(True, counts)
