@@ -226,7 +226,7 @@ def _quantize_static(source: Path, target: Path, samples: list[dict[str, np.ndar
             "onnxruntime: int8 static quantization found no MatMul, Gemm or Conv with constant weights to quantize "
             f"({len(kept)} around a GELU kept in float32); use precision='fp32'"
         )
-    named = source.parent / "named.onnx"
+    named = target.parent / "named.onnx"  # in the staging folder: source is the artifact itself where pre-processing failed
     onnx.save(model, str(named))
     inputs = {value.name for value in model.graph.input}
     del model

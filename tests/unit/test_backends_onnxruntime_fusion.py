@@ -140,6 +140,51 @@ def test_fusion_left_to_measurement_on_a_cnn_builds_the_plain_graph_and_says_so(
     torch.testing.assert_close(got, eager(net)(x), atol=1e-5, rtol=1e-5)
 
 
+def test_a_fused_graph_that_cannot_be_saved_falls_back_to_the_exported_graph(tmp_path, monkeypatch):
+    from onnxruntime.transformers import optimizer
+
+    def too_large(*args, **kwargs):
+        raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB")
+
+    def optimize_model(*args, **kwargs):
+        optimized = real_optimize_model(*args, **kwargs)
+        optimized.save_model_to_file = too_large
+        return optimized
+
+    real_optimize_model = optimizer.optimize_model
+    monkeypatch.setattr(optimizer, "optimize_model", optimize_model)
+    net = tiny_bert()
+    backend = OnnxRuntimeBackend(graph_optimization_level="all", intra_op_num_threads=1)
+    kwargs = bert_call(2, 9, seed=3)
+
+    context, lines = build(backend, net, [bert_call(1, 5, seed=1), kwargs], tmp_path)
+
+    assert backend.options["transformer_fusion"] is False
+    assert any("transformer fusion not applied" in line and "could not be saved" in line and "2GB" in line for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert not ops(backend) & {"Attention", "MultiHeadAttention", "SkipLayerNormalization"}  # the exported graph, unfused
+    with torch.no_grad():
+        want = eager(net)(**kwargs).last_hidden_state
+    torch.testing.assert_close(hidden_state(backend, context, kwargs), want, atol=1e-4, rtol=1e-4)
+
+
+def test_static_int8_after_failed_pre_processing_leaves_only_the_model_in_the_artifact_folder(tmp_path, monkeypatch):
+    import onnxruntime.quantization.shape_inference as shape_inference
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("pre-processing failed")
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", fails)
+    net = TinyCNN().eval()
+    backend = OnnxRuntimeBackend(precision="int8", quantization="static", transformer_fusion=False,
+                                 graph_optimization_level="all", intra_op_num_threads=1)  # fmt: skip
+
+    build(backend, net, [{"x": torch.randn(2, 3, 8, 8)}, {"x": torch.randn(3, 3, 8, 8)}], tmp_path)
+
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops(backend)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
 def test_static_int8_on_a_fused_tiny_bert_is_calibrated_keeps_the_gelu_readers_in_float_and_stays_close_to_eager(tmp_path):
     net = tiny_bert()
     calls = [bert_call(b, n, seed) for seed, (b, n) in enumerate(BERT_SHAPES)]
