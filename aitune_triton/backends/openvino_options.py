@@ -7,15 +7,22 @@ Triton's OpenVINO backend reads these config ``parameters`` (its ``ParseParamete
 ``NUM_STREAMS`` and ``PERFORMANCE_HINT``; and ``SKIP_OV_DYNAMIC_BATCHSIZE``: without it, a model
 with ``max_batch_size > 0`` is reshaped to that fixed batch size (``ov::set_batch``), so requests of
 other batch sizes would need ``ENABLE_BATCH_PADDING``. It has no parameter that forces f32: on a
-CPU with native bf16, its fp32 models run with the plugin's default precision (bf16 there).
+CPU with native bf16, its fp32 models run with the plugin's default precision (bf16 there). The
+IR's ``runtime_options`` rt_info does not help: the CPU plugin reads only its KV-cache and dynamic
+quantization keys there (with openvino 2026.4 here, ``EXECUTION_MODE_HINT`` and
+``INFERENCE_NUM_THREADS`` written there were ignored by ``compile_model``). So
+:func:`openvino_settings` warns when it writes the config of an fp32 or int8 model on a CPU with
+native bf16; ``target="python"`` serves it with the f32 hint (:mod:`aitune_triton.served.runtimes.openvino`).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aitune_triton import _cpu
 from aitune_triton.backends.options import BackendOptions, refuse_option
 from aitune_triton.backends.serving import NativeSettings, NativeSignature, NativeTarget, NativeTensor
 from aitune_triton.errors import ExportError
@@ -25,6 +32,8 @@ __all__ = ["OPENVINO_TARGET", "PRECISIONS", "OpenVINOOptions", "openvino_setting
 
 #: Precisions this backend builds: fp32, bf16 (CPUs with AVX512-BF16 or AMX), int8 (NNCF post-training quantization).
 PRECISIONS = tuple(INFERENCE_PRECISIONS)
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,8 @@ def openvino_signature(artifact: Path, graph: dict[str, Any]) -> NativeSignature
 def openvino_settings(options: dict[str, Any], threads: int | None) -> NativeSettings:
     """The backend's measured threads and precision as Triton's OpenVINO backend reads them:
     ``INFERENCE_NUM_THREADS``, ``PERFORMANCE_HINT=LATENCY``, ``HINT_BF16=YES`` for bf16, and
-    ``SKIP_OV_DYNAMIC_BATCHSIZE=YES`` so the IR keeps its dynamic batch axis (see the module's docstring)."""
+    ``SKIP_OV_DYNAMIC_BATCHSIZE=YES`` so the IR keeps its dynamic batch axis; logs a warning for an
+    fp32 or int8 model on a CPU with native bf16, which Triton's backend runs in bf16 (see the module's docstring)."""
     typed = OpenVINOOptions.from_dict(options)
     count = threads if threads is not None else typed.inference_num_threads
     parameters = {"PERFORMANCE_HINT": "LATENCY", "SKIP_OV_DYNAMIC_BATCHSIZE": "YES"}
@@ -119,6 +129,13 @@ def openvino_settings(options: dict[str, Any], threads: int | None) -> NativeSet
         parameters["INFERENCE_NUM_THREADS"] = str(count)
     if typed.precision == "bf16":
         parameters["HINT_BF16"] = "YES"
+    elif _cpu.native_bf16():
+        _logger.warning(
+            "openvino: Triton's OpenVINO backend has no parameter that keeps a %s model in f32: on this CPU, which "
+            "computes bf16 natively, its plugin runs the model in bf16, so served outputs differ from the tuned f32 "
+            "ones; export with target='python' to serve it with the f32 precision hint",
+            typed.precision,
+        )
     return NativeSettings(parameters)
 
 

@@ -319,6 +319,19 @@ def test_native_settings_name_the_triton_openvino_backend_parameters():
     assert OPENVINO_TARGET.backend == "openvino" and OPENVINO_TARGET.default_model_filename == "model.xml"
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_native_settings_warn_that_an_fp32_or_int8_model_runs_in_bf16_on_a_cpu_with_native_bf16(native, monkeypatch, caplog):
+    monkeypatch.setattr(_cpu, "native_bf16", lambda: native)
+
+    with caplog.at_level(logging.WARNING, logger="aitune_triton.backends.openvino_options"):
+        for options in ({}, {"precision": "int8"}, {"precision": "bf16"}):
+            openvino_settings(options, 1)
+
+    warned = [record.getMessage() for record in caplog.records if "target='python'" in record.getMessage()]
+    assert len(warned) == (2 if native else 0)  # fp32 and int8; a bf16 model asks for bf16
+    assert all("runs the model in bf16" in line for line in warned)
+
+
 def test_the_default_candidates_on_cpu_include_openvino_fp32():
     assert any(isinstance(b, OpenVINOBackend) and b.options == {} for b in default_candidates())
 
