@@ -17,11 +17,10 @@ off: with 2 threads off was faster in both runs (938 / 438 and 635 / 419 ms at 8
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
-import statistics
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +29,7 @@ import torch
 
 from aitune_triton.backends.artifact_kinds import describe_file
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
+from aitune_triton.backends.build_timing import MEASURE_ROUNDS, build_shapes, time_settings
 from aitune_triton.backends.onnxruntime_fusion import fuse_transformer
 from aitune_triton.backends.onnxruntime_options import EXPORTERS, PRECISIONS, QUANTIZATIONS, OnnxRuntimeOptions
 from aitune_triton.backends.onnxruntime_quantize import quantize_int8
@@ -43,11 +43,6 @@ __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "GRAPH_OPTIMIZATION_LEVEL
 
 #: Levels tried when ``graph_optimization_level`` is not given ("disable" is never faster).
 MEASURED_LEVELS = ("basic", "extended", "all")
-#: Rounds of the session-option measurement; the order of the settings rotates between rounds.
-MEASURE_ROUNDS = 3
-#: Timed runs per setting and round are chosen so that one setting takes about this long per round.
-MEASURE_SECONDS_PER_SETTING = 0.25
-MEASURE_MAX_RUNS = 20
 
 
 class OnnxRuntimeBackend(Backend):
@@ -57,12 +52,12 @@ class OnnxRuntimeBackend(Backend):
     spec maps them back to leaf paths. The model is written as one file (weights inline), so
     modules above 2 GB of weights are out of reach of this backend (ONNX protobuf limit).
 
-    Session options left as None are measured at build on the build example
-    (``BuildContext.example``): every combination of ``graph_optimization_level`` in
-    ``basic``/``extended``/``all`` and ``intra_op_num_threads`` in ``1``/``os.cpu_count()`` gets
-    a session; the settings are timed back to back in :data:`MEASURE_ROUNDS` rounds whose order
-    rotates (ONNX Runtime's worker threads slow the session that runs right after them), and the
-    lowest median latency wins. The chosen values are stored in :attr:`options` (so in
+    Session options left as None are measured at build over the recorded range (the smallest,
+    typical and largest recorded calls, see :mod:`aitune_triton.backends.build_timing`): every
+    combination of ``graph_optimization_level`` in ``basic``/``extended``/``all`` and
+    ``intra_op_num_threads`` in ``1``/``os.cpu_count()`` gets a session; the settings are timed back
+    to back in rounds whose order rotates (ONNX Runtime's worker threads slow the session that runs
+    right after them), and the lowest geometric mean over the shapes of the median latencies wins. The chosen values are stored in :attr:`options` (so in
     ``to_dict()``, checkpoints and the served model) and logged. Given values are used as they are.
 
     Args:
@@ -208,8 +203,7 @@ class OnnxRuntimeBackend(Backend):
             given = self.typed_options
             chosen: dict[str, Any] = {"transformer_fusion": variants[0][0]}
             if given.graph_optimization_level is None or given.intra_op_num_threads is None or len(variants) > 1:
-                feed = _feed([t.detach().cpu().numpy() for t in context.example.flat.tensors])
-                chosen = self._measure(variants, feed, context.log)
+                chosen = self._measure(variants, build_shapes(context), context.log)
             fastest = next(variant for fused, variant in variants if fused == chosen["transformer_fusion"])
             if fastest != path:
                 os.replace(fastest, path)
@@ -307,9 +301,10 @@ class OnnxRuntimeBackend(Backend):
             self.input_axes = input_axes(exported)
             self.index_ranges = index_ranges(exported)
 
-    def _measure(self, variants: list[tuple[bool, Path]], feed: dict[str, np.ndarray], log: Callable[[str], None]) -> dict[str, Any]:
-        """Time every graph variant (plain / fused) with every session setting not given, on ``feed``;
-        return the fastest one's options (``transformer_fusion`` included)."""
+    def _measure(self, variants: list[tuple[bool, Path]], shapes: dict[str, CallStructure], log: Callable[[str], None]) -> dict[str, Any]:
+        """Time every graph variant (plain / fused) with every session setting not given, on each of
+        ``shapes`` (:mod:`aitune_triton.backends.build_timing`); return the options (``transformer_fusion``
+        included) with the lowest geometric mean over the shapes."""
         given = self.typed_options
         levels = [given.graph_optimization_level] if given.graph_optimization_level is not None else list(MEASURED_LEVELS)
         if given.intra_op_num_threads is not None:
@@ -322,37 +317,28 @@ class OnnxRuntimeBackend(Backend):
             for level in levels
             for count in threads
         ]
-        sessions = []
+        feeds = [_feed([t.detach().cpu().numpy() for t in call.flat.tensors]) for call in shapes.values()]
+        runners = []
         for setting, path in settings:
             session = load_session(str(path), given.replace(**setting).to_dict(), self._providers())
-            session_feed = {name: array for name, array in feed.items() if name in {i.name for i in session.get_inputs()}}
-            start = time.perf_counter()
-            session.run(None, session_feed)  # warm-up: first-run allocations
-            sessions.append((session, session_feed, time.perf_counter() - start))
-        slowest = max(seconds for _, _, seconds in sessions)
-        runs = max(1, min(MEASURE_MAX_RUNS, int(MEASURE_SECONDS_PER_SETTING / max(slowest, 1e-9))))
-        times: list[list[float]] = [[] for _ in settings]
-        for round_index in range(MEASURE_ROUNDS):
-            shift = round_index % len(settings)
-            for position in list(range(shift, len(settings))) + list(range(shift)):
-                session, session_feed, _ = sessions[position]
-                for _ in range(runs):
-                    start = time.perf_counter()
-                    session.run(None, session_feed)
-                    times[position].append(time.perf_counter() - start)
-        del sessions
-        medians = [statistics.median(per) for per in times]
-        chosen = settings[min(range(len(settings)), key=lambda position: medians[position])][0]
+            present = {i.name for i in session.get_inputs()}
+            runners.append(
+                [functools.partial(session.run, None, {name: array for name, array in feed.items() if name in present}) for feed in feeds]
+            )
+        timed = time_settings(runners)
+        del runners
+        chosen = settings[timed.best][0]
         if len(settings) > 1:
             table = ", ".join(
-                f"{'fused/' if s['transformer_fusion'] else ''}{s['graph_optimization_level']}/{s['intra_op_num_threads']}t {m * 1e3:.3f} ms"
-                for (s, _), m in zip(settings, medians)
+                f"{'fused/' if s['transformer_fusion'] else ''}{s['graph_optimization_level']}/{s['intra_op_num_threads']}t {m:.3f} ms"
+                for (s, _), m in zip(settings, timed.scores_ms)
             )
             fusion = f", transformer_fusion={chosen['transformer_fusion']}" if len(variants) > 1 else ""
             log(
-                f"onnxruntime: measured session options on the build example (median of {runs * MEASURE_ROUNDS} runs, "
-                f"{MEASURE_ROUNDS} rotated rounds): {table}; chose graph_optimization_level="
-                f"{chosen['graph_optimization_level']!r}, intra_op_num_threads={chosen['intra_op_num_threads']}{fusion}"
+                f"onnxruntime: measured session options over the recorded shapes {', '.join(shapes)} (geometric mean of "
+                f"the medians of {timed.runs} runs per shape, {MEASURE_ROUNDS} rotated rounds): {table}; chose "
+                f"graph_optimization_level={chosen['graph_optimization_level']!r}, "
+                f"intra_op_num_threads={chosen['intra_op_num_threads']}{fusion}"
             )
         return chosen
 

@@ -9,11 +9,10 @@ The compile properties (precision hint, threads, latency hint) are
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
-import statistics
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +22,7 @@ import torch
 from aitune_triton._cpu import native_bf16, native_bf16_reason
 from aitune_triton.backends.artifact_kinds import describe_file
 from aitune_triton.backends.base import Backend, BuildContext, LoadContext
+from aitune_triton.backends.build_timing import MEASURE_ROUNDS, build_shapes, time_settings
 from aitune_triton.backends.flat import index_ranges, input_axes
 from aitune_triton.backends.openvino_int8 import looks_like_transformer, quantize_int8
 from aitune_triton.backends.openvino_options import OPENVINO_TARGET, PRECISIONS, OpenVINOOptions
@@ -32,12 +32,6 @@ from aitune_triton.served.runtimes.openvino import load_compiled
 from aitune_triton.spec import CallStructure, GraphSpec
 
 __all__ = ["OpenVINOBackend", "OpenVINOOptions", "PRECISIONS"]
-
-#: Rounds of the thread-count measurement; the order of the counts rotates between rounds.
-MEASURE_ROUNDS = 3
-#: Timed runs per count and round are chosen so that one count takes about this long per round.
-MEASURE_SECONDS_PER_SETTING = 0.25
-MEASURE_MAX_RUNS = 20
 
 _logger = logging.getLogger(__name__)
 
@@ -60,8 +54,9 @@ class OpenVINOBackend(Backend):
             project's AVX2 CPU without VNNI it ran slower than fp32). A quantized model may need the
             strategy's tolerance loosened, or an accuracy metric.
         inference_num_threads: The CPU plugin's ``INFERENCE_NUM_THREADS`` (an int >= 1); None:
-            1 and ``os.cpu_count()`` are timed at build on the build example in
-            :data:`MEASURE_ROUNDS` rotated rounds and the lower median is stored (so in
+            1 and ``os.cpu_count()`` are timed at build over the recorded range (smallest, typical
+            and largest recorded calls, in rotated rounds, see :mod:`aitune_triton.backends.build_timing`)
+            and the one with the lower geometric mean over the shapes is stored (so in
             ``to_dict()``, checkpoints and the served model) and logged.
 
     Raises:
@@ -152,41 +147,29 @@ class OpenVINOBackend(Backend):
             raise BackendBuildError(f"openvino: the CPU plugin failed to compile the model: {type(error).__name__}: {error}") from error
         del compiled
         if self.typed_options.inference_num_threads is None:
-            threads = self._measure_threads(_feed(context.example), context.log)
+            threads = self._measure_threads(build_shapes(context), context.log)
             self.typed_options = self.typed_options.replace(inference_num_threads=threads)
 
-    def _measure_threads(self, feed: dict[str, np.ndarray], log: Callable[[str], None]) -> int:
-        """Time each candidate thread count on ``feed`` in rotated rounds; the count with the lowest median."""
+    def _measure_threads(self, shapes: dict[str, CallStructure], log: Callable[[str], None]) -> int:
+        """Time each candidate thread count on each of ``shapes`` (:mod:`aitune_triton.backends.build_timing`);
+        the count with the lowest geometric mean over the shapes."""
         counts = sorted({1, os.cpu_count() or 1})
         if len(counts) == 1:
             return counts[0]
-        requests = []
+        feeds = [_feed(call) for call in shapes.values()]
+        runners = []
         for count in counts:
             compiled = load_compiled(str(self.artifacts["model"]), self.typed_options.replace(inference_num_threads=count).to_dict())
             request = compiled.create_infer_request()
             present = _input_names(compiled)
-            count_feed = {name: array for name, array in feed.items() if name in present}
-            start = time.perf_counter()
-            request.infer(count_feed)  # warm-up: first-run allocations and shape-specific kernels
-            requests.append((compiled, request, count_feed, time.perf_counter() - start))
-        slowest = max(seconds for *_, seconds in requests)
-        runs = max(1, min(MEASURE_MAX_RUNS, int(MEASURE_SECONDS_PER_SETTING / max(slowest, 1e-9))))
-        times: list[list[float]] = [[] for _ in counts]
-        for round_index in range(MEASURE_ROUNDS):
-            shift = round_index % len(counts)
-            for position in list(range(shift, len(counts))) + list(range(shift)):
-                _, request, count_feed, _ = requests[position]
-                for _ in range(runs):
-                    start = time.perf_counter()
-                    request.infer(count_feed)
-                    times[position].append(time.perf_counter() - start)
-        del requests
-        medians = [statistics.median(per) for per in times]
-        best = counts[min(range(len(counts)), key=lambda position: medians[position])]
-        table = ", ".join(f"{count} threads {median * 1e3:.3f} ms" for count, median in zip(counts, medians))
+            runners.append([functools.partial(request.infer, {k: v for k, v in feed.items() if k in present}) for feed in feeds])
+        timed = time_settings(runners)
+        del runners
+        best = counts[timed.best]
+        table = ", ".join(f"{count} threads {ms:.3f} ms" for count, ms in zip(counts, timed.scores_ms))
         log(
-            f"openvino: measured INFERENCE_NUM_THREADS on the build example (median of {runs * MEASURE_ROUNDS} runs, "
-            f"{MEASURE_ROUNDS} rotated rounds): {table}; chose {best}"
+            f"openvino: measured INFERENCE_NUM_THREADS over the recorded shapes {', '.join(shapes)} (geometric mean of "
+            f"the medians of {timed.runs} runs per shape, {MEASURE_ROUNDS} rotated rounds): {table}; chose {best}"
         )
         return best
 

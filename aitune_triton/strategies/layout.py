@@ -31,8 +31,9 @@ once) and the count with the lowest geometric mean over them is kept
 slow at the small calls (as 2 threads were at 1 x 16 tokens on MiniLM, issue 18) loses to one a
 little slower at the large ones. The tuned module runs the backend under that count and restores
 the caller's afterwards (one count per graph spec: the call is not timed per shape when it runs).
-Backends whose options carry ``intra_op_num_threads`` (ONNX Runtime) keep their session's own
-count, which is per session already.
+Backends whose options carry their own thread count, ``intra_op_num_threads`` (ONNX Runtime) or
+``inference_num_threads`` (OpenVINO), keep it: their thread pools are their own, so torch's count
+does not reach them.
 """
 
 from __future__ import annotations
@@ -278,9 +279,12 @@ def measure_in_process(backend: Backend, shapes: Mapping[str, CallStructure], co
     if backend.triton_runtime is None:
         report.in_process_reason = f"not measured: the {backend.name} backend runs the caller's module as it is"
         return
-    if "intra_op_num_threads" in backend.options:
-        report.in_process_reason = f"the session's own intra_op_num_threads={backend.options['intra_op_num_threads']}"
-        return
+    # ONNX Runtime and OpenVINO run their own thread pools (torch's thread count does not reach them),
+    # sized by the option measured at build or given.
+    for option in ("intra_op_num_threads", "inference_num_threads"):
+        if option in backend.options:
+            report.in_process_reason = f"the backend's own {option}={backend.options[option]}"
+            return
     if backend.device.type != "cpu" or cores < 2:
         report.in_process_reason = f"not measured: one choice ({cores} core(s), device {backend.device})"
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import onnx
@@ -60,8 +61,8 @@ def _token_call(batch: int, length: int, seed: int) -> tuple[torch.Tensor, torch
 
 
 def _build(backend: OnnxRuntimeBackend, net: torch.nn.Module, calls: list[tuple], workdir: Path) -> tuple[BuildContext, list]:
-    """Record ``calls`` (argument tuples, one input structure), build ``backend`` on the largest; return
-    the context and the log lines."""
+    """Record ``calls`` (argument tuples, one input structure), build ``backend`` on the largest with
+    every call as a sample; return the context and the log lines."""
     signature = ForwardSignature.from_callable(net.forward)
     recorder = Recorder(signature)
     with torch.no_grad():
@@ -72,8 +73,9 @@ def _build(backend: OnnxRuntimeBackend, net: torch.nn.Module, calls: list[tuple]
     lines: list[str] = []
     workdir.mkdir(parents=True, exist_ok=True)
     context = BuildContext(
-        net, signature, graph, flatten_call(signature, largest.args, largest.kwargs), workdir, torch.device("cpu"), log=lines.append
-    )
+        net, signature, graph, flatten_call(signature, largest.args, largest.kwargs), workdir, torch.device("cpu"), log=lines.append,
+        samples=[flatten_call(signature, args, {}) for args in calls],
+    )  # fmt: skip
     backend.build(context)
     return context, lines
 
@@ -188,6 +190,7 @@ def test_measured_session_options_are_stored_logged_and_round_trip_through_to_di
     assert options["graph_optimization_level"] in ("basic", "extended", "all")
     assert options["intra_op_num_threads"] in {1, os.cpu_count()}
     (line,) = [line for line in lines if "measured session options" in line]
+    assert "over the recorded shapes smallest, typical, largest (geometric mean" in line  # not the largest call alone
     assert f"graph_optimization_level={options['graph_optimization_level']!r}" in line
     assert f"intra_op_num_threads={options['intra_op_num_threads']}" in line
     data = json.loads(json.dumps(backend.to_dict()))
@@ -235,6 +238,30 @@ def test_a_given_optimization_level_is_kept_while_the_threads_are_measured(tmp_p
     if (os.cpu_count() or 1) > 1:  # one thread count to try on a one-core machine: nothing to measure
         (line,) = measured
         assert "disable/1t" in line and "basic/" not in line and "all/" not in line
+
+
+def test_build_settings_are_timed_on_each_distinct_recorded_shape_and_scored_by_the_geometric_mean(monkeypatch):
+    from aitune_triton.backends import build_timing
+
+    net = TokenNet().eval()
+    signature = ForwardSignature.from_callable(net.forward)
+    calls = [flatten_call(signature, _token_call(b, n, seed), {}) for seed, (b, n) in enumerate(((1, 4), (1, 4), (2, 9), (3, 7)))]
+    context = BuildContext(net, signature, None, calls[3], None, torch.device("cpu"), samples=calls)  # type: ignore[arg-type]
+    shapes = build_timing.build_shapes(context)
+    assert {label: tuple(call.flat.tensors[0].shape) for label, call in shapes.items()} == {
+        "smallest": (1, 4), "typical": (2, 9), "largest": (3, 7),
+    }
+    one = BuildContext(net, signature, None, calls[0], None, torch.device("cpu"), samples=calls[:2])  # type: ignore[arg-type]
+    assert list(build_timing.build_shapes(one)) == ["typical"]  # one recorded shape, timed once
+
+    # Setting 0 is 4x faster at the small shape and a little slower at the large one: it wins on the
+    # geometric mean (2.8 ms against 4.9 ms), though the largest call alone would pick setting 1.
+    monkeypatch.setattr(build_timing, "MEASURE_SECONDS_PER_SETTING", 0.02)
+    timed = build_timing.time_settings(
+        [[lambda: time.sleep(0.001), lambda: time.sleep(0.008)], [lambda: time.sleep(0.004), lambda: time.sleep(0.006)]]
+    )
+    assert timed.best == 0 and timed.scores_ms[0] < timed.scores_ms[1]
+    assert timed.runs >= build_timing.MEASURE_ROUNDS  # at least one timed run per shape and round
 
 
 def test_session_options_in_process_and_in_the_served_runtime_are_the_same_function():

@@ -278,3 +278,37 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_the_layout_workers(tm
     if len(layouts_for(available_cores())) > 1:
         assert layout.instances is not None, layout.reason
         assert all(r.throughput and r.latency_ms for r in layout.layouts)
+
+
+class _OwnThreadsBackend(_ShapeThreadsBackend):
+    """A backend whose options carry its own thread count, as ONNX Runtime's and OpenVINO's do."""
+
+    def __init__(self, option: str):
+        super().__init__()
+        self.option = option
+
+    @property
+    def options(self):
+        return {self.option: 3}
+
+
+@pytest.mark.parametrize("option", ["intra_op_num_threads", "inference_num_threads"])
+def test_a_backend_with_its_own_thread_count_is_not_timed_with_torch_threads(option):
+    net = torch.nn.Linear(4, 3).eval()
+    signature = ForwardSignature.from_callable(net.forward)
+    recorder = Recorder(signature)
+    with torch.no_grad():
+        recorder.record(net, (torch.randn(4, 4),), {})
+    (graph,) = recorder.graph_specs()
+    from aitune_triton.backends import BuildContext
+
+    call = flatten_call(signature, (torch.randn(4, 4),), {})
+    backend = _OwnThreadsBackend(option)
+    backend.build(BuildContext(net, signature, graph, call, None, torch.device("cpu")))  # type: ignore[arg-type]
+    report = LayoutReport()
+
+    measure_in_process(backend, {"typical": call}, 2, report)
+
+    assert report.in_process_threads is None and not report.in_process_latencies_ms
+    assert report.in_process_reason == f"the backend's own {option}=3"
+

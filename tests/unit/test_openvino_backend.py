@@ -148,6 +148,7 @@ def test_measured_threads_are_stored_logged_and_round_trip_through_to_dict_and_f
     if os.cpu_count() and os.cpu_count() > 1:
         (line,) = [line for line in lines if "measured INFERENCE_NUM_THREADS" in line]
         assert f"chose {backend.options['inference_num_threads']}" in line
+        assert "over the recorded shapes smallest, typical, largest (geometric mean" in line  # not the largest call alone
     data = json.loads(json.dumps(backend.to_dict()))
     assert set(data["artifacts"]) == {"model", "weights"}
     restored = Backend.from_dict(
