@@ -18,8 +18,8 @@ clearly slower than one already measured. :class:`Pruning` cuts it in two places
 * **Before the build** (siblings): a candidate of the same family as one already screened (same
   backend with other options, or :attr:`Backend.compiler_family
   <aitune_triton.backends.Backend.compiler_family>`: ``aoti`` and ``inductor`` run the code one
-  compiler generates) is not built when that sibling ran at :data:`FAMILY_FACTOR` times the best
-  time or more at every shape. The variants among the default candidates differ by far less here
+  compiler generates; at one precision and quantization: :func:`family`) is not built when that
+  sibling ran at :data:`FAMILY_FACTOR` times the best time or more at every shape. The variants among the default candidates differ by far less here
   (``aoti`` with and without freezing about 10% on a CPU MLP, ONNX Runtime's two exporters
   0.54-0.60x against 0.63-0.72x eager on MiniLM-L6: see each backend's ``default_candidates``).
 
@@ -58,9 +58,15 @@ QUICK_PROFILER = Profiler(warmup_runs=1, min_runs=3, max_runs=7, max_time_s=0.3)
 
 
 def family(backend: Backend) -> str:
-    """The family whose members run code of one origin: the backend's ``compiler_family`` when
-    it declares one, else its name (its configurations are siblings)."""
-    return backend.compiler_family or backend.name
+    """The family whose members run code of one origin at one precision: the backend's
+    ``compiler_family`` when it declares one, else its name (its configurations are siblings),
+    with its precision and quantization when not fp32 (``onnxruntime[int8, static]``). An int8 or
+    bf16 variant is not the fp32 member's sibling: it can win where the fp32 member is far slower."""
+    origin = backend.compiler_family or backend.name
+    if backend.precision == "fp32":
+        return origin
+    quantization = backend.options.get("quantization")
+    return f"{origin}[{backend.precision}{f', {quantization}' if quantization else ''}]"
 
 
 @dataclass

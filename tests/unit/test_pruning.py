@@ -48,8 +48,8 @@ class SleepBackend(Backend):
     ahead_of_time = False
     builds = 0
 
-    def __init__(self, sleep_ms: float = 0.0, variant: int = 0) -> None:
-        super().__init__(sleep_ms=sleep_ms, variant=variant)
+    def __init__(self, sleep_ms: float = 0.0, variant: int = 0, precision: str = "fp32") -> None:
+        super().__init__(sleep_ms=sleep_ms, variant=variant, precision=precision)
         self._module: Any = None
 
     def _build(self, context: BuildContext) -> None:
@@ -133,6 +133,21 @@ def test_a_sibling_of_a_far_slower_family_member_is_not_built(tmp_path):
     skipped = by_name[(family.name, 1)]
     assert skipped.status == "pruned" and skipped.reason.startswith("not built:") and "same family: test-compiler" in skipped.reason
     assert family.builds == 1
+
+
+def test_a_lower_precision_variant_of_a_far_slower_family_member_is_still_built(tmp_path):
+    # The fp32 member is 8x the best time; an int8 (or bf16) variant is no sibling of it: it may be the winner.
+    fast = sleep_class()(sleep_ms=4)
+    family = sleep_class("test-compiler")
+    fp32, int8 = family(sleep_ms=2 * 8 * FAMILY_FACTOR), family(sleep_ms=1, precision="int8")
+
+    backend, report = MinLatencyStrategy([fast, fp32, int8], profiler=FAST_PROFILER, find_max_batch_size=False).tune(
+        _context(tmp_path, Sleepy(sleep_ms=20))
+    )
+
+    assert family.builds == 2
+    assert _by_name(report)[family.name].status == "pruned"
+    assert backend.name == family.name and report.chosen == f"{family.name}[int8]"
 
 
 def test_prune_false_evaluates_every_candidate_in_full(tmp_path):
