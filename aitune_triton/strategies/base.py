@@ -344,6 +344,8 @@ class TuneStrategy(abc.ABC):
             if report.status is CandidateStatus.PASSED:
                 built.append((backend, report, workdir))
                 self._judge(report, eager, None)
+                if pruning and report.status is CandidateStatus.PASSED:  # only what the gate passed can rule others out
+                    pruning.add_reference(backend, report)
                 if report.status is CandidateStatus.TOO_SLOW:
                     later = " (judged again after eager's second pass and the re-timing)" if self.noise_check else ""
                     evaluation.context.log(f"{evaluation.context.graph.name}: {report.backend}: too slow: {report.reason}{later}")

@@ -11,9 +11,11 @@ clearly slower than one already measured. :class:`Pruning` cuts it in two places
   a second, back-to-back timing against the fastest reference at the typical shape (rotated
   order) confirms it, is it pruned: status ``pruned``, with the ratios in the reason; its check
   against eager, its profile and its batch sizes are skipped. The references are eager and the
-  candidates that matched eager: a candidate slower by the factor than one of them at every shape
-  can be kept by no latency rule (at a shape where eager is the fastest it fails the speed gate,
-  elsewhere an eligible candidate beats it), so the factor only guards against noise. One noisy
+  candidates that matched eager and passed the speed gate (at every shape): a candidate slower by
+  the factor than one of them at every shape can be kept by no latency rule (at a shape where
+  eager is the fastest it fails the speed gate, elsewhere an eligible candidate beats it), so the
+  factor only guards against noise. A candidate the gate refused is no reference: two refused
+  ones, each fast where the other is slow, could otherwise prune the only one that passes. One noisy
   timing cannot prune: the typical shape is timed twice, and every shape must agree.
 * **Before the build** (siblings): a candidate of the same family as one already screened (same
   backend with other options, or :attr:`Backend.compiler_family
@@ -71,7 +73,7 @@ def family(backend: Backend) -> str:
 
 @dataclass
 class _Reference:
-    """A candidate that matched eager (or eager itself): its per-shape latencies and how to run it."""
+    """A candidate that matched eager and passed the speed gate (or eager itself): its latencies per shape, how to run it."""
 
     label: str
     latencies_ms: dict[str, float]
@@ -132,10 +134,14 @@ class Pruning:
             )
             self._log(f"{label}: pruned: {reason}")
             return CandidateReport(label, CandidateStatus.PRUNED, reason, precision=precision, options=dict(backend.options))
-        report = self.evaluation.evaluate(backend, workdir, screen=self.screen)
-        if report.status is CandidateStatus.PASSED:
+        return self.evaluation.evaluate(backend, workdir, screen=self.screen)
+
+    def add_reference(self, backend: Backend, report: CandidateReport) -> None:
+        """Count ``backend`` among the references: call it once its candidate matched eager *and*
+        passed the speed gate (one the gate refuses, at some shape, cannot show that another candidate
+        cannot be kept). The eager candidate is eager itself, a reference already."""
+        if backend.name != EagerBackend.name:
             self.references.append(_Reference(report.backend, report.latencies_ms, backend.infer))
-        return report
 
     def screen(self, backend: Backend, report: CandidateReport) -> str | None:
         """Time the built ``backend`` quickly; the reason it is pruned, or None to go on (see the module docstring)."""

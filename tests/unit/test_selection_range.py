@@ -14,8 +14,9 @@ import time
 import pytest
 import torch
 from rich.console import Console
-from test_selection import FAST_PROFILER, SleepyNet, _by_name, _context, sleepy
+from test_selection import FAST_PROFILER, SleepBackend, SleepyNet, _by_name, _context, sleepy
 
+from aitune_triton.backends import Backend, get_backend_class, register_backend
 from aitune_triton.errors import InvalidArgumentError
 from aitune_triton.module.recording import Recorder
 from aitune_triton.spec import ForwardSignature, StoredCall, flatten_call
@@ -108,6 +109,43 @@ def test_one_backend_stays_ungated_over_the_range(tmp_path):
     backend, report = OneBackendStrategy(steep, profiler=FAST_PROFILER).tune(_context(tmp_path, net))
 
     assert backend.name == steep.name and report.candidates[0].status == "chosen"
+
+
+class TableBackend(SleepBackend):
+    """The module's ``core`` after sleeping ``smallest_ms`` / ``typical_ms`` / ``largest_ms`` at 1 / 2 / 4 rows."""
+
+    def __init__(self, smallest_ms: float = 0.0, typical_ms: float = 0.0, largest_ms: float = 0.0) -> None:
+        Backend.__init__(self, smallest_ms=smallest_ms, typical_ms=typical_ms, largest_ms=largest_ms)
+        self._module = None
+
+    def _infer(self, call):
+        (x,) = call.flat.tensors
+        ms = {1: self.options["smallest_ms"], 2: self.options["typical_ms"]}.get(x.shape[0], self.options["largest_ms"])
+        time.sleep(ms / 1000.0)
+        output = self._module.core(x)
+        return [output["out"], output["parts"][0]]
+
+
+def table(smallest_ms: float, typical_ms: float, largest_ms: float) -> TableBackend:
+    name = f"table_{len(_tables)}_{id(_tables)}"
+    _tables.append(name)
+    register_backend(type(f"Table{name}", (TableBackend,), {"name": name}))
+    return get_backend_class(name)(smallest_ms, typical_ms, largest_ms)  # type: ignore[return-value,call-arg]
+
+
+_tables: list[str] = []
+
+
+def test_candidates_the_speed_gate_refuses_never_prune_one_it_would_pass(tmp_path):
+    # Eager 20 ms at every shape. A is fast but at the largest shape (refused there), B but at the smallest;
+    # X, half eager's time everywhere, is twice the faster of A and B at every shape, and the only one the gate passes.
+    net = SleepyNet(fixed_ms=20, per_row_ms=0)
+    a, b, x = table(5, 5, 30), table(30, 5, 5), table(10, 10, 10)
+    backend, report = MinLatencyStrategy([a, b, x], profiler=FAST_PROFILER, find_max_batch_size=False).tune(_context(tmp_path, net))
+
+    by_name = _by_name(report)
+    assert by_name[a.name].status == "too slow" and by_name[b.name].status == "too slow"
+    assert backend.name == x.name and by_name[x.name].status == "chosen"
 
 
 # ------------------------------------------------------------------------------------- noise
