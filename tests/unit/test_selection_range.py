@@ -148,6 +148,21 @@ def test_candidates_the_speed_gate_refuses_never_prune_one_it_would_pass(tmp_pat
     assert backend.name == x.name and by_name[x.name].status == "chosen"
 
 
+def test_the_eager_candidate_is_compared_on_its_weighted_latency_like_the_others(tmp_path):
+    # Eager 10 / 20 / 40 ms at 1 / 2 / 4 rows: 20 ms at the typical shape, 23.3 ms weighted. The other
+    # candidate, 21.5 ms flat, is faster on the weighted measure and must not lose to eager's typical time.
+    net = SleepyNet(fixed_ms=0, per_row_ms=10)
+    flat = sleepy(fixed_ms=21.5)
+    strategy = MinLatencyStrategy(["eager", flat], profiler=FAST_PROFILER, find_max_batch_size=False, gate_every_shape=False,
+                                  noise_check=None)  # fmt: skip
+    backend, report = strategy.tune(_context(tmp_path, net))
+
+    eager_candidate = report.candidates[0]
+    assert eager_candidate.backend == "eager" and eager_candidate.weighted_latency_ms is not None
+    assert eager_candidate.shapes == report.eager.shapes and eager_candidate.shapes
+    assert backend.name == flat.name
+
+
 # ------------------------------------------------------------------------------------- noise
 class DriftingNet(SleepyNet):
     """Eager whose every call sleeps 4% longer than the one before: unstable against itself."""
