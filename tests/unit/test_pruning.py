@@ -21,7 +21,9 @@ from aitune_triton.module.recording import Recorder
 from aitune_triton.module.tuning import decide_batch_axis
 from aitune_triton.spec import CallStructure, ForwardSignature, StoredCall, flatten_call
 from aitune_triton.strategies import MinLatencyStrategy, Profiler, TuneContext, report_table
-from aitune_triton.strategies.pruning import FAMILY_FACTOR, PRUNE_FACTOR
+from aitune_triton.strategies.evaluation import Evaluation, Measurements
+from aitune_triton.strategies.pruning import FAMILY_FACTOR, PRUNE_FACTOR, Pruning
+from aitune_triton.strategies.report import CandidateReport, CandidateStatus
 
 _ids = itertools.count()
 FAST_PROFILER = Profiler(warmup_runs=1, min_runs=3, max_runs=5, max_time_s=0.3)
@@ -148,6 +150,21 @@ def test_a_lower_precision_variant_of_a_far_slower_family_member_is_still_built(
     assert family.builds == 2
     assert _by_name(report)[family.name].status == "pruned"
     assert backend.name == family.name and report.chosen == f"{family.name}[int8]"
+
+
+def test_the_screen_leaves_no_quick_timing_behind_when_it_goes_on(tmp_path):
+    # No reference timed the smallest shape: the screen goes on, and its 3-run typical timing must not stand as the profile.
+    context = _context(tmp_path, Sleepy(sleep_ms=1))
+    strategy = MinLatencyStrategy(["eager"], profiler=FAST_PROFILER, find_max_batch_size=False)
+    evaluation = Evaluation(strategy._settings(), context, Measurements(context, dict(context.graph.dims), None, False, None), "")
+    eager = CandidateReport("eager", CandidateStatus.REFERENCE, latencies_ms={"typical": 1.0})
+    slow = sleep_class()(sleep_ms=5)
+    (tmp_path / "slow").mkdir()
+    slow.build(context.build_context(tmp_path / "slow"))
+    report = CandidateReport(slow.name, CandidateStatus.FAILED)
+
+    assert Pruning(evaluation, eager).screen(slow, report) is None
+    assert report.latencies_ms == {}
 
 
 def test_prune_false_evaluates_every_candidate_in_full(tmp_path):
