@@ -391,7 +391,7 @@ class TuneStrategy(abc.ABC):
             backend = next(b for b, r, _ in built if r is chosen)
             speed, eager_speed = self.speed(chosen), self.speed(eager)
             kept = described(backend)
-            if backend.name == EagerBackend.name and any(r.status in _NOT_KEPT for r in reports):
+            if backend.name == EagerBackend.name and len(eligible) == 1 and any(r.status in _NOT_KEPT for r in reports):
                 decision = f"kept eager: no other candidate matched eager and passed the speed gate ({self.rule()})"
             else:
                 ratio = ""

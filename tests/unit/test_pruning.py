@@ -167,6 +167,20 @@ def test_the_screen_leaves_no_quick_timing_behind_when_it_goes_on(tmp_path):
     assert report.latencies_ms == {}
 
 
+def test_keeping_eager_while_another_candidate_passed_does_not_say_none_passed(tmp_path):
+    class KeepsEager(MinLatencyStrategy):
+        def select(self, passed, eager):
+            return next(report for report in passed if report.backend == "eager")
+
+    fast, slow = sleep_class()(sleep_ms=1), sleep_class()(sleep_ms=30)
+    backend, report = KeepsEager(["eager", fast, slow], profiler=FAST_PROFILER, find_max_batch_size=False).tune(
+        _context(tmp_path, Sleepy(sleep_ms=20))
+    )
+
+    assert backend.name == "eager" and _by_name(report)[slow.name].status == "pruned"
+    assert report.decision.startswith("kept eager") and "no other candidate" not in report.decision
+
+
 def test_prune_false_evaluates_every_candidate_in_full(tmp_path):
     fast, slow = sleep_class()(sleep_ms=1), sleep_class()(sleep_ms=30)
     strategy = MinLatencyStrategy([fast, slow], profiler=FAST_PROFILER, find_max_batch_size=False, prune=False)
