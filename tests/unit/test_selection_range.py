@@ -22,6 +22,7 @@ from aitune_triton.module.recording import Recorder
 from aitune_triton.spec import ForwardSignature, StoredCall, flatten_call
 from aitune_triton.strategies import GraphTuneReport, MinLatencyStrategy, NoiseCheck, OneBackendStrategy, TuneContext, report_table
 from aitune_triton.strategies.evaluation import Measurements
+from aitune_triton.strategies.report import graph_summary
 
 
 def _recorded(tmp_path, batches) -> tuple[TuneContext, Recorder]:
@@ -189,6 +190,8 @@ def test_unstable_measurements_are_re_measured_then_reported_in_the_report_and_t
     assert "measurements unstable" in report.noise and "re-measured 1x" in report.noise
     kept, _, rest = report.decision.partition("; ")
     assert kept.startswith(f"kept {fast.name}") and rest.startswith("measurements unstable (eager vs itself ")
+    summary = graph_summary(report, fast.name)  # module.summary()'s line keeps the rule and the verdict
+    assert "lowest latency" in summary and "measurements unstable" in summary
     again = GraphTuneReport.from_dict(json.loads(json.dumps(report.to_dict())))
     assert again == report
 
