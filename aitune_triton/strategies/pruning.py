@@ -122,7 +122,18 @@ class Pruning:
     def evaluate(self, backend: Backend, workdir: Path) -> CandidateReport:
         """Evaluate ``backend`` as :meth:`Evaluation.evaluate` does, unless a sibling shows it
         cannot win (not built) or the screen after its build does (not checked nor profiled);
-        the eager candidate takes eager's measurements."""
+        the eager candidate takes eager's measurements. A candidate that passes is not a reference
+        until the caller has judged it by the speed gate (:meth:`add_reference`).
+
+        Returns:
+            The candidate's report: status ``pruned`` (with the ratios or the sibling in its
+            reason), else as :meth:`Evaluation.evaluate` returns it (``passed``, ``failed`` or
+            ``unavailable``).
+
+        Raises:
+            InvalidArgumentError: the strategy's own configuration is wrong (an accuracy metric's
+                result), passed on from :meth:`Evaluation.evaluate`.
+        """
         label, precision = candidate_label(backend), candidate_precision(backend)
         if backend.name == EagerBackend.name:
             return self._eager_candidate(backend, workdir)
@@ -144,7 +155,12 @@ class Pruning:
             self.references.append(_Reference(report.backend, report.latencies_ms, backend.infer))
 
     def screen(self, backend: Backend, report: CandidateReport) -> str | None:
-        """Time the built ``backend`` quickly; the reason it is pruned, or None to go on (see the module docstring)."""
+        """Time the built ``backend`` quickly (see the module docstring).
+
+        Returns:
+            The reason it is pruned (``report.latencies_ms`` then holds the quick timings), or None
+            to go on (``report.latencies_ms`` then empty: the full profile times every shape).
+        """
         measure = self.evaluation.measure
         ratios: dict[str, float] = {}
         quick: dict[int, float] = {}
