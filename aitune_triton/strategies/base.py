@@ -344,6 +344,8 @@ class TuneStrategy(abc.ABC):
             if report.status is CandidateStatus.PASSED:
                 built.append((backend, report, workdir))
                 self._judge(report, eager, None)
+                if pruning and report.status is CandidateStatus.PASSED:  # only what the gate passed can rule others out
+                    pruning.add_reference(backend, report)
                 if report.status is CandidateStatus.TOO_SLOW:
                     later = " (judged again after eager's second pass and the re-timing)" if self.noise_check else ""
                     evaluation.context.log(f"{evaluation.context.graph.name}: {report.backend}: too slow: {report.reason}{later}")
@@ -389,7 +391,7 @@ class TuneStrategy(abc.ABC):
             backend = next(b for b, r, _ in built if r is chosen)
             speed, eager_speed = self.speed(chosen), self.speed(eager)
             kept = described(backend)
-            if backend.name == EagerBackend.name and any(r.status in _NOT_KEPT for r in reports):
+            if backend.name == EagerBackend.name and len(eligible) == 1 and any(r.status in _NOT_KEPT for r in reports):
                 decision = f"kept eager: no other candidate matched eager and passed the speed gate ({self.rule()})"
             else:
                 ratio = ""

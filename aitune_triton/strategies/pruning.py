@@ -11,15 +11,17 @@ clearly slower than one already measured. :class:`Pruning` cuts it in two places
   a second, back-to-back timing against the fastest reference at the typical shape (rotated
   order) confirms it, is it pruned: status ``pruned``, with the ratios in the reason; its check
   against eager, its profile and its batch sizes are skipped. The references are eager and the
-  candidates that matched eager: a candidate slower by the factor than one of them at every shape
-  can be kept by no latency rule (at a shape where eager is the fastest it fails the speed gate,
-  elsewhere an eligible candidate beats it), so the factor only guards against noise. One noisy
+  candidates that matched eager and passed the speed gate (at every shape): a candidate slower by
+  the factor than one of them at every shape can be kept by no latency rule (at a shape where
+  eager is the fastest it fails the speed gate, elsewhere an eligible candidate beats it), so the
+  factor only guards against noise. A candidate the gate refused is no reference: two refused
+  ones, each fast where the other is slow, could otherwise prune the only one that passes. One noisy
   timing cannot prune: the typical shape is timed twice, and every shape must agree.
 * **Before the build** (siblings): a candidate of the same family as one already screened (same
   backend with other options, or :attr:`Backend.compiler_family
   <aitune_triton.backends.Backend.compiler_family>`: ``aoti`` and ``inductor`` run the code one
-  compiler generates) is not built when that sibling ran at :data:`FAMILY_FACTOR` times the best
-  time or more at every shape. The variants among the default candidates differ by far less here
+  compiler generates; at one precision and quantization: :func:`family`) is not built when that
+  sibling ran at :data:`FAMILY_FACTOR` times the best time or more at every shape. The variants among the default candidates differ by far less here
   (``aoti`` with and without freezing about 10% on a CPU MLP, ONNX Runtime's two exporters
   0.54-0.60x against 0.63-0.72x eager on MiniLM-L6: see each backend's ``default_candidates``).
 
@@ -58,14 +60,20 @@ QUICK_PROFILER = Profiler(warmup_runs=1, min_runs=3, max_runs=7, max_time_s=0.3)
 
 
 def family(backend: Backend) -> str:
-    """The family whose members run code of one origin: the backend's ``compiler_family`` when
-    it declares one, else its name (its configurations are siblings)."""
-    return backend.compiler_family or backend.name
+    """The family whose members run code of one origin at one precision: the backend's
+    ``compiler_family`` when it declares one, else its name (its configurations are siblings),
+    with its precision and quantization when not fp32 (``onnxruntime[int8, static]``). An int8 or
+    bf16 variant is not the fp32 member's sibling: it can win where the fp32 member is far slower."""
+    origin = backend.compiler_family or backend.name
+    if backend.precision == "fp32":
+        return origin
+    quantization = backend.options.get("quantization")
+    return f"{origin}[{backend.precision}{f', {quantization}' if quantization else ''}]"
 
 
 @dataclass
 class _Reference:
-    """A candidate that matched eager (or eager itself): its per-shape latencies and how to run it."""
+    """A candidate that matched eager and passed the speed gate (or eager itself): its latencies per shape, how to run it."""
 
     label: str
     latencies_ms: dict[str, float]
@@ -114,7 +122,18 @@ class Pruning:
     def evaluate(self, backend: Backend, workdir: Path) -> CandidateReport:
         """Evaluate ``backend`` as :meth:`Evaluation.evaluate` does, unless a sibling shows it
         cannot win (not built) or the screen after its build does (not checked nor profiled);
-        the eager candidate takes eager's measurements."""
+        the eager candidate takes eager's measurements. A candidate that passes is not a reference
+        until the caller has judged it by the speed gate (:meth:`add_reference`).
+
+        Returns:
+            The candidate's report: status ``pruned`` (with the ratios or the sibling in its
+            reason), else as :meth:`Evaluation.evaluate` returns it (``passed``, ``failed`` or
+            ``unavailable``).
+
+        Raises:
+            InvalidArgumentError: the strategy's own configuration is wrong (an accuracy metric's
+                result), passed on from :meth:`Evaluation.evaluate`.
+        """
         label, precision = candidate_label(backend), candidate_precision(backend)
         if backend.name == EagerBackend.name:
             return self._eager_candidate(backend, workdir)
@@ -126,20 +145,30 @@ class Pruning:
             )
             self._log(f"{label}: pruned: {reason}")
             return CandidateReport(label, CandidateStatus.PRUNED, reason, precision=precision, options=dict(backend.options))
-        report = self.evaluation.evaluate(backend, workdir, screen=self.screen)
-        if report.status is CandidateStatus.PASSED:
+        return self.evaluation.evaluate(backend, workdir, screen=self.screen)
+
+    def add_reference(self, backend: Backend, report: CandidateReport) -> None:
+        """Count ``backend`` among the references: call it once its candidate matched eager *and*
+        passed the speed gate (one the gate refuses, at some shape, cannot show that another candidate
+        cannot be kept). The eager candidate is eager itself, a reference already."""
+        if backend.name != EagerBackend.name:
             self.references.append(_Reference(report.backend, report.latencies_ms, backend.infer))
-        return report
 
     def screen(self, backend: Backend, report: CandidateReport) -> str | None:
-        """Time the built ``backend`` quickly; the reason it is pruned, or None to go on (see the module docstring)."""
+        """Time the built ``backend`` quickly (see the module docstring).
+
+        Returns:
+            The reason it is pruned (``report.latencies_ms`` then holds the quick timings), or None
+            to go on (``report.latencies_ms`` then empty: the full profile times every shape).
+        """
         measure = self.evaluation.measure
         ratios: dict[str, float] = {}
         quick: dict[int, float] = {}
         with torch.no_grad():
             for shape in ("typical", *(s for s in SHAPES if s != "typical")):
                 best = self.best(shape)
-                if best is None:
+                if best is None:  # no reference timed this shape: go on, the quick timings are no profile
+                    report.latencies_ms.clear()
                     return None
                 call = measure.shapes[shape]
                 if id(call) not in quick:
@@ -200,6 +229,7 @@ class Pruning:
         report.max_abs_diff = 0.0
         report.latencies_ms = dict(self.eager.latencies_ms)
         report.batch_latencies_ms = dict(self.eager.batch_latencies_ms)
-        report.latency_ms = report.latencies_ms.get("typical")
+        report.shapes = dict(self.eager.shapes)
+        self.evaluation.measure.weigh(report)  # its weighted latency, the measure the others are compared on
         self._log(f"{report.backend}: the reference itself: eager's measurements, no second run")
         return report

@@ -325,7 +325,7 @@ def candidate_line(candidate: CandidateReport, eager: CandidateReport | None) ->
 def graph_summary(report: GraphTuneReport, backend: str) -> str:
     """One line for ``module.summary()``: the graph spec, the backend kept (``backend``, with its
     options), its precision, its latency at the typical shape as a ratio to eager's, and why (the
-    decision's first clause).
+    decision's first clause, and that the measurements were unstable when the noise check said so).
 
     Args:
         report: The graph spec's tuning report.
@@ -336,9 +336,12 @@ def graph_summary(report: GraphTuneReport, backend: str) -> str:
     mine = chosen.latencies_ms.get("typical", chosen.latency_ms) if chosen else None
     ratio = f"{mine / eager_ms:.2f}x eager ({mine:.3g} ms vs {eager_ms:.3g} ms at the typical shape)" if mine and eager_ms else "not measured"
     precision = chosen.precision if chosen else "fp32"
-    why = report.decision.split(";")[0]
+    decision = report.decision.replace(f"; {report.noise}: ", ": ", 1) if report.noisy and report.noise else report.decision
+    unstable = "; measurements unstable: the ratio may not hold" if report.noisy else ""  # "kept X; <verdict>: <rule>"
+    why = decision.split(";")[0]
     if why.startswith("kept ") and ": " in why:  # "kept <backend>: <rule> (<ratio>)": the backend and ratio are shown already
         why = why.split(": ", 1)[1].split(" (")[0]
+    why += unstable
     counts: dict[str, int] = {}
     for candidate in report.candidates:
         if candidate.status not in (CandidateStatus.CHOSEN, CandidateStatus.PASSED):

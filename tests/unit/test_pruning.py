@@ -21,7 +21,9 @@ from aitune_triton.module.recording import Recorder
 from aitune_triton.module.tuning import decide_batch_axis
 from aitune_triton.spec import CallStructure, ForwardSignature, StoredCall, flatten_call
 from aitune_triton.strategies import MinLatencyStrategy, Profiler, TuneContext, report_table
-from aitune_triton.strategies.pruning import FAMILY_FACTOR, PRUNE_FACTOR
+from aitune_triton.strategies.evaluation import Evaluation, Measurements
+from aitune_triton.strategies.pruning import FAMILY_FACTOR, PRUNE_FACTOR, Pruning
+from aitune_triton.strategies.report import CandidateReport, CandidateStatus
 
 _ids = itertools.count()
 FAST_PROFILER = Profiler(warmup_runs=1, min_runs=3, max_runs=5, max_time_s=0.3)
@@ -48,8 +50,8 @@ class SleepBackend(Backend):
     ahead_of_time = False
     builds = 0
 
-    def __init__(self, sleep_ms: float = 0.0, variant: int = 0) -> None:
-        super().__init__(sleep_ms=sleep_ms, variant=variant)
+    def __init__(self, sleep_ms: float = 0.0, variant: int = 0, precision: str = "fp32") -> None:
+        super().__init__(sleep_ms=sleep_ms, variant=variant, precision=precision)
         self._module: Any = None
 
     def _build(self, context: BuildContext) -> None:
@@ -133,6 +135,50 @@ def test_a_sibling_of_a_far_slower_family_member_is_not_built(tmp_path):
     skipped = by_name[(family.name, 1)]
     assert skipped.status == "pruned" and skipped.reason.startswith("not built:") and "same family: test-compiler" in skipped.reason
     assert family.builds == 1
+
+
+def test_a_lower_precision_variant_of_a_far_slower_family_member_is_still_built(tmp_path):
+    # The fp32 member is 8x the best time; an int8 (or bf16) variant is no sibling of it: it may be the winner.
+    fast = sleep_class()(sleep_ms=4)
+    family = sleep_class("test-compiler")
+    fp32, int8 = family(sleep_ms=2 * 8 * FAMILY_FACTOR), family(sleep_ms=1, precision="int8")
+
+    backend, report = MinLatencyStrategy([fast, fp32, int8], profiler=FAST_PROFILER, find_max_batch_size=False).tune(
+        _context(tmp_path, Sleepy(sleep_ms=20))
+    )
+
+    assert family.builds == 2
+    assert _by_name(report)[family.name].status == "pruned"
+    assert backend.name == family.name and report.chosen == f"{family.name}[int8]"
+
+
+def test_the_screen_leaves_no_quick_timing_behind_when_it_goes_on(tmp_path):
+    # No reference timed the smallest shape: the screen goes on, and its 3-run typical timing must not stand as the profile.
+    context = _context(tmp_path, Sleepy(sleep_ms=1))
+    strategy = MinLatencyStrategy(["eager"], profiler=FAST_PROFILER, find_max_batch_size=False)
+    evaluation = Evaluation(strategy._settings(), context, Measurements(context, dict(context.graph.dims), None, False, None), "")
+    eager = CandidateReport("eager", CandidateStatus.REFERENCE, latencies_ms={"typical": 1.0})
+    slow = sleep_class()(sleep_ms=5)
+    (tmp_path / "slow").mkdir()
+    slow.build(context.build_context(tmp_path / "slow"))
+    report = CandidateReport(slow.name, CandidateStatus.FAILED)
+
+    assert Pruning(evaluation, eager).screen(slow, report) is None
+    assert report.latencies_ms == {}
+
+
+def test_keeping_eager_while_another_candidate_passed_does_not_say_none_passed(tmp_path):
+    class KeepsEager(MinLatencyStrategy):
+        def select(self, passed, eager):
+            return next(report for report in passed if report.backend == "eager")
+
+    fast, slow = sleep_class()(sleep_ms=1), sleep_class()(sleep_ms=30)
+    backend, report = KeepsEager(["eager", fast, slow], profiler=FAST_PROFILER, find_max_batch_size=False).tune(
+        _context(tmp_path, Sleepy(sleep_ms=20))
+    )
+
+    assert backend.name == "eager" and _by_name(report)[slow.name].status == "pruned"
+    assert report.decision.startswith("kept eager") and "no other candidate" not in report.decision
 
 
 def test_prune_false_evaluates_every_candidate_in_full(tmp_path):

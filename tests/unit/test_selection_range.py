@@ -14,13 +14,15 @@ import time
 import pytest
 import torch
 from rich.console import Console
-from test_selection import FAST_PROFILER, SleepyNet, _by_name, _context, sleepy
+from test_selection import FAST_PROFILER, SleepBackend, SleepyNet, _by_name, _context, sleepy
 
+from aitune_triton.backends import Backend, get_backend_class, register_backend
 from aitune_triton.errors import InvalidArgumentError
 from aitune_triton.module.recording import Recorder
 from aitune_triton.spec import ForwardSignature, StoredCall, flatten_call
 from aitune_triton.strategies import GraphTuneReport, MinLatencyStrategy, NoiseCheck, OneBackendStrategy, TuneContext, report_table
 from aitune_triton.strategies.evaluation import Measurements
+from aitune_triton.strategies.report import graph_summary
 
 
 def _recorded(tmp_path, batches) -> tuple[TuneContext, Recorder]:
@@ -110,6 +112,58 @@ def test_one_backend_stays_ungated_over_the_range(tmp_path):
     assert backend.name == steep.name and report.candidates[0].status == "chosen"
 
 
+class TableBackend(SleepBackend):
+    """The module's ``core`` after sleeping ``smallest_ms`` / ``typical_ms`` / ``largest_ms`` at 1 / 2 / 4 rows."""
+
+    def __init__(self, smallest_ms: float = 0.0, typical_ms: float = 0.0, largest_ms: float = 0.0) -> None:
+        Backend.__init__(self, smallest_ms=smallest_ms, typical_ms=typical_ms, largest_ms=largest_ms)
+        self._module = None
+
+    def _infer(self, call):
+        (x,) = call.flat.tensors
+        ms = {1: self.options["smallest_ms"], 2: self.options["typical_ms"]}.get(x.shape[0], self.options["largest_ms"])
+        time.sleep(ms / 1000.0)
+        output = self._module.core(x)
+        return [output["out"], output["parts"][0]]
+
+
+def table(smallest_ms: float, typical_ms: float, largest_ms: float) -> TableBackend:
+    name = f"table_{len(_tables)}_{id(_tables)}"
+    _tables.append(name)
+    register_backend(type(f"Table{name}", (TableBackend,), {"name": name}))
+    return get_backend_class(name)(smallest_ms, typical_ms, largest_ms)  # type: ignore[return-value,call-arg]
+
+
+_tables: list[str] = []
+
+
+def test_candidates_the_speed_gate_refuses_never_prune_one_it_would_pass(tmp_path):
+    # Eager 20 ms at every shape. A is fast but at the largest shape (refused there), B but at the smallest;
+    # X, half eager's time everywhere, is twice the faster of A and B at every shape, and the only one the gate passes.
+    net = SleepyNet(fixed_ms=20, per_row_ms=0)
+    a, b, x = table(5, 5, 30), table(30, 5, 5), table(10, 10, 10)
+    backend, report = MinLatencyStrategy([a, b, x], profiler=FAST_PROFILER, find_max_batch_size=False).tune(_context(tmp_path, net))
+
+    by_name = _by_name(report)
+    assert by_name[a.name].status == "too slow" and by_name[b.name].status == "too slow"
+    assert backend.name == x.name and by_name[x.name].status == "chosen"
+
+
+def test_the_eager_candidate_is_compared_on_its_weighted_latency_like_the_others(tmp_path):
+    # Eager 10 / 20 / 40 ms at 1 / 2 / 4 rows: 20 ms at the typical shape, 23.3 ms weighted. The other
+    # candidate, 21.5 ms flat, is faster on the weighted measure and must not lose to eager's typical time.
+    net = SleepyNet(fixed_ms=0, per_row_ms=10)
+    flat = sleepy(fixed_ms=21.5)
+    strategy = MinLatencyStrategy(["eager", flat], profiler=FAST_PROFILER, find_max_batch_size=False, gate_every_shape=False,
+                                  noise_check=None)  # fmt: skip
+    backend, report = strategy.tune(_context(tmp_path, net))
+
+    eager_candidate = report.candidates[0]
+    assert eager_candidate.backend == "eager" and eager_candidate.weighted_latency_ms is not None
+    assert eager_candidate.shapes == report.eager.shapes and eager_candidate.shapes
+    assert backend.name == flat.name
+
+
 # ------------------------------------------------------------------------------------- noise
 class DriftingNet(SleepyNet):
     """Eager whose every call sleeps 4% longer than the one before: unstable against itself."""
@@ -136,6 +190,8 @@ def test_unstable_measurements_are_re_measured_then_reported_in_the_report_and_t
     assert "measurements unstable" in report.noise and "re-measured 1x" in report.noise
     kept, _, rest = report.decision.partition("; ")
     assert kept.startswith(f"kept {fast.name}") and rest.startswith("measurements unstable (eager vs itself ")
+    summary = graph_summary(report, fast.name)  # module.summary()'s line keeps the rule and the verdict
+    assert "lowest latency" in summary and "measurements unstable" in summary
     again = GraphTuneReport.from_dict(json.loads(json.dumps(report.to_dict())))
     assert again == report
 
