@@ -17,6 +17,10 @@ clearly slower than one already measured. :class:`Pruning` cuts it in two places
   factor only guards against noise. A candidate the gate refused is no reference: two refused
   ones, each fast where the other is slow, could otherwise prune the only one that passes. One noisy
   timing cannot prune: the typical shape is timed twice, and every shape must agree.
+  On a busy machine it does not prune at all: when the confirmation's timings disagree (each
+  side's two timings, or the reference's against its own profile, by more than
+  :data:`STABLE_SPREAD`), the candidate is evaluated in full (a tune on a loaded 2-core machine
+  pruned AOTInductor, the eventual winner, on a 4.5x that was the machine's, not the backend's).
 * **Before the build** (siblings): a candidate of the same family as one already screened (same
   backend with other options, or :attr:`Backend.compiler_family
   <aitune_triton.backends.Backend.compiler_family>`: ``aoti`` and ``inductor`` run the code one
@@ -48,13 +52,16 @@ from aitune_triton.strategies.evaluation import Evaluation
 from aitune_triton.strategies.profiler import Profiler
 from aitune_triton.strategies.report import SHAPES, CandidateReport, CandidateStatus
 
-__all__ = ["FAMILY_FACTOR", "PRUNE_FACTOR", "QUICK_PROFILER", "Pruning", "family"]
+__all__ = ["FAMILY_FACTOR", "PRUNE_FACTOR", "QUICK_PROFILER", "STABLE_SPREAD", "Pruning", "family"]
 
 #: A built candidate at least this many times the best time so far at every shape (typical shape
 #: confirmed by a second, back-to-back timing) is pruned.
 PRUNE_FACTOR = 1.5
 #: A candidate is not built when a sibling (same family) ran at this many times the best time or more at every shape.
 FAMILY_FACTOR = 2.0
+#: The confirmation's timings (each side twice, and the reference against its own profile) must
+#: agree within this factor for a candidate to be pruned; else it is evaluated in full.
+STABLE_SPREAD = 1.25
 #: The screen's timing: a few runs, at most 0.3 s per shape.
 QUICK_PROFILER = Profiler(warmup_runs=1, min_runs=3, max_runs=7, max_time_s=0.3)
 
@@ -197,20 +204,31 @@ class Pruning:
 
     def _confirm(self, backend: Backend, call: CallStructure) -> tuple[float, str] | None:
         """The ratio of ``backend`` to the fastest reference at ``call``, timed back to back in
-        both orders (each side keeps its faster timing), and that reference's label."""
+        both orders (each side keeps its faster timing), and that reference's label; None when
+        the timings are too unstable to prune on: either side's two timings, or the reference's
+        against its own earlier profile, differ by more than :data:`STABLE_SPREAD` (a busy
+        machine: the candidate is then evaluated in full, as without pruning)."""
         best = self.best("typical")
         if best is None:
             return None
         reference = best[1]
         device = self.evaluation.context.device
-        mine, theirs = float("inf"), float("inf")
+        mine: list[float] = []
+        theirs: list[float] = []
         with torch.no_grad():
             for first_is_mine in (False, True):
                 for is_mine in (first_is_mine, not first_is_mine):
                     run = backend.infer if is_mine else reference.infer
                     ms = self.profiler.time(lambda: run(call), device).median_ms
-                    mine, theirs = (min(mine, ms), theirs) if is_mine else (mine, min(theirs, ms))
-        return mine / theirs, reference.label
+                    (mine if is_mine else theirs).append(ms)
+        spreads = (max(mine) / min(mine), max(theirs) / min(theirs), max(min(theirs), best[0]) / min(min(theirs), best[0]))
+        if max(spreads) > STABLE_SPREAD:
+            self._log(
+                f"{candidate_label(backend)}: not pruned: timings too unstable to judge on a quick measure "
+                f"(spread {max(spreads):.2f}x > {STABLE_SPREAD:g}x); evaluated in full"
+            )
+            return None
+        return min(mine) / min(theirs), reference.label
 
     def _remember(self, backend: Backend, label: str, ratio: float) -> None:
         known = self.families.get(family(backend))

@@ -246,3 +246,32 @@ def test_the_layout_window_is_cut_for_fast_calls_and_kept_for_slow_ones():
     assert layout_window_s(1.0, 5.0) == WINDOW_CALLS * 5.0 / 1000.0
     assert layout_window_s(1.0, 50.0) == 1.0  # never past layout_seconds
     assert layout_window_s(1.0, None) == 1.0
+
+
+class DriftingSleepBackend(SleepBackend):
+    """Sleeps ``sleep_ms`` grown by 15% at every call: its timings never agree with each other."""
+
+    name = "prune_drifting_sleep"
+
+    def _infer(self, call: CallStructure) -> list[torch.Tensor]:
+        self.calls = getattr(self, "calls", 0) + 1
+        time.sleep(self.options["sleep_ms"] * 1.15 ** min(self.calls, 40) / 1000.0)
+        return [self._module.linear(call.flat.tensors[0])]
+
+
+register_backend(DriftingSleepBackend)
+
+
+def test_a_slow_candidate_whose_timings_do_not_agree_is_evaluated_in_full_not_pruned(tmp_path):
+    fast, drifting = sleep_class()(sleep_ms=2), DriftingSleepBackend(sleep_ms=2 * 4 * PRUNE_FACTOR)
+    logged: list[str] = []
+    context = _context(tmp_path, Sleepy(sleep_ms=20))
+    context.log = logged.append
+    strategy = MinLatencyStrategy([fast, drifting], profiler=FAST_PROFILER, find_max_batch_size=False, noise_check=None)
+
+    backend, report = strategy.tune(context)
+
+    assert backend.name == fast.name
+    judged = _by_name(report)[drifting.name]
+    assert judged.status == "too slow" and judged.max_abs_diff is not None  # checked and profiled, then refused by the gate
+    assert any("not pruned: timings too unstable" in line for line in logged)
