@@ -146,9 +146,13 @@ class InductorBackend(Backend):
 
     @classmethod
     def default_candidates(cls) -> list[Backend]:
-        """The default options. Measured on MiniLM-L6 at 8 x 128 tokens fp32 (2 CPU cores, one
-        run): torch.compile 0.93-0.98x eager."""
-        return [cls()]
+        """None: Inductor is the compiler AOTInductor runs too, it was the slower of the two in
+        every measurement here (MiniLM-L6 at 8 x 128 tokens fp32, 2 CPU cores: torch.compile
+        0.93-0.98x eager against aoti's 0.89-0.95x; ``make demo``'s tune: 0.76 / 0.77 / 0.95x at the
+        smallest / typical / largest recorded shape against aoti with freezing 0.44 / 0.49 / 0.92x),
+        its build costs a compile (13-19 s for MiniLM-L6), and a served ``inductor`` model compiles
+        again at every load. Name ``"inductor"`` in a strategy's candidates to measure it."""
+        return []
 
     def precision_reason(self, device: torch.device, loading: bool = False) -> str | None:
         """Why this backend's ``precision`` cannot be built (``loading``: loaded) on ``device``, or

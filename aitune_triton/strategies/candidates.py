@@ -15,8 +15,9 @@ def default_candidates() -> list[Backend]:
     """The default strategy's candidate backends: what each registered backend declares
     (:meth:`Backend.default_candidates <aitune_triton.backends.Backend.default_candidates>`), in
     registration order. With the built-in backends: ONNX Runtime with the TorchScript exporter and
-    with the dynamo exporter (session options measured at build), AOTInductor without and with
-    freezing, Inductor, and OpenVINO (fp32, threads measured at build). Which wins depends on the
+    with the dynamo exporter (session options and transformer fusion measured at build),
+    AOTInductor with freezing, and OpenVINO (fp32, threads measured at build); Inductor and
+    AOTInductor without freezing are opt-in (slower where measured, and a compile each). Which wins depends on the
     model and the machine, hence measuring each (each backend's ``default_candidates`` gives the numbers measured here)."""
     return [candidate for cls in registered_backends() for candidate in cls.default_candidates()]
 
