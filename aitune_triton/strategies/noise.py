@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import torch
 
 from aitune_triton.errors import InvalidArgumentError
+from aitune_triton.strategies.profiler import sample_ms
 if TYPE_CHECKING:
     from aitune_triton.strategies.evaluation import Evaluation
     from aitune_triton.strategies.report import CandidateReport
@@ -115,19 +116,11 @@ def _time(run: Callable[[], Any], expected_ms: float, device: torch.device | Non
     :data:`RETIME_BUDGET_S` (at least one sample); a sample repeats a call shorter than 1 ms
     (``expected_ms``, its earlier median) until it lasts about 1 ms. No warm-up: the participant
     already ran these calls."""
-    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else None
     repeats = max(1, min(1000, math.ceil(1.0 / max(expected_ms, 1e-3))))
     times: list[float] = []
     began = time.perf_counter()
     while len(times) < RETIME_SAMPLES and (not times or time.perf_counter() - began < RETIME_BUDGET_S):
-        if sync:
-            sync(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            run()
-        if sync:
-            sync(device)
-        times.append((time.perf_counter() - start) * 1000.0 / repeats)
+        times.append(sample_ms(run, repeats, device))
     return statistics.median(times)
 
 

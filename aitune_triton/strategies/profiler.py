@@ -15,7 +15,21 @@ import torch
 
 from aitune_triton.errors import InvalidArgumentError
 
-__all__ = ["Profiler", "Timing"]
+__all__ = ["Profiler", "Timing", "sample_ms"]
+
+
+def sample_ms(run: Callable[[], Any], repeats: int, device: torch.device | None) -> float:
+    """Milliseconds per call of ``run`` over one sample of ``repeats`` back-to-back calls; a CUDA
+    ``device`` is synchronized before and after the sample, so its clock reads cover the work."""
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else None
+    if sync:
+        sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    if sync:
+        sync(device)
+    return (time.perf_counter() - start) * 1000.0 / repeats
 
 
 @dataclass(frozen=True)
@@ -117,16 +131,9 @@ class Profiler:
         median = float("inf")
         spent = 0.0
         while len(times) < self.max_runs:
-            if sync:
-                sync(device)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                run()
-            if sync:
-                sync(device)
-            elapsed = time.perf_counter() - start
-            spent += elapsed
-            times.append(elapsed * 1000.0 / repeats)
+            per_call_ms = sample_ms(run, repeats, device)
+            spent += per_call_ms * repeats / 1000.0
+            times.append(per_call_ms)
             previous, median = median, statistics.median(times)
             if len(times) >= self.min_runs and (abs(median - previous) <= self.rtol * median or spent >= self.max_time_s):
                 break
