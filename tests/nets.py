@@ -141,3 +141,50 @@ def record_token_calls(module, lengths=(3, 5, 7, 9, 12), batch: int = 1, seed: i
         for length in lengths:
             ids = torch.randint(1, 32, (batch, length), generator=generator)
             module(ids, torch.ones(batch, length, dtype=torch.int64))
+
+
+class WideNet(torch.nn.Module):
+    """Two Linear layers (64 -> 128 -> 32), enough weights for int8 quantization to matter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.up = torch.nn.Linear(64, 128)
+        self.down = torch.nn.Linear(128, 32)
+
+    def forward(self, x: torch.Tensor):
+        return self.down(torch.relu(self.up(x)))
+
+
+def build_on_recorded(backend, net: torch.nn.Module, calls: list[tuple], workdir):
+    """Record ``calls`` (argument tuples of one input structure) on ``net``, build ``backend`` on the
+    largest, with every call as a calibration sample, as a strategy does (under ``no_grad``);
+    return ``(BuildContext, log lines)``."""
+    from aitune_triton.backends import BuildContext
+    from aitune_triton.module.recording import Recorder
+    from aitune_triton.spec import ForwardSignature, flatten_call
+
+    signature = ForwardSignature.from_callable(net.forward)
+    recorder = Recorder(signature)
+    with torch.no_grad():
+        for args in calls:
+            recorder.record(net, args, {})
+    (graph,) = recorder.graph_specs()
+    largest = recorder.largest_sample(graph)
+    lines: list[str] = []
+    workdir.mkdir(parents=True, exist_ok=True)
+    context = BuildContext(
+        net, signature, graph, flatten_call(signature, largest.args, largest.kwargs), workdir, torch.device("cpu"),
+        log=lines.append, samples=[flatten_call(signature, args, {}) for args in calls],
+    )  # fmt: skip
+    with torch.no_grad():
+        backend.build(context)
+    return context, lines
+
+
+def run_built(backend, context, *args) -> list[torch.Tensor]:
+    """``backend``'s flat outputs for the call ``args`` (in ``context``'s signature)."""
+    from aitune_triton.spec import flatten_call
+
+    with torch.no_grad():
+        return backend.infer(flatten_call(context.signature, args, {}))

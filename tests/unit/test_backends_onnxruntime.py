@@ -17,7 +17,7 @@ from aitune_triton.backends.onnxruntime import session_options
 from aitune_triton.errors import BackendUnavailableError, InvalidArgumentError
 from aitune_triton.module.recording import Recorder
 from aitune_triton.spec import ForwardSignature, flatten_call
-from nets import eager
+from nets import WideNet, build_on_recorded, eager, run_built
 
 
 
@@ -37,19 +37,6 @@ class TokenNet(torch.nn.Module):
         return {"hidden": hidden, "pooled": [pooled, pooled.norm(dim=-1)]}
 
 
-class WideNet(torch.nn.Module):
-    """Two Linear layers with enough weights for int8 quantization to shrink the file."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(4)
-        self.up = torch.nn.Linear(64, 128)
-        self.down = torch.nn.Linear(128, 32)
-
-    def forward(self, x: torch.Tensor):
-        return self.down(torch.relu(self.up(x)))
-
-
 TOKEN_SHAPES = ((1, 4), (3, 7), (2, 9))
 
 
@@ -60,29 +47,8 @@ def _token_call(batch: int, length: int, seed: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def _build(backend: OnnxRuntimeBackend, net: torch.nn.Module, calls: list[tuple], workdir: Path) -> tuple[BuildContext, list]:
-    """Record ``calls`` (argument tuples, one input structure), build ``backend`` on the largest with
-    every call as a sample; return the context and the log lines."""
-    signature = ForwardSignature.from_callable(net.forward)
-    recorder = Recorder(signature)
-    with torch.no_grad():
-        for args in calls:
-            recorder.record(net, args, {})
-    (graph,) = recorder.graph_specs()
-    largest = recorder.largest_sample(graph)
-    lines: list[str] = []
-    workdir.mkdir(parents=True, exist_ok=True)
-    context = BuildContext(
-        net, signature, graph, flatten_call(signature, largest.args, largest.kwargs), workdir, torch.device("cpu"), log=lines.append,
-        samples=[flatten_call(signature, args, {}) for args in calls],
-    )  # fmt: skip
-    backend.build(context)
-    return context, lines
-
-
-def _run(backend: Backend, context: BuildContext, *args) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return backend.infer(flatten_call(context.signature, args, {}))
+_build = build_on_recorded
+_run = run_built
 
 
 def _leaves(output) -> list[torch.Tensor]:

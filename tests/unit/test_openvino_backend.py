@@ -14,27 +14,14 @@ import pytest
 import torch
 
 from aitune_triton import MinLatencyStrategy, Module, _cpu
-from aitune_triton.backends import Backend, BuildContext, LoadContext, OpenVINOBackend
+from aitune_triton.backends import Backend, LoadContext, OpenVINOBackend
 from aitune_triton.backends.openvino_options import OPENVINO_TARGET, openvino_settings
 from aitune_triton.errors import BackendBuildError, BackendUnavailableError, InvalidArgumentError
 from aitune_triton.module.recording import Recorder
 from aitune_triton.served.runtimes.openvino import Runtime, compile_properties
 from aitune_triton.spec import ForwardSignature, flatten_call
 from aitune_triton.strategies import default_candidates
-from nets import eager
-
-
-class WideNet(torch.nn.Module):
-    """Two Linear layers (enough weights for int8 to matter)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(4)
-        self.up = torch.nn.Linear(64, 128)
-        self.down = torch.nn.Linear(128, 32)
-
-    def forward(self, x: torch.Tensor):
-        return self.down(torch.relu(self.up(x)))
+from nets import WideNet, build_on_recorded, eager, run_built
 
 
 class TinyEncoder(torch.nn.Module):
@@ -70,30 +57,8 @@ def _encoder_call(batch: int, length: int, seed: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
-def _build(backend: OpenVINOBackend, net: torch.nn.Module, calls: list[tuple], workdir: Path) -> tuple[BuildContext, list[str]]:
-    """Record ``calls``, build ``backend`` on the largest with every recorded call as a sample."""
-    signature = ForwardSignature.from_callable(net.forward)
-    recorder = Recorder(signature)
-    with torch.no_grad():
-        for args in calls:
-            recorder.record(net, args, {})
-    (graph,) = recorder.graph_specs()
-    largest = recorder.largest_sample(graph)
-    lines: list[str] = []
-    workdir.mkdir(parents=True, exist_ok=True)
-    samples = [flatten_call(signature, args, {}) for args in calls]
-    context = BuildContext(
-        net, signature, graph, flatten_call(signature, largest.args, largest.kwargs), workdir, torch.device("cpu"),
-        log=lines.append, samples=samples,
-    )  # fmt: skip
-    with torch.no_grad():
-        backend.build(context)
-    return context, lines
-
-
-def _run(backend: Backend, context: BuildContext, *args) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return backend.infer(flatten_call(context.signature, args, {}))
+_build = build_on_recorded
+_run = run_built
 
 
 @pytest.fixture(scope="module")
